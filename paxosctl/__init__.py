@@ -1,0 +1,1 @@
+"""paxosctl: the operator's and scripter's command line for paxosd."""

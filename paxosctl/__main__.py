@@ -1,0 +1,3 @@
+from paxosctl.app import main
+
+main()

@@ -1,0 +1,27 @@
+"""The ``paxosd`` command: run the daemon and the offline tools that act on one node's files.
+
+Each subcommand lives in the module that owns its logic; this file only wires them up.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="paxosd",
+    help="paxosd: a replicated key-value store on multi-Paxos. Offline tools and the daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """paxosd daemon and offline tools. Example: paxosd --help"""
+
+
+# Subcommand registration: one line per owning module (keep this list sorted).
+
+
+def main() -> None:
+    app()

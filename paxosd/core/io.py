@@ -1,0 +1,142 @@
+"""The core's boundary: what goes in (inputs), what comes out (Ready), what survives a crash.
+
+The caller's contract, in the shape of etcd-io/raft's Ready:
+  1. write ``ready.persist`` durably (one transaction, fsync);
+  2. only then send ``ready.messages``;
+  3. if ``ready.restore`` is set, restore the state machine from it, then apply
+     ``ready.to_apply`` in order;
+  4. answer ``ready.redirects`` (commands this replica cannot order);
+  5. call ``replica.advance(ready)``.
+The order is the Paxos durability rule: no promise or vote leaves the process before it is
+on disk, or a crash could make an acceptor vote twice in one ballot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from paxosd.core.messages import Message
+from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, NodeId, Snapshot
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message from peer ``src``. The transport has authenticated ``src``."""
+
+    src: NodeId
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCommand:
+    """An encoded client command (the state machine's bytes) to be ordered by the log."""
+
+    command: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The current time. The core's only clock: it never reads one itself."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken:
+    """The caller snapshotted its state machine after applying ``snapshot.slot``."""
+
+    snapshot: Snapshot
+
+
+Input = Received | ClientCommand | Tick | SnapshotTaken
+
+# --------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    dst: NodeId
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A command this replica did not take because it does not lead; ``leader`` is a hint."""
+
+    command: bytes
+    leader: NodeId | None
+
+
+@dataclass(frozen=True, slots=True)
+class PersistRecord:
+    """Everything one Ready must make durable, written as one transaction.
+
+    ``snapshot``, if set, replaces the stored snapshot; log entries (accepted and decided)
+    at or below ``compact_through`` may then be dropped.
+    """
+
+    promised: Ballot | None = None
+    accepted: tuple[AcceptedEntry, ...] = ()
+    decided: tuple[DecidedEntry, ...] = ()
+    snapshot: Snapshot | None = None
+    compact_through: int | None = None
+
+    def is_empty(self) -> bool:
+        return (
+            self.promised is None
+            and not self.accepted
+            and not self.decided
+            and self.snapshot is None
+            and self.compact_through is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    persist: PersistRecord
+    messages: tuple[Outbound, ...]
+    restore: Snapshot | None
+    to_apply: tuple[DecidedEntry, ...]
+    redirects: tuple[Redirect, ...]
+
+
+# ------------------------------------------------------------------------ durable state
+
+
+@dataclass(slots=True)
+class DurableState:
+    """What a replica had made durable: the input of recovery after a crash.
+
+    Storage (SQLite in the daemon, SimDisk in the simulator) folds PersistRecords into this
+    and hands it back on restart. Invariant: nothing above ``snapshot.slot`` was compacted, so
+    restoring the snapshot and applying the decided slots after it rebuilds the state machine.
+    """
+
+    promised: Ballot
+    accepted: dict[int, AcceptedEntry] = field(default_factory=dict)
+    decided: dict[int, DecidedEntry] = field(default_factory=dict)
+    snapshot: Snapshot | None = None
+
+    def apply(self, record: PersistRecord) -> None:
+        """Fold one durable record in, exactly as storage does on disk."""
+        if record.promised is not None:
+            assert record.promised >= self.promised, "promised ballot went backwards"
+            self.promised = record.promised
+        for a in record.accepted:
+            self.accepted[a.slot] = a
+        for d in record.decided:
+            prior = self.decided.get(d.slot)
+            assert prior is None or prior.value == d.value, f"slot {d.slot} decided twice"
+            self.decided[d.slot] = d
+        if record.snapshot is not None and (
+            self.snapshot is None or record.snapshot.slot > self.snapshot.slot
+        ):
+            self.snapshot = record.snapshot
+        if record.compact_through is not None:
+            cut = record.compact_through
+            for slot in [s for s in self.accepted if s <= cut]:
+                del self.accepted[slot]
+            for slot in [s for s in self.decided if s <= cut]:
+                del self.decided[slot]

@@ -1,0 +1,110 @@
+"""Peer-to-peer messages of the core: a msgspec tagged union, so decoding is typed and
+never runs code (no pickle). Every message names its sender's ballot where it has one.
+
+Vocabulary (one word per idea, everywhere): prepare/promise is phase 1, accept/accepted is
+phase 2, decide is learning a chosen value, apply is running it on the state machine.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Snapshot
+
+
+class Prepare(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Phase 1a for every slot from ``from_slot`` on (multi-Paxos runs phase 1 once)."""
+
+    ballot: Ballot
+    from_slot: int
+
+
+class PromiseEntry(msgspec.Struct, frozen=True, array_like=True):
+    """What an acceptor knows about one slot: its vote, or that the slot is decided."""
+
+    slot: int
+    ballot: Ballot
+    value: tuple[bytes, ...]
+    decided: bool
+
+
+class Promise(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Phase 1b: the acceptor will not accept anything below ``ballot`` for slots >= from_slot.
+
+    ``entries`` holds every vote and decision at or above ``from_slot``, in slot order. When
+    there are more than the sender may put in one message, ``complete`` is False and the
+    proposer must catch up before it can lead.
+    """
+
+    ballot: Ballot
+    from_slot: int
+    entries: tuple[PromiseEntry, ...]
+    decided_through: int
+    complete: bool
+
+
+class Nack(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A refusal of ``ballot``, carrying the higher ballot the acceptor promised instead."""
+
+    ballot: Ballot
+    promised: Ballot
+
+
+class Accept(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Phase 2a for a run of slots, plus the leader's commit point (see Heartbeat)."""
+
+    ballot: Ballot
+    entries: tuple[DecidedEntry, ...]
+    commit_through: int
+
+
+class Accepted(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Phase 2b: the sender accepted ``slots`` at ``ballot``."""
+
+    ballot: Ballot
+    slots: tuple[int, ...]
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The leader is alive at ``ballot``.
+
+    ``commit_through``: every slot up to it that this leader proposed at ``ballot`` was
+    accepted by a majority at ``ballot``, so a follower that accepted the slot at exactly
+    ``ballot`` holds the chosen value. ``decided_through`` tells followers how far to catch up.
+    """
+
+    ballot: Ballot
+    commit_through: int
+    decided_through: int
+
+
+class CatchUpRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Send me the decided values of slots ``from_slot`` .. ``to_slot`` (inclusive)."""
+
+    from_slot: int
+    to_slot: int
+
+
+class CatchUpReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Decided values, in slot order, preceded by a snapshot when the log was compacted."""
+
+    snapshot: Snapshot | None
+    entries: tuple[DecidedEntry, ...]
+    decided_through: int
+
+
+Message = Prepare | Promise | Nack | Accept | Accepted | Heartbeat | CatchUpRequest | CatchUpReply
+
+__all__ = [
+    "Accept",
+    "Accepted",
+    "AcceptedEntry",
+    "CatchUpReply",
+    "CatchUpRequest",
+    "Heartbeat",
+    "Message",
+    "Nack",
+    "Prepare",
+    "Promise",
+    "PromiseEntry",
+]

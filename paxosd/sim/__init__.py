@@ -1,0 +1,1 @@
+"""Deterministic simulator: the real core over a simulated network, disk and clock."""
