@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from paxosctl import sim
+
 app = typer.Typer(
     name="paxosctl",
     help="Operate a paxosd cluster: keys, blocks, the log, simulations, drills and benchmarks.",
@@ -17,6 +19,7 @@ def _root() -> None:
 
 
 # Command registration: one line per owning module (keep this list sorted).
+app.command("simulate", help=sim.HELP)(sim.simulate)
 
 
 def main() -> None:

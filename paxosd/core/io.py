@@ -63,10 +63,15 @@ class Outbound:
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """A command this replica did not take because it does not lead; ``leader`` is a hint."""
+    """A command this replica did not take; ``leader`` is a hint where to send it instead.
+
+    ``reason`` is "not_leader" (send it to ``leader``, or retry once one is elected) or "busy"
+    (this leader's queue is full: back off and retry).
+    """
 
     command: bytes
     leader: NodeId | None
+    reason: str = "not_leader"
 
 
 @dataclass(frozen=True, slots=True)

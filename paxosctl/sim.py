@@ -1,0 +1,169 @@
+"""``paxosctl simulate``: the deterministic simulator over the real core."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from paxosctl import render
+from paxosd.core.config import PLANTED_BUGS
+from paxosd.sim.fuzz import FuzzReport, fuzz, replay_command
+from paxosd.sim.run import FAULT_KINDS, run_seed
+
+HELP = f"""Run the multi-Paxos core in the deterministic simulator.
+
+The simulator drives the real replica code (the daemon's) over a simulated network
+(drop, dup, delay/reorder, partitions), disk (crash loses what was not durable) and clock,
+with concurrent clients; after every step it checks agreement, validity and the applied
+prefix, then heals every fault and checks convergence, durability of acknowledged writes and
+linearizability of the client history. One seed replays one run exactly.
+
+Examples:
+
+  paxosctl simulate --fuzz --seeds 2000 --nodes 3
+
+  paxosctl simulate --fuzz --seeds 200 --nodes 5 --faults drop,partition --json
+
+  paxosctl simulate --seed 42 --trace
+
+Fault kinds: {", ".join(FAULT_KINDS)}.  Exit codes: 0 no violation, 1 a violation (the
+failing seed and the command that replays it are printed), 2 usage error.
+"""
+
+
+def _parse_faults(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in FAULT_KINDS]
+    if bad:
+        raise typer.BadParameter(
+            f"unknown fault kind(s) {', '.join(bad)}; use {','.join(FAULT_KINDS)}"
+        )
+    return kinds
+
+
+def simulate(
+    fuzz_mode: Annotated[bool, typer.Option("--fuzz", help="Run many seeds and report.")] = False,
+    seeds: Annotated[int, typer.Option(min=1, help="How many seeds to run with --fuzz.")] = 100,
+    first_seed: Annotated[int, typer.Option(min=0, help="The first seed of a --fuzz run.")] = 0,
+    seed: Annotated[int | None, typer.Option(min=0, help="Run this one seed.")] = None,
+    nodes: Annotated[int, typer.Option(min=1, max=9, help="Replicas in the cluster.")] = 3,
+    faults: Annotated[str, typer.Option(help="Comma-separated fault kinds to inject.")] = ",".join(
+        FAULT_KINDS
+    ),
+    trace: Annotated[bool, typer.Option(help="With --seed: print the whole event trace.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    plant_bug: Annotated[
+        str | None, typer.Option(hidden=True, help="Test only: plant a known bug.")
+    ] = None,
+) -> None:
+    kinds = _parse_faults(faults)
+    bugs: frozenset[str] = frozenset()
+    if plant_bug is not None:
+        if plant_bug not in PLANTED_BUGS:
+            raise typer.BadParameter(f"unknown bug {plant_bug}; one of {sorted(PLANTED_BUGS)}")
+        bugs = frozenset({plant_bug})
+    if seed is not None:
+        _one_seed(seed, nodes, kinds, bugs, trace, json_out)
+        return
+    if not fuzz_mode:
+        raise typer.BadParameter("say --fuzz (many seeds) or --seed S (one seed)")
+    report = _fuzz_with_progress(seeds, first_seed, nodes, kinds, bugs, json_out)
+    if json_out:
+        render.emit_json(report.to_json())
+    else:
+        _print_report(report)
+    raise typer.Exit(render.EXIT_FAILED_CHECK if report.violations else render.EXIT_OK)
+
+
+def _fuzz_with_progress(
+    seeds: int,
+    first_seed: int,
+    nodes: int,
+    kinds: tuple[str, ...],
+    bugs: frozenset[str],
+    quiet: bool,
+) -> FuzzReport:
+    with Progress(
+        TextColumn("[bold]simulate[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=render.stderr,
+        disable=quiet or not render.stderr.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("seeds", total=seeds, status="")
+
+        def progress(r: FuzzReport) -> None:
+            bar.update(
+                task,
+                completed=r.seeds_run,
+                status=f"{r.seeds_run / max(r.wall_seconds, 1e-9):.0f} seeds/s, "
+                f"{r.violations} violations",
+            )
+
+        return fuzz(seeds, nodes, kinds, first_seed=first_seed, bugs=bugs, progress=progress)
+
+
+def _print_report(r: FuzzReport) -> None:
+    j = r.to_json()
+    render.table(
+        f"simulate: {r.seeds_run} seeds, {r.nodes} nodes",
+        ["measure", "value"],
+        [
+            ["seeds run", j["seeds_run"]],
+            ["seeds / s", j["seeds_per_second"]],
+            ["core steps / s", j["core_steps_per_second"]],
+            ["simulated seconds", j["simulated_seconds"]],
+            ["decided slots", j["decided_slots"]],
+            ["client ops", ", ".join(f"{k} {v}" for k, v in r.client_ops.items())],
+            ["faults injected", ", ".join(f"{k} {v}" for k, v in j["faults_injected"].items())],  # type: ignore[attr-defined]
+            ["converged after healing", f"{r.converged}/{r.seeds_run}"],
+            ["linearizability", ", ".join(f"{k} {v}" for k, v in r.linearizability.items())],
+            ["violations", r.violations],
+        ],
+    )
+    for f in r.failures[:10]:
+        assert f.violation is not None
+        render.error(f"seed {f.seed}: {f.violation}")
+        render.stderr.print(f"  replay: {replay_command(f.seed, r.nodes, r.kinds)}")
+        for line in f.trace_tail[-15:]:
+            render.stderr.print(f"  {line}", markup=False)
+
+
+def _one_seed(
+    seed: int, nodes: int, kinds: tuple[str, ...], bugs: frozenset[str], trace: bool, json_out: bool
+) -> None:
+    r = run_seed(seed, nodes=nodes, kinds=frozenset(kinds), bugs=bugs, trace=trace)
+    if json_out:
+        render.emit_json(
+            {
+                "seed": seed,
+                "nodes": nodes,
+                "violation": None
+                if r.violation is None
+                else {"property": r.violation.prop, "detail": r.violation.detail},
+                "simulated_ms": r.sim_ms,
+                "core_steps": r.core_steps,
+                "decided_slots": r.decided_slots,
+                "client_ops": dict(r.client_ops),
+                "faults": dict(r.faults),
+                "linearizability": r.linearizability,
+                "converged_ms_after_heal": r.converged_ms,
+                "trace": r.trace if trace else r.trace_tail,
+            }
+        )
+    else:
+        for line in r.trace if trace else r.trace_tail[-40:]:
+            render.stdout.print(line, markup=False)
+        status = "no violation" if r.violation is None else f"VIOLATION {r.violation}"
+        render.stdout.print(
+            f"seed {seed}: {status}; {r.decided_slots} slots decided, "
+            f"ops {dict(r.client_ops)}, faults {dict(r.faults)}, "
+            f"linearizability {r.linearizability}",
+            markup=False,
+        )
+    raise typer.Exit(render.EXIT_FAILED_CHECK if r.violation else render.EXIT_OK)

@@ -1,0 +1,58 @@
+"""Tunables of one replica. Every bound has a unit in its name, last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from paxosd.core.types import NodeId
+
+# Test-only switches that plant a known bug, so tests can show the simulator's checkers catch it.
+# Never set in production: Replica refuses them unless the caller passes them explicitly.
+PLANTED_BUGS = frozenset(
+    {
+        "amnesia_on_restart",  # acceptor forgets its promise and votes when it restarts
+        "ignore_phase1_values",  # new leader ignores values reported in promises
+        "minority_quorum",  # a value counts as chosen on a minority of votes
+        "apply_before_decided",  # replica applies a value as soon as it accepts it
+    }
+)
+
+
+class Rng(Protocol):
+    """The slice of random.Random the core uses. Injected, so a seed replays a run exactly."""
+
+    def randint(self, a: int, b: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    node_id: NodeId
+    members: tuple[NodeId, ...]
+    heartbeat_interval_ms: int = 50
+    election_timeout_ms_min: int = 300
+    election_timeout_ms_max: int = 600
+    # Back-off after a lost election: the timeout range is scaled by 2**k, k <= this.
+    election_backoff_exponent_max: int = 3
+    slots_in_flight_max: int = 64
+    batch_commands_max: int = 512
+    batch_bytes_max: int = 1 << 20
+    pending_commands_max: int = 10_000
+    accept_entries_per_message_max: int = 256
+    promise_entries_max: int = 4096
+    catchup_entries_max: int = 1024
+    log_retain_entries: int = 1000
+    planted_bugs: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        assert self.node_id in self.members, "a replica must be one of the members"
+        assert len(set(self.members)) == len(self.members), "member ids must be unique"
+        assert 0 < self.heartbeat_interval_ms < self.election_timeout_ms_min
+        assert self.election_timeout_ms_min < self.election_timeout_ms_max
+        assert self.slots_in_flight_max >= 1 and self.batch_commands_max >= 1
+        assert self.planted_bugs <= PLANTED_BUGS, f"unknown bugs {self.planted_bugs}"
+
+    @property
+    def quorum(self) -> int:
+        """A majority: any two majorities share at least one acceptor."""
+        return len(self.members) // 2 + 1

@@ -1,0 +1,710 @@
+"""One multi-Paxos participant: acceptor and learner always, proposer while it leads.
+
+The shape is etcd-io/raft's RawNode: ``step(input)`` feeds an event in, ``ready()`` hands out
+one batch of effects, ``advance(ready)`` says the caller did them. See ``paxosd.core.io`` for
+the caller's contract (persist, then send, then apply).
+
+Protocol summary (Paxos Made Simple, section 3, "Implementing a State Machine"):
+- A candidate picks a ballot above every ballot it has seen and runs phase 1 once for every
+  slot from its first undecided one. Acceptors answer with every vote (and decision) they hold
+  there. With a majority of promises it becomes leader, and re-proposes, for each slot, the
+  highest-ballot value reported (a decided value wins outright) and a no-op in every gap.
+- The leader then runs phase 2 per slot, several slots in flight, many commands per slot.
+- A slot is decided when a majority accepted it at one ballot. The leader says so with
+  ``commit_through`` on accepts and heartbeats; a follower that accepted the slot at exactly
+  that ballot knows the chosen value, and asks for any other decided slot (catch-up).
+- Heartbeats keep followers from campaigning; randomized election timeouts with exponential
+  back-off keep two candidates from pre-empting each other forever.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from paxosd.core.config import CoreConfig, Rng
+from paxosd.core.io import (
+    ClientCommand,
+    DurableState,
+    Input,
+    Outbound,
+    PersistRecord,
+    Ready,
+    Received,
+    Redirect,
+    SnapshotTaken,
+    Tick,
+)
+from paxosd.core.messages import (
+    Accept,
+    Accepted,
+    CatchUpReply,
+    CatchUpRequest,
+    Heartbeat,
+    Message,
+    Nack,
+    Prepare,
+    Promise,
+    PromiseEntry,
+)
+from paxosd.core.types import (
+    NOOP,
+    ZERO_BALLOT,
+    AcceptedEntry,
+    Ballot,
+    DecidedEntry,
+    NodeId,
+    Snapshot,
+    Value,
+)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class Replica:
+    """One multi-Paxos participant. Does no I/O; see the module docstring for the protocol."""
+
+    def __init__(
+        self, config: CoreConfig, rng: Rng, durable: DurableState | None = None, now_ms: int = 0
+    ) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.peers: tuple[NodeId, ...] = tuple(m for m in config.members if m != self.id)
+        self._rng = rng
+        self.now_ms = now_ms
+
+        # Acceptor. Invariant: every accepted ballot <= promised.
+        self.promised: Ballot = ZERO_BALLOT
+        self.accepted: dict[int, AcceptedEntry] = {}
+        # Learner. Invariant: applied_through <= decided_through, and every slot in
+        # (log_start - 1, decided_through] is in `decided` (slots below log_start are compacted).
+        self.decided: dict[int, Value] = {}
+        self.decided_through = 0
+        self.applied_through = 0
+        self.log_start = 1
+        self.snapshot: Snapshot | None = None
+
+        self.role = Role.FOLLOWER
+        self.leader_hint: NodeId | None = None
+        self.ballot_seen: Ballot = ZERO_BALLOT
+        self.elections_lost = 0
+        self.election_deadline_ms = 0
+
+        # Candidate state.
+        self.ballot: Ballot = ZERO_BALLOT  # our own ballot while candidate or leader
+        self._promises: dict[NodeId, Promise] = {}
+        self._prepare_from = 0
+        self._prepare_sent_ms = 0
+
+        # Leader state.
+        self._queue: deque[bytes] = deque()
+        self._next_slot = 1
+        self._proposals: dict[int, Value] = {}  # slot -> value proposed at self.ballot
+        self._votes: dict[int, set[NodeId]] = {}  # slot -> acceptors that accepted it
+        self._proposed_ms: dict[int, int] = {}  # slot -> when its accept was last sent
+        self._commit_through = 0  # every slot in [start, this] has a majority at self.ballot
+        self._last_heartbeat_ms = 0
+        self._last_ack_ms: dict[NodeId, int] = {}
+
+        self._catchup_sent_ms = -(10**9)
+
+        # Output buffers, drained by ready().
+        self._persist_promised: Ballot | None = None
+        self._persist_accepted: dict[int, AcceptedEntry] = {}
+        self._persist_decided: list[DecidedEntry] = []
+        self._persist_snapshot: Snapshot | None = None
+        self._persist_compact: int | None = None
+        self._messages: list[Outbound] = []
+        self._accept_out: dict[NodeId, list[DecidedEntry]] = {}
+        self._accepted_out: dict[NodeId, tuple[Ballot, list[int]]] = {}
+        self._to_apply: list[DecidedEntry] = []
+        self._restore: Snapshot | None = None
+        self._redirects: list[Redirect] = []
+        self._outstanding: Ready | None = None
+
+        if durable is not None:
+            self._recover(durable)
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self, durable: DurableState) -> None:
+        """Rebuild from what was durable. The state machine is rebuilt by re-applying: the
+        first Ready restores the snapshot and hands out every decided slot after it."""
+        amnesia = "amnesia_on_restart" in self.config.planted_bugs
+        self.promised = ZERO_BALLOT if amnesia else durable.promised
+        self.accepted = {} if amnesia else dict(durable.accepted)
+        self.ballot_seen = self.promised
+        self.snapshot = durable.snapshot
+        if durable.snapshot is not None:
+            self._restore = durable.snapshot
+            self.applied_through = durable.snapshot.slot
+            self.decided_through = durable.snapshot.slot
+        self.decided = {d.slot: d.value for d in durable.decided.values()}
+        if self.decided or durable.snapshot is not None:
+            low = min(self.decided, default=self.decided_through + 1)
+            self.log_start = min(low, self.decided_through + 1)
+        self._advance_decided_through()
+        for a in self.accepted.values():
+            assert a.ballot <= self.promised or amnesia, "accepted above promised on disk"
+
+    # ------------------------------------------------------------------ public API
+
+    def step(self, event: Input) -> None:
+        """Feed one event in. Never blocks, never does I/O."""
+        match event:
+            case Tick(now_ms=now):
+                assert now >= self.now_ms, "time went backwards"
+                self.now_ms = now
+                self._on_tick()
+            case Received(src=src, msg=msg):
+                self._on_message(src, msg)
+            case ClientCommand(command=cmd):
+                self._on_client_command(cmd)
+            case SnapshotTaken(snapshot=snap):
+                self._on_snapshot_taken(snap)
+
+    def has_ready(self) -> bool:
+        self._flush_proposals()
+        return bool(
+            self._persist_promised is not None
+            or self._persist_accepted
+            or self._persist_decided
+            or self._persist_snapshot is not None
+            or self._persist_compact is not None
+            or self._messages
+            or self._accept_out
+            or self._accepted_out
+            or self._to_apply
+            or self._restore is not None
+            or self._redirects
+        )
+
+    def ready(self) -> Ready:
+        """Hand out everything produced since the last Ready. Call advance() before the next."""
+        assert self._outstanding is None, "ready() called twice without advance()"
+        self._flush_proposals()
+        messages = list(self._messages)
+        for dst, entries in self._accept_out.items():
+            cap = self.config.accept_entries_per_message_max
+            for i in range(0, len(entries), cap):
+                messages.append(
+                    Outbound(
+                        dst,
+                        Accept(
+                            ballot=self.ballot,
+                            entries=tuple(entries[i : i + cap]),
+                            commit_through=self._commit_through,
+                        ),
+                    )
+                )
+        for dst, (ballot, slots) in self._accepted_out.items():
+            messages.append(Outbound(dst, Accepted(ballot=ballot, slots=tuple(slots))))
+        rd = Ready(
+            persist=PersistRecord(
+                promised=self._persist_promised,
+                accepted=tuple(self._persist_accepted.values()),
+                decided=tuple(self._persist_decided),
+                snapshot=self._persist_snapshot,
+                compact_through=self._persist_compact,
+            ),
+            messages=tuple(messages),
+            restore=self._restore,
+            to_apply=tuple(self._to_apply),
+            redirects=tuple(self._redirects),
+        )
+        self._persist_promised = None
+        self._persist_accepted = {}
+        self._persist_decided = []
+        self._persist_snapshot = None
+        self._persist_compact = None
+        self._messages = []
+        self._accept_out = {}
+        self._accepted_out = {}
+        self._to_apply = []
+        self._restore = None
+        self._redirects = []
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The caller persisted, sent and applied ``rd``."""
+        assert rd is self._outstanding, "advance() with a Ready that is not the outstanding one"
+        self._outstanding = None
+
+    def durable_state(self) -> DurableState:
+        """What this replica believes is on disk (for tests and the simulator's checks)."""
+        return DurableState(
+            promised=self.promised,
+            accepted=dict(self.accepted),
+            decided={s: DecidedEntry(s, v) for s, v in self.decided.items()},
+            snapshot=self.snapshot,
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    @property
+    def pending_commands(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send(self, dst: NodeId, msg: Message) -> None:
+        self._messages.append(Outbound(dst, msg))
+
+    def _broadcast(self, msg: Message) -> None:
+        for p in self.peers:
+            self._messages.append(Outbound(p, msg))
+
+    def _promise(self, ballot: Ballot) -> None:
+        assert ballot >= self.promised, "promise must never go backwards"
+        if ballot != self.promised:
+            self.promised = ballot
+            self._persist_promised = ballot
+        self._observe(ballot)
+
+    def _observe(self, ballot: Ballot) -> None:
+        if ballot > self.ballot_seen:
+            self.ballot_seen = ballot
+
+    def _election_timeout_ms(self) -> int:
+        k = min(self.elections_lost, self.config.election_backoff_exponent_max)
+        lo = self.config.election_timeout_ms_min
+        hi = lo + (self.config.election_timeout_ms_max - lo) * (1 << k)
+        return self._rng.randint(lo, hi)
+
+    def _reset_election_timer(self) -> None:
+        self.election_deadline_ms = self.now_ms + self._election_timeout_ms()
+
+    def _step_down(self, higher: Ballot | None) -> None:
+        """Stop leading or campaigning. Queued (never proposed) commands go back to their
+        callers as redirects; proposed ones may still be decided by the next leader."""
+        if higher is not None:
+            self._observe(higher)
+            self.leader_hint = NodeId(higher.node) if higher.node != self.id else None
+        if self.role is not Role.FOLLOWER:
+            if self.role is Role.CANDIDATE:
+                self.elections_lost += 1
+            self.role = Role.FOLLOWER
+            self._promises = {}
+            self._proposals = {}
+            self._votes = {}
+            self._proposed_ms = {}
+            self._accept_out = {}
+            while self._queue:
+                self._redirects.append(Redirect(self._queue.popleft(), self.leader_hint))
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ learner
+
+    def _decide(self, slot: int, value: Value) -> None:
+        if slot < self.log_start:
+            return  # compacted: decided long ago
+        prior = self.decided.get(slot)
+        if prior is not None:
+            assert prior == value, f"agreement: slot {slot} decided with two values"
+            return
+        self.decided[slot] = value
+        self._persist_decided.append(DecidedEntry(slot, value))
+        self._advance_decided_through()
+
+    def _advance_decided_through(self) -> None:
+        while self.decided_through + 1 in self.decided:
+            self.decided_through += 1
+        # Hand out for apply everything decided and contiguous; the invariant
+        # applied_through <= decided_through holds by construction.
+        if "apply_before_decided" in self.config.planted_bugs:
+            return
+        while self.applied_through < self.decided_through:
+            self.applied_through += 1
+            s = self.applied_through
+            self._to_apply.append(DecidedEntry(s, self.decided[s]))
+
+    def _commit_from_leader(self, ballot: Ballot, commit_through: int) -> None:
+        """Learn every slot up to ``commit_through`` that we accepted at exactly ``ballot``:
+        the leader saw a majority accept its one proposal for that slot at that ballot."""
+        top = min(commit_through, self.decided_through + self.config.catchup_entries_max)
+        for s in range(self.decided_through + 1, top + 1):
+            a = self.accepted.get(s)
+            if a is not None and a.ballot == ballot and s not in self.decided:
+                self._decide(s, a.value)
+
+    def _maybe_catch_up(self, src: NodeId, their_decided_through: int) -> None:
+        if their_decided_through <= self.decided_through:
+            return
+        # One request in flight per heartbeat interval bounds the traffic a laggard causes.
+        if self.now_ms - self._catchup_sent_ms < 2 * self.config.heartbeat_interval_ms:
+            return
+        self._catchup_sent_ms = self.now_ms
+        lo = self.decided_through + 1
+        hi = min(their_decided_through, lo + self.config.catchup_entries_max - 1)
+        self._send(src, CatchUpRequest(from_slot=lo, to_slot=hi))
+
+    # ------------------------------------------------------------------ events
+
+    def _on_tick(self) -> None:
+        if self.role is Role.LEADER:
+            if self.now_ms - self._last_heartbeat_ms >= self.config.heartbeat_interval_ms:
+                self._heartbeat()
+            self._check_quorum()
+        elif self.role is Role.CANDIDATE:
+            if self.now_ms >= self.election_deadline_ms:
+                self._step_down(None)
+                self._start_election()
+            elif self.now_ms - self._prepare_sent_ms >= self.config.heartbeat_interval_ms:
+                self._send_prepares()
+        elif self.now_ms >= self.election_deadline_ms:
+            self._start_election()
+
+    def _check_quorum(self) -> None:
+        """A leader that has not heard from a majority for an election timeout steps down, so
+        clients stuck with a partitioned leader are redirected instead of waiting forever."""
+        window = self.config.election_timeout_ms_max
+        fresh = 1 + sum(1 for p in self.peers if self.now_ms - self._last_ack_ms.get(p, 0) < window)
+        if fresh < self.config.quorum:
+            self._step_down(None)
+
+    def _start_election(self) -> None:
+        round_ = max(self.promised.round, self.ballot_seen.round) + 1
+        self.ballot = Ballot(round_, self.id)
+        self.role = Role.CANDIDATE
+        self.leader_hint = None
+        self._promise(self.ballot)
+        self._prepare_from = self.decided_through + 1
+        self._promises = {self.id: self._make_promise(self.ballot, self._prepare_from, False)}
+        self._reset_election_timer()
+        self._send_prepares()
+        self._maybe_win()
+
+    def _send_prepares(self) -> None:
+        self._prepare_sent_ms = self.now_ms
+        for p in self.peers:
+            if p not in self._promises:
+                self._send(p, Prepare(ballot=self.ballot, from_slot=self._prepare_from))
+
+    def _make_promise(self, ballot: Ballot, from_slot: int, capped: bool = True) -> Promise:
+        """Our votes and decisions from ``from_slot`` on. The promise to ourselves is never
+        capped: a leader that could not see its own votes might overwrite a chosen value."""
+        entries: list[PromiseEntry] = []
+        complete = from_slot >= self.log_start
+        top = max(
+            max(self.accepted, default=0),
+            max(self.decided, default=0),
+        )
+        start = max(from_slot, self.log_start)
+        for s in range(start, top + 1):
+            if capped and len(entries) >= self.config.promise_entries_max:
+                complete = False
+                break
+            d = self.decided.get(s)
+            if d is not None:
+                entries.append(PromiseEntry(s, ZERO_BALLOT, d, True))
+                continue
+            a = self.accepted.get(s)
+            if a is not None:
+                entries.append(PromiseEntry(s, a.ballot, a.value, False))
+        return Promise(
+            ballot=ballot,
+            from_slot=from_slot,
+            entries=tuple(entries),
+            decided_through=self.decided_through,
+            complete=complete,
+        )
+
+    def _on_message(self, src: NodeId, msg: Message) -> None:
+        assert src != self.id and src in self.config.members, f"message from non-member {src}"
+        match msg:
+            case Prepare():
+                self._on_prepare(src, msg)
+            case Promise():
+                self._on_promise(src, msg)
+            case Nack():
+                self._on_nack(msg)
+            case Accept():
+                self._on_accept(src, msg)
+            case Accepted():
+                self._on_accepted(src, msg)
+            case Heartbeat():
+                self._on_heartbeat(src, msg)
+            case CatchUpRequest():
+                self._on_catchup_request(src, msg)
+            case CatchUpReply():
+                self._on_catchup_reply(msg)
+
+    def _on_prepare(self, src: NodeId, msg: Prepare) -> None:
+        if msg.ballot < self.promised:
+            self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
+            return
+        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
+            self._step_down(msg.ballot)
+        self._promise(msg.ballot)
+        self.leader_hint = None
+        self._reset_election_timer()
+        self._send(src, self._make_promise(msg.ballot, msg.from_slot))
+
+    def _on_promise(self, src: NodeId, msg: Promise) -> None:
+        if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
+            return  # late answer to an election we are no longer running
+        if not msg.complete:
+            # The acceptor knows slots we cannot see in one promise (or has compacted them):
+            # we are too far behind to lead. Catch up, and let someone else lead meanwhile.
+            self._step_down(None)
+            self._catchup_sent_ms = -(10**9)
+            self._maybe_catch_up(src, msg.decided_through)
+            return
+        self._promises[src] = msg
+        self._maybe_win()
+
+    def _maybe_win(self) -> None:
+        if len(self._promises) < self.config.quorum:
+            return
+        # Our own state may have grown while campaigning (catch-up): re-read it.
+        self._promises[self.id] = self._make_promise(self.ballot, self._prepare_from, False)
+        ignore = "ignore_phase1_values" in self.config.planted_bugs
+        chosen: dict[int, tuple[Ballot, Value, bool]] = {}
+        top = self._prepare_from - 1
+        for p in self._promises.values():
+            for e in p.entries:
+                top = max(top, e.slot)
+                if ignore:
+                    continue
+                cur = chosen.get(e.slot)
+                if cur is not None and cur[2]:
+                    continue  # a decided value already fixes this slot
+                if e.decided or cur is None or e.ballot > cur[0]:
+                    chosen[e.slot] = (e.ballot, e.value, e.decided)
+        self.role = Role.LEADER
+        self.leader_hint = self.id
+        self.elections_lost = 0
+        self._promises = {}
+        self._proposals = {}
+        self._votes = {}
+        self._proposed_ms = {}
+        self._commit_through = self._prepare_from - 1
+        self._next_slot = top + 1
+        self._last_ack_ms = {p: self.now_ms for p in self.peers}
+        for s in range(self._prepare_from, top + 1):
+            entry = chosen.get(s)
+            if s in self.decided:
+                value = self.decided[s]
+            elif entry is not None:
+                value = entry[1]
+            else:
+                value = NOOP
+            self._propose(s, value)
+        self._heartbeat(resend=False)
+
+    def _on_nack(self, msg: Nack) -> None:
+        self._observe(msg.promised)
+        if self.role is not Role.FOLLOWER and msg.ballot == self.ballot:
+            self._step_down(msg.promised)
+
+    def _propose(self, slot: int, value: Value) -> None:
+        assert self.role is Role.LEADER
+        assert slot not in self._proposals, f"slot {slot} proposed twice at one ballot"
+        self._proposals[slot] = value
+        self._votes[slot] = set()
+        self._proposed_ms[slot] = self.now_ms
+        entry = DecidedEntry(slot, value)
+        for p in self.peers:
+            self._accept_out.setdefault(p, []).append(entry)
+        self._accept_locally(slot, value)
+
+    def _accept_locally(self, slot: int, value: Value) -> None:
+        assert self.promised == self.ballot, "leader accepts only at its own ballot"
+        if slot >= self.log_start and slot not in self.decided:
+            a = AcceptedEntry(slot, self.ballot, value)
+            self.accepted[slot] = a
+            self._persist_accepted[slot] = a
+        self._count_vote(slot, self.id)
+
+    def _count_vote(self, slot: int, voter: NodeId) -> None:
+        votes = self._votes.get(slot)
+        if votes is None:
+            return
+        votes.add(voter)
+        needed = 1 if "minority_quorum" in self.config.planted_bugs else self.config.quorum
+        if len(votes) >= needed:
+            value = self._proposals[slot]
+            self._decide(slot, value)
+            del self._votes[slot]
+            del self._proposed_ms[slot]
+            while (
+                self._commit_through + 1 < self._next_slot
+                and self._commit_through + 1 not in self._votes
+            ):
+                self._commit_through += 1
+                self._proposals.pop(self._commit_through, None)
+
+    def _flush_proposals(self) -> None:
+        """Turn queued commands into proposals while the pipeline has room; commands that
+        arrived in one event-loop turn share a slot (batching)."""
+        if self.role is not Role.LEADER:
+            return
+        cfg = self.config
+        while self._queue and self._next_slot - 1 - self._commit_through < cfg.slots_in_flight_max:
+            batch: list[bytes] = []
+            size = 0
+            while self._queue and len(batch) < cfg.batch_commands_max:
+                nxt = len(self._queue[0])
+                if batch and size + nxt > cfg.batch_bytes_max:
+                    break
+                batch.append(self._queue.popleft())
+                size += nxt
+            slot = self._next_slot
+            self._next_slot += 1
+            self._propose(slot, tuple(batch))
+
+    def _on_accept(self, src: NodeId, msg: Accept) -> None:
+        if msg.ballot < self.promised:
+            self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
+            return
+        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
+            self._step_down(msg.ballot)
+        self._promise(msg.ballot)
+        self.leader_hint = src
+        self._reset_election_timer()
+        slots: list[int] = []
+        for e in msg.entries:
+            slots.append(e.slot)
+            if e.slot < self.log_start or e.slot in self.decided:
+                continue  # decided already; the leader's value is necessarily the same
+            a = AcceptedEntry(e.slot, msg.ballot, e.value)
+            self.accepted[e.slot] = a
+            self._persist_accepted[e.slot] = a
+            if "apply_before_decided" in self.config.planted_bugs:
+                self._to_apply.append(DecidedEntry(e.slot, e.value))
+        if slots:
+            prev = self._accepted_out.get(src)
+            if prev is not None and prev[0] == msg.ballot:
+                prev[1].extend(slots)
+            else:
+                self._accepted_out[src] = (msg.ballot, slots)
+        self._commit_from_leader(msg.ballot, msg.commit_through)
+
+    def _on_accepted(self, src: NodeId, msg: Accepted) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        self._last_ack_ms[src] = self.now_ms
+        for s in msg.slots:
+            self._count_vote(s, src)
+
+    def _heartbeat(self, resend: bool = True) -> None:
+        """Tell followers we lead, how far they may commit, and re-send what they miss."""
+        self._last_heartbeat_ms = self.now_ms
+        self._broadcast(
+            Heartbeat(
+                ballot=self.ballot,
+                commit_through=self._commit_through,
+                decided_through=self.decided_through,
+            )
+        )
+        if not resend:
+            return
+        # Re-send accepts that lack votes a heartbeat after sending: the network may have
+        # dropped them. Bounded per peer per heartbeat.
+        stale_ms = self.now_ms - self.config.heartbeat_interval_ms
+        for s, votes in self._votes.items():
+            if self._proposed_ms[s] > stale_ms:
+                continue
+            self._proposed_ms[s] = self.now_ms
+            entry = DecidedEntry(s, self._proposals[s])
+            for p in self.peers:
+                if p not in votes:
+                    out = self._accept_out.setdefault(p, [])
+                    if len(out) < self.config.accept_entries_per_message_max:
+                        out.append(entry)
+
+    def _on_heartbeat(self, src: NodeId, msg: Heartbeat) -> None:
+        if msg.ballot < self.promised:
+            self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
+            return
+        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
+            self._step_down(msg.ballot)
+        if self.role is Role.LEADER:
+            return  # our own ballot echoed cannot happen; equal ballots mean the same node
+        self._observe(msg.ballot)
+        self.leader_hint = src
+        self.elections_lost = 0
+        self._reset_election_timer()
+        self._commit_from_leader(msg.ballot, msg.commit_through)
+        # An empty Accepted is the heartbeat's ack: it tells the leader a majority still
+        # follows it (check-quorum), without voting for anything.
+        if src not in self._accepted_out:
+            self._accepted_out[src] = (msg.ballot, [])
+        self._maybe_catch_up(src, msg.decided_through)
+
+    def _on_catchup_request(self, src: NodeId, msg: CatchUpRequest) -> None:
+        lo, hi = msg.from_slot, min(msg.to_slot, self.decided_through)
+        if hi < lo:
+            return
+        snap: Snapshot | None = None
+        if lo < self.log_start:
+            snap = self.snapshot
+            assert snap is not None, "compacted log without a snapshot"
+            lo = snap.slot + 1
+        hi = min(hi, lo + self.config.catchup_entries_max - 1)
+        entries = tuple(DecidedEntry(s, self.decided[s]) for s in range(lo, hi + 1))
+        self._send(
+            src,
+            CatchUpReply(snapshot=snap, entries=entries, decided_through=self.decided_through),
+        )
+
+    def _on_catchup_reply(self, msg: CatchUpReply) -> None:
+        snap = msg.snapshot
+        if snap is not None and snap.slot > self.decided_through:
+            self._install_snapshot(snap)
+        for e in msg.entries:
+            self._decide(e.slot, e.value)
+        if msg.decided_through > self.decided_through:
+            self._catchup_sent_ms = -(10**9)  # more to fetch: ask again at the next heartbeat
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        """Jump the learner forward to a peer's snapshot: the slots it covers were compacted
+        away everywhere we could ask, so applying the snapshot replaces applying them."""
+        assert snap.slot > self.decided_through
+        self._to_apply = [e for e in self._to_apply if e.slot > snap.slot]
+        self._restore = snap
+        self.snapshot = snap
+        self._persist_snapshot = snap
+        self._persist_compact = snap.slot
+        for s in [s for s in self.decided if s <= snap.slot]:
+            del self.decided[s]
+        for s in [s for s in self.accepted if s <= snap.slot]:
+            del self.accepted[s]
+        self._persist_decided = [d for d in self._persist_decided if d.slot > snap.slot]
+        self._persist_accepted = {s: a for s, a in self._persist_accepted.items() if s > snap.slot}
+        self.log_start = snap.slot + 1
+        self.decided_through = snap.slot
+        self.applied_through = snap.slot
+        self._advance_decided_through()
+
+    def _on_snapshot_taken(self, snap: Snapshot) -> None:
+        assert snap.slot <= self.applied_through, "snapshot of slots not yet applied"
+        if self.snapshot is not None and snap.slot <= self.snapshot.slot:
+            return
+        self.snapshot = snap
+        self._persist_snapshot = snap
+        cut = snap.slot - self.config.log_retain_entries
+        if cut >= self.log_start:
+            self._persist_compact = cut
+            for s in [s for s in self.decided if s <= cut]:
+                del self.decided[s]
+            for s in [s for s in self.accepted if s <= cut]:
+                del self.accepted[s]
+            self.log_start = cut + 1
+
+    def _on_client_command(self, cmd: bytes) -> None:
+        if self.role is not Role.LEADER:
+            self._redirects.append(Redirect(cmd, self.leader_hint))
+            return
+        if len(self._queue) >= self.config.pending_commands_max:
+            self._redirects.append(Redirect(cmd, self.id, reason="busy"))
+            return
+        self._queue.append(cmd)

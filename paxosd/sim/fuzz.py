@@ -1,0 +1,116 @@
+"""Many seeds, one report: the simulator's CI gate and ``paxosctl simulate --fuzz``."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from paxosd.sim.run import FAULT_KINDS, SeedResult, run_seed
+
+# Sub-kinds the report folds into the kinds a user names on the command line.
+_KIND_OF = {
+    "crash": "crash",
+    "crash-mid-ready": "crash",
+    "restart": "restart",
+    "partition": "partition",
+    "partition-one-way": "partition",
+    "drop": "drop",
+    "dup": "dup",
+    "delay": "delay",
+}
+
+
+@dataclass(slots=True)
+class FuzzReport:
+    nodes: int
+    kinds: tuple[str, ...]
+    seeds_run: int = 0
+    wall_seconds: float = 0.0
+    simulated_ms: int = 0
+    core_steps: int = 0
+    decided_slots: int = 0
+    client_ops: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    fault_detail: Counter[str] = field(default_factory=Counter)
+    converged: int = 0
+    linearizability: Counter[str] = field(default_factory=Counter)
+    failures: list[SeedResult] = field(default_factory=list)
+
+    @property
+    def violations(self) -> int:
+        return len(self.failures)
+
+    def add(self, r: SeedResult) -> None:
+        self.seeds_run += 1
+        self.simulated_ms += r.sim_ms
+        self.core_steps += r.core_steps
+        self.decided_slots += r.decided_slots
+        self.client_ops.update(r.client_ops)
+        for k, n in r.faults.items():
+            self.fault_detail[k] += n
+            self.faults[_KIND_OF.get(k, k)] += n
+        self.linearizability[r.linearizability] += 1
+        if r.converged_ms is not None:
+            self.converged += 1
+        if r.violation is not None:
+            self.failures.append(r)
+
+    def to_json(self) -> dict[str, object]:
+        secs = max(self.wall_seconds, 1e-9)
+        return {
+            "nodes": self.nodes,
+            "fault_kinds": list(self.kinds),
+            "seeds_run": self.seeds_run,
+            "seeds_per_second": round(self.seeds_run / secs, 2),
+            "core_steps": self.core_steps,
+            "core_steps_per_second": round(self.core_steps / secs),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "simulated_seconds": round(self.simulated_ms / 1000, 1),
+            "decided_slots": self.decided_slots,
+            "client_ops": dict(sorted(self.client_ops.items())),
+            "faults_injected": {k: self.faults.get(k, 0) for k in (*self.kinds, "restart")},
+            "faults_detail": dict(sorted(self.fault_detail.items())),
+            "converged_seeds": self.converged,
+            "linearizability": dict(sorted(self.linearizability.items())),
+            "violations": [
+                {
+                    "seed": f.seed,
+                    "property": f.violation.prop if f.violation else None,
+                    "detail": f.violation.detail if f.violation else None,
+                    "replay": replay_command(f.seed, self.nodes, self.kinds),
+                }
+                for f in self.failures
+            ],
+        }
+
+
+def replay_command(seed: int, nodes: int, kinds: tuple[str, ...]) -> str:
+    faults = "" if set(kinds) == set(FAULT_KINDS) else f" --faults {','.join(kinds)}"
+    return f"paxosctl simulate --seed {seed} --nodes {nodes}{faults} --trace"
+
+
+def fuzz(
+    seeds: int,
+    nodes: int,
+    kinds: tuple[str, ...] = FAULT_KINDS,
+    first_seed: int = 0,
+    bugs: frozenset[str] = frozenset(),
+    stop_at_first: bool = False,
+    progress: Callable[[FuzzReport], None] | None = None,
+) -> FuzzReport:
+    assert seeds >= 1 and nodes >= 1
+    unknown = set(kinds) - set(FAULT_KINDS)
+    assert not unknown, f"unknown fault kinds {sorted(unknown)}"
+    report = FuzzReport(nodes=nodes, kinds=kinds)
+    start = time.perf_counter()
+    for seed in range(first_seed, first_seed + seeds):
+        r = run_seed(seed, nodes=nodes, kinds=frozenset(kinds), bugs=bugs)
+        report.add(r)
+        report.wall_seconds = time.perf_counter() - start
+        if progress is not None:
+            progress(report)
+        if stop_at_first and r.violation is not None:
+            break
+    return report

@@ -1,0 +1,207 @@
+"""One seed, end to end: safety phase with faults, heal, liveness phase, then the checks.
+
+A seed fixes everything (fault plan, timings, workload), so a seed is a complete bug report:
+``paxosctl simulate --seed S --trace`` replays it exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+
+from paxosd.commands import Get
+from paxosd.core.types import NodeId
+from paxosd.sim import linearizability
+from paxosd.sim.checker import Violation
+from paxosd.sim.network import NetworkFaults
+from paxosd.sim.workload import KEYS, SimClient
+from paxosd.sim.world import World, WorldOptions
+
+FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
+
+
+@dataclass(slots=True)
+class SeedResult:
+    seed: int
+    nodes: int
+    violation: Violation | None
+    trace_tail: list[str]
+    sim_ms: int
+    core_steps: int
+    decided_slots: int
+    client_ops: Counter[str]
+    faults: Counter[str]
+    linearizability: str
+    converged_ms: int | None = None
+    trace: list[str] = field(default_factory=list)
+
+
+def _options(
+    rng: random.Random, nodes: int, kinds: frozenset[str], bugs: frozenset[str]
+) -> WorldOptions:
+    faults = NetworkFaults(
+        drop_probability=rng.uniform(0.0, 0.08) if "drop" in kinds else 0.0,
+        duplicate_probability=rng.uniform(0.0, 0.08) if "dup" in kinds else 0.0,
+        delay_ms_min=1,
+        delay_ms_max=rng.randint(5, 60) if "delay" in kinds else 2,
+    )
+    return WorldOptions(
+        nodes=nodes,
+        clients=rng.randint(2, 5),
+        faults=faults,
+        crash_mid_ready_probability=0.002 if "crash" in kinds else 0.0,
+        planted_bugs=bugs,
+    )
+
+
+def _plan_faults(world: World, rng: random.Random, kinds: frozenset[str], safety_ms: int) -> None:
+    ids: list[int] = [int(n) for n in world.nodes]
+    minority = (len(ids) - 1) // 2
+    if "crash" in kinds:
+        for _ in range(rng.randint(1, 5)):
+            at = rng.randint(100, safety_ms - 100)
+            # Mostly a minority; sometimes everyone at once (a power cut): safety must hold
+            # whatever crashes, and durability is what brings the data back.
+            k = len(ids) if rng.random() < 0.15 else rng.randint(1, max(1, minority))
+            victims = rng.sample(ids, k)
+            down_ms = rng.randint(20, 1500)
+            for v in victims:
+                world.at(at, partial(world.crash, NodeId(v)))
+                world.at(at + down_ms, partial(world.restart, NodeId(v)))
+    if "partition" in kinds:
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randint(50, safety_ms - 100)
+            dur = rng.randint(100, 1500)
+            side: set[int] = set(rng.sample(ids, rng.randint(1, len(ids) - 1)))
+            rest: set[int] = set(ids) - side
+            one_way = rng.random() < 0.3
+
+            def start(
+                side: set[int] = side, rest: set[int] = rest, one_way: bool = one_way
+            ) -> None:
+                world.network.partition(side, rest, one_way)
+                world.stats.faults["partition-one-way" if one_way else "partition"] += 1
+                world.log(f"PARTITION {sorted(side)} {'->' if one_way else '|'} {sorted(rest)}")
+
+            def heal() -> None:
+                world.network.heal()
+                world.log("partition healed")
+
+            world.at(at, start)
+            world.at(at + dur, heal)
+
+
+def run_seed(
+    seed: int,
+    nodes: int = 3,
+    kinds: frozenset[str] = frozenset(FAULT_KINDS),
+    safety_ms: int = 3000,
+    converge_ms_max: int = 15000,
+    bugs: frozenset[str] = frozenset(),
+    trace: bool = False,
+) -> SeedResult:
+    """Run one seed and check it. Never raises for a protocol failure: it is reported."""
+    rng = random.Random(seed)
+    opts = _options(rng, nodes, kinds, bugs)
+    opts.trace_all = trace
+    world = World(rng.getrandbits(64), opts)
+    _plan_faults(world, rng, kinds, safety_ms)
+    violation: Violation | None = None
+    verdict = "not-checked"
+    converged_at: int | None = None
+    try:
+        try:
+            world.run_until(safety_ms)
+            _heal(world)
+            world.run_until(safety_ms + 500)
+            world.issuing = False
+            deadline = world.now_ms + converge_ms_max
+            while world.now_ms < deadline and not world.converged():
+                world.run_until(world.now_ms + 50)
+            world.check_convergence()
+            converged_at = world.now_ms - safety_ms
+            _check_durability(world)
+            _final_reads(world)
+            verdict = _check_linearizable(world)
+        except AssertionError as e:
+            # A core invariant assert fired: in the daemon this crashes the process, here it
+            # is the earliest evidence of the bug.
+            raise Violation("invariant", str(e) or "assertion failed") from e
+    except Violation as v:
+        violation = v
+        world.log(f"VIOLATION {v}")
+    n = world.network.counters
+    faults = Counter(world.stats.faults)
+    if "drop" in kinds:
+        faults["drop"] = n.dropped
+    if "dup" in kinds:
+        faults["dup"] = n.duplicated
+    if "delay" in kinds:
+        faults["delay"] = n.sent - n.dropped - n.blocked
+    return SeedResult(
+        seed=seed,
+        nodes=nodes,
+        violation=violation,
+        trace_tail=list(world.trace),
+        sim_ms=world.now_ms,
+        core_steps=world.stats.core_steps,
+        decided_slots=len(world.checker.decided),
+        client_ops=Counter(world.stats.client_ops),
+        faults=faults,
+        linearizability=verdict,
+        converged_ms=converged_at,
+        trace=world.trace_all,
+    )
+
+
+def _heal(world: World) -> None:
+    world.log("HEAL: network calm, partitions healed, every replica restarted")
+    world.network.heal()
+    world.network.calm()
+    world.options.crash_mid_ready_probability = 0.0
+    for nid, node in world.nodes.items():
+        if not node.up:
+            world.restart(nid)
+
+
+def _final_reads(world: World) -> None:
+    """Read every key through the log: an acknowledged write lost by a crash shows up here
+    as a read the linearizability checker cannot explain."""
+    reader = SimClient(index=len(world.clients), client_id="final-reader", site="s1")
+    world.clients.append(reader)
+    world.issuing = False
+    for key in KEYS:
+        cmd = reader.begin(Get(key=key), world.now_ms, world.options.op_timeout_ms)
+        world._cmd_owner[cmd] = (reader.index, reader.seq)
+        world.checker.submitted.add(cmd)
+        reader.target = next(n for n in world.nodes if world.nodes[n].replica.is_leader)
+        world._send_attempt(reader)
+        world.run_until(world.now_ms + world.options.op_timeout_ms + 1000, lambda: not reader.busy)
+        last = reader.history[-1] if reader.history else None
+        if reader.busy or last is None or last.outcome != "ok":
+            raise Violation("convergence", f"final read of {key!r} did not complete after healing")
+
+
+def _check_durability(world: World) -> None:
+    """Every acknowledged command sits in a decided slot that every replica now holds, after
+    whatever crashes the seed made."""
+    top = min(n.replica.decided_through for n in world.nodes.values())
+    for cmd in world.acknowledged:
+        slot = world.checker.slot_of.get(cmd)
+        if slot is None:
+            raise Violation("durability", "a command was acknowledged but never decided")
+        if slot > top:
+            raise Violation(
+                "durability",
+                f"acknowledged command at slot {slot} is above a replica's decided prefix {top}",
+            )
+
+
+def _check_linearizable(world: World) -> str:
+    history = [op for c in world.clients for op in c.history]
+    result = linearizability.check(history)
+    if result.verdict == "violation":
+        raise Violation("linearizability", f"{result.partition}: {result.explanation}")
+    return result.verdict

@@ -1,0 +1,113 @@
+"""A hand-driven cluster for scripted interleavings: nothing moves unless the test says so.
+
+Messages wait in ``inflight`` until the test delivers or drops them, so a test can build the
+exact race it wants (etcd-io/raft's InteractionEnv, in a few lines).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from paxosd.core.config import CoreConfig
+from paxosd.core.io import ClientCommand, DurableState, Input, Received, Tick
+from paxosd.core.messages import Message
+from paxosd.core.replica import Replica
+from paxosd.core.types import ZERO_BALLOT, NodeId, Value
+
+Pred = Callable[[int, int, Message], bool]
+
+
+class Cluster:
+    def __init__(self, n: int = 3, **config: object) -> None:
+        self.members = tuple(NodeId(i) for i in range(1, n + 1))
+        self.now_ms = 0
+        self.configs = {
+            m: CoreConfig(node_id=m, members=self.members, **config) for m in self.members
+        }  # type: ignore[arg-type]
+        self.disks = {m: DurableState(promised=ZERO_BALLOT) for m in self.members}
+        self.replicas = {m: Replica(self.configs[m], random.Random(m)) for m in self.members}
+        self.inflight: list[tuple[int, int, Message]] = []
+        self.applied: dict[int, list[tuple[int, Value]]] = {m: [] for m in self.members}
+        self.down: set[int] = set()
+
+    def step(self, nid: int, event: Input) -> None:
+        assert nid not in self.down
+        self.replicas[nid].step(event)  # type: ignore[index]
+        self.drain(nid)
+
+    def drain(self, nid: int) -> None:
+        r = self.replicas[nid]  # type: ignore[index]
+        while r.has_ready():
+            rd = r.ready()
+            self.disks[nid].apply(rd.persist)  # type: ignore[index]
+            for out in rd.messages:
+                self.inflight.append((nid, out.dst, out.msg))
+            for e in rd.to_apply:
+                self.applied[nid].append((e.slot, e.value))
+            r.advance(rd)
+
+    def campaign(self, nid: int) -> None:
+        """Make ``nid``'s election timer fire now, without moving anyone's clock."""
+        r = self.replicas[nid]  # type: ignore[index]
+        r.election_deadline_ms = self.now_ms
+        self.step(nid, Tick(self.now_ms))
+
+    def tick_all(self, ms: int) -> None:
+        self.now_ms += ms
+        for m in self.members:
+            if m not in self.down:
+                self.step(m, Tick(self.now_ms))
+
+    def propose(self, nid: int, command: bytes) -> None:
+        self.step(nid, ClientCommand(command))
+
+    def deliver(self, pred: Pred = lambda s, d, m: True, rounds: int = 50) -> int:
+        """Deliver matching messages (and what they cause) until none match; returns count."""
+        count = 0
+        for _ in range(rounds):
+            batch = [x for x in self.inflight if pred(*x)]
+            if not batch:
+                return count
+            self.inflight = [x for x in self.inflight if not pred(*x)]
+            for src, dst, msg in batch:
+                count += 1
+                if dst not in self.down:
+                    self.step(dst, Received(NodeId(src), msg))
+        raise AssertionError("messages still flowing after the round bound")
+
+    def drop(self, pred: Pred) -> None:
+        self.inflight = [x for x in self.inflight if not pred(*x)]
+
+    def crash(self, nid: int) -> None:
+        self.down.add(nid)
+        self.inflight = [x for x in self.inflight if x[0] != nid]
+
+    def restart(self, nid: int) -> None:
+        self.down.discard(nid)
+        durable = DurableState(
+            promised=self.disks[nid].promised,  # type: ignore[index]
+            accepted=dict(self.disks[nid].accepted),  # type: ignore[index]
+            decided=dict(self.disks[nid].decided),  # type: ignore[index]
+            snapshot=self.disks[nid].snapshot,  # type: ignore[index]
+        )
+        self.replicas[nid] = Replica(
+            self.configs[nid], random.Random(nid + 100), durable, self.now_ms
+        )  # type: ignore[index]
+        self.applied[nid] = []
+        self.drain(nid)
+
+    def decided(self, nid: int) -> dict[int, Value]:
+        return dict(self.replicas[nid].decided)  # type: ignore[index]
+
+
+def to(dst: int) -> Pred:
+    return lambda s, d, m: d == dst
+
+
+def between(*nodes: int) -> Pred:
+    return lambda s, d, m: s in nodes and d in nodes
+
+
+def kind(cls: type) -> Pred:
+    return lambda s, d, m: isinstance(m, cls)
