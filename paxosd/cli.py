@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import typer
 
+from paxosd.initcluster import check_config_command, init_command
+from paxosd.inspect import inspect_cmd
+
 app = typer.Typer(
     name="paxosd",
     help="paxosd: a replicated key-value store on multi-Paxos. Offline tools and the daemon.",
@@ -21,6 +24,9 @@ def _root() -> None:
 
 
 # Subcommand registration: one line per owning module (keep this list sorted).
+app.command("check-config")(check_config_command)
+app.command("init")(init_command)
+app.command("inspect")(inspect_cmd)
 
 
 def main() -> None:

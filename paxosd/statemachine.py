@@ -324,6 +324,11 @@ class StateMachine:
 
     # ----------------------------------------------------------------------------- reads
 
+    def query(self, op: Op) -> Result:
+        """Answer a read from the applied state without going through the log: a stale read
+        (``--stale``), or a read-index read once leadership is confirmed."""
+        return self._read(op)
+
     def _read(self, op: Op) -> Result:
         match op:
             case Get(key=key):

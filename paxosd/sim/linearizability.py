@@ -226,8 +226,8 @@ def _partitions(history: Iterable[Operation]) -> list[_Partition]:
                 for p in listed:
                     pair_part(p.site, p.other)
 
-    # A scan or listing answered with the wrong result type fits no object's model; this
-    # partition rejects every operation, so it reports them as a violation.
+    # A scan or listing answered with the wrong result type (or a row outside its prefix)
+    # fits no object's model; this partition rejects every operation put in it.
     mistyped = _Partition("result types", None, _reject)
     for o in live:
         unknown = o.outcome == "unknown"
@@ -247,7 +247,9 @@ def _partitions(history: Iterable[Operation]) -> list[_Partition]:
             case Get(key=k) if not unknown:
                 add(keys[k], o.op, result)
             case Scan(prefix=prefix) if not unknown:
-                if not isinstance(result, Rows):
+                if not isinstance(result, Rows) or any(
+                    not row.key.startswith(prefix) for row in result.rows
+                ):
                     add(mistyped, o.op, result)
                     continue
                 seen = {row.key: row for row in result.rows}

@@ -262,6 +262,8 @@ def test_scan_is_checked_per_key():
 def test_scan_or_listing_with_the_wrong_result_type_is_a_violation():
     assert verdict([ok("s", Scan("", 10), 0, 10, NotFound())]) == "violation"
     assert verdict([ok("s", Blocks(None), 0, 10, Written(1))]) == "violation"
+    outside = ok("s", Scan("x", 10), 0, 10, Rows((Row("y", b"1", 1),), more=False))
+    assert verdict([ok("a", Put("y", b"1"), 0, 5, Written(1)), outside]) == "violation"
 
 
 def test_search_over_its_bound_is_undecided_not_ok():

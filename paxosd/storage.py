@@ -1,0 +1,1008 @@
+"""Durable Paxos state in SQLite: what an acceptor promised and voted, what was decided, and
+the latest snapshot, so that a restart after ``kill -9`` or a power cut rebuilds exactly the
+state the node had acknowledged.
+
+Why each choice:
+  - WAL + ``synchronous=FULL``: a commit returns only after its WAL frames are fsynced, which
+    is the moment the daemon may release the messages that depend on it (the Paxos
+    durability rule in paxosd/core/io.py). Both pragmas are read back at open, because SQLite
+    silently keeps the old journal mode when it cannot switch (for example on a file system
+    without shared memory).
+  - One transaction per ``write()`` (group commit): everything one Ready produced costs one
+    fsync, and a crash leaves either all of it or none of it.
+  - A crc32 per log row, per snapshot and over the promised ballot: SQLite checks its page
+    structure, not the bytes of a value, so a flipped bit in a vote would otherwise be
+    replayed as if it were the truth.
+  - Cluster id and node id are stored at creation and checked at every open: a data dir
+    copied to the wrong host must not vote under someone else's name.
+
+A ``Storage`` is not thread-safe: one thread at a time (the daemon's loop) may use it. After
+any error from ``write()`` the object refuses further writes, because whether the failed
+transaction reached the disk is unknown; the daemon must exit and recover by restarting.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, NoReturn
+
+import msgspec
+import sqlite_utils
+import structlog
+
+from paxosd.core.io import DurableState, PersistRecord
+from paxosd.core.types import ZERO_BALLOT, AcceptedEntry, Ballot, DecidedEntry, Snapshot, Value
+
+__all__ = [
+    "DB_FILENAME",
+    "SCHEMA_VERSION",
+    "ChecksumMismatch",
+    "CorruptDatabase",
+    "CorruptRecord",
+    "DatabaseLocked",
+    "Durability",
+    "IdentityMismatch",
+    "LogRow",
+    "NotInitialized",
+    "SchemaVersionError",
+    "Storage",
+    "StorageError",
+    "StorageIOError",
+    "StorageMeta",
+    "WalTruncated",
+    "decode_value",
+    "encode_value",
+]
+
+_log = structlog.get_logger(__name__)
+
+# The database file inside a node's data dir. SQLite keeps "-wal" and "-shm" files next to it.
+DB_FILENAME = "paxosd.sqlite3"
+
+Durability = Literal["fsync", "unsafe-no-fsync"]
+
+# How long a statement waits for another connection's lock before failing. The daemon is
+# the only writer; the wait only covers a reader (inspect) that holds the WAL-index briefly.
+BUSY_TIMEOUT_S = 2.0
+# Bound on rows returned by one read_log() call.
+LOG_ROWS_MAX = 100_000
+# Bound on how many quick_check problems an error message quotes.
+QUICK_CHECK_PROBLEMS_MAX = 3
+
+# ------------------------------------------------------------------------------- errors
+
+
+class StorageError(Exception):
+    """Base of every storage failure. ``str()`` is one line: the file, then the problem."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = " ".join(problem.split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+class NotInitialized(StorageError):
+    """No database (or an empty one) where one was required: a node that forgot its promises
+    must not vote as if it had made none, so only an explicit bootstrap may create one."""
+
+
+class CorruptDatabase(StorageError):
+    """The file is not a readable paxosd database, or SQLite found it damaged."""
+
+
+class WalTruncated(CorruptDatabase):
+    """The WAL file's header was cut or damaged: SQLite would silently drop the committed
+    transactions in it."""
+
+
+class ChecksumMismatch(CorruptDatabase):
+    """A row's bytes differ from what was written (its checksum does not match)."""
+
+    def __init__(self, path: Path | str, table: str, slot: int | None) -> None:
+        self.table = table
+        self.slot = slot
+        where = f"table {table}" + (f" slot {slot}" if slot is not None else "")
+        super().__init__(path, f"checksum mismatch in {where}: the stored bytes were altered")
+
+
+class CorruptRecord(CorruptDatabase):
+    """A row passed its checksum (or had none to pass) but does not decode."""
+
+
+class IdentityMismatch(StorageError):
+    """The database belongs to another cluster or another node id."""
+
+
+class SchemaVersionError(StorageError):
+    """The schema version is unknown to this build (written by a newer paxosd)."""
+
+
+class DatabaseLocked(StorageError):
+    """Another process holds the database lock (is another paxosd running on this dir?)."""
+
+
+class StorageIOError(StorageError):
+    """The operating system refused a read or write (permissions, disk full, I/O error)."""
+
+
+# SQLite primary result codes (https://sqlite.org/rescode.html) that are not corruption.
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_CONSTRAINT = 10, 13, 14, 19
+
+
+def _translate(path: Path, doing: str, exc: sqlite3.Error) -> StorageError:
+    """Map a sqlite3 exception to a typed StorageError: the caller must never see a raw
+    sqlite3 traceback for something that is an operating condition, not a bug."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    problem = f"{doing}: {exc}"
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return DatabaseLocked(path, f"{problem} (is another paxosd using this data dir?)")
+    if primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN):
+        return StorageIOError(path, problem)
+    if primary == _SQLITE_CONSTRAINT:
+        return StorageError(path, problem)
+    return CorruptDatabase(path, problem)
+
+
+@contextmanager
+def _sqlite_errors(path: Path, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise _translate(path, doing, exc) from exc
+
+
+# ----------------------------------------------------------------------------- encoding
+
+_VALUE_ENCODER = msgspec.msgpack.Encoder()
+_VALUE_DECODER = msgspec.msgpack.Decoder(tuple[bytes, ...])
+
+# Checksum headers bind a row's bytes to its identity, so a row copied to another slot (or
+# a value moved between tables) fails its check too. Different lengths per kind keep the
+# domains apart.
+_ACCEPTED_HEADER = struct.Struct("<qqq")  # slot, ballot round, ballot node
+_DECIDED_HEADER = struct.Struct("<q")  # slot
+_SNAPSHOT_HEADER = struct.Struct("<qB")  # slot, kind tag
+_PROMISED_HEADER = struct.Struct("<qqB")  # round, node, kind tag
+_SNAPSHOT_TAG = 1
+_PROMISED_TAG = 2
+
+
+def encode_value(value: Value) -> bytes:
+    """A slot's value as stored: a msgpack array of byte strings."""
+    return _VALUE_ENCODER.encode(value)
+
+
+def decode_value(blob: bytes, *, path: Path | str = "<memory>", where: str = "value") -> Value:
+    """Decode a stored value. Any bytes that are not one raise CorruptRecord, never
+    something untyped: a damaged file is an operating condition, not a bug."""
+    try:
+        return _VALUE_DECODER.decode(blob)
+    except (msgspec.DecodeError, TypeError) as exc:
+        raise CorruptRecord(path, f"{where} does not decode: {exc}") from exc
+
+
+def _accepted_checksum(slot: int, ballot_round: int, ballot_node: int, blob: bytes) -> int:
+    return zlib.crc32(blob, zlib.crc32(_ACCEPTED_HEADER.pack(slot, ballot_round, ballot_node)))
+
+
+def _decided_checksum(slot: int, blob: bytes) -> int:
+    return zlib.crc32(blob, zlib.crc32(_DECIDED_HEADER.pack(slot)))
+
+
+def _snapshot_checksum(slot: int, state: bytes) -> int:
+    return zlib.crc32(state, zlib.crc32(_SNAPSHOT_HEADER.pack(slot, _SNAPSHOT_TAG)))
+
+
+def _promised_checksum(ballot_round: int, ballot_node: int) -> int:
+    return zlib.crc32(_PROMISED_HEADER.pack(ballot_round, ballot_node, _PROMISED_TAG))
+
+
+# ------------------------------------------------------------------------------- schema
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _migration_1_initial_schema(db: sqlite_utils.Database) -> None:
+    """The first schema. Single-row tables use id 0. Log tables key on slot, which SQLite
+    makes the rowid: no separate index, and slot-ordered scans read pages in order."""
+    db.create_table(
+        "identity",
+        {"id": int, "cluster_id": str, "node_id": int, "created_at": str},
+        pk="id",
+        not_null={"cluster_id", "node_id", "created_at"},
+        strict=True,
+    )
+    db.create_table(
+        "paxos_state",
+        {
+            "id": int,
+            "promised_round": int,
+            "promised_node": int,
+            "promised_checksum": int,
+            "applied_through": int,
+        },
+        pk="id",
+        not_null={"promised_round", "promised_node", "promised_checksum"},
+        strict=True,
+    )
+    db.table("paxos_state").insert(
+        {
+            "id": 0,
+            "promised_round": ZERO_BALLOT.round,
+            "promised_node": ZERO_BALLOT.node,
+            "promised_checksum": _promised_checksum(ZERO_BALLOT.round, ZERO_BALLOT.node),
+            "applied_through": None,
+        }
+    )
+    db.create_table(
+        "accepted",
+        {"slot": int, "ballot_round": int, "ballot_node": int, "value": bytes, "checksum": int},
+        pk="slot",
+        not_null={"ballot_round", "ballot_node", "value", "checksum"},
+        strict=True,
+    )
+    db.create_table(
+        "decided",
+        {"slot": int, "value": bytes, "checksum": int},
+        pk="slot",
+        not_null={"value", "checksum"},
+        strict=True,
+    )
+    db.create_table(
+        "snapshot",
+        {"id": int, "slot": int, "state": bytes, "checksum": int},
+        pk="id",
+        not_null={"slot", "state", "checksum"},
+        strict=True,
+    )
+
+
+# MIGRATIONS[i] takes the schema from version i to version i + 1. Append only: a released
+# migration never changes, because databases in the field have already run it.
+MIGRATIONS: tuple[Migration, ...] = (_migration_1_initial_schema,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SCHEMA_VERSION_TABLE = "schema_version"
+
+
+def _read_schema_version(db: sqlite_utils.Database) -> int | None:
+    """The stored version, or None when the file has no paxosd schema at all."""
+    row = db.conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_SCHEMA_VERSION_TABLE,)
+    ).fetchone()
+    if row is None:
+        return None
+    version_row = db.conn.execute(
+        f"SELECT version FROM {_SCHEMA_VERSION_TABLE} WHERE id = 0"
+    ).fetchone()
+    if version_row is None or not isinstance(version_row[0], int):
+        return -1
+    return int(version_row[0])
+
+
+def _apply_migrations(
+    db: sqlite_utils.Database, path: Path, current: int, identity: tuple[str, int] | None
+) -> int:
+    """Bring the schema from ``current`` to ``len(MIGRATIONS)``.
+
+    A fresh database (``current == 0``) is built in ONE transaction together with its
+    identity, so a crash during creation leaves either a complete database or none. Upgrades
+    run one transaction per migration, each with its version bump, so a crash or a failing
+    migration leaves a consistent older version that the next start continues from.
+    """
+    migrations = MIGRATIONS
+    target = len(migrations)
+    if current == 0:
+        assert identity is not None
+        with db.atomic():
+            db.create_table(_SCHEMA_VERSION_TABLE, {"id": int, "version": int}, pk="id")
+            for migration in migrations:
+                migration(db)
+            db.conn.execute(
+                f"INSERT INTO {_SCHEMA_VERSION_TABLE} (id, version) VALUES (0, ?)", (target,)
+            )
+            cluster_id, node_id = identity
+            db.conn.execute(
+                "INSERT INTO identity (id, cluster_id, node_id, created_at) VALUES (0, ?, ?, ?)",
+                (cluster_id, node_id, datetime.now(UTC).isoformat(timespec="seconds")),
+            )
+        return target
+    for version in range(current, target):
+        with db.atomic():
+            migrations[version](db)
+            db.conn.execute(
+                f"UPDATE {_SCHEMA_VERSION_TABLE} SET version = ? WHERE id = 0", (version + 1,)
+            )
+        _log.info("storage_migrated", path=str(path), schema_version=version + 1)
+    return target
+
+
+# --------------------------------------------------------------------------- WAL check
+
+_WAL_MAGIC_LE = 0x377F0682
+_WAL_MAGIC_BE = 0x377F0683
+_WAL_HEADER_BYTES = 32
+_WAL_FRAME_HEADER_BYTES = 24
+
+
+def _wal_checksum(data: bytes, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum (https://sqlite.org/fileformat2.html#walformat)."""
+    words = struct.unpack((">" if big_endian else "<") + f"{len(data) // 4}I", data)
+    s0 = s1 = 0
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _check_wal(db_path: Path) -> None:
+    """Refuse a WAL file whose header was cut or damaged, before SQLite sees it.
+
+    SQLite treats a WAL whose header is short or fails its checksum as empty, which silently
+    drops every committed transaction not yet checkpointed: the votes this node acknowledged.
+    No crash produces such a header (SQLite writes the 32 header bytes in one write() and
+    syncs them), so it means damage: stop and let the operator decide. Moving the -wal file
+    aside accepts the loss explicitly.
+
+    A WAL that ends in a partial frame is NOT refused: kill -9 during an append leaves one
+    (Linux can stop a write() at a page boundary on a fatal signal; the crash test hits it),
+    and SQLite then ignores the uncommitted tail, which is correct. A truncation that cuts
+    committed frames looks exactly like that and cannot be told apart without a witness
+    outside the file; it is logged, not refused.
+    """
+    wal = db_path.with_name(db_path.name + "-wal")
+    try:
+        size = wal.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageIOError(wal, f"cannot stat the WAL file: {exc}") from exc
+    if size == 0:
+        return
+    remedy = "committed transactions would be lost; move the file aside to accept that"
+    if size < _WAL_HEADER_BYTES:
+        raise WalTruncated(wal, f"WAL file truncated inside its header ({size} bytes); {remedy}")
+    try:
+        with wal.open("rb") as f:
+            header = f.read(_WAL_HEADER_BYTES)
+    except OSError as exc:
+        raise StorageIOError(wal, f"cannot read the WAL file: {exc}") from exc
+    magic, _version, page_size = struct.unpack(">III", header[:12])
+    if magic not in (_WAL_MAGIC_LE, _WAL_MAGIC_BE):
+        raise WalTruncated(wal, f"WAL file header is not a WAL header; {remedy}")
+    if _wal_checksum(header[:24], magic == _WAL_MAGIC_BE) != struct.unpack(">II", header[24:]):
+        raise WalTruncated(wal, f"WAL file header fails its checksum; {remedy}")
+    page_size = 65536 if page_size == 1 else page_size
+    frame_bytes = _WAL_FRAME_HEADER_BYTES + page_size
+    partial_bytes = (size - _WAL_HEADER_BYTES) % frame_bytes
+    if partial_bytes:
+        _log.warning(
+            "storage_wal_partial_frame",
+            path=str(wal),
+            partial_bytes=partial_bytes,
+            problem="the WAL ends in a partial frame: a crash during a write (its transaction "
+            "was not committed, and is ignored) or a truncated file",
+        )
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRange:
+    first: int | None
+    last: int | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageMeta:
+    """What ``paxosd inspect`` shows: enough to tell which node this is and how far it got."""
+
+    path: str
+    cluster_id: str
+    node_id: int
+    schema_version: int
+    created_at: str
+    promised: Ballot
+    accepted: SlotRange
+    decided: SlotRange
+    snapshot_slot: int | None
+    snapshot_bytes: int | None
+    applied_through: int | None
+    file_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One stored log entry. ``ballot`` is None for decided entries (a decision is final,
+    whatever ballot chose it)."""
+
+    slot: int
+    kind: Literal["accepted", "decided"]
+    ballot: Ballot | None
+    value: Value
+    value_bytes: int
+
+
+# ------------------------------------------------------------------------------ storage
+
+_SQL_PROMISE = (
+    "UPDATE paxos_state SET promised_round = ?, promised_node = ?, promised_checksum = ? "
+    "WHERE id = 0"
+)
+_SQL_APPLIED = "UPDATE paxos_state SET applied_through = ? WHERE id = 0"
+_SQL_ACCEPT = (
+    "INSERT OR REPLACE INTO accepted (slot, ballot_round, ballot_node, value, checksum) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_SQL_DECIDE = "INSERT OR REPLACE INTO decided (slot, value, checksum) VALUES (?, ?, ?)"
+# Mirrors DurableState.apply: a snapshot only ever moves forward.
+_SQL_SNAPSHOT = (
+    "INSERT INTO snapshot (id, slot, state, checksum) VALUES (0, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET slot = excluded.slot, state = excluded.state, "
+    "checksum = excluded.checksum WHERE excluded.slot > snapshot.slot"
+)
+_SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot <= ?"
+_SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot <= ?"
+
+
+def _uri(path: Path, mode: str, *, immutable: bool = False) -> str:
+    # as_uri() percent-encodes '?' and '#', which SQLite would otherwise read as URI syntax.
+    return path.absolute().as_uri() + f"?mode={mode}" + ("&immutable=1" if immutable else "")
+
+
+class Storage:
+    """One node's durable Paxos state in one SQLite file. Build with ``open`` or
+    ``open_readonly``; never construct directly."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        db: sqlite_utils.Database,
+        readonly: bool,
+        cluster_id: str,
+        node_id: int,
+        schema_version: int,
+        promised: Ballot,
+    ) -> None:
+        self.path = path
+        self.db = db
+        self.readonly = readonly
+        self.cluster_id = cluster_id
+        self.node_id = node_id
+        self.schema_version = schema_version
+        self._conn = db.conn
+        # Invariant: equals the promised ballot on disk (checked against writes, so a core bug
+        # that lowers a promise is caught before it is made durable).
+        self._promised = promised
+        self._failed: str | None = None
+
+    # ------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        cluster_id: str,
+        node_id: int,
+        durability: Durability = "fsync",
+        create: bool,
+    ) -> Storage:
+        """Open (and with ``create=True``, create if absent or empty) the database at ``path``.
+
+        Every check (WAL, quick_check, schema version, identity) runs first on a read-only
+        connection, so a refused database is left exactly as it was: a read-write connection
+        would checkpoint the WAL into the file when it closed, even after a failed check.
+
+        :raises NotInitialized: ``create`` is False and there is no database, or it is empty.
+        :raises CorruptDatabase: SQLite reports damage, the WAL was cut, a check fails.
+        :raises IdentityMismatch: the database belongs to another cluster id or node id.
+        :raises StorageError: any other reason the database cannot be used, named in one line.
+        """
+        path = Path(path)
+        assert cluster_id, "cluster_id must be non-empty"
+        assert durability in ("fsync", "unsafe-no-fsync"), durability
+        wal = path.with_name(path.name + "-wal")
+        refuse_empty = (
+            "this node would start with no memory of its promises; create one only for a new "
+            "member, with the explicit bootstrap flag"
+        )
+        if not path.exists():
+            if wal.exists() and wal.stat().st_size > 0:
+                raise CorruptDatabase(
+                    path,
+                    "database file is missing but its WAL file exists; refusing to create a new "
+                    "database over it (restore the file from a backup)",
+                )
+            if not create:
+                raise NotInitialized(path, f"no database: {refuse_empty}")
+            found = None
+        elif path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            found = None
+        else:
+            found = _validate(path)
+        if found is None:
+            if not create:
+                raise NotInitialized(path, f"database is empty: {refuse_empty}")
+            version = 0
+        else:
+            version, identity = found
+            if identity != (cluster_id, node_id):
+                raise IdentityMismatch(
+                    path,
+                    f"database belongs to cluster {identity[0]!r} node {identity[1]}, "
+                    f"not cluster {cluster_id!r} node {node_id}",
+                )
+        try:
+            conn = sqlite3.connect(
+                _uri(path, "rwc" if create else "rw"),
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,  # explicit BEGIN/COMMIT only: no hidden transactions
+                check_same_thread=False,  # the caller serialises use (see module docstring)
+            )
+        except sqlite3.Error as exc:
+            raise StorageIOError(path, f"cannot open the database: {exc}") from exc
+        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        try:
+            with _sqlite_errors(path, "cannot open the database"):
+                _set_pragmas(conn, path, durability)
+                if version == 0:
+                    _log.info(
+                        "storage_created", path=str(path), cluster_id=cluster_id, node=node_id
+                    )
+                version = _apply_migrations(db, path, version, (cluster_id, node_id))
+                # Read back, not trusted: what the rest of the run relies on is what is stored.
+                assert _read_identity(conn, path) == (cluster_id, node_id)
+                promised = _read_promised(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        if durability == "unsafe-no-fsync":
+            _log.warning(
+                "storage_unsafe_no_fsync",
+                path=str(path),
+                problem="synchronous=OFF: a power cut can lose acknowledged promises and votes; "
+                "for benchmarks only",
+            )
+        return cls(
+            path=path,
+            db=db,
+            readonly=False,
+            cluster_id=cluster_id,
+            node_id=node_id,
+            schema_version=version,
+            promised=promised,
+        )
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Storage:
+        """Open for inspection: never writes the database or its WAL, never creates it.
+
+        With the daemon stopped and the WAL checkpointed (no -wal and no -shm file), the file
+        is opened ``immutable``, which creates nothing at all. Otherwise SQLite must read the
+        WAL and may rebuild the -shm index, which holds no data. Opening while a daemon
+        starts up at the same moment is not supported.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise NotInitialized(path, "no database file")
+        found = _validate(path)
+        if found is None:
+            raise NotInitialized(path, "database is empty")
+        version, (cluster_id, node_id) = found
+        if version != len(MIGRATIONS):
+            raise SchemaVersionError(
+                path,
+                f"schema version {version} is older than {len(MIGRATIONS)}; start the daemon "
+                "once to migrate it, then inspect",
+            )
+        conn = _connect_readonly(path)
+        try:
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            with _sqlite_errors(path, "cannot read the database"):
+                promised = _read_promised(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(
+            path=path,
+            db=db,
+            readonly=True,
+            cluster_id=cluster_id,
+            node_id=node_id,
+            schema_version=version,
+            promised=promised,
+        )
+
+    def close(self) -> None:
+        """Close the connection; SQLite checkpoints the WAL into the main file if it can."""
+        with _sqlite_errors(self.path, "cannot close the database"):
+            self._conn.close()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------- writing
+
+    def write(self, record: PersistRecord, *, applied_through: int | None = None) -> None:
+        """Make ``record`` durable in ONE transaction; when this returns, it is on disk.
+
+        ``applied_through``, if given, is stored in the same transaction (a hint for
+        inspection; recovery rebuilds the state machine by replay, not from it).
+        An empty record with no ``applied_through`` costs nothing: no transaction, no fsync.
+        """
+        if applied_through is None and record.is_empty():
+            return
+        assert not self.readonly, "write() on a read-only Storage"
+        assert self._failed is None, f"write() after a failed write: {self._failed}"
+        promised = record.promised
+        if promised is not None:
+            assert promised >= self._promised, (
+                f"promised ballot went backwards: {promised} < {self._promised}"
+            )
+        # Encode before BEGIN so the transaction (and the lock) is held only for SQLite work.
+        accepted_rows: list[tuple[int, int, int, bytes, int]] | None = None
+        if record.accepted:
+            encode = _VALUE_ENCODER.encode
+            crc = zlib.crc32
+            pack = _ACCEPTED_HEADER.pack
+            accepted_rows = []
+            append = accepted_rows.append
+            for entry in record.accepted:
+                slot = entry.slot
+                ballot = entry.ballot
+                blob = encode(entry.value)
+                append(
+                    (
+                        slot,
+                        ballot.round,
+                        ballot.node,
+                        blob,
+                        crc(blob, crc(pack(slot, ballot.round, ballot.node))),
+                    )
+                )
+        decided_rows: list[tuple[int, bytes, int]] | None = None
+        if record.decided:
+            encode = _VALUE_ENCODER.encode
+            crc = zlib.crc32
+            pack_slot = _DECIDED_HEADER.pack
+            decided_rows = []
+            append_d = decided_rows.append
+            for decided in record.decided:
+                slot = decided.slot
+                blob = encode(decided.value)
+                append_d((slot, blob, crc(blob, crc(pack_slot(slot)))))
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if promised is not None:
+                    conn.execute(
+                        _SQL_PROMISE,
+                        (
+                            promised.round,
+                            promised.node,
+                            _promised_checksum(promised.round, promised.node),
+                        ),
+                    )
+                if accepted_rows is not None:
+                    conn.executemany(_SQL_ACCEPT, accepted_rows)
+                if decided_rows is not None:
+                    conn.executemany(_SQL_DECIDE, decided_rows)
+                snapshot = record.snapshot
+                if snapshot is not None:
+                    conn.execute(
+                        _SQL_SNAPSHOT,
+                        (
+                            snapshot.slot,
+                            snapshot.state,
+                            _snapshot_checksum(snapshot.slot, snapshot.state),
+                        ),
+                    )
+                cut = record.compact_through
+                if cut is not None:
+                    conn.execute(_SQL_COMPACT_ACCEPTED, (cut,))
+                    conn.execute(_SQL_COMPACT_DECIDED, (cut,))
+                if applied_through is not None:
+                    conn.execute(_SQL_APPLIED, (applied_through,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            self._failed = str(exc)
+            raise _translate(self.path, "write failed (nothing after it is durable)", exc) from exc
+        if promised is not None:
+            self._promised = promised
+
+    # ------------------------------------------------------------------- reading
+
+    def load(self) -> DurableState:
+        """Everything that was made durable, exactly as ``DurableState.apply`` folded it.
+
+        Every row's checksum is verified before its value is decoded.
+
+        :raises ChecksumMismatch: a row's bytes changed after they were written.
+        :raises CorruptRecord: a row passed its checksum but does not decode.
+        """
+        path = self.path
+        conn = self._conn
+        decode = _VALUE_DECODER.decode
+        crc = zlib.crc32
+        with _sqlite_errors(path, "cannot read the log"):
+            conn.execute("BEGIN")  # one read snapshot across all tables
+            try:
+                promised = _read_promised(conn, path)
+                accepted: dict[int, AcceptedEntry] = {}
+                pack3 = _ACCEPTED_HEADER.pack
+                slot = -1
+                try:
+                    for slot, b_round, b_node, blob, checksum in conn.execute(
+                        "SELECT slot, ballot_round, ballot_node, value, checksum "
+                        "FROM accepted ORDER BY slot"
+                    ):
+                        if crc(blob, crc(pack3(slot, b_round, b_node))) != checksum:
+                            raise ChecksumMismatch(path, "accepted", slot)
+                        accepted[slot] = AcceptedEntry(slot, Ballot(b_round, b_node), decode(blob))
+                except (msgspec.DecodeError, TypeError, struct.error) as exc:
+                    _raise_corrupt_row(path, "accepted", slot, exc)
+                decided: dict[int, DecidedEntry] = {}
+                pack1 = _DECIDED_HEADER.pack
+                slot = -1
+                try:
+                    for slot, blob, checksum in conn.execute(
+                        "SELECT slot, value, checksum FROM decided ORDER BY slot"
+                    ):
+                        if crc(blob, crc(pack1(slot))) != checksum:
+                            raise ChecksumMismatch(path, "decided", slot)
+                        decided[slot] = DecidedEntry(slot, decode(blob))
+                except (msgspec.DecodeError, TypeError, struct.error) as exc:
+                    _raise_corrupt_row(path, "decided", slot, exc)
+                snapshot = _read_snapshot(conn, path)
+            finally:
+                conn.execute("COMMIT")
+        return DurableState(
+            promised=promised, accepted=accepted, decided=decided, snapshot=snapshot
+        )
+
+    def applied_through(self) -> int | None:
+        """The last ``applied_through`` passed to write(), or None if never set."""
+        with _sqlite_errors(self.path, "cannot read paxos_state"):
+            row = self._conn.execute(
+                "SELECT applied_through FROM paxos_state WHERE id = 0"
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def meta(self) -> StorageMeta:
+        """A summary for inspection. Counts scan the log tables: O(log size)."""
+        path = self.path
+        conn = self._conn
+        with _sqlite_errors(path, "cannot read the database summary"):
+            conn.execute("BEGIN")
+            try:
+                created_at = conn.execute(
+                    "SELECT created_at FROM identity WHERE id = 0"
+                ).fetchone()[0]
+                ranges = {
+                    table: SlotRange(
+                        *conn.execute(
+                            f"SELECT min(slot), max(slot), count(*) FROM {table}"
+                        ).fetchone()
+                    )
+                    for table in ("accepted", "decided")
+                }
+                snap = conn.execute(
+                    "SELECT slot, length(state) FROM snapshot WHERE id = 0"
+                ).fetchone()
+                promised = _read_promised(conn, path)
+                applied_row = conn.execute(
+                    "SELECT applied_through FROM paxos_state WHERE id = 0"
+                ).fetchone()
+                page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return StorageMeta(
+            path=str(path),
+            cluster_id=self.cluster_id,
+            node_id=self.node_id,
+            schema_version=self.schema_version,
+            created_at=str(created_at),
+            promised=promised,
+            accepted=ranges["accepted"],
+            decided=ranges["decided"],
+            snapshot_slot=None if snap is None else int(snap[0]),
+            snapshot_bytes=None if snap is None else int(snap[1]),
+            applied_through=None if applied_row[0] is None else int(applied_row[0]),
+            file_bytes=int(page_count) * int(page_size),
+        )
+
+    def read_log(self, from_slot: int, to_slot: int, limit: int = 1000) -> list[LogRow]:
+        """Accepted and decided entries with ``from_slot <= slot <= to_slot``, by slot (the
+        decided row first where a slot has both), at most ``limit`` rows. Checksums are
+        verified as in load()."""
+        assert 1 <= limit <= LOG_ROWS_MAX, f"limit must be in 1..{LOG_ROWS_MAX}"
+        path = self.path
+        conn = self._conn
+        rows: list[LogRow] = []
+        with _sqlite_errors(path, "cannot read the log"):
+            conn.execute("BEGIN")
+            try:
+                for slot, blob, checksum in conn.execute(
+                    "SELECT slot, value, checksum FROM decided WHERE slot BETWEEN ? AND ? "
+                    "ORDER BY slot LIMIT ?",
+                    (from_slot, to_slot, limit),
+                ):
+                    if _decided_checksum(slot, blob) != checksum:
+                        raise ChecksumMismatch(path, "decided", slot)
+                    value = decode_value(blob, path=path, where=f"table decided slot {slot}")
+                    rows.append(LogRow(slot, "decided", None, value, len(blob)))
+                for slot, b_round, b_node, blob, checksum in conn.execute(
+                    "SELECT slot, ballot_round, ballot_node, value, checksum FROM accepted "
+                    "WHERE slot BETWEEN ? AND ? ORDER BY slot LIMIT ?",
+                    (from_slot, to_slot, limit),
+                ):
+                    if _accepted_checksum(slot, b_round, b_node, blob) != checksum:
+                        raise ChecksumMismatch(path, "accepted", slot)
+                    value = decode_value(blob, path=path, where=f"table accepted slot {slot}")
+                    rows.append(LogRow(slot, "accepted", Ballot(b_round, b_node), value, len(blob)))
+            finally:
+                conn.execute("COMMIT")
+        rows.sort(key=lambda r: (r.slot, r.kind != "decided"))
+        return rows[:limit]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    wal = path.with_name(path.name + "-wal")
+    shm = path.with_name(path.name + "-shm")
+    # No -wal and no -shm: nobody has the file open and everything is in the main file, so
+    # immutable is exact and creates nothing. Otherwise SQLite must read the WAL.
+    immutable = not wal.exists() and not shm.exists()
+    try:
+        conn = sqlite3.connect(
+            _uri(path, "ro", immutable=immutable),
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise StorageIOError(path, f"cannot open the database: {exc}") from exc
+    try:
+        with _sqlite_errors(path, "cannot read the database"):
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA cell_size_check = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _validate(path: Path) -> tuple[int, tuple[str, int]] | None:
+    """Check an existing file without changing it: WAL intact, quick_check clean, a schema
+    version this build knows. Returns (schema version, (cluster id, node id)), or None when
+    the file holds no tables at all (an empty database)."""
+    _check_wal(path)
+    conn = _connect_readonly(path)
+    try:
+        with _sqlite_errors(path, "cannot read the database"):
+            _quick_check(conn, path)
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            version = _read_schema_version(db)
+            if version is None:
+                if _has_tables(conn):
+                    raise CorruptDatabase(path, "not a paxosd database (no schema_version table)")
+                return None
+            _check_version(path, version)
+            return version, _read_identity(conn, path)
+    finally:
+        conn.close()
+
+
+def _set_pragmas(conn: sqlite3.Connection, path: Path, durability: Durability) -> None:
+    """Set and read back: SQLite keeps the old journal mode silently when it cannot switch."""
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StorageError(path, f"cannot switch to WAL mode (journal_mode is {mode})")
+    sync_wanted = 2 if durability == "fsync" else 0  # FULL / OFF
+    conn.execute(f"PRAGMA synchronous = {sync_wanted}")
+    sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+    if sync != sync_wanted:
+        raise StorageError(path, f"synchronous is {sync}, not {sync_wanted} as set")
+    # macOS fsync() does not flush the drive's cache; these make SQLite use F_FULLFSYNC there
+    # and are no-ops elsewhere.
+    conn.execute("PRAGMA fullfsync = ON")
+    conn.execute("PRAGMA checkpoint_fullfsync = ON")
+    conn.execute("PRAGMA cell_size_check = ON")
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        shown = "; ".join(problems[:QUICK_CHECK_PROBLEMS_MAX])
+        more = len(problems) - QUICK_CHECK_PROBLEMS_MAX
+        suffix = f" (and {more} more)" if more > 0 else ""
+        raise CorruptDatabase(path, f"quick_check failed: {shown}{suffix}")
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+
+
+def _check_version(path: Path, version: int) -> None:
+    if version < 0:
+        raise CorruptDatabase(path, "schema_version table has no valid version row")
+    if version > len(MIGRATIONS):
+        raise SchemaVersionError(
+            path,
+            f"schema version {version} is newer than this paxosd understands "
+            f"({len(MIGRATIONS)}); run the newer paxosd",
+        )
+
+
+def _read_identity(conn: sqlite3.Connection, path: Path) -> tuple[str, int]:
+    row = conn.execute("SELECT cluster_id, node_id FROM identity WHERE id = 0").fetchone()
+    if row is None:
+        raise CorruptDatabase(path, "identity row (cluster id, node id) is missing")
+    return str(row[0]), int(row[1])
+
+
+def _read_promised(conn: sqlite3.Connection, path: Path) -> Ballot:
+    row = conn.execute(
+        "SELECT promised_round, promised_node, promised_checksum FROM paxos_state WHERE id = 0"
+    ).fetchone()
+    if row is None:
+        raise CorruptDatabase(path, "paxos_state row (promised ballot) is missing")
+    b_round, b_node, checksum = row
+    if _promised_checksum(b_round, b_node) != checksum:
+        raise ChecksumMismatch(path, "paxos_state", None)
+    return Ballot(b_round, b_node)
+
+
+def _read_snapshot(conn: sqlite3.Connection, path: Path) -> Snapshot | None:
+    row = conn.execute("SELECT slot, state, checksum FROM snapshot WHERE id = 0").fetchone()
+    if row is None:
+        return None
+    slot, state, checksum = row
+    if _snapshot_checksum(slot, state) != checksum:
+        raise ChecksumMismatch(path, "snapshot", slot)
+    return Snapshot(slot, state)
+
+
+def _raise_corrupt_row(path: Path, table: str, slot: int, exc: Exception) -> NoReturn:
+    raise CorruptRecord(path, f"table {table} slot {slot}: row does not decode: {exc}") from exc
+
+
+def data_dir_db_path(data_dir: Path) -> Path:
+    """The database file of the node whose data dir is ``data_dir``."""
+    return Path(data_dir) / DB_FILENAME
+
+
+def db_file_bytes(path: Path) -> int:
+    """Bytes on disk of the database and its WAL (for benchmarks and inspection)."""
+    total = 0
+    for suffix in ("", "-wal"):
+        with suppress(FileNotFoundError):
+            total += os.stat(str(path) + suffix).st_size
+    return total
