@@ -10,15 +10,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from paxosctl import render
 from paxosd.core.config import PLANTED_BUGS
 from paxosd.sim.fuzz import FuzzReport, fuzz, replay_command
+from paxosd.sim.rounds import ROUNDS_MAX, run_rounds
 from paxosd.sim.run import FAULT_KINDS, run_seed
+from paxosd.sim.scenarios import LIVELOCK_ROUNDS_MAX, NODES_MIN, SCENARIOS, run_scenario
 
-HELP = f"""Run the multi-Paxos core in the deterministic simulator.
+HELP = f"""Run the multi-Paxos core in the deterministic simulator, or the Paxos labs.
 
-The simulator drives the real replica code (the daemon's) over a simulated network
-(drop, dup, delay/reorder, partitions), disk (crash loses what was not durable) and clock,
-with concurrent clients; after every step it checks agreement, validity and the applied
-prefix, then heals every fault and checks convergence, durability of acknowledged writes and
-linearizability of the client history. One seed replays one run exactly.
+The simulator drives the real replica code (the daemon's) over a simulated
+network (drop, dup, delay/reorder, partitions), disk (crash loses what was not
+durable) and clock, with concurrent clients; after every step it checks
+agreement, validity and the applied prefix, then heals every fault and checks
+convergence, durability of acknowledged writes and linearizability of the
+client history. One seed replays one run exactly.
 
 Examples:
 
@@ -28,8 +31,36 @@ Examples:
 
   paxosctl simulate --seed 42 --trace
 
-Fault kinds: {", ".join(FAULT_KINDS)}.  Exit codes: 0 no violation, 1 a violation (the
-failing seed and the command that replays it are printed), 2 usage error.
+Fault kinds: {", ".join(FAULT_KINDS)}. Exit codes: 0 no violation,
+1 a violation (the failing seed and the command that replays it are printed),
+2 usage error.
+
+Experiments from the Paxos labs, on the same replica code (see the README):
+
+  paxosctl simulate --rounds 6 --crash-prob 0.2 --nodes 3 --seed 7
+
+  paxosctl simulate --list
+
+  paxosctl simulate --scenario b-wins-late
+
+  paxosctl simulate --scenario livelock --rounds 4 --seed 1 --json
+
+--rounds R --crash-prob P: lockstep rounds of binary consensus on slot 1.
+The proposer of round r is node r mod N, with ballot r.(r mod N); each node
+starts with a default bit drawn from the seed; every message is sent as
+CRASH (lost) with probability P. The labs' names are ours: START = prepare,
+JOIN = promise (carrying maxVotedRound/maxVotedValue), PROPOSE = accept
+request, VOTE = accepted. Decisions do not travel between rounds: at each
+round boundary every replica restarts from its promise and votes only, and
+only the round's proposer learns its decision, so every round runs Paxos
+anew. Agreement and Validity are checked (exit 1 if either fails);
+Termination is not guaranteed, and the run says whether it decided.
+
+--scenario NAME: a Basic-Paxos race between proposers A (node 1) and B
+(node N) as a fixed message schedule. It prints every message, the chosen
+value and, last, the rule that forced it; exit 0 only when the outcome is the
+one Paxos' rules require. --list names them. For livelock, --rounds sets the
+pre-emption rounds shown and --seed the timed race that follows.
 """
 
 
@@ -48,12 +79,38 @@ def simulate(
     seeds: Annotated[int, typer.Option(min=1, help="How many seeds to run with --fuzz.")] = 100,
     first_seed: Annotated[int, typer.Option(min=0, help="The first seed of a --fuzz run.")] = 0,
     seed: Annotated[int | None, typer.Option(min=0, help="Run this one seed.")] = None,
-    nodes: Annotated[int, typer.Option(min=1, max=9, help="Replicas in the cluster.")] = 3,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=9,
+            help="Replicas in the cluster (default 3; b-wins-late 5).",
+            show_default=False,
+        ),
+    ] = None,
     faults: Annotated[str, typer.Option(help="Comma-separated fault kinds to inject.")] = ",".join(
         FAULT_KINDS
     ),
     trace: Annotated[bool, typer.Option(help="With --seed: print the whole event trace.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    rounds: Annotated[
+        int | None,
+        typer.Option(min=1, max=ROUNDS_MAX, help="Run the synchronous-rounds lab for R rounds."),
+    ] = None,
+    crash_prob: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="With --rounds: each message is sent as CRASH with this probability (default 0).",
+        ),
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="Run one Basic-Paxos race scenario (see --list).")
+    ] = None,
+    list_scenarios: Annotated[
+        bool, typer.Option("--list", help="List the race scenarios, one per line.")
+    ] = False,
     plant_bug: Annotated[
         str | None, typer.Option(hidden=True, help="Test only: plant a known bug.")
     ] = None,
@@ -64,11 +121,28 @@ def simulate(
         if plant_bug not in PLANTED_BUGS:
             raise typer.BadParameter(f"unknown bug {plant_bug}; one of {sorted(PLANTED_BUGS)}")
         bugs = frozenset({plant_bug})
+    labs = list_scenarios or scenario is not None or rounds is not None
+    if fuzz_mode and labs:
+        raise typer.BadParameter("--fuzz does not combine with --rounds, --scenario or --list")
+    if crash_prob is not None and rounds is None:
+        raise typer.BadParameter("--crash-prob goes with --rounds R")
+    if list_scenarios:
+        _list_scenarios(json_out)
+        return
+    if scenario is not None:
+        _scenario(scenario, nodes, seed or 0, rounds, bugs, json_out)
+        return
+    if rounds is not None:
+        _rounds(nodes or 3, crash_prob or 0.0, rounds, seed or 0, bugs, json_out)
+        return
+    nodes = nodes or 3
     if seed is not None:
         _one_seed(seed, nodes, kinds, bugs, trace, json_out)
         return
     if not fuzz_mode:
-        raise typer.BadParameter("say --fuzz (many seeds) or --seed S (one seed)")
+        raise typer.BadParameter(
+            "say --fuzz (many seeds), --seed S (one seed), --rounds R, --scenario NAME or --list"
+        )
     report = _fuzz_with_progress(seeds, first_seed, nodes, kinds, bugs, json_out)
     if json_out:
         render.emit_json(report.to_json())
@@ -167,3 +241,59 @@ def _one_seed(
             markup=False,
         )
     raise typer.Exit(render.EXIT_FAILED_CHECK if r.violation else render.EXIT_OK)
+
+
+def _list_scenarios(json_out: bool) -> None:
+    if json_out:
+        render.emit_json(
+            [
+                {
+                    "name": s.name,
+                    "summary": s.summary,
+                    "nodes": s.nodes_default,
+                    "expected": s.expected,
+                }
+                for s in SCENARIOS.values()
+            ]
+        )
+    else:
+        for s in SCENARIOS.values():
+            render.stdout.print(f"{s.name:<12} {s.summary} (expect {s.expected})", markup=False)
+    raise typer.Exit(render.EXIT_OK)
+
+
+def _scenario(
+    name: str,
+    nodes: int | None,
+    seed: int,
+    rounds: int | None,
+    bugs: frozenset[str],
+    json_out: bool,
+) -> None:
+    if name not in SCENARIOS:
+        raise typer.BadParameter(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
+    if nodes is not None and nodes < NODES_MIN:
+        raise typer.BadParameter(f"a race needs A, B and one more acceptor: --nodes >= {NODES_MIN}")
+    if rounds is not None and name != "livelock":
+        raise typer.BadParameter("--rounds goes with --scenario livelock (or alone)")
+    if rounds is not None and rounds > LIVELOCK_ROUNDS_MAX:
+        raise typer.BadParameter(f"livelock shows at most {LIVELOCK_ROUNDS_MAX} rounds")
+    r = run_scenario(name, nodes=nodes, seed=seed, rounds=rounds, planted_bugs=bugs)
+    if json_out:
+        render.emit_json(r.to_json())
+    else:
+        for line in r.trace:
+            render.stdout.print(line, markup=False)
+    raise typer.Exit(render.EXIT_OK if r.ok else render.EXIT_FAILED_CHECK)
+
+
+def _rounds(
+    nodes: int, crash_prob: float, rounds: int, seed: int, bugs: frozenset[str], json_out: bool
+) -> None:
+    r = run_rounds(nodes, crash_prob, rounds, seed=seed, planted_bugs=bugs)
+    if json_out:
+        render.emit_json(r.to_json())
+    else:
+        for line in r.trace + r.summary():
+            render.stdout.print(line, markup=False)
+    raise typer.Exit(render.EXIT_OK if r.ok else render.EXIT_FAILED_CHECK)
