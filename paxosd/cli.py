@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from paxosd.daemon import run_command
 from paxosd.initcluster import check_config_command, init_command
 from paxosd.inspect import inspect_cmd
 
@@ -27,6 +28,7 @@ def _root() -> None:
 app.command("check-config")(check_config_command)
 app.command("init")(init_command)
 app.command("inspect")(inspect_cmd)
+app.command("run")(run_command)
 
 
 def main() -> None:

@@ -1,0 +1,3 @@
+from paxosd.cli import main
+
+main()

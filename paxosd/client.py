@@ -1,0 +1,376 @@
+"""The Python client of a paxosd cluster: leader discovery, fail-over, exactly-once retries.
+
+Every command carries ``(client_id, seq)``; a retry after a timeout or a leader change
+re-sends the same pair, and the replicated session table answers it with the original result
+instead of applying it twice. Errors are typed so that callers (and paxosctl's exit codes)
+can tell "the key is absent" from "the cluster is unavailable" from "wrong key".
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from paxosd.commands import (
+    BadCommand,
+    Block,
+    Blocks,
+    Cas,
+    CasMismatch,
+    Command,
+    Delete,
+    Get,
+    Op,
+    Put,
+    Result,
+    Scan,
+    Unblock,
+    View,
+    decode_result,
+    encode_command,
+)
+from paxosd.commands import NotFound as NotFoundResult
+from paxosd.framing import BadFrame, ClientReply, ClientRequest, QueryReply, QueryRequest
+from paxosd.handshake import HandshakeError
+from paxosd.transport import ClientConnection
+
+Address = tuple[str, int]
+
+TIMEOUT_MS_DEFAULT = 5000
+ATTEMPT_TIMEOUT_MS = 1500
+CONNECT_TIMEOUT_MS = 1000
+
+
+class ClientError(Exception):
+    """Base of every error this client raises."""
+
+
+class NotFoundError(ClientError):
+    pass
+
+
+class CasMismatchError(ClientError):
+    def __init__(self, message: str, result: CasMismatch) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class UnavailableError(ClientError):
+    """No node answered in time, or none could reach a quorum: the outcome of a write that
+    raised this is unknown (it may still be applied, exactly once)."""
+
+
+class AuthError(ClientError):
+    """The client key was refused (or the endpoint is not a paxosd client port)."""
+
+
+class BadRequestError(ClientError):
+    pass
+
+
+def parse_endpoint(text: str) -> Address:
+    """``host:port`` or ``[v6]:port``."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadRequestError(f"endpoint {text!r} is not host:port")
+    return host, int(port)
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    address: Address
+    conn: ClientConnection | None = None
+    node_id: int | None = None
+    down_until: float = 0.0
+
+
+class Client:
+    """A connection to a cluster. Not thread-safe: use one per thread.
+
+    :param endpoints: client addresses of the members (any subset works; all is best).
+    :param client_key: the cluster's client key bytes.
+    :param site: the origin site recorded with every write (seed 002's "site").
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Address],
+        client_key: bytes,
+        *,
+        site: str = "local",
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+        client_id: str | None = None,
+    ) -> None:
+        if not endpoints:
+            raise BadRequestError("no endpoints given")
+        self._endpoints = [_Endpoint(tuple(a)) for a in endpoints]  # type: ignore[arg-type]
+        self._key = client_key
+        self.site = site
+        self.timeout_ms = timeout_ms
+        self.client_id = client_id or secrets.token_hex(8)
+        self._conn_id = secrets.randbelow(1 << 31)
+        self._seq = 0
+        self._request_ids = itertools.count(1)
+        self._leader: _Endpoint | None = None
+        self._rr = 0
+
+    def close(self) -> None:
+        for e in self._endpoints:
+            if e.conn is not None:
+                e.conn.close()
+                e.conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ key-value
+
+    def put(self, key: str, value: bytes) -> Result:
+        return self.execute(Put(key=key, value=value))
+
+    def get(self, key: str, *, stale: bool = False) -> Result:
+        op = Get(key=key)
+        result = self.stale_read(op) if stale else self.execute(op)
+        if isinstance(result, NotFoundResult):
+            raise NotFoundError(f"key {key!r} not found")
+        return result
+
+    def delete(self, key: str) -> Result:
+        return self.execute(Delete(key=key))
+
+    def cas(
+        self,
+        key: str,
+        new: bytes,
+        *,
+        expect_value: bytes | None = None,
+        expect_version: int | None = None,
+    ) -> Result:
+        if (expect_value is None) == (expect_version is None):
+            raise BadRequestError("give exactly one of expect_value / expect_version")
+        result = self.execute(
+            Cas(key=key, new=new, expect_value=expect_value, expect_version=expect_version)
+        )
+        if isinstance(result, CasMismatch):
+            raise CasMismatchError(
+                f"cas on {key!r} failed: current version {result.version}", result
+            )
+        return result
+
+    def scan(self, prefix: str = "", limit: int = 100, *, stale: bool = False) -> Result:
+        op = Scan(prefix=prefix, limit=limit)
+        return self.stale_read(op) if stale else self.execute(op)
+
+    def block(self, site: str, other: str) -> Result:
+        return self.execute(Block(site=site, other=other))
+
+    def unblock(self, site: str, other: str) -> Result:
+        return self.execute(Unblock(site=site, other=other))
+
+    def blocks(self, site: str | None = None) -> Result:
+        return self.execute(Blocks(site=site))
+
+    def view(self, as_site: str, limit: int = 100) -> Result:
+        return self.execute(View(as_site=as_site, limit=limit))
+
+    # ------------------------------------------------------------------ the protocol
+
+    def next_command(self, op: Op) -> bytes:
+        """Encode ``op`` with a fresh seq; pass the bytes to ``submit`` (and again on retry)."""
+        self._seq += 1
+        cmd = Command(client_id=self.client_id, seq=self._seq, site=self.site, op=op)
+        try:
+            return encode_command(cmd)
+        except BadCommand as e:
+            raise BadRequestError(str(e)) from None
+
+    def execute(self, op: Op) -> Result:
+        """Order ``op`` through the log and return its result (linearizable)."""
+        return self.submit(self.next_command(op))
+
+    def submit(self, command: bytes) -> Result:
+        """Send ``command`` until a node applies it or the timeout passes. Retries carry the
+        same bytes, so the same (client_id, seq): applied at most once."""
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        last_problem = "no endpoint reachable"
+        backoff = 0.02
+        while time.monotonic() < deadline:
+            ep = self._pick()
+            if ep is None:
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.5)
+                continue
+            rid = next(self._request_ids)
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            wait_ms = max(1, min(ATTEMPT_TIMEOUT_MS, remaining_ms))
+            try:
+                reply = self._roundtrip(ep, ClientRequest(rid, command), rid, wait_ms)
+            except _Lost as e:
+                last_problem = str(e)
+                continue
+            if not isinstance(reply, ClientReply):
+                raise BadRequestError(f"unexpected reply {type(reply).__name__}")
+            if reply.status == "ok":
+                self._leader = ep
+                try:
+                    return decode_result(reply.result)
+                except BadCommand as e:
+                    raise BadRequestError(f"undecodable result from the server: {e}") from None
+            if reply.status == "bad_request":
+                raise BadRequestError(reply.result.decode(errors="replace"))
+            # not_leader / busy: follow the hint, or back off and try elsewhere.
+            last_problem = f"node {ep.node_id}: {reply.status}"
+            hinted = self._by_node(reply.leader)
+            if hinted is not None and hinted is not ep:
+                self._leader = hinted
+                continue
+            self._leader = None
+            time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 0.5)
+        raise UnavailableError(
+            f"no quorum answered within {self.timeout_ms} ms ({last_problem}); "
+            "a write's outcome is unknown"
+        )
+
+    def stale_read(self, op: Op) -> Result:
+        """Read the contacted node's applied state: no log round, possibly stale."""
+        command = self.next_command(op)
+        data = self.query("read_stale", {"command": command})
+        try:
+            return decode_result(bytes(data["result"]))
+        except (BadCommand, KeyError, TypeError) as e:
+            raise BadRequestError(f"bad stale-read reply: {e}") from None
+
+    def query(
+        self, name: str, args: dict[str, Any] | None = None, *, node: int | None = None
+    ) -> dict[str, Any]:
+        """Ask one node (``node``, or the first that answers) a question about itself."""
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        last_problem = "no endpoint reachable"
+        candidates = [e for e in self._endpoints if node is None or e.node_id in (None, node)]
+        for ep in itertools.islice(itertools.cycle(candidates), 3 * len(candidates)):
+            if time.monotonic() >= deadline:
+                break
+            rid = next(self._request_ids)
+            wait_ms = max(1, min(ATTEMPT_TIMEOUT_MS, int((deadline - time.monotonic()) * 1000)))
+            try:
+                reply = self._roundtrip(ep, QueryRequest(rid, name, args or {}), rid, wait_ms)
+            except _Lost as e:
+                last_problem = str(e)
+                continue
+            if node is not None and ep.node_id != node:
+                continue
+            if not isinstance(reply, QueryReply):
+                raise BadRequestError(f"unexpected reply {type(reply).__name__}")
+            if reply.status != "ok":
+                raise BadRequestError(str(reply.data.get("error", reply.status)))
+            return reply.data
+        raise UnavailableError(
+            f"no node answered {name!r} within {self.timeout_ms} ms ({last_problem})"
+        )
+
+    def query_each(self, name: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Ask every endpoint; an endpoint that does not answer gets {"endpoint", "error"}."""
+        out: list[dict[str, Any]] = []
+        for ep in self._endpoints:
+            rid = next(self._request_ids)
+            endpoint = f"{ep.address[0]}:{ep.address[1]}"
+            try:
+                reply = self._roundtrip(
+                    ep, QueryRequest(rid, name, args or {}), rid, ATTEMPT_TIMEOUT_MS
+                )
+            except _Lost as e:
+                out.append({"endpoint": endpoint, "error": str(e)})
+                continue
+            data = dict(reply.data) if isinstance(reply, QueryReply) else {"error": "bad reply"}
+            data["endpoint"] = endpoint
+            out.append(data)
+        return out
+
+    # ------------------------------------------------------------------ connections
+
+    def _pick(self) -> _Endpoint | None:
+        if self._leader is not None and self._leader.down_until <= time.monotonic():
+            return self._leader
+        now = time.monotonic()
+        for _ in range(len(self._endpoints)):
+            ep = self._endpoints[self._rr % len(self._endpoints)]
+            self._rr += 1
+            if ep.down_until <= now:
+                return ep
+        return None
+
+    def _by_node(self, node_id: int | None) -> _Endpoint | None:
+        if node_id is None:
+            return None
+        for ep in self._endpoints:
+            if ep.node_id == node_id:
+                return ep
+        # Not connected yet: connect to everything we know to learn node ids.
+        for ep in self._endpoints:
+            if ep.node_id is None and ep.down_until <= time.monotonic():
+                try:
+                    self._connect(ep)
+                except _Lost:
+                    continue
+                if ep.node_id == node_id:
+                    return ep
+        return None
+
+    def _connect(self, ep: _Endpoint) -> ClientConnection:
+        if ep.conn is not None:
+            return ep.conn
+        try:
+            conn = ClientConnection.connect(
+                ep.address,
+                client_key=self._key,
+                client_id=self._conn_id,
+                timeout_ms=CONNECT_TIMEOUT_MS,
+            )
+        except HandshakeError as e:
+            ep.down_until = time.monotonic() + 0.5
+            if "auth" in str(e).lower() or "digest" in str(e).lower() or "key" in str(e).lower():
+                raise AuthError(
+                    f"{ep.address[0]}:{ep.address[1]} refused the client key ({e})"
+                ) from None
+            raise _Lost(f"handshake with {ep.address[0]}:{ep.address[1]} failed: {e}") from None
+        except OSError as e:
+            ep.down_until = time.monotonic() + 0.2
+            raise _Lost(f"{ep.address[0]}:{ep.address[1]}: {e.strerror or e}") from None
+        ep.conn = conn
+        ep.node_id = conn.server_node
+        return conn
+
+    def _roundtrip(self, ep: _Endpoint, body: Any, rid: int, wait_ms: int) -> Any:
+        conn = self._connect(ep)
+        try:
+            conn.send(body)
+            deadline = time.monotonic() + wait_ms / 1000
+            while True:
+                left = int((deadline - time.monotonic()) * 1000)
+                if left <= 0:
+                    raise _Lost(f"node {ep.node_id} did not answer in {wait_ms} ms")
+                for reply in conn.recv(left):
+                    if getattr(reply, "request_id", None) == rid:
+                        return reply
+        except (TimeoutError, OSError, EOFError, BadFrame) as e:
+            conn.close()
+            ep.conn = None
+            ep.down_until = time.monotonic() + 0.2
+            raise _Lost(f"connection to node {ep.node_id} lost: {e}") from None
+
+
+class _Lost(Exception):
+    """One attempt failed in a way a retry elsewhere may fix."""

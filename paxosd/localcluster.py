@@ -1,0 +1,256 @@
+"""A cluster of paxosd processes on this machine: README command 1, tests, drills, benches.
+
+Everything lives in one folder (configs, keys, data, logs, pids). The folder's
+``cluster.json`` is how paxosctl finds the local cluster when no endpoints are given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paxosd.client import Client, ClientError
+from paxosd.initcluster import client_address, init_cluster
+from paxosd.storage import DB_FILENAME, Storage
+
+MANIFEST = "cluster.json"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+def default_dir() -> Path:
+    """``$PAXOSD_LOCAL_DIR``, else a per-user folder in the system's temporary directory."""
+    env = os.environ.get("PAXOSD_LOCAL_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(tempfile.gettempdir()) / f"paxosd-local-{os.getuid()}"
+
+
+def _ports_free(host: str, ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def pick_base_port(nodes: int, host: str = "127.0.0.1", preferred: int = 7100) -> int:
+    """A base port whose peer and client ports (base+K, base+100+K) are all free now."""
+    candidates = [preferred] + [20000 + 300 * i for i in range(100)]
+    for base in candidates:
+        ports = [base + k for k in range(1, nodes + 1)] + [
+            base + 100 + k for k in range(1, nodes + 1)
+        ]
+        if _ports_free(host, ports):
+            return base
+    raise RuntimeError("no free range of ports found on loopback")
+
+
+@dataclass(slots=True)
+class LocalCluster:
+    root: Path
+    nodes: int
+    base_port: int
+    host: str = "127.0.0.1"
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        nodes: int = 3,
+        *,
+        base_port: int | None = None,
+        durability: str = "fsync",
+        extra_config: str = "",
+    ) -> LocalCluster:
+        """Write configs, keys and bootstrapped (empty) databases under ``root``."""
+        root.mkdir(parents=True, exist_ok=True)
+        base = base_port if base_port is not None else pick_base_port(nodes)
+        init_cluster(root, nodes, base_port=base, cluster_id="local", force=True)
+        for k in range(1, nodes + 1):
+            cfg = root / f"n{k}.toml"
+            text = cfg.read_text()
+            if durability != "fsync":
+                text = text.replace(
+                    "client_address =", f'durability = "{durability}"\nclient_address =', 1
+                )
+            if extra_config:
+                text += "\n" + extra_config
+            cfg.write_text(text)
+            db = root / "data" / f"n{k}" / DB_FILENAME
+            if not db.exists():
+                # The one deliberate bootstrap: a brand-new member starts with an empty log.
+                Storage.open(db, cluster_id="local", node_id=k, create=True).close()
+        cluster = cls(root=root, nodes=nodes, base_port=base)
+        (root / MANIFEST).write_text(json.dumps(cluster.manifest(), indent=2) + "\n")
+        return cluster
+
+    @classmethod
+    def load(cls, root: Path) -> LocalCluster:
+        m = json.loads((root / MANIFEST).read_text())
+        return cls(root=root, nodes=int(m["nodes"]), base_port=int(m["base_port"]), host=m["host"])
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "base_port": self.base_port,
+            "host": self.host,
+            "endpoints": [str(a) for a in self.endpoint_strings()],
+            "client_key_file": str(self.root / "keys" / "client.key"),
+        }
+
+    def endpoint_strings(self) -> list[str]:
+        return [str(client_address(self.host, self.base_port, k)) for k in self.node_ids()]
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        out = []
+        for k in self.node_ids():
+            a = client_address(self.host, self.base_port, k)
+            out.append((a.host, a.port))
+        return out
+
+    def client_key(self) -> bytes:
+        return bytes.fromhex((self.root / "keys" / "client.key").read_text().strip())
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.endpoints(), self.client_key(), **kwargs)
+
+    def node_ids(self) -> range:
+        return range(1, self.nodes + 1)
+
+    def config_path(self, k: int) -> Path:
+        return self.root / f"n{k}.toml"
+
+    def log_path(self, k: int) -> Path:
+        return self.root / f"n{k}.log"
+
+    def _pid_path(self, k: int) -> Path:
+        return self.root / f"n{k}.pid"
+
+    # ------------------------------------------------------------------ processes
+
+    def pid(self, k: int) -> int | None:
+        try:
+            pid = int(self._pid_path(k).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # A zombie (our own dead child) is not running; reap it.
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return None
+        except ChildProcessError:
+            pass
+        return pid
+
+    def start(self, k: int, *, env: dict[str, str] | None = None) -> int:
+        running = self.pid(k)
+        if running is not None:
+            return running
+        log = open(self.log_path(k), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "paxosd", "run", "--config", str(self.config_path(k))],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C in the shell must not kill the cluster
+                env={**os.environ, **(env or {})},
+            )
+        finally:
+            log.close()
+        self._pid_path(k).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def signal(self, k: int, sig: signal.Signals) -> bool:
+        pid = self.pid(k)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self, k: int) -> None:
+        """SIGKILL: the crash drills' fault. Waits until the process is gone."""
+        pid = self.pid(k)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        self._wait_gone(k, pid, STOP_TIMEOUT_S)
+
+    def stop(self, k: int) -> None:
+        """SIGTERM, then SIGKILL if it has not exited in time."""
+        pid = self.pid(k)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGCONT)  # a paused node cannot handle SIGTERM
+        os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(k, pid, STOP_TIMEOUT_S):
+            os.kill(pid, signal.SIGKILL)
+            self._wait_gone(k, pid, STOP_TIMEOUT_S)
+
+    def _wait_gone(self, k: int, pid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.pid(k) != pid:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def up(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        for k in self.node_ids():
+            self.start(k)
+        self.wait_ready(timeout_s)
+
+    def down(self) -> None:
+        for k in self.node_ids():
+            self.stop(k)
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+        """Until one node leads and every running node answers; returns the leader's status."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        with self.client(timeout_ms=1000) as c:
+            while time.monotonic() < deadline:
+                for k in self.node_ids():
+                    if self.pid(k) is None and not self._pid_path(k).exists():
+                        continue
+                rows = c.query_each("status")
+                leaders = [r for r in rows if r.get("role") == "leader"]
+                answered = [r for r in rows if "error" not in r]
+                if len(leaders) == 1 and len(answered) >= self._running():
+                    return leaders[0]
+                last = "; ".join(f"{r['endpoint']}: {r.get('role', r.get('error'))}" for r in rows)
+                time.sleep(0.1)
+        raise ClientError(f"local cluster not ready after {timeout_s:.0f} s: {last}")
+
+    def _running(self) -> int:
+        return sum(1 for k in self.node_ids() if self.pid(k) is not None)
+
+    def logs_tail(self, k: int, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path(k).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

@@ -1,0 +1,208 @@
+"""The daemon's one event loop: it owns the core replica, the storage and the state machine.
+
+Everything here runs on the main thread, so the core needs no locks. Threads exist only in
+the transport, for blocking accepts and handshakes; they hand finished connections over.
+Per loop turn: wait for frames or the next tick, step every frame and one Tick into the core,
+then for each Ready: write it (one SQLite transaction, fsync) -> send -> apply -> reply.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from paxosd.commands import BadCommand, Command, decode_command, encode_result, is_read
+from paxosd.config import Config
+from paxosd.core.io import ClientCommand, Ready, Received, SnapshotTaken, Tick
+from paxosd.core.replica import Replica
+from paxosd.core.types import NodeId, Snapshot
+from paxosd.statemachine import StateMachine
+from paxosd.storage import DB_FILENAME, Storage
+
+log = structlog.get_logger("paxosd.node")
+
+# A tick every 10 ms is finer than any core timer (heartbeats are tens of ms).
+TICK_MS = 10
+# Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
+PENDING_REQUESTS_MAX = 100_000
+PENDING_REQUEST_AGE_MS_MAX = 60_000
+
+
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    conn_id: int
+    request_id: int
+    since_ms: int
+
+
+class Node:
+    """One paxosd member: recovery, then the loop. Transport is injected (see run())."""
+
+    def __init__(self, config: Config, *, bootstrap: bool = False) -> None:
+        self.config = config
+        self.log = log.bind(node=config.node_id)
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.storage = Storage.open(
+            config.data_dir / DB_FILENAME,
+            cluster_id=config.cluster_id,
+            node_id=config.node_id,
+            durability=config.durability,
+            create=bootstrap,
+        )
+        t0 = time.perf_counter()
+        durable = self.storage.load()
+        self.replica = Replica(config.core_config(), random.Random(), durable, now_ms())
+        self.sm = StateMachine()
+        self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
+        self.replayed = 0
+        self.snapshot_due = durable.snapshot.slot if durable.snapshot else 0
+        # Recovery is the first Ready: it restores the snapshot and re-applies the log.
+        self._drain(sending=True)
+        self.recovery = {
+            "entries_replayed": self.replayed,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "applied_index": self.sm.applied_through,
+            "snapshot_index": durable.snapshot.slot if durable.snapshot else 0,
+            "digest": self.sm.digest(),
+        }
+        self.log.info("recovered", **self.recovery)
+        self.sent: list[tuple[NodeId, Any]] = []
+        self.replies: list[tuple[int, int, str, bytes, int | None]] = []
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_peer_message(self, src: NodeId, msg: Any) -> None:
+        self.replica.step(Received(src, msg))
+
+    def on_tick(self) -> None:
+        self.replica.step(Tick(now_ms()))
+        self._expire_pending()
+
+    def on_client_command(self, conn_id: int, request_id: int, command: bytes) -> None:
+        """A client's command for the log. Replies come when its slot is applied."""
+        try:
+            cmd = decode_command(command)
+        except BadCommand as e:
+            self.replies.append((conn_id, request_id, "bad_request", str(e).encode(), None))
+            return
+        key = (cmd.client_id, cmd.seq)
+        if len(self.pending) >= PENDING_REQUESTS_MAX:
+            self.replies.append((conn_id, request_id, "busy", b"", self.replica.leader_hint))
+            return
+        self.pending[key] = PendingRequest(conn_id, request_id, now_ms())
+        self.replica.step(ClientCommand(command))
+
+    def stale_read(self, command: bytes) -> tuple[str, bytes]:
+        """A read of this replica's applied state, without the log: fast, maybe stale."""
+        try:
+            cmd: Command = decode_command(command)
+        except BadCommand as e:
+            return "bad_request", str(e).encode()
+        if not is_read(cmd.op):
+            return "bad_request", b"only reads may be stale"
+        return "ok", encode_result(self.sm.query(cmd.op))
+
+    # ------------------------------------------------------------------ the Ready loop
+
+    def drain(self) -> None:
+        self._drain(sending=True)
+
+    def _drain(self, sending: bool) -> None:
+        r = self.replica
+        while r.has_ready():
+            rd = r.ready()
+            self._handle(rd)
+            r.advance(rd)
+            applied = r.applied_through
+            if applied - self.snapshot_due >= self.config.snapshot.snapshot_every_entries:
+                self.take_snapshot()
+
+    def _handle(self, rd: Ready) -> None:
+        # 1. Durable first: no promise or vote may leave before it is on disk.
+        self.storage.write(rd.persist)
+        # 2. Then send.
+        for out in rd.messages:
+            self.sent.append((out.dst, out.msg))
+        # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
+        if rd.restore is not None:
+            self.sm = StateMachine.restore(rd.restore.state)
+            self.log.info("snapshot restored", slot=rd.restore.slot)
+        for entry in rd.to_apply:
+            results = self.sm.apply(entry.slot, entry.value)
+            self.replayed += 1
+            for client_id, seq, result in results:
+                p = self.pending.pop((client_id, seq), None)
+                if p is not None:
+                    self.replies.append((p.conn_id, p.request_id, "ok", result, None))
+        # 4. Commands this replica cannot order go back with a hint.
+        for red in rd.redirects:
+            try:
+                cmd = decode_command(red.command)
+            except BadCommand:
+                continue
+            p = self.pending.pop((cmd.client_id, cmd.seq), None)
+            if p is not None:
+                self.replies.append((p.conn_id, p.request_id, red.reason, b"", red.leader))
+
+    def take_snapshot(self) -> int:
+        """Snapshot the state machine now; the core compacts the log behind it."""
+        slot = self.sm.applied_through
+        if slot == 0:
+            return 0
+        self.snapshot_due = slot
+        self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=self.sm.snapshot())))
+        self.log.info("snapshot taken", slot=slot)
+        return slot
+
+    def _expire_pending(self) -> None:
+        cutoff = now_ms() - PENDING_REQUEST_AGE_MS_MAX
+        while self.pending:
+            key, p = next(iter(self.pending.items()))
+            if p.since_ms >= cutoff:
+                break
+            del self.pending[key]
+
+    # ------------------------------------------------------------------ introspection
+
+    def status(self) -> dict[str, Any]:
+        r = self.replica
+        return {
+            "node_id": self.config.node_id,
+            "cluster_id": self.config.cluster_id,
+            "role": r.role.value,
+            "leader": r.leader_hint,
+            "ballot": str(r.ballot if r.is_leader else r.promised),
+            "promised": str(r.promised),
+            "decided_index": r.decided_through,
+            "applied_index": self.sm.applied_through,
+            "snapshot_index": r.snapshot.slot if r.snapshot else 0,
+            "log_start": r.log_start,
+            "accepted_not_decided": sorted(s for s in r.accepted if s > r.decided_through)[:100],
+            "digest": self.sm.digest(),
+            "pending_requests": len(self.pending),
+        }
+
+
+def install_signal_handlers(stop: list[bool]) -> None:
+    """SIGTERM/SIGINT ask the loop to finish the turn in flight and exit cleanly."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop.append(True)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def data_file(data_dir: Path) -> Path:
+    return data_dir / DB_FILENAME
