@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from paxosctl import sim
+from paxosctl import cluster, sim
 
 app = typer.Typer(
     name="paxosctl",
@@ -19,6 +19,7 @@ def _root() -> None:
 
 
 # Command registration: one line per owning module (keep this list sorted).
+app.add_typer(cluster.app, name="cluster")
 app.command("simulate", help=sim.HELP)(sim.simulate)
 
 

@@ -219,10 +219,11 @@ class LocalCluster:
             time.sleep(0.02)
         return False
 
-    def up(self, timeout_s: float = START_TIMEOUT_S) -> None:
+    def up(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+        """Start every node; returns the leader's status once there is one."""
         for k in self.node_ids():
             self.start(k)
-        self.wait_ready(timeout_s)
+        return self.wait_ready(timeout_s)
 
     def down(self) -> None:
         for k in self.node_ids():
