@@ -48,13 +48,11 @@ def up(
     root = d or default_dir()
     if (root / MANIFEST).exists():
         cluster = LocalCluster.load(root)
-        if cluster.nodes != nodes and nodes != 3:
-            render.error(
-                f"{root} holds a {cluster.nodes}-node cluster; `cluster down --clean` first"
-            )
+        if nodes is not None and cluster.nodes != nodes:
+            render.error(f"{root} holds {cluster.nodes} nodes; `cluster down --clean` first")
             raise typer.Exit(render.EXIT_USAGE)
     else:
-        cluster = LocalCluster.create(root, nodes)
+        cluster = LocalCluster.create(root, nodes or 3)
     try:
         leader = cluster.up()
     except ClientError as e:
