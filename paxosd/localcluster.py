@@ -24,6 +24,9 @@ from paxosd.storage import DB_FILENAME, Storage
 
 MANIFEST = "cluster.json"
 START_TIMEOUT_S = 20.0
+# Children this process started, so they are reaped (and not reported as leaked) when they
+# exit; nodes started by another paxosctl process are found through their pid files.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 STOP_TIMEOUT_S = 10.0
 
 
@@ -155,6 +158,12 @@ class LocalCluster:
         except PermissionError:
             return pid
         # A zombie (our own dead child) is not running; reap it.
+        child = _CHILDREN.get(pid)
+        if child is not None:
+            if child.poll() is None:
+                return pid
+            del _CHILDREN[pid]
+            return None
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
             if done == pid:
@@ -179,6 +188,7 @@ class LocalCluster:
             )
         finally:
             log.close()
+        _CHILDREN[proc.pid] = proc
         self._pid_path(k).write_text(f"{proc.pid}\n")
         return proc.pid
 

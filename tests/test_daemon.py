@@ -1,0 +1,223 @@
+"""paxosd as real processes on loopback: the daemon issue's must-show list.
+
+Each test uses its own cluster in tmp_path; nodes are `python -m paxosd run` processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import AuthenticationError, Client
+from pathlib import Path
+
+import pytest
+
+from paxosd.client import AuthError, NotFoundError
+from paxosd.client import Client as PaxosClient
+from paxosd.commands import Found
+from paxosd.handshake import PEER_LABEL, SecureConnection, initiate
+from paxosd.localcluster import LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster.create(tmp_path / "c", 3)
+    c.up()
+    yield c
+    c.down()
+
+
+def leader_of(c: LocalCluster) -> int:
+    return int(c.wait_ready()["node_id"])
+
+
+def statuses(c: LocalCluster) -> list[dict[str, object]]:
+    with c.client(timeout_ms=2000) as cl:
+        return cl.query_each("status")
+
+
+def wait_converged(c: LocalCluster, timeout_s: float = 15.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout_s
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        rows = statuses(c)
+        if all("error" not in r for r in rows):
+            applied = {r["applied_index"] for r in rows}
+            digests = {r["digest"] for r in rows}
+            if len(applied) == 1 and len(digests) == 1:
+                return rows
+        time.sleep(0.1)
+    raise AssertionError(f"replicas did not converge: {rows}")
+
+
+def test_put_and_get_through_every_node(cluster: LocalCluster) -> None:
+    key = cluster.client_key()
+    for k in (1, 2, 3):
+        # A client that knows all endpoints but starts at node k: followers redirect it.
+        eps = cluster.endpoints()
+        eps = eps[k - 1 :] + eps[: k - 1]
+        with PaxosClient(eps, key) as c:
+            c.put(f"key{k}", f"via{k}".encode())
+    with cluster.client() as c:
+        for k in (1, 2, 3):
+            r = c.get(f"key{k}")
+            assert isinstance(r, Found) and r.value == f"via{k}".encode()
+        with pytest.raises(NotFoundError):
+            c.get("absent")
+
+
+def test_sigkill_of_the_leader_elects_another_and_the_restarted_node_catches_up(
+    cluster: LocalCluster,
+) -> None:
+    with cluster.client() as c:
+        for i in range(20):
+            c.put(f"k{i}", b"before")
+        old = leader_of(cluster)
+        cluster.kill(old)
+        for i in range(20):
+            c.put(f"k{i}", b"after")  # new leader: writes continue
+        new = leader_of(cluster)
+        assert new != old
+        cluster.start(old)
+        rows = wait_converged(cluster)
+        assert {r["node_id"] for r in rows} == {1, 2, 3}
+        restarted = next(r for r in rows if r["node_id"] == old)
+        assert restarted["recovery"]["entries_replayed"] >= 20  # type: ignore[index]
+        r = c.get("k7")
+        assert isinstance(r, Found) and r.value == b"after"
+
+
+def test_a_client_with_the_wrong_key_is_refused(cluster: LocalCluster) -> None:
+    with (
+        PaxosClient(cluster.endpoints(), os.urandom(32), timeout_ms=2000) as c,
+        pytest.raises(AuthError),
+    ):
+        c.put("k", b"v")
+    assert any("handshake" in cluster.logs_tail(k, 50) for k in (1, 2, 3))
+
+
+def _peer_address(c: LocalCluster, k: int) -> tuple[str, int]:
+    return ("127.0.0.1", c.base_port + k)
+
+
+def test_a_peer_with_the_wrong_authkey_is_refused_with_a_logged_reason(
+    cluster: LocalCluster,
+) -> None:
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(_peer_address(cluster, 1), authkey=os.urandom(32))
+    time.sleep(0.3)
+    assert "authkey" in cluster.logs_tail(1, 50)
+
+
+def test_garbage_oversized_headers_and_pickles_close_only_their_connection(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    addr = _peer_address(cluster, 2)
+    # Random bytes.
+    with socket.create_connection(addr) as s:
+        s.sendall(os.urandom(512))
+        s.settimeout(5)
+        assert s.recv(4096) is not None
+    # A length header announcing 2 GiB.
+    with socket.create_connection(addr) as s:
+        s.sendall(struct.pack("!i", 0x7FFFFFF0) + b"x" * 16)
+        s.settimeout(5)
+        with contextlib.suppress(ConnectionError):
+            s.recv(4096)
+    # After a correct handshake, a pickle that would create a file if unpickled.
+    target = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (open, (str(target), "w"))
+
+    peer_key = bytes.fromhex((cluster.root / "keys" / "peer.key").read_text().strip())
+    sock = socket.create_connection(addr)
+    conn = SecureConnection.from_socket(sock)
+    est = initiate(conn, authkey=peer_key, label=PEER_LABEL, node=3, expect_peer=2)
+    conn.send_bytes(est.session.seal(pickle.dumps(Evil())))
+    conn.send_bytes(pickle.dumps(Evil()))  # and unsealed, too
+    time.sleep(0.5)
+    conn.close()
+    assert not target.exists()
+    # The cluster keeps serving, through node 2 as well.
+    with cluster.client() as c:
+        c.put("still", b"serving")
+        assert isinstance(c.get("still"), Found)
+    assert "connection_closed" in cluster.logs_tail(2, 100)
+
+
+def test_stalled_handshakes_do_not_delay_writes(cluster: LocalCluster) -> None:
+    stallers = []
+    for k in (1, 2, 3):
+        for _ in range(5):
+            stallers.append(socket.create_connection(_peer_address(cluster, k)))
+            stallers.append(socket.create_connection(cluster.endpoints()[k - 1]))
+    done = 0
+    try:
+        # Keep writing while 30 connections say nothing for longer than the handshake deadline.
+        stop = time.monotonic() + 6.0
+        with cluster.client(timeout_ms=3000) as c:
+            while time.monotonic() < stop:
+                c.put(f"s{done % 10}", b"x")
+                done += 1
+    finally:
+        for s in stallers:
+            s.close()
+    assert done > 50, f"only {done} writes completed during the stall"
+
+
+def test_the_daemon_tells_systemd_ready_then_watchdog(tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(sock_path))
+    srv.settimeout(20)
+    c = LocalCluster.create(tmp_path / "one", 1)
+    c.start(1, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"})
+    got: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            any("READY=1" in m for m in got) and any("WATCHDOG=1" in m for m in got)
+        ):
+            got.append(srv.recv(4096).decode())
+    finally:
+        c.down()
+        srv.close()
+    ready_at = next(i for i, m in enumerate(got) if "READY=1" in m)
+    watchdog_at = next(i for i, m in enumerate(got) if "WATCHDOG=1" in m)
+    assert ready_at < watchdog_at
+    assert any("STATUS=" in m for m in got)
+
+
+def test_sigterm_exits_cleanly_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
+    c = LocalCluster.create(tmp_path / "c", 3)
+    c.up()
+    try:
+        with c.client() as cl:
+            cl.put("durable", b"yes")
+        c.down()  # SIGTERM every node
+        assert all(c.pid(k) is None for k in (1, 2, 3))
+        c.up()
+        with c.client() as cl:
+            r = cl.get("durable")
+            assert isinstance(r, Found) and r.value == b"yes"
+    finally:
+        c.down()
+
+
+def test_a_node_whose_database_is_gone_refuses_to_start(tmp_path: Path) -> None:
+    c = LocalCluster.create(tmp_path / "c", 3)
+    db = c.root / "data" / "n1" / "paxosd.sqlite3"
+    db.unlink()
+    c.start(1)
+    deadline = time.monotonic() + 15
+    while c.pid(1) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert c.pid(1) is None, "a node that lost its data must not start without --bootstrap"
+    assert "paxosd.sqlite3" in c.logs_tail(1)
