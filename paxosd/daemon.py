@@ -22,6 +22,7 @@ from paxosd.config import Config, ConfigError, load_config
 from paxosd.core.types import NodeId
 from paxosd.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.logs import bind_node, configure_logging
+from paxosd.metrics import Metrics
 from paxosd.node import TICK_MS, Node, install_signal_handlers, now_ms
 from paxosd.sdnotify import Notifier, watchdog_interval_ms
 from paxosd.storage import StorageError
@@ -47,6 +48,12 @@ class Daemon:
             client_key=config.client_key.reveal(),
         )
         self.notifier = Notifier()
+        self.metrics: Metrics | None = None
+        if config.metrics_address is not None:
+            self.metrics = Metrics()
+            self.metrics.serve(config.metrics_address.host, config.metrics_address.port)
+            node.metrics = self.metrics
+        self._next_metrics_ms = 0
         self.stop: list[bool] = []
         self.started_ms = now_ms()
 
@@ -84,6 +91,9 @@ class Daemon:
             if t >= next_tick:
                 node.on_tick()
                 next_tick = t + TICK_MS
+                if self.metrics is not None and t >= self._next_metrics_ms:
+                    self._refresh_metrics()
+                    self._next_metrics_ms = t + 1000
                 if watchdog_ms is not None and t >= next_watchdog:
                     self.notifier.notify("WATCHDOG=1", f"STATUS={self._status_line()}")
                     next_watchdog = t + watchdog_ms
@@ -105,7 +115,23 @@ class Daemon:
         if node.replies:
             for conn_id, request_id, status, result, leader in node.replies:
                 self.clients.reply(conn_id, ClientReply(request_id, status, result, leader))
+                if self.metrics is not None:
+                    self.metrics.requests.labels(status=status).inc()
             node.replies.clear()
+
+    def _refresh_metrics(self) -> None:
+        m = self.metrics
+        assert m is not None
+        r = self.node.replica
+        m.set_role(r.role.value)
+        m.ballot_round.set(r.promised.round)
+        m.decided.set(r.decided_through)
+        m.applied.set(self.node.sm.applied_through)
+        for peer, s in self.peers.stats().items():
+            m.peer_connected.labels(peer=str(peer)).set(1 if s.connected else 0)
+        if r.is_leader:
+            for peer, voted in r.peer_voted_slot.items():
+                m.peer_lag.labels(peer=str(peer)).set(max(0, r.decided_through - voted))
 
     def _status_line(self) -> str:
         r = self.node.replica

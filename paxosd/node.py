@@ -8,6 +8,8 @@ then for each Ready: write it (one SQLite transaction, fsync) -> send -> apply -
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import signal
 import time
@@ -23,8 +25,9 @@ from paxosd.config import Config
 from paxosd.core.io import ClientCommand, Ready, Received, SnapshotTaken, Tick
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Snapshot
+from paxosd.metrics import Metrics
 from paxosd.statemachine import StateMachine
-from paxosd.storage import DB_FILENAME, Storage
+from paxosd.storage import DB_FILENAME, Storage, StorageError
 
 log = structlog.get_logger("paxosd.node")
 
@@ -53,6 +56,8 @@ class Node:
         self.config = config
         self.log = log.bind(node=config.node_id)
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = _lock_data_dir(config.data_dir)
+        self.metrics: Metrics | None = None
         self.storage = Storage.open(
             config.data_dir / DB_FILENAME,
             cluster_id=config.cluster_id,
@@ -130,7 +135,13 @@ class Node:
 
     def _handle(self, rd: Ready) -> None:
         # 1. Durable first: no promise or vote may leave before it is on disk.
-        self.storage.write(rd.persist)
+        m = self.metrics
+        if m is not None and not rd.persist.is_empty():
+            t0 = time.perf_counter()
+            self.storage.write(rd.persist)
+            m.fsync.observe(time.perf_counter() - t0)
+        else:
+            self.storage.write(rd.persist)
         # 2. Then send.
         for out in rd.messages:
             self.sent.append((out.dst, out.msg))
@@ -141,10 +152,14 @@ class Node:
         for entry in rd.to_apply:
             results = self.sm.apply(entry.slot, entry.value)
             self.replayed += 1
+            if m is not None and entry.value:
+                m.batch_commands.observe(len(entry.value))
             for client_id, seq, result in results:
                 p = self.pending.pop((client_id, seq), None)
                 if p is not None:
                     self.replies.append((p.conn_id, p.request_id, "ok", result, None))
+                    if m is not None:
+                        m.commit_latency.observe((now_ms() - p.since_ms) / 1000)
         # 4. Commands this replica cannot order go back with a hint.
         for red in rd.redirects:
             try:
@@ -191,6 +206,11 @@ class Node:
             "accepted_not_decided": sorted(s for s in r.accepted if s > r.decided_through)[:100],
             "digest": self.sm.digest(),
             "pending_requests": len(self.pending),
+            "peer_lag": {
+                str(p): max(0, r.decided_through - v) for p, v in r.peer_voted_slot.items()
+            }
+            if r.is_leader
+            else {},
         }
 
 
@@ -206,3 +226,18 @@ def install_signal_handlers(stop: list[bool]) -> None:
 
 def data_file(data_dir: Path) -> Path:
     return data_dir / DB_FILENAME
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for the process's life: two daemons writing
+    one database would each believe their promises are the only ones."""
+    path = data_dir / "paxosd.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(data_dir, "another paxosd process is using this data dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

@@ -221,3 +221,43 @@ def test_a_node_whose_database_is_gone_refuses_to_start(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert c.pid(1) is None, "a node that lost its data must not start without --bootstrap"
     assert "paxosd.sqlite3" in c.logs_tail(1)
+
+
+def test_two_daemons_cannot_share_a_data_dir(cluster: LocalCluster) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "paxosd", "run", "--config", str(cluster.config_path(1))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0
+    assert "another paxosd process is using this data dir" in out.stderr
+
+
+def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> None:
+    import urllib.request
+
+    from paxosd.localcluster import pick_base_port
+
+    base = pick_base_port(1)
+    c = LocalCluster.create(tmp_path / "m", 1, base_port=base, extra_config="")
+    cfg = c.config_path(1)
+    text = cfg.read_text().replace("# metrics_address", "metrics_address")
+    cfg.write_text(text)
+    c.up()
+    try:
+        with c.client() as cl:
+            for i in range(5):
+                cl.put(f"m{i}", b"v")
+        time.sleep(1.2)
+        port = base + 200 + 1
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        c.down()
+    assert 'paxosd_role{role="leader"} 1.0' in body
+    assert "paxosd_applied_index 5.0" in body
+    assert "paxosd_commit_latency_seconds_count 5.0" in body
+    assert "paxosd_storage_write_seconds_count" in body

@@ -109,6 +109,8 @@ class Replica:
         self._commit_through = 0  # every slot in [start, this] has a majority at self.ballot
         self._last_heartbeat_ms = 0
         self._last_ack_ms: dict[NodeId, int] = {}
+        # Highest slot each peer voted for at our ballot: how far behind it is (status, metrics).
+        self.peer_voted_slot: dict[NodeId, int] = {}
 
         self._catchup_sent_ms = -(10**9)
 
@@ -489,6 +491,7 @@ class Replica:
         self._commit_through = self._prepare_from - 1
         self._next_slot = top + 1
         self._last_ack_ms = {p: self.now_ms for p in self.peers}
+        self.peer_voted_slot = {}
         for s in range(self._prepare_from, top + 1):
             entry = chosen.get(s)
             if s in self.decided:
@@ -594,6 +597,10 @@ class Replica:
         self._last_ack_ms[src] = self.now_ms
         for s in msg.slots:
             self._count_vote(s, src)
+        if msg.slots:
+            top = max(msg.slots)
+            if top > self.peer_voted_slot.get(src, 0):
+                self.peer_voted_slot[src] = top
 
     def _heartbeat(self, resend: bool = True) -> None:
         """Tell followers we lead, how far they may commit, and re-send what they miss."""

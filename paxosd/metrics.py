@@ -1,0 +1,57 @@
+"""Prometheus metrics, served on the optional ``metrics_address`` (prometheus_client).
+
+A private registry per process keeps the metrics to exactly what paxosd reports. Gauges are
+refreshed from the loop at most once a second, so scraping costs the hot path nothing.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+ROLES = ("follower", "candidate", "leader")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.role = Gauge("paxosd_role", "1 for the role this node has now", ["role"], registry=r)
+        self.ballot_round = Gauge("paxosd_ballot_round", "Round of the promised ballot", registry=r)
+        self.decided = Gauge("paxosd_decided_index", "Highest contiguous decided slot", registry=r)
+        self.applied = Gauge("paxosd_applied_index", "Highest applied slot", registry=r)
+        self.peer_connected = Gauge(
+            "paxosd_peer_connected", "1 if the link to the peer is up", ["peer"], registry=r
+        )
+        self.peer_lag = Gauge(
+            "paxosd_peer_lag_slots",
+            "Slots the peer's last vote trails our decided index (leader only)",
+            ["peer"],
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "paxosd_commit_latency_seconds",
+            "From a client command's arrival to its reply",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_commands = Histogram(
+            "paxosd_batch_commands", "Commands per applied slot", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.fsync = Histogram(
+            "paxosd_storage_write_seconds",
+            "One Ready's SQLite transaction including fsync",
+            buckets=_FSYNC_BUCKETS_S,
+            registry=r,
+        )
+        self.requests = Counter(
+            "paxosd_client_requests", "Client requests by outcome", ["status"], registry=r
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def set_role(self, role: str) -> None:
+        for name in ROLES:
+            self.role.labels(role=name).set(1 if name == role else 0)
