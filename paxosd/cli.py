@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from paxosd.bootstrap import bootstrap_command
 from paxosd.daemon import run_command
 from paxosd.initcluster import check_config_command, init_command
 from paxosd.inspect import inspect_cmd
@@ -25,6 +26,7 @@ def _root() -> None:
 
 
 # Subcommand registration: one line per owning module (keep this list sorted).
+app.command("bootstrap")(bootstrap_command)
 app.command("check-config")(check_config_command)
 app.command("init")(init_command)
 app.command("inspect")(inspect_cmd)
