@@ -37,6 +37,7 @@ class Daemon:
     def __init__(self, config: Config, node: Node) -> None:
         self.config = config
         self.node = node
+        node.send = self._send_peers
         self.peers = PeerTransport(
             node=config.node_id,
             listen=(config.peer_address.host, config.peer_address.port),
@@ -67,6 +68,9 @@ class Daemon:
             }
         )
         self.clients.start()
+        if self.node.sent:  # produced during recovery, before the transport existed
+            self.peers.send_many(self.node.sent)
+            self.node.sent.clear()
         install_signal_handlers(self.stop)
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}", f"MAINPID={os.getpid()}")
         log.info(
@@ -106,12 +110,12 @@ class Daemon:
         self.node.storage.close()
         return 0
 
+    def _send_peers(self, messages: list[tuple[NodeId, Any]]) -> None:
+        self.peers.send_many(messages)
+
     def _turn(self) -> None:
         node = self.node
         node.drain()
-        if node.sent:
-            self.peers.send_many(node.sent)
-            node.sent.clear()
         if node.replies:
             for conn_id, request_id, status, result, leader in node.replies:
                 self.clients.reply(conn_id, ClientReply(request_id, status, result, leader))
@@ -169,14 +173,44 @@ class Daemon:
             }
             data["uptime_s"] = round((now_ms() - self.started_ms) / 1000, 1)
             data["recovery"] = node.recovery
+            # paxosctl status's "last contact": how long ago the leader last heard each peer
+            # ack. TODO(lead): read a public Replica accessor instead of the private dict.
+            r = node.replica
+            acks: dict[int, int] = getattr(r, "_last_ack_ms", {}) if r.is_leader else {}
+            data["peer_last_ack_ms_ago"] = {str(p): r.now_ms - t for p, t in acks.items()}
             return "ok", data
         if query == "read_stale":
             status, result = node.stale_read(bytes(args["command"]))
-            return status, {"result": result, "applied_index": node.sm.applied_through}
+            return status, {
+                "result": result,
+                "applied_index": node.sm.applied_through,
+                "node_id": self.config.node_id,
+            }
+        if query == "members":
+            stats = self.peers.stats()
+            cfg = self.config
+            return "ok", {
+                "node_id": cfg.node_id,
+                "leader": node.replica.leader_hint,
+                "members": [
+                    {
+                        "node_id": p.node_id,
+                        "peer_address": str(p.address),
+                        "client_address": str(cfg.client_address)
+                        if p.node_id == cfg.node_id
+                        else None,
+                        "connected": True
+                        if p.node_id == cfg.node_id
+                        else (p.node_id in stats and stats[p.node_id].connected),
+                    }
+                    for p in cfg.peers
+                ],
+            }
         if query == "view_log":
             lo = int(args.get("from", 1))
             hi = int(args.get("to", node.replica.decided_through))
-            limit = min(int(args.get("limit", 100)), VIEW_LOG_ROWS_MAX)
+            # Clamped both ways: read_log asserts 1 <= limit, and a client must not crash us.
+            limit = max(1, min(int(args.get("limit", 100)), VIEW_LOG_ROWS_MAX))
             rows = node.storage.read_log(lo, hi, limit)
             return "ok", {
                 "rows": [
@@ -190,10 +224,11 @@ class Daemon:
                 ],
                 "log_start": node.replica.log_start,
                 "decided_index": node.replica.decided_through,
+                "node_id": self.config.node_id,
             }
         if query == "snapshot":
             slot = node.take_snapshot()
-            return "ok", {"snapshot_index": slot}
+            return "ok", {"snapshot_index": slot, "node_id": self.config.node_id}
         if query == "partition":
             # Drill hook: authenticated by the client key like every request.
             peer = NodeId(int(args["peer"]))

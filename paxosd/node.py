@@ -14,6 +14,7 @@ import random
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,10 @@ class Node:
         self.replica = Replica(config.core_config(), random.Random(), durable, now_ms())
         self.sm = StateMachine()
         self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
+        # The daemon replaces this with the transport's send_many; until then (recovery) and
+        # in tests, messages are kept here.
+        self.sent: list[tuple[NodeId, Any]] = []
+        self.send: Callable[[list[tuple[NodeId, Any]]], object] = self.sent.extend
         self.replayed = 0
         self.snapshot_due = durable.snapshot.slot if durable.snapshot else 0
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
@@ -82,7 +87,6 @@ class Node:
             "digest": self.sm.digest(),
         }
         self.log.info("recovered", **self.recovery)
-        self.sent: list[tuple[NodeId, Any]] = []
         self.replies: list[tuple[int, int, str, bytes, int | None]] = []
 
     # ------------------------------------------------------------------ inputs
@@ -134,17 +138,23 @@ class Node:
                 self.take_snapshot()
 
     def _handle(self, rd: Ready) -> None:
-        # 1. Durable first: no promise or vote may leave before it is on disk.
+        # 0. Accepts and heartbeats go first: the followers' fsyncs overlap with ours.
+        if rd.early_messages:
+            self.send([(out.dst, out.msg) for out in rd.early_messages])
+        # 1. Durable next: no promise or vote may leave before it is on disk. Decided-only
+        #    records need no fsync of their own (see PersistRecord.only_decided).
         m = self.metrics
-        if m is not None and not rd.persist.is_empty():
+        persist = rd.persist
+        sync = not persist.only_decided()
+        if m is not None and sync and not persist.is_empty():
             t0 = time.perf_counter()
-            self.storage.write(rd.persist)
+            self.storage.write(persist)
             m.fsync.observe(time.perf_counter() - t0)
         else:
-            self.storage.write(rd.persist)
-        # 2. Then send.
-        for out in rd.messages:
-            self.sent.append((out.dst, out.msg))
+            self.storage.write(persist, sync=sync)
+        # 2. Then send what speaks for our durable state.
+        if rd.messages:
+            self.send([(out.dst, out.msg) for out in rd.messages])
         # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
         if rd.restore is not None:
             self.sm = StateMachine.restore(rd.restore.state)

@@ -476,8 +476,10 @@ class Storage:
         node_id: int,
         schema_version: int,
         promised: Ballot,
+        durability: Durability = "fsync",
     ) -> None:
         self.path = path
+        self.durability = durability
         self.db = db
         self.readonly = readonly
         self.cluster_id = cluster_id
@@ -586,6 +588,7 @@ class Storage:
             node_id=node_id,
             schema_version=version,
             promised=promised,
+            durability=durability,
         )
 
     @classmethod
@@ -641,12 +644,19 @@ class Storage:
 
     # ------------------------------------------------------------------- writing
 
-    def write(self, record: PersistRecord, *, applied_through: int | None = None) -> None:
+    def write(
+        self, record: PersistRecord, *, applied_through: int | None = None, sync: bool = True
+    ) -> None:
         """Make ``record`` durable in ONE transaction; when this returns, it is on disk.
 
         ``applied_through``, if given, is stored in the same transaction (a hint for
         inspection; recovery rebuilds the state machine by replay, not from it).
         An empty record with no ``applied_through`` costs nothing: no transaction, no fsync.
+
+        ``sync=False`` commits without waiting for the disk: the transaction is atomic but
+        may be lost by a power cut until the next synced commit (which flushes the WAL in
+        order, this one included). Only for records whose loss is safe, such as decided
+        entries, which a node relearns from its peers and its own durable votes.
         """
         if applied_through is None and record.is_empty():
             return
@@ -690,7 +700,10 @@ class Storage:
                 blob = encode(decided.value)
                 append_d((slot, blob, crc(blob, crc(pack_slot(slot)))))
         conn = self._conn
+        lazy = not sync and self.durability == "fsync"
         try:
+            if lazy:
+                conn.execute("PRAGMA synchronous = 0")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if promised is not None:
@@ -727,6 +740,9 @@ class Storage:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                if lazy:
+                    conn.execute("PRAGMA synchronous = 2")
         except sqlite3.DatabaseError as exc:
             self._failed = str(exc)
             raise _translate(self.path, "write failed (nothing after it is durable)", exc) from exc

@@ -1,6 +1,9 @@
 """The core's boundary: what goes in (inputs), what comes out (Ready), what survives a crash.
 
 The caller's contract, in the shape of etcd-io/raft's Ready:
+  0. ``ready.early_messages`` may be sent at once: they carry no promise or vote of this
+     replica (a leader's accepts and heartbeats, catch-up traffic), so the peers' disks can
+     work while ours does (Raft thesis 10.2.1: the leader writes its log in parallel);
   1. write ``ready.persist`` durably (one transaction, fsync);
   2. only then send ``ready.messages``;
   3. if ``ready.restore`` is set, restore the state machine from it, then apply
@@ -88,6 +91,16 @@ class PersistRecord:
     snapshot: Snapshot | None = None
     compact_through: int | None = None
 
+    def only_decided(self) -> bool:
+        """True when losing this record in a power cut is safe: decided entries are relearned
+        from peers (and from this node's own durable votes), so they need not wait for fsync."""
+        return (
+            self.promised is None
+            and not self.accepted
+            and self.snapshot is None
+            and self.compact_through is None
+        )
+
     def is_empty(self) -> bool:
         return (
             self.promised is None
@@ -101,6 +114,7 @@ class PersistRecord:
 @dataclass(frozen=True, slots=True)
 class Ready:
     persist: PersistRecord
+    early_messages: tuple[Outbound, ...]
     messages: tuple[Outbound, ...]
     restore: Snapshot | None
     to_apply: tuple[DecidedEntry, ...]

@@ -58,6 +58,9 @@ from paxosd.core.types import (
     Value,
 )
 
+# Messages that state this replica's promise or votes: sent only after persist is durable.
+_AFTER_PERSIST = (Promise, Accepted, Nack, Prepare)
+
 
 class Role(enum.Enum):
     FOLLOWER = "follower"
@@ -190,11 +193,15 @@ class Replica:
         """Hand out everything produced since the last Ready. Call advance() before the next."""
         assert self._outstanding is None, "ready() called twice without advance()"
         self._flush_proposals()
-        messages = list(self._messages)
+        # Promises, votes and refusals speak for our durable state: they wait for persist.
+        messages: list[Outbound] = []
+        early: list[Outbound] = []
+        for out in self._messages:
+            (messages if isinstance(out.msg, _AFTER_PERSIST) else early).append(out)
         for dst, entries in self._accept_out.items():
             cap = self.config.accept_entries_per_message_max
             for i in range(0, len(entries), cap):
-                messages.append(
+                early.append(
                     Outbound(
                         dst,
                         Accept(
@@ -214,6 +221,7 @@ class Replica:
                 snapshot=self._persist_snapshot,
                 compact_through=self._persist_compact,
             ),
+            early_messages=tuple(early),
             messages=tuple(messages),
             restore=self._restore,
             to_apply=tuple(self._to_apply),

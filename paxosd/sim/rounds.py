@@ -219,6 +219,7 @@ class _Rounds:
             rd = r.ready()
             p = rd.persist
             self.disks[m].apply(PersistRecord(promised=p.promised, accepted=p.accepted))
+            out.extend(rd.early_messages)
             out.extend(rd.messages)
             for d in p.decided:
                 if d.slot == SLOT:

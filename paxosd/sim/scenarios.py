@@ -203,7 +203,8 @@ class Stage:
                 if d.slot == SLOT:
                     self.decided[m] = d.value
                     self.log(f"{self.name(m)} decides slot 1 = {show(d.value)}")
-            self.inflight.extend((m, out.dst, out.msg) for out in rd.messages)
+            outs = rd.early_messages + rd.messages
+            self.inflight.extend((m, out.dst, out.msg) for out in outs)
             r.advance(rd)
         raise AssertionError(f"{self.name(m)} kept producing output")
 

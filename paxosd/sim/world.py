@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from paxosd.commands import decode_result
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, Received, SnapshotTaken, Tick
+from paxosd.core.io import ClientCommand, Outbound, Received, SnapshotTaken, Tick
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, NodeId, Snapshot
@@ -171,19 +171,20 @@ class World:
         r = node.replica
         while node.up and r.has_ready():
             rd = r.ready()
+            self._send(node, rd.early_messages)
+            crash_p = self.options.crash_mid_ready_probability
+            if crash_p and self.rng.random() < crash_p:
+                # Accepts left, our own vote never reached the disk.
+                self.crash(node.id, "crash-mid-ready")
+                return
             node.disk.write(rd.persist)
             for d in rd.persist.decided:
                 self.checker.on_decided(node.id, d.slot, d.value)
-            if (
-                self.options.crash_mid_ready_probability
-                and self.rng.random() < self.options.crash_mid_ready_probability
-            ):
+            if crash_p and self.rng.random() < crash_p:
                 # Durable, but nothing sent or applied: the crash the ordering rule is for.
                 self.crash(node.id, "crash-mid-ready")
                 return
-            for out in rd.messages:
-                for delay in self.network.delays_ms(node.id, out.dst):
-                    self._schedule(delay, _DELIVER, (out.dst, node.id, out.msg))
+            self._send(node, rd.messages)
             if rd.restore is not None:
                 node.sm = StateMachine.restore(rd.restore.state)
                 node.pending.clear()
@@ -205,13 +206,18 @@ class World:
                     self._reply_to_client(node.id, ci, seq, red.reason, hint)
             r.advance(rd)
             if self.options.trace_all:
-                self._trace_ready(node, rd.persist.decided, rd.messages)
+                self._trace_ready(node, rd.persist.decided, rd.early_messages + rd.messages)
             applied = r.applied_through
             if applied >= node.snapshot_due_slot + self.options.snapshot_every_entries:
                 node.snapshot_due_slot = applied
                 snap = Snapshot(slot=node.sm.applied_through, state=node.sm.snapshot())
                 self.stats.core_steps += 1
                 r.step(SnapshotTaken(snap))
+
+    def _send(self, node: SimNode, messages: tuple[Outbound, ...]) -> None:
+        for out in messages:
+            for delay in self.network.delays_ms(node.id, out.dst):
+                self._schedule(delay, _DELIVER, (out.dst, node.id, out.msg))
 
     def _trace_ready(
         self, node: SimNode, decided: tuple[object, ...], messages: tuple[object, ...]

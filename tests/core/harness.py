@@ -41,7 +41,7 @@ class Cluster:
         while r.has_ready():
             rd = r.ready()
             self.disks[nid].apply(rd.persist)  # type: ignore[index]
-            for out in rd.messages:
+            for out in rd.early_messages + rd.messages:
                 self.inflight.append((nid, out.dst, out.msg))
             for e in rd.to_apply:
                 self.applied[nid].append((e.slot, e.value))
