@@ -196,6 +196,7 @@ def _print_report(r: FuzzReport) -> None:
             ["client ops", ", ".join(f"{k} {v}" for k, v in r.client_ops.items())],
             ["faults injected", ", ".join(f"{k} {v}" for k, v in j["faults_injected"].items())],  # type: ignore[attr-defined]
             ["converged after healing", f"{r.converged}/{r.seeds_run}"],
+            ["snapshot restores", r.snapshot_restores],
             ["linearizability", ", ".join(f"{k} {v}" for k, v in r.linearizability.items())],
             ["violations", r.violations],
         ],

@@ -35,6 +35,7 @@ class FuzzReport:
     faults: Counter[str] = field(default_factory=Counter)
     fault_detail: Counter[str] = field(default_factory=Counter)
     converged: int = 0
+    snapshot_restores: int = 0
     linearizability: Counter[str] = field(default_factory=Counter)
     failures: list[SeedResult] = field(default_factory=list)
 
@@ -52,6 +53,7 @@ class FuzzReport:
             self.fault_detail[k] += n
             self.faults[_KIND_OF.get(k, k)] += n
         self.linearizability[r.linearizability] += 1
+        self.snapshot_restores += r.snapshot_restores
         if r.converged_ms is not None:
             self.converged += 1
         if r.violation is not None:
@@ -73,6 +75,7 @@ class FuzzReport:
             "faults_injected": {k: self.faults.get(k, 0) for k in (*self.kinds, "restart")},
             "faults_detail": dict(sorted(self.fault_detail.items())),
             "converged_seeds": self.converged,
+            "snapshot_restores": self.snapshot_restores,
             "linearizability": dict(sorted(self.linearizability.items())),
             "violations": [
                 {

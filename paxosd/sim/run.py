@@ -35,6 +35,7 @@ class SeedResult:
     faults: Counter[str]
     linearizability: str
     converged_ms: int | None = None
+    snapshot_restores: int = 0
     trace: list[str] = field(default_factory=list)
 
 
@@ -152,6 +153,7 @@ def run_seed(
         faults=faults,
         linearizability=verdict,
         converged_ms=converged_at,
+        snapshot_restores=world.stats.snapshot_restores,
         trace=world.trace_all,
     )
 

@@ -64,6 +64,7 @@ class SimNode:
 class Stats:
     core_steps: int = 0
     decided_slots: int = 0
+    snapshot_restores: int = 0
     client_ops: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
 
@@ -189,6 +190,7 @@ class World:
                 node.sm = StateMachine.restore(rd.restore.state)
                 node.pending.clear()
                 self.checker.on_restore(node.id, rd.restore.slot, node.sm.digest())
+                self.stats.snapshot_restores += 1
                 self.log(f"n{node.id} restored snapshot through slot {rd.restore.slot}")
             for entry in rd.to_apply:
                 results = node.sm.apply(entry.slot, entry.value)

@@ -24,6 +24,7 @@ def test_fuzzed_seeds_have_no_violation_and_every_fault_kind_is_injected(
     for kind in FAULT_KINDS:
         assert report.faults[kind] > 0, f"fault kind {kind} was never injected"
     assert report.converged == seeds
+    assert report.snapshot_restores > 0, "no replica ever restored a snapshot"
     assert report.linearizability["ok"] == seeds
     assert report.client_ops["ok"] > seeds * 10, "the workload barely ran"
 
