@@ -15,6 +15,7 @@ PLANTED_BUGS = frozenset(
         "ignore_phase1_values",  # new leader ignores values reported in promises
         "minority_quorum",  # a value counts as chosen on a minority of votes
         "apply_before_decided",  # replica applies a value as soon as it accepts it
+        "stale_reads",  # any replica answers read-index reads from its own state at once
     }
 )
 

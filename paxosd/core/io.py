@@ -53,7 +53,15 @@ class SnapshotTaken:
     snapshot: Snapshot
 
 
-Input = Received | ClientCommand | Tick | SnapshotTaken
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """A linearizable read that skips the log: answered by a ReadReady once this replica
+    has shown it still leads. ``token`` is the caller's, echoed back."""
+
+    token: int
+
+
+Input = Received | ClientCommand | Tick | SnapshotTaken | ReadIndex
 
 # --------------------------------------------------------------------------------- outputs
 
@@ -75,6 +83,16 @@ class Redirect:
     command: bytes
     leader: NodeId | None
     reason: str = "not_leader"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReady:
+    """Serve read ``token`` from the state machine once it has applied ``index``; or, when
+    ``index`` is None, this replica does not lead: send the read to ``leader``."""
+
+    token: int
+    index: int | None
+    leader: NodeId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +137,7 @@ class Ready:
     restore: Snapshot | None
     to_apply: tuple[DecidedEntry, ...]
     redirects: tuple[Redirect, ...]
+    reads: tuple[ReadReady, ...] = ()
 
 
 # ------------------------------------------------------------------------ durable state

@@ -63,6 +63,8 @@ class Accepted(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
     ballot: Ballot
     slots: tuple[int, ...]
+    # Echo of the heartbeat's read_seq this answers (0 when it answers an accept).
+    read_seq: int = 0
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -76,6 +78,9 @@ class Heartbeat(msgspec.Struct, frozen=True, tag=True, array_like=True):
     ballot: Ballot
     commit_through: int
     decided_through: int
+    # Read-index rounds: followers echo it, so a majority echo proves the leader still led
+    # after every read registered before this heartbeat was sent (Raft thesis 6.4).
+    read_seq: int = 0
 
 
 class CatchUpRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):

@@ -29,6 +29,8 @@ from paxosd.core.io import (
     Input,
     Outbound,
     PersistRecord,
+    ReadIndex,
+    ReadReady,
     Ready,
     Received,
     Redirect,
@@ -117,6 +119,14 @@ class Replica:
 
         self._catchup_sent_ms = -(10**9)
 
+        # Read-index state (leader only). Invariant: every pending read's seq is
+        # <= self._read_seq + 1, and reads are released only after a majority echoed it.
+        self._read_seq = 0
+        self._read_round_needed = False
+        self._read_acked: dict[NodeId, int] = {}
+        self._pending_reads: list[tuple[int, int, int]] = []  # (token, index, seq)
+        self._reads_out: list[ReadReady] = []
+
         # Output buffers, drained by ready().
         self._persist_promised: Ballot | None = None
         self._persist_accepted: dict[int, AcceptedEntry] = {}
@@ -125,7 +135,7 @@ class Replica:
         self._persist_compact: int | None = None
         self._messages: list[Outbound] = []
         self._accept_out: dict[NodeId, list[DecidedEntry]] = {}
-        self._accepted_out: dict[NodeId, tuple[Ballot, list[int]]] = {}
+        self._accepted_out: dict[NodeId, tuple[Ballot, list[int], int]] = {}
         self._to_apply: list[DecidedEntry] = []
         self._restore: Snapshot | None = None
         self._redirects: list[Redirect] = []
@@ -172,11 +182,15 @@ class Replica:
                 self._on_client_command(cmd)
             case SnapshotTaken(snapshot=snap):
                 self._on_snapshot_taken(snap)
+            case ReadIndex(token=token):
+                self._on_read_index(token)
 
     def has_ready(self) -> bool:
         self._flush_proposals()
+        self._flush_read_round()
         return bool(
-            self._persist_promised is not None
+            self._reads_out
+            or self._persist_promised is not None
             or self._persist_accepted
             or self._persist_decided
             or self._persist_snapshot is not None
@@ -193,6 +207,7 @@ class Replica:
         """Hand out everything produced since the last Ready. Call advance() before the next."""
         assert self._outstanding is None, "ready() called twice without advance()"
         self._flush_proposals()
+        self._flush_read_round()
         # Promises, votes and refusals speak for our durable state: they wait for persist.
         messages: list[Outbound] = []
         early: list[Outbound] = []
@@ -211,8 +226,10 @@ class Replica:
                         ),
                     )
                 )
-        for dst, (ballot, slots) in self._accepted_out.items():
-            messages.append(Outbound(dst, Accepted(ballot=ballot, slots=tuple(slots))))
+        for dst, (ballot, slots, read_seq) in self._accepted_out.items():
+            messages.append(
+                Outbound(dst, Accepted(ballot=ballot, slots=tuple(slots), read_seq=read_seq))
+            )
         rd = Ready(
             persist=PersistRecord(
                 promised=self._persist_promised,
@@ -226,6 +243,7 @@ class Replica:
             restore=self._restore,
             to_apply=tuple(self._to_apply),
             redirects=tuple(self._redirects),
+            reads=tuple(self._reads_out),
         )
         self._persist_promised = None
         self._persist_accepted = {}
@@ -238,6 +256,7 @@ class Replica:
         self._to_apply = []
         self._restore = None
         self._redirects = []
+        self._reads_out = []
         self._outstanding = rd
         return rd
 
@@ -309,6 +328,10 @@ class Replica:
             self._accept_out = {}
             while self._queue:
                 self._redirects.append(Redirect(self._queue.popleft(), self.leader_hint))
+            for token, _, _ in self._pending_reads:
+                self._reads_out.append(ReadReady(token, None, self.leader_hint))
+            self._pending_reads = []
+            self._read_round_needed = False
         self._reset_election_timer()
 
     # ------------------------------------------------------------------ learner
@@ -500,6 +523,7 @@ class Replica:
         self._next_slot = top + 1
         self._last_ack_ms = {p: self.now_ms for p in self.peers}
         self.peer_voted_slot = {}
+        self._read_acked = {}
         for s in range(self._prepare_from, top + 1):
             entry = chosen.get(s)
             if s in self.decided:
@@ -596,7 +620,7 @@ class Replica:
             if prev is not None and prev[0] == msg.ballot:
                 prev[1].extend(slots)
             else:
-                self._accepted_out[src] = (msg.ballot, slots)
+                self._accepted_out[src] = (msg.ballot, slots, 0)
         self._commit_from_leader(msg.ballot, msg.commit_through)
 
     def _on_accepted(self, src: NodeId, msg: Accepted) -> None:
@@ -605,6 +629,9 @@ class Replica:
         self._last_ack_ms[src] = self.now_ms
         for s in msg.slots:
             self._count_vote(s, src)
+        if msg.read_seq > self._read_acked.get(src, 0):
+            self._read_acked[src] = msg.read_seq
+            self._release_reads()
         if msg.slots:
             top = max(msg.slots)
             if top > self.peer_voted_slot.get(src, 0):
@@ -618,6 +645,7 @@ class Replica:
                 ballot=self.ballot,
                 commit_through=self._commit_through,
                 decided_through=self.decided_through,
+                read_seq=self._read_seq,
             )
         )
         if not resend:
@@ -651,8 +679,11 @@ class Replica:
         self._commit_from_leader(msg.ballot, msg.commit_through)
         # An empty Accepted is the heartbeat's ack: it tells the leader a majority still
         # follows it (check-quorum), without voting for anything.
-        if src not in self._accepted_out:
-            self._accepted_out[src] = (msg.ballot, [])
+        prev = self._accepted_out.get(src)
+        if prev is not None and prev[0] == msg.ballot:
+            self._accepted_out[src] = (prev[0], prev[1], max(prev[2], msg.read_seq))
+        else:
+            self._accepted_out[src] = (msg.ballot, [], msg.read_seq)
         self._maybe_catch_up(src, msg.decided_through)
 
     def _on_catchup_request(self, src: NodeId, msg: CatchUpRequest) -> None:
@@ -714,6 +745,46 @@ class Replica:
             for s in [s for s in self.accepted if s <= cut]:
                 del self.accepted[s]
             self.log_start = cut + 1
+
+    def _on_read_index(self, token: int) -> None:
+        """Register a read at the highest slot this leader has proposed: every write that
+        completed before the read arrived is at or below it (a previous leader's chosen
+        values were re-proposed after phase 1). The read is released once a majority has
+        echoed a heartbeat sent after now, proving no higher ballot had taken over."""
+        if "stale_reads" in self.config.planted_bugs:
+            self._reads_out.append(ReadReady(token, 0))
+            return
+        if self.role is not Role.LEADER:
+            self._reads_out.append(ReadReady(token, None, self.leader_hint))
+            return
+        index = self._next_slot - 1
+        if self.config.quorum == 1:
+            self._reads_out.append(ReadReady(token, index))
+            return
+        self._pending_reads.append((token, index, self._read_seq + 1))
+        self._read_round_needed = True
+
+    def _flush_read_round(self) -> None:
+        """One heartbeat round confirms every read registered since the previous round."""
+        if not self._read_round_needed or self.role is not Role.LEADER:
+            return
+        self._read_round_needed = False
+        self._read_seq += 1
+        self._heartbeat(resend=False)
+
+    def _release_reads(self) -> None:
+        if not self._pending_reads:
+            return
+        acked = sorted(self._read_acked.values(), reverse=True)
+        needed = self.config.quorum - 1  # we count ourselves
+        confirmed = acked[needed - 1] if len(acked) >= needed else 0
+        keep: list[tuple[int, int, int]] = []
+        for token, index, seq in self._pending_reads:
+            if seq <= confirmed:
+                self._reads_out.append(ReadReady(token, index))
+            else:
+                keep.append((token, index, seq))
+        self._pending_reads = keep
 
     def _on_client_command(self, cmd: bytes) -> None:
         if self.role is not Role.LEADER:

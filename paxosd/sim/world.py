@@ -13,9 +13,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from paxosd.commands import decode_result
+from paxosd.commands import Op, decode_result, encode_result, is_read
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, Outbound, Received, SnapshotTaken, Tick
+from paxosd.core.io import ClientCommand, Outbound, ReadIndex, Received, SnapshotTaken, Tick
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, NodeId, Snapshot
@@ -29,6 +29,7 @@ from paxosd.statemachine import StateMachine
 # number of schedules CI can afford.
 _DELIVER, _TICK, _CLIENT_SEND, _CLIENT_REPLY, _CLIENT_WAKE, _FAULT = range(6)
 _NEXT_OP = -(10**9)
+READ_INDEX_SHARE = 0.5
 
 
 @dataclass(slots=True)
@@ -58,6 +59,8 @@ class SimNode:
     # (client_id, seq) -> client index: replies this node owes. Volatile, lost on a crash.
     pending: dict[tuple[str, int], int] = field(default_factory=dict)
     snapshot_due_slot: int = 0
+    # read-index token -> (client index, seq, op, read index + 1 once confirmed, else 0)
+    reads: dict[int, tuple[int, int, Op, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -86,6 +89,7 @@ class World:
         self._unique = 0
         self.issuing = True
         self.acknowledged: list[bytes] = []
+        self._read_tokens = 0
         members = tuple(NodeId(i) for i in range(1, options.nodes + 1))
         self.configs = {
             m: CoreConfig(
@@ -151,7 +155,9 @@ class World:
 
     # ------------------------------------------------------------------ replicas
 
-    def _step(self, node: SimNode, event: Tick | Received | ClientCommand | SnapshotTaken) -> None:
+    def _step(
+        self, node: SimNode, event: Tick | Received | ClientCommand | SnapshotTaken | ReadIndex
+    ) -> None:
         self.stats.core_steps += 1
         node.replica.step(event)
         self._drain(node)
@@ -199,6 +205,18 @@ class World:
                     ci = node.pending.pop((client_id, seq), None)
                     if ci is not None:
                         self._reply_to_client(node.id, ci, seq, "ok", result)
+            for rr in rd.reads:
+                waiting = node.reads.get(rr.token)
+                if waiting is None:
+                    continue
+                ci, seq, op, _ = waiting
+                if rr.index is None:
+                    del node.reads[rr.token]
+                    hint = b"" if rr.leader is None else str(rr.leader).encode()
+                    self._reply_to_client(node.id, ci, seq, "not_leader", hint)
+                else:
+                    node.reads[rr.token] = (ci, seq, op, rr.index + 1)
+            self._serve_reads(node)
             for red in rd.redirects:
                 owner = self._cmd_owner.get(red.command)
                 if owner is not None:
@@ -215,6 +233,17 @@ class World:
                 snap = Snapshot(slot=node.sm.applied_through, state=node.sm.snapshot())
                 self.stats.core_steps += 1
                 r.step(SnapshotTaken(snap))
+
+    def _serve_reads(self, node: SimNode) -> None:
+        """Answer confirmed read-index reads whose index the state machine has reached."""
+        if not node.reads:
+            return
+        applied = node.sm.applied_through
+        for token, (ci, seq, op, confirmed) in list(node.reads.items()):
+            # confirmed = read index + 1 once leadership was confirmed, 0 before.
+            if confirmed and confirmed - 1 <= applied:
+                del node.reads[token]
+                self._reply_to_client(node.id, ci, seq, "ok", encode_result(node.sm.query(op)))
 
     def _send(self, node: SimNode, messages: tuple[Outbound, ...]) -> None:
         for out in messages:
@@ -235,6 +264,7 @@ class World:
             return
         node.up = False
         node.pending.clear()
+        node.reads.clear()
         self.stats.faults[why] += 1
         self.log(f"n{nid} CRASH ({why}); durable promised={node.disk.state.promised}")
 
@@ -302,7 +332,15 @@ class World:
         node = self.nodes[nid]
         if not node.up:
             return
-        node.pending[(self.clients[ci].client_id, seq)] = ci
+        c = self.clients[ci]
+        if c.op is not None and is_read(c.op) and self.rng.random() < READ_INDEX_SHARE:
+            # Half the reads skip the log (read-index), so both paths face every fault.
+            self._read_tokens += 1
+            token = self._read_tokens
+            node.reads[token] = (ci, seq, c.op, 0)
+            self._step(node, ReadIndex(token))
+            return
+        node.pending[(c.client_id, seq)] = ci
         self._step(node, ClientCommand(cmd))
 
     def _reply_to_client(self, nid: NodeId, ci: int, seq: int, status: str, payload: bytes) -> None:
@@ -335,7 +373,7 @@ class World:
         self._schedule(self.rng.randint(20, 80), _CLIENT_WAKE, (c.index, -c.attempt))
 
     def _finish(self, c: SimClient, outcome: str, result: object) -> None:
-        if outcome == "ok":
+        if outcome == "ok" and c.op is not None and not is_read(c.op):
             self.acknowledged.append(c.command)
         c.finish(self.now_ms, outcome, result)
         self.stats.client_ops[outcome] += 1

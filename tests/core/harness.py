@@ -30,6 +30,7 @@ class Cluster:
         self.inflight: list[tuple[int, int, Message]] = []
         self.applied: dict[int, list[tuple[int, Value]]] = {m: [] for m in self.members}
         self.down: set[int] = set()
+        self.reads: list[tuple[int, object]] = []
 
     def step(self, nid: int, event: Input) -> None:
         assert nid not in self.down
@@ -45,6 +46,7 @@ class Cluster:
                 self.inflight.append((nid, out.dst, out.msg))
             for e in rd.to_apply:
                 self.applied[nid].append((e.slot, e.value))
+            self.reads.extend((nid, x) for x in rd.reads)
             r.advance(rd)
 
     def campaign(self, nid: int) -> None:

@@ -188,3 +188,55 @@ def test_heartbeat_commit_point_only_decides_values_accepted_at_that_ballot() ->
     )
     assert 1 not in r2.decided
     r2.step(Tick(c.now_ms))
+
+
+def _reads(c: Cluster, nid: int) -> list[object]:
+    """Drain ``nid`` and take the read releases it produced so far."""
+    c.drain(nid)
+    mine = [x for n, x in c.reads if n == nid]
+    c.reads = [(n, x) for n, x in c.reads if n != nid]
+    return mine
+
+
+def test_a_read_index_read_waits_for_a_majority_echo() -> None:
+    from paxosd.core.io import ReadIndex
+
+    c = Cluster(3)
+    elect(c, 1)
+    c.propose(1, b"w")
+    c.deliver()
+    c.step(1, ReadIndex(7))
+    assert _reads(c, 1) == [], "released before any follower echoed"
+    c.deliver(lambda s, d, m: isinstance(m, Heartbeat) and d == 2)
+    c.deliver(lambda s, d, m: isinstance(m, Accepted) and s == 2)
+    released = _reads(c, 1)
+    assert [(x.token, x.index) for x in released] == [(7, 1)]  # type: ignore[attr-defined]
+
+
+def test_a_deposed_leader_turns_pending_reads_into_redirects() -> None:
+    from paxosd.core.io import ReadIndex
+
+    c = Cluster(3)
+    elect(c, 1)
+    r1 = c.replicas[1]  # type: ignore[index]
+    c.step(1, ReadIndex(9))
+    assert _reads(c, 1) == []
+    c.drop(lambda s, d, m: s == 1)  # its heartbeats never arrive
+    elect(c, 2)  # node 2 takes over; node 1 learns of the higher ballot
+    c.deliver()
+    out = _reads(c, 1)
+    # The pending read comes back refused, never answered from a deposed leader's state.
+    assert r1.role is not Role.LEADER
+    assert [(x.token, x.index) for x in out] == [(9, None)]  # type: ignore[attr-defined]
+
+
+def test_a_follower_refuses_read_index_reads_and_names_the_leader() -> None:
+    from paxosd.core.io import ReadIndex
+
+    c = Cluster(3)
+    elect(c, 1)
+    c.tick_all(60)
+    c.deliver()
+    c.step(2, ReadIndex(3))
+    out = _reads(c, 2)
+    assert [(x.token, x.index, x.leader) for x in out] == [(3, None, 1)]  # type: ignore[attr-defined]
