@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,7 +52,10 @@ def _ports_free(host: str, ports: list[int]) -> bool:
 
 def pick_base_port(nodes: int, host: str = "127.0.0.1", preferred: int = 7100) -> int:
     """A base port whose peer and client ports (base+K, base+100+K) are all free now."""
-    candidates = [preferred] + [20000 + 300 * i for i in range(100)]
+    # Random ranges after the preferred one, so clusters created at the same moment by
+    # different processes (parallel test runs) rarely race for the same ports.
+    rng = random.Random()
+    candidates = [preferred] + [20000 + 300 * rng.randrange(130) for _ in range(100)]
     for base in candidates:
         ports = [base + k for k in range(1, nodes + 1)] + [
             base + 100 + k for k in range(1, nodes + 1)

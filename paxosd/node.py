@@ -21,9 +21,9 @@ from typing import Any
 
 import structlog
 
-from paxosd.commands import BadCommand, Command, decode_command, encode_result, is_read
+from paxosd.commands import BadCommand, Command, Op, decode_command, encode_result, is_read
 from paxosd.config import Config
-from paxosd.core.io import ClientCommand, Ready, Received, SnapshotTaken, Tick
+from paxosd.core.io import ClientCommand, ReadIndex, Ready, Received, SnapshotTaken, Tick
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Snapshot
 from paxosd.metrics import Metrics
@@ -71,6 +71,10 @@ class Node:
         self.replica = Replica(config.core_config(), random.Random(), durable, now_ms())
         self.sm = StateMachine()
         self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
+        # Read-index reads: token -> (conn, request id, op, read index + 1 once confirmed).
+        self.reads: dict[int, tuple[int, int, Op, int]] = {}
+        self._read_tokens = 0
+        self.read_index = True
         # The daemon replaces this with the transport's send_many; until then (recovery) and
         # in tests, messages are kept here.
         self.sent: list[tuple[NodeId, Any]] = []
@@ -104,6 +108,15 @@ class Node:
             cmd = decode_command(command)
         except BadCommand as e:
             self.replies.append((conn_id, request_id, "bad_request", str(e).encode(), None))
+            return
+        if is_read(cmd.op) and self.read_index:
+            # Linearizable without a log write: the core confirms leadership first.
+            if len(self.reads) >= PENDING_REQUESTS_MAX:
+                self.replies.append((conn_id, request_id, "busy", b"", self.replica.leader_hint))
+                return
+            self._read_tokens += 1
+            self.reads[self._read_tokens] = (conn_id, request_id, cmd.op, 0)
+            self.replica.step(ReadIndex(self._read_tokens))
             return
         key = (cmd.client_id, cmd.seq)
         if len(self.pending) >= PENDING_REQUESTS_MAX:
@@ -170,7 +183,20 @@ class Node:
                     self.replies.append((p.conn_id, p.request_id, "ok", result, None))
                     if m is not None:
                         m.commit_latency.observe((now_ms() - p.since_ms) / 1000)
-        # 4. Commands this replica cannot order go back with a hint.
+        # 4. Confirmed reads are answered once the state machine reached their index.
+        for rr in rd.reads:
+            waiting = self.reads.get(rr.token)
+            if waiting is None:
+                continue
+            conn_id, request_id, op, _ = waiting
+            if rr.index is None:
+                del self.reads[rr.token]
+                self.replies.append((conn_id, request_id, "not_leader", b"", rr.leader))
+            else:
+                self.reads[rr.token] = (conn_id, request_id, op, rr.index + 1)
+        if self.reads:
+            self._serve_reads()
+        # 5. Commands this replica cannot order go back with a hint.
         for red in rd.redirects:
             try:
                 cmd = decode_command(red.command)
@@ -179,6 +205,14 @@ class Node:
             p = self.pending.pop((cmd.client_id, cmd.seq), None)
             if p is not None:
                 self.replies.append((p.conn_id, p.request_id, red.reason, b"", red.leader))
+
+    def _serve_reads(self) -> None:
+        applied = self.sm.applied_through
+        for token, (conn_id, request_id, op, confirmed) in list(self.reads.items()):
+            if confirmed and confirmed - 1 <= applied:
+                del self.reads[token]
+                result = encode_result(self.sm.query(op))
+                self.replies.append((conn_id, request_id, "ok", result, None))
 
     def take_snapshot(self) -> int:
         """Snapshot the state machine now; the core compacts the log behind it."""
