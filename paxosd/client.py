@@ -246,12 +246,18 @@ class Client:
 
     def stale_read(self, op: Op) -> Result:
         """Read the contacted node's applied state: no log round, possibly stale."""
+        return self.stale_read_at(op)[0]
+
+    def stale_read_at(self, op: Op) -> tuple[Result, dict[str, Any]]:
+        """As ``stale_read``, plus where it was read: ``{"node_id", "applied_index"}``, so
+        a caller can say how stale the answer may be."""
         command = self.next_command(op)
         data = self.query("read_stale", {"command": command})
         try:
-            return decode_result(bytes(data["result"]))
+            result = decode_result(bytes(data["result"]))
         except (BadCommand, KeyError, TypeError) as e:
             raise BadRequestError(f"bad stale-read reply: {e}") from None
+        return result, {"node_id": data.get("node_id"), "applied_index": data.get("applied_index")}
 
     def query(
         self, name: str, args: dict[str, Any] | None = None, *, node: int | None = None
@@ -271,6 +277,7 @@ class Client:
                 last_problem = str(e)
                 continue
             if node is not None and ep.node_id != node:
+                last_problem = f"node {node} is not among the endpoints"
                 continue
             if not isinstance(reply, QueryReply):
                 raise BadRequestError(f"unexpected reply {type(reply).__name__}")

@@ -1,0 +1,669 @@
+"""``paxosctl view_log/data/status/leader/members/snapshot``: the log and each node's internals.
+
+These ask nodes about themselves (client-port queries), not the replicated state, so they
+answer without a quorum: an operator debugging a broken cluster needs them most then.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from paxosctl import render
+from paxosctl.connect import ConfigOpt, EndpointsOpt, JsonOpt, KeyFileOpt, TimeoutOpt
+from paxosctl.kv import (
+    TIMEOUT_MS_DEFAULT,
+    Failed,
+    command_errors,
+    connect,
+    emit,
+    note,
+    print_table,
+    quote,
+    say,
+    show,
+    show_text,
+)
+from paxosd.client import BadRequestError, Client, UnavailableError
+from paxosd.commands import (
+    BadCommand,
+    Block,
+    Blocks,
+    Cas,
+    Delete,
+    Get,
+    Op,
+    Put,
+    Scan,
+    Unblock,
+    View,
+    decode_command,
+)
+
+# The daemon answers at most 1000 stored rows per query (VIEW_LOG_ROWS_MAX); a slot can
+# have two (its accepted and its decided row), so one query covers at most 500 slots.
+VIEW_LOG_SLOTS_MAX = 500
+FOLLOW_POLL_MS = 200
+DIGEST_SHOWN_CHARS = 12
+
+NodeOpt = Annotated[
+    int | None,
+    typer.Option("--node", min=1, help="Ask this node (its id); default: the first to answer."),
+]
+
+# ------------------------------------------------------------------------------ the log
+
+
+def describe(op: Op) -> tuple[str, str]:
+    """An operation as its paxosctl command line (op name, safe text)."""
+    match op:
+        case Put(key=k, value=v):
+            return "put", f"put {quote(show_text(k))} {quote(show(v))}"
+        case Get(key=k):
+            return "get", f"get {quote(show_text(k))}"
+        case Delete(key=k):
+            return "delete", f"delete {quote(show_text(k))}"
+        case Cas(key=k, new=new, expect_value=ev, expect_version=evv):
+            expect = (
+                f"--expect-value {quote(show(ev))}" if ev is not None else f"--expect-version {evv}"
+            )
+            return "cas", f"cas {quote(show_text(k))} {quote(show(new))} {expect}"
+        case Scan(prefix=prefix, limit=limit):
+            return "scan", f"scan --prefix {quote(show_text(prefix))} --limit {limit}"
+        case Block(site=s, other=o):
+            return "block", f"block {quote(show_text(s))} {quote(show_text(o))}"
+        case Unblock(site=s, other=o):
+            return "unblock", f"unblock {quote(show_text(s))} {quote(show_text(o))}"
+        case Blocks(site=s):
+            return "blocks", "blocks" if s is None else f"blocks --site {quote(show_text(s))}"
+        case View(as_site=s, limit=limit):
+            return "view", f"view --as {quote(show_text(s))} --limit {limit}"
+    raise AssertionError(f"unknown operation {op!r}")
+
+
+def command_json(raw: bytes) -> dict[str, Any]:
+    """One command of a slot's batch: who sent it and what it does. A command that does not
+    decode is shown as such: replicas applied it as a deterministic "malformed" no-op."""
+    try:
+        cmd = decode_command(raw)
+    except BadCommand as e:
+        return {"client_id": None, "seq": None, "site": None, "op": "malformed", "command": str(e)}
+    name, text = describe(cmd.op)
+    return {
+        "client_id": cmd.client_id,
+        "seq": cmd.seq,
+        "site": cmd.site,
+        "op": name,
+        "command": text,
+    }
+
+
+@dataclass(slots=True)
+class Entry:
+    slot: int
+    state: str  # "decided" or "accepted" (accepted here, not known to be decided here)
+    ballot: str | None
+    value: list[bytes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "state": self.state,
+            "ballot": self.ballot,
+            "commands": [command_json(c) for c in self.value],
+        }
+
+
+def merge_rows(rows: list[dict[str, Any]]) -> list[Entry]:
+    """Stored rows -> one entry per slot. A decided slot shows the ballot this node accepted
+    it at when the accepted value is the decided one; a node that learned the decision by
+    catch-up (or voted for another value at an older ballot) has no such ballot: null."""
+    by_slot: dict[int, Entry] = {}
+    accepted: dict[int, tuple[str | None, list[bytes]]] = {}
+    for r in rows:
+        slot, value = int(r["slot"]), [bytes(v) for v in r["value"]]
+        if r["kind"] == "decided":
+            by_slot[slot] = Entry(slot, "decided", None, value)
+        else:
+            accepted[slot] = (r["ballot"], value)
+    for slot, (ballot, value) in accepted.items():
+        entry = by_slot.get(slot)
+        if entry is None:
+            by_slot[slot] = Entry(slot, "accepted", ballot, value)
+        elif entry.value == value:
+            entry.ballot = ballot
+    return [by_slot[s] for s in sorted(by_slot)]
+
+
+def _read_log(
+    c: Client, lo: int, hi: int | None, slots: int, node: int | None
+) -> tuple[list[Entry], dict[str, Any]]:
+    args: dict[str, Any] = {"from": lo, "limit": 2 * slots}
+    if hi is not None:
+        args["to"] = hi
+    data = c.query("view_log", args, node=node)
+    return merge_rows(list(data["rows"]))[:slots], data
+
+
+def _entry_lines(entries: list[Entry]) -> list[list[object]]:
+    out: list[list[object]] = []
+    for e in entries:
+        commands = [command_json(c) for c in e.value]
+        if not commands:
+            out.append([e.slot, e.state, e.ballot or "-", "-", "-", "no-op"])
+        for cmd in commands:
+            client = "-" if cmd["client_id"] is None else f"{cmd['client_id']}#{cmd['seq']}"
+            site = "-" if cmd["site"] is None else show_text(cmd["site"])
+            out.append([e.slot, e.state, e.ballot or "-", site, show_text(client), cmd["command"]])
+    return out
+
+
+LOG_COLUMNS = ["slot", "state", "ballot", "site", "client", "command"]
+
+
+@command_errors
+def view_log(
+    from_slot: Annotated[
+        int | None, typer.Option("--from", min=1, help="First slot (default: the newest ones).")
+    ] = None,
+    to_slot: Annotated[
+        int | None, typer.Option("--to", min=1, help="Last slot; with --follow, stop after it.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=VIEW_LOG_SLOTS_MAX, help="At most N slots.")
+    ] = 50,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing slots as they are decided (Ctrl-C)."),
+    ] = False,
+    node: NodeOpt = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print one node's log: slot, state, ballot, origin site, client and command.
+
+    One row per command of each slot's batch: the slot, its state, the ballot this node
+    accepted it at (- when it learned the decision without voting for it), the origin
+    site, the client (id#seq) and the command. An empty batch is a no-op (a gap a new
+    leader filled).
+
+    Results are not stored in the log (they are recomputed by applying it), so they are not
+    shown: get, scan and view show the state they led to. Slots compacted into a snapshot
+    are gone from the log (see "log start" in paxosctl data).
+
+    Without --from: the newest --limit slots. Also reachable as view-log.
+
+    JSON: {"node_id", "log_start", "decided_index", "entries": [{"slot", "state",
+    "ballot", "commands": [{"client_id", "seq", "site", "op", "command"}]}]}. With
+    --follow: one entry object per line (JSON Lines).
+
+    Example: paxosctl view_log --from 1 --to 20 --node 2
+
+    Example: paxosctl view-log --follow
+    """
+    if from_slot is not None and to_slot is not None and to_slot < from_slot:
+        raise BadRequestError(f"--to {to_slot} is before --from {from_slot}")
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        lo, asked = from_slot, node
+        if lo is None:
+            if to_slot is not None:
+                lo = max(1, to_slot - limit + 1)
+            else:
+                st = c.query("status", node=node)
+                asked = int(st["node_id"])  # the same node for the read that follows
+                lo = max(int(st["log_start"]), int(st["decided_index"]) - limit + 1, 1)
+        entries, data = _read_log(c, lo, to_slot, limit, asked)
+        if follow:
+            # Decided slots are equal on every node, so following may fail over (no --node).
+            _follow(c, (entries, data), node, lo, to_slot, json_out)
+            return
+    if json_out:
+        emit(
+            {
+                "node_id": data["node_id"],
+                "log_start": data["log_start"],
+                "decided_index": data["decided_index"],
+                "entries": [e.to_json() for e in entries],
+            }
+        )
+        return
+    title = (
+        f"log of node {data['node_id']} (log start {data['log_start']}, "
+        f"decided through {data['decided_index']})"
+    )
+    print_table(title, LOG_COLUMNS, _entry_lines(entries))
+    if entries and lo < int(data["log_start"]) <= entries[0].slot:
+        note(f"slots before {data['log_start']} were compacted into a snapshot")
+
+
+def _follow(
+    c: Client,
+    first: tuple[list[Entry], dict[str, Any]],
+    node: int | None,
+    lo: int,
+    to_slot: int | None,
+    json_out: bool,
+) -> None:
+    """Print decided slots in slot order as they are decided, up to the node's decided
+    index (its contiguous decided prefix). An accepted-only slot holds the output back:
+    another value may still be chosen for it. Ends after --to, or on Ctrl-C (exit 0)."""
+    next_slot = lo
+    pending, data = first
+    try:
+        # Endless by request (--follow without --to); each poll is bounded by --timeout-ms.
+        while True:
+            for e in pending:
+                if e.slot < next_slot:
+                    continue
+                if e.state != "decided" or e.slot > int(data["decided_index"]):
+                    break
+                if e.slot > next_slot:
+                    # Below the decided index only compaction leaves a hole.
+                    note(f"slots {next_slot}..{e.slot - 1} were compacted into a snapshot")
+                if json_out:
+                    _json_line(e.to_json())
+                else:
+                    for line in _entry_lines([e]):
+                        say("  ".join(str(x) for x in line))
+                next_slot = e.slot + 1
+            if to_slot is not None and next_slot > to_slot:
+                return
+            time.sleep(FOLLOW_POLL_MS / 1000)
+            pending, data = _read_log(c, next_slot, to_slot, VIEW_LOG_SLOTS_MAX, node)
+    except KeyboardInterrupt:
+        return
+
+
+def _json_line(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------ one node
+
+
+@command_errors
+def data(
+    node: NodeOpt = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """One node's Paxos internals: promised ballot, open slots, decided/applied/snapshot.
+
+    Like the seed's "data": role, promised ballot, its own ballot, decided, applied and
+    snapshot index, where its log starts, and the slots it accepted that it does not yet
+    know to be decided (with their ballot and commands).
+
+    JSON: {"node_id", "role", "leader", "promised", "ballot", "decided_index",
+    "applied_index", "snapshot_index", "log_start", "digest", "accepted_not_decided":
+    [{"slot", "state", "ballot", "commands"}]}.
+
+    Example: paxosctl data --node 1
+    """
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        st = c.query("status", node=node)
+        open_slots = [int(s) for s in st["accepted_not_decided"]]
+        accepted: list[Entry] = []
+        if open_slots:
+            entries, _ = _read_log(
+                c, open_slots[0], open_slots[-1], VIEW_LOG_SLOTS_MAX, int(st["node_id"])
+            )
+            accepted = [e for e in entries if e.state == "accepted"]
+    info = {
+        "node_id": st["node_id"],
+        "role": st["role"],
+        "leader": st["leader"],
+        "promised": st["promised"],
+        "ballot": st["ballot"],
+        "decided_index": st["decided_index"],
+        "applied_index": st["applied_index"],
+        "snapshot_index": st["snapshot_index"],
+        "log_start": st["log_start"],
+        "digest": st["digest"],
+        "accepted_not_decided": [e.to_json() for e in accepted],
+    }
+    if json_out:
+        emit(info)
+        return
+    rows = [[k.replace("_", " "), "-" if v is None else v] for k, v in info.items()]
+    rows[-1][1] = ", ".join(str(e.slot) for e in accepted) or "none"
+    print_table(f"node {st['node_id']}", ["", ""], rows, header=False)
+    if accepted:
+        print_table("accepted, not known decided", LOG_COLUMNS, _entry_lines(accepted))
+
+
+# ------------------------------------------------------------------------------ the cluster
+
+
+def _ago(ms: object) -> str:
+    if not isinstance(ms, int):
+        return "-"
+    return f"{ms} ms ago" if ms < 10_000 else f"{ms / 1000:.0f} s ago"
+
+
+def digest_mismatches(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes that applied the same prefix must have the same digest; any difference means
+    the replicas diverged (a safety bug or a corrupted disk), never mere lag."""
+    by_index: dict[int, dict[str, str]] = {}
+    for n in nodes:
+        if "error" not in n:
+            by_index.setdefault(int(n["applied_index"]), {})[str(n["node_id"])] = n["digest"]
+    return [
+        {"applied_index": index, "digests": digests}
+        for index, digests in sorted(by_index.items())
+        if len(set(digests.values())) > 1
+    ]
+
+
+def _ballot_key(answer: dict[str, Any]) -> tuple[int, int]:
+    """Ballots print as "round.node"; compare them as numbers, not text ("10.1" > "9.3")."""
+    round_, _, node = str(answer.get("ballot", "0.0")).partition(".")
+    try:
+        return int(round_), int(node or 0)
+    except ValueError:
+        return 0, 0
+
+
+def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON of ``status``, from every endpoint's answer to the "status" query."""
+    ok = [a for a in answers if "error" not in a]
+    leaders = sorted((a for a in ok if a.get("role") == "leader"), key=_ballot_key)
+    leader = leaders[-1] if leaders else None
+    reference = (
+        int(leader["decided_index"])
+        if leader
+        else max((int(a["decided_index"]) for a in ok), default=0)
+    )
+    acks: dict[str, int] = dict(leader.get("peer_last_ack_ms_ago", {})) if leader else {}
+    missing = sorted(set(acks) - {str(a["node_id"]) for a in ok})
+    down = [a for a in answers if "error" in a]
+    nodes: list[dict[str, Any]] = []
+    for a in answers:
+        if "error" in a:
+            # A node that does not answer cannot say its id; when one node is down and the
+            # leader misses one peer, they are the same node.
+            guess = int(missing[0]) if len(missing) == 1 and len(down) == 1 else None
+            nodes.append(
+                {
+                    "node_id": guess,
+                    "address": a["endpoint"],
+                    "role": "unreachable",
+                    "error": a["error"],
+                    "last_contact_ms_ago": acks.get(str(guess)) if guess else None,
+                }
+            )
+            continue
+        nid = int(a["node_id"])
+        is_leader = leader is not None and a is leader
+        nodes.append(
+            {
+                "node_id": nid,
+                "address": a["endpoint"],
+                "role": a["role"],
+                "ballot": a["ballot"],
+                "decided_index": a["decided_index"],
+                "applied_index": a["applied_index"],
+                "lag": max(0, reference - int(a["applied_index"])),
+                "digest": a["digest"],
+                "last_contact_ms_ago": 0 if is_leader else acks.get(str(nid)),
+            }
+        )
+    mismatches = digest_mismatches(nodes)
+    return {
+        "leader": None if leader is None else leader["node_id"],
+        "nodes": nodes,
+        "digests_agree": not mismatches,
+        "mismatches": mismatches,
+    }
+
+
+@command_errors
+def status(
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """One row per node: role, ballot, decided/applied index, lag, digest, last contact.
+
+    Lag: slots its applied index is behind the leader's decided one. Last contact: how
+    long ago the leader last heard from it.
+
+    Nodes at the same applied index must have the same digest: a mismatch is printed
+    loudly and exits 1. Exit 3 if no node answers.
+
+    JSON: {"leader", "nodes": [{"node_id", "address", "role", "ballot", "decided_index",
+    "applied_index", "lag", "digest", "last_contact_ms_ago"}], "digests_agree",
+    "mismatches": [{"applied_index", "digests": {"<node_id>": "<digest>"}}]}; a node that
+    does not answer has "role": "unreachable" and "error" instead of the indexes.
+
+    Example: paxosctl status --json
+    """
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        answers = c.query_each("status")
+    if all("error" in a for a in answers):
+        raise UnavailableError("no node answered: " + "; ".join(a["error"] for a in answers))
+    out = status_rows(answers)
+    if json_out:
+        emit(out)
+    else:
+        bad = {n for m in out["mismatches"] for n in m["digests"]}
+        rows = []
+        for n in out["nodes"]:
+            if n["role"] == "unreachable":
+                rows.append(
+                    [
+                        n["node_id"] or "?",
+                        n["address"],
+                        "UNREACHABLE",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        _ago(n["last_contact_ms_ago"]),
+                    ]
+                )
+                continue
+            digest = n["digest"][:DIGEST_SHOWN_CHARS]
+            if str(n["node_id"]) in bad:
+                digest += " MISMATCH"
+            rows.append(
+                [
+                    n["node_id"],
+                    n["address"],
+                    n["role"],
+                    n["ballot"],
+                    n["decided_index"],
+                    n["applied_index"],
+                    n["lag"],
+                    digest,
+                    "-" if n["role"] == "leader" else _ago(n["last_contact_ms_ago"]),
+                ]
+            )
+        print_table(
+            None,
+            [
+                "node",
+                "address",
+                "role",
+                "ballot",
+                "decided",
+                "applied",
+                "lag",
+                "digest",
+                "last contact",
+            ],
+            rows,
+        )
+        for n in out["nodes"]:
+            if n["role"] == "unreachable":
+                note(f"unreachable: {n['error']}")
+        if out["leader"] is None:
+            note("no leader: writes and linearizable reads fail until one is elected (exit 3)")
+    if out["mismatches"]:
+        for m in out["mismatches"]:
+            parts = ", ".join(f"node {k} {v[:DIGEST_SHOWN_CHARS]}" for k, v in m["digests"].items())
+            render.stderr.print(
+                f"DIGEST MISMATCH at applied index {m['applied_index']}: {parts}",
+                style="bold red",
+                markup=False,
+            )
+        raise Failed("replicas diverged: equal applied index, different state digest")
+
+
+@command_errors
+def leader(
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Which node leads now (the highest-ballot node that says it leads). Exit 3 if none.
+
+    JSON: {"leader", "address", "ballot"}.
+
+    Example: paxosctl leader
+    """
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        answers = c.query_each("status")
+    out = status_rows(answers)
+    if out["leader"] is None:
+        seen = "; ".join(f"{n['address']}: {n['role']}" for n in out["nodes"])
+        raise UnavailableError(f"no leader right now ({seen})")
+    lead = next(n for n in out["nodes"] if n["node_id"] == out["leader"])
+    if json_out:
+        emit({"leader": lead["node_id"], "address": lead["address"], "ballot": lead["ballot"]})
+    else:
+        say(f"node {lead['node_id']} at {lead['address']} (ballot {lead['ballot']})")
+
+
+@command_errors
+def members(
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """The members: node id, peer and client address, and whether each answers.
+
+    As the nodes' configs list them; a client address is known for the nodes that answer.
+
+    JSON: {"leader", "members": [{"node_id", "peer_address", "client_address",
+    "reachable"}]}.
+
+    Example: paxosctl members
+    """
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        answers = c.query_each("members")
+    ok = [a for a in answers if "error" not in a]
+    if not ok:
+        raise UnavailableError("no node answered: " + "; ".join(a["error"] for a in answers))
+    client_address = {int(a["node_id"]): a["endpoint"] for a in ok}
+    hints = [a["leader"] for a in ok if a["leader"] is not None]
+    rows = [
+        {
+            "node_id": m["node_id"],
+            "peer_address": m["peer_address"],
+            "client_address": client_address.get(int(m["node_id"])),
+            "reachable": int(m["node_id"]) in client_address,
+        }
+        for m in ok[0]["members"]
+    ]
+    out = {"leader": max(set(hints), key=hints.count) if hints else None, "members": rows}
+    if json_out:
+        emit(out)
+        return
+    print_table(
+        None,
+        ["node", "peer address", "client address", "reachable", "leader"],
+        [
+            [
+                r["node_id"],
+                r["peer_address"],
+                r["client_address"] or "?",
+                "yes" if r["reachable"] else "NO",
+                "*" if r["node_id"] == out["leader"] else "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@command_errors
+def snapshot(
+    node: Annotated[
+        int | None, typer.Option("--node", min=1, help="Only this node (default: every node).")
+    ] = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take a snapshot now on every node (or --node N).
+
+    The node saves its state machine at its applied index and compacts its log behind it
+    (keeping the configured tail).
+
+    Exit 3 if no node took one.
+
+    JSON: {"snapshots": [{"node_id", "address", "snapshot_index"} or
+    {"node_id": null, "address", "error"}]}.
+
+    Example: paxosctl snapshot --node 2
+    """
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        if node is not None:
+            answers = [dict(c.query("snapshot", node=node), endpoint=None)]
+        else:
+            answers = c.query_each("snapshot")
+    rows = [
+        {"node_id": None, "address": a["endpoint"], "error": a["error"]}
+        if "error" in a
+        else {
+            "node_id": a["node_id"],
+            "address": a["endpoint"],
+            "snapshot_index": a["snapshot_index"],
+        }
+        for a in answers
+    ]
+    if json_out:
+        emit({"snapshots": rows})
+    else:
+        print_table(
+            None,
+            ["node", "address", "snapshot index"],
+            [
+                [
+                    r["node_id"] or "?",
+                    r["address"] or "-",
+                    r.get("snapshot_index", "FAILED: " + str(r.get("error"))),
+                ]
+                for r in rows
+            ],
+        )
+    if all("error" in r for r in rows):
+        raise UnavailableError("no node took a snapshot")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the paxosctl root (one line in app.py)."""
+    for fn in (status, leader, members, data, view_log, snapshot):
+        app.command(fn.__name__, rich_help_panel="Log and cluster")(fn)
+    # The seed spells it view_log; shells and etcdctl habits spell it view-log.
+    app.command("view-log", hidden=True, rich_help_panel="Log and cluster")(view_log)

@@ -1,0 +1,457 @@
+"""``paxosctl put/get/delete/cas/scan``, and the plumbing every data and admin command shares.
+
+A command parses, makes one ``paxosd.client`` call and renders. The shared parts live here
+(social.py and admin.py import them) so that there is exactly one mapping from failures to
+exit codes, one way to show bytes that may not be text, and one JSON shape for a value.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from paxosctl import render
+from paxosctl.connect import (
+    ConfigOpt,
+    ConnectError,
+    EndpointsOpt,
+    JsonOpt,
+    KeyFileOpt,
+    SiteOpt,
+    TimeoutOpt,
+    open_client,
+)
+from paxosd.client import (
+    AuthError,
+    BadRequestError,
+    CasMismatchError,
+    Client,
+    ClientError,
+    NotFoundError,
+    UnavailableError,
+)
+from paxosd.commands import (
+    SCAN_LIMIT_MAX,
+    Deleted,
+    Found,
+    Full,
+    Get,
+    Malformed,
+    NotFound,
+    Result,
+    Rows,
+    Stale,
+    Written,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TIMEOUT_MS_DEFAULT = 5000
+# A terminal narrower than this still gets whole rows when output goes to a pipe or a file.
+PIPE_WIDTH_COLUMNS = 200
+# Error lines are one line; a server message longer than this is cut, not wrapped.
+ERROR_CHARS_MAX = 500
+
+# ------------------------------------------------------------------------------ failures
+
+
+class Failed(Exception):
+    """A command's own "no": not found, CAS mismatch, digest mismatch (exit 1)."""
+
+
+def _one_line(message: str) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= ERROR_CHARS_MAX else text[: ERROR_CHARS_MAX - 3] + "..."
+
+
+def command_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """The one boundary between paxosctl and its users: every user or cluster problem
+    becomes one line on stderr and a documented exit code, never a traceback. Programming
+    errors are not caught here, so they still show their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        code: int
+        try:
+            return fn(*args, **kwargs)
+        except (NotFoundError, CasMismatchError, Failed) as e:
+            message, code = str(e), render.EXIT_FAILED_CHECK
+        except (BadRequestError, ConnectError) as e:
+            message, code = str(e), render.EXIT_USAGE
+        except AuthError as e:
+            message, code = f"authentication failed: {e}", render.EXIT_AUTH
+        except UnavailableError as e:
+            message, code = f"unavailable: {e}", render.EXIT_UNAVAILABLE
+        except ClientError as e:
+            message, code = str(e), render.EXIT_UNAVAILABLE
+        except OSError as e:
+            message, code = f"{e.strerror or e}", render.EXIT_UNAVAILABLE
+        except KeyboardInterrupt:
+            message, code = "interrupted", 130
+        render.error(escape(show_text(_one_line(message))))
+        raise typer.Exit(code)
+
+    return wrapper
+
+
+@contextmanager
+def connect(
+    endpoints: str | None,
+    key_file: Path | None,
+    config: Path | None,
+    timeout_ms: int,
+    site: str | None = None,
+) -> Iterator[Client]:
+    client = open_client(endpoints, key_file, config, timeout_ms=timeout_ms, site=site)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def unexpected(result: Result) -> ClientError:
+    """A result that does not answer the command sent. Stale/Malformed/Full are the state
+    machine refusing it; anything else is a server bug worth reporting verbatim."""
+    match result:
+        case Full(what=what):
+            return UnavailableError(f"the cluster's {what} bound is reached; nothing changed")
+        case Malformed(reason=reason):
+            return BadRequestError(f"the cluster refused the command: {reason}")
+        case Stale(last_seq=seq):
+            return BadRequestError(f"the session already moved past this request (seq {seq})")
+    return BadRequestError(f"unexpected result {type(result).__name__}")
+
+
+# ------------------------------------------------------------------------------ bytes and text
+
+
+def value_json(value: bytes) -> dict[str, str]:
+    """The stable JSON shape of a value: text when it is UTF-8, else base64 (marked)."""
+    try:
+        return {"value": value.decode("utf-8"), "value_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"value": base64.b64encode(value).decode("ascii"), "value_encoding": "base64"}
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029":
+        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return ch
+
+
+def show_text(text: str) -> str:
+    """Text that is safe on a terminal: control characters (escape sequences) are escaped."""
+    if text.isprintable():
+        return text
+    return "".join(_escape_char(c) for c in text)
+
+
+def show(value: bytes) -> str:
+    """Bytes for people: UTF-8 as text, other bytes as \\xNN escapes, controls escaped."""
+    return show_text(value.decode("utf-8", errors="backslashreplace"))
+
+
+def arg_bytes(text: str) -> bytes:
+    """A command-line value as the bytes the user typed: Python decoded argv with
+    surrogateescape, so encoding back the same way round-trips values that are not UTF-8."""
+    return os.fsencode(text)
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def _console() -> Console:
+    # Created per call: stdout may be replaced (tests, redirection) after import.
+    tty = sys.stdout.isatty()
+    return Console(
+        file=sys.stdout,
+        highlight=False,
+        soft_wrap=not tty,
+        width=None if tty else PIPE_WIDTH_COLUMNS,
+    )
+
+
+def say(line: str) -> None:
+    """One line for people on stdout, printed literally (values never become markup)."""
+    _console().print(Text(line), soft_wrap=True)
+
+
+def note(line: str) -> None:
+    """A remark that must not pollute stdout (e.g. "this read may be stale")."""
+    render.stderr.print(Text(line), soft_wrap=True)
+
+
+def print_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    header: bool = True,
+) -> None:
+    t = Table(
+        title=title,
+        show_edge=False,
+        show_header=header,
+        header_style="bold",
+        title_justify="left",
+    )
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*(Text(str(x)) for x in r))
+    _console().print(t)
+
+
+def emit(obj: Any) -> None:
+    render.emit_json(obj)
+
+
+# ------------------------------------------------------------------------------ key-value
+
+KeyArg = Annotated[str, typer.Argument(help="The key (UTF-8 text).", show_default=False)]
+ValueArg = Annotated[
+    str, typer.Argument(help="The value; any bytes the shell passes.", show_default=False)
+]
+
+
+@command_errors
+def put(
+    key: KeyArg,
+    value: ValueArg,
+    site: SiteOpt = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set KEY to VALUE through the log; prints the key's new version.
+
+    A put is also a post on the timeline of seed 002, authored by --site.
+
+    JSON: {"key", "version"}.
+
+    Example: paxosctl put greeting hello --site paris
+    """
+    with connect(endpoints, key_file, config, timeout_ms, site) as c:
+        result = c.put(key, arg_bytes(value))
+    if not isinstance(result, Written):
+        raise unexpected(result)
+    if json_out:
+        emit({"key": key, "version": result.version})
+    else:
+        say(f"OK (version {result.version})")
+
+
+@command_errors
+def get(
+    key: KeyArg,
+    stale: Annotated[
+        bool,
+        typer.Option(
+            "--stale",
+            help="Read the contacted node's applied state without a log round: fast, works "
+            "without a quorum, may be behind (it says so).",
+        ),
+    ] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Write the value's exact bytes, no newline.")
+    ] = False,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print KEY's value (linearizable: read through the log). Exit 1 if it is absent.
+
+    Values that are not UTF-8 print as \\xNN escapes; --raw writes the bytes, --json base64.
+
+    JSON: {"key", "value", "value_encoding": "utf-8"|"base64", "version", "stale",
+    "node_id", "applied_index"} (the last two are null unless --stale).
+
+    Example: paxosctl get greeting --stale
+    """
+    where: dict[str, Any] = {"node_id": None, "applied_index": None}
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        if stale:
+            result, where = c.stale_read_at(Get(key=key))
+        else:
+            result = c.get(key)
+    if isinstance(result, NotFound):
+        raise NotFoundError(f"key {key!r} not found")
+    if not isinstance(result, Found):
+        raise unexpected(result)
+    if json_out:
+        emit(
+            {
+                "key": key,
+                **value_json(result.value),
+                "version": result.version,
+                "stale": stale,
+                "node_id": where["node_id"],
+                "applied_index": where["applied_index"],
+            }
+        )
+        return
+    if stale:
+        note(
+            f"stale read from node {where['node_id']} at applied index "
+            f"{where['applied_index']}: it may lag the cluster"
+        )
+    if raw:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(result.value)
+        sys.stdout.buffer.flush()
+    else:
+        say(show(result.value))
+
+
+@command_errors
+def delete(
+    key: KeyArg,
+    site: SiteOpt = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove KEY through the log. Exit 1 if it was already absent (nothing changed).
+
+    JSON: {"key", "prior_version"}.
+
+    Example: paxosctl delete greeting
+    """
+    with connect(endpoints, key_file, config, timeout_ms, site) as c:
+        result = c.delete(key)
+    if not isinstance(result, Deleted):
+        raise unexpected(result)
+    if result.prior_version == 0:
+        raise NotFoundError(f"key {key!r} not found (nothing deleted)")
+    if json_out:
+        emit({"key": key, "prior_version": result.prior_version})
+    else:
+        say(f"OK (deleted version {result.prior_version})")
+
+
+@command_errors
+def cas(
+    key: KeyArg,
+    new: Annotated[str, typer.Argument(help="The value to set.", show_default=False)],
+    expect_value: Annotated[
+        str | None,
+        typer.Option("--expect-value", help="Swap only if KEY holds exactly this value."),
+    ] = None,
+    expect_version: Annotated[
+        int | None,
+        typer.Option(
+            "--expect-version",
+            min=0,
+            help="Swap only if KEY is at this version (0: only if KEY is absent).",
+        ),
+    ] = None,
+    site: SiteOpt = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare-and-swap: set KEY to NEW only if one expectation holds. Exit 1 on mismatch.
+
+    Give exactly one of --expect-value and --expect-version.
+
+    JSON: {"key", "version"} (the new version).
+
+    Example: paxosctl cas counter 2 --expect-value 1
+    """
+    if (expect_value is None) == (expect_version is None):
+        raise BadRequestError("give exactly one of --expect-value and --expect-version")
+    with connect(endpoints, key_file, config, timeout_ms, site) as c:
+        result = c.cas(
+            key,
+            arg_bytes(new),
+            expect_value=None if expect_value is None else arg_bytes(expect_value),
+            expect_version=expect_version,
+        )
+    if not isinstance(result, Written):
+        raise unexpected(result)
+    if json_out:
+        emit({"key": key, "version": result.version})
+    else:
+        say(f"OK (version {result.version})")
+
+
+@command_errors
+def scan(
+    prefix: Annotated[str, typer.Option("--prefix", help="Only keys starting with this.")] = "",
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=SCAN_LIMIT_MAX, help="At most this many rows.")
+    ] = 100,
+    stale: Annotated[
+        bool, typer.Option("--stale", help="Read the contacted node's state, no log round.")
+    ] = False,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """List keys in key order with their version and value.
+
+    "more" (JSON) or a closing note (table) says that matching keys were left out.
+
+    JSON: {"rows": [{"key", "version", "value", "value_encoding"}], "more"}.
+
+    Example: paxosctl scan --prefix user/ --limit 10
+    """
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        result = c.scan(prefix, limit, stale=stale)
+    if not isinstance(result, Rows):
+        raise unexpected(result)
+    if json_out:
+        emit(
+            {
+                "rows": [
+                    {"key": r.key, "version": r.version, **value_json(r.value)} for r in result.rows
+                ],
+                "more": result.more,
+            }
+        )
+        return
+    print_table(
+        None,
+        ["key", "version", "value"],
+        [[show_text(r.key), r.version, show(r.value)] for r in result.rows],
+    )
+    if result.more:
+        note(f"more keys match {prefix!r}: narrow --prefix or raise --limit")
+    if stale:
+        note("stale read: the contacted node's state, which may lag the cluster")
+
+
+def quote(text: str) -> str:
+    """Shell-style quoting of text already made safe by show()/show_text()."""
+    return shlex.quote(text) if text else "''"
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the paxosctl root (one line in app.py)."""
+    for fn in (put, get, delete, cas, scan):
+        app.command(fn.__name__, rich_help_panel="Keys")(fn)
