@@ -43,6 +43,7 @@ Address = tuple[str, int]
 TIMEOUT_MS_DEFAULT = 5000
 ATTEMPT_TIMEOUT_MS = 1500
 CONNECT_TIMEOUT_MS = 1000
+ENDPOINTS_MAX = 16
 
 
 class ClientError(Exception):
@@ -233,6 +234,8 @@ class Client:
             # not_leader / busy: follow the hint, or back off and try elsewhere.
             last_problem = f"node {ep.node_id}: {reply.status}"
             hinted = self._by_node(reply.leader)
+            if hinted is None and reply.status == "not_leader" and reply.result:
+                hinted = self._learn_endpoint(reply.result)
             if hinted is not None and hinted is not ep:
                 self._leader = hinted
                 continue
@@ -318,6 +321,21 @@ class Client:
             if ep.down_until <= now:
                 return ep
         return None
+
+    def _learn_endpoint(self, text: bytes) -> _Endpoint | None:
+        """Add the leader's client address a follower named (bounded: members are few)."""
+        try:
+            address = parse_endpoint(text.decode("ascii"))
+        except (UnicodeDecodeError, BadRequestError):
+            return None
+        for ep in self._endpoints:
+            if ep.address == address:
+                return ep
+        if len(self._endpoints) >= ENDPOINTS_MAX:
+            return None
+        ep = _Endpoint(address)
+        self._endpoints.append(ep)
+        return ep
 
     def _by_node(self, node_id: int | None) -> _Endpoint | None:
         if node_id is None:

@@ -160,6 +160,9 @@ class Config:
     node_id: NodeId
     cluster_id: str
     peers: tuple[Peer, ...]
+    # Every member's client address, where known (the optional [clients] table): followers
+    # send it with a redirect, so a client that knows one node can reach the leader.
+    clients: dict[NodeId, Address]
     client_address: Address
     metrics_address: Address | None
     data_dir: Path
@@ -259,6 +262,7 @@ _TOP_KEYS: Final = frozenset(
         "node_id",
         "cluster_id",
         "peers",
+        "clients",
         "client_address",
         "metrics_address",
         "data_dir",
@@ -456,6 +460,7 @@ def _read(
         cluster_id = None
 
     peers = _read_peers(r, doc)
+    clients = _read_clients(r, doc)
     if node_id is not None and peers is not None and node_id not in {p.node_id for p in peers}:
         r.problem("peers", f"must contain this node's own entry (node_id = {node_id})")
 
@@ -528,6 +533,7 @@ def _read(
         node_id=NodeId(node_id),
         cluster_id=cluster_id,
         peers=peers,
+        clients={**clients, NodeId(node_id): client_address},
         client_address=client_address,
         metrics_address=metrics_address,
         data_dir=data_dir,
@@ -539,6 +545,23 @@ def _read(
         durability=cast(Durability, durability),
         log=log,
     )
+
+
+def _read_clients(r: _Reader, doc: Mapping[str, Any]) -> dict[NodeId, Address]:
+    table = doc.get("clients", {})
+    if not isinstance(table, dict):
+        r.problem("clients", f"expected a table, got {_toml_type(table)}")
+        return {}
+    out: dict[NodeId, Address] = {}
+    for key, value in table.items():
+        path = f"clients.{key}"
+        if not key.isdigit() or not 1 <= int(key) <= NODE_ID_MAX:
+            r.problem(path, f"clients are listed by node id, an integer from 1 to {NODE_ID_MAX}")
+            continue
+        address = r.address(path, value)
+        if address is not None:
+            out[NodeId(int(key))] = address
+    return out
 
 
 def _read_peers(r: _Reader, doc: Mapping[str, Any]) -> tuple[Peer, ...] | None:

@@ -173,10 +173,9 @@ class Daemon:
             }
             data["uptime_s"] = round((now_ms() - self.started_ms) / 1000, 1)
             data["recovery"] = node.recovery
-            # paxosctl status's "last contact": how long ago the leader last heard each peer
-            # ack. TODO(lead): read a public Replica accessor instead of the private dict.
+            # paxosctl status's "last contact": how long ago the leader last heard each peer.
             r = node.replica
-            acks: dict[int, int] = getattr(r, "_last_ack_ms", {}) if r.is_leader else {}
+            acks = r.peer_last_ack_ms if r.is_leader else {}
             data["peer_last_ack_ms_ago"] = {str(p): r.now_ms - t for p, t in acks.items()}
             return "ok", data
         if query == "read_stale":

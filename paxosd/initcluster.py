@@ -74,6 +74,9 @@ def render_config(
     peers = "\n".join(
         f'{k} = "{peer_address(h, base_port, k)}"' for k, h in enumerate(hosts, start=1)
     )
+    clients = "\n".join(
+        f'{k} = "{client_address(h, base_port, k)}"' for k, h in enumerate(hosts, start=1)
+    )
     metrics = Address(host, base_port + METRICS_PORT_OFFSET + node_id)
     return f"""\
 # paxosd node {node_id} of cluster {cluster_id!r}, written by `paxosd init`.
@@ -94,6 +97,10 @@ client_key_file = "keys/client.key"
 # Every member's peer address, this node included (its peer listener binds its own entry).
 [peers]
 {peers}
+
+# Every member's client address: a follower names the leader's in a redirect.
+[clients]
+{clients}
 """
 
 

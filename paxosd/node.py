@@ -21,7 +21,18 @@ from typing import Any
 
 import structlog
 
-from paxosd.commands import BadCommand, Command, Op, decode_command, encode_result, is_read
+from paxosd.commands import (
+    BadCommand,
+    Command,
+    Found,
+    Get,
+    Op,
+    Put,
+    Written,
+    decode_command,
+    encode_result,
+    is_read,
+)
 from paxosd.config import Config
 from paxosd.core.io import ClientCommand, ReadIndex, Ready, Received, SnapshotTaken, Tick
 from paxosd.core.replica import Replica
@@ -37,6 +48,13 @@ TICK_MS = 10
 # Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
 PENDING_REQUESTS_MAX = 100_000
 PENDING_REQUEST_AGE_MS_MAX = 60_000
+# TEST-ONLY fault injection: ``PAXOSD_TEST_PLANT_BUG=ack_before_durable`` makes a leader answer
+# a put "ok" as soon as the put is queued, before its slot is decided (so before it is
+# durable on a majority), with a guessed version. It exists so that tests can show that
+# `paxosctl drill` catches a broken acknowledgement; no production path reads it, and a node
+# that has it set says so loudly at start-up.
+PLANT_BUG_ENV = "PAXOSD_TEST_PLANT_BUG"
+PLANTABLE_BUGS = frozenset({"ack_before_durable"})
 
 
 def now_ms() -> int:
@@ -92,6 +110,17 @@ class Node:
         }
         self.log.info("recovered", **self.recovery)
         self.replies: list[tuple[int, int, str, bytes, int | None]] = []
+        self.planted_bug = os.environ.get(PLANT_BUG_ENV, "")
+        if self.planted_bug:
+            if self.planted_bug not in PLANTABLE_BUGS:
+                self.log.error("unknown planted bug ignored", **{PLANT_BUG_ENV: self.planted_bug})
+                self.planted_bug = ""
+            else:
+                self.log.warning(
+                    "TEST-ONLY PLANTED BUG ENABLED: this node acknowledges writes that are not "
+                    "durable; never run it with real data",
+                    **{PLANT_BUG_ENV: self.planted_bug},
+                )
 
     # ------------------------------------------------------------------ inputs
 
@@ -122,8 +151,21 @@ class Node:
         if len(self.pending) >= PENDING_REQUESTS_MAX:
             self.replies.append((conn_id, request_id, "busy", b"", self.replica.leader_hint))
             return
+        if self.planted_bug == "ack_before_durable" and self._ack_early(conn_id, request_id, cmd):
+            self.replica.step(ClientCommand(command))
+            return
         self.pending[key] = PendingRequest(conn_id, request_id, now_ms())
         self.replica.step(ClientCommand(command))
+
+    def _ack_early(self, conn_id: int, request_id: int, cmd: Command) -> bool:
+        """The planted bug (tests only, see PLANT_BUG_ENV): answer a put at once, guessing
+        its version from the applied state. Returns whether it answered."""
+        if not (self.replica.is_leader and isinstance(cmd.op, Put)):
+            return False
+        current = self.sm.query(Get(key=cmd.op.key))
+        version = current.version + 1 if isinstance(current, Found) else 1
+        self.replies.append((conn_id, request_id, "ok", encode_result(Written(version)), None))
+        return True
 
     def stale_read(self, command: bytes) -> tuple[str, bytes]:
         """A read of this replica's applied state, without the log: fast, maybe stale."""
@@ -191,7 +233,8 @@ class Node:
             conn_id, request_id, op, _ = waiting
             if rr.index is None:
                 del self.reads[rr.token]
-                self.replies.append((conn_id, request_id, "not_leader", b"", rr.leader))
+                where = self._client_address_of(rr.leader)
+                self.replies.append((conn_id, request_id, "not_leader", where, rr.leader))
             else:
                 self.reads[rr.token] = (conn_id, request_id, op, rr.index + 1)
         if self.reads:
@@ -204,7 +247,13 @@ class Node:
                 continue
             p = self.pending.pop((cmd.client_id, cmd.seq), None)
             if p is not None:
-                self.replies.append((p.conn_id, p.request_id, red.reason, b"", red.leader))
+                where = self._client_address_of(red.leader)
+                self.replies.append((p.conn_id, p.request_id, red.reason, where, red.leader))
+
+    def _client_address_of(self, node: NodeId | None) -> bytes:
+        """The leader's client address for a redirect, when the config names it."""
+        address = None if node is None else self.config.clients.get(node)
+        return b"" if address is None else str(address).encode()
 
     def _serve_reads(self) -> None:
         applied = self.sm.applied_through

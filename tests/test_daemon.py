@@ -261,3 +261,12 @@ def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> No
     assert "paxosd_applied_index 5.0" in body
     assert "paxosd_commit_latency_seconds_count 5.0" in body
     assert "paxosd_storage_write_seconds_count" in body
+
+
+def test_a_client_that_knows_only_a_follower_is_sent_to_the_leader(cluster: LocalCluster) -> None:
+    leader = leader_of(cluster)
+    follower = next(k for k in (1, 2, 3) if k != leader)
+    with PaxosClient([cluster.endpoints()[follower - 1]], cluster.client_key()) as c:
+        c.put("via-follower", b"ok")
+        r = c.get("via-follower")
+        assert isinstance(r, Found) and r.value == b"ok"

@@ -279,6 +279,11 @@ class Replica:
         return self.role is Role.LEADER
 
     @property
+    def peer_last_ack_ms(self) -> dict[NodeId, int]:
+        """When (our clock) each peer last answered this leader: the basis of check-quorum."""
+        return dict(self._last_ack_ms)
+
+    @property
     def pending_commands(self) -> int:
         return len(self._queue)
 
