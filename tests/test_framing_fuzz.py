@@ -26,8 +26,9 @@ from paxosd.core.messages import (
     Prepare,
     Promise,
     PromiseEntry,
+    SnapshotChunk,
 )
-from paxosd.core.types import Ballot, DecidedEntry, Snapshot
+from paxosd.core.types import Ballot, DecidedEntry
 from paxosd.framing import (
     BadFrame,
     ClientReply,
@@ -64,7 +65,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(CatchUpRequest, ints, ints),
     st.builds(
         CatchUpReply,
-        st.none() | st.builds(Snapshot, ints, st.binary(max_size=40)),
+        st.none() | st.builds(SnapshotChunk, ints, ints, ints, st.binary(max_size=40)),
         st.lists(decided, max_size=3).map(tuple),
         ints,
     ),

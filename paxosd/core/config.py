@@ -43,6 +43,10 @@ class CoreConfig:
     promise_entries_max: int = 4096
     catchup_entries_max: int = 1024
     log_retain_entries: int = 1000
+    # Snapshots travel in chunks of at most this many bytes (well under the frame cap).
+    snapshot_chunk_bytes: int = 1 << 20
+    # A peer announcing a bigger snapshot is not believed (bounds what we buffer).
+    snapshot_bytes_max: int = 2 << 30
     planted_bugs: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Snapshot
+from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry
 
 
 class Prepare(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -84,16 +84,33 @@ class Heartbeat(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class CatchUpRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Send me the decided values of slots ``from_slot`` .. ``to_slot`` (inclusive)."""
+    """Send me the decided values of slots ``from_slot`` .. ``to_slot`` (inclusive).
+
+    While a snapshot is being received, ``snapshot_slot``/``snapshot_offset`` say which one
+    and how much of it already arrived, so the transfer resumes instead of restarting.
+    """
 
     from_slot: int
     to_slot: int
+    snapshot_slot: int = 0
+    snapshot_offset: int = 0
+
+
+class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True):
+    """``data`` is ``state[offset : offset + len(data)]`` of the snapshot through ``slot``,
+    whose state is ``total`` bytes. Snapshots travel in chunks so no frame outgrows the
+    transport's size cap, however large the state machine gets."""
+
+    slot: int
+    offset: int
+    total: int
+    data: bytes
 
 
 class CatchUpReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Decided values, in slot order, preceded by a snapshot when the log was compacted."""
+    """Decided values in slot order, or a chunk of a snapshot when the log was compacted."""
 
-    snapshot: Snapshot | None
+    chunk: SnapshotChunk | None
     entries: tuple[DecidedEntry, ...]
     decided_through: int
 
@@ -112,4 +129,5 @@ __all__ = [
     "Prepare",
     "Promise",
     "PromiseEntry",
+    "SnapshotChunk",
 ]

@@ -48,6 +48,7 @@ from paxosd.core.messages import (
     Prepare,
     Promise,
     PromiseEntry,
+    SnapshotChunk,
 )
 from paxosd.core.types import (
     NOOP,
@@ -118,6 +119,8 @@ class Replica:
         self.peer_voted_slot: dict[NodeId, int] = {}
 
         self._catchup_sent_ms = -(10**9)
+        # A snapshot being received in chunks: (slot, total bytes, what arrived so far).
+        self._snap_rx: tuple[int, int, bytearray] | None = None
 
         # Read-index state (leader only). Invariant: every pending read's seq is
         # <= self._read_seq + 1, and reads are released only after a majority echoed it.
@@ -382,7 +385,16 @@ class Replica:
         self._catchup_sent_ms = self.now_ms
         lo = self.decided_through + 1
         hi = min(their_decided_through, lo + self.config.catchup_entries_max - 1)
-        self._send(src, CatchUpRequest(from_slot=lo, to_slot=hi))
+        rx = self._snap_rx
+        self._send(
+            src,
+            CatchUpRequest(
+                from_slot=lo,
+                to_slot=hi,
+                snapshot_slot=0 if rx is None else rx[0],
+                snapshot_offset=0 if rx is None else len(rx[2]),
+            ),
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -473,7 +485,7 @@ class Replica:
             case CatchUpRequest():
                 self._on_catchup_request(src, msg)
             case CatchUpReply():
-                self._on_catchup_reply(msg)
+                self._on_catchup_reply(src, msg)
 
     def _on_prepare(self, src: NodeId, msg: Prepare) -> None:
         if msg.ballot < self.promised:
@@ -695,22 +707,49 @@ class Replica:
         lo, hi = msg.from_slot, min(msg.to_slot, self.decided_through)
         if hi < lo:
             return
-        snap: Snapshot | None = None
         if lo < self.log_start:
             snap = self.snapshot
             assert snap is not None, "compacted log without a snapshot"
-            lo = snap.slot + 1
+            offset = msg.snapshot_offset if msg.snapshot_slot == snap.slot else 0
+            offset = min(max(offset, 0), len(snap.state))
+            data = snap.state[offset : offset + self.config.snapshot_chunk_bytes]
+            chunk = SnapshotChunk(snap.slot, offset, len(snap.state), data)
+            self._send(
+                src, CatchUpReply(chunk=chunk, entries=(), decided_through=self.decided_through)
+            )
+            return
         hi = min(hi, lo + self.config.catchup_entries_max - 1)
         entries = tuple(DecidedEntry(s, self.decided[s]) for s in range(lo, hi + 1))
         self._send(
-            src,
-            CatchUpReply(snapshot=snap, entries=entries, decided_through=self.decided_through),
+            src, CatchUpReply(chunk=None, entries=entries, decided_through=self.decided_through)
         )
 
-    def _on_catchup_reply(self, msg: CatchUpReply) -> None:
-        snap = msg.snapshot
-        if snap is not None and snap.slot > self.decided_through:
-            self._install_snapshot(snap)
+    def _on_snapshot_chunk(self, src: NodeId, chunk: SnapshotChunk, their_through: int) -> None:
+        """Assemble a snapshot chunk by chunk; install it once whole, and ask for the next
+        chunk at once, so a transfer runs at the speed of round trips."""
+        if chunk.slot <= self.decided_through or chunk.total > self.config.snapshot_bytes_max:
+            self._snap_rx = None
+            return
+        rx = self._snap_rx
+        if rx is None or rx[0] != chunk.slot or rx[1] != chunk.total:
+            if chunk.offset != 0:
+                self._snap_rx = None  # another snapshot: start it over from the beginning
+                self._catchup_sent_ms = -(10**9)
+                return
+            rx = self._snap_rx = (chunk.slot, chunk.total, bytearray())
+        if chunk.offset != len(rx[2]):
+            return  # a duplicate or a reordered chunk; the next request names our offset
+        rx[2].extend(chunk.data)
+        if len(rx[2]) >= chunk.total:
+            self._snap_rx = None
+            self._install_snapshot(Snapshot(slot=chunk.slot, state=bytes(rx[2][: chunk.total])))
+        self._catchup_sent_ms = -(10**9)
+        self._maybe_catch_up(src, their_through)
+
+    def _on_catchup_reply(self, src: NodeId, msg: CatchUpReply) -> None:
+        if msg.chunk is not None:
+            self._on_snapshot_chunk(src, msg.chunk, msg.decided_through)
+            return
         for e in msg.entries:
             self._decide(e.slot, e.value)
         if msg.decided_through > self.decided_through:

@@ -42,6 +42,7 @@ class WorldOptions:
     think_ms_max: int = 30
     snapshot_every_entries: int = 40
     log_retain_entries: int = 10
+    snapshot_chunk_bytes: int = 256
     crash_mid_ready_probability: float = 0.0
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     planted_bugs: frozenset[str] = frozenset()
@@ -96,6 +97,8 @@ class World:
                 node_id=m,
                 members=members,
                 log_retain_entries=options.log_retain_entries,
+                # Tiny chunks, so every snapshot transfer takes several round trips.
+                snapshot_chunk_bytes=options.snapshot_chunk_bytes,
                 planted_bugs=options.planted_bugs,
             )
             for m in members

@@ -145,7 +145,8 @@ def test_a_replica_far_behind_a_compacted_log_installs_a_snapshot() -> None:
     from paxosd.core.io import SnapshotTaken
     from paxosd.core.types import Snapshot
 
-    c = Cluster(3, log_retain_entries=2)
+    # Chunks of 3 bytes: the 10-byte snapshot crosses in four round trips.
+    c = Cluster(3, log_retain_entries=2, snapshot_chunk_bytes=3)
     elect(c, 1)
     c.crash(3)
     for i in range(8):
