@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from paxosctl import admin, cluster, kv, sim, social
+from paxosctl import admin, cluster, drill, kv, sim, social
 
 app = typer.Typer(
     name="paxosctl",
@@ -25,6 +25,7 @@ def _root() -> None:
 # Command registration: one line per owning module (keep this list sorted).
 admin.register(app)
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(drill.app, name="drill")
 kv.register(app)
 app.command("simulate", help=sim.HELP)(sim.simulate)
 social.register(app)
