@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from paxosctl import admin, cluster, drill, kv, sim, social
+from paxosctl import admin, cluster, drill, kv, render, sim, social
 
 app = typer.Typer(
     name="paxosctl",
@@ -32,4 +34,17 @@ social.register(app)
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage error is one line on stderr (exit 2), like every other error."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as e:  # click's usage and parameter errors
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if not message:  # no arguments at all: the help was printed, nothing is wrong
+            sys.exit(render.EXIT_USAGE)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        render.error(f"{message}{hint}")
+        sys.exit(int(getattr(e, "exit_code", render.EXIT_USAGE)))
+    sys.exit(code if isinstance(code, int) else 0)
