@@ -1,0 +1,522 @@
+"""``paxosctl bench``: key-value load (like etcd's benchmark), storage and transport benches.
+
+Each command parses, makes one ``paxosd.bench*`` call and renders; progress goes to stderr and
+only on a TTY, so ``--json`` output and logs stay clean.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from paxosctl import render
+from paxosctl.connect import ConnectError, EndpointsOpt, KeyFileOpt, resolve
+from paxosd.bench import (
+    OP_KINDS,
+    BenchError,
+    LoadSpec,
+    relate_to_baseline,
+    run_baseline,
+    run_load,
+    run_local,
+)
+from paxosd.bench import Progress as LoadProgress
+
+HELP = """Measure: key-value load on a cluster, the storage engine, the encrypted transport.
+
+Without a subcommand: a closed-loop load of --clients clients (one request in flight each)
+for --duration seconds after a --warmup that is not counted; reports ops/s, latency
+p50/p90/p99/p99.9/max, errors by kind, the servers' CPU seconds per 1,000 ops and each
+daemon's RSS (when the servers run on this machine), and what the load generator itself
+used. --local starts a fresh durable 3-node cluster in a temporary folder and removes it.
+--baseline also measures this machine's SQLite WAL FULL commit rate and transport round
+trip, so the report can say "ops per fsync".
+
+Examples:
+
+  paxosctl bench --local --op put --clients 64 --duration 10
+
+  paxosctl bench --local --op get --clients 16 --baseline --json
+
+  paxosctl bench --endpoints 10.0.0.1:7101,10.0.0.2:7102 --key-file client.key --op mixed
+
+  paxosctl bench storage --restart-entries 1000000
+
+  paxosctl bench transport --seconds 8
+"""
+
+app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+DirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="Folder on the disk to measure (default: the system's temporary folder).",
+        show_default=False,
+    ),
+]
+
+
+def _show_progress() -> bool:
+    return render.stderr.is_terminal
+
+
+def _host() -> dict[str, Any]:
+    import os
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+    }
+
+
+def _quiet_logs() -> None:
+    # Storage and transport log at info on stdout by default; a bench's stdout is its report.
+    from paxosd.logs import configure_logging
+
+    configure_logging(level="error")
+
+
+@contextmanager
+def _status() -> Iterator[Callable[[str], None]]:
+    """A one-line spinner on stderr (TTY only) that the bench's progress messages update."""
+    if not _show_progress():
+        yield lambda _msg: None
+        return
+    with render.stderr.status("starting") as status:
+        yield lambda msg: status.update(msg.strip())
+
+
+@contextmanager
+def _load_progress() -> Iterator[Callable[[LoadProgress], None]]:
+    """A bar over warm-up + measured seconds with the current rate; TTY only."""
+    if not _show_progress():
+        yield lambda _p: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeElapsedColumn(),
+        console=render.stderr,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=1.0)
+        last: list[float] = [time.monotonic(), 0.0]
+
+        def update(p: LoadProgress) -> None:
+            if p.phase in ("warmup", "measure", "drain"):
+                now = time.monotonic()
+                if now - last[0] >= 0.5:
+                    rate = (p.done - last[1]) / (now - last[0])
+                    last[:] = [now, float(p.done)]
+                    bar.update(task, description=f"{p.phase}: {rate:,.0f} ops/s")
+                bar.update(task, completed=p.elapsed_s, total=max(p.total_s, 1e-9))
+            else:
+                bar.update(task, description=f"{p.phase}: {p.message}" if p.message else p.phase)
+
+        yield update
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _print_kv(r: dict[str, Any]) -> None:
+    w = r["workload"]
+    out = render.stdout
+    target = r.get("target", {})
+    where = (
+        f"local, {target['nodes']} nodes, durable (fsync)"
+        if target.get("kind") == "local"
+        else ", ".join(r["endpoints"])
+    )
+    mix = f", read ratio {w['read_ratio']}" if w["op"] == "mixed" else ""
+    out.print(
+        f"paxosd bench: {w['op']}{mix}, {w['clients']} clients, {w['duration_s']:g} s "
+        f"(+{w['warmup_s']:g} s warm-up), {w['value_bytes']}-byte values, {w['keys']:,} keys; "
+        f"{where}",
+        markup=False,
+    )
+    lat = r["latency_ms"]
+    errors = ", ".join(f"{k}={n}" for k, n in r["errors"].items()) or "none"
+    rows: list[list[object]] = [
+        ["throughput", f"{r['ops_per_s']:,.0f} ops/s ({r['ops']:,} ops)"],
+        [
+            "latency ms",
+            f"p50 {_fmt(lat['p50'])}  p90 {_fmt(lat['p90'])}  p99 {_fmt(lat['p99'])}  "
+            f"p99.9 {_fmt(lat['p99_9'])}  max {_fmt(lat['max'])}",
+        ],
+        ["errors", errors],
+    ]
+    if w["op"] != "put":
+        rows.append(["get misses", f"{r['get_misses']:,}"])
+    srv = r["server"]
+    if srv["nodes"]:
+        cores = ", ".join(f"{n['name']} {_fmt(n['cores'])}" for n in srv["nodes"])
+        rows.append(
+            [
+                "server CPU",
+                f"{_fmt(srv['cpu_s_per_1000_ops'], 3)} s per 1,000 ops "
+                f"(summed over {len(srv['nodes'])} servers; cores: {cores})",
+            ]
+        )
+        rss = ", ".join(
+            f"{n['name']} {_fmt(n['rss_mb'], 1)} (peak {_fmt(n['rss_peak_mb'], 1)})"
+            for n in srv["nodes"]
+        )
+        verdict = "within" if srv["rss_within_limit"] else "OVER"
+        rows.append(["RSS MB", f"{rss}; {verdict} {srv['rss_mb_limit']:g} MB"])
+    else:
+        rows.append(["server CPU", "not measured (servers not on this machine; --server-pid)"])
+    g = r["generator"]
+    note = "  (MAY BE THE BOTTLENECK)" if g["may_be_bottleneck"] else ""
+    rows.append(
+        [
+            "generator",
+            f"{g['processes']} process(es) of {g['clients_per_process']} clients, "
+            f"{_fmt(g['cpu_s_per_1000_ops'], 3)} CPU s per 1,000 ops, busiest process "
+            f"{_fmt(g['busiest_process_cores'])} of a core; can sustain about "
+            f"{_fmt(g['ceiling_ops_per_s'], 0)} ops/s with a core per process{note}",
+        ]
+    )
+    m = r["machine"]
+    rows.append(
+        [
+            "machine",
+            f"{_fmt(m['busy_pct'], 1)} % busy of {r['host']['cpus']} cores, steal "
+            f"{_fmt(m['steal_pct'], 1)} %, other processes {_fmt(m['other_cores'])} cores",
+        ]
+    )
+    b = r.get("baseline")
+    if b:
+        rows.append(
+            [
+                "baseline",
+                f"SQLite WAL FULL {b['sqlite_commits_per_s']:,} commits/s on {b['data_dir']} "
+                f"-> {_fmt(b['ops_per_fsync'])} ops per fsync; transport round trip p50 "
+                f"{_fmt(b['transport_round_trip_p50_ms'], 3)} ms -> p50 = "
+                f"{_fmt(b['p50_in_round_trips'], 1)} round trips",
+            ]
+        )
+    render.table(None, ["figure", "value"], rows)
+
+
+def _parse_pids(values: list[int]) -> dict[str, int]:
+    return {f"pid-{p}": p for p in values}
+
+
+@app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    clients: Annotated[int, typer.Option(min=1, max=1024, help="Concurrent clients.")] = 1,
+    duration: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Measured seconds (after the warm-up).")
+    ] = 10.0,
+    warmup: Annotated[
+        float, typer.Option(min=0, max=3600, help="Seconds of load before measuring.")
+    ] = 1.0,
+    value_size: Annotated[int, typer.Option(min=1, max=512 << 10, help="Value bytes.")] = 100,
+    keys: Annotated[int, typer.Option(min=1, max=10_000_000, help="Keys, uniform.")] = 10_000,
+    op: Annotated[str, typer.Option(help="put | get (linearizable) | mixed.")] = "put",
+    read_ratio: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="With --op mixed: share of gets.")
+    ] = 0.5,
+    prefill: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefill/--no-prefill",
+            help="Put every key once first (default: on for get and mixed).",
+            show_default=False,
+        ),
+    ] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=0, max=64, help="Load-generator processes (0: one per 16 clients, <= cores)."
+        ),
+    ] = 0,
+    local: Annotated[
+        bool, typer.Option("--local", help="Bench a fresh durable local cluster, then remove it.")
+    ] = False,
+    nodes: Annotated[int, typer.Option(min=1, max=9, help="With --local: members.")] = 3,
+    baseline: Annotated[
+        bool,
+        typer.Option("--baseline", help="Also measure SQLite commit rate and transport RTT."),
+    ] = False,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    server_pid: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--server-pid", help="A server's pid on this machine, for CPU/RSS (repeatable)."
+        ),
+    ] = None,
+    d: DirOpt = None,
+    timeout_ms: Annotated[
+        int, typer.Option("--timeout-ms", min=100, help="A request's time limit.")
+    ] = 5000,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="With --local: keep the cluster's folder.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if op not in OP_KINDS:
+        render.error(f"--op must be one of {', '.join(OP_KINDS)}")
+        raise typer.Exit(render.EXIT_USAGE)
+    try:
+        spec = LoadSpec(
+            op=op,  # type: ignore[arg-type]  # checked against OP_KINDS above
+            clients=clients,
+            duration_s=duration,
+            warmup_s=warmup,
+            value_bytes=value_size,
+            keys=keys,
+            read_ratio=read_ratio,
+            prefill=prefill if prefill is not None else op != "put",
+            processes=processes,
+            timeout_ms=timeout_ms,
+        )
+    except ValueError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_USAGE) from None
+    _quiet_logs()
+    try:
+        with _load_progress() as progress:
+            if local:
+                report = run_local(
+                    spec,
+                    nodes=nodes,
+                    parent_dir=d,
+                    baseline=baseline,
+                    progress=progress,
+                    keep=keep,
+                )
+            else:
+                report = _run_remote(spec, endpoints, key_file, server_pid or [], d, baseline)
+    except ConnectError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_USAGE) from None
+    except BenchError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    if json_out:
+        render.emit_json(report)
+    else:
+        _print_kv(report)
+
+
+def _run_remote(
+    spec: LoadSpec,
+    endpoints: str | None,
+    key_file: Path | None,
+    server_pids: list[int],
+    d: Path | None,
+    baseline: bool,
+) -> dict[str, Any]:
+    target = resolve(endpoints, key_file)
+    pids = _parse_pids(server_pids)
+    if not pids and target.source not in ("--endpoints",):
+        # The README's local cluster: its pids are known, so measure its CPU and RSS too.
+        from paxosd.localcluster import MANIFEST, LocalCluster
+
+        root = Path(target.source)
+        if (root / MANIFEST).exists():
+            cluster = LocalCluster.load(root)
+            for k in cluster.node_ids():
+                pid = cluster.pid(k)
+                if pid is not None:
+                    pids[f"n{k}"] = pid
+    base = None
+    if baseline:
+        with tempfile.TemporaryDirectory(prefix="paxosd-baseline-", dir=d) as tmp:
+            base = run_baseline(Path(tmp))
+    report = run_load(spec, target.endpoints, target.key, server_pids=pids)
+    report["target"] = {"kind": "endpoints", "source": target.source}
+    if base is not None:
+        report["baseline"] = base | relate_to_baseline(report, base)
+    return report
+
+
+# ---------------------------------------------------------------------------------- storage
+
+
+@app.command("storage")
+def storage(
+    d: DirOpt = None,
+    seconds_per_case: Annotated[
+        float, typer.Option(min=0.1, max=600, help="Seconds per group-commit case (x2: raw).")
+    ] = 3.0,
+    batches: Annotated[str, typer.Option(help="Records per commit, comma-separated.")] = "1,10,100",
+    replay_entries: Annotated[
+        int, typer.Option(min=1, max=10_000_000, help="Decided entries to load for replay.")
+    ] = 200_000,
+    restart_entries: Annotated[
+        int,
+        typer.Option(min=0, max=100_000_000, help="Log length for the restart cases (0: skip)."),
+    ] = 1_000_000,
+    snapshot_every: Annotated[
+        int, typer.Option(min=1, help="Restart with snapshots: one per this many slots.")
+    ] = 10_000,
+    retain_entries: Annotated[
+        int, typer.Option(min=0, help="Restart with snapshots: log entries kept behind one.")
+    ] = 1_000,
+    command_bytes: Annotated[
+        int, typer.Option(min=1, max=512 << 10, help="Bytes per command.")
+    ] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """Group-commit records/s at each batch size vs a raw SQLite loop (ratio), replay
+    entries/s, and the restart time of a long log with snapshots off and on.
+
+    Example: paxosctl bench storage --restart-entries 1000000 --json
+    """
+    from paxosd.bench_storage import run_storage_bench
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 or b > 100_000 for b in sizes):
+        render.error("--batches takes comma-separated integers in 1..100000")
+        raise typer.Exit(render.EXIT_USAGE)
+    _quiet_logs()
+    with (
+        tempfile.TemporaryDirectory(prefix="paxosd-bench-storage-", dir=d) as tmp,
+        _status() as say,
+    ):
+        result = run_storage_bench(
+            Path(tmp),
+            seconds_per_case,
+            progress=say,
+            batch_sizes=sizes,
+            command_bytes=command_bytes,
+            replay_entries=replay_entries,
+            restart_entries=restart_entries,
+            snapshot_every=snapshot_every,
+            retain_entries=retain_entries,
+        )
+    report = {"bench": "storage", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host()}
+    report |= result
+    if json_out:
+        render.emit_json(report)
+        return
+    render.stdout.print(
+        f"storage bench on {result['data_dir']} (SQLite {result['sqlite_version']}, "
+        f"{command_bytes}-byte commands)",
+        markup=False,
+    )
+    render.table(
+        "group commit (records/s)",
+        ["durability", "batch", "paxosd storage", "raw sqlite3", "ratio"],
+        [
+            [
+                c["durability"],
+                c["batch"],
+                f"{c['storage_records_per_s']:,}",
+                f"{c['raw_records_per_s']:,}",
+                c["ratio"],
+            ]
+            for c in result["group_commit"]
+        ],
+    )
+    rp = result["replay"]
+    render.stdout.print(
+        f"replay (load decided entries): {rp['entries_per_s']:,} entries/s "
+        f"({rp['entries']:,} in {rp['load_s']} s)",
+        markup=False,
+    )
+    if result["restart"]:
+        render.table(
+            "restart (seconds)",
+            ["snapshots", "log", "open", "load", "restore", "replay", "total", "replayed", "MB"],
+            [
+                [
+                    "on" if r["snapshots"] else "off",
+                    f"{r['log_entries']:,}",
+                    r["open_s"],
+                    r["load_s"],
+                    r["restore_s"],
+                    r["replay_s"],
+                    r["total_s"],
+                    f"{r['entries_replayed']:,}",
+                    f"{r['db_bytes'] / 1e6:,.0f}",
+                ]
+                for r in result["restart"]
+            ],
+        )
+
+
+# ---------------------------------------------------------------------------------- transport
+
+
+@app.command("transport")
+def transport(
+    seconds: Annotated[float, typer.Option(min=0.5, max=600, help="Total seconds.")] = 8.0,
+    frame_bytes: Annotated[int, typer.Option(min=1, max=1 << 20, help="Encoded frame size.")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """The encrypted peer transport vs plain send_bytes on loopback: frames/s and round trip,
+    with ratios (>= 1 means the transport is at least as good).
+
+    Example: paxosctl bench transport --seconds 8 --json
+    """
+    from paxosd.bench_transport import run_transport_bench
+
+    _quiet_logs()
+    with _status() as say:
+        say(f"transport: {seconds:g} s of throughput and round trips")
+        result = run_transport_bench(seconds, frame_bytes)
+    report: dict[str, Any] = {
+        "bench": "transport",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": _host(),
+        "seconds": seconds,
+    }
+    report |= {k: round(v, 3) for k, v in result.items()}
+    if json_out:
+        render.emit_json(report)
+        return
+    r = result
+    render.table(
+        f"transport bench ({r['frame_bytes']:.0f}-byte frames, loopback)",
+        ["", "plain send_bytes", "encrypted transport", "ratio"],
+        [
+            [
+                "frames/s (batched)",
+                f"{r['plain_frames_per_s']:,.0f}",
+                f"{r['transport_frames_per_s']:,.0f}",
+                f"{r['throughput_ratio']:.2f}",
+            ],
+            [
+                "frames/s (one per send)",
+                f"{r['plain_frames_per_s']:,.0f}",
+                f"{r['transport_unbatched_frames_per_s']:,.0f}",
+                f"{r['unbatched_throughput_ratio']:.2f}",
+            ],
+            [
+                "round trip p50 us",
+                f"{r['plain_round_trip_p50_us']:,.0f}",
+                f"{r['transport_round_trip_p50_us']:,.0f}",
+                f"{r['round_trip_p50_ratio']:.2f}",
+            ],
+            [
+                "round trip p99 us",
+                f"{r['plain_round_trip_p99_us']:,.0f}",
+                f"{r['transport_round_trip_p99_us']:,.0f}",
+                f"{r['round_trip_p99_ratio']:.2f}",
+            ],
+        ],
+    )
