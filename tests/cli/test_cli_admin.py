@@ -56,7 +56,8 @@ def test_view_log_alias_and_range_checks(cli: Cli) -> None:
     cli.ok("put", "log/alias", "v")
     a = cli.json("view_log", "--from", "1", "--to", "3", "--node", "1")
     b = cli.json("view-log", "--from", "1", "--to", "3", "--node", "1")
-    assert a == b and len(a["entries"]) == 3
+    # A follower may learn one more slot between the two calls: compare the entries only.
+    assert a["entries"] == b["entries"] and len(a["entries"]) == 3
     assert cli.run("view_log", "--from", "5", "--to", "2").exit_code == 2
     assert cli.run("view_log", "--limit", "0").exit_code == 2
     assert len(cli.json("view_log", "--from", "1", "--limit", "2")["entries"]) == 2
