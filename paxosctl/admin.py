@@ -43,6 +43,7 @@ from paxosd.commands import (
     Unblock,
     View,
     decode_command,
+    decode_result,
 )
 
 # The daemon answers at most 1000 stored rows per query (VIEW_LOG_ROWS_MAX); a slot can
@@ -86,13 +87,33 @@ def describe(op: Op) -> tuple[str, str]:
     raise AssertionError(f"unknown operation {op!r}")
 
 
-def command_json(raw: bytes) -> dict[str, Any]:
-    """One command of a slot's batch: who sent it and what it does. A command that does not
-    decode is shown as such: replicas applied it as a deterministic "malformed" no-op."""
+def result_text(raw: bytes | None) -> str | None:
+    """A result as one short line; None when this node no longer keeps it."""
+    if raw is None:
+        return None
+    try:
+        result = decode_result(raw)
+    except BadCommand:
+        return "undecodable result"
+    text = show_text(repr(result))
+    return text if len(text) <= RESULT_CHARS_MAX else text[: RESULT_CHARS_MAX - 1] + "…"
+
+
+def command_json(raw: bytes, result: bytes | None = None) -> dict[str, Any]:
+    """One command of a slot's batch: who sent it, what it does, what it returned (when the
+    node still keeps it). A command that does not decode is shown as such: replicas applied
+    it as a deterministic "malformed" no-op."""
     try:
         cmd = decode_command(raw)
     except BadCommand as e:
-        return {"client_id": None, "seq": None, "site": None, "op": "malformed", "command": str(e)}
+        return {
+            "client_id": None,
+            "seq": None,
+            "site": None,
+            "op": "malformed",
+            "command": str(e),
+            "result": result_text(result),
+        }
     name, text = describe(cmd.op)
     return {
         "client_id": cmd.client_id,
@@ -100,6 +121,7 @@ def command_json(raw: bytes) -> dict[str, Any]:
         "site": cmd.site,
         "op": name,
         "command": text,
+        "result": result_text(result),
     }
 
 
@@ -109,13 +131,19 @@ class Entry:
     state: str  # "decided" or "accepted" (accepted here, not known to be decided here)
     ballot: str | None
     value: list[bytes]
+    results: list[bytes] | None = None
+
+    def commands(self) -> list[dict[str, Any]]:
+        results: list[bytes | None] = list(self.results or [])
+        results += [None] * (len(self.value) - len(results))
+        return [command_json(c, r) for c, r in zip(self.value, results, strict=False)]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
             "state": self.state,
             "ballot": self.ballot,
-            "commands": [command_json(c) for c in self.value],
+            "commands": self.commands(),
         }
 
 
@@ -147,23 +175,40 @@ def _read_log(
     if hi is not None:
         args["to"] = hi
     data = c.query("view_log", args, node=node)
-    return merge_rows(list(data["rows"]))[:slots], data
+    entries = merge_rows(list(data["rows"]))[:slots]
+    results = data.get("results", {})
+    for e in entries:
+        kept = results.get(str(e.slot))
+        if kept is not None:
+            e.results = [bytes(r) for r in kept]
+    return entries, data
 
 
 def _entry_lines(entries: list[Entry]) -> list[list[object]]:
     out: list[list[object]] = []
     for e in entries:
-        commands = [command_json(c) for c in e.value]
+        commands = e.commands()
         if not commands:
-            out.append([e.slot, e.state, e.ballot or "-", "-", "-", "no-op"])
+            out.append([e.slot, e.state, e.ballot or "-", "-", "-", "no-op", "-"])
         for cmd in commands:
             client = "-" if cmd["client_id"] is None else f"{cmd['client_id']}#{cmd['seq']}"
             site = "-" if cmd["site"] is None else show_text(cmd["site"])
-            out.append([e.slot, e.state, e.ballot or "-", site, show_text(client), cmd["command"]])
+            result = cmd["result"] or "-"
+            row = [
+                e.slot,
+                e.state,
+                e.ballot or "-",
+                site,
+                show_text(client),
+                cmd["command"],
+                result,
+            ]
+            out.append(row)
     return out
 
 
-LOG_COLUMNS = ["slot", "state", "ballot", "site", "client", "command"]
+LOG_COLUMNS = ["slot", "state", "ballot", "site", "client", "command", "result"]
+RESULT_CHARS_MAX = 60
 
 
 @command_errors
@@ -188,21 +233,22 @@ def view_log(
     timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print one node's log: slot, state, ballot, origin site, client and command.
+    """Print one node's log: slot, state, ballot, origin site, client, command, result.
 
     One row per command of each slot's batch: the slot, its state, the ballot this node
     accepted it at (- when it learned the decision without voting for it), the origin
     site, the client (id#seq) and the command. An empty batch is a no-op (a gap a new
     leader filled).
 
-    Results are not stored in the log (they are recomputed by applying it), so they are not
-    shown: get, scan and view show the state they led to. Slots compacted into a snapshot
+    Results are not stored in the log (every replica computes the same ones by applying
+    it): each node keeps those of its last 10,000 applied slots in memory (a restart's
+    replay recomputes them) and shows "-" for older ones. Slots compacted into a snapshot
     are gone from the log (see "log start" in paxosctl data).
 
     Without --from: the newest --limit slots. Also reachable as view-log.
 
     JSON: {"node_id", "log_start", "decided_index", "entries": [{"slot", "state",
-    "ballot", "commands": [{"client_id", "seq", "site", "op", "command"}]}]}. With
+    "ballot", "commands": [{"client_id", "seq", "site", "op", "command", "result"}]}]}. With
     --follow: one entry object per line (JSON Lines).
 
     Example: paxosctl view_log --from 1 --to 20 --node 2

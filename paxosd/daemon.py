@@ -221,6 +221,11 @@ class Daemon:
                     }
                     for row in rows
                 ],
+                "results": {
+                    str(row.slot): node.recent_results[row.slot]
+                    for row in rows
+                    if row.kind == "decided" and row.slot in node.recent_results
+                },
                 "log_start": node.replica.log_start,
                 "decided_index": node.replica.decided_through,
                 "node_id": self.config.node_id,

@@ -48,6 +48,9 @@ TICK_MS = 10
 # Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
 PENDING_REQUESTS_MAX = 100_000
 PENDING_REQUEST_AGE_MS_MAX = 60_000
+# view_log shows each command's result for this many recent slots (results are not logged:
+# every replica computes the same ones when it applies, so each keeps its own recent few).
+RECENT_RESULTS_SLOTS_MAX = 10_000
 # TEST-ONLY fault injection: ``PAXOSD_TEST_PLANT_BUG=ack_before_durable`` makes a leader answer
 # a put "ok" as soon as the put is queued, before its slot is decided (so before it is
 # durable on a majority), with a guessed version. It exists so that tests can show that
@@ -91,6 +94,7 @@ class Node:
         self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
         # Read-index reads: token -> (conn, request id, op, read index + 1 once confirmed).
         self.reads: dict[int, tuple[int, int, Op, int]] = {}
+        self.recent_results: OrderedDict[int, list[bytes]] = OrderedDict()
         self._read_tokens = 0
         self.read_index = True
         # The daemon replaces this with the transport's send_many; until then (recovery) and
@@ -213,10 +217,15 @@ class Node:
         # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
         if rd.restore is not None:
             self.sm = StateMachine.restore(rd.restore.state)
+            self.recent_results.clear()
             self.log.info("snapshot restored", slot=rd.restore.slot)
         for entry in rd.to_apply:
             results = self.sm.apply(entry.slot, entry.value)
             self.replayed += 1
+            recent = self.recent_results
+            recent[entry.slot] = [r for _, _, r in results]
+            if len(recent) > RECENT_RESULTS_SLOTS_MAX:
+                recent.popitem(last=False)
             if m is not None and entry.value:
                 m.batch_commands.observe(len(entry.value))
             for client_id, seq, result in results:

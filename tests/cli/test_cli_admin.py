@@ -37,7 +37,9 @@ def test_view_log_shows_the_same_entries_on_every_node(cli: Cli) -> None:
         c for c in commands if c["command"] == "put log/3 v3"
     ).items()
     assert any(c["command"] == "block site1 site2" for c in commands)
-    assert all(set(c) == {"client_id", "seq", "site", "op", "command"} for c in commands)
+    put3 = next(c for c in commands if c["command"] == "put log/3 v3")
+    assert put3["result"] is not None and put3["result"].startswith("Written(version=")
+    assert all(set(c) == {"client_id", "seq", "site", "op", "command", "result"} for c in commands)
 
 
 def test_view_log_table_has_one_row_per_command_with_ballot_site_and_client(cli: Cli) -> None:
