@@ -104,7 +104,7 @@ class Node:
         self.replayed = 0
         self.snapshot_due = durable.snapshot.slot if durable.snapshot else 0
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
-        self._drain(sending=True)
+        self.drain()
         self.recovery = {
             "entries_replayed": self.replayed,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -184,9 +184,7 @@ class Node:
     # ------------------------------------------------------------------ the Ready loop
 
     def drain(self) -> None:
-        self._drain(sending=True)
-
-    def _drain(self, sending: bool) -> None:
+        """Handle every Ready the core has, in the durability order."""
         r = self.replica
         while r.has_ready():
             rd = r.ready()
@@ -324,10 +322,6 @@ def install_signal_handlers(stop: list[bool]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-def data_file(data_dir: Path) -> Path:
-    return data_dir / DB_FILENAME
 
 
 def _lock_data_dir(data_dir: Path) -> int:

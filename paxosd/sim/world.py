@@ -67,7 +67,6 @@ class SimNode:
 @dataclass(slots=True)
 class Stats:
     core_steps: int = 0
-    decided_slots: int = 0
     snapshot_restores: int = 0
     client_ops: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
