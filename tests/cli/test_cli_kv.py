@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 from tests.cli.conftest import Cli
@@ -38,7 +39,17 @@ def test_get_of_an_absent_key_exits_1_with_one_line_on_stderr(cli: Cli) -> None:
 
 def test_stale_get_reads_one_node_and_says_so(cli: Cli) -> None:
     cli.ok("put", "kv/stale", "v")
-    result = cli.ok("get", "kv/stale", "--stale")
+    # A stale read may come from a follower that has not applied the put yet (that is what
+    # --stale means), so the first answers may be "not found"; the node must catch up within a
+    # few heartbeats, and every answer must say where it was read.
+    deadline = time.monotonic() + 10
+    while True:
+        result = cli.run("get", "kv/stale", "--stale")
+        assert "stale read from node" in result.stderr or "not found" in result.stderr
+        if result.exit_code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert result.exit_code == 0, result.output
     assert result.stdout == "v\n"
     assert "stale read from node" in result.stderr
     stale_json = cli.json("get", "kv/stale", "--stale")
