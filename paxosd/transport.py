@@ -705,10 +705,14 @@ class _Endpoint(Generic[B]):
 # ---------------------------------------------------------------------------- peer port
 
 
+def _address_text(address: Address | None) -> str:
+    return "-" if address is None else f"{address[0]}:{address[1]}"
+
+
 @dataclass(slots=True)
 class _Peer:
     node: NodeId
-    address: Address
+    address: Address | None
     stats: PeerStats
     queue: _SendQueue
     partitioned: bool = False
@@ -716,6 +720,7 @@ class _Peer:
     inbound: _Channel[Message] | None = None
     connect_failures: int = 0
     thread: threading.Thread | None = None
+    removed: bool = False
 
 
 class PeerTransport(_Endpoint[Message]):
@@ -758,16 +763,37 @@ class PeerTransport(_Endpoint[Message]):
         """Begin accepting, and connecting to every peer in ``peers`` (not including us)."""
         assert not self._peers, "started twice"
         assert self.node not in peers, "a node does not connect to itself"
-        for node, address in peers.items():
-            stats = PeerStats()
-            self._peers[node] = _Peer(
-                node=node,
-                address=address,
-                stats=stats,
-                queue=_SendQueue(self.limits.send_queue_frames_max, stats),
-            )
         self._start_listening()
-        for peer in self._peers.values():
+        for node, address in peers.items():
+            self.add_peer(node, address)
+
+    def add_peer(self, node: NodeId, address: Address | None) -> None:
+        """Start talking to ``node`` (a member added at run time, or one we only heard from).
+
+        ``address`` None: receive only, until a later call names where to connect. Calling
+        again with another address moves the connector there (a replaced host)."""
+        assert node != self.node, "a node does not connect to itself"
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            peer = self._peers.get(node)
+            if peer is None:
+                stats = PeerStats()
+                peer = self._peers[node] = _Peer(
+                    node=node,
+                    address=address,
+                    stats=stats,
+                    queue=_SendQueue(self.limits.send_queue_frames_max, stats),
+                )
+            elif peer.address == address or address is None:
+                return
+            else:
+                peer.address = address
+                channel = peer.outbound
+                if channel is not None:
+                    channel.close("peer moved to another address")
+            start = address is not None and (peer.thread is None or not peer.thread.is_alive())
+        if start:
             t = threading.Thread(
                 target=self._connect_loop,
                 args=(peer,),
@@ -777,6 +803,24 @@ class PeerTransport(_Endpoint[Message]):
             peer.thread = t
             t.start()
 
+    def remove_peer(self, node: NodeId) -> None:
+        """Stop talking to ``node`` (removed from the cluster): close both connections and
+        forget what was queued for it. A removed node that calls again is accepted (it holds
+        the cluster key) but nothing is sent to it."""
+        with self._lock:
+            peer = self._peers.pop(node, None)
+        if peer is None:
+            return
+        peer.removed = True
+        peer.queue.clear()
+        peer.queue.wake()
+        for channel in (peer.outbound, peer.inbound):
+            if channel is not None:
+                channel.close("peer removed from the cluster")
+
+    def peers(self) -> dict[NodeId, Address | None]:
+        return {n: p.address for n, p in self._peers.items()}
+
     # ------------------------------------------------------------------ the loop's API
 
     def send(self, dst: NodeId, msg: Message) -> bool:
@@ -785,8 +829,11 @@ class PeerTransport(_Endpoint[Message]):
         A True result is not delivery: Paxos assumes messages may be lost, and this
         transport loses them when a queue overflows or a connection drops.
         """
-        queued = self._enqueue(dst, msg, self.codec.encode(self.node, msg))
-        self._flush(self._peers[dst])
+        peer = self._peers.get(dst)
+        if peer is None:
+            return False  # not (or no longer) a peer: Paxos treats it as a lost message
+        queued = self._enqueue(peer, msg, self.codec.encode(self.node, msg))
+        self._flush(peer)
         return queued
 
     def send_many(self, messages: Iterable[tuple[NodeId, Message]]) -> int:
@@ -796,13 +843,16 @@ class PeerTransport(_Endpoint[Message]):
         encoded: dict[int, tuple[Message, bytes]] = {}
         touched: dict[NodeId, _Peer] = {}
         for dst, msg in messages:
+            peer = self._peers.get(dst)
+            if peer is None:
+                continue  # not (or no longer) a peer: lost, as Paxos allows
             key = id(msg)
             hit = encoded.get(key)
             if hit is None:
                 # Keep msg alive with its bytes so its id cannot be reused meanwhile.
                 hit = encoded[key] = (msg, self.codec.encode(self.node, msg))
-            sent += self._enqueue(dst, msg, hit[1])
-            touched[dst] = self._peers[dst]
+            sent += self._enqueue(peer, msg, hit[1])
+            touched[dst] = peer
         for peer in touched.values():
             self._flush(peer)
         return sent
@@ -812,7 +862,9 @@ class PeerTransport(_Endpoint[Message]):
         out: list[tuple[NodeId, Message]] = []
         for channel, msg in self._drain_channels(frames_max):
             src = NodeId(channel.peer)
-            peer = self._peers[src]
+            peer = self._peers.get(src)
+            if peer is None:
+                continue  # removed while its frames were in the inbox
             if peer.partitioned:
                 peer.stats.dropped_partitioned += 1
                 continue
@@ -840,12 +892,12 @@ class PeerTransport(_Endpoint[Message]):
         return out
 
     def queued(self, peer: NodeId) -> int:
-        return len(self._peers[peer].queue)
+        p = self._peers.get(peer)
+        return 0 if p is None else len(p.queue)
 
     # -------------------------------------------------------------------- internals
 
-    def _enqueue(self, dst: NodeId, msg: Message, frame: bytes) -> bool:
-        peer = self._peers[dst]
+    def _enqueue(self, peer: _Peer, msg: Message, frame: bytes) -> bool:
         if peer.partitioned:
             peer.stats.dropped_partitioned += 1
             return False
@@ -879,12 +931,20 @@ class PeerTransport(_Endpoint[Message]):
             channel.flush()
 
     def _accept_identity(self, identity: int) -> bool:
-        return identity != self.node and identity in self._peers
+        # Any holder of the cluster key may call: a member added at run time is heard before
+        # our own log has told us about it. The core decides what a non-member may do.
+        return identity != self.node
 
     def _register(
         self, established: Established, conn: SecureConnection
     ) -> _Channel[Message] | None:
-        peer = self._peers[NodeId(established.peer)]
+        node = NodeId(established.peer)
+        if node not in self._peers:
+            self.add_peer(node, None)
+        peer = self._peers.get(node)
+        if peer is None:
+            conn.close()
+            return None
         # Receive-only: we send to this peer on the connection we opened to it.
         channel = _Channel(
             self, conn, established, None, peer.stats, next(self._channel_ids), "inbound"
@@ -900,7 +960,7 @@ class PeerTransport(_Endpoint[Message]):
     def _connect_loop(self, peer: _Peer) -> None:
         limits = self.limits
         delay_ms = float(limits.reconnect_delay_ms_min)
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not peer.removed:
             channel = self._connect_once(peer)
             if channel is not None:
                 channel.closed.wait()
@@ -909,7 +969,7 @@ class PeerTransport(_Endpoint[Message]):
                 if lived_ms >= limits.reconnect_delay_ms_max:
                     # It worked for a while: this is a new failure, start the back-off over.
                     delay_ms = float(limits.reconnect_delay_ms_min)
-            if self._stopping.is_set():
+            if self._stopping.is_set() or peer.removed:
                 return
             # Full jitter in [delay/2, delay]: peers that lost each other at the same moment
             # do not retry in lockstep.
@@ -917,10 +977,10 @@ class PeerTransport(_Endpoint[Message]):
             delay_ms = min(delay_ms * 2, float(limits.reconnect_delay_ms_max))
 
     def _connect_once(self, peer: _Peer) -> _Channel[Message] | None:
+        address = peer.address
+        assert address is not None, "connectors run only for peers with an address"
         try:
-            sock = socket.create_connection(
-                peer.address, timeout=self.limits.connect_timeout_ms / 1000
-            )
+            sock = socket.create_connection(address, timeout=self.limits.connect_timeout_ms / 1000)
         except OSError as e:
             self._connect_failed(peer, f"connect failed: {e}")
             return None
@@ -973,7 +1033,7 @@ class PeerTransport(_Endpoint[Message]):
             direction="outbound",
             peer=peer.node,
             conn=channel.channel_id,
-            remote=f"{peer.address[0]}:{peer.address[1]}",
+            remote=_address_text(peer.address),
         )
         return channel
 
@@ -989,7 +1049,7 @@ class PeerTransport(_Endpoint[Message]):
             "peer_connect_failed",
             node=self.node,
             peer=peer.node,
-            remote=f"{peer.address[0]}:{peer.address[1]}",
+            remote=_address_text(peer.address),
             failures=peer.connect_failures,
             reason=reason,
         )

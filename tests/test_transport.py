@@ -363,11 +363,30 @@ def test_one_secret_on_both_ports_still_cannot_cross_ports(
 def test_handshake_binds_the_claimed_node_id(closer: Callable[[Any], Any], key: bytes) -> None:
     ts = make_cluster(closer, key, (N1, N2))
     with pytest.raises(HandshakeError):
-        connect_as(ts[N1].address, key, 9, N1)  # not a member
-    with pytest.raises(HandshakeError):
         connect_as(ts[N1].address, key, N1, N1)  # claims to be the node itself
     with pytest.raises(HandshakeError, match="expected node 3"):
         connect_as(ts[N1].address, key, N2, N3)  # the node there is not who we dialled
+
+
+def test_a_node_not_yet_known_is_heard_and_can_be_added_and_removed(
+    closer: Callable[[Any], Any], key: bytes
+) -> None:
+    """A member added at run time calls before our log told us about it: the cluster key
+    admits it receive-only; add_peer gives it a connector, remove_peer forgets it."""
+    ts = make_cluster(closer, key, (N1, N2))
+    t3 = closer(PeerTransport(node=N3, listen=("127.0.0.1", 0), cluster_key=key))
+    t3.start({N1: ts[N1].address})
+    t3.send(N1, prepare(3))
+    assert receive(ts[N1], 1) == [(N3, prepare(3))]
+    assert ts[N1].peers()[N3] is None  # heard, but no address to call back yet
+    assert not ts[N1].send(N3, prepare(4)) or quiet(t3) == []
+    ts[N1].add_peer(N3, t3.address)
+    roundtrip_ok(ts[N1], t3, 5)
+    ts[N1].remove_peer(N3)
+    assert N3 not in ts[N1].peers()
+    assert ts[N1].send(N3, prepare(6)) is False
+    assert quiet(t3) == []
+    roundtrip_ok(ts[N1], ts[N2], 7)
 
 
 def test_frame_with_a_foreign_src_closes_that_connection(
