@@ -1,4 +1,5 @@
-"""``paxosctl view_log/data/status/leader/members/snapshot``: the log and each node's internals.
+"""``paxosctl view_log/data/status/leader/members/snapshot``: the log and each node's internals,
+and ``snapshot save``: a backup.
 
 These ask nodes about themselves (client-port queries), not the replicated state, so they
 answer without a quorum: an operator debugging a broken cluster needs them most then.
@@ -10,9 +11,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from paxosctl import render
 from paxosctl.connect import ConfigOpt, EndpointsOpt, JsonOpt, KeyFileOpt, TimeoutOpt
@@ -28,6 +31,15 @@ from paxosctl.kv import (
     say,
     show,
     show_text,
+)
+from paxosd.backup import (
+    CHUNK_BYTES_MAX,
+    BackupError,
+    SnapshotStreamError,
+    fetch_snapshot,
+    header_for,
+    verify_state,
+    write_backup,
 )
 from paxosd.client import BadRequestError, Client, UnavailableError
 from paxosd.commands import (
@@ -241,8 +253,9 @@ def view_log(
     leader filled).
 
     Results are not stored in the log (every replica computes the same ones by applying
-    it): each node keeps those of its last 10,000 applied slots in memory (a restart's
-    replay recomputes them) and shows "-" for older ones. Slots compacted into a snapshot
+    it): each node keeps those of its recent applied slots in memory (at most 10,000 slots,
+    100,000 commands and 8 MiB of results; a restart's replay recomputes them) and shows "-"
+    for older ones. Slots compacted into a snapshot
     are gone from the log (see "log start" in paxosctl data).
 
     Without --from: the newest --limit slots. Also reachable as view-log.
@@ -570,88 +583,15 @@ def status(
         raise Failed("replicas diverged: equal applied index, different state digest")
 
 
-@command_errors
-def leader(
-    endpoints: EndpointsOpt = None,
-    key_file: KeyFileOpt = None,
-    config: ConfigOpt = None,
-    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
-    json_out: JsonOpt = False,
-) -> None:
-    """Which node leads now (the highest-ballot node that says it leads). Exit 3 if none.
-
-    JSON: {"leader", "address", "ballot"}.
-
-    Example: paxosctl leader
-    """
-    with connect(endpoints, key_file, config, timeout_ms) as c:
-        answers = c.query_each("status")
-    out = status_rows(answers)
-    if out["leader"] is None:
-        seen = "; ".join(f"{n['address']}: {n['role']}" for n in out["nodes"])
-        raise UnavailableError(f"no leader right now ({seen})")
-    lead = next(n for n in out["nodes"] if n["node_id"] == out["leader"])
-    if json_out:
-        emit({"leader": lead["node_id"], "address": lead["address"], "ballot": lead["ballot"]})
-    else:
-        say(f"node {lead['node_id']} at {lead['address']} (ballot {lead['ballot']})")
+# A group that still acts by itself: `paxosctl snapshot` takes snapshots as it always did,
+# `paxosctl snapshot save FILE` writes a backup. Its help is the callback's docstring.
+snapshot_app = typer.Typer(rich_help_panel="Log and cluster")
 
 
-@command_errors
-def members(
-    endpoints: EndpointsOpt = None,
-    key_file: KeyFileOpt = None,
-    config: ConfigOpt = None,
-    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
-    json_out: JsonOpt = False,
-) -> None:
-    """The members: node id, peer and client address, and whether each answers.
-
-    As the nodes' configs list them; a client address is known for the nodes that answer.
-
-    JSON: {"leader", "members": [{"node_id", "peer_address", "client_address",
-    "reachable"}]}.
-
-    Example: paxosctl members
-    """
-    with connect(endpoints, key_file, config, timeout_ms) as c:
-        answers = c.query_each("members")
-    ok = [a for a in answers if "error" not in a]
-    if not ok:
-        raise UnavailableError("no node answered: " + "; ".join(a["error"] for a in answers))
-    client_address = {int(a["node_id"]): a["endpoint"] for a in ok}
-    hints = [a["leader"] for a in ok if a["leader"] is not None]
-    rows = [
-        {
-            "node_id": m["node_id"],
-            "peer_address": m["peer_address"],
-            "client_address": client_address.get(int(m["node_id"])),
-            "reachable": int(m["node_id"]) in client_address,
-        }
-        for m in ok[0]["members"]
-    ]
-    out = {"leader": max(set(hints), key=hints.count) if hints else None, "members": rows}
-    if json_out:
-        emit(out)
-        return
-    print_table(
-        None,
-        ["node", "peer address", "client address", "reachable", "leader"],
-        [
-            [
-                r["node_id"],
-                r["peer_address"],
-                r["client_address"] or "?",
-                "yes" if r["reachable"] else "NO",
-                "*" if r["node_id"] == out["leader"] else "",
-            ]
-            for r in rows
-        ],
-    )
-
-
+@snapshot_app.callback(invoke_without_command=True)
 @command_errors
 def snapshot(
+    ctx: typer.Context,
     node: Annotated[
         int | None, typer.Option("--node", min=1, help="Only this node (default: every node).")
     ] = None,
@@ -661,7 +601,7 @@ def snapshot(
     timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
-    """Take a snapshot now on every node (or --node N).
+    """Take a snapshot now on every node (or --node N); `snapshot save FILE` writes a backup.
 
     The node saves its state machine at its applied index and compacts its log behind it
     (keeping the configured tail).
@@ -673,6 +613,8 @@ def snapshot(
 
     Example: paxosctl snapshot --node 2
     """
+    if ctx.invoked_subcommand is not None:
+        return
     with connect(endpoints, key_file, config, timeout_ms) as c:
         if node is not None:
             answers = [dict(c.query("snapshot", node=node), endpoint=None)]
@@ -707,9 +649,107 @@ def snapshot(
         raise UnavailableError("no node took a snapshot")
 
 
+@snapshot_app.command("save")
+@command_errors
+def snapshot_save(
+    file: Annotated[Path, typer.Argument(help="The backup file to write (replaced atomically).")],
+    node: NodeOpt = None,
+    chunk_bytes: Annotated[
+        int,
+        typer.Option(
+            "--chunk-bytes",
+            min=1024,
+            max=CHUNK_BYTES_MAX,
+            help="Bytes per request (smaller: more round trips, smaller frames).",
+        ),
+    ] = CHUNK_BYTES_MAX,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Save a consistent snapshot of the cluster to FILE: a backup.
+
+    One node (--node N, else the first to answer) snapshots its state machine at its applied
+    index and streams it in chunks; paxosctl restores it locally to check the digest, then
+    writes FILE (magic, header, state, sha256) via FILE.tmp, fsync and rename. Restore it into
+    a new cluster with `paxosd restore FILE --new-cluster ...`; check it with
+    `paxosd inspect FILE`.
+
+    Exit 1 if the state does not match its digest; 3 if no node answers.
+
+    JSON: {"file", "node_id", "cluster_id", "applied_index", "digest", "state_bytes",
+    "file_bytes", "sha256", "chunks", "restarts"}.
+
+    Example: paxosctl snapshot save backup.pxb --node 1
+    """
+    pinned = node
+
+    def ask(args: dict[str, Any]) -> dict[str, Any]:
+        # Every chunk from the node that answered first: snapshots differ between nodes.
+        nonlocal pinned
+        reply = c.query("snapshot_read", args, node=pinned)
+        if pinned is None and isinstance(reply.get("node_id"), int):
+            pinned = int(reply["node_id"])
+        return reply
+
+    with (
+        connect(endpoints, key_file, config, timeout_ms) as c,
+        Progress(
+            TextColumn("snapshot"),
+            BarColumn(),
+            DownloadColumn(),
+            console=render.stderr,
+            transient=True,
+            disable=not render.stderr.is_terminal,
+        ) as bar,
+    ):
+        task = bar.add_task("snapshot", total=None)
+        try:
+            fetched = fetch_snapshot(
+                ask,
+                chunk_bytes=chunk_bytes,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except SnapshotStreamError as e:
+            raise UnavailableError(str(e)) from None
+    header = header_for(fetched)
+    try:
+        verify_state(header, fetched.state, path=f"node {fetched.node_id}'s snapshot")
+    except BackupError as e:
+        raise Failed(f"digest mismatch, nothing written: {e}") from None
+    try:
+        written = write_backup(file, header, fetched.state)
+    except (OSError, BackupError) as e:
+        message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise BadRequestError(f"cannot write {file}: {message}") from None
+    h = written.header
+    out = {
+        "file": str(file),
+        "node_id": h.node_id,
+        "cluster_id": h.cluster_id,
+        "applied_index": h.applied_index,
+        "digest": h.digest,
+        "state_bytes": h.state_bytes,
+        "file_bytes": written.file_bytes,
+        "sha256": written.sha256,
+        "chunks": fetched.chunks,
+        "restarts": fetched.restarts,
+    }
+    if json_out:
+        emit(out)
+        return
+    say(
+        f"saved {file}: applied index {h.applied_index}, digest {h.digest}, "
+        f"{written.file_bytes} bytes (node {h.node_id} of {h.cluster_id})"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the paxosctl root (one line in app.py)."""
-    for fn in (status, leader, members, data, view_log, snapshot):
+    for fn in (status, data, view_log):
         app.command(fn.__name__, rich_help_panel="Log and cluster")(fn)
+    app.add_typer(snapshot_app, name="snapshot", rich_help_panel="Log and cluster")
     # The seed spells it view_log; shells and etcdctl habits spell it view-log.
     app.command("view-log", hidden=True, rich_help_panel="Log and cluster")(view_log)

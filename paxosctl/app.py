@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from paxosctl import admin, bench, cluster, drill, kv, render, sim, social
+from paxosctl import admin, bench, cluster, drill, kv, members, render, sim, social
 
 app = typer.Typer(
     name="paxosctl",
@@ -26,6 +26,7 @@ def _root() -> None:
 
 # Command registration: one line per owning module (keep this list sorted).
 admin.register(app)
+members.register(app)
 app.add_typer(bench.app, name="bench")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(drill.app, name="drill")

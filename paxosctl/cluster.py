@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from paxosctl import render
+from paxosd.backup import BackupError
 from paxosd.client import ClientError
 from paxosd.localcluster import MANIFEST, LocalCluster, default_dir
+from paxosd.restore import RestoreError
 
 app = typer.Typer(
     help="Run a local cluster on loopback: data, keys and logs in one folder "
@@ -39,20 +41,33 @@ def up(
         int | None, typer.Option(min=1, max=9, help="Members of a new cluster (default 3).")
     ] = None,
     d: DirOpt = None,
+    restore: Annotated[
+        Path | None,
+        typer.Option("--restore", help="Seed every node of a NEW cluster from this backup file."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create (first time) and start a local cluster; waits until it has a leader.
 
     Example: paxosctl cluster up --nodes 5
+
+    Example: paxosctl cluster up --dir /tmp/restored --restore backup.pxb
     """
     root = d or default_dir()
     if (root / MANIFEST).exists():
+        if restore is not None:
+            render.error(f"{root} holds a cluster; --restore makes a new one in an empty --dir")
+            raise typer.Exit(render.EXIT_USAGE)
         cluster = LocalCluster.load(root)
         if nodes is not None and cluster.nodes != nodes:
             render.error(f"{root} holds {cluster.nodes} nodes; `cluster down --clean` first")
             raise typer.Exit(render.EXIT_USAGE)
     else:
-        cluster = LocalCluster.create(root, nodes or 3)
+        try:
+            cluster = LocalCluster.create(root, nodes or 3, restore=restore)
+        except (BackupError, RestoreError) as e:
+            render.error(str(e))
+            raise typer.Exit(render.EXIT_FAILED_CHECK) from None
     try:
         leader = cluster.up()
     except ClientError as e:
@@ -132,3 +147,41 @@ def ps(d: DirOpt = None, json_out: Annotated[bool, typer.Option("--json")] = Fal
         ["node", "pid", "log"],
         [[r["node"], r["pid"] or "stopped", r["log"]] for r in rows],
     )
+
+
+@app.command("add-node")
+def add_node(d: DirOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Create and start one more local node, not yet a member; then `paxosctl member add`.
+
+    The node's config says `initial_cluster_state = "existing"`: it waits, without voting,
+    until the leader sends it the log.
+
+    Example: paxosctl cluster add-node && paxosctl member add 4 127.0.0.1:7104 --promote
+    """
+    cluster = _load(d)
+    try:
+        k = cluster.add_node()
+    except RuntimeError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    pid = cluster.start(k)
+    info = {"node": k, "pid": pid, "peer_address": cluster.peer_address(k)}
+    if json_out:
+        render.emit_json(info)
+        return
+    render.stdout.print(
+        f"node {k} running (pid {pid}), not a member yet; add it with:\n"
+        f"  paxosctl member add {k} {cluster.peer_address(k)} --promote",
+        markup=False,
+    )
+
+
+@app.command("remove-node")
+def remove_node(node: int, d: DirOpt = None) -> None:
+    """Stop a local node for good (after `paxosctl member remove ID`); its files stay.
+
+    Example: paxosctl member remove 4 && paxosctl cluster remove-node 4
+    """
+    cluster = _load(d)
+    cluster.remove_node(node)
+    render.stdout.print(f"node {node} stopped and left out of the local cluster", markup=False)

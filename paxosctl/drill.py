@@ -49,14 +49,21 @@ Faults ({",".join(FAULT_KINDS)}):
 kill = SIGKILL a random minority (the leader half of the time, sometimes right after a
 snapshot) and restart it; pause = SIGSTOP/SIGCONT one node; partition = cut a minority off
 through the daemons' drill hook; restart = SIGTERM and start; killall = SIGKILL every node
-at once and start them all. With --endpoints only partition is
-possible (the drill owns no processes there).
+at once and start them all; reconfig = one membership step per fault, in shuffled rounds: add
+a fresh node (member add, catch-up, promote), remove a voter (the leader half of the time),
+replace a voter whose disk is lost (SIGKILL, member remove, delete its data dir, check that
+it refuses to start empty, add a fresh node), leader transfer, SIGKILL and restart a voter;
+the voters stay between --nodes and --nodes + 2. A change the leader refuses is counted, not
+a violation; the final checks compare the final members only. With --endpoints only
+partition is possible (the drill owns no processes there).
 
 Examples:
 
   paxosctl drill --duration 60
 
   paxosctl drill --nodes 5 --duration 600 --faults kill,pause,partition,restart,killall
+
+  paxosctl drill --duration 60 --faults kill,reconfig
 
   paxosctl drill --endpoints 10.0.0.1:7201,10.0.0.2:7202,10.0.0.3:7203 --key-file client.key \\
       --faults partition --duration 120
@@ -239,6 +246,21 @@ def _print_report(r: dict[str, Any]) -> None:
         + (f" ({len(f['errors'])} could not be set up)" if f["errors"] else ""),
         markup=False,
     )
+    rc = r.get("reconfig")
+    if rc:
+        changes = ", ".join(
+            f"{name} " + "/".join(f"{n} {outcome}" for outcome, n in sorted(c.items()))
+            for name, c in rc["changes"].items()
+        )
+        out.print(
+            "reconfig: "
+            + (", ".join(f"{k} {n}" for k, n in sorted(rc["ops"].items())) or "no step")
+            + (f"; changes: {changes}" if changes else "")
+            + f"; empty start refused {rc['empty_start_refused']}; "
+            f"final members {rc['members']} (voters {rc['voters']}), "
+            f"added {rc['added']}, removed {rc['removed']}",
+            markup=False,
+        )
     if r["restarts"]:
         render.table(
             "restarts",

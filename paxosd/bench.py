@@ -6,13 +6,16 @@ then D measured seconds. Throughput counts the requests that completed inside th
 latency runs from sending a request to having its result (client-side queueing included).
 
 Why worker processes: one Python process drives at most one core (the GIL), and an encrypted
-client costs tens of microseconds of CPU per request, so 64 client threads in one process
-would measure the generator, not the cluster. Clients are spread over P processes
-(``python -m paxosd.bench _worker``), each running its share as threads with one
-``paxosd.client.Client`` each. Parent and workers speak JSON lines over pipes (never pickle);
-latencies travel as fixed-size log-linear histograms, so memory is bounded whatever the run
-length and merging is exact. The report says how much CPU the generator itself used and how
-busy its busiest process was, so a reader can tell when the generator was the limit.
+client costs tens of microseconds of CPU per request, so 64 clients in one process would
+measure the generator, not the cluster. Clients are spread over P processes
+(``python -m paxosd.bench _worker``); each drives its share from one thread through a
+``paxosd.client.Pipeline``: one connection and one session per client, one request in flight
+per client (the shape etcd's generator has), without a thread hand-off per request
+(``LoadSpec(pipelined=False)``: a thread and a ``Client`` per client, as before). Parent
+and workers speak JSON lines over pipes (never pickle); latencies travel as fixed-size
+log-linear histograms, so memory is bounded whatever the run length and merging is exact.
+The report says how much CPU the generator itself used and how busy its busiest process
+was, so a reader can tell when the generator was the limit.
 
 Server CPU comes from /proc/<pid>/stat (utime + stime of every thread) read at the start and
 the end of the measured window; RSS from /proc/<pid>/status. Nothing here asserts a speed.
@@ -224,6 +227,10 @@ class LoadSpec:
     processes: int = 0  # 0: choose (see default_processes)
     timeout_ms: int = 5000
     seed: int = 1
+    # One thread per process drives all of its clients (a paxosd.client.Pipeline, one
+    # connection per client, one request in flight per client), instead of a thread and a
+    # Client per client: the same load for the cluster at a fraction of the generator's CPU.
+    pipelined: bool = True
 
     def __post_init__(self) -> None:
         if self.op not in OP_KINDS:
@@ -328,6 +335,119 @@ def _run_client(
         stats.hist.record((t1 - t0) // 1000)
 
 
+def _next_op(spec: LoadSpec, rnd: random.Random, value: bytes) -> tuple[Op, bool]:
+    k = key_name(rnd.randrange(spec.keys))
+    read = spec.op == "get" or (spec.op == "mixed" and rnd.random() < spec.read_ratio)
+    return (Get(key=k) if read else Put(key=k, value=value)), read
+
+
+def _run_pipelined(
+    endpoints: Sequence[Address],
+    key: bytes,
+    spec: LoadSpec,
+    rnds: list[random.Random],
+    value: bytes,
+    t_meas0_ns: int,
+    t_end_ns: int,
+    stats: list[_ClientStats],
+    progress: Callable[[], None],
+) -> int:
+    """The closed loop of ``_run_client`` for every client of this process at once, from
+    one thread: client j is a Session on lane (connection) j with one request in flight.
+    Returns how many clients were still waiting when the join deadline passed."""
+    from paxosd.client import AuthError, ClientError, Pipeline, Session
+
+    clock = time.monotonic_ns
+    n = len(stats)
+    sessions = [Session(site="bench") for _ in range(n)]
+    started = [0] * n
+    reads = [False] * n
+    pipe: Pipeline[int] = Pipeline(endpoints, key, lanes=n, timeout_ms=spec.timeout_ms)
+    active = 0
+
+    def start(j: int) -> bool:
+        t0 = clock()
+        if t0 >= t_end_ns:
+            return False
+        op, reads[j] = _next_op(spec, rnds[j], value)
+        started[j] = t0
+        pipe.submit(sessions[j].next_command(op), j, lane=j)
+        return True
+
+    try:
+        for j in range(n):
+            active += start(j)
+        # A client still waiting at t_end gets at most its own timeout, plus slack.
+        join_deadline_ns = t_end_ns + int((spec.timeout_ms / 1000 + 5.0) * 1e9)
+        next_progress_ns = clock()
+        while active and clock() < join_deadline_ns:
+            for j, result in pipe.poll(int(_PROGRESS_INTERVAL_S * 1000)):
+                t1 = clock()
+                s = stats[j]
+                s.done += 1
+                if isinstance(result, AuthError):
+                    s.fatal = str(result)  # every later request would fail the same way
+                    active -= 1
+                    continue
+                if t_meas0_ns <= t1 <= t_end_ns:
+                    if isinstance(result, ClientError):
+                        kind = _error_kind(result)
+                        s.errors[kind] = s.errors.get(kind, 0) + 1
+                    elif reads[j] and isinstance(result, NotFound):
+                        s.misses += 1
+                        s.ok += 1
+                        s.hist.record((t1 - started[j]) // 1000)
+                    elif not reads[j] and not isinstance(result, Written):
+                        kind = f"unexpected_{type(result).__name__}"
+                        s.errors[kind] = s.errors.get(kind, 0) + 1
+                    else:
+                        s.ok += 1
+                        s.hist.record((t1 - started[j]) // 1000)
+                if not start(j):
+                    active -= 1
+            if clock() >= next_progress_ns:
+                progress()
+                next_progress_ns = clock() + int(_PROGRESS_INTERVAL_S * 1e9)
+        return active
+    finally:
+        pipe.close()
+
+
+def _prefill_pipelined(
+    endpoints: Sequence[Address],
+    key: bytes,
+    spec: LoadSpec,
+    lanes: Sequence[Sequence[int]],
+    value: bytes,
+    errors: dict[str, int],
+) -> None:
+    """Put every key of each lane once, one request in flight per lane."""
+    from paxosd.client import ClientError, Pipeline, Session
+
+    todo = [iter(keys) for keys in lanes]
+    sessions = [Session(site="bench") for _ in lanes]
+    pipe: Pipeline[int] = Pipeline(endpoints, key, lanes=len(lanes), timeout_ms=spec.timeout_ms)
+
+    def start(j: int) -> bool:
+        i = next(todo[j], None)
+        if i is None:
+            return False
+        pipe.submit(sessions[j].next_command(Put(key=key_name(i), value=value)), j, lane=j)
+        return True
+
+    try:
+        active = sum(start(j) for j in range(len(lanes)))
+        while active:
+            for j, result in pipe.poll(1000):
+                if isinstance(result, ClientError):  # reported, the run goes on
+                    kind = f"prefill_{_error_kind(result)}"
+                    errors[kind] = errors.get(kind, 0) + 1
+                if not start(j):
+                    active -= 1
+    finally:
+        pipe.close()
+
+
 def _prefill(client: Any, keys: Sequence[int], value: bytes, errors: dict[str, int]) -> None:
     for i in keys:
         try:
@@ -362,10 +482,13 @@ def _worker_main() -> None:
             sys.stdout.flush()
 
     value = random.Random(spec.seed).randbytes(spec.value_bytes)
+    stats = [_ClientStats() for _ in range(count)]
+    if spec.pipelined:
+        _worker_pipelined(job, spec, endpoints, key, value, stats, send)
+        return
     clients = [
         Client(endpoints, key, site="bench", timeout_ms=spec.timeout_ms) for _ in range(count)
     ]
-    stats = [_ClientStats() for _ in range(count)]
     prefill_errors = [dict[str, int]() for _ in range(count)]  # one per thread: no races
     if spec.prefill:
         # Client c of all `total` puts keys c, c + total, ...: every key once, in parallel.
@@ -435,6 +558,60 @@ def _worker_main() -> None:
     )
     for c in clients:
         c.close()
+
+
+def _worker_pipelined(
+    job: dict[str, Any],
+    spec: LoadSpec,
+    endpoints: Sequence[Address],
+    key: bytes,
+    value: bytes,
+    stats: list[_ClientStats],
+    send: Callable[[dict[str, Any]], None],
+) -> None:
+    """``_worker_main`` with one thread and a Pipeline instead of a thread per client."""
+    first, count, total = int(job["first_client"]), int(job["clients"]), int(spec.clients)
+    errors: dict[str, int] = {}
+    if spec.prefill:
+        # Client c of all `total` puts keys c, c + total, ...: every key once, in parallel.
+        lanes = [range(first + j, spec.keys, total) for j in range(count)]
+        _prefill_pipelined(endpoints, key, spec, lanes, value, errors)
+    send({"type": "ready", "pid": os.getpid()})
+    start = json.loads(sys.stdin.readline(_LINE_BYTES_MAX))
+    t_start_ns = int(start["t_start_ns"])
+    t_meas0_ns = t_start_ns + int(spec.warmup_s * 1e9)
+    t_end_ns = t_meas0_ns + int(spec.duration_s * 1e9)
+    time.sleep(max(0.0, (t_start_ns - time.monotonic_ns()) / 1e9))
+    rnds = [random.Random(spec.seed * 100_003 + first + j) for j in range(count)]
+    stuck = _run_pipelined(
+        endpoints,
+        key,
+        spec,
+        rnds,
+        value,
+        t_meas0_ns,
+        t_end_ns,
+        stats,
+        lambda: send({"type": "progress", "done": sum(s.done for s in stats)}),
+    )
+    hist = Histogram()
+    for s in stats:
+        hist.merge(s.hist)
+        for k, n in s.errors.items():
+            errors[k] = errors.get(k, 0) + n
+    if stuck:
+        errors["client_stuck_at_end"] = stuck
+    send(
+        {
+            "type": "result",
+            "ok": sum(s.ok for s in stats),
+            "misses": sum(s.misses for s in stats),
+            "errors": errors,
+            "fatal": next((s.fatal for s in stats if s.fatal), None),
+            "clients": count,
+            "hist": hist.to_wire(),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------- parent

@@ -4,13 +4,14 @@ Both sides run in this process over TCP loopback, so the figures are a ratio, no
 about a network. The reference is the cheapest thing ``multiprocessing.connection`` can do:
 ``send_bytes``/``recv_bytes`` of the same encoded frame on a TCP ``Connection``, no crypto,
 no decoding, no threads between the socket and the caller. The transport does everything
-the daemon pays for: msgspec encode, queue, writer thread, batch, seal, reader thread, open,
-typed decode, src check, hand-off to the loop.
+the daemon pays for: msgspec encode, batch, seal, a non-blocking write from the caller (the
+writer thread only for what the socket buffer cannot take), the receiver's epoll, its own
+record parsing, open, typed decode, src check.
 
 - throughput: one thread sends frames as fast as the receiver takes them (pipelined);
   frames/s counted at the receiver. Batched: ``send_many`` of 256 frames at a time, as the
-  daemon sends one Ready's messages (the writer seals many frames per record). Unbatched:
-  one ``send`` per frame, the worst case (one seal, one record, one hand-off per frame).
+  daemon sends one Ready's messages (many frames per sealed record). Unbatched: one
+  ``send`` per frame, the worst case (one seal, one record, one write per frame).
 - round trip: one frame out, echoed by a thread playing the peer's loop; p50 and p99.
 """
 

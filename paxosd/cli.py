@@ -9,8 +9,10 @@ import typer
 
 from paxosd.bootstrap import bootstrap_command
 from paxosd.daemon import run_command
+from paxosd.forcenew import force_new_cluster_command
 from paxosd.initcluster import check_config_command, init_command
 from paxosd.inspect import inspect_cmd
+from paxosd.restore import restore_command
 
 app = typer.Typer(
     name="paxosd",
@@ -28,8 +30,10 @@ def _root() -> None:
 # Subcommand registration: one line per owning module (keep this list sorted).
 app.command("bootstrap")(bootstrap_command)
 app.command("check-config")(check_config_command)
+app.command("force-new-cluster")(force_new_cluster_command)
 app.command("init")(init_command)
 app.command("inspect")(inspect_cmd)
+app.command("restore")(restore_command)
 app.command("run")(run_command)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import select
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from paxosd.commands import (
     BadCommand,
@@ -399,3 +400,327 @@ class Client:
 
 class _Lost(Exception):
     """One attempt failed in a way a retry elsewhere may fix."""
+
+
+# ---------------------------------------------------------------------- many in flight
+
+T = TypeVar("T")
+
+# A pipeline sweeps its requests for timeouts this often (not per reply: that would be
+# O(in flight) per reply).
+_SWEEP_INTERVAL_S = 0.05
+PIPELINE_IN_FLIGHT_MAX = 65_536
+PIPELINE_LANES_MAX = 1024
+
+
+class Session:
+    """One logical client: its own ``client_id`` and ``seq``, so the session table answers
+    its retries exactly once. At most one command of a session may be in flight, because
+    the table remembers only a session's latest seq."""
+
+    def __init__(self, *, site: str = "local", client_id: str | None = None) -> None:
+        self.site = site
+        self.client_id = client_id or secrets.token_hex(8)
+        self._seq = 0
+
+    def next_command(self, op: Op) -> bytes:
+        self._seq += 1
+        cmd = Command(client_id=self.client_id, seq=self._seq, site=self.site, op=op)
+        try:
+            return encode_command(cmd)
+        except BadCommand as e:
+            raise BadRequestError(str(e)) from None
+
+
+@dataclass(slots=True)
+class _Flight(Generic[T]):
+    tag: T
+    command: bytes
+    lane: int
+    deadline: float
+    ep: _Endpoint | None = None
+    rid: int = 0
+    sent_at: float = 0.0
+    retry_at: float = 0.0
+    backoff_s: float = 0.02
+
+
+class Pipeline(Generic[T]):
+    """Many commands in flight at once, from one thread, over ``lanes`` connections per
+    member: what a load generator needs (``paxosd.bench``), where a thread per request
+    would measure the GIL instead of the cluster.
+
+    ``submit(command, tag, lane)`` queues a command (from a ``Session``); ``poll`` sends
+    everything queued (one record per connection), waits at most ``timeout_ms`` and returns
+    ``(tag, result or ClientError)`` for each command that finished. Retries, redirects to
+    the leader and fail-over work as in ``Client`` and re-send the same bytes, so a command
+    is applied at most once. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Address],
+        client_key: bytes,
+        *,
+        lanes: int = 1,
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+    ) -> None:
+        if not endpoints:
+            raise BadRequestError("no endpoints given")
+        if not 1 <= lanes <= PIPELINE_LANES_MAX:
+            raise BadRequestError(f"lanes must be 1..{PIPELINE_LANES_MAX}")
+        self._endpoints = [_Endpoint(tuple(a)) for a in endpoints]  # type: ignore[arg-type]
+        self._key = client_key
+        self.lanes = lanes
+        self.timeout_ms = timeout_ms
+        self._conn_id = secrets.randbelow(1 << 31)
+        self._request_ids = itertools.count(1)
+        self._leader: _Endpoint | None = None
+        self._rr = 0
+        # (endpoint index, lane) -> connection, and back.
+        self._conns: dict[tuple[int, int], ClientConnection] = {}
+        self._where: dict[int, tuple[_Endpoint, int, ClientConnection]] = {}
+        self._poller = select.poll()
+        self._flights: dict[int, _Flight[T]] = {}
+        self._waiting: list[_Flight[T]] = []
+        self._outbox: dict[int, list[ClientRequest]] = {}
+        self._done: list[tuple[T, Result | ClientError]] = []
+        self._next_sweep = 0.0
+
+    def in_flight(self) -> int:
+        """Commands submitted and not yet returned by ``poll``."""
+        return len(self._flights) + len(self._waiting) + len(self._done)
+
+    def submit(self, command: bytes, tag: T, lane: int = 0) -> None:
+        if self.in_flight() >= PIPELINE_IN_FLIGHT_MAX:
+            raise BadRequestError(f"more than {PIPELINE_IN_FLIGHT_MAX} commands in flight")
+        now = time.monotonic()
+        flight = _Flight(tag, command, lane % self.lanes, now + self.timeout_ms / 1000)
+        self._dispatch(flight, now)
+
+    def poll(self, timeout_ms: int) -> list[tuple[T, Result | ClientError]]:
+        now = time.monotonic()
+        if self._waiting:
+            self._retry_waiting(now)
+        self._flush()
+        if self._done:
+            timeout_ms = 0
+        elif self._waiting:
+            soonest = min(f.retry_at for f in self._waiting)
+            timeout_ms = max(0, min(timeout_ms, int((soonest - now) * 1000) + 1))
+        for fd, _ in self._poller.poll(timeout_ms):
+            where = self._where.get(fd)
+            if where is None:
+                continue
+            ep, lane, conn = where
+            try:
+                bodies = conn.read_available()
+            except (OSError, EOFError, BadFrame) as e:
+                self._lost(ep, lane, f"connection to node {ep.node_id} lost: {e}")
+                continue
+            for body in bodies:
+                if isinstance(body, ClientReply):
+                    flight = self._flights.pop(body.request_id, None)
+                    if flight is not None:
+                        self._on_reply(flight, body, ep)
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+            self._next_sweep = now + _SWEEP_INTERVAL_S
+        self._flush()  # re-sends decided above go out now, not a poll later
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        self._where.clear()
+
+    def __enter__(self) -> Pipeline[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _on_reply(self, flight: _Flight[T], reply: ClientReply, ep: _Endpoint) -> None:
+        if reply.status == "ok":
+            self._leader = ep
+            try:
+                self._done.append((flight.tag, decode_result(reply.result)))
+            except BadCommand as e:
+                error = BadRequestError(f"undecodable result from the server: {e}")
+                self._done.append((flight.tag, error))
+            return
+        if reply.status == "bad_request":
+            message = reply.result.decode(errors="replace")
+            self._done.append((flight.tag, BadRequestError(message)))
+            return
+        # not_leader / busy: follow the hint, or back off and try elsewhere.
+        hinted = self._by_node(reply.leader)
+        if hinted is None and reply.status == "not_leader" and reply.result:
+            hinted = self._learn_endpoint(reply.result)
+        now = time.monotonic()
+        if hinted is not None and hinted is not ep:
+            self._leader = hinted
+            self._dispatch(flight, now)
+            return
+        self._leader = None
+        self._wait(flight, now)
+
+    def _wait(self, flight: _Flight[T], now: float) -> None:
+        flight.retry_at = now + flight.backoff_s
+        flight.backoff_s = min(flight.backoff_s * 2, 0.5)
+        self._waiting.append(flight)
+
+    def _retry_waiting(self, now: float) -> None:
+        due = [f for f in self._waiting if f.retry_at <= now]
+        if due:
+            self._waiting = [f for f in self._waiting if f.retry_at > now]
+            for flight in due:
+                self._dispatch(flight, now)
+
+    def _dispatch(self, flight: _Flight[T], now: float) -> None:
+        if now >= flight.deadline:
+            self._give_up(flight, "no quorum answered in time")
+            return
+        ep = self._pick(now)
+        if ep is None:
+            self._wait(flight, now)
+            return
+        try:
+            conn = self._connect(ep, flight.lane)
+        except AuthError as e:
+            self._done.append((flight.tag, e))
+            return
+        except _Lost:
+            self._wait(flight, now)
+            return
+        rid = next(self._request_ids)
+        flight.ep, flight.rid, flight.sent_at = ep, rid, now
+        self._flights[rid] = flight
+        self._outbox.setdefault(conn.fileno(), []).append(ClientRequest(rid, flight.command))
+
+    def _give_up(self, flight: _Flight[T], problem: str) -> None:
+        error = UnavailableError(
+            f"no quorum answered within {self.timeout_ms} ms ({problem}); "
+            "a write's outcome is unknown"
+        )
+        self._done.append((flight.tag, error))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for fd, requests in outbox.items():
+            where = self._where.get(fd)
+            if where is None:
+                continue  # lost meanwhile; its flights were re-dispatched
+            ep, lane, conn = where
+            try:
+                conn.send(*requests)
+            except OSError as e:
+                self._lost(ep, lane, f"connection to node {ep.node_id} lost: {e}")
+
+    def _sweep(self, now: float) -> None:
+        """Attempts unanswered for ATTEMPT_TIMEOUT_MS go elsewhere; past their deadline,
+        commands end with UnavailableError."""
+        attempt_s = ATTEMPT_TIMEOUT_MS / 1000
+        stale = [f for f in self._flights.values() if now - f.sent_at >= attempt_s]
+        for flight in stale:
+            del self._flights[flight.rid]
+            if flight.ep is self._leader:
+                self._leader = None
+            if flight.ep is not None:
+                flight.ep.down_until = now + 0.2
+            self._dispatch(flight, now)
+        late = [f for f in self._waiting if now >= f.deadline]
+        if late:
+            self._waiting = [f for f in self._waiting if now < f.deadline]
+            for flight in late:
+                self._give_up(flight, "no endpoint reachable")
+
+    def _lost(self, ep: _Endpoint, lane: int, problem: str) -> None:
+        index = self._endpoints.index(ep)
+        conn = self._conns.pop((index, lane), None)
+        if conn is not None:
+            self._where.pop(conn.fileno(), None)
+            self._poller.unregister(conn.fileno())
+            self._outbox.pop(conn.fileno(), None)
+            conn.close()
+        ep.down_until = time.monotonic() + 0.2
+        if self._leader is ep:
+            self._leader = None
+        now = time.monotonic()
+        orphans = [f for f in self._flights.values() if f.ep is ep and f.lane == lane]
+        for flight in orphans:
+            del self._flights[flight.rid]
+            self._dispatch(flight, now)
+
+    def _pick(self, now: float) -> _Endpoint | None:
+        if self._leader is not None and self._leader.down_until <= now:
+            return self._leader
+        for _ in range(len(self._endpoints)):
+            ep = self._endpoints[self._rr % len(self._endpoints)]
+            self._rr += 1
+            if ep.down_until <= now:
+                return ep
+        return None
+
+    def _connect(self, ep: _Endpoint, lane: int) -> ClientConnection:
+        index = self._endpoints.index(ep)
+        conn = self._conns.get((index, lane))
+        if conn is not None:
+            return conn
+        try:
+            conn = ClientConnection.connect(
+                ep.address,
+                client_key=self._key,
+                client_id=self._conn_id,
+                timeout_ms=CONNECT_TIMEOUT_MS,
+            )
+        except HandshakeError as e:
+            ep.down_until = time.monotonic() + 0.5
+            if "auth" in str(e).lower() or "digest" in str(e).lower() or "key" in str(e).lower():
+                raise AuthError(
+                    f"{ep.address[0]}:{ep.address[1]} refused the client key ({e})"
+                ) from None
+            raise _Lost(f"handshake with {ep.address[0]}:{ep.address[1]} failed: {e}") from None
+        except OSError as e:
+            ep.down_until = time.monotonic() + 0.2
+            raise _Lost(f"{ep.address[0]}:{ep.address[1]}: {e.strerror or e}") from None
+        self._conns[(index, lane)] = conn
+        self._where[conn.fileno()] = (ep, lane, conn)
+        self._poller.register(conn.fileno(), select.POLLIN)
+        ep.node_id = conn.server_node
+        return conn
+
+    def _by_node(self, node_id: int | None) -> _Endpoint | None:
+        if node_id is None:
+            return None
+        for ep in self._endpoints:
+            if ep.node_id == node_id:
+                return ep
+        for ep in self._endpoints:  # not connected yet: connect to learn node ids
+            if ep.node_id is None and ep.down_until <= time.monotonic():
+                try:
+                    self._connect(ep, 0)
+                except (ClientError, _Lost):
+                    continue
+                if ep.node_id == node_id:
+                    return ep
+        return None
+
+    def _learn_endpoint(self, text: bytes) -> _Endpoint | None:
+        try:
+            address = parse_endpoint(text.decode("ascii"))
+        except (UnicodeDecodeError, BadRequestError):
+            return None
+        for ep in self._endpoints:
+            if ep.address == address:
+                return ep
+        if len(self._endpoints) >= ENDPOINTS_MAX:
+            return None
+        ep = _Endpoint(address)
+        self._endpoints.append(ep)
+        return ep

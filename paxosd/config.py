@@ -173,10 +173,18 @@ class Config:
     snapshot: SnapshotSettings
     durability: Durability
     log: LogSettings
+    # "new": the [peers] table is the cluster's first membership. "existing": this node joins
+    # a running cluster (after `paxosctl member add`); it learns the membership from the log
+    # and is not a voter until promoted (etcd's initial-cluster-state).
+    initial_cluster_state: str = "new"
 
     @property
     def members(self) -> tuple[NodeId, ...]:
-        return tuple(p.node_id for p in self.peers)
+        """The bootstrap voters: the [peers] table, less this node when it joins later."""
+        ids = tuple(p.node_id for p in self.peers)
+        if self.initial_cluster_state == "existing":
+            return tuple(n for n in ids if n != self.node_id)
+        return ids
 
     @property
     def peer_address(self) -> Address:
@@ -269,6 +277,7 @@ _TOP_KEYS: Final = frozenset(
         "peer_key_file",
         "client_key_file",
         "durability",
+        "initial_cluster_state",
         "timeouts",
         "batching",
         "snapshot",
@@ -478,6 +487,12 @@ def _read(
     data_dir = None if data_dir_text is None else _absolute(base / data_dir_text)
 
     durability = r.choice(doc, "durability", "", "fsync", DURABILITIES)
+    initial_state = r.choice(doc, "initial_cluster_state", "", "new", ("new", "existing"))
+    if initial_state == "existing" and peers is not None and len(peers) < 2:
+        r.problem(
+            "initial_cluster_state",
+            '"existing" needs [peers] to list at least one running member besides this node',
+        )
 
     timeouts_table = r.table(doc, "timeouts")
     r.unknown(timeouts_table, "timeouts.", frozenset(s[0] for s in _TIMEOUT_INTS))
@@ -544,6 +559,7 @@ def _read(
         snapshot=snapshot,
         durability=cast(Durability, durability),
         log=log,
+        initial_cluster_state=initial_state,
     )
 
 

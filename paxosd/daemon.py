@@ -1,16 +1,18 @@
 """``paxosd run``: the process around Node — transport, signals, systemd, metrics.
 
-The loop below is the only endless loop in paxosd. It blocks in exactly one place
-(``multiprocessing.connection.wait``) for at most one tick, so timers fire on time and a
+The loop below is the only endless loop in paxosd. It blocks in exactly one place (one
+``poll`` over both ports' epolls) for at most one tick, so timers fire on time and a
 wedged loop is visible to systemd's watchdog.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
+import select
 import sys
 import time
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +20,10 @@ import structlog
 import typer
 
 from paxosd.commands import BadCommand
-from paxosd.config import Config, ConfigError, load_config
-from paxosd.core.types import NodeId
+from paxosd.config import Config, ConfigError, load_config, parse_address
+from paxosd.core.io import ChangeMembership, TransferLeadership
+from paxosd.core.membership import ChangeKind, MembershipChange
+from paxosd.core.types import Membership, NodeId
 from paxosd.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.logs import bind_node, configure_logging
 from paxosd.metrics import Metrics
@@ -31,6 +35,8 @@ from paxosd.transport import ClientServer, PeerTransport
 log = structlog.get_logger("paxosd.daemon")
 
 VIEW_LOG_ROWS_MAX = 1000
+# Membership changes and leader transfers waiting for the core's answer (each is one query).
+ADMIN_WAITING_MAX = 64
 
 
 class Daemon:
@@ -57,6 +63,12 @@ class Daemon:
         self._next_metrics_ms = 0
         self.stop: list[bool] = []
         self.started_ms = now_ms()
+        # Membership changes and leader transfers answer when the core decides: token -> the
+        # query waiting for it (connection id, request id).
+        self._admin_waiting: dict[int, tuple[int, int]] = {}
+        self._admin_tokens = itertools.count(1)
+        self._membership: Membership | None = None
+        self._synced_leader: NodeId | None = None
 
     def serve(self) -> int:
         cfg = self.config
@@ -68,6 +80,7 @@ class Daemon:
             }
         )
         self.clients.start()
+        self._sync_peers()
         if self.node.sent:  # produced during recovery, before the transport existed
             self.peers.send_many(self.node.sent)
             self.node.sent.clear()
@@ -81,12 +94,14 @@ class Daemon:
         watchdog_ms = watchdog_interval_ms()
         next_watchdog = 0
         next_tick = now_ms()
-        waitables = self.peers.waitables() + self.clients.waitables()
+        # Built once: each port's epoll is one descriptor, readable while it has work.
+        poller = select.poll()
+        for fd in self.peers.waitables() + self.clients.waitables():
+            poller.register(fd, select.POLLIN)
         node = self.node
         # The one endless loop: ends on SIGTERM/SIGINT.
         while not self.stop:
-            timeout_ms = max(0, next_tick - now_ms())
-            wait(waitables, timeout=timeout_ms / 1000)
+            poller.poll(max(0, next_tick - now_ms()))
             for src, msg in self.peers.drain():
                 node.on_peer_message(src, msg)
             for conn_id, body in self.clients.drain():
@@ -104,6 +119,7 @@ class Daemon:
             self._turn()
         self.notifier.notify("STOPPING=1")
         log.info("stopping", reason="signal")
+        self._hand_over_leadership()
         self._turn()  # finish what is in flight: persist, send, reply
         self.peers.close()
         self.clients.close()
@@ -113,14 +129,112 @@ class Daemon:
     def _send_peers(self, messages: list[tuple[NodeId, Any]]) -> None:
         self.peers.send_many(messages)
 
+    def _hand_over_leadership(self) -> None:
+        """On SIGTERM a leader hands over first, so a planned restart costs clients a
+        redirect rather than an election timeout. Bounded by one election timeout."""
+        node = self.node
+        if not node.replica.is_leader or len(node.replica.voters) < 2:
+            return
+        node.replica.step(TransferLeadership(next(self._admin_tokens)))
+        deadline = now_ms() + self.config.timeouts.election_timeout_ms_max
+        poller = select.poll()
+        for fd in self.peers.waitables():
+            poller.register(fd, select.POLLIN)
+        while node.replica.is_leader and now_ms() < deadline:
+            self._turn()
+            poller.poll(TICK_MS)
+            for src, msg in self.peers.drain():
+                node.on_peer_message(src, msg)
+            node.on_tick()
+        log.info(
+            "leadership handed over" if not node.replica.is_leader else "leadership kept",
+            leader=node.replica.leader_hint,
+        )
+
+    def _sync_peers(self) -> None:
+        """Connect to every member the log names and drop the ones it removed; and keep the
+        leader we follow, even when the membership we know does not name it yet.
+
+        A new member catches up by replaying the log from its start, so the memberships it
+        learns are the cluster's past ones: a leader that joined later is not in them. Were
+        it dropped, its catch-up replies would be dropped with it, and the learner would
+        never reach the membership that names its leader (a deadlock seen on a cluster
+        whose original members had all been replaced)."""
+        m = self.node.replica.membership
+        leader = self.node.replica.leader_hint
+        if m is self._membership and leader == self._synced_leader:
+            return
+        changed = m is not self._membership
+        self._membership = m
+        self._synced_leader = leader
+        cfg = self.config
+        configured = {p.node_id: p.address for p in cfg.peers}
+        want: dict[NodeId, tuple[str, int] | None] = {}
+        for member in m.members:
+            node = NodeId(member.node)
+            if node == cfg.node_id:
+                continue
+            parsed = parse_address(member.address) if member.address else None
+            if parsed is not None and not isinstance(parsed, str):
+                want[node] = (parsed.host, parsed.port)
+            elif node in configured:
+                want[node] = (configured[node].host, configured[node].port)
+            else:
+                want[node] = None
+        if leader is not None and leader != cfg.node_id and leader not in want:
+            dialled = self.peers.peers().get(leader)
+            if dialled is not None:
+                want[leader] = dialled
+            elif leader in configured:
+                want[leader] = (configured[leader].host, configured[leader].port)
+            else:
+                want[leader] = None
+        for node in self.peers.peers():
+            if node not in want:
+                self.peers.remove_peer(node)
+        for node, address in want.items():
+            self.peers.add_peer(node, address)
+        if changed:
+            log.info(
+                "membership", epoch=m.epoch, voters=sorted(m.voters), learners=sorted(m.learners)
+            )
+
+    def _answer_admin(self) -> None:
+        """Answer membership changes and transfers the core has decided or refused."""
+        node = self.node
+        if (
+            node.replica.membership is not self._membership
+            or node.replica.leader_hint != self._synced_leader
+        ):
+            self._sync_peers()
+        for res in node.admin_results:
+            waiting = self._admin_waiting.pop(res.token, None)
+            if waiting is None:
+                continue
+            status = "ok" if res.ok else "unknown" if res.unknown else "refused"
+            data: dict[str, Any] = {
+                "detail": res.detail,
+                "slot": res.slot,
+                "node_id": self.config.node_id,
+            }
+            if not res.ok:
+                data["error"] = f"{status}: {res.detail}"
+            self.clients.reply(waiting[0], QueryReply(waiting[1], status, data))
+        node.admin_results.clear()
+
     def _turn(self) -> None:
         node = self.node
         node.drain()
+        self._answer_admin()
         if node.replies:
-            for conn_id, request_id, status, result, leader in node.replies:
-                self.clients.reply(conn_id, ClientReply(request_id, status, result, leader))
-                if self.metrics is not None:
-                    self.metrics.requests.labels(status=status).inc()
+            # One write per client connection per turn, whatever it was answered.
+            self.clients.reply_many(
+                (conn_id, ClientReply(request_id, status, result, leader))
+                for conn_id, request_id, status, result, leader in node.replies
+            )
+            if self.metrics is not None:
+                for reply in node.replies:
+                    self.metrics.requests.labels(status=reply[2]).inc()
             node.replies.clear()
 
     def _refresh_metrics(self) -> None:
@@ -152,12 +266,40 @@ class Daemon:
                 self.node.on_client_command(conn_id, rid, command)
             case QueryRequest(request_id=rid, query=query, args=args):
                 try:
+                    if query in ("member_change", "leader_transfer"):
+                        self._admin(conn_id, rid, query, args)
+                        return
                     status, data = self._query(query, args)
                 except (BadCommand, ValueError, KeyError, TypeError) as e:
                     status, data = "bad_request", {"error": str(e)}
                 self.clients.reply(conn_id, QueryReply(rid, status, data))
             case _:
                 log.warning("unexpected client frame", conn=conn_id, kind=type(body).__name__)
+
+    def _admin(self, conn_id: int, rid: int, query: str, args: dict[str, Any]) -> None:
+        """Hand a membership change or leader transfer to the core; the answer comes from
+        _turn when the core has decided (or refused) it."""
+        if len(self._admin_waiting) >= ADMIN_WAITING_MAX:
+            self.clients.reply(conn_id, QueryReply(rid, "busy", {"error": "too many requests"}))
+            return
+        if query == "member_change":
+            kind = ChangeKind(str(args["kind"]))
+            address = str(args.get("address") or "")
+            problem = parse_address(address) if address else None
+            if isinstance(problem, str):
+                raise ValueError(f"bad address {address!r}: {problem}")
+            event: ChangeMembership | TransferLeadership = ChangeMembership(
+                0, MembershipChange(kind, NodeId(int(args["node"])), address)
+            )
+        else:
+            target = args.get("target")
+            event = TransferLeadership(0, None if target is None else NodeId(int(target)))
+        token = next(self._admin_tokens)
+        self._admin_waiting[token] = (conn_id, rid)
+        if isinstance(event, ChangeMembership):
+            self.node.replica.step(ChangeMembership(token, event.change))
+        else:
+            self.node.replica.step(TransferLeadership(token, event.target))
 
     def _query(self, query: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         node = self.node
@@ -188,22 +330,34 @@ class Daemon:
         if query == "members":
             stats = self.peers.stats()
             cfg = self.config
+            r = node.replica
+            peer_addresses = self.peers.peers()
+            members: list[dict[str, Any]] = []
+            for member in r.membership.members:
+                n = NodeId(member.node)
+                me = n == cfg.node_id
+                dialled = peer_addresses.get(n)
+                dialled_text = f"{dialled[0]}:{dialled[1]}" if dialled else None
+                members.append(
+                    {
+                        "node_id": n,
+                        "role": "voter" if member.voter else "learner",
+                        "peer_address": str(cfg.peer_address)
+                        if me
+                        else (member.address or dialled_text),
+                        "client_address": str(cfg.client_address) if me else None,
+                        "connected": True if me else (n in stats and stats[n].connected),
+                        "decided_lag": max(0, r.decided_through - r.peer_decided(n))
+                        if r.is_leader and not me
+                        else None,
+                    }
+                )
             return "ok", {
                 "node_id": cfg.node_id,
-                "leader": node.replica.leader_hint,
-                "members": [
-                    {
-                        "node_id": p.node_id,
-                        "peer_address": str(p.address),
-                        "client_address": str(cfg.client_address)
-                        if p.node_id == cfg.node_id
-                        else None,
-                        "connected": True
-                        if p.node_id == cfg.node_id
-                        else (p.node_id in stats and stats[p.node_id].connected),
-                    }
-                    for p in cfg.peers
-                ],
+                "leader": r.leader_hint,
+                "epoch": r.membership.epoch,
+                "decided_index": r.decided_through,
+                "members": members,
             }
         if query == "view_log":
             lo = int(args.get("from", 1))
@@ -233,6 +387,14 @@ class Daemon:
         if query == "snapshot":
             slot = node.take_snapshot()
             return "ok", {"snapshot_index": slot, "node_id": self.config.node_id}
+        if query == "snapshot_read":
+            # paxosctl snapshot save: one chunk of this node's snapshot, for a backup.
+            from paxosd.backup import serve_snapshot_read
+
+            cfg = self.config
+            return "ok", serve_snapshot_read(
+                node, args, node_id=cfg.node_id, cluster_id=cfg.cluster_id
+            )
         if query == "partition":
             # Drill hook: authenticated by the client key like every request.
             peer = NodeId(int(args["peer"]))
@@ -265,6 +427,7 @@ def run_command(
     if not __debug__:
         print("paxosd: refusing python -O: the core's asserts are its safety net", file=sys.stderr)
         raise typer.Exit(2)
+    _return_freed_memory_to_the_os()
     try:
         node = Node(cfg, bootstrap=bootstrap)
     except StorageError as e:
@@ -279,3 +442,15 @@ def run_command(
     code = daemon.serve()
     log.info("stopped", seconds=round(time.perf_counter() - started, 1))
     raise typer.Exit(code)
+
+
+def _return_freed_memory_to_the_os() -> None:
+    """Pin glibc's mmap threshold (and cap its arenas). By default freeing one ~20 MB
+    snapshot buffer raises the threshold, after which every snapshot's copies stay in the
+    heap: measured RSS 300 MB for 150 MB of live objects; 230 MB with this. No-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass

@@ -35,6 +35,8 @@ import secrets
 import shutil
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -78,11 +80,12 @@ from paxosd.commands import (
     decode_command,
     is_read,
 )
+from paxosd.initcluster import client_address
 from paxosd.localcluster import LocalCluster
 from paxosd.sim import linearizability
 from paxosd.sim.linearizability import Operation
 
-FAULT_KINDS: Final = ("kill", "pause", "partition", "restart", "killall")
+FAULT_KINDS: Final = ("kill", "pause", "partition", "restart", "killall", "reconfig")
 DEFAULT_FAULTS: Final = ("kill", "pause", "partition")
 # Faults a drill can cause on a cluster it did not start: it owns no processes there.
 ENDPOINT_FAULTS: Final = frozenset({"partition"})
@@ -118,6 +121,23 @@ LEADER_VICTIM_FRACTION: Final = 0.5
 # Local clusters snapshot often, so kills land near snapshots and catch-up uses them.
 SNAPSHOT_EVERY_ENTRIES: Final = 1000
 LOG_RETAIN_ENTRIES: Final = 2000
+DRILL_NODE_CONFIG: Final = (
+    "[snapshot]\n"
+    f"snapshot_every_entries = {SNAPSHOT_EVERY_ENTRIES}\n"
+    f"log_retain_entries = {LOG_RETAIN_ENTRIES}\n"
+)
+# The reconfig fault: one membership step per fault, in shuffled rounds like the kinds.
+RECONFIG_OPS: Final = ("add", "remove", "replace", "transfer", "crash")
+RECONFIG_GROW_MAX: Final = 2  # voters beyond --nodes it grows to (it never shrinks below)
+ADMIN_TIMEOUT_MS: Final = 10_000  # a membership change is answered once decided
+ADMIN_WAIT_S: Final = 15.0  # per request: a leader to ask (after a leader's crash), an answer
+PROMOTE_LAG_SLOTS: Final = 64  # as paxosctl: promote a learner this close to the leader
+PROMOTE_WAIT_S: Final = 30.0
+# Before a removal: how long to wait for every voter to answer the leader (a node a crash
+# just restarted), so the step tests a removal rather than the leader's refusal.
+SETTLE_WAIT_S: Final = 5.0
+EMPTY_START_TIMEOUT_S: Final = 15.0
+REFUSALS_KEPT_MAX: Final = 20
 
 Outcome = Literal["ok", "fail", "unknown"]
 
@@ -212,10 +232,19 @@ class Nodes:
         node_env: Mapping[str, str] | None = None,
     ) -> None:
         assert endpoints, "a drill needs at least one node"
+        # Replaced whole (never mutated) when the membership changes, so a reader holding
+        # the old dict sees one consistent set.
         self.endpoints = dict(sorted(endpoints.items()))
+        self.voter_ids: list[int] = list(self.endpoints)
         self.key = key
         self.cluster = cluster
         self.node_env = dict(node_env or {})
+        # Bumped on every membership change: workers then reconnect to the new members.
+        self.generation = 0
+        # Ids after the cluster's highest that clients also know (the reconfig fault adds
+        # nodes: see client()).
+        self.spare_ids = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def of_cluster(cls, cluster: LocalCluster, node_env: Mapping[str, str]) -> Nodes:
@@ -239,6 +268,18 @@ class Nodes:
     def ids(self) -> list[int]:
         return list(self.endpoints)
 
+    def set_members(self, members: Iterable[int], voters: Iterable[int]) -> None:
+        """The membership the log decided (the reconfig fault changes it): the local
+        cluster's processes are the members from now on."""
+        cluster = self.cluster
+        assert cluster is not None, "only a drill's own cluster changes membership"
+        ids = sorted(set(members))
+        assert ids, "a cluster keeps at least one member"
+        with self._lock:
+            self.endpoints = {k: _client_endpoint(cluster, k) for k in ids}
+            self.voter_ids = sorted(set(voters) & set(ids))
+            self.generation += 1
+
     def client(
         self,
         *,
@@ -247,12 +288,22 @@ class Nodes:
         first: int | None = None,
         site: str = "drill",
     ) -> Client:
-        """A client of every node; ``first``: the node its first attempt goes to."""
-        order = self.ids
+        """A client of every node; ``first``: the node its first attempt goes to.
+
+        In a local cluster it also knows the next ids' addresses: a member redirects only to
+        leaders its config names, so a client must find a node added meanwhile itself."""
+        endpoints = self.endpoints
+        order = list(endpoints)
         if first is not None:
             order = [first] + [k for k in order if k != first]
+        spare: list[Address] = []
+        if self.cluster is not None:
+            top = self.cluster.nodes
+            spare = [
+                _client_endpoint(self.cluster, k) for k in range(top + 1, top + 1 + self.spare_ids)
+            ]
         return Client(
-            [self.endpoints[k] for k in order],
+            [endpoints[k] for k in order] + spare,
             self.key,
             timeout_ms=timeout_ms,
             client_id=client_id,
@@ -261,7 +312,13 @@ class Nodes:
 
     def node_clients(self, timeout_ms: int = STATUS_TIMEOUT_MS) -> dict[int, Client]:
         """One client per node, each talking only to that node. Not thread-safe: per thread."""
-        return {k: Client([a], self.key, timeout_ms=timeout_ms) for k, a in self.endpoints.items()}
+        endpoints = self.endpoints
+        return {k: Client([a], self.key, timeout_ms=timeout_ms) for k, a in endpoints.items()}
+
+
+def _client_endpoint(cluster: LocalCluster, k: int) -> Address:
+    a = client_address(cluster.host, cluster.base_port, k)
+    return (a.host, a.port)
 
 
 def _status(c: Client) -> dict[str, Any] | None:
@@ -565,25 +622,28 @@ class FaultInjector:
         self._stop = threading.Event()
         self._watchers: list[threading.Thread] = []
         self._clock: Callable[[], int] = lambda: 0
+        self.reconfig = Reconfig(self)
 
     def run(self, clock: Callable[[], int]) -> None:
         self._clock = clock
-        ids = self.nodes.ids
-        minority_max = (len(ids) - 1) // 2
         bag: list[str] = []
         try:
-            with _closing_all(self.nodes.node_clients()) as clients:
-                while not self._stop.is_set() and self.kinds:
-                    if self._stop.wait(self.rng.uniform(*self.spec.fault_gap_s)):
-                        break
-                    if not bag:
-                        # Shuffled rounds, not independent draws: every kind asked for
-                        # happens within the first len(kinds) faults, even in a short drill.
-                        bag = self.rng.sample(self.kinds, len(self.kinds))
-                    kind = bag.pop()
+            while not self._stop.is_set() and self.kinds:
+                if self._stop.wait(self.rng.uniform(*self.spec.fault_gap_s)):
+                    break
+                if not bag:
+                    # Shuffled rounds, not independent draws: every kind asked for
+                    # happens within the first len(kinds) faults, even in a short drill.
+                    bag = self.rng.sample(self.kinds, len(self.kinds))
+                kind = bag.pop()
+                # Victims are voters: with the reconfig fault the members change, and a
+                # learner's crash does not count against the majority.
+                voters = self.nodes.voter_ids
+                minority_max = (len(voters) - 1) // 2
+                with _closing_all(self.nodes.node_clients()) as clients:
                     try:
-                        self._one(kind, clients, ids, minority_max)
-                    except (ClientError, OSError) as e:
+                        self._one(kind, clients, voters, minority_max)
+                    except (ClientError, OSError, RuntimeError) as e:
                         # A fault whose set-up failed is reported; the schedule goes on.
                         self.errors.append(f"{kind}: {e}")
                     finally:
@@ -628,7 +688,7 @@ class FaultInjector:
         if kind == "partition":
             count = self.rng.randint(1, minority_max)
             side, leader = self._victims(clients, ids, count)
-            rest = [k for k in ids if k not in side]
+            rest = [k for k in self.nodes.ids if k not in side]
             note = f"from {','.join(f'n{k}' for k in rest)}" + (
                 " (leader isolated)" if leader in side else ""
             )
@@ -668,7 +728,10 @@ class FaultInjector:
             self._crash("kill", victims, " ".join(notes), KILL_DOWN_S)
             return
         if kind == "killall":
-            self._crash("killall", ids, "every node at once", KILLALL_DOWN_S)
+            self._crash("killall", self.nodes.ids, "every node at once", KILLALL_DOWN_S)
+            return
+        if kind == "reconfig":
+            self.reconfig.step()
             return
         if kind == "restart":
             victims, leader = self._victims(clients, ids, 1)
@@ -716,7 +779,9 @@ class FaultInjector:
         now" might never hold; "where the leader was when it came back" always can)."""
         deadline = time.monotonic() + READY_TIMEOUT_S + CATCH_UP_TIMEOUT_S
         with _closing_all(self.nodes.node_clients(timeout_ms=500)) as clients:
-            me = clients[ev.node]
+            me = clients.get(ev.node)
+            if me is None:
+                return  # removed from the cluster meanwhile
             mine: dict[str, Any] | None = None
             while mine is None and time.monotonic() < deadline:
                 mine = _status(me)
@@ -744,6 +809,305 @@ class FaultInjector:
                     ev.caught_up_ms = self._clock()
                     return
                 time.sleep(POLL_S)
+
+
+class Reconfig:
+    """The reconfig fault: one membership step per turn, mixed with crashes, on the drill's
+    own cluster. Steps come in shuffled rounds of RECONFIG_OPS, skipping those the size
+    forbids: the voters stay between --nodes and --nodes + RECONFIG_GROW_MAX.
+
+    - add: a fresh node id with an empty data dir, ``member add``, catch-up, ``promote``;
+    - remove: ``member remove`` a voter (the leader half of the time), then stop it;
+    - replace: a host whose disk is lost: SIGKILL, ``member remove``, delete the data dir,
+      check that the daemon refuses to start without it, then add a fresh node;
+    - transfer: ``leader transfer`` to a random voter, or to the most caught-up one;
+    - crash: SIGKILL one voter, restart it after a while.
+
+    The leader may refuse a step (another change in flight, a learner still behind, a
+    membership without a live majority): a refusal is its right and is counted, not a
+    violation. A step whose outcome is unknown is settled by asking the leader for the
+    membership, which is the truth the final checks use: removed nodes leave the digest
+    comparison, and their processes are stopped.
+    """
+
+    def __init__(self, injector: FaultInjector) -> None:
+        self.injector = injector
+        self.nodes = injector.nodes
+        self.ops: Counter[str] = Counter()  # steps attempted, by op
+        self.changes: dict[str, Counter[str]] = {}  # admin request -> outcome -> count
+        self.refusals: list[str] = []  # the leader's words, the first few
+        self.empty_start_refused = 0
+        self.findings: list[str] = []  # violations: a wiped node that started
+        self.added: list[int] = []
+        self.removed: list[int] = []
+        self._bag: list[str] = []
+        self._epoch = -1
+        # Local nodes the drill is adding or removing: the only processes a membership
+        # answer may stop (an answer from a deposed leader must not stop a new member).
+        self._in_play: set[int] = set()
+        self._learners: list[int] = []
+
+    def step(self) -> None:
+        self.sync()
+        self._settle()
+        # Clients of the members as they are now (the previous step may have changed them).
+        with _closing_all(self.nodes.node_clients()) as clients:
+            self._step(clients)
+
+    def _step(self, clients: Mapping[int, Client]) -> None:
+        voters = len(self.nodes.voter_ids)
+        allowed = {"transfer", "crash", "replace"}
+        if voters < self.injector.spec.nodes + RECONFIG_GROW_MAX or self._learners:
+            allowed.add("add")
+        if voters > self.injector.spec.nodes:
+            allowed.add("remove")
+        op = next((o for o in self._bag if o in allowed), None)
+        if op is None:
+            self._bag = self.injector.rng.sample(RECONFIG_OPS, len(RECONFIG_OPS))
+            op = next(o for o in self._bag if o in allowed)
+        self._bag.remove(op)
+        self.ops[op] += 1
+        try:
+            match op:
+                case "add":
+                    self._add()
+                case "remove":
+                    self._remove(clients)
+                case "replace":
+                    self._replace(clients)
+                case "transfer":
+                    self._transfer(clients)
+                case "crash":
+                    victims, leader = self.injector._victims(clients, self.nodes.voter_ids, 1)
+                    note = "crash" + (" (leader)" if leader in victims else "")
+                    self.injector._crash("reconfig", victims, note, KILL_DOWN_S)
+        finally:
+            if self.sync():
+                self._in_play.clear()  # settled: removed (and stopped) or still members
+
+    # ------------------------------------------------------------------ the steps
+
+    def _add(self) -> None:
+        inj, cluster = self.injector, self.nodes.cluster
+        assert cluster is not None
+        if self._learners:
+            k = self._learners[0]  # a learner an earlier step left behind: promote it
+            ev = inj._event("reconfig", [k], "promote a learner left behind")
+        else:
+            k = cluster.add_node(extra_config=DRILL_NODE_CONFIG)
+            self._in_play.add(k)
+            cluster.start(k, env=self.nodes.node_env)
+            ev = inj._event("reconfig", [k], "add")
+            outcome = self._change("add", {"kind": "add", "node": k, "address": _peer(cluster, k)})
+            if outcome != "ok":
+                ev.detail += f": {outcome}"
+                ev.end_ms = inj._clock()
+                if outcome == "refused":
+                    cluster.remove_node(k)  # never a member
+                return
+            self.added.append(k)
+            self.sync()  # a member now: the workers may use it
+        caught_up = self._wait_caught_up(k)
+        if caught_up:
+            outcome = self._change("promote", {"kind": "promote", "node": k})
+            ev.detail += f", promote: {outcome}"
+        else:
+            ev.detail += ", left a learner (did not catch up in time)"
+        ev.end_ms = inj._clock()
+
+    def _remove(self, clients: Mapping[int, Client]) -> None:
+        inj, cluster = self.injector, self.nodes.cluster
+        assert cluster is not None
+        victims, leader = inj._victims(clients, self.nodes.voter_ids, 1)
+        k = victims[0]
+        ev = inj._event("reconfig", [k], "remove" + (" (leader)" if k == leader else ""))
+        self._in_play.add(k)
+        outcome = self._change("remove", {"kind": "remove", "node": k})
+        ev.detail += f": {outcome}"
+        if outcome == "ok":
+            cluster.remove_node(k)
+            self.removed.append(k)
+        ev.end_ms = inj._clock()
+
+    def _replace(self, clients: Mapping[int, Client]) -> None:
+        """The host of a voter is lost with its disk. It must be removed, never restarted
+        empty (it would forget its promises), and a new node id takes its place."""
+        inj, cluster = self.injector, self.nodes.cluster
+        assert cluster is not None
+        victims, leader = inj._victims(clients, self.nodes.voter_ids, 1)
+        k = victims[0]
+        ev = inj._event("reconfig", [k], "replace" + (" (leader)" if k == leader else ""))
+        down = inj._clock()
+        cluster.kill(k)
+        self._in_play.add(k)
+        outcome = self._change("remove", {"kind": "remove", "node": k})
+        if outcome != "ok":
+            # Still (or maybe) a member: its disk stays and it comes back. A lost disk of
+            # a member nobody could remove would stop the drill's majority arithmetic.
+            ev.detail += f": remove {outcome}, restarted with its disk"
+            inj._start(k, "reconfig", down)
+            ev.end_ms = inj._clock()
+            return
+        cluster.remove_node(k)
+        self.removed.append(k)
+        shutil.rmtree(cluster.root / "data" / f"n{k}", ignore_errors=True)
+        refused = self._check_empty_start_refused(k)
+        ev.detail += f": removed, data dir deleted, empty start {refused}"
+        ev.end_ms = inj._clock()
+        self._add()
+
+    def _transfer(self, clients: Mapping[int, Client]) -> None:
+        inj = self.injector
+        leader = _leader(clients)
+        others = [k for k in self.nodes.voter_ids if k != leader]
+        # Draw the same numbers whatever the outcome, so the seed fixes the shape.
+        named = inj.rng.random() < 0.5
+        target = inj.rng.choice(others) if others else None
+        if not named:
+            target = None
+        ev = inj._event(
+            "reconfig",
+            [] if target is None else [target],
+            "transfer"
+            + ("" if leader is None else f" from n{leader}")
+            + ("" if target is None else f" to n{target}"),
+        )
+        outcome = self._change("transfer", {"target": target}, query="leader_transfer")
+        ev.detail += f": {outcome}"
+        ev.end_ms = inj._clock()
+
+    def _check_empty_start_refused(self, k: int) -> str:
+        cluster = self.nodes.cluster
+        assert cluster is not None
+        cmd = [sys.executable, "-m", "paxosd", "run", "--config", str(cluster.config_path(k))]
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=EMPTY_START_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired:
+            self.findings.append(
+                f"node {k}, removed after its disk was lost, started with no data dir "
+                f"(still running after {EMPTY_START_TIMEOUT_S:.0f} s; killed)"
+            )
+            return "NOT refused"
+        if done.returncode == 0:
+            self.findings.append(f"node {k} started with no data dir and exited 0")
+            return "NOT refused"
+        self.empty_start_refused += 1
+        return "refused"
+
+    # ------------------------------------------------------------------ the leader
+
+    def _change(self, name: str, args: dict[str, Any], query: str = "member_change") -> str:
+        """Ask the leader; "ok", "refused" or "unknown". A "refused:" answer is the leader's
+        own no; anything else it rejects is a harness bug and ends up in the errors."""
+        counts = self.changes.setdefault(name, Counter())
+        outcome = "unknown"
+        deadline = time.monotonic() + ADMIN_WAIT_S
+        while time.monotonic() < deadline:
+            if self.injector._stop.is_set() and name == "promote":
+                break  # the drill is ending: leave a learner, do not stall the heal
+            with _closing_all(self.nodes.node_clients()) as clients:
+                leader = _leader(clients)
+            endpoint = None if leader is None else self.nodes.endpoints.get(leader)
+            if endpoint is None:
+                time.sleep(0.3)
+                continue
+            with Client([endpoint], self.nodes.key, timeout_ms=ADMIN_TIMEOUT_MS) as c:
+                try:
+                    c.query(query, args)
+                    outcome = "ok"
+                    break
+                except BadRequestError as e:
+                    text = str(e)
+                    if text.startswith("refused: not the leader"):
+                        time.sleep(0.3)  # the leader moved between the two questions
+                        continue
+                    if text.startswith("unknown: "):
+                        break
+                    if not text.startswith(("refused: ", "too many")):
+                        self.injector.errors.append(f"{name} {args}: {text}")
+                        break
+                    outcome = "refused"
+                    if len(self.refusals) < REFUSALS_KEPT_MAX:
+                        self.refusals.append(f"{name} {args}: {text}")
+                    break
+                except ClientError:
+                    break  # no answer in time: the change may or may not be decided
+        counts[outcome] += 1
+        return outcome
+
+    def _wait_caught_up(self, k: int) -> bool:
+        deadline = time.monotonic() + PROMOTE_WAIT_S
+        while time.monotonic() < deadline and not self.injector._stop.is_set():
+            data = self._members()
+            row = None if data is None else _row(data, k)
+            lag = None if row is None or not row["connected"] else row["decided_lag"]
+            if lag is not None and int(lag) <= PROMOTE_LAG_SLOTS:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _settle(self) -> None:
+        deadline = time.monotonic() + SETTLE_WAIT_S
+        while time.monotonic() < deadline and not self.injector._stop.is_set():
+            data = self._members()
+            if data is not None and all(m["connected"] for m in data["members"]):
+                return
+            time.sleep(0.2)
+
+    def _members(self) -> dict[str, Any] | None:
+        with _closing_all(self.nodes.node_clients(timeout_ms=2000)) as clients:
+            leader = _leader(clients)
+            if leader is None:
+                return None
+            try:
+                return clients[leader].query("members")
+            except ClientError:
+                return None
+
+    def sync(self) -> bool:
+        """Take the membership from the leader: the drill's members from now on. A local
+        node it no longer names is stopped, if the drill was adding or removing it.
+        False when no leader answered (nothing changed)."""
+        cluster = self.nodes.cluster
+        if cluster is None:
+            return False
+        data = self._members()
+        if data is None or int(data["epoch"]) < self._epoch:
+            return False  # no leader, or a deposed one that has not learned the latest change
+        self._epoch = int(data["epoch"])
+        members = {int(m["node_id"]) for m in data["members"]}
+        voters = {int(m["node_id"]) for m in data["members"] if m["role"] == "voter"}
+        for k in cluster.node_ids():
+            if k not in members and k in self._in_play:
+                cluster.remove_node(k)
+        self._in_play &= members
+        local = set(cluster.node_ids())
+        self._learners = sorted((members - voters) & local)
+        if set(self.nodes.ids) != members & local or set(self.nodes.voter_ids) != voters:
+            self.nodes.set_members(members & local, voters)
+        return True
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "ops": dict(self.ops),
+            "changes": {k: dict(v) for k, v in sorted(self.changes.items())},
+            "refusals": list(self.refusals),
+            "empty_start_refused": self.empty_start_refused,
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "members": self.nodes.ids,
+            "voters": list(self.nodes.voter_ids),
+        }
+
+
+def _peer(cluster: LocalCluster, k: int) -> str:
+    return cluster.peer_address(k)
+
+
+def _row(data: Mapping[str, Any], k: int) -> dict[str, Any] | None:
+    return next((m for m in data["members"] if int(m["node_id"]) == k), None)
 
 
 def set_partition(clients: Mapping[int, Client], a: int, b: int, on: bool) -> None:
@@ -778,10 +1142,22 @@ class LogCollector:
         self._preferred: int | None = None
 
     def run(self) -> None:
-        with _closing_all(self.nodes.node_clients()) as clients:
+        generation = -1
+        clients: dict[int, Client] = {}
+        try:
             while not self._stop.is_set():
+                if self.nodes.generation != generation:
+                    # Follow the membership: a removed node is gone, a new one may hold
+                    # the slots (its log starts at the snapshot it caught up from).
+                    for c in clients.values():
+                        c.close()
+                    generation = self.nodes.generation
+                    clients = self.nodes.node_clients()
                 self.pull(clients, top=None)
                 self._stop.wait(LOG_POLL_S)
+        finally:
+            for c in clients.values():
+                c.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -1169,11 +1545,7 @@ def run_drill(
             cluster = LocalCluster.create(
                 root / "cluster",
                 spec.nodes,
-                extra_config=(
-                    "[snapshot]\n"
-                    f"snapshot_every_entries = {SNAPSHOT_EVERY_ENTRIES}\n"
-                    f"log_retain_entries = {LOG_RETAIN_ENTRIES}\n"
-                ),
+                extra_config=DRILL_NODE_CONFIG,
             )
             env = dict(spec.node_env)
             for k in cluster.node_ids():
@@ -1210,6 +1582,8 @@ class _Drill:
         self.worker_errors: list[str] = []
         rng = random.Random(spec.seed)
         self.injector = FaultInjector(nodes, spec.faults, random.Random(rng.getrandbits(64)), spec)
+        if "reconfig" in spec.faults:
+            nodes.spare_ids = 2  # an add and a replace's add before the workers reconnect
         self.worker_seeds = [rng.getrandbits(64) for _ in range(spec.clients)]
 
     def _progress(self, phase: str, message: str = "") -> None:
@@ -1228,19 +1602,30 @@ class _Drill:
         rng = random.Random(self.worker_seeds[i])
         seen: dict[str, tuple[bytes | None, int]] = {}
         cid = f"{self.run_id}-w{i}"
+        generation = self.nodes.generation
+        c = self.nodes.client(timeout_ms=self.spec.op_timeout_ms, client_id=cid)
         try:
-            with self.nodes.client(timeout_ms=self.spec.op_timeout_ms, client_id=cid) as c:
-                n = 0
-                while not self.stop_workers.is_set() and len(self.history) < HISTORY_OPS_MAX:
-                    n += 1
-                    epoch = self.workload.epoch_at(self.history.now_ms())
-                    op = self.workload.next_op(rng, epoch, f"{cid}/{n}".encode(), seen)
-                    e = run_op(c, op, self.history)
-                    self.history.add(e)
-                    if e.operation.result is not None:
-                        _remember(seen, op, e.operation.result)
+            n = 0
+            while not self.stop_workers.is_set() and len(self.history) < HISTORY_OPS_MAX:
+                if self.nodes.generation != generation:
+                    # The members changed: a new client (so a new session, between two
+                    # ops) that knows them. Values stay unique: they carry the worker's id.
+                    c.close()
+                    generation = self.nodes.generation
+                    c = self.nodes.client(
+                        timeout_ms=self.spec.op_timeout_ms, client_id=f"{cid}.g{generation}"
+                    )
+                n += 1
+                epoch = self.workload.epoch_at(self.history.now_ms())
+                op = self.workload.next_op(rng, epoch, f"{cid}/{n}".encode(), seen)
+                e = run_op(c, op, self.history)
+                self.history.add(e)
+                if e.operation.result is not None:
+                    _remember(seen, op, e.operation.result)
         except Exception as e:  # a worker bug must end the drill's claims, not hide
             self.worker_errors.append(f"worker {i}: {type(e).__name__}: {e}")
+        finally:
+            c.close()
 
     def run(self) -> dict[str, Any]:
         spec, nodes = self.spec, self.nodes
@@ -1275,7 +1660,7 @@ class _Drill:
             # Heal first, then stop the workers: their last ops see a healed cluster.
             self._progress("healing", "ending the fault in progress, restarting, unpartitioning")
             self.injector.stop()
-            faults_thread.join(max(KILL_DOWN_S[1], PARTITION_S[1]) + 30)
+            faults_thread.join(max(KILL_DOWN_S[1], PARTITION_S[1]) + 30 + 3 * ADMIN_WAIT_S)
             self._heal_all()
             self.stop_workers.set()
             for w in workers:
@@ -1299,6 +1684,14 @@ class _Drill:
     def _check(self, collector: LogCollector, run_ms: int) -> dict[str, Any]:
         spec, nodes = self.spec, self.nodes
         violations: list[Violation] = []
+        reconfig = self.injector.reconfig
+        if "reconfig" in spec.faults:
+            # The final membership is the leader's: removed nodes are out of the comparison.
+            deadline = time.monotonic() + spec.converge_timeout_s
+            while not reconfig.sync() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for finding in reconfig.findings:
+                violations.append(Violation("membership", finding))
         self._progress("converging", "waiting for every replica to agree")
         # Judged after the final reads (below); a cluster that cannot converge now gets a
         # shorter second wait.
@@ -1390,6 +1783,7 @@ class _Drill:
                 "errors": self.injector.errors,
                 "events": [ev.as_dict() for ev in self.injector.events],
             },
+            "reconfig": self.injector.reconfig.report() if "reconfig" in spec.faults else None,
             "restarts": [ev.as_dict() for ev in restarts],
             "recovery": {
                 "catch_up": _summary(
@@ -1649,6 +2043,8 @@ __all__ = [
     "History",
     "LogCopy",
     "Nodes",
+    "RECONFIG_OPS",
+    "Reconfig",
     "Violation",
     "check_log",
     "diagnose_convergence",

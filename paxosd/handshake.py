@@ -203,8 +203,10 @@ class SecureSession:
         self._send_seq = seq + 1
         return self._send.encrypt(self._nonce(seq), plaintext, None)
 
-    def open(self, record: bytes) -> bytes:
-        """The plaintext of the next frame. Raises FrameAuthError, and nothing else."""
+    def open(self, record: bytes | memoryview) -> bytes:
+        """The plaintext of the next frame. Raises FrameAuthError, and nothing else.
+
+        ``record`` may be a view into the reader's buffer: nothing of it is kept."""
         if self._recv_failed:
             raise FrameAuthError("session already failed")
         if len(record) < AEAD_TAG_BYTES:

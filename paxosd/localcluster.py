@@ -15,12 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paxosd.backup import read_backup
 from paxosd.client import Client, ClientError
-from paxosd.initcluster import client_address, init_cluster
+from paxosd.initcluster import client_address, init_cluster, peer_address, render_config
+from paxosd.restore import RestoreError, restore_into
 from paxosd.storage import DB_FILENAME, Storage
 
 MANIFEST = "cluster.json"
@@ -71,6 +74,8 @@ class LocalCluster:
     nodes: int
     base_port: int
     host: str = "127.0.0.1"
+    # Nodes removed from the cluster (`remove_node`): their files stay, they are not started.
+    removed: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ files
 
@@ -83,8 +88,35 @@ class LocalCluster:
         base_port: int | None = None,
         durability: str = "fsync",
         extra_config: str = "",
+        restore: Path | None = None,
+        restore_nodes: Collection[int] | None = None,
+        databases: bool = True,
     ) -> LocalCluster:
-        """Write configs, keys and bootstrapped (empty) databases under ``root``."""
+        """Write configs, keys and bootstrapped (empty) databases under ``root``.
+
+        ``restore``: a backup file (paxosctl snapshot save) that seeds the databases of
+        ``restore_nodes`` (default: every node) instead; any other node is bootstrapped
+        empty and catches up by snapshot. Restore at least a majority (see paxosd.restore).
+        ``databases=False`` writes configs and keys only (the caller runs paxosd restore).
+        Without ``restore``, a node that already has a database keeps it; with it, an existing
+        database of a node to restore is refused before anything is written.
+
+        :raises BackupError: the backup file is not a whole, unaltered backup.
+        :raises RestoreError: its state is not what its header says.
+        :raises ValueError: ``restore_nodes`` is not a majority.
+        """
+        # A minority restored leaves an empty majority that can elect a leader which never saw
+        # the backup and decide new values in slots the backup covers.
+        restored = set(range(1, nodes + 1)) if restore_nodes is None else set(restore_nodes)
+        if restore is not None and 2 * len(restored & set(range(1, nodes + 1))) <= nodes:
+            raise ValueError(f"restore at least a majority of the {nodes} nodes")
+        # Read (and check) the backup before anything is written: a bad file changes nothing.
+        backup = read_backup(restore) if restore is not None else None
+        if backup is not None and databases:
+            for k in sorted(restored):
+                db = root / "data" / f"n{k}" / DB_FILENAME
+                if db.exists():
+                    raise RestoreError(f"{db} exists: restore into a new cluster's folder")
         root.mkdir(parents=True, exist_ok=True)
         base = base_port if base_port is not None else pick_base_port(nodes)
         init_cluster(root, nodes, base_port=base, cluster_id="local", force=True)
@@ -99,7 +131,11 @@ class LocalCluster:
                 text += "\n" + extra_config
             cfg.write_text(text)
             db = root / "data" / f"n{k}" / DB_FILENAME
-            if not db.exists():
+            if db.exists() or not databases:
+                continue
+            if backup is not None and k in restored:
+                restore_into(db.parent, backup, cluster_id="local", node_id=k)
+            else:
                 # The one deliberate bootstrap: a brand-new member starts with an empty log.
                 Storage.open(db, cluster_id="local", node_id=k, create=True).close()
         cluster = cls(root=root, nodes=nodes, base_port=base)
@@ -109,13 +145,20 @@ class LocalCluster:
     @classmethod
     def load(cls, root: Path) -> LocalCluster:
         m = json.loads((root / MANIFEST).read_text())
-        return cls(root=root, nodes=int(m["nodes"]), base_port=int(m["base_port"]), host=m["host"])
+        return cls(
+            root=root,
+            nodes=int(m["nodes"]),
+            base_port=int(m["base_port"]),
+            host=m["host"],
+            removed=tuple(int(k) for k in m.get("removed", ())),
+        )
 
     def manifest(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes,
             "base_port": self.base_port,
             "host": self.host,
+            "removed": list(self.removed),
             "endpoints": [str(a) for a in self.endpoint_strings()],
             "client_key_file": str(self.root / "keys" / "client.key"),
         }
@@ -136,8 +179,45 @@ class LocalCluster:
     def client(self, **kwargs: Any) -> Client:
         return Client(self.endpoints(), self.client_key(), **kwargs)
 
-    def node_ids(self) -> range:
-        return range(1, self.nodes + 1)
+    def node_ids(self) -> list[int]:
+        return [k for k in range(1, self.nodes + 1) if k not in self.removed]
+
+    def peer_address(self, k: int) -> str:
+        return str(peer_address(self.host, self.base_port, k))
+
+    def add_node(self, *, extra_config: str = "") -> int:
+        """Write the config and empty database of one more node, which joins the running
+        cluster as a non-member (``initial_cluster_state = "existing"``): it votes only after
+        `paxosctl member add` and `member promote`. Returns its node id; start it yourself.
+        ``extra_config``: appended to its config, as ``create`` does for the first nodes."""
+        k = self.nodes + 1
+        ports = [self.base_port + k, self.base_port + 100 + k]
+        if not _ports_free(self.host, ports):
+            raise RuntimeError(f"ports {ports} for node {k} are in use")
+        hosts = (self.host,) * k
+        text = render_config(k, hosts, self.base_port, "local", f"data/n{k}")
+        text = text.replace(
+            "client_address =", 'initial_cluster_state = "existing"\nclient_address =', 1
+        )
+        if extra_config:
+            text += "\n" + extra_config
+        data = self.root / "data" / f"n{k}"
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.config_path(k).write_text(text)
+        # A brand-new member's one deliberate empty log (it is not a voter yet).
+        Storage.open(data / DB_FILENAME, cluster_id="local", node_id=k, create=True).close()
+        self.nodes = k
+        self._write_manifest()
+        return k
+
+    def remove_node(self, k: int) -> None:
+        """Stop node ``k`` and leave it out from now on (after `paxosctl member remove`)."""
+        self.stop(k)
+        self.removed = tuple(sorted({*self.removed, k}))
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        (self.root / MANIFEST).write_text(json.dumps(self.manifest(), indent=2) + "\n")
 
     def config_path(self, k: int) -> Path:
         return self.root / f"n{k}.toml"

@@ -13,12 +13,13 @@ import os
 import random
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from paxosd.commands import (
@@ -34,7 +35,15 @@ from paxosd.commands import (
     is_read,
 )
 from paxosd.config import Config
-from paxosd.core.io import ClientCommand, ReadIndex, Ready, Received, SnapshotTaken, Tick
+from paxosd.core.io import (
+    AdminResult,
+    ClientCommand,
+    ReadIndex,
+    Ready,
+    Received,
+    SnapshotTaken,
+    Tick,
+)
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Snapshot
 from paxosd.metrics import Metrics
@@ -43,14 +52,21 @@ from paxosd.storage import DB_FILENAME, Storage, StorageError
 
 log = structlog.get_logger("paxosd.node")
 
+# Snapshot at least this often in commands, whatever snapshot_every_entries says in slots: with
+# big batches, 10,000 slots of log could hold millions of commands (measured: ~195 bytes each).
+SNAPSHOT_EVERY_COMMANDS = 100_000
 # A tick every 10 ms is finer than any core timer (heartbeats are tens of ms).
 TICK_MS = 10
 # Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
 PENDING_REQUESTS_MAX = 100_000
 PENDING_REQUEST_AGE_MS_MAX = 60_000
-# view_log shows each command's result for this many recent slots (results are not logged:
-# every replica computes the same ones when it applies, so each keeps its own recent few).
+# view_log shows each command's result for recent slots (results are not logged: every
+# replica computes the same ones when it applies, so each keeps its own recent few). Bounded
+# by slots, by commands (a slot holds up to batch_commands_max of them) and by result bytes
+# (a result read through the log can be a 4 MiB page), whichever binds first.
 RECENT_RESULTS_SLOTS_MAX = 10_000
+RECENT_RESULTS_COMMANDS_MAX = 100_000
+RECENT_RESULTS_BYTES_MAX = 8 << 20
 # TEST-ONLY fault injection: ``PAXOSD_TEST_PLANT_BUG=ack_before_durable`` makes a leader answer
 # a put "ok" as soon as the put is queued, before its slot is decided (so before it is
 # durable on a majority), with a guessed version. It exists so that tests can show that
@@ -69,6 +85,72 @@ class PendingRequest:
     conn_id: int
     request_id: int
     since_ms: int
+
+
+_results_encoder = msgspec.msgpack.Encoder()
+_results_decoder = msgspec.msgpack.Decoder(list[bytes])
+
+
+class RecentResults:
+    """The encoded results of the last applied slots, for view_log: ``slot -> [result, ...]``.
+
+    Slots are applied in order, so they are kept as one run (its first slot and a deque),
+    and each slot's results as one msgpack blob: a put's result is ~10 bytes, and a bytes
+    object, a list entry and a dict entry per command cost several times that (10,000
+    slots of 16 puts took 10 MB).
+    """
+
+    def __init__(
+        self,
+        slots_max: int = RECENT_RESULTS_SLOTS_MAX,
+        commands_max: int = RECENT_RESULTS_COMMANDS_MAX,
+        bytes_max: int = RECENT_RESULTS_BYTES_MAX,
+    ) -> None:
+        assert slots_max >= 1 and commands_max >= 1 and bytes_max >= 1
+        self.slots_max = slots_max
+        self.commands_max = commands_max
+        self.bytes_max = bytes_max
+        self._first = 0  # the slot of _blobs[0]
+        self._blobs: deque[bytes] = deque()
+        self._counts: deque[int] = deque()
+        self.commands = 0
+        self.bytes = 0
+
+    def add(self, slot: int, results: list[bytes]) -> None:
+        """Keep ``slot``'s results, evicting the oldest slots (this one too, if it alone is
+        over a bound) until every bound holds. A slot out of sequence starts a new run."""
+        if slot != self._first + len(self._blobs):
+            self.clear()
+            self._first = slot
+        blob = _results_encoder.encode(results)
+        self._blobs.append(blob)
+        self._counts.append(len(results))
+        self.commands += len(results)
+        self.bytes += len(blob)
+        while self._blobs and (
+            len(self._blobs) > self.slots_max
+            or self.commands > self.commands_max
+            or self.bytes > self.bytes_max
+        ):
+            self.commands -= self._counts.popleft()
+            self.bytes -= len(self._blobs.popleft())
+            self._first += 1
+
+    def clear(self) -> None:
+        self._blobs.clear()
+        self._counts.clear()
+        self.commands = self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def __contains__(self, slot: object) -> bool:
+        return isinstance(slot, int) and 0 <= slot - self._first < len(self._blobs)
+
+    def __getitem__(self, slot: int) -> list[bytes]:
+        if slot not in self:
+            raise KeyError(slot)
+        return _results_decoder.decode(self._blobs[slot - self._first])
 
 
 class Node:
@@ -94,7 +176,7 @@ class Node:
         self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
         # Read-index reads: token -> (conn, request id, op, read index + 1 once confirmed).
         self.reads: dict[int, tuple[int, int, Op, int]] = {}
-        self.recent_results: OrderedDict[int, list[bytes]] = OrderedDict()
+        self.recent_results = RecentResults()
         self._read_tokens = 0
         self.read_index = True
         # The daemon replaces this with the transport's send_many; until then (recovery) and
@@ -102,7 +184,12 @@ class Node:
         self.sent: list[tuple[NodeId, Any]] = []
         self.send: Callable[[list[tuple[NodeId, Any]]], object] = self.sent.extend
         self.replayed = 0
+        # Outcomes of membership changes and leader transfers, for the daemon to answer.
+        self.admin_results: list[AdminResult] = []
         self.snapshot_due = durable.snapshot.slot if durable.snapshot else 0
+        # Commands applied since the last snapshot: the log kept in memory and on disk grows
+        # with commands, not slots (a slot holds up to batch_commands_max of them).
+        self.commands_since_snapshot = 0
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
         self.drain()
         self.recovery = {
@@ -191,7 +278,10 @@ class Node:
             self._handle(rd)
             r.advance(rd)
             applied = r.applied_through
-            if applied - self.snapshot_due >= self.config.snapshot.snapshot_every_entries:
+            if (
+                applied - self.snapshot_due >= self.config.snapshot.snapshot_every_entries
+                or self.commands_since_snapshot >= SNAPSHOT_EVERY_COMMANDS
+            ):
                 self.take_snapshot()
 
     def _handle(self, rd: Ready) -> None:
@@ -218,12 +308,10 @@ class Node:
             self.recent_results.clear()
             self.log.info("snapshot restored", slot=rd.restore.slot)
         for entry in rd.to_apply:
+            self.commands_since_snapshot += len(entry.value)
             results = self.sm.apply(entry.slot, entry.value)
             self.replayed += 1
-            recent = self.recent_results
-            recent[entry.slot] = [r for _, _, r in results]
-            if len(recent) > RECENT_RESULTS_SLOTS_MAX:
-                recent.popitem(last=False)
+            self.recent_results.add(entry.slot, [r for _, _, r in results])
             if m is not None and entry.value:
                 m.batch_commands.observe(len(entry.value))
             for client_id, seq, result in results:
@@ -246,6 +334,7 @@ class Node:
                 self.reads[rr.token] = (conn_id, request_id, op, rr.index + 1)
         if self.reads:
             self._serve_reads()
+        self.admin_results.extend(rd.admin)
         # 5. Commands this replica cannot order go back with a hint.
         for red in rd.redirects:
             try:
@@ -276,6 +365,7 @@ class Node:
         if slot == 0:
             return 0
         self.snapshot_due = slot
+        self.commands_since_snapshot = 0
         self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=self.sm.snapshot())))
         self.log.info("snapshot taken", slot=slot)
         return slot
@@ -306,6 +396,9 @@ class Node:
             "accepted_not_decided": sorted(s for s in r.accepted if s > r.decided_through)[:100],
             "digest": self.sm.digest(),
             "pending_requests": len(self.pending),
+            "voters": sorted(r.voters),
+            "learners": sorted(r.membership.learners),
+            "membership_epoch": r.membership.epoch,
             "peer_lag": {
                 str(p): max(0, r.decided_through - v) for p, v in r.peer_voted_slot.items()
             }

@@ -39,7 +39,15 @@ import sqlite_utils
 import structlog
 
 from paxosd.core.io import DurableState, PersistRecord
-from paxosd.core.types import ZERO_BALLOT, AcceptedEntry, Ballot, DecidedEntry, Snapshot, Value
+from paxosd.core.types import (
+    ZERO_BALLOT,
+    AcceptedEntry,
+    Ballot,
+    DecidedEntry,
+    Membership,
+    Snapshot,
+    Value,
+)
 
 __all__ = [
     "DB_FILENAME",
@@ -199,8 +207,11 @@ def _decided_checksum(slot: int, blob: bytes) -> int:
     return zlib.crc32(blob, zlib.crc32(_DECIDED_HEADER.pack(slot)))
 
 
-def _snapshot_checksum(slot: int, state: bytes) -> int:
-    return zlib.crc32(state, zlib.crc32(_SNAPSHOT_HEADER.pack(slot, _SNAPSHOT_TAG)))
+def _snapshot_checksum(slot: int, state: bytes, membership: bytes = b"") -> int:
+    # Schema 1 had no membership; crc32 over b"" is the identity, so old rows still check.
+    return zlib.crc32(
+        membership, zlib.crc32(state, zlib.crc32(_SNAPSHOT_HEADER.pack(slot, _SNAPSHOT_TAG)))
+    )
 
 
 def _promised_checksum(ballot_round: int, ballot_node: int) -> int:
@@ -267,9 +278,18 @@ def _migration_1_initial_schema(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_2_snapshot_membership(db: sqlite_utils.Database) -> None:
+    """Snapshots carry the cluster membership in effect at their slot (msgpack; empty: the
+    bootstrap membership), since membership changes are log commands compaction drops."""
+    db.conn.execute("ALTER TABLE snapshot ADD COLUMN membership BLOB NOT NULL DEFAULT x''")
+
+
 # MIGRATIONS[i] takes the schema from version i to version i + 1. Append only: a released
 # migration never changes, because databases in the field have already run it.
-MIGRATIONS: tuple[Migration, ...] = (_migration_1_initial_schema,)
+MIGRATIONS: tuple[Migration, ...] = (
+    _migration_1_initial_schema,
+    _migration_2_snapshot_membership,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SCHEMA_VERSION_TABLE = "schema_version"
@@ -449,9 +469,10 @@ _SQL_ACCEPT = (
 _SQL_DECIDE = "INSERT OR REPLACE INTO decided (slot, value, checksum) VALUES (?, ?, ?)"
 # Mirrors DurableState.apply: a snapshot only ever moves forward.
 _SQL_SNAPSHOT = (
-    "INSERT INTO snapshot (id, slot, state, checksum) VALUES (0, ?, ?, ?) "
+    "INSERT INTO snapshot (id, slot, state, checksum, membership) VALUES (0, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET slot = excluded.slot, state = excluded.state, "
-    "checksum = excluded.checksum WHERE excluded.slot > snapshot.slot"
+    "checksum = excluded.checksum, membership = excluded.membership "
+    "WHERE excluded.slot >= snapshot.slot"
 )
 _SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot <= ?"
 _SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot <= ?"
@@ -721,12 +742,14 @@ class Storage:
                     conn.executemany(_SQL_DECIDE, decided_rows)
                 snapshot = record.snapshot
                 if snapshot is not None:
+                    members = _encode_membership(snapshot.membership)
                     conn.execute(
                         _SQL_SNAPSHOT,
                         (
                             snapshot.slot,
                             snapshot.state,
-                            _snapshot_checksum(snapshot.slot, snapshot.state),
+                            _snapshot_checksum(snapshot.slot, snapshot.state, members),
+                            members,
                         ),
                     )
                 cut = record.compact_through
@@ -750,6 +773,19 @@ class Storage:
             self._promised = promised
 
     # ------------------------------------------------------------------- reading
+
+    def forget_log_slots(self, slots: list[int]) -> None:
+        """Delete these slots' accepted and decided rows, in one transaction. Only for
+        ``paxosd force-new-cluster``, which must drop membership commands naming dead voters:
+        no Paxos path ever deletes a vote."""
+        if not slots:
+            return
+        conn = self._conn
+        with _sqlite_errors(self.path, "cannot forget log slots"):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("DELETE FROM accepted WHERE slot = ?", [(s,) for s in slots])
+            conn.executemany("DELETE FROM decided WHERE slot = ?", [(s,) for s in slots])
+            conn.execute("COMMIT")
 
     def load(self) -> DurableState:
         """Everything that was made durable, exactly as ``DurableState.apply`` folded it.
@@ -997,13 +1033,26 @@ def _read_promised(conn: sqlite3.Connection, path: Path) -> Ballot:
 
 
 def _read_snapshot(conn: sqlite3.Connection, path: Path) -> Snapshot | None:
-    row = conn.execute("SELECT slot, state, checksum FROM snapshot WHERE id = 0").fetchone()
+    row = conn.execute(
+        "SELECT slot, state, checksum, membership FROM snapshot WHERE id = 0"
+    ).fetchone()
     if row is None:
         return None
-    slot, state, checksum = row
-    if _snapshot_checksum(slot, state) != checksum:
+    slot, state, checksum, members = row
+    if _snapshot_checksum(slot, state, members) != checksum:
         raise ChecksumMismatch(path, "snapshot", slot)
-    return Snapshot(slot, state)
+    try:
+        membership = _MEMBERSHIP_DECODER.decode(members) if members else None
+    except msgspec.DecodeError as e:
+        raise CorruptRecord(path, f"snapshot membership does not decode: {e}") from e
+    return Snapshot(slot=slot, state=state, membership=membership)
+
+
+_MEMBERSHIP_DECODER = msgspec.msgpack.Decoder(Membership)
+
+
+def _encode_membership(m: Membership | None) -> bytes:
+    return b"" if m is None else msgspec.msgpack.encode(m)
 
 
 def _raise_corrupt_row(path: Path, table: str, slot: int, exc: Exception) -> NoReturn:

@@ -1,30 +1,35 @@
 """Authenticated, encrypted connections between nodes (peer port) and to clients (client port).
 
-Built on ``multiprocessing.connection.Connection`` and nothing but ``send_bytes`` /
-``recv_bytes(maxlength=...)``: ``send()``/``recv()`` pickle, and unpickling peer bytes runs
-peer code. Each connection is set up by ``paxosd.handshake`` (authkey challenge, X25519 +
-HKDF, key confirmation) and then carries AEAD-sealed records of typed envelopes
-(``paxosd.framing``).
+The wire is ``multiprocessing.connection``'s: each record is a 4-byte big-endian length (or
+-1 then an 8-byte length) and that many bytes. Each connection is set up by
+``paxosd.handshake`` (authkey challenge, X25519 + HKDF, key confirmation) with the stdlib's
+``send_bytes``/``recv_bytes(maxlength=...)`` (never ``send()``/``recv()``: they pickle, and
+unpickling peer bytes runs peer code), and then carries AEAD-sealed records of typed
+envelopes (``paxosd.framing``).
 
-Threads, and why each exists (the daemon has one event loop; everything that can block on a
-remote party lives on a thread of its own, so one bad or slow party only stalls itself):
+Who does what, and why (the daemon has one event loop, and a message that crosses a thread
+costs a GIL hand-off and a pipe write, which on the hot path cost more than the message):
 
+- the event loop reads every established connection itself. ``waitables()`` is one
+  long-lived epoll per port; ``drain()`` asks it which sockets are readable, reads each once
+  (``MSG_DONTWAIT``, at most ``read_bytes_per_turn``, so one chatty party cannot starve the
+  others), splits the bytes into records itself, and opens and decodes them. A party that
+  stops half-way through a record leaves bytes in its connection's buffer and stalls nobody.
+  A record that fails (bad length, authentication, decoding, a foreign ``src``) closes that
+  connection alone, with the reason logged.
+- the event loop writes too: ``send()``/``reply()`` seal what is queued into one record and
+  hand it to the kernel without blocking. Whatever the socket buffer cannot take is left to
+  the connection's writer thread, the only thing that ever blocks on a slow party.
 - one listener per port: accepts, and hands each socket to a handshake thread. It never reads
   from a socket, so a connector that says nothing cannot stop it accepting others. At most
   ``pending_handshakes_max`` handshakes run at once; beyond that new sockets are closed.
-- one handshake thread per pending connection, bounded by the handshake deadline.
-- one reader thread per connection: ``recv_bytes`` has no timeout and returns only with a
-  whole frame, so if the loop read sockets itself a peer stopping half-way through a frame
-  (or a network stalling mid-frame) would stop the loop. Readers decode, check the sender,
-  and queue ``(src, body)`` for the loop, signalling one pipe the loop waits on.
-- one writer thread per connection: a peer that stops reading fills its socket buffer, and a
-  blocking ``send_bytes`` from the loop would then stop the loop. The writer drains the
-  send queue in batches (one seal and one ``send_bytes`` for many frames).
-- one connector per peer (peer port only): connects, handshakes, waits for the connection to
-  end, then reconnects after a jittered exponential back-off.
+- one handshake thread per pending connection, bounded by the handshake deadline; it hands
+  the established connection to the loop through a list and the wake-up pipe.
+- one connector per peer (peer port only): connects, handshakes, watches the connection it
+  opened (peers send nothing back on it, so readable means it ended), then reconnects after
+  a jittered exponential back-off.
 
-The loop's side is ``waitables()`` (pass them to ``multiprocessing.connection.wait``),
-``drain()`` (decoded ``(src, body)`` pairs) and ``send()`` (encode and queue; never blocks).
+Every loop-side call (``drain``, ``send``, ``reply``, ``close``...) must come from one thread.
 """
 
 from __future__ import annotations
@@ -50,7 +55,6 @@ from paxosd.core.messages import Message
 from paxosd.core.types import NodeId
 from paxosd.framing import (
     BATCH_FRAMES_MAX_DEFAULT,
-    BATCH_HEADER_BYTES_MAX,
     FRAME_BYTES_MAX_DEFAULT,
     BadFrame,
     ClientBody,
@@ -84,13 +88,17 @@ B = TypeVar("B")
 # Bounds on joining our own threads at close(); they are daemon threads, so one stuck in a
 # kernel call cannot keep the process alive, but tests want them gone.
 _JOIN_TIMEOUT_S = 5.0
-# The largest record the loop writes itself rather than via the writer thread; see
-# _Channel.flush for why a write this small to a socket that polls writable cannot block.
-DIRECT_WRITE_BYTES_MAX = 2048
-# What a record adds to its frames on the wire: length header, batch header, AEAD tag.
-_RECORD_OVERHEAD_BYTES = 4 + BATCH_HEADER_BYTES_MAX + AEAD_TAG_BYTES
 # The drain() default: how many frames the loop takes per wake-up before it does other work.
 DRAIN_FRAMES_MAX_DEFAULT = 4096
+# The record header multiprocessing.connection writes: a signed length, or -1 and a u64.
+_LENGTH = struct.Struct("!i")
+_LENGTH_LONG = struct.Struct("!Q")
+# One recv_into of the loop reads at most this much (a buffer shared by every connection of
+# a port, allocated once: a fresh buffer this big per recv would be an mmap per call).
+_READ_CHUNK_BYTES_MAX = 256 * 1024
+# How often a connector watching its idle connection re-checks for close(); the end of the
+# connection itself wakes it at once.
+_WATCH_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +113,12 @@ class TransportLimits:
     pending_handshakes_max: int = 64
     # Encoded frames waiting to be written, per peer (or per client connection).
     send_queue_frames_max: int = 4096
-    # Decoded frames waiting for the loop, per connection. When full the reader stops
-    # reading, so TCP pushes back on that sender alone.
+    # Decoded frames waiting for the loop, per port. While this many wait, the loop reads
+    # no socket of the port, so TCP pushes back on the senders.
     inbox_frames_max: int = 4096
+    # Bytes the loop reads from one connection per drain(), so that one busy party cannot
+    # starve the rest; unread bytes wait in the kernel for the next turn.
+    read_bytes_per_turn: int = 256 * 1024
     # Established client connections (the peer port holds one inbound per known peer).
     client_connections_max: int = 256
     connect_timeout_ms: int = 2000
@@ -122,6 +133,7 @@ class TransportLimits:
         assert self.pending_handshakes_max >= 1
         assert self.send_queue_frames_max >= 1
         assert self.inbox_frames_max >= 1
+        assert self.read_bytes_per_turn >= 1
         assert self.client_connections_max >= 1
         assert self.connect_timeout_ms > 0
         assert 0 < self.reconnect_delay_ms_min <= self.reconnect_delay_ms_max
@@ -129,7 +141,7 @@ class TransportLimits:
 
     @property
     def record_bytes_max(self) -> int:
-        """The ``recv_bytes`` maxlength: a full record plus its AEAD tag."""
+        """The largest record length accepted: a full record plus its AEAD tag."""
         return self.frame_bytes_max + AEAD_TAG_BYTES
 
 
@@ -151,7 +163,7 @@ class PeerStats:
 
 
 def _tune(sock: socket.socket) -> None:
-    # Frames are already batched by the writer, so Nagle's algorithm would only delay
+    # Frames are already batched per record, so Nagle's algorithm would only delay
     # heartbeats and replies. Keepalive finds peers that vanished without a FIN on
     # connections that carry nothing for a while.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -162,7 +174,8 @@ def _tune(sock: socket.socket) -> None:
 
 
 class _Wakeup:
-    """A self-pipe the loop can ``wait()`` on; readable while frames wait in the inbox."""
+    """A self-pipe in the loop's epoll: readable while the loop has work it cannot see in
+    a socket (frames left in the inbox, connections to adopt or to let go)."""
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe()
@@ -202,6 +215,31 @@ class _Wakeup:
             os.close(self._w)
 
 
+def split_records(data: memoryview, record_bytes_max: int) -> tuple[list[memoryview], int, bool]:
+    """The complete records at the start of ``data`` (views into it), how many bytes they
+    and their headers take, and whether the header after them declares a length above
+    ``record_bytes_max`` (refused at once, so a liar cannot make us buffer its claim)."""
+    records: list[memoryview] = []
+    pos = 0
+    end = len(data)
+    while end - pos >= 4:
+        size: int = _LENGTH.unpack_from(data, pos)[0]
+        head = 4
+        if size == -1:
+            if end - pos < 12:
+                break
+            size = _LENGTH_LONG.unpack_from(data, pos + 4)[0]
+            head = 12
+        if not 0 <= size <= record_bytes_max:
+            return records, pos, True
+        stop = pos + head + size
+        if stop > end:
+            break
+        records.append(data[pos + head : stop])
+        pos = stop
+    return records, pos, False
+
+
 class _SendQueue:
     """Encoded frames waiting to be written, bounded, dropping the OLDEST frame when full.
 
@@ -212,14 +250,15 @@ class _SendQueue:
     ones worth delivering.
 
     ``put`` does not wake the writer: the loop queues a whole Ready's worth, then
-    ``flush`` writes it as one record, directly when it can (see ``_Channel.flush``).
+    ``flush`` writes it as one record itself, and ``kick``s the writer only for what the
+    socket would not take.
     """
 
     def __init__(self, frames_max: int, stats: PeerStats) -> None:
         self.frames_max = frames_max
         self._frames: deque[bytes] = deque()
-        self._bytes = 0
         self._cond = threading.Condition(threading.Lock())
+        self._kicked = False
         self._stats = stats
 
     def __len__(self) -> int:
@@ -230,42 +269,38 @@ class _SendQueue:
         with self._cond:
             dropped = 0
             if len(self._frames) >= self.frames_max:
-                self._bytes -= len(self._frames.popleft())
+                self._frames.popleft()
                 self._stats.dropped_queue_full += 1
                 dropped = 1
             self._frames.append(frame)
-            self._bytes += len(frame)
             self._stats.frames_queued += 1
             return dropped
 
     def wait(self, closed: threading.Event) -> bool:
-        """Block until a frame is queued (True) or ``closed`` is set (False)."""
+        """Block until a frame is queued or the writer is kicked (True), or ``closed`` is
+        set (False)."""
         with self._cond:
-            while not self._frames:
+            while not self._frames and not self._kicked:
                 if closed.is_set():
                     return False
                 self._cond.wait()
+            self._kicked = False
             return not closed.is_set()
 
-    def take(self, codec: FrameCodec[B], all_within_bytes: int | None = None) -> list[bytes]:
-        """The oldest frames that fit one record; [] if none are queued.
-
-        With ``all_within_bytes``: every queued frame if together they take at most that
-        many bytes, else [] (the caller leaves a big backlog to the writer thread).
-        """
+    def take(self, codec: FrameCodec[B]) -> list[bytes]:
+        """The oldest frames that fit one record; [] if none are queued."""
         with self._cond:
             frames = self._frames
-            if all_within_bytes is not None and (
-                self._bytes > all_within_bytes or len(frames) > codec.batch_frames_max
-            ):
+            if not frames:
                 return []
+            if len(frames) == 1:
+                return [frames.popleft()]
             batch: list[bytes] = []
             size = 0
             while frames and codec.fits(size + len(frames[0]), len(batch) + 1):
                 frame = frames.popleft()
                 batch.append(frame)
                 size += len(frame)
-            self._bytes -= size
             assert not frames or batch, "send() admits only frames that fit a record alone"
             return batch
 
@@ -273,19 +308,23 @@ class _SendQueue:
         with self._cond:
             n = len(self._frames)
             self._frames.clear()
-            self._bytes = 0
             return n
 
-    def wake(self) -> None:
+    def kick(self) -> None:
+        """Wake the writer: it has bytes to finish, or the connection is closing."""
         with self._cond:
+            self._kicked = True
             self._cond.notify_all()
 
 
 class _Channel(Generic[B]):
-    """One established connection: its session, its reader and writer threads.
+    """One established connection: its session, its receive buffer, its writer thread.
 
-    Invariant: the connection is closed exactly once, by whichever of the two threads
-    exits last, and always after ``closed`` is set, so ``abort()`` never races a close.
+    Reading belongs to one party: the event loop (``loop_reads``: inbound connections) or
+    the peer's connector (outbound connections, where only the end can arrive). The file
+    descriptor is closed exactly once, by ``release()`` from the last of the reader and the
+    writer to let go, and always after ``closed`` is set, so ``abort()`` never races a
+    close and the loop never reads or writes a reused descriptor.
     """
 
     def __init__(
@@ -297,42 +336,63 @@ class _Channel(Generic[B]):
         stats: PeerStats,
         channel_id: int,
         direction: str,
+        *,
+        loop_reads: bool,
     ) -> None:
         """``queue``: where the writer takes frames from; None for a receive-only channel."""
         self.endpoint = endpoint
         self.conn = conn
+        self.fd = conn.fileno()
+        # For MSG_DONTWAIT reads and writes on the (blocking) descriptor the writer shares.
+        self.sock = socket.socket(fileno=self.fd)
         self.session = established.session
         self.peer = established.peer
         self.queue = queue
         self.stats = stats
         self.channel_id = channel_id
         self.direction = direction
+        self.loop_reads = loop_reads
         self.closed = threading.Event()
         self.close_reason = ""
         self.opened_at = time.monotonic()
-        self.inbox_pending = 0
-        self.inbox_cond = threading.Condition(threading.Lock())
+        self.started = False
+        # Set and cleared only by the loop thread, in _Endpoint._adopt.
+        self.registered = False
+        # Bytes of a record not yet complete; bounded by one record (record_bytes_max).
+        self.rx = bytearray()
         self._lock = threading.Lock()
-        self._threads_running = 0
+        self._holders = 0
         self.threads: list[threading.Thread] = []
-        # Held for each seal + send_bytes, so records leave in nonce order.
+        # Held for each seal + write, so records leave in nonce order.
         self.send_lock = threading.Lock()
-        self._poller = select.poll()
-        self._poller.register(conn.fileno(), select.POLLOUT)
+        # The tail of a record the socket did not take; the writer sends it before anything.
+        self.unsent = b""
 
-    def start(self) -> None:
-        name = f"paxosd-{self.endpoint.port}-{self.direction}-{self.peer}"
-        self.threads = [
-            threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
-        ]
-        if self.queue is not None:
-            self.threads.append(
-                threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True)
-            )
+    def start(self) -> bool:
+        """Mark the channel live; False (and nothing started) if it closed already."""
         with self._lock:
-            self._threads_running = len(self.threads)
-        for t in self.threads:
-            t.start()
+            if self.closed.is_set():
+                return False
+            self.started = True
+            self._holders = 1  # the reader; a writer adds itself when it starts
+        return True
+
+    def _kick(self) -> None:
+        """Hand the rest to the writer thread, starting it the first time: most
+        connections never fill their socket buffer and never need one."""
+        queue = self.queue
+        assert queue is not None
+        queue.kick()
+        if self.threads:
+            return
+        with self._lock:
+            if self.closed.is_set() or not self.started or self.threads:
+                return
+            self._holders += 1
+            name = f"paxosd-{self.endpoint.port}-{self.direction}-{self.peer}-writer"
+            t = threading.Thread(target=self._write_loop, name=name, daemon=True)
+            self.threads = [t]
+        t.start()
 
     def close(self, reason: str, *, bad_peer: bool = False) -> None:
         """Idempotent. The first reason is the one logged, before the socket goes down, so
@@ -342,7 +402,7 @@ class _Channel(Generic[B]):
                 return
             self.close_reason = reason
             self.closed.set()
-            never_started = not self.threads
+            started = self.started
         log = _logger().warning if bad_peer else _logger().info
         log(
             "connection_closed",
@@ -355,106 +415,212 @@ class _Channel(Generic[B]):
         )
         self.conn.abort()
         if self.queue is not None:
-            self.queue.wake()
-        with self.inbox_cond:
-            self.inbox_cond.notify_all()
-        if never_started:
-            self.conn.close()
-        self.endpoint._channel_closed(self)
+            self.queue.kick()
+        if not started:
+            self._close_fd()
+        self.endpoint._channel_closed(self, started)
 
-    def _thread_exit(self) -> None:
+    def release(self) -> None:
+        """The reader or the writer is done with the descriptor; the last one closes it."""
         with self._lock:
-            self._threads_running -= 1
-            last = self._threads_running == 0
+            self._holders -= 1
+            last = self._holders == 0
         if last:
-            self.conn.close()
+            # A flush that found the channel open under send_lock finishes its write first.
+            with self.send_lock:
+                self._close_fd()
 
-    def _read_loop(self) -> None:
+    def _close_fd(self) -> None:
+        self.sock.detach()
+        self.conn.close()
+
+    # ------------------------------------------------------------------ reading (loop)
+
+    def receive(self, inbox: deque[tuple[_Channel[B], B]], buf: bytearray) -> None:
+        """Read what the socket has (up to ``read_bytes_per_turn``) and queue the bodies of
+        every complete record in ``inbox``. Never blocks. ``buf`` is the port's scratch."""
+        budget = self.endpoint.limits.read_bytes_per_turn
+        view = memoryview(buf)
+        chunk = len(buf)
+        while budget > 0 and not self.closed.is_set():
+            want = min(chunk, budget)
+            try:
+                n = self.sock.recv_into(buf, want, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.close(f"receive failed: {e}")
+                return
+            if n == 0:
+                self.close("peer closed the connection")
+                return
+            budget -= n
+            self._absorb(view[:n], inbox)
+            if n < want:
+                return  # the socket is empty
+
+    def _absorb(self, data: memoryview, inbox: deque[tuple[_Channel[B], B]]) -> None:
+        rx = self.rx
+        if not rx:
+            used = self._records(data, inbox)
+            if used < len(data) and not self.closed.is_set():
+                rx += data[used:]
+            return
+        rx += data
+        with memoryview(rx) as whole:
+            used = self._records(whole, inbox)
+        del rx[:used]
+
+    def _records(self, data: memoryview, inbox: deque[tuple[_Channel[B], B]]) -> int:
+        """Open and decode the complete records at the start of ``data``; returns how many
+        bytes they took. Closes the channel (and stops) at the first bad one."""
+        records, used, refused = split_records(data, self.endpoint.limits.record_bytes_max)
+        decode = self.endpoint.codec.decode
+        session = self.session
+        peer = self.peer
+        for record in records:
+            try:
+                envelopes = decode(session.open(record))
+            except BadFrame as e:
+                self.close(f"bad frame: {e}", bad_peer=True)
+                return used
+            except Exception as e:
+                # A decoder bug, not a peer error. It runs on the loop now, so raising
+                # would stop the node for one party's bytes: close this connection and
+                # log the traceback loudly instead, so the bug is seen.
+                _logger().exception("decoder_bug", node=self.endpoint.node, peer=peer)
+                self.close(f"decoder bug: {e!r}", bad_peer=True)
+                return used
+            for envelope in envelopes:
+                if envelope.src != peer:
+                    self.close(
+                        f"frame claims src {envelope.src} on a connection authenticated as {peer}",
+                        bad_peer=True,
+                    )
+                    return used
+            if len(envelopes) == 1:
+                inbox.append((self, envelopes[0].body))
+            else:
+                inbox.extend([(self, e.body) for e in envelopes])
+        if refused:
+            # The stdlib's words, as when recv_bytes refused it: before a byte of the body
+            # is buffered.
+            self.close("receive failed: bad message length", bad_peer=True)
+        return used
+
+    def watch(self, stopping: threading.Event) -> None:
+        """The connector's side of an outbound connection: nothing is ever sent to us on
+        it, so wait for it to end (or to be closed here) and say why."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
         try:
-            codec = self.endpoint.codec
-            record_bytes_max = self.endpoint.limits.record_bytes_max
-            while not self.closed.is_set():
+            while not self.closed.is_set() and not stopping.is_set():
+                if not poller.poll(_WATCH_INTERVAL_MS) or self.closed.is_set():
+                    continue
                 try:
-                    record = self.conn.recv_bytes(record_bytes_max)
-                except EOFError:
-                    self.close("peer closed the connection")
-                    return
+                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
                 except OSError as e:
-                    # Includes recv_bytes' "bad message length": a length header above
-                    # record_bytes_max, refused before the body is read.
-                    self.close(f"receive failed: {e}", bad_peer=str(e) == "bad message length")
-                    return
-                try:
-                    envelopes = codec.decode(self.session.open(record))
-                except BadFrame as e:
-                    self.close(f"bad frame: {e}", bad_peer=True)
-                    return
-                except Exception as e:
-                    # A decoder bug, not a peer error: close this connection, then let the
-                    # thread die loudly so the bug is seen.
-                    self.close(f"decoder bug: {e!r}", bad_peer=True)
-                    raise
-                bodies: list[B] = []
-                for envelope in envelopes:
-                    if envelope.src != self.peer:
-                        self.close(
-                            f"frame claims src {envelope.src} on a connection "
-                            f"authenticated as {self.peer}",
-                            bad_peer=True,
-                        )
-                        return
-                    bodies.append(envelope.body)
-                if not self.endpoint._deliver(self, bodies):
-                    return
+                    self.close(f"receive failed: {e}")
+                    break
+                if not data:
+                    self.close("peer closed the connection")
+                else:
+                    self.close("peer sent on our outbound connection", bad_peer=True)
         finally:
-            self._thread_exit()
+            self.release()
+
+    # ------------------------------------------------------------------ writing
 
     def flush(self) -> None:
-        """Write what is queued: now, from the calling thread, if that cannot block; else
-        wake the writer thread.
+        """Write what is queued, from the calling thread, without blocking: each record
+        goes to the kernel with MSG_DONTWAIT, and if the socket buffer cannot take all of
+        it, the rest is the writer thread's to finish (it may block; the loop may not).
 
-        Writing directly saves two thread switches per message (most of a round trip's
-        cost in Python), but the loop must never block on a slow peer. A blocking write of
-        n bytes returns at once when the socket has n bytes of room, and a socket polls
-        writable only with at least SO_SNDLOWAT (BSD, 2048 bytes) or a third of its send
-        buffer (Linux, >= 5 KiB by default) free. So the loop writes directly only a record
-        of at most DIRECT_WRITE_BYTES_MAX to a socket that polls writable, and only when it
-        can take ``send_lock`` at once (else the writer is mid-write and owns the order).
-        """
+        If the writer holds ``send_lock`` it is mid-write and owns the order: kick it."""
         queue = self.queue
         assert queue is not None, "flush on a receive-only channel"
-        if self.closed.is_set():
+        if not self.send_lock.acquire(blocking=False):
+            self._kick()
             return
-        if self.send_lock.acquire(blocking=False):
-            try:
-                if self._writable_now():
-                    batch = queue.take(
-                        self.endpoint.codec, DIRECT_WRITE_BYTES_MAX - _RECORD_OVERHEAD_BYTES
-                    )
-                    if batch:
-                        self._write(batch)
-                        return
-            finally:
-                self.send_lock.release()
-        queue.wake()
-
-    def _writable_now(self) -> bool:
         try:
-            return bool(self._poller.poll(0))
-        except OSError:
-            return False
+            if self.closed.is_set() or self.unsent:
+                return
+            codec = self.endpoint.codec
+            while batch := queue.take(codec):
+                data = self._seal(batch)
+                try:
+                    n = self.sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as e:
+                    self.stats.lost_on_disconnect += len(batch)
+                    self.close(f"send failed: {e}")
+                    return
+                if n < len(data):
+                    self.unsent = data[n:]
+                    break
+        finally:
+            self.send_lock.release()
+        if self.unsent:
+            self._kick()
 
-    def _write(self, batch: list[bytes]) -> bool:
-        """Seal and send one record. Caller holds ``send_lock``, which orders the nonces."""
+    def write_now(self, frames: list[bytes]) -> bool:
+        """Loop thread: when nothing is queued or being written, seal ``frames`` into as few
+        records as fit and hand them to the kernel at once, skipping the queue and its
+        locks; False (and nothing done) otherwise, and the caller queues them. What the
+        socket does not take goes to the writer, as in ``flush``."""
+        queue = self.queue
+        assert queue is not None, "write on a receive-only channel"
+        if len(queue) or not self.send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self.closed.is_set() or self.unsent or len(queue):
+                return False
+            fits = self.endpoint.codec.fits
+            stats = self.stats
+            i, n = 0, len(frames)
+            while i < n:
+                j, size = i + 1, len(frames[i])
+                while j < n and fits(size + len(frames[j]), j - i + 1):
+                    size += len(frames[j])
+                    j += 1
+                data = self._seal(frames if j - i == n else frames[i:j])
+                stats.frames_queued += j - i
+                try:
+                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as e:
+                    stats.lost_on_disconnect += n - i
+                    self.close(f"send failed: {e}")
+                    return True
+                i = j
+                if sent < len(data):
+                    self.unsent = data[sent:]
+                    for frame in frames[i:]:  # behind the unsent tail, in order
+                        queue.put(frame)
+                    break
+        finally:
+            self.send_lock.release()
+        if self.unsent:
+            self._kick()
+        return True
+
+    def _seal(self, batch: list[bytes]) -> bytes:
+        """One record on the wire. Caller holds ``send_lock``, which orders the nonces."""
         record = self.session.seal(self.endpoint.codec.join(batch))
-        try:
-            self.conn.send_bytes(record)
-        except OSError as e:
-            self.stats.lost_on_disconnect += len(batch)
-            self.close(f"send failed: {e}")
-            return False
         self.stats.frames_sent += len(batch)
         self.stats.records_sent += 1
+        return _LENGTH.pack(len(record)) + record
+
+    def _send_all(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            self.close(f"send failed: {e}")
+            return False
         return True
 
     def _write_loop(self) -> None:
@@ -464,15 +630,23 @@ class _Channel(Generic[B]):
             codec = self.endpoint.codec
             while queue.wait(self.closed):
                 with self.send_lock:
+                    if self.closed.is_set():
+                        return
+                    if self.unsent:
+                        if not self._send_all(self.unsent):
+                            return
+                        self.unsent = b""
                     batch = queue.take(codec)  # [] if flush() wrote it meanwhile
-                    if batch and not self._write(batch):
+                    if batch and not self._send_all(self._seal(batch)):
+                        self.stats.lost_on_disconnect += len(batch)
                         return
         finally:
-            self._thread_exit()
+            self.release()
 
 
 class _Endpoint(Generic[B]):
-    """What both ports share: the listening socket, handshakes, channels and the inbox."""
+    """What both ports share: the listening socket, handshakes, channels, the epoll the loop
+    reads them through, and the inbox of decoded frames."""
 
     port = ""
     label = ""
@@ -499,8 +673,17 @@ class _Endpoint(Generic[B]):
         self._handshaking: set[SecureConnection] = set()
         self._handshake_slots = threading.BoundedSemaphore(limits.pending_handshakes_max)
         self._threads: list[threading.Thread] = []
+        # Loop thread only: decoded frames not yet drained, and what the epoll watches.
         self._inbox: deque[tuple[_Channel[B], B]] = deque()
+        self._epoll = select.epoll()
+        self._reading: dict[int, _Channel[B]] = {}
+        self._read_buf = bytearray(min(_READ_CHUNK_BYTES_MAX, limits.read_bytes_per_turn))
+        self._turns = 0
+        # Handed over by other threads (under _lock), taken by the loop in _adopt().
+        self._adopting: list[_Channel[B]] = []
+        self._closing: list[_Channel[B]] = []
         self._wakeup = _Wakeup()
+        self._epoll.register(self._wakeup.fileno(), select.EPOLLIN)
         self._stop_r, self._stop_w = os.pipe()
         self._listener_thread: threading.Thread | None = None
         self._sock = socket.create_server(listen, backlog=limits.listen_backlog)
@@ -511,27 +694,58 @@ class _Endpoint(Generic[B]):
     # ------------------------------------------------------------------ the loop's API
 
     def waitables(self) -> list[int]:
-        """File descriptors for ``multiprocessing.connection.wait``, readable while
-        ``drain()`` has work. Valid until ``close()``."""
-        return [self._wakeup.fileno()]
+        """File descriptors for ``select.poll`` or ``multiprocessing.connection.wait``:
+        readable while ``drain()`` has work. Valid until ``close()``."""
+        return [self._epoll.fileno()]
 
     def _drain_channels(self, frames_max: int) -> list[tuple[_Channel[B], B]]:
         assert frames_max >= 1
         self._wakeup.clear()
+        if self._adopting or self._closing:
+            self._adopt()
         inbox = self._inbox
-        out: list[tuple[_Channel[B], B]] = []
-        taken: dict[_Channel[B], int] = {}
-        for _ in range(min(frames_max, len(inbox))):
-            item = inbox.popleft()
-            out.append(item)
-            taken[item[0]] = taken.get(item[0], 0) + 1
-        for channel, n in taken.items():
-            with channel.inbox_cond:
-                channel.inbox_pending -= n
-                channel.inbox_cond.notify_all()
-        if inbox:
-            self._wakeup.signal()
+        inbox_max = self.limits.inbox_frames_max
+        if len(inbox) < inbox_max:
+            reading = self._reading
+            buf = self._read_buf
+            ready = self._epoll.poll(0)
+            if len(ready) > 1:
+                # Start at a different connection each turn: epoll reports ready ones in
+                # the same order, and a turn that fills the inbox stops early.
+                self._turns += 1
+                k = self._turns % len(ready)
+                ready = ready[k:] + ready[:k]
+            for fd, _ in ready:
+                if len(inbox) >= inbox_max:
+                    break  # the rest stay readable for the next turn
+                channel = reading.get(fd)
+                if channel is not None and not channel.closed.is_set():
+                    channel.receive(inbox, buf)
+        if len(inbox) <= frames_max:
+            out = list(inbox)
+            inbox.clear()
+            return out
+        out = [inbox.popleft() for _ in range(frames_max)]
+        self._wakeup.signal()
         return out
+
+    def _adopt(self) -> None:
+        """Start reading the connections handshakes finished; stop reading closed ones and
+        let go of their descriptors. Loop thread only (it alone touches the epoll)."""
+        with self._lock:
+            new, self._adopting = self._adopting, []
+            gone, self._closing = self._closing, []
+        for channel in new:
+            if not channel.closed.is_set():
+                self._epoll.register(channel.fd, select.EPOLLIN)
+                self._reading[channel.fd] = channel
+                channel.registered = True
+        for channel in gone:
+            if channel.registered:
+                self._epoll.unregister(channel.fd)
+                del self._reading[channel.fd]
+                channel.registered = False
+            channel.release()
 
     def close(self) -> None:
         """Stop accepting, close every connection, join our threads (bounded)."""
@@ -544,20 +758,28 @@ class _Endpoint(Generic[B]):
         self._sock.close()
         with self._lock:
             pending = list(self._handshaking)
-            channels = list(self._channels.values())
         for conn in pending:
             conn.abort()
-        for channel in channels:
-            channel.close("transport closing")
+        self._close_channels()
         self._close_more()
         for t in list(self._threads):
             t.join(_JOIN_TIMEOUT_S)
-        for channel in channels:
-            for t in channel.threads:
-                t.join(_JOIN_TIMEOUT_S)
+        # A handshake that finished as we stopped may have registered one more.
+        self._close_channels()
+        self._adopt()
+        self._epoll.close()
         self._wakeup.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
+
+    def _close_channels(self) -> None:
+        with self._lock:
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.close("transport closing")
+        for channel in channels:
+            for t in channel.threads:
+                t.join(_JOIN_TIMEOUT_S)
 
     def __enter__(self) -> Self:
         return self
@@ -573,12 +795,17 @@ class _Endpoint(Generic[B]):
     def _register(self, established: Established, conn: SecureConnection) -> _Channel[B] | None:
         raise NotImplementedError
 
-    def _channel_closed(self, channel: _Channel[B]) -> None:
+    def _channel_closed(self, channel: _Channel[B], started: bool) -> None:
+        hand_to_loop = started and channel.loop_reads
         with self._lock:
             self._channels.pop(channel.channel_id, None)
-            # Its threads are finishing now; close() joins them with the rest.
+            # Its writer is finishing now; close() joins it with the rest.
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.extend(channel.threads)
+            if hand_to_loop:
+                self._closing.append(channel)
+        if hand_to_loop:
+            self._wakeup.signal()
 
     def _close_more(self) -> None:
         pass
@@ -671,7 +898,8 @@ class _Endpoint(Generic[B]):
             )
 
     def _add_channel(self, channel: _Channel[B], channels_max: int | None = None) -> bool:
-        """Track and start ``channel``; False (and closed) if shutting down or at the limit."""
+        """Track and start ``channel`` (and hand it to the loop if the loop reads it);
+        False (and closed) if shutting down, at the limit, or closed meanwhile."""
         with self._lock:
             if self._stopping.is_set():
                 refusal = "transport closing"
@@ -683,22 +911,12 @@ class _Endpoint(Generic[B]):
         if refusal:
             channel.close(refusal, bad_peer=channels_max is not None)
             return False
-        channel.start()
-        return True
-
-    def _deliver(self, channel: _Channel[B], bodies: list[B]) -> bool:
-        """Queue decoded bodies for the loop; blocks the reader while its share is full."""
-        with channel.inbox_cond:
-            while (
-                channel.inbox_pending >= self.limits.inbox_frames_max
-                and not channel.closed.is_set()
-            ):
-                channel.inbox_cond.wait()
-            if channel.closed.is_set():
-                return False
-            channel.inbox_pending += len(bodies)
-        self._inbox.extend((channel, body) for body in bodies)
-        self._wakeup.signal()
+        if not channel.start():
+            return False
+        if channel.loop_reads:
+            with self._lock:
+                self._adopting.append(channel)
+            self._wakeup.signal()
         return True
 
 
@@ -813,13 +1031,14 @@ class PeerTransport(_Endpoint[Message]):
             return
         peer.removed = True
         peer.queue.clear()
-        peer.queue.wake()
+        peer.queue.kick()
         for channel in (peer.outbound, peer.inbound):
             if channel is not None:
                 channel.close("peer removed from the cluster")
 
     def peers(self) -> dict[NodeId, Address | None]:
-        return {n: p.address for n, p in self._peers.items()}
+        # list(): a handshake thread may add a peer it just heard meanwhile.
+        return {n: p.address for n, p in list(self._peers.items())}
 
     # ------------------------------------------------------------------ the loop's API
 
@@ -829,19 +1048,14 @@ class PeerTransport(_Endpoint[Message]):
         A True result is not delivery: Paxos assumes messages may be lost, and this
         transport loses them when a queue overflows or a connection drops.
         """
-        peer = self._peers.get(dst)
-        if peer is None:
-            return False  # not (or no longer) a peer: Paxos treats it as a lost message
-        queued = self._enqueue(peer, msg, self.codec.encode(self.node, msg))
-        self._flush(peer)
-        return queued
+        return self.send_many(((dst, msg),)) == 1
 
     def send_many(self, messages: Iterable[tuple[NodeId, Message]]) -> int:
         """Queue several messages, then flush each peer once (one record per peer when
         they fit). A message object sent to several peers is encoded once."""
         sent = 0
         encoded: dict[int, tuple[Message, bytes]] = {}
-        touched: dict[NodeId, _Peer] = {}
+        touched: dict[NodeId, tuple[_Peer, list[bytes]]] = {}
         for dst, msg in messages:
             peer = self._peers.get(dst)
             if peer is None:
@@ -851,10 +1065,22 @@ class PeerTransport(_Endpoint[Message]):
             if hit is None:
                 # Keep msg alive with its bytes so its id cannot be reused meanwhile.
                 hit = encoded[key] = (msg, self.codec.encode(self.node, msg))
-            sent += self._enqueue(peer, msg, hit[1])
-            touched[dst] = peer
-        for peer in touched.values():
-            self._flush(peer)
+            if self._admit(peer, msg, hit[1]):
+                sent += 1
+                entry = touched.get(dst)
+                if entry is None:
+                    touched[dst] = (peer, [hit[1]])
+                else:
+                    entry[1].append(hit[1])
+        for peer, frames in touched.values():
+            channel = peer.outbound
+            if channel is not None and channel.write_now(frames):
+                continue
+            for frame in frames:
+                self._put(peer, frame)
+            # If the connection is down, the queue waits for the next one's writer.
+            if channel is not None:
+                channel.flush()
         return sent
 
     def drain(self, frames_max: int = DRAIN_FRAMES_MAX_DEFAULT) -> list[tuple[NodeId, Message]]:
@@ -885,7 +1111,7 @@ class PeerTransport(_Endpoint[Message]):
 
     def stats(self) -> dict[NodeId, PeerStats]:
         out = {}
-        for node, peer in self._peers.items():
+        for node, peer in list(self._peers.items()):  # see peers()
             s = replace(peer.stats)
             s.connected = peer.outbound is not None and not peer.outbound.closed.is_set()
             out[node] = s
@@ -897,7 +1123,7 @@ class PeerTransport(_Endpoint[Message]):
 
     # -------------------------------------------------------------------- internals
 
-    def _enqueue(self, peer: _Peer, msg: Message, frame: bytes) -> bool:
+    def _admit(self, peer: _Peer, msg: Message, frame: bytes) -> bool:
         if peer.partitioned:
             peer.stats.dropped_partitioned += 1
             return False
@@ -912,6 +1138,9 @@ class PeerTransport(_Endpoint[Message]):
                 frame_bytes_max=self.limits.frame_bytes_max,
             )
             return False
+        return True
+
+    def _put(self, peer: _Peer, frame: bytes) -> None:
         if peer.queue.put(frame):
             dropped = peer.stats.dropped_queue_full
             if dropped & (dropped - 1) == 0:  # log at 1, 2, 4, 8, ... drops
@@ -922,13 +1151,6 @@ class PeerTransport(_Endpoint[Message]):
                     frames_max=peer.queue.frames_max,
                     dropped_total=dropped,
                 )
-        return True
-
-    def _flush(self, peer: _Peer) -> None:
-        channel = peer.outbound
-        if channel is not None:
-            # If it is down, the queue waits for the next connection's writer.
-            channel.flush()
 
     def _accept_identity(self, identity: int) -> bool:
         # Any holder of the cluster key may call: a member added at run time is heard before
@@ -947,7 +1169,14 @@ class PeerTransport(_Endpoint[Message]):
             return None
         # Receive-only: we send to this peer on the connection we opened to it.
         channel = _Channel(
-            self, conn, established, None, peer.stats, next(self._channel_ids), "inbound"
+            self,
+            conn,
+            established,
+            None,
+            peer.stats,
+            next(self._channel_ids),
+            "inbound",
+            loop_reads=True,
         )
         with self._lock:
             previous = peer.inbound
@@ -963,7 +1192,9 @@ class PeerTransport(_Endpoint[Message]):
         while not self._stopping.is_set() and not peer.removed:
             channel = self._connect_once(peer)
             if channel is not None:
-                channel.closed.wait()
+                if peer.removed:
+                    channel.close("peer removed from the cluster")
+                channel.watch(self._stopping)
                 peer.stats.disconnects += 1
                 lived_ms = (time.monotonic() - channel.opened_at) * 1000
                 if lived_ms >= limits.reconnect_delay_ms_max:
@@ -1020,10 +1251,14 @@ class PeerTransport(_Endpoint[Message]):
             peer.stats,
             next(self._channel_ids),
             "outbound",
+            loop_reads=False,
         )
-        peer.outbound = channel
         if not self._add_channel(channel):
             return None
+        # Only now, started: the loop writes to the outbound channel it finds here.
+        peer.outbound = channel
+        if len(peer.queue):
+            channel.flush()  # what was queued while the peer was away
         peer.stats.connects += 1
         peer.connect_failures = 0
         _logger().info(
@@ -1055,8 +1290,8 @@ class PeerTransport(_Endpoint[Message]):
         )
 
     def _close_more(self) -> None:
-        for peer in self._peers.values():
-            peer.queue.wake()
+        for peer in list(self._peers.values()):
+            peer.queue.kick()
             if peer.thread is not None:
                 peer.thread.join(_JOIN_TIMEOUT_S)
 
@@ -1070,7 +1305,8 @@ class ClientServer(_Endpoint[ClientBody]):
     A client key cannot pass the authkey challenge on the peer port, and even when an
     operator uses one secret for both, the handshake label differs, so a client can never
     be taken for a peer. ``drain()`` yields ``(conn_id, body)``; answer with
-    ``reply(conn_id, body)`` on the same connection.
+    ``reply(conn_id, body)`` on the same connection, or with ``reply_many`` for a loop
+    turn's worth (one record and one write per connection).
     """
 
     port = "client"
@@ -1104,19 +1340,39 @@ class ClientServer(_Endpoint[ClientBody]):
         return out
 
     def reply(self, conn_id: int, body: ClientBody) -> bool:
-        """Queue ``body`` on client connection ``conn_id``; False if it is gone or too big."""
-        with self._lock:
-            channel = self._channels.get(conn_id)
-        if channel is None:
-            return False
-        frame = self.codec.encode(self.node, body)
-        if not self.codec.fits(len(frame), 1):
-            self._stats.dropped_oversize += 1
-            return False
-        assert channel.queue is not None, "client connections are two-way"
-        channel.queue.put(frame)
-        channel.flush()
-        return True
+        """Send ``body`` on client connection ``conn_id``; False if it is gone or too big."""
+        return self.reply_many(((conn_id, body),)) == 1
+
+    def reply_many(self, replies: Iterable[tuple[int, ClientBody]]) -> int:
+        """Queue every reply, then flush each connection once: the replies one connection
+        gets in a loop turn leave as one record and one write. Returns how many were queued
+        (a reply to a connection that is gone, or too big for a record, is dropped)."""
+        touched: dict[int, tuple[_Channel[ClientBody], list[bytes]]] = {}
+        channels = self._channels
+        codec = self.codec
+        queued = 0
+        for conn_id, body in replies:
+            entry = touched.get(conn_id)
+            if entry is None:
+                channel = channels.get(conn_id)
+                if channel is None:
+                    continue
+                entry = touched[conn_id] = (channel, [])
+            frame = codec.encode(self.node, body)
+            if not codec.fits(len(frame), 1):
+                self._stats.dropped_oversize += 1
+                continue
+            entry[1].append(frame)
+            queued += 1
+        for channel, frames in touched.values():
+            if not frames or channel.write_now(frames):
+                continue
+            queue = channel.queue
+            assert queue is not None, "client connections are two-way"
+            for frame in frames:
+                queue.put(frame)
+            channel.flush()
+        return queued
 
     def client_id(self, conn_id: int) -> int | None:
         """The client identity the handshake bound to ``conn_id``."""
@@ -1145,30 +1401,41 @@ class ClientServer(_Endpoint[ClientBody]):
             self._stats,
             next(self._channel_ids),
             "inbound",
+            loop_reads=True,
         )
         added = self._add_channel(channel, self.limits.client_connections_max)
         return channel if added else None
 
 
 class ClientConnection:
-    """The client side of the client port: blocking, single-threaded, for paxosd.client.
+    """The client side of the client port: single-threaded, for paxosd.client.
 
-    ``recv`` waits at most ``timeout_ms`` for a record to start; ``io_timeout_ms`` (a
-    kernel receive timeout) bounds how long a record that started may take to finish.
+    ``recv`` waits at most ``timeout_ms`` and returns every reply that arrived by then; it
+    reads whatever the socket holds in one call (many replies when many requests are in
+    flight) and keeps a record that is not complete yet for the next call. ``send`` blocks
+    until the kernel took the record; ``io_timeout_ms`` (a kernel timeout) bounds that.
     """
 
     def __init__(
         self,
-        conn: SecureConnection,
+        sock: socket.socket,
         established: Established,
         client_id: int,
         codec: FrameCodec[ClientBody],
     ) -> None:
-        self._conn = conn
+        self._sock = sock
         self._session = established.session
         self._codec = codec
+        self._record_bytes_max = codec.frame_bytes_max + AEAD_TAG_BYTES
+        self._rx = bytearray()
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
         self.client_id = client_id
         self.server_node = established.peer
+
+    def fileno(self) -> int:
+        """For a selector over several connections (a pipelining client)."""
+        return self._sock.fileno()
 
     @classmethod
     def connect(
@@ -1187,13 +1454,18 @@ class ClientConnection:
         sock = socket.create_connection(address, timeout=timeout_ms / 1000)
         try:
             _tune(sock)
+            sock.setblocking(True)
             seconds, ms = divmod(io_timeout_ms, 1000)
             timeval = struct.pack("@ll", seconds, ms * 1000)  # struct timeval
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            # The handshake speaks through a Connection on a duplicate of the descriptor
+            # (its deadline shuts the shared socket down); the socket object keeps the
+            # connection afterwards, and is its only owner.
+            conn = SecureConnection(os.dup(sock.fileno()))
         except OSError:
             sock.close()
             raise
-        conn = SecureConnection.from_socket(sock)
         try:
             established = initiate(
                 conn,
@@ -1204,32 +1476,98 @@ class ClientConnection:
                 timeout_ms=timeout_ms,
             )
         except HandshakeError:
-            conn.close()
+            sock.close()
             raise
-        return cls(conn, established, client_id, client_codec(frame_bytes_max))
+        finally:
+            conn.close()
+        return cls(sock, established, client_id, client_codec(frame_bytes_max))
 
     def send(self, *bodies: ClientBody) -> None:
-        """Send ``bodies`` as one record. Raises OSError if the connection is gone."""
-        frames = [self._codec.encode(self.client_id, b) for b in bodies]
-        self._conn.send_bytes(self._session.seal(self._codec.join(frames)))
+        """Send ``bodies`` as one record (or as few as fit). Raises OSError if the
+        connection is gone."""
+        codec = self._codec
+        frames = [codec.encode(self.client_id, b) for b in bodies]
+        start = 0
+        while start < len(frames):
+            stop = start + 1
+            size = len(frames[start])
+            while stop < len(frames) and codec.fits(size + len(frames[stop]), stop - start + 1):
+                size += len(frames[stop])
+                stop += 1
+            record = self._session.seal(codec.join(frames[start:stop]))
+            self._sock.sendall(_LENGTH.pack(len(record)) + record)
+            start = stop
 
     def recv(self, timeout_ms: int) -> list[ClientBody]:
-        """The bodies of the next record, or [] if none started within ``timeout_ms``.
+        """Every reply that arrived, waiting at most ``timeout_ms`` for the first; [] if
+        none did.
 
         Raises EOFError / OSError when the connection ends, BadFrame on a bad record
         (then close this connection).
         """
-        if not self._conn.poll(timeout_ms / 1000):
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            bodies = self._take()
+            if bodies:
+                return bodies
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0 or not self._poller.poll(left_ms):
+                return []
+            try:
+                data = self._sock.recv(_READ_CHUNK_BYTES_MAX, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not data:
+                raise EOFError("the server closed the connection")
+            self._rx += data
+
+    def read_available(self) -> list[ClientBody]:
+        """One read without waiting: the replies of every record complete by now ([] if
+        none). For a caller that polls many connections itself. Raises as ``recv``."""
+        bodies = self._take()
+        if bodies:
+            return bodies
+        try:
+            data = self._sock.recv(_READ_CHUNK_BYTES_MAX, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
             return []
-        record = self._conn.recv_bytes(self._codec.frame_bytes_max + AEAD_TAG_BYTES)
-        envelopes = self._codec.decode(self._session.open(record))
-        for envelope in envelopes:
-            if envelope.src != self.server_node:
-                raise BadFrame(f"reply from {envelope.src} on a connection to {self.server_node}")
-        return [e.body for e in envelopes]
+        if not data:
+            raise EOFError("the server closed the connection")
+        self._rx += data
+        return self._take()
+
+    def _take(self) -> list[ClientBody]:
+        rx = self._rx
+        if len(rx) < 4:
+            return []
+        with memoryview(rx) as whole:
+            bodies, used, refused = self._open(whole)
+        del rx[:used]
+        if refused:
+            raise OSError("bad message length")
+        return bodies
+
+    def _open(self, data: memoryview) -> tuple[list[ClientBody], int, bool]:
+        # Its own function so that every view into the buffer is gone when it returns
+        # (the buffer cannot shrink while one lives).
+        records, used, refused = split_records(data, self._record_bytes_max)
+        bodies: list[ClientBody] = []
+        for record in records:
+            for envelope in self._codec.decode(self._session.open(record)):
+                if envelope.src != self.server_node:
+                    raise BadFrame(
+                        f"reply from {envelope.src} on a connection to {self.server_node}"
+                    )
+                bodies.append(envelope.body)
+        return bodies, used, refused
 
     def close(self) -> None:
-        self._conn.close()
+        self._sock.close()
+
+    def __del__(self) -> None:
+        # As multiprocessing's Connection did: a connection dropped without close() is
+        # closed, quietly.
+        self._sock.close()
 
     def __enter__(self) -> ClientConnection:
         return self

@@ -524,3 +524,20 @@ def test_cli_check_config_prints_every_problem_and_exits_one_without_traceback(
     assert result.exit_code == 1
     errors = json.loads(result.output)["errors"]
     assert {e["key"] for e in errors} == {"node_id", "durability"}
+
+
+def test_a_joining_node_is_not_a_bootstrap_voter(conf_dir: Path) -> None:
+    doc = base_doc() | {"node_id": 4, "client_address": "127.0.0.1:7204"}
+    doc["peers"] = {**doc["peers"], "4": "127.0.0.1:7104"}
+    doc["initial_cluster_state"] = "existing"
+    config = load_config(write_config(conf_dir, doc, "n4.toml"), env=NO_CREDENTIALS)
+    assert config.members == (1, 2, 3)
+    assert config.core_config().members == (1, 2, 3)
+
+
+def test_initial_cluster_state_is_new_or_existing(conf_dir: Path) -> None:
+    problems = problems_of(write_config(conf_dir, base_doc() | {"initial_cluster_state": "old"}))
+    assert any("initial_cluster_state" in p and "new, existing" in p for p in problems)
+    alone = base_doc() | {"initial_cluster_state": "existing", "peers": {"1": "127.0.0.1:7101"}}
+    problems = problems_of(write_config(conf_dir, alone))
+    assert any("at least one running member" in p for p in problems)

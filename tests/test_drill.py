@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from paxosctl.app import app
 from paxosd.commands import Command, Delete, Get, Put, Written, encode_command
 from paxosd.drill import (
+    FAULT_GAP_S,
+    RECONFIG_OPS,
     Convergence,
     DrillSpec,
     DrillUsageError,
@@ -110,6 +112,9 @@ def test_drill_on_a_running_cluster_partitions_through_the_hook(tmp_path: Path) 
 def test_endpoint_drill_refuses_faults_it_cannot_cause() -> None:
     with pytest.raises(DrillUsageError, match="only cause partition"):
         DrillSpec(faults=("kill", "partition")).validate(endpoints=True)
+    # Membership changes need processes to add and stop: only on the drill's own cluster.
+    with pytest.raises(DrillUsageError, match="drop reconfig"):
+        DrillSpec(faults=("reconfig",)).validate(endpoints=True)
 
 
 def test_unknown_fault_kind_is_a_usage_error() -> None:
@@ -240,3 +245,30 @@ def test_ci_drill_on_three_nodes_with_kill_pause_and_partition_has_no_violation(
     report = run_drill(spec, parent_dir=tmp_path)
     _assert_clean(report)
     assert set(report["faults"]["by_kind"]) == {"kill", "pause", "partition"}
+
+
+def test_ci_drill_with_membership_changes_and_kills_has_no_violation(tmp_path: Path) -> None:
+    """Runs in the default suite for a few seconds, and for PAXOSD_DRILL_SECONDS in CI."""
+    raw = os.environ.get("PAXOSD_DRILL_SECONDS")
+    spec = DrillSpec(
+        nodes=3,
+        duration_s=float(raw or 60) if raw is not None else 6.0,
+        clients=4,
+        faults=("kill", "reconfig"),
+        fault_gap_s=FAULT_GAP_S if raw is not None else FAST_FAULT_GAP_S,
+    )
+    report = run_drill(spec, parent_dir=tmp_path)
+    _assert_clean(report)
+    # Every slot was copied while some member still held it: the durability checks ran.
+    assert report["final"]["converged"] and report["log"]["complete"]
+    rc = report["reconfig"]
+    assert sum(rc["ops"].values()) >= 1, report["faults"]
+    # The final checks ran on the final members: no removed node among them.
+    assert not set(rc["removed"]) & set(rc["members"])
+    assert set(rc["voters"]) <= set(rc["members"])
+    if raw is not None:
+        # A minute is enough for every step to happen, and for the membership to move.
+        assert set(rc["ops"]) == set(RECONFIG_OPS), rc["ops"]
+        assert rc["added"] and rc["removed"], rc
+        assert rc["changes"]["promote"].get("ok", 0) >= 1, rc["changes"]
+        assert rc["empty_start_refused"] >= 1, rc

@@ -14,7 +14,15 @@ from structlog.testing import capture_logs
 
 from paxosd import storage as storage_mod
 from paxosd.core.io import DurableState, PersistRecord
-from paxosd.core.types import ZERO_BALLOT, AcceptedEntry, Ballot, DecidedEntry, Snapshot
+from paxosd.core.types import (
+    ZERO_BALLOT,
+    AcceptedEntry,
+    Ballot,
+    DecidedEntry,
+    Member,
+    Membership,
+    Snapshot,
+)
 from paxosd.storage import (
     DB_FILENAME,
     SCHEMA_VERSION,
@@ -416,3 +424,33 @@ def test_readonly_open_refuses_a_missing_database(tmp_path: Path) -> None:
     with pytest.raises(NotInitialized, match="no database file"):
         Storage.open_readonly(tmp_path / DB_FILENAME)
     assert not os.listdir(tmp_path)
+
+
+def test_a_snapshot_keeps_the_membership_in_effect_at_its_slot(db_path: Path) -> None:
+    m = Membership((Member(1, "", True), Member(4, "10.0.0.4:7104", False)), epoch=3)
+    with new_storage(db_path) as storage:
+        storage.write(PersistRecord(snapshot=Snapshot(slot=7, state=b"s", membership=m)))
+    with reopen(db_path) as storage:
+        snap = storage.load().snapshot
+    assert snap is not None and snap.membership == m
+
+
+def test_a_schema_1_snapshot_survives_the_membership_migration(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Databases made before membership change: the snapshot, its checksum and the bootstrap
+    membership (None) read back unchanged after the upgrade."""
+    monkeypatch.setattr(storage_mod, "MIGRATIONS", storage_mod.MIGRATIONS[:1])
+    new_storage(db_path).close()
+    monkeypatch.undo()
+    # Written as schema 1 wrote it (no membership column, crc over slot and state only).
+    side = sqlite3.connect(db_path)
+    crc = storage_mod._snapshot_checksum(5, b"old state")
+    side.execute(
+        "INSERT INTO snapshot (id, slot, state, checksum) VALUES (0, 5, ?, ?)", (b"old state", crc)
+    )
+    side.commit()
+    side.close()
+    with reopen(db_path) as storage:
+        assert storage.schema_version == SCHEMA_VERSION
+        assert storage.load().snapshot == Snapshot(slot=5, state=b"old state", membership=None)

@@ -166,15 +166,20 @@ def connect_as(
         raise
 
 
-def closed_by_server(conn: SecureConnection) -> bool:
-    """True once the other side has closed ``conn`` (EOF or reset)."""
-    try:
-        if not conn.poll(BOUND_S):
-            return False
-        conn.recv_bytes(1 << 20)
-    except (EOFError, OSError):
-        return True
-    return False
+def serve_until_closed(t: PeerTransport, conn: SecureConnection) -> list[tuple[NodeId, Message]]:
+    """Play ``t``'s event loop (it is the loop that reads sockets) until ``t`` has closed
+    ``conn`` (EOF or reset); returns what it delivered meanwhile."""
+    got: list[tuple[NodeId, Message]] = []
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        if wait(t.waitables(), 0.05):
+            got += t.drain()
+        try:
+            if conn.poll(0):
+                conn.recv_bytes(1 << 20)
+        except (EOFError, OSError):
+            return got
+    raise AssertionError("the server never closed the connection")
 
 
 def raw_socket(address: tuple[str, int]) -> socket.socket:
@@ -232,6 +237,32 @@ def test_messages_on_one_connection_arrive_in_order(
     ts[N1].send_many([(N2, prepare(i)) for i in range(300, 3000)])
     got = receive(ts[N2], 3000)
     assert [m for _, m in got] == [prepare(i) for i in range(3000)]
+
+
+def test_a_flooding_peer_does_not_starve_another(closer: Callable[[Any], Any], key: bytes) -> None:
+    """Each turn reads a bounded share of each readable connection, so a message from a
+    quiet peer is drained long before a flood that arrived with it."""
+    limits = TransportLimits(
+        read_bytes_per_turn=512,
+        inbox_frames_max=16,
+        reconnect_delay_ms_min=20,
+        reconnect_delay_ms_max=200,
+    )
+    ts = make_cluster(closer, key, (N1, N2, N3), limits=limits)
+    roundtrip_ok(ts[N1], ts[N2], 1)
+    roundtrip_ok(ts[N1], ts[N3], 1)
+    flood = [prepare(i) for i in range(3000)]
+    ts[N2].send_many([(N1, m) for m in flood])
+    ts[N3].send(N1, prepare(-1))
+    time.sleep(0.2)  # let both arrive; not an assertion about time
+    got: list[tuple[NodeId, Message]] = []
+    deadline = time.monotonic() + BOUND_S
+    while len(got) < len(flood) + 1:
+        assert time.monotonic() < deadline, f"received only {len(got)}"
+        if wait(ts[N1].waitables(), 0.2):
+            got += ts[N1].drain(frames_max=8)
+    assert [m for src, m in got if src == N2] == flood
+    assert got.index((N3, prepare(-1))) < len(flood) // 2
 
 
 def test_sender_reconnects_after_peer_restarts(closer: Callable[[Any], Any], key: bytes) -> None:
@@ -304,6 +335,57 @@ def test_client_request_and_reply_round_trip(closer: Callable[[Any], Any], key: 
     assert server.client_id(conn_id) == 42
     assert server.reply(conn_id, ClientReply(1, "ok", b"", None))
     assert client.recv(int(BOUND_S * 1000)) == [ClientReply(1, "ok", b"", None)]
+
+
+def serve_one_request(server: ClientServer) -> int:
+    """The connection id of the first request ``server`` receives."""
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        if wait(server.waitables(), 0.2):
+            for conn_id, _ in server.drain():
+                return conn_id
+    raise AssertionError("no request arrived")
+
+
+def test_replies_to_one_connection_in_one_call_leave_as_one_record(
+    closer: Callable[[Any], Any], key: bytes
+) -> None:
+    server = closer(ClientServer(node=N1, listen=LOOPBACK, client_key=key, limits=FAST))
+    server.start()
+    client = closer(ClientConnection.connect(server.address, client_key=key, client_id=7))
+    client.send(ClientRequest(1, b"hello"))
+    conn_id = serve_one_request(server)
+    before = server.stats().records_sent
+    replies = [ClientReply(i, "ok", b"r%d" % i, None) for i in range(5)]
+    assert server.reply_many([(conn_id, r) for r in replies] + [(conn_id + 99, replies[0])]) == 5
+    assert server.stats().records_sent == before + 1
+    got: list[Any] = []
+    deadline = time.monotonic() + BOUND_S
+    while len(got) < 5 and time.monotonic() < deadline:
+        got += client.recv(200)
+    assert got == replies
+
+
+def test_replies_beyond_the_socket_buffer_reach_a_slow_reader_whole_and_in_order(
+    closer: Callable[[Any], Any], key: bytes
+) -> None:
+    """The loop hands the kernel what it takes and never waits; the writer thread finishes
+    the rest while the client is not reading."""
+    server = closer(ClientServer(node=N1, listen=LOOPBACK, client_key=key, limits=FAST))
+    server.start()
+    client = closer(ClientConnection.connect(server.address, client_key=key, client_id=8))
+    client.send(ClientRequest(1, b"hello"))
+    conn_id = serve_one_request(server)
+    payload = os.urandom(64 * 1024)
+    replies = [ClientReply(i, "ok", payload, None) for i in range(200)]  # ~13 MB
+    for reply in replies:
+        assert server.reply(conn_id, reply)
+    got: list[Any] = []
+    deadline = time.monotonic() + BOUND_S
+    while len(got) < len(replies) and time.monotonic() < deadline:
+        got += client.recv(200)
+    assert [r.request_id for r in got] == list(range(200))
+    assert all(r.result == payload for r in got)
 
 
 # ------------------------------------------------------------------------------- keys
@@ -399,10 +481,36 @@ def test_frame_with_a_foreign_src_closes_that_connection(
     with capture_logs() as logs:
         forged = codec.join([codec.encode(N2, prepare(1))])  # authenticated as 3, claims 2
         conn.send_bytes(est.session.seal(forged))
-        assert closed_by_server(conn)
-    assert quiet(ts[N1]) == []
+        got = serve_until_closed(ts[N1], conn)
+    assert got + quiet(ts[N1]) == []
     assert any("claims src 2" in e.get("reason", "") for e in logs)
     roundtrip_ok(ts[N1], ts[N2], 1)
+
+
+def test_a_decoder_bug_closes_that_connection_and_the_loop_goes_on(
+    closer: Callable[[Any], Any], key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ts = make_cluster(closer, key, (N1, N2), extra_peers={N3: ("127.0.0.1", 1)})
+    roundtrip_ok(ts[N1], ts[N2], 1)
+    conn, est = connect_as(ts[N1].address, key, N3, N1)
+    closer(conn)
+    real = ts[N1].codec.decode
+
+    def buggy(data: bytes) -> Any:
+        envelopes = real(data)
+        if any(e.src == N3 for e in envelopes):
+            raise RuntimeError("a decoder bug")
+        return envelopes
+
+    monkeypatch.setattr(ts[N1].codec, "decode", buggy)
+    codec = peer_codec()
+    with capture_logs() as logs:
+        conn.send_bytes(est.session.seal(codec.join([codec.encode(N3, prepare(1))])))
+        assert serve_until_closed(ts[N1], conn) == []
+    assert events(logs, "decoder_bug")
+    reasons = [e["reason"] for e in events(logs, "connection_closed")]
+    assert any("decoder bug" in r for r in reasons), reasons
+    roundtrip_ok(ts[N1], ts[N2], 2)
 
 
 # -------------------------------------------------------------------------- bad input
@@ -438,7 +546,7 @@ def test_oversized_length_header_is_refused_before_reading_the_body(
         s2 = socket.socket(fileno=os.dup(conn.fileno()))
         closer(s2)
         s2.sendall(struct.pack("!i", -1) + struct.pack("!Q", 1 << 40))
-        assert closed_by_server(conn)
+        assert serve_until_closed(ts[N1], conn) == []
         until(lambda: bool(events(logs, "connection_closed")), "close logged")
     assert any("bad message length" in e["reason"] for e in events(logs, "handshake_failed"))
     assert any("bad message length" in e["reason"] for e in events(logs, "connection_closed"))
@@ -460,11 +568,11 @@ def test_pickle_payload_after_handshake_runs_nothing_and_closes_only_that_connec
         sealed_conn, est = connect_as(ts[N1].address, key, N3, N1)
         closer(sealed_conn)
         sealed_conn.send_bytes(est.session.seal(payload))  # authentic, but not a record
-        assert closed_by_server(sealed_conn)
+        assert serve_until_closed(ts[N1], sealed_conn) == []
         bare_conn, _ = connect_as(ts[N1].address, key, N3, N1)
         closer(bare_conn)
         bare_conn.send_bytes(payload)  # not even sealed
-        assert closed_by_server(bare_conn)
+        assert serve_until_closed(ts[N1], bare_conn) == []
         until(lambda: len(events(logs, "connection_closed")) >= 2, "closes logged")
     reasons = [e["reason"] for e in events(logs, "connection_closed")]
     assert any("undecodable record" in r or "not a msgpack array" in r for r in reasons), reasons
@@ -533,8 +641,8 @@ def test_replayed_and_reordered_frames_close_a_live_connection(
             else:
                 conn.send_bytes(records[1])
                 delivered = []
-            assert closed_by_server(conn)
-        assert quiet(ts[N1]) == delivered
+            got = serve_until_closed(ts[N1], conn)
+        assert got + quiet(ts[N1]) == delivered
         assert any("failed authentication" in e.get("reason", "") for e in logs)
     roundtrip_ok(ts[N1], ts[N2], 1)
 

@@ -16,6 +16,8 @@ PLANTED_BUGS = frozenset(
         "minority_quorum",  # a value counts as chosen on a minority of votes
         "apply_before_decided",  # replica applies a value as soon as it accepts it
         "stale_reads",  # any replica answers read-index reads from its own state at once
+        # a candidate asks only the membership it knows, not the ones promises report
+        "phase1_ignores_new_membership",
     }
 )
 
@@ -43,6 +45,8 @@ class CoreConfig:
     promise_entries_max: int = 4096
     catchup_entries_max: int = 1024
     log_retain_entries: int = 1000
+    # A learner is promoted only when its decided prefix is at most this far behind ours.
+    promote_lag_slots_max: int = 256
     # Snapshots travel in chunks of at most this many bytes (well under the frame cap).
     snapshot_chunk_bytes: int = 1 << 20
     # A peer announcing a bigger snapshot is not believed (bounds what we buffer).
@@ -50,7 +54,8 @@ class CoreConfig:
     planted_bugs: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        assert self.node_id in self.members, "a replica must be one of the members"
+        # node_id may be missing from members: a node added later joins as a learner.
+        assert self.members, "a cluster needs at least one bootstrap voter"
         assert len(set(self.members)) == len(self.members), "member ids must be unique"
         assert 0 < self.heartbeat_interval_ms < self.election_timeout_ms_min
         assert self.election_timeout_ms_min < self.election_timeout_ms_max

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from paxosd.core.membership import MembershipChange
 from paxosd.core.messages import Message
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, NodeId, Snapshot
 
@@ -61,7 +62,33 @@ class ReadIndex:
     token: int
 
 
-Input = Received | ClientCommand | Tick | SnapshotTaken | ReadIndex
+@dataclass(frozen=True, slots=True)
+class ChangeMembership:
+    """An operator's membership change (add a learner, promote it, remove a member).
+    Answered by an AdminResult with the same ``token`` once decided, or refused."""
+
+    token: int
+    change: MembershipChange
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """Hand leadership to ``target`` (None: the most caught-up voter), e.g. before
+    maintenance. Answered by an AdminResult with the same ``token``."""
+
+    token: int
+    target: NodeId | None = None
+
+
+Input = (
+    Received
+    | ClientCommand
+    | Tick
+    | SnapshotTaken
+    | ReadIndex
+    | ChangeMembership
+    | TransferLeadership
+)
 
 # --------------------------------------------------------------------------------- outputs
 
@@ -93,6 +120,20 @@ class ReadReady:
     token: int
     index: int | None
     leader: NodeId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResult:
+    """The outcome of a ChangeMembership or TransferLeadership with this ``token``.
+
+    ``ok`` False with ``unknown`` True: leadership was lost before the change was decided;
+    it may still take effect (read the membership to know)."""
+
+    token: int
+    ok: bool
+    detail: str
+    slot: int = 0
+    unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +179,7 @@ class Ready:
     to_apply: tuple[DecidedEntry, ...]
     redirects: tuple[Redirect, ...]
     reads: tuple[ReadReady, ...] = ()
+    admin: tuple[AdminResult, ...] = ()
 
 
 # ------------------------------------------------------------------------ durable state
@@ -169,7 +211,7 @@ class DurableState:
             assert prior is None or prior.value == d.value, f"slot {d.slot} decided twice"
             self.decided[d.slot] = d
         if record.snapshot is not None and (
-            self.snapshot is None or record.snapshot.slot > self.snapshot.slot
+            self.snapshot is None or record.snapshot.slot >= self.snapshot.slot
         ):
             self.snapshot = record.snapshot
         if record.compact_through is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry
+from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Membership
 
 
 class Prepare(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -65,6 +65,8 @@ class Accepted(msgspec.Struct, frozen=True, tag=True, array_like=True):
     slots: tuple[int, ...]
     # Echo of the heartbeat's read_seq this answers (0 when it answers an accept).
     read_seq: int = 0
+    # The sender's decided prefix: how caught up a learner is before it may be promoted.
+    decided_through: int = 0
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -105,6 +107,8 @@ class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True):
     offset: int
     total: int
     data: bytes
+    # The membership in effect after ``slot`` (see Snapshot.membership).
+    membership: Membership | None = None
 
 
 class CatchUpReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -115,7 +119,24 @@ class CatchUpReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
     decided_through: int
 
 
-Message = Prepare | Promise | Nack | Accept | Accepted | Heartbeat | CatchUpRequest | CatchUpReply
+class TimeoutNow(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The leader at ``ballot`` hands over: campaign now instead of waiting for a timeout
+    (leader transfer, as Raft's TimeoutNow). Ignored unless we follow that very ballot."""
+
+    ballot: Ballot
+
+
+Message = (
+    Prepare
+    | Promise
+    | Nack
+    | Accept
+    | Accepted
+    | Heartbeat
+    | CatchUpRequest
+    | CatchUpReply
+    | TimeoutNow
+)
 
 __all__ = [
     "Accept",
@@ -130,4 +151,5 @@ __all__ = [
     "Promise",
     "PromiseEntry",
     "SnapshotChunk",
+    "TimeoutNow",
 ]

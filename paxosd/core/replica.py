@@ -24,6 +24,8 @@ from collections import deque
 
 from paxosd.core.config import CoreConfig, Rng
 from paxosd.core.io import (
+    AdminResult,
+    ChangeMembership,
     ClientCommand,
     DurableState,
     Input,
@@ -36,6 +38,16 @@ from paxosd.core.io import (
     Redirect,
     SnapshotTaken,
     Tick,
+    TransferLeadership,
+)
+from paxosd.core.membership import (
+    ChangeKind,
+    ChangeRefused,
+    MembershipChange,
+    apply_change,
+    encode_membership,
+    is_membership_command,
+    membership_of,
 )
 from paxosd.core.messages import (
     Accept,
@@ -49,6 +61,7 @@ from paxosd.core.messages import (
     Promise,
     PromiseEntry,
     SnapshotChunk,
+    TimeoutNow,
 )
 from paxosd.core.types import (
     NOOP,
@@ -56,6 +69,7 @@ from paxosd.core.types import (
     AcceptedEntry,
     Ballot,
     DecidedEntry,
+    Membership,
     NodeId,
     Snapshot,
     Value,
@@ -79,7 +93,15 @@ class Replica:
     ) -> None:
         self.config = config
         self.id = config.node_id
-        self.peers: tuple[NodeId, ...] = tuple(m for m in config.members if m != self.id)
+        # Who takes part, as of decided_through (the log changes it: see core.membership).
+        # The history maps each membership to the slot after which it governs, so a snapshot
+        # can say which one was in effect at its slot.
+        self._bootstrap = Membership.bootstrap(config.members)
+        self.membership = self._bootstrap
+        self.voters: frozenset[NodeId] = self.membership.voters
+        self.peers: tuple[NodeId, ...] = ()
+        self._membership_history: list[tuple[int, Membership]] = []
+        self._set_membership(self._bootstrap, 0)
         self._rng = rng
         self.now_ms = now_ms
 
@@ -103,6 +125,7 @@ class Replica:
         # Candidate state.
         self.ballot: Ballot = ZERO_BALLOT  # our own ballot while candidate or leader
         self._promises: dict[NodeId, Promise] = {}
+        self._prepare_targets: set[NodeId] = set()
         self._prepare_from = 0
         self._prepare_sent_ms = 0
 
@@ -111,6 +134,20 @@ class Replica:
         self._next_slot = 1
         self._proposals: dict[int, Value] = {}  # slot -> value proposed at self.ballot
         self._votes: dict[int, set[NodeId]] = {}  # slot -> acceptors that accepted it
+        # slot -> whose votes count for it: the voters when it was proposed (stop semantics
+        # make that the membership in effect for the slot).
+        self._slot_voters: dict[int, frozenset[NodeId]] = {}
+        # Values phase 1 found (or no-ops for gaps) for slots up to _backlog_top, proposed
+        # through the same window as new commands.
+        self._backlog: dict[int, Value] = {}
+        self._backlog_top = 0
+        # The undecided membership slot in flight: nothing is proposed above it until decided.
+        self._config_slot: int | None = None
+        self._config_request: tuple[int, Membership] | None = None
+        self._config_tokens: dict[int, int] = {}  # membership slot -> admin token
+        # Leader transfer in progress: (token, target, give up at ms).
+        self._transfer: tuple[int, NodeId, int] | None = None
+        self._peer_decided: dict[NodeId, int] = {}
         self._proposed_ms: dict[int, int] = {}  # slot -> when its accept was last sent
         self._commit_through = 0  # every slot in [start, this] has a majority at self.ballot
         self._last_heartbeat_ms = 0
@@ -129,6 +166,7 @@ class Replica:
         self._read_acked: dict[NodeId, int] = {}
         self._pending_reads: list[tuple[int, int, int]] = []  # (token, index, seq)
         self._reads_out: list[ReadReady] = []
+        self._admin_out: list[AdminResult] = []
 
         # Output buffers, drained by ready().
         self._persist_promised: Ballot | None = None
@@ -162,6 +200,10 @@ class Replica:
             self._restore = durable.snapshot
             self.applied_through = durable.snapshot.slot
             self.decided_through = durable.snapshot.slot
+            self._membership_history = []
+            self._set_membership(
+                durable.snapshot.membership or self._bootstrap, durable.snapshot.slot
+            )
         self.decided = {d.slot: d.value for d in durable.decided.values()}
         if self.decided or durable.snapshot is not None:
             low = min(self.decided, default=self.decided_through + 1)
@@ -187,12 +229,17 @@ class Replica:
                 self._on_snapshot_taken(snap)
             case ReadIndex(token=token):
                 self._on_read_index(token)
+            case ChangeMembership(token=token, change=change):
+                self._on_change_membership(token, change)
+            case TransferLeadership(token=token, target=target):
+                self._on_transfer(token, target)
 
     def has_ready(self) -> bool:
         self._flush_proposals()
         self._flush_read_round()
         return bool(
             self._reads_out
+            or self._admin_out
             or self._persist_promised is not None
             or self._persist_accepted
             or self._persist_decided
@@ -231,7 +278,15 @@ class Replica:
                 )
         for dst, (ballot, slots, read_seq) in self._accepted_out.items():
             messages.append(
-                Outbound(dst, Accepted(ballot=ballot, slots=tuple(slots), read_seq=read_seq))
+                Outbound(
+                    dst,
+                    Accepted(
+                        ballot=ballot,
+                        slots=tuple(slots),
+                        read_seq=read_seq,
+                        decided_through=self.decided_through,
+                    ),
+                )
             )
         rd = Ready(
             persist=PersistRecord(
@@ -247,6 +302,7 @@ class Replica:
             to_apply=tuple(self._to_apply),
             redirects=tuple(self._redirects),
             reads=tuple(self._reads_out),
+            admin=tuple(self._admin_out),
         )
         self._persist_promised = None
         self._persist_accepted = {}
@@ -260,6 +316,7 @@ class Replica:
         self._restore = None
         self._redirects = []
         self._reads_out = []
+        self._admin_out = []
         self._outstanding = rd
         return rd
 
@@ -286,6 +343,10 @@ class Replica:
         """When (our clock) each peer last answered this leader: the basis of check-quorum."""
         return dict(self._last_ack_ms)
 
+    def peer_decided(self, node: NodeId) -> int:
+        """How far ``node`` said it has decided (leader only; 0 if unknown)."""
+        return self._peer_decided.get(node, 0)
+
     @property
     def pending_commands(self) -> int:
         return len(self._queue)
@@ -298,6 +359,26 @@ class Replica:
     def _broadcast(self, msg: Message) -> None:
         for p in self.peers:
             self._messages.append(Outbound(p, msg))
+
+    def _set_membership(self, m: Membership, after_slot: int) -> None:
+        """``m`` governs every slot after ``after_slot``."""
+        self.membership = m
+        self.voters = m.voters
+        self.peers = tuple(n for n in m.ids if n != self.id)
+        self._membership_history.append((after_slot, m))
+
+    def membership_at(self, slot: int) -> Membership:
+        """The membership in effect after ``slot`` was applied (for snapshots)."""
+        found = self._membership_history[0][1]
+        for after, m in self._membership_history:
+            if after <= slot:
+                found = m
+        return found
+
+    def _admin(
+        self, token: int, ok: bool, detail: str, slot: int = 0, unknown: bool = False
+    ) -> None:
+        self._admin_out.append(AdminResult(token, ok, detail, slot, unknown))
 
     def _promise(self, ballot: Ballot) -> None:
         assert ballot >= self.promised, "promise must never go backwards"
@@ -325,6 +406,9 @@ class Replica:
         if higher is not None:
             self._observe(higher)
             self.leader_hint = NodeId(higher.node) if higher.node != self.id else None
+        elif self.leader_hint == self.id:
+            # We no longer lead: naming ourselves would send redirected clients straight back.
+            self.leader_hint = None
         if self.role is not Role.FOLLOWER:
             if self.role is Role.CANDIDATE:
                 self.elections_lost += 1
@@ -332,8 +416,32 @@ class Replica:
             self._promises = {}
             self._proposals = {}
             self._votes = {}
+            self._slot_voters = {}
             self._proposed_ms = {}
             self._accept_out = {}
+            self._backlog = {}
+            self._backlog_top = 0
+            self._config_slot = None
+            if self._config_request is not None:
+                self._admin(self._config_request[0], False, "leadership lost before proposing")
+                self._config_request = None
+            for slot, token in self._config_tokens.items():
+                self._admin(
+                    token,
+                    False,
+                    f"leadership lost before slot {slot} was decided; the change may still "
+                    "take effect: check the members",
+                    slot=slot,
+                    unknown=True,
+                )
+            self._config_tokens = {}
+            if self._transfer is not None:
+                token, target, _ = self._transfer
+                if higher is not None and higher.node == target:
+                    self._admin(token, True, f"node {target} took over at ballot {higher}")
+                else:
+                    self._admin(token, False, "leadership lost to another node during transfer")
+                self._transfer = None
             while self._queue:
                 self._redirects.append(Redirect(self._queue.popleft(), self.leader_hint))
             for token, _, _ in self._pending_reads:
@@ -358,6 +466,9 @@ class Replica:
     def _advance_decided_through(self) -> None:
         while self.decided_through + 1 in self.decided:
             self.decided_through += 1
+            m = membership_of(self.decided[self.decided_through])
+            if m is not None:
+                self._on_membership_decided(self.decided_through, m)
         # Hand out for apply everything decided and contiguous; the invariant
         # applied_through <= decided_through holds by construction.
         if "apply_before_decided" in self.config.planted_bugs:
@@ -366,6 +477,52 @@ class Replica:
             self.applied_through += 1
             s = self.applied_through
             self._to_apply.append(DecidedEntry(s, self.decided[s]))
+
+    def _on_membership_decided(self, slot: int, m: Membership) -> None:
+        """``m`` governs from ``slot + 1`` on, at every replica, once it learns ``slot``."""
+        self._set_membership(m, slot)
+        if self.role is Role.CANDIDATE and self.id not in self.voters:
+            self._step_down(None)
+        if self.role is not Role.LEADER:
+            return
+        if slot == self._config_slot:
+            self._config_slot = None
+        token = self._config_tokens.pop(slot, None)
+        if token is not None:
+            self._admin(token, True, f"membership epoch {m.epoch} decided at slot {slot}", slot)
+        gone = [p for p in self._last_ack_ms if p not in m.ids]
+        for p in gone:
+            self._last_ack_ms.pop(p, None)
+            self.peer_voted_slot.pop(p, None)
+            self._read_acked.pop(p, None)
+            self._peer_decided.pop(p, None)
+            self._accept_out.pop(p, None)
+        # A new voter gets an election timeout's grace before check-quorum counts it as
+        # silent. Learners get none: their acks must be real, or a learner that never
+        # answered would look live to the promotion check.
+        for p in self.peers:
+            if p in self.voters:
+                self._last_ack_ms.setdefault(p, self.now_ms)
+        if self.id not in self.voters:
+            # Removed (or demoted): hand over to the most caught-up voter, then stop leading.
+            target = self._best_voter()
+            if target is not None:
+                self._send(target, TimeoutNow(ballot=self.ballot))
+            # Queued commands are redirected to the voter we hand over to.
+            self.leader_hint = target
+            self._step_down(None)
+
+    def _best_voter(self) -> NodeId | None:
+        """The other voter most likely to win at once: fresh, and furthest along."""
+        window = self.config.election_timeout_ms_max
+        fresh = [
+            p
+            for p in self.voters
+            if p != self.id and self.now_ms - self._last_ack_ms.get(p, -(10**12)) < window
+        ]
+        if not fresh:
+            return None
+        return max(fresh, key=lambda p: (self.peer_voted_slot.get(p, 0), -p))
 
     def _commit_from_leader(self, ballot: Ballot, commit_through: int) -> None:
         """Learn every slot up to ``commit_through`` that we accepted at exactly ``ballot``:
@@ -402,6 +559,11 @@ class Replica:
         if self.role is Role.LEADER:
             if self.now_ms - self._last_heartbeat_ms >= self.config.heartbeat_interval_ms:
                 self._heartbeat()
+                self._maybe_hand_over()
+            if self._transfer is not None and self.now_ms >= self._transfer[2]:
+                token, target, _ = self._transfer
+                self._transfer = None
+                self._admin(token, False, f"node {target} did not take over in time; still leading")
             self._check_quorum()
         elif self.role is Role.CANDIDATE:
             if self.now_ms >= self.election_deadline_ms:
@@ -410,14 +572,21 @@ class Replica:
             elif self.now_ms - self._prepare_sent_ms >= self.config.heartbeat_interval_ms:
                 self._send_prepares()
         elif self.now_ms >= self.election_deadline_ms:
-            self._start_election()
+            if self.id in self.voters:
+                self._start_election()
+            else:
+                self._reset_election_timer()  # learners and non-members never campaign
 
     def _check_quorum(self) -> None:
         """A leader that has not heard from a majority for an election timeout steps down, so
         clients stuck with a partitioned leader are redirected instead of waiting forever."""
         window = self.config.election_timeout_ms_max
-        fresh = 1 + sum(1 for p in self.peers if self.now_ms - self._last_ack_ms.get(p, 0) < window)
-        if fresh < self.config.quorum:
+        fresh = (self.id in self.voters) + sum(
+            1
+            for p in self.voters
+            if p != self.id and self.now_ms - self._last_ack_ms.get(p, 0) < window
+        )
+        if fresh < self.membership.quorum:
             self._step_down(None)
 
     def _start_election(self) -> None:
@@ -428,14 +597,15 @@ class Replica:
         self._promise(self.ballot)
         self._prepare_from = self.decided_through + 1
         self._promises = {self.id: self._make_promise(self.ballot, self._prepare_from, False)}
+        self._prepare_targets = set(self.voters)
         self._reset_election_timer()
         self._send_prepares()
         self._maybe_win()
 
     def _send_prepares(self) -> None:
         self._prepare_sent_ms = self.now_ms
-        for p in self.peers:
-            if p not in self._promises:
+        for p in sorted(self._prepare_targets):
+            if p not in self._promises and p != self.id:
                 self._send(p, Prepare(ballot=self.ballot, from_slot=self._prepare_from))
 
     def _make_promise(self, ballot: Ballot, from_slot: int, capped: bool = True) -> Promise:
@@ -468,7 +638,7 @@ class Replica:
         )
 
     def _on_message(self, src: NodeId, msg: Message) -> None:
-        assert src != self.id and src in self.config.members, f"message from non-member {src}"
+        assert src != self.id, "a message from ourselves"
         match msg:
             case Prepare():
                 self._on_prepare(src, msg)
@@ -486,8 +656,14 @@ class Replica:
                 self._on_catchup_request(src, msg)
             case CatchUpReply():
                 self._on_catchup_reply(src, msg)
+            case TimeoutNow():
+                self._on_timeout_now(src, msg)
 
     def _on_prepare(self, src: NodeId, msg: Prepare) -> None:
+        if src not in self.voters:
+            # A removed member (or one whose promotion we have not learned) must not unseat a
+            # leader with ever higher ballots. It will learn or be stopped; we lose nothing.
+            return
         if msg.ballot < self.promised:
             self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
             return
@@ -512,8 +688,21 @@ class Replica:
         self._maybe_win()
 
     def _maybe_win(self) -> None:
-        if len(self._promises) < self.config.quorum:
+        """Lead once a majority of every membership that may govern an open slot promised.
+
+        That is the membership we know (as of our decided prefix) and every membership a
+        promise reports for a later slot: if one was chosen there, a majority of the earlier
+        membership accepted it, so some promise in that majority reports it (or a later one),
+        and values chosen under it were accepted by a majority of it, which we then also ask.
+        """
+        if sum(1 for p in self._promises if p in self.voters) < self.membership.quorum:
             return
+        if self._prepare_from < self.log_start:
+            # A snapshot (installed from a peer, or taken after catching up) compacted slots
+            # we campaigned for while we were campaigning. They are decided, but our own
+            # promise can no longer report them, so leading from there could propose a new
+            # value into a chosen slot that only we knew about: lead from log_start instead.
+            self._prepare_from = self.log_start
         # Our own state may have grown while campaigning (catch-up): re-read it.
         self._promises[self.id] = self._make_promise(self.ballot, self._prepare_from, False)
         ignore = "ignore_phase1_values" in self.config.planted_bugs
@@ -529,27 +718,53 @@ class Replica:
                     continue  # a decided value already fixes this slot
                 if e.decided or cur is None or e.ballot > cur[0]:
                     chosen[e.slot] = (e.ballot, e.value, e.decided)
+        required = [self.membership]
+        if "phase1_ignores_new_membership" in self.config.planted_bugs:
+            chosen_memberships: list[int] = []
+        else:
+            # Slots below _prepare_from are decided: their memberships are in ours already.
+            chosen_memberships = sorted(s for s in chosen if s >= self._prepare_from)
+        for slot in chosen_memberships:
+            m = membership_of(chosen[slot][1])
+            if m is not None:
+                required.append(m)
+        missing = False
+        for m in required:
+            if sum(1 for n in self._promises if n in m.voters) < m.quorum:
+                missing = True
+                fresh = m.voters - self._prepare_targets
+                if fresh:
+                    self._prepare_targets |= fresh
+                    for n in sorted(fresh - {self.id}):
+                        self._send(n, Prepare(ballot=self.ballot, from_slot=self._prepare_from))
+        if missing:
+            return
         self.role = Role.LEADER
         self.leader_hint = self.id
         self.elections_lost = 0
         self._promises = {}
         self._proposals = {}
         self._votes = {}
+        self._slot_voters = {}
         self._proposed_ms = {}
         self._commit_through = self._prepare_from - 1
-        self._next_slot = top + 1
-        self._last_ack_ms = {p: self.now_ms for p in self.peers}
+        self._next_slot = self._prepare_from
+        self._config_slot = None
+        self._last_ack_ms = {p: self.now_ms for p in self.peers if p in self.voters}
         self.peer_voted_slot = {}
+        self._peer_decided = {}
         self._read_acked = {}
+        # Re-propose what phase 1 found, no-ops in the gaps; _flush_proposals sends them
+        # through the window and stops after a membership slot until it is decided.
+        self._backlog = {}
         for s in range(self._prepare_from, top + 1):
             entry = chosen.get(s)
             if s in self.decided:
-                value = self.decided[s]
+                self._backlog[s] = self.decided[s]
             elif entry is not None:
-                value = entry[1]
-            else:
-                value = NOOP
-            self._propose(s, value)
+                self._backlog[s] = entry[1]
+        self._backlog_top = top
+        self._flush_proposals()
         self._heartbeat(resend=False)
 
     def _on_nack(self, msg: Nack) -> None:
@@ -560,9 +775,13 @@ class Replica:
     def _propose(self, slot: int, value: Value) -> None:
         assert self.role is Role.LEADER
         assert slot not in self._proposals, f"slot {slot} proposed twice at one ballot"
+        assert self._config_slot is None, "proposal above an undecided membership slot"
         self._proposals[slot] = value
         self._votes[slot] = set()
+        self._slot_voters[slot] = self.voters
         self._proposed_ms[slot] = self.now_ms
+        if slot > self.decided_through and membership_of(value) is not None:
+            self._config_slot = slot
         entry = DecidedEntry(slot, value)
         for p in self.peers:
             self._accept_out.setdefault(p, []).append(entry)
@@ -580,13 +799,17 @@ class Replica:
         votes = self._votes.get(slot)
         if votes is None:
             return
+        voters = self._slot_voters[slot]
+        if voter not in voters:
+            return  # a learner's vote: it holds the value, but does not count
         votes.add(voter)
-        needed = 1 if "minority_quorum" in self.config.planted_bugs else self.config.quorum
+        needed = 1 if "minority_quorum" in self.config.planted_bugs else len(voters) // 2 + 1
         if len(votes) >= needed:
             value = self._proposals[slot]
-            self._decide(slot, value)
             del self._votes[slot]
+            del self._slot_voters[slot]
             del self._proposed_ms[slot]
+            self._decide(slot, value)
             while (
                 self._commit_through + 1 < self._next_slot
                 and self._commit_through + 1 not in self._votes
@@ -600,7 +823,26 @@ class Replica:
         if self.role is not Role.LEADER:
             return
         cfg = self.config
-        while self._queue and self._next_slot - 1 - self._commit_through < cfg.slots_in_flight_max:
+        while (
+            self._config_slot is None
+            and self._next_slot - 1 - self._commit_through < cfg.slots_in_flight_max
+        ):
+            slot = self._next_slot
+            if slot <= self._backlog_top:
+                self._next_slot += 1
+                self._propose(slot, self._backlog.pop(slot, NOOP))
+                continue
+            if self._transfer is not None:
+                return  # handing over: new commands wait, and go to the next leader
+            if self._config_request is not None:
+                token, m = self._config_request
+                self._config_request = None
+                self._config_tokens[slot] = token
+                self._next_slot += 1
+                self._propose(slot, encode_membership(m))
+                continue
+            if not self._queue:
+                return
             batch: list[bytes] = []
             size = 0
             while self._queue and len(batch) < cfg.batch_commands_max:
@@ -609,7 +851,6 @@ class Replica:
                     break
                 batch.append(self._queue.popleft())
                 size += nxt
-            slot = self._next_slot
             self._next_slot += 1
             self._propose(slot, tuple(batch))
 
@@ -644,6 +885,10 @@ class Replica:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
         self._last_ack_ms[src] = self.now_ms
+        # Present once the peer answered this leader at all (promotion needs that). The
+        # latest answer, not the highest: a learner that restarted with an empty disk must
+        # not look caught up; a reordered older answer only makes it look further behind.
+        self._peer_decided[src] = msg.decided_through
         for s in msg.slots:
             self._count_vote(s, src)
         if msg.read_seq > self._read_acked.get(src, 0):
@@ -653,6 +898,8 @@ class Replica:
             top = max(msg.slots)
             if top > self.peer_voted_slot.get(src, 0):
                 self.peer_voted_slot[src] = top
+        if self._transfer is not None and self._transfer[1] == src:
+            self._maybe_hand_over()
 
     def _heartbeat(self, resend: bool = True) -> None:
         """Tell followers we lead, how far they may commit, and re-send what they miss."""
@@ -675,8 +922,8 @@ class Replica:
                 continue
             self._proposed_ms[s] = self.now_ms
             entry = DecidedEntry(s, self._proposals[s])
-            for p in self.peers:
-                if p not in votes:
+            for p in self._slot_voters[s]:
+                if p not in votes and p != self.id:
                     out = self._accept_out.setdefault(p, [])
                     if len(out) < self.config.accept_entries_per_message_max:
                         out.append(entry)
@@ -713,7 +960,7 @@ class Replica:
             offset = msg.snapshot_offset if msg.snapshot_slot == snap.slot else 0
             offset = min(max(offset, 0), len(snap.state))
             data = snap.state[offset : offset + self.config.snapshot_chunk_bytes]
-            chunk = SnapshotChunk(snap.slot, offset, len(snap.state), data)
+            chunk = SnapshotChunk(snap.slot, offset, len(snap.state), data, snap.membership)
             self._send(
                 src, CatchUpReply(chunk=chunk, entries=(), decided_through=self.decided_through)
             )
@@ -742,7 +989,13 @@ class Replica:
         rx[2].extend(chunk.data)
         if len(rx[2]) >= chunk.total:
             self._snap_rx = None
-            self._install_snapshot(Snapshot(slot=chunk.slot, state=bytes(rx[2][: chunk.total])))
+            self._install_snapshot(
+                Snapshot(
+                    slot=chunk.slot,
+                    state=bytes(rx[2][: chunk.total]),
+                    membership=chunk.membership,
+                )
+            )
         self._catchup_sent_ms = -(10**9)
         self._maybe_catch_up(src, their_through)
 
@@ -773,12 +1026,26 @@ class Replica:
         self.log_start = snap.slot + 1
         self.decided_through = snap.slot
         self.applied_through = snap.slot
+        self._membership_history = []
+        self._set_membership(snap.membership or self._bootstrap, snap.slot)
+        if self.role is Role.CANDIDATE and self.id not in self.voters:
+            self._step_down(None)
         self._advance_decided_through()
 
     def _on_snapshot_taken(self, snap: Snapshot) -> None:
         assert snap.slot <= self.applied_through, "snapshot of slots not yet applied"
         if self.snapshot is not None and snap.slot <= self.snapshot.slot:
             return
+        membership = self.membership_at(snap.slot)
+        snap = Snapshot(
+            slot=snap.slot,
+            state=snap.state,
+            membership=membership,
+        )
+        # Older memberships can no longer be asked about: keep the one in effect at the snapshot.
+        hist = self._membership_history
+        first = max(i for i, (after, _) in enumerate(hist) if after <= snap.slot or i == 0)
+        self._membership_history = hist[first:]
         self.snapshot = snap
         self._persist_snapshot = snap
         cut = snap.slot - self.config.log_retain_entries
@@ -801,8 +1068,8 @@ class Replica:
         if self.role is not Role.LEADER:
             self._reads_out.append(ReadReady(token, None, self.leader_hint))
             return
-        index = self._next_slot - 1
-        if self.config.quorum == 1:
+        index = max(self._next_slot - 1, self._backlog_top)
+        if self.membership.quorum == 1 and self.voters == {self.id}:
             self._reads_out.append(ReadReady(token, index))
             return
         self._pending_reads.append((token, index, self._read_seq + 1))
@@ -819,9 +1086,12 @@ class Replica:
     def _release_reads(self) -> None:
         if not self._pending_reads:
             return
-        acked = sorted(self._read_acked.values(), reverse=True)
-        needed = self.config.quorum - 1  # we count ourselves
-        confirmed = acked[needed - 1] if len(acked) >= needed else 0
+        acked = sorted((v for p, v in self._read_acked.items() if p in self.voters), reverse=True)
+        needed = self.membership.quorum - 1  # we count ourselves
+        if needed <= 0:
+            confirmed = self._read_seq  # we alone are a majority (one voter)
+        else:
+            confirmed = acked[needed - 1] if len(acked) >= needed else 0
         keep: list[tuple[int, int, int]] = []
         for token, index, seq in self._pending_reads:
             if seq <= confirmed:
@@ -831,6 +1101,10 @@ class Replica:
         self._pending_reads = keep
 
     def _on_client_command(self, cmd: bytes) -> None:
+        if is_membership_command(cmd):
+            # Membership changes come only as ChangeMembership, checked and one at a time.
+            self._redirects.append(Redirect(cmd, self.leader_hint, reason="refused"))
+            return
         if self.role is not Role.LEADER:
             self._redirects.append(Redirect(cmd, self.leader_hint))
             return
@@ -838,3 +1112,110 @@ class Replica:
             self._redirects.append(Redirect(cmd, self.id, reason="busy"))
             return
         self._queue.append(cmd)
+
+    # ------------------------------------------------------------------ operations
+
+    def _on_change_membership(self, token: int, change: MembershipChange) -> None:
+        if self.role is not Role.LEADER:
+            hint = "no leader known" if self.leader_hint is None else f"node {self.leader_hint}"
+            self._admin(token, False, f"not the leader ({hint} is)")
+            return
+        if self._config_slot is not None or self._config_request is not None:
+            self._admin(token, False, "another membership change is in progress; retry after it")
+            return
+        if self._transfer is not None:
+            self._admin(token, False, "a leader transfer is in progress; retry after it")
+            return
+        try:
+            new = apply_change(self.membership, change)
+        except ChangeRefused as e:
+            self._admin(token, False, str(e))
+            return
+        if new is None:
+            self._admin(token, True, "already in effect", self.decided_through)
+            return
+        node = change.node
+        if change.kind is ChangeKind.PROMOTE:
+            heard = self._last_ack_ms.get(node)
+            if (
+                node not in self._peer_decided
+                or heard is None
+                or self.now_ms - heard >= self.config.election_timeout_ms_max
+            ):
+                self._admin(
+                    token,
+                    False,
+                    f"node {node} has not answered this leader lately (is it running and "
+                    "reachable?); promote it once it has caught up",
+                )
+                return
+            behind = self.decided_through - self._peer_decided[node]
+            if behind > self.config.promote_lag_slots_max:
+                self._admin(
+                    token,
+                    False,
+                    f"node {node} is {behind} slots behind (promote when it is within "
+                    f"{self.config.promote_lag_slots_max}); it is catching up",
+                )
+                return
+        # Refuse a membership whose voters could not form a majority right now: it would stop
+        # the cluster (and the change itself could never be undone without a quorum).
+        window = self.config.election_timeout_ms_max
+        live = {
+            p
+            for p in new.voters
+            if p == self.id or self.now_ms - self._last_ack_ms.get(p, -(10**12)) < window
+        }
+        if len(live) < new.quorum:
+            down = sorted(new.voters - live)
+            self._admin(
+                token,
+                False,
+                f"the new membership would have {len(live)} live voters of "
+                f"{len(new.voters)} (quorum {new.quorum}); not answering: {down}",
+            )
+            return
+        self._config_request = (token, new)
+
+    def _on_transfer(self, token: int, target: NodeId | None) -> None:
+        if self.role is not Role.LEADER:
+            hint = "no leader known" if self.leader_hint is None else f"node {self.leader_hint}"
+            self._admin(token, False, f"not the leader ({hint} is)")
+            return
+        if target == self.id:
+            self._admin(token, True, f"node {self.id} already leads")
+            return
+        if self._transfer is not None:
+            self._admin(token, False, "a leader transfer is already in progress")
+            return
+        if target is None:
+            target = self._best_voter()
+            if target is None:
+                self._admin(token, False, "no other voter is answering")
+                return
+        elif target not in self.voters:
+            self._admin(token, False, f"node {target} is not a voter")
+            return
+        self._transfer = (token, target, self.now_ms + self.config.election_timeout_ms_max)
+        self._maybe_hand_over()
+
+    def _maybe_hand_over(self) -> None:
+        """Tell the transfer target to campaign once it holds every value we proposed, so
+        its phase 1 finds them all and no acknowledged write waits on a timeout."""
+        if self._transfer is None or self.role is not Role.LEADER:
+            return
+        _, target, _ = self._transfer
+        if self._backlog_top >= self._next_slot or self._config_slot is not None:
+            return
+        if any(target not in votes for votes in self._votes.values()):
+            return
+        self._send(target, TimeoutNow(ballot=self.ballot))
+
+    def _on_timeout_now(self, src: NodeId, msg: TimeoutNow) -> None:
+        if (
+            self.role is Role.FOLLOWER
+            and msg.ballot == self.promised
+            and msg.ballot.node == src
+            and self.id in self.voters
+        ):
+            self._start_election()

@@ -49,11 +49,63 @@ class DecidedEntry(msgspec.Struct, frozen=True, array_like=True):
     value: Value
 
 
+class Member(msgspec.Struct, frozen=True, array_like=True):
+    """One member of the cluster. ``address`` is its peer port ("host:port"), carried for
+    the daemon (the core never dials); "" for bootstrap members, whose addresses are in the
+    nodes' config files. A learner receives the log but neither votes nor campaigns."""
+
+    node: int
+    address: str
+    voter: bool
+
+
+class Membership(msgspec.Struct, frozen=True, array_like=True):
+    """Who takes part, as decided by the log (Lamport's reconfigurable state machine: the
+    membership is itself a decided command). ``epoch`` counts the changes since bootstrap.
+    Invariant: members are sorted by node id, ids unique, at least one voter."""
+
+    members: tuple[Member, ...]
+    epoch: int = 0
+    # Ids removed since bootstrap: never admitted again. A removed node may come back with
+    # its disk wiped, and a voter that forgot its votes could let a chosen value be replaced.
+    retired: tuple[int, ...] = ()
+
+    @staticmethod
+    def bootstrap(voters: tuple[NodeId, ...]) -> Membership:
+        return Membership(tuple(Member(int(n), "", True) for n in sorted(voters)), 0)
+
+    @property
+    def voters(self) -> frozenset[NodeId]:
+        return frozenset(NodeId(m.node) for m in self.members if m.voter)
+
+    @property
+    def learners(self) -> frozenset[NodeId]:
+        return frozenset(NodeId(m.node) for m in self.members if not m.voter)
+
+    @property
+    def ids(self) -> tuple[NodeId, ...]:
+        return tuple(NodeId(m.node) for m in self.members)
+
+    @property
+    def quorum(self) -> int:
+        """A majority of the voters: any two majorities of one membership intersect."""
+        return len(self.voters) // 2 + 1
+
+    def get(self, node: int) -> Member | None:
+        for m in self.members:
+            if m.node == node:
+                return m
+        return None
+
+
 class Snapshot(msgspec.Struct, frozen=True, array_like=True):
     """The state machine after applying every slot up to and including ``slot``.
 
     ``state`` is opaque to the core (the state machine encodes and decodes it).
+    ``membership`` is the membership in effect after ``slot`` (None: the bootstrap one), so a
+    replica that installs the snapshot knows whose votes count without the compacted log.
     """
 
     slot: int
     state: bytes
+    membership: Membership | None = None

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from paxosd.sim.run import FAULT_KINDS, SeedResult, run_seed
+from paxosd.sim.run import FAULT_KINDS, KNOWN_KINDS, SeedResult, run_seed
 
 # Sub-kinds the report folds into the kinds a user names on the command line.
 _KIND_OF = {
@@ -19,6 +19,9 @@ _KIND_OF = {
     "drop": "drop",
     "dup": "dup",
     "delay": "delay",
+    "reconfig-ok": "reconfig",
+    "reconfig-refused": "reconfig-refused",
+    "reconfig-unknown": "reconfig-refused",
 }
 
 
@@ -104,7 +107,7 @@ def fuzz(
     progress: Callable[[FuzzReport], None] | None = None,
 ) -> FuzzReport:
     assert seeds >= 1 and nodes >= 1
-    unknown = set(kinds) - set(FAULT_KINDS)
+    unknown = set(kinds) - set(KNOWN_KINDS)
     assert not unknown, f"unknown fault kinds {sorted(unknown)}"
     report = FuzzReport(nodes=nodes, kinds=kinds)
     start = time.perf_counter()

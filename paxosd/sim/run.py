@@ -20,6 +20,9 @@ from paxosd.sim.workload import KEYS, SimClient
 from paxosd.sim.world import World, WorldOptions
 
 FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
+# Kinds a run includes only when named (they change what every seed does).
+OPTIONAL_KINDS = ("reconfig",)
+KNOWN_KINDS = FAULT_KINDS + OPTIONAL_KINDS
 
 
 @dataclass(slots=True)
@@ -54,6 +57,7 @@ def _options(
         faults=faults,
         crash_mid_ready_probability=0.002 if "crash" in kinds else 0.0,
         planted_bugs=bugs,
+        reconfig="reconfig" in kinds,
     )
 
 
@@ -71,6 +75,11 @@ def _plan_faults(world: World, rng: random.Random, kinds: frozenset[str], safety
             for v in victims:
                 world.at(at, partial(world.crash, NodeId(v)))
                 world.at(at + down_ms, partial(world.restart, NodeId(v)))
+    if "reconfig" in kinds:
+        at = rng.randint(50, 400)
+        while at < safety_ms - 100:
+            world.at(at, world.operate)
+            at += rng.randint(50, 600)
     if "partition" in kinds:
         for _ in range(rng.randint(1, 3)):
             at = rng.randint(50, safety_ms - 100)
@@ -135,6 +144,8 @@ def run_seed(
         world.log(f"VIOLATION {v}")
     n = world.network.counters
     faults = Counter(world.stats.faults)
+    for outcome, count in world.stats.admin.items():
+        faults[f"reconfig-{outcome}"] += count
     if "drop" in kinds:
         faults["drop"] = n.dropped
     if "dup" in kinds:
@@ -178,7 +189,9 @@ def _final_reads(world: World) -> None:
         cmd = reader.begin(Get(key=key), world.now_ms, world.options.op_timeout_ms)
         world._cmd_owner[cmd] = (reader.index, reader.seq)
         world.checker.submitted.add(cmd)
-        reader.target = next(n for n in world.nodes if world.nodes[n].replica.is_leader)
+        leader = world.leader()
+        assert leader is not None, "converged without a leader"
+        reader.target = leader.id
         world._send_attempt(reader)
         world.run_until(world.now_ms + world.options.op_timeout_ms + 1000, lambda: not reader.busy)
         last = reader.history[-1] if reader.history else None
@@ -189,7 +202,7 @@ def _final_reads(world: World) -> None:
 def _check_durability(world: World) -> None:
     """Every acknowledged command sits in a decided slot that every replica now holds, after
     whatever crashes the seed made."""
-    top = min(n.replica.decided_through for n in world.nodes.values())
+    top = min(n.replica.decided_through for n in world.member_nodes())
     for cmd in world.acknowledged:
         slot = world.checker.slot_of.get(cmd)
         if slot is None:

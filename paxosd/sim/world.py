@@ -15,10 +15,28 @@ from dataclasses import dataclass, field
 
 from paxosd.commands import Op, decode_result, encode_result, is_read
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, Outbound, ReadIndex, Received, SnapshotTaken, Tick
+from paxosd.core.io import (
+    ChangeMembership,
+    ClientCommand,
+    Input,
+    Outbound,
+    ReadIndex,
+    Received,
+    SnapshotTaken,
+    Tick,
+    TransferLeadership,
+)
+from paxosd.core.membership import (
+    ChangeKind,
+    ChangeRefused,
+    MembershipChange,
+    apply_change,
+    encode_membership,
+    membership_of,
+)
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
-from paxosd.core.types import ZERO_BALLOT, NodeId, Snapshot
+from paxosd.core.types import ZERO_BALLOT, Membership, NodeId, Snapshot
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
@@ -46,6 +64,9 @@ class WorldOptions:
     crash_mid_ready_probability: float = 0.0
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     planted_bugs: frozenset[str] = frozenset()
+    # Membership changes (add learner, promote, remove, leader transfer) while faults run.
+    reconfig: bool = False
+    members_max: int = 6
     trace_lines_max: int = 200
     trace_all: bool = False
 
@@ -68,6 +89,7 @@ class SimNode:
 class Stats:
     core_steps: int = 0
     snapshot_restores: int = 0
+    admin: Counter[str] = field(default_factory=Counter)
     client_ops: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
 
@@ -90,33 +112,88 @@ class World:
         self.issuing = True
         self.acknowledged: list[bytes] = []
         self._read_tokens = 0
-        members = tuple(NodeId(i) for i in range(1, options.nodes + 1))
-        self.configs = {
-            m: CoreConfig(
-                node_id=m,
-                members=members,
-                log_retain_entries=options.log_retain_entries,
-                # Tiny chunks, so every snapshot transfer takes several round trips.
-                snapshot_chunk_bytes=options.snapshot_chunk_bytes,
-                planted_bugs=options.planted_bugs,
-            )
-            for m in members
-        }
+        self.bootstrap = tuple(NodeId(i) for i in range(1, options.nodes + 1))
+        self.configs: dict[NodeId, CoreConfig] = {}
         self.nodes: dict[NodeId, SimNode] = {}
-        for m in members:
-            self.nodes[m] = SimNode(
-                id=m,
-                replica=Replica(self.configs[m], random.Random(self.rng.getrandbits(64))),
-                sm=StateMachine(),
-                disk=SimDisk(),
-            )
-            self._schedule(self.rng.randint(0, options.tick_ms), _TICK, m)
+        self._admin_tokens = 0
+        for m in self.bootstrap:
+            self.add_node(m)
         self.clients = [
             SimClient(index=i, client_id=f"c{i}", site=f"s{i % 3 + 1}")
             for i in range(options.clients)
         ]
         for c in self.clients:
             self._schedule(self.rng.randint(0, 50), _CLIENT_WAKE, (c.index, _NEXT_OP))
+
+    def add_node(self, nid: NodeId) -> None:
+        """Start a node with an empty disk. Not a bootstrap member: it waits, as a
+        non-member, until the log makes it a learner and the leader's traffic reaches it."""
+        opts = self.options
+        self.configs[nid] = CoreConfig(
+            node_id=nid,
+            members=self.bootstrap,
+            log_retain_entries=opts.log_retain_entries,
+            # Tiny chunks, so every snapshot transfer takes several round trips.
+            snapshot_chunk_bytes=opts.snapshot_chunk_bytes,
+            planted_bugs=opts.planted_bugs,
+        )
+        self.nodes[nid] = SimNode(
+            id=nid,
+            replica=Replica(self.configs[nid], random.Random(self.rng.getrandbits(64))),
+            sm=StateMachine(),
+            disk=SimDisk(),
+        )
+        self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
+
+    def membership(self) -> Membership:
+        """The latest membership any up replica has decided (what convergence is judged by)."""
+        best = max(
+            (n for n in self.nodes.values() if n.up),
+            key=lambda n: n.replica.decided_through,
+            default=next(iter(self.nodes.values())),
+        )
+        return best.replica.membership
+
+    def member_nodes(self) -> list[SimNode]:
+        return [self.nodes[n] for n in self.membership().ids if n in self.nodes]
+
+    def leader(self) -> SimNode | None:
+        leaders = [n for n in self.member_nodes() if n.up and n.replica.is_leader]
+        return max(leaders, key=lambda n: n.replica.ballot, default=None)
+
+    def operate(self) -> None:
+        """An operator's membership change (or leader transfer) sent to the leader: the kind
+        of change is random, the leader decides whether it is allowed."""
+        leader = self.leader()
+        if leader is None:
+            return
+        m = leader.replica.membership
+        learners = sorted(m.learners)
+        roll = self.rng.random()
+        self._admin_tokens += 1
+        token = self._admin_tokens
+        if roll < 0.15:
+            target = self.rng.choice([None, *sorted(m.voters)])
+            self.log(f"OPERATOR transfer leadership from n{leader.id} to {target}")
+            self._step(leader, TransferLeadership(token, target))
+            return
+        if learners and roll < 0.55:
+            change = MembershipChange(ChangeKind.PROMOTE, self.rng.choice(learners))
+        elif len(m.members) < self.options.members_max and roll < 0.8:
+            nid = NodeId(max(self.nodes) + 1)
+            self.add_node(nid)
+            change = MembershipChange(ChangeKind.ADD, nid, f"sim:{nid}")
+        else:
+            change = MembershipChange(ChangeKind.REMOVE, self.rng.choice(m.ids))
+        try:
+            expected = apply_change(m, change)
+        except ChangeRefused:
+            expected = None
+        if expected is not None:
+            # Validity: the only membership values a leader may propose are the ones asked for.
+            self.checker.submitted.add(encode_membership(expected)[0])
+        self.log(f"OPERATOR {change.kind.value} n{change.node} via leader n{leader.id}")
+        self._step(leader, ChangeMembership(token, change))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -157,9 +234,7 @@ class World:
 
     # ------------------------------------------------------------------ replicas
 
-    def _step(
-        self, node: SimNode, event: Tick | Received | ClientCommand | SnapshotTaken | ReadIndex
-    ) -> None:
+    def _step(self, node: SimNode, event: Input) -> None:
         self.stats.core_steps += 1
         node.replica.step(event)
         self._drain(node)
@@ -201,6 +276,8 @@ class World:
                 self.stats.snapshot_restores += 1
                 self.log(f"n{node.id} restored snapshot through slot {rd.restore.slot}")
             for entry in rd.to_apply:
+                if self.options.trace_all and membership_of(entry.value) is not None:
+                    self.log(f"n{node.id} applies membership {membership_of(entry.value)}")
                 results = node.sm.apply(entry.slot, entry.value)
                 self.checker.on_applied(node.id, entry.slot, entry.value, node.sm.digest())
                 for client_id, seq, result in results:
@@ -226,6 +303,9 @@ class World:
                     node.pending.pop((self.clients[ci].client_id, seq), None)
                     hint = b"" if red.leader is None else str(red.leader).encode()
                     self._reply_to_client(node.id, ci, seq, red.reason, hint)
+            for res in rd.admin:
+                self.stats.admin["ok" if res.ok else "unknown" if res.unknown else "refused"] += 1
+                self.log(f"n{node.id} admin #{res.token}: {'ok' if res.ok else res.detail}")
             r.advance(rd)
             if self.options.trace_all:
                 self._trace_ready(node, rd.persist.decided, rd.early_messages + rd.messages)
@@ -387,7 +467,7 @@ class World:
 
     def converged(self) -> bool:
         """Every replica up, one leader, everything decided applied everywhere, same digest."""
-        nodes = list(self.nodes.values())
+        nodes = self.member_nodes()
         if not all(n.up for n in nodes) or any(c.busy for c in self.clients):
             return False
         if sum(1 for n in nodes if n.replica.is_leader) != 1:
@@ -402,7 +482,7 @@ class World:
             rows = ", ".join(
                 f"n{n.id}:{'up' if n.up else 'down'} {n.replica.role.value} "
                 f"decided={n.replica.decided_through} applied={n.sm.applied_through}"
-                for n in self.nodes.values()
+                for n in self.member_nodes()
             )
             busy = sum(1 for c in self.clients if c.busy)
             raise Violation(

@@ -10,7 +10,15 @@ import random
 from collections.abc import Callable
 
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, DurableState, Input, Received, Tick
+from paxosd.core.io import (
+    AdminResult,
+    ClientCommand,
+    DurableState,
+    Input,
+    Received,
+    Redirect,
+    Tick,
+)
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, NodeId, Value
@@ -19,18 +27,27 @@ Pred = Callable[[int, int, Message], bool]
 
 
 class Cluster:
-    def __init__(self, n: int = 3, **config: object) -> None:
+    """Nodes 1..n. ``voters`` are the bootstrap voters (default: all of them); the other nodes
+    run too, as non-members, until the log adds them (membership change)."""
+
+    def __init__(self, n: int = 3, voters: tuple[int, ...] | None = None, **config: object) -> None:
         self.members = tuple(NodeId(i) for i in range(1, n + 1))
+        self.voters = tuple(NodeId(i) for i in voters) if voters is not None else self.members
         self.now_ms = 0
         self.configs = {
-            m: CoreConfig(node_id=m, members=self.members, **config) for m in self.members
-        }  # type: ignore[arg-type]
+            m: CoreConfig(node_id=m, members=self.voters, **config)  # type: ignore[arg-type]
+            for m in self.members
+        }
         self.disks = {m: DurableState(promised=ZERO_BALLOT) for m in self.members}
         self.replicas = {m: Replica(self.configs[m], random.Random(m)) for m in self.members}
         self.inflight: list[tuple[int, int, Message]] = []
         self.applied: dict[int, list[tuple[int, Value]]] = {m: [] for m in self.members}
         self.down: set[int] = set()
         self.reads: list[tuple[int, object]] = []
+        self.redirects: list[tuple[int, Redirect]] = []
+        self.admin: list[tuple[int, AdminResult]] = []
+        # Nodes whose messages (both ways) the network loses: a partition, without a crash.
+        self.cut: set[int] = set()
 
     def step(self, nid: int, event: Input) -> None:
         assert nid not in self.down
@@ -43,10 +60,13 @@ class Cluster:
             rd = r.ready()
             self.disks[nid].apply(rd.persist)  # type: ignore[index]
             for out in rd.early_messages + rd.messages:
-                self.inflight.append((nid, out.dst, out.msg))
+                if nid not in self.cut and out.dst not in self.cut:
+                    self.inflight.append((nid, out.dst, out.msg))
             for e in rd.to_apply:
                 self.applied[nid].append((e.slot, e.value))
             self.reads.extend((nid, x) for x in rd.reads)
+            self.redirects.extend((nid, x) for x in rd.redirects)
+            self.admin.extend((nid, x) for x in rd.admin)
             r.advance(rd)
 
     def campaign(self, nid: int) -> None:
@@ -93,9 +113,9 @@ class Cluster:
             decided=dict(self.disks[nid].decided),  # type: ignore[index]
             snapshot=self.disks[nid].snapshot,  # type: ignore[index]
         )
-        self.replicas[nid] = Replica(
-            self.configs[nid], random.Random(nid + 100), durable, self.now_ms
-        )  # type: ignore[index]
+        self.replicas[NodeId(nid)] = Replica(
+            self.configs[NodeId(nid)], random.Random(nid + 100), durable, self.now_ms
+        )
         self.applied[nid] = []
         self.drain(nid)
 

@@ -3,10 +3,12 @@ and planted bugs that the checkers must catch (so the checkers are not vacuous).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from paxosd.core.config import PLANTED_BUGS
-from paxosd.sim.fuzz import fuzz
+from paxosd.sim.fuzz import fuzz, replay_command
 from paxosd.sim.run import FAULT_KINDS, run_seed
 
 # CI budget: 3 nodes run ~80 seeds/s and 5 nodes ~45 seeds/s on one core of the CI machine.
@@ -29,6 +31,44 @@ def test_fuzzed_seeds_have_no_violation_and_every_fault_kind_is_injected(
     assert report.client_ops["ok"] > seeds * 10, "the workload barely ran"
 
 
+# Membership changes (add, promote, remove, leader transfer) under every fault kind.
+RECONFIG_SEEDS = 100
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_fuzzed_membership_changes_have_no_violation_and_converge(nodes: int) -> None:
+    kinds = (*FAULT_KINDS, "reconfig")
+    report = fuzz(RECONFIG_SEEDS, nodes, kinds=kinds)
+    failures = [(f.seed, str(f.violation)) for f in report.failures]
+    assert failures == [], replay_command(failures[0][0], nodes, kinds) if failures else ""
+    assert report.converged == RECONFIG_SEEDS
+    assert report.linearizability["ok"] == RECONFIG_SEEDS
+    assert report.fault_detail["reconfig-ok"] > RECONFIG_SEEDS, "changes were rarely decided"
+    assert report.fault_detail["reconfig-refused"] > 0, "no change was ever refused"
+    for kind in FAULT_KINDS:
+        assert report.faults[kind] > 0, f"fault kind {kind} was never injected"
+
+
+_MEMBER = re.compile(r"Member\(node=(\d+), address='[^']*', voter=(True|False)\)")
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_fuzzed_runs_really_promote_and_remove_voters(nodes: int) -> None:
+    # "reconfig-ok" also counts leader transfers: read the traces to see that learners were
+    # promoted and bootstrap voters removed, i.e. the voter set really moved under the load.
+    bootstrap = set(range(1, nodes + 1))
+    voter_sets: set[frozenset[int]] = set()
+    for seed in range(8):
+        r = run_seed(seed, nodes=nodes, kinds=frozenset({*FAULT_KINDS, "reconfig"}), trace=True)
+        assert r.violation is None, replay_command(seed, nodes, (*FAULT_KINDS, "reconfig"))
+        for line in r.trace:
+            if "applies membership" in line:
+                members = _MEMBER.findall(line)
+                voter_sets.add(frozenset(int(n) for n, voter in members if voter == "True"))
+    assert any(max(v) > nodes for v in voter_sets), "no learner was ever promoted"
+    assert any(not bootstrap <= v for v in voter_sets), "no bootstrap voter was ever removed"
+
+
 def test_one_seed_replays_exactly() -> None:
     a = run_seed(7, nodes=3, trace=True)
     b = run_seed(7, nodes=3, trace=True)
@@ -42,9 +82,14 @@ def test_one_seed_replays_exactly() -> None:
 
 # How many seeds each planted bug may take to be caught; measured well below these bounds.
 BUG_SEED_BOUND = 200
+# "phase1_ignores_new_membership" needs a long chain of membership changes that one acceptor
+# misses, then that laggard campaigning: the random fuzzer did not find it in 500 seeds (with
+# "reconfig"), so a scripted interleaving guards it instead:
+# tests/core/test_membership.py::test_a_candidate_that_missed_membership_changes_asks_the_new_voters
+SIM_FOUND_BUGS = PLANTED_BUGS - {"phase1_ignores_new_membership"}
 
 
-@pytest.mark.parametrize("bug", sorted(PLANTED_BUGS))
+@pytest.mark.parametrize("bug", sorted(SIM_FOUND_BUGS))
 def test_the_simulator_catches_a_planted_bug(bug: str) -> None:
     report = fuzz(BUG_SEED_BOUND, 3, bugs=frozenset({bug}), stop_at_first=True)
     assert report.failures, f"planted bug {bug} went unnoticed for {BUG_SEED_BOUND} seeds"

@@ -1,0 +1,479 @@
+"""Backups: one node's snapshot of the replicated state in a self-checking file, the query that
+streams it out of a live node, and the client loop that assembles it.
+
+A snapshot is consistent by construction: it is the state machine after applying every slot up
+to ``applied_index``, and every replica that applied that prefix holds the same bytes (the
+digest says so). So a backup needs no cluster-wide pause, only one node's snapshot.
+
+File layout (integers big-endian), in the spirit of a tar member: a fixed prefix that says
+what the file is, a small typed header, the payload, a checksum over all of it:
+
+    magic       8 bytes   b"PAXOSBAK"
+    version     2 bytes   FORMAT_VERSION
+    header_len  4 bytes   at most HEADER_BYTES_MAX
+    header      msgpack BackupHeader (who, which slot, which digest, how long the state is)
+    state       header.state_bytes bytes: StateMachine.snapshot() at header.applied_index
+    checksum    32 bytes: sha256 over every byte before it
+
+The state is sealed by the state machine's own checksum too; the file's sha256 covers the
+header as well, so a flipped bit anywhere is refused before anything trusts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final, Protocol
+
+import msgspec
+
+from paxosd.core.types import Snapshot
+from paxosd.statemachine import SNAPSHOT_BYTES_MAX, BadSnapshot, StateMachine
+
+__all__ = [
+    "CHUNK_BYTES_MAX",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "Backup",
+    "BackupChecksumMismatch",
+    "BackupError",
+    "BackupHeader",
+    "BackupStateMismatch",
+    "BackupTooBig",
+    "BackupTruncated",
+    "BadBackupHeader",
+    "FetchedSnapshot",
+    "NotABackup",
+    "SnapshotStreamError",
+    "UnsupportedBackupVersion",
+    "decode_backup",
+    "encode_backup",
+    "fetch_snapshot",
+    "is_backup_file",
+    "read_backup",
+    "serve_snapshot_read",
+    "verify_state",
+    "write_backup",
+]
+
+MAGIC: Final = b"PAXOSBAK"
+FORMAT_VERSION: Final = 1
+_PREFIX = struct.Struct(">8sHI")  # magic, version, header length
+_CHECKSUM_BYTES: Final = 32
+HEADER_BYTES_MAX: Final = 4096
+# The state is one state-machine snapshot, which the state machine itself bounds.
+STATE_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX
+FILE_BYTES_MAX: Final = _PREFIX.size + HEADER_BYTES_MAX + STATE_BYTES_MAX + _CHECKSUM_BYTES
+# One chunk of a streamed snapshot: a quarter of the 4 MiB client frame cap
+# (framing.FRAME_BYTES_MAX_DEFAULT), so the reply's envelope and AEAD tag always fit.
+CHUNK_BYTES_MAX: Final = 1 << 20
+# A snapshot replaced while it streams (the node snapshots every snapshot_every_entries
+# applied entries) restarts the transfer; a cluster that outruns this many is told so.
+FETCH_ATTEMPTS_MAX: Final = 8
+
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+
+# ------------------------------------------------------------------------------- errors
+
+
+class BackupError(Exception):
+    """Base of every backup-file failure. ``str()`` is one line: the file, then the problem."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = str(path)
+        self.problem = " ".join(problem.split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+class NotABackup(BackupError):
+    """The file does not start with the backup magic: some other file was named."""
+
+
+class UnsupportedBackupVersion(BackupError):
+    """Written by a newer paxosd (or damaged where the version is)."""
+
+
+class BackupTruncated(BackupError):
+    """The file ends before the length its header promises (a copy cut short)."""
+
+
+class BackupTooBig(BackupError):
+    """Over FILE_BYTES_MAX, or a header claims more than the bounds allow: refused before
+    reading, so a hostile file cannot make us allocate without limit."""
+
+
+class BackupChecksumMismatch(BackupError):
+    """The bytes differ from what was written."""
+
+
+class BadBackupHeader(BackupError):
+    """The header passed the checksum (or could not be checked yet) but is not valid."""
+
+
+class BackupStateMismatch(BackupError):
+    """The state does not restore, or restores to another slot or digest than the header
+    says: the file was written wrong, and restoring it would start a cluster on a lie."""
+
+
+class SnapshotStreamError(Exception):
+    """A node's answers to snapshot_read do not add up (or the snapshot kept moving)."""
+
+
+# ------------------------------------------------------------------------------ format
+
+ClusterId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class BackupHeader(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a backup holds. Typed and bounded: decoding validates every field."""
+
+    cluster_id: ClusterId
+    node_id: Annotated[int, msgspec.Meta(ge=1, le=1 << 31)]
+    # The snapshot's slot: the state machine after applying slots 1..applied_index.
+    applied_index: Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
+    # StateMachine.digest() at applied_index: equal on every replica that applied that prefix.
+    digest: Digest
+    created_at: Annotated[str, msgspec.Meta(max_length=64)]
+    state_bytes: Annotated[int, msgspec.Meta(ge=1, le=STATE_BYTES_MAX)]
+
+
+_header_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(BackupHeader)
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    header: BackupHeader
+    state: bytes
+    # sha256 of the file (hex): names one backup exactly in a log or a runbook.
+    sha256: str
+    file_bytes: int
+    version: int = FORMAT_VERSION
+
+
+def encode_backup(header: BackupHeader, state: bytes) -> bytes:
+    """The file's bytes. Asserts what read_backup checks, so we never write what we refuse."""
+    assert len(state) == header.state_bytes, (len(state), header.state_bytes)
+    assert 1 <= len(state) <= STATE_BYTES_MAX, len(state)
+    assert _DIGEST_RE.fullmatch(header.digest), header.digest
+    head = _header_encoder.encode(header)
+    assert len(head) <= HEADER_BYTES_MAX, len(head)
+    body = b"".join((_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)), head, state))
+    return body + hashlib.sha256(body).digest()
+
+
+def decode_backup(data: bytes, *, path: Path | str = "<memory>") -> Backup:
+    """Parse and check a backup's bytes. Raises BackupError (a subclass naming the problem)
+    for any input that is not a whole, unaltered backup, and nothing else."""
+    size = len(data)
+    if size > FILE_BYTES_MAX:
+        raise BackupTooBig(path, f"{size} bytes, over the {FILE_BYTES_MAX} a backup may have")
+    if size < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise NotABackup(path, "not a paxosd backup (no PAXOSBAK magic at the start)")
+    if size < _PREFIX.size:
+        raise BackupTruncated(path, f"file ends inside its prefix ({size} bytes)")
+    _, version, header_len = _PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise UnsupportedBackupVersion(
+            path, f"backup format version {version}; this paxosd reads version {FORMAT_VERSION}"
+        )
+    if header_len > HEADER_BYTES_MAX:
+        raise BackupTooBig(path, f"header of {header_len} bytes, over {HEADER_BYTES_MAX}")
+    header_end = _PREFIX.size + header_len
+    if size < header_end + _CHECKSUM_BYTES:
+        raise BackupTruncated(path, f"file ends inside its header ({size} bytes)")
+    try:
+        header = _header_decoder.decode(data[_PREFIX.size : header_end])
+    # msgspec raises DecodeError (ValidationError included) for structure, but a bare
+    # UnicodeDecodeError (a ValueError) for a string that is not UTF-8: the fuzzer found it.
+    except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        # A header that does not decode is damage either way; say which, when we can.
+        if hashlib.sha256(data[:-_CHECKSUM_BYTES]).digest() != data[-_CHECKSUM_BYTES:]:
+            raise BackupChecksumMismatch(
+                path, f"checksum mismatch (the header does not decode either: {e})"[:300]
+            ) from None
+        raise BadBackupHeader(path, f"header does not decode: {e}"[:300]) from None
+    expected = header_end + header.state_bytes + _CHECKSUM_BYTES
+    if size < expected:
+        raise BackupTruncated(
+            path, f"file is {size} bytes, its header says {expected}: the copy was cut short"
+        )
+    if size > expected:
+        raise BadBackupHeader(path, f"{size - expected} unexpected bytes after the checksum")
+    body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
+    if hashlib.sha256(body).digest() != checksum:
+        raise BackupChecksumMismatch(path, "checksum mismatch: the file was altered or damaged")
+    return Backup(
+        header=header,
+        state=bytes(data[header_end : header_end + header.state_bytes]),
+        sha256=hashlib.sha256(data).hexdigest(),
+        file_bytes=size,
+    )
+
+
+def is_backup_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file that starts with the backup magic."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def read_backup(path: Path) -> Backup:
+    """Read and check a backup file (size bound first, then format and checksum).
+
+    :raises BackupError: the file cannot be read, or is not a whole, unaltered backup.
+    """
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > FILE_BYTES_MAX:
+                raise BackupTooBig(path, f"{size} bytes, over the {FILE_BYTES_MAX} allowed")
+            # One byte more than allowed: a file that grows while we read is still refused.
+            data = f.read(FILE_BYTES_MAX + 1)
+    except OSError as e:
+        raise BackupError(path, f"cannot read: {e.strerror or e}") from None
+    return decode_backup(data, path=path)
+
+
+def write_backup(path: Path, header: BackupHeader, state: bytes) -> Backup:
+    """Write atomically: FILE.tmp, fsync, rename, fsync the directory. A crash leaves the old
+    FILE or the new one, never half of one; the file is private (0600): it holds all data.
+
+    :raises OSError: the file system refused.
+    """
+    data = encode_backup(header, state)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        written = 0
+        while written < len(data):  # bounded: each write makes progress or raises
+            written += os.write(fd, view[written:])
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    # Read back what is on disk: a backup that does not read is worse than no backup.
+    return read_backup(path)
+
+
+def verify_state(
+    header: BackupHeader, state: bytes, *, path: Path | str = "<memory>"
+) -> StateMachine:
+    """Restore the state and check it is the one the header names (slot and digest)."""
+    try:
+        sm = StateMachine.restore(state)
+    except BadSnapshot as e:
+        raise BackupStateMismatch(path, f"the state does not restore: {e}") from None
+    if sm.applied_through != header.applied_index:
+        raise BackupStateMismatch(
+            path,
+            f"the state is at applied index {sm.applied_through}, the header says "
+            f"{header.applied_index}",
+        )
+    if sm.digest() != header.digest:
+        raise BackupStateMismatch(
+            path, f"the state's digest is {sm.digest()}, the header says {header.digest}"
+        )
+    return sm
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------- the daemon's side
+
+
+class _SnapshotHolder(Protocol):
+    @property
+    def snapshot(self) -> Snapshot | None: ...
+
+
+class SnapshotSource(Protocol):
+    """What serve_snapshot_read needs of a node (paxosd.node.Node has it)."""
+
+    @property
+    def replica(self) -> _SnapshotHolder: ...
+
+    @property
+    def sm(self) -> StateMachine: ...
+
+    def take_snapshot(self) -> int: ...
+
+
+def _int_arg(args: dict[str, Any], name: str, default: int | None) -> int | None:
+    value = args.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"snapshot_read: {name} must be a non-negative integer")
+    return value
+
+
+def serve_snapshot_read(
+    node: SnapshotSource, args: dict[str, Any], *, node_id: int, cluster_id: str
+) -> dict[str, Any]:
+    """Answer the client query ``snapshot_read``: one chunk of this node's current snapshot.
+
+    ``{"offset": 0}`` with no ``slot`` first takes a snapshot at the applied index, so a
+    backup is as fresh as the node. Later chunks name the ``slot`` they continue; if the node
+    has replaced that snapshot since, the answer is ``{"moved": True, "slot": newer}`` and the
+    client starts over (the daemon keeps no per-client state, so an abandoned backup costs
+    nothing). The digest comes with the first chunk only: it may cost a restore.
+
+    :raises ValueError: bad arguments, or nothing applied yet (the daemon answers
+        bad_request).
+    """
+    offset = _int_arg(args, "offset", 0)
+    slot = _int_arg(args, "slot", None)
+    chunk = _int_arg(args, "chunk_bytes", CHUNK_BYTES_MAX)
+    assert offset is not None and chunk is not None
+    chunk = max(1, min(chunk, CHUNK_BYTES_MAX))
+    if slot is None:
+        if offset != 0:
+            raise ValueError("snapshot_read: an offset past 0 must name its slot")
+        node.take_snapshot()
+    snap = node.replica.snapshot
+    if snap is None:
+        raise ValueError("nothing to back up: this node has applied no slot yet")
+    base = {"node_id": node_id, "cluster_id": cluster_id, "slot": snap.slot}
+    if slot is not None and snap.slot != slot:
+        return base | {"moved": True}
+    total = len(snap.state)
+    if offset > total:
+        raise ValueError(f"snapshot_read: offset {offset} is past the end ({total} bytes)")
+    reply = base | {
+        "moved": False,
+        "offset": offset,
+        "total": total,
+        "data": snap.state[offset : offset + chunk],
+    }
+    if offset == 0:
+        # Just taken: the live state machine is at that slot. Otherwise (the snapshot came
+        # from a peer, or an explicit slot) the digest is the restored state's.
+        sm = node.sm
+        if sm.applied_through == snap.slot:
+            reply["digest"] = sm.digest()
+        else:
+            reply["digest"] = StateMachine.restore(snap.state).digest()
+    return reply
+
+
+# ------------------------------------------------------------------- the client's side
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedSnapshot:
+    node_id: int
+    cluster_id: str
+    slot: int
+    digest: str
+    state: bytes
+    restarts: int
+    chunks: int
+
+
+Query = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _field(reply: dict[str, Any], name: str, kind: type) -> Any:
+    value = reply.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SnapshotStreamError(f"snapshot_read reply has no valid {name!r}")
+    return value
+
+
+def fetch_snapshot(
+    query: Query,
+    *,
+    chunk_bytes: int = CHUNK_BYTES_MAX,
+    attempts_max: int = FETCH_ATTEMPTS_MAX,
+    progress: Callable[[int, int], None] | None = None,
+) -> FetchedSnapshot:
+    """Stream one node's snapshot chunk by chunk. ``query(args)`` must ask the SAME node every
+    time (pin it after the first answer). Every reply is checked: a node that answers
+    inconsistent offsets, lengths or slots gets a SnapshotStreamError, not a corrupt backup.
+
+    ``progress(received_bytes, total_bytes)`` is called after each chunk.
+    """
+    assert 1 <= chunk_bytes <= CHUNK_BYTES_MAX, chunk_bytes
+    assert 1 <= attempts_max <= 100, attempts_max
+    for attempt in range(attempts_max):
+        first = query({"offset": 0, "chunk_bytes": chunk_bytes})
+        slot = _field(first, "slot", int)
+        total = _field(first, "total", int)
+        digest = _field(first, "digest", str)
+        node_id = _field(first, "node_id", int)
+        cluster_id = _field(first, "cluster_id", str)
+        if not 1 <= total <= STATE_BYTES_MAX:
+            raise SnapshotStreamError(f"snapshot of {total} bytes is outside 1..{STATE_BYTES_MAX}")
+        if not _DIGEST_RE.fullmatch(digest):
+            raise SnapshotStreamError("snapshot_read reply has a malformed digest")
+        parts: list[bytes] = []
+        received = 0
+        reply = first
+        chunks = 0
+        # Bounded: every round must deliver exactly min(chunk_bytes, total - received) > 0.
+        while True:
+            if reply.get("moved") is True:
+                break
+            if _field(reply, "slot", int) != slot or _field(reply, "total", int) != total:
+                raise SnapshotStreamError("snapshot_read reply switched snapshots without saying")
+            if _field(reply, "offset", int) != received:
+                raise SnapshotStreamError("snapshot_read reply is for another offset")
+            data = _field(reply, "data", bytes)
+            if len(data) != min(chunk_bytes, total - received):
+                raise SnapshotStreamError(
+                    f"snapshot_read chunk of {len(data)} bytes at offset {received}, expected "
+                    f"{min(chunk_bytes, total - received)}"
+                )
+            parts.append(data)
+            received += len(data)
+            chunks += 1
+            if progress is not None:
+                progress(received, total)
+            if received == total:
+                return FetchedSnapshot(
+                    node_id=node_id,
+                    cluster_id=cluster_id,
+                    slot=slot,
+                    digest=digest,
+                    state=b"".join(parts),
+                    restarts=attempt,
+                    chunks=chunks,
+                )
+            reply = query({"offset": received, "slot": slot, "chunk_bytes": chunk_bytes})
+    raise SnapshotStreamError(
+        f"the node replaced its snapshot during each of {attempts_max} attempts (it snapshots "
+        "every snapshot_every_entries applied entries); retry when the load is lower"
+    )
+
+
+def header_for(fetched: FetchedSnapshot) -> BackupHeader:
+    """The backup header of a fetched snapshot, stamped now."""
+    return BackupHeader(
+        cluster_id=fetched.cluster_id,
+        node_id=fetched.node_id,
+        applied_index=fetched.slot,
+        digest=fetched.digest,
+        created_at=now_iso(),
+        state_bytes=len(fetched.state),
+    )

@@ -1,0 +1,130 @@
+"""paxosd.client.Pipeline: many sessions' commands in flight from one thread, against real
+daemons on loopback (and, for the failure paths, against nothing at all).
+
+No assertion here is about time: waits are bounded only so that a bug fails the test
+instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from paxosd.client import (
+    AuthError,
+    BadRequestError,
+    ClientError,
+    Pipeline,
+    Session,
+    UnavailableError,
+)
+from paxosd.commands import Found, Get, Put, Result, Written
+from paxosd.localcluster import LocalCluster
+
+BOUND_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster.create(tmp_path_factory.mktemp("mux") / "c", 3)
+    c.up()
+    yield c
+    c.down()
+
+
+def run_all(pipe: Pipeline[int], count: int) -> dict[int, Result | ClientError]:
+    """Poll until ``count`` commands have finished; their outcomes by tag."""
+    got: dict[int, Result | ClientError] = {}
+    deadline = time.monotonic() + BOUND_S
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"only {len(got)} of {count} finished"
+        for tag, outcome in pipe.poll(100):
+            assert tag not in got, f"command {tag} finished twice"
+            got[tag] = outcome
+    return got
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_many_sessions_in_flight_on_shared_connections_each_get_their_own_result(
+    cluster: LocalCluster,
+) -> None:
+    sessions = [Session(site="mux") for _ in range(60)]
+    with Pipeline[int](cluster.endpoints(), cluster.client_key(), lanes=4) as pipe:
+        for i, s in enumerate(sessions):
+            pipe.submit(s.next_command(Put(key=f"many/{i}", value=b"v%d" % i)), i, lane=i)
+        puts = run_all(pipe, len(sessions))
+        assert all(isinstance(r, Written) and r.version == 1 for r in puts.values()), puts
+        for i, s in enumerate(sessions):
+            pipe.submit(s.next_command(Get(key=f"many/{i}")), i, lane=i)
+        gets = run_all(pipe, len(sessions))
+    assert gets == {i: Found(value=b"v%d" % i, version=1) for i in range(len(sessions))}
+
+
+def test_a_pipeline_that_knows_only_a_follower_is_sent_to_the_leader(
+    cluster: LocalCluster,
+) -> None:
+    leader = int(cluster.wait_ready()["node_id"])
+    follower = next(k for k in cluster.node_ids() if k != leader)
+    only = [cluster.endpoints()[follower - 1]]
+    session = Session()
+    with Pipeline[int](only, cluster.client_key()) as pipe:
+        pipe.submit(session.next_command(Put(key="redirected", value=b"x")), 0)
+        assert run_all(pipe, 1) == {0: Written(version=1)}
+
+
+def test_commands_whose_connections_drop_are_resent_and_applied_once(
+    cluster: LocalCluster,
+) -> None:
+    sessions = [Session() for _ in range(20)]
+    with Pipeline[int](cluster.endpoints(), cluster.client_key(), lanes=2) as pipe:
+        for i, s in enumerate(sessions):  # connect every lane first
+            pipe.submit(s.next_command(Get(key=f"drop/{i}")), i, lane=i)
+        run_all(pipe, len(sessions))
+        for i, s in enumerate(sessions):
+            pipe.submit(s.next_command(Put(key=f"drop/{i}", value=b"once")), i, lane=i)
+        pipe.poll(0)  # the puts leave; some may be applied before their connection drops
+        dropped = list(pipe._conns.values())
+        for conn in dropped:
+            with socket.socket(fileno=os.dup(conn.fileno())) as copy:
+                copy.shutdown(socket.SHUT_RDWR)  # both copies: the connection drops
+        puts = run_all(pipe, len(sessions))
+        assert not any(c is d for c in pipe._conns.values() for d in dropped), "no reconnect"
+        # A retry carries the same (client_id, seq): the session table answers it with the
+        # first outcome, so every key was written exactly once.
+        assert all(r == Written(version=1) for r in puts.values()), puts
+        for i, s in enumerate(sessions):
+            pipe.submit(s.next_command(Get(key=f"drop/{i}")), i, lane=i)
+        gets = run_all(pipe, len(sessions))
+    assert all(r == Found(value=b"once", version=1) for r in gets.values()), gets
+
+
+def test_a_command_no_member_answers_ends_with_unavailable(tmp_path: Path) -> None:
+    with Pipeline[int]([("127.0.0.1", free_port())], os.urandom(32), timeout_ms=300) as pipe:
+        pipe.submit(Session().next_command(Put(key="k", value=b"v")), 7)
+        got = run_all(pipe, 1)
+    assert isinstance(got[7], UnavailableError)
+    assert pipe.in_flight() == 0
+
+
+def test_a_wrong_client_key_ends_with_an_auth_error(cluster: LocalCluster) -> None:
+    with Pipeline[int](cluster.endpoints(), os.urandom(32), timeout_ms=2000) as pipe:
+        pipe.submit(Session().next_command(Get(key="k")), 1)
+        got = run_all(pipe, 1)
+    assert isinstance(got[1], AuthError)
+
+
+def test_lanes_are_bounded_and_a_bad_command_is_refused_before_it_is_sent() -> None:
+    with pytest.raises(BadRequestError):
+        Pipeline([("127.0.0.1", 1)], os.urandom(32), lanes=0)
+    with pytest.raises(BadRequestError):
+        Session().next_command(Put(key="", value=b"v"))
