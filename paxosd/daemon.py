@@ -347,9 +347,9 @@ class Daemon:
                         else (member.address or dialled_text),
                         "client_address": str(cfg.client_address) if me else None,
                         "connected": True if me else (n in stats and stats[n].connected),
-                        "decided_lag": max(0, r.decided_through - r.peer_decided(n))
-                        if r.is_leader and not me
-                        else None,
+                        "decided_lag": None
+                        if not r.is_leader or me or (told := r.peer_decided(n)) is None
+                        else max(0, r.decided_through - told),
                     }
                 )
             return "ok", {

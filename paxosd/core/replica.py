@@ -343,9 +343,10 @@ class Replica:
         """When (our clock) each peer last answered this leader: the basis of check-quorum."""
         return dict(self._last_ack_ms)
 
-    def peer_decided(self, node: NodeId) -> int:
-        """How far ``node`` said it has decided (leader only; 0 if unknown)."""
-        return self._peer_decided.get(node, 0)
+    def peer_decided(self, node: NodeId) -> int | None:
+        """How far ``node`` last said it has decided (leader only; None: it has not answered
+        this leader yet)."""
+        return self._peer_decided.get(node)
 
     @property
     def pending_commands(self) -> int:
