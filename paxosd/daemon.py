@@ -121,6 +121,7 @@ class Daemon:
         log.info("stopping", reason="signal")
         self._hand_over_leadership()
         self._turn()  # finish what is in flight: persist, send, reply
+        self.node.flush_decided()
         self.peers.close()
         self.clients.close()
         self.node.storage.close()
@@ -360,6 +361,7 @@ class Daemon:
                 "members": members,
             }
         if query == "view_log":
+            node.flush_decided()  # the log as decided so far, not as last written
             lo = int(args.get("from", 1))
             hi = int(args.get("to", node.replica.decided_through))
             # Clamped both ways: read_log asserts 1 <= limit, and a client must not crash us.

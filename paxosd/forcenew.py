@@ -44,6 +44,7 @@ def force_new_cluster(node: Node) -> dict[str, Any]:
     slot = node.sm.applied_through
     old = r.membership
     new = Membership((Member(int(cfg.node_id), str(cfg.peer_address), True),), old.epoch + 1)
+    node.flush_decided()
     durable = node.storage.load()
     doomed = sorted(
         {a.slot for a in durable.accepted.values() if membership_of(a.value) is not None}

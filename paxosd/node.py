@@ -15,7 +15,7 @@ import signal
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from paxosd.config import Config
 from paxosd.core.io import (
     AdminResult,
     ClientCommand,
+    PersistRecord,
     ReadIndex,
     Ready,
     Received,
@@ -45,13 +46,15 @@ from paxosd.core.io import (
     Tick,
 )
 from paxosd.core.replica import Replica
-from paxosd.core.types import NodeId, Snapshot
+from paxosd.core.types import DecidedEntry, NodeId, Snapshot
 from paxosd.metrics import Metrics
 from paxosd.statemachine import StateMachine
 from paxosd.storage import DB_FILENAME, Storage, StorageError
 
 log = structlog.get_logger("paxosd.node")
 
+# Decided entries held back from storage at most this many (flushed every tick anyway).
+DEFERRED_DECIDED_MAX = 4096
 # Snapshot at least this often in commands, whatever snapshot_every_entries says in slots: with
 # big batches, 10,000 slots of log could hold millions of commands (measured: ~195 bytes each).
 SNAPSHOT_EVERY_COMMANDS = 100_000
@@ -190,6 +193,8 @@ class Node:
         # Commands applied since the last snapshot: the log kept in memory and on disk grows
         # with commands, not slots (a slot holds up to batch_commands_max of them).
         self.commands_since_snapshot = 0
+        # Decided-only records not yet written (see _handle); bounded by DEFERRED_DECIDED_MAX.
+        self._deferred_decided: list[DecidedEntry] = []
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
         self.drain()
         self.recovery = {
@@ -219,6 +224,7 @@ class Node:
         self.replica.step(Received(src, msg))
 
     def on_tick(self) -> None:
+        self.flush_decided()
         self.replica.step(Tick(now_ms()))
         self._expire_pending()
 
@@ -289,16 +295,26 @@ class Node:
         if rd.early_messages:
             self.send([(out.dst, out.msg) for out in rd.early_messages])
         # 1. Durable next: no promise or vote may leave before it is on disk. Decided-only
-        #    records need no fsync of their own (see PersistRecord.only_decided).
+        #    records need no fsync (see PersistRecord.only_decided), nor even a transaction of
+        #    their own: they wait for the next synced write or tick (flush_decided), which
+        #    takes a SQLite commit off the path between a leader's last vote and its reply.
         m = self.metrics
         persist = rd.persist
-        sync = not persist.only_decided()
-        if m is not None and sync and not persist.is_empty():
-            t0 = time.perf_counter()
-            self.storage.write(persist)
-            m.fsync.observe(time.perf_counter() - t0)
+        if persist.only_decided():
+            if persist.decided:
+                self._deferred_decided.extend(persist.decided)
+                if len(self._deferred_decided) >= DEFERRED_DECIDED_MAX:
+                    self.flush_decided()
         else:
-            self.storage.write(persist, sync=sync)
+            if self._deferred_decided:
+                persist = replace(persist, decided=(*self._deferred_decided, *persist.decided))
+                self._deferred_decided = []
+            if m is not None:
+                t0 = time.perf_counter()
+                self.storage.write(persist)
+                m.fsync.observe(time.perf_counter() - t0)
+            else:
+                self.storage.write(persist)
         # 2. Then send what speaks for our durable state.
         if rd.messages:
             self.send([(out.dst, out.msg) for out in rd.messages])
@@ -345,6 +361,12 @@ class Node:
             if p is not None:
                 where = self._client_address_of(red.leader)
                 self.replies.append((p.conn_id, p.request_id, red.reason, where, red.leader))
+
+    def flush_decided(self) -> None:
+        """Write the decided entries held back by _handle (one unsynced transaction)."""
+        if self._deferred_decided:
+            self.storage.write(PersistRecord(decided=tuple(self._deferred_decided)), sync=False)
+            self._deferred_decided = []
 
     def _client_address_of(self, node: NodeId | None) -> bytes:
         """The leader's client address for a redirect, when the config names it."""
