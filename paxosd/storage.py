@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 import msgspec
-import sqlite_utils
 import structlog
 
 from paxosd.core.io import DurableState, PersistRecord
@@ -48,6 +47,7 @@ from paxosd.core.types import (
     Snapshot,
     Value,
 )
+from paxosd.sqlite_utils_lean import sqlite_utils
 
 __all__ = [
     "DB_FILENAME",
