@@ -11,7 +11,7 @@ from paxosctl import render
 from paxosd.core.config import PLANTED_BUGS
 from paxosd.sim.fuzz import FuzzReport, fuzz, replay_command
 from paxosd.sim.rounds import ROUNDS_MAX, run_rounds
-from paxosd.sim.run import FAULT_KINDS, run_seed
+from paxosd.sim.run import FAULT_KINDS, KNOWN_KINDS, OPTIONAL_KINDS, run_seed
 from paxosd.sim.scenarios import LIVELOCK_ROUNDS_MAX, NODES_MIN, SCENARIOS, run_scenario
 
 HELP = f"""Run the multi-Paxos core in the deterministic simulator, or the Paxos labs.
@@ -29,9 +29,13 @@ Examples:
 
   paxosctl simulate --fuzz --seeds 200 --nodes 5 --faults drop,partition --json
 
+  paxosctl simulate --fuzz --seeds 500 --faults drop,dup,delay,partition,crash,reconfig
+
   paxosctl simulate --seed 42 --trace
 
-Fault kinds: {", ".join(FAULT_KINDS)}. Exit codes: 0 no violation,
+Fault kinds: {", ".join(FAULT_KINDS)} (the default), and {", ".join(OPTIONAL_KINDS)}
+when named: an operator adds learners, promotes, removes members (the leader too) and
+transfers leadership while the other faults run. Exit codes: 0 no violation,
 1 a violation (the failing seed and the command that replays it are printed),
 2 usage error.
 
@@ -66,10 +70,10 @@ pre-emption rounds shown and --seed the timed race that follows.
 
 def _parse_faults(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    bad = [k for k in kinds if k not in FAULT_KINDS]
+    bad = [k for k in kinds if k not in KNOWN_KINDS]
     if bad:
         raise typer.BadParameter(
-            f"unknown fault kind(s) {', '.join(bad)}; use {','.join(FAULT_KINDS)}"
+            f"unknown fault kind(s) {', '.join(bad)}; use {','.join(KNOWN_KINDS)}"
         )
     return kinds
 

@@ -149,3 +149,13 @@ def test_help_maps_the_labs_names_onto_paxos() -> None:
     for mapping in ("START = prepare", "JOIN = promise", "PROPOSE = accept", "VOTE = accepted"):
         assert mapping in text
     assert "--scenario b-wins-late" in text
+
+
+def test_simulate_accepts_reconfig_as_a_fault_kind() -> None:
+    result = runner.invoke(
+        app,
+        ["simulate", "--fuzz", "--seeds", "3", "--faults", "crash,reconfig", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["violations"] == [] and report["faults_injected"]["reconfig"] > 0
