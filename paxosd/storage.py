@@ -781,11 +781,16 @@ class Storage:
         if not slots:
             return
         conn = self._conn
+        rows = [(s,) for s in slots]
         with _sqlite_errors(self.path, "cannot forget log slots"):
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("DELETE FROM accepted WHERE slot = ?", [(s,) for s in slots])
-            conn.executemany("DELETE FROM decided WHERE slot = ?", [(s,) for s in slots])
-            conn.execute("COMMIT")
+            try:
+                conn.executemany("DELETE FROM accepted WHERE slot = ?", rows)
+                conn.executemany("DELETE FROM decided WHERE slot = ?", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def load(self) -> DurableState:
         """Everything that was made durable, exactly as ``DurableState.apply`` folded it.

@@ -454,3 +454,17 @@ def test_a_schema_1_snapshot_survives_the_membership_migration(
     with reopen(db_path) as storage:
         assert storage.schema_version == SCHEMA_VERSION
         assert storage.load().snapshot == Snapshot(slot=5, state=b"old state", membership=None)
+
+
+def test_forget_log_slots_deletes_only_the_named_slots(db_path: Path) -> None:
+    with new_storage(db_path) as storage:
+        storage.write(
+            PersistRecord(
+                accepted=tuple(AcceptedEntry(s, Ballot(1, 1), (b"a%d" % s,)) for s in (5, 6, 7)),
+                decided=tuple(DecidedEntry(s, (b"d%d" % s,)) for s in (1, 2, 3)),
+            )
+        )
+        storage.forget_log_slots([2, 6])
+        state = storage.load()
+    assert sorted(state.accepted) == [5, 7]
+    assert sorted(state.decided) == [1, 3]
