@@ -724,6 +724,10 @@ class Storage:
         lazy = not sync and self.durability == "fsync"
         try:
             if lazy:
+                # No checkpoint in an unsynced commit: a checkpoint run with synchronous=OFF
+                # copies synced WAL frames into the database file without syncing it, and the
+                # WAL may then be reused, so a power cut could lose records fsynced before.
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
                 conn.execute("PRAGMA synchronous = 0")
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -766,6 +770,7 @@ class Storage:
             finally:
                 if lazy:
                     conn.execute("PRAGMA synchronous = 2")
+                    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.DatabaseError as exc:
             self._failed = str(exc)
             raise _translate(self.path, "write failed (nothing after it is durable)", exc) from exc
@@ -977,6 +982,10 @@ def _validate(path: Path) -> tuple[int, tuple[str, int]] | None:
         conn.close()
 
 
+# SQLite's default; set explicitly because unsynced commits switch it off and back.
+WAL_AUTOCHECKPOINT_PAGES = 1000
+
+
 def _set_pragmas(conn: sqlite3.Connection, path: Path, durability: Durability) -> None:
     """Set and read back: SQLite keeps the old journal mode silently when it cannot switch."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -992,6 +1001,7 @@ def _set_pragmas(conn: sqlite3.Connection, path: Path, durability: Durability) -
     conn.execute("PRAGMA fullfsync = ON")
     conn.execute("PRAGMA checkpoint_fullfsync = ON")
     conn.execute("PRAGMA cell_size_check = ON")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path) -> None:

@@ -468,3 +468,20 @@ def test_forget_log_slots_deletes_only_the_named_slots(db_path: Path) -> None:
         state = storage.load()
     assert sorted(state.accepted) == [5, 7]
     assert sorted(state.decided) == [1, 3]
+
+
+def test_an_unsynced_write_never_checkpoints(db_path: Path) -> None:
+    """A checkpoint inside a synchronous=OFF commit would copy fsynced WAL frames into an
+    unsynced database file and let the WAL be reused: a power cut could then lose them."""
+    with new_storage(db_path) as storage:
+        for s in range(1, 1501):
+            storage.write(PersistRecord(decided=(DecidedEntry(s, (b"x" * 4000,)),)), sync=False)
+        side = sqlite3.connect(db_path)
+        try:
+            _, wal_frames, _ = side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            side.close()
+        assert wal_frames > 1500  # never restarted: every unsynced commit is still in the WAL
+        settings = storage.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert settings == storage_mod.WAL_AUTOCHECKPOINT_PAGES
+        assert storage.db.execute("PRAGMA synchronous").fetchone()[0] == 2
