@@ -249,8 +249,8 @@ class Daemon:
         for peer, s in self.peers.stats().items():
             m.peer_connected.labels(peer=str(peer)).set(1 if s.connected else 0)
         if r.is_leader:
-            for peer, voted in r.peer_voted_slot.items():
-                m.peer_lag.labels(peer=str(peer)).set(max(0, r.decided_through - voted))
+            for peer, lag in r.peer_lag().items():
+                m.peer_lag.labels(peer=str(peer)).set(lag)
 
     def _status_line(self) -> str:
         r = self.node.replica

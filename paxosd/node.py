@@ -421,11 +421,7 @@ class Node:
             "voters": sorted(r.voters),
             "learners": sorted(r.membership.learners),
             "membership_epoch": r.membership.epoch,
-            "peer_lag": {
-                str(p): max(0, r.decided_through - v) for p, v in r.peer_voted_slot.items()
-            }
-            if r.is_leader
-            else {},
+            "peer_lag": {str(p): lag for p, lag in r.peer_lag().items()} if r.is_leader else {},
         }
 
 

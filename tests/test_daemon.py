@@ -109,7 +109,10 @@ def test_sigkill_of_the_leader_elects_another_and_the_restarted_node_catches_up(
         rows = wait_converged(cluster)
         assert {r["node_id"] for r in rows} == {1, 2, 3}
         restarted = next(r for r in rows if r["node_id"] == old)
-        assert restarted["recovery"]["entries_replayed"] >= 20  # type: ignore[index]
+        # It replays what it had decided on disk: most of the 20 puts. Decided rows of its last
+        # ~10 ms may not have been written (they wait for a tick; a restarted node relearns
+        # them from its peers), so not necessarily all of them.
+        assert restarted["recovery"]["entries_replayed"] >= 10  # type: ignore[index]
         r = c.get("k7")
         assert isinstance(r, Found) and r.value == b"after"
 

@@ -51,11 +51,17 @@ class Nack(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Accept(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Phase 2a for a run of slots, plus the leader's commit point (see Heartbeat)."""
+    """Phase 2a for a run of slots, plus the leader's commit point (see Heartbeat).
+
+    ``quiet``: keep the values (to learn them at the commit point) but do not vote. The
+    leader asks only as many followers to vote as it needs for a majority, so the others
+    spend no fsync on it; a value never voted for may be forgotten in a crash.
+    """
 
     ballot: Ballot
     entries: tuple[DecidedEntry, ...]
     commit_through: int
+    quiet: bool = False
 
 
 class Accepted(msgspec.Struct, frozen=True, tag=True, array_like=True):

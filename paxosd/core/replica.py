@@ -22,6 +22,8 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+import msgspec
+
 from paxosd.core.config import CoreConfig, Rng
 from paxosd.core.io import (
     AdminResult,
@@ -150,6 +152,10 @@ class Replica:
         self._peer_decided: dict[NodeId, int] = {}
         self._proposed_ms: dict[int, int] = {}  # slot -> when its accept was last sent
         self._commit_through = 0  # every slot in [start, this] has a majority at self.ballot
+        # The commit point as of the previous Ready, whose votes are now on disk. Messages that
+        # leave before this Ready's persist (accepts, heartbeats) say no more than this: with a
+        # single voter the leader's own vote decides, and it is not durable until persist.
+        self._commit_durable = 0
         self._last_heartbeat_ms = 0
         self._last_ack_ms: dict[NodeId, int] = {}
         # Highest slot each peer voted for at our ballot: how far behind it is (status, metrics).
@@ -176,6 +182,8 @@ class Replica:
         self._persist_compact: int | None = None
         self._messages: list[Outbound] = []
         self._accept_out: dict[NodeId, list[DecidedEntry]] = {}
+        # Peers whose accepts in the next Ready must ask for a vote (re-sends, see _heartbeat).
+        self._accept_loud: set[NodeId] = set()
         self._accepted_out: dict[NodeId, tuple[Ballot, list[int], int]] = {}
         self._to_apply: list[DecidedEntry] = []
         self._restore: Snapshot | None = None
@@ -263,8 +271,19 @@ class Replica:
         early: list[Outbound] = []
         for out in self._messages:
             (messages if isinstance(out.msg, _AFTER_PERSIST) else early).append(out)
+        safe = min(self._commit_through, self._commit_durable)
+        early = [
+            Outbound(o.dst, msgspec.structs.replace(o.msg, commit_through=safe))
+            if isinstance(o.msg, Heartbeat) and o.msg.commit_through > safe
+            else o
+            for o in early
+        ]
+        voting = self._vote_targets() if self._accept_out else frozenset()
         for dst, entries in self._accept_out.items():
             cap = self.config.accept_entries_per_message_max
+            quiet = (
+                self.config.thrifty_accepts and dst not in voting and dst not in self._accept_loud
+            )
             for i in range(0, len(entries), cap):
                 early.append(
                     Outbound(
@@ -272,10 +291,13 @@ class Replica:
                         Accept(
                             ballot=self.ballot,
                             entries=tuple(entries[i : i + cap]),
-                            commit_through=self._commit_through,
+                            commit_through=safe,
+                            quiet=quiet,
                         ),
                     )
                 )
+        self._accept_loud = set()
+        self._commit_durable = self._commit_through
         for dst, (ballot, slots, read_seq) in self._accepted_out.items():
             messages.append(
                 Outbound(
@@ -342,6 +364,11 @@ class Replica:
     def peer_last_ack_ms(self) -> dict[NodeId, int]:
         """When (our clock) each peer last answered this leader: the basis of check-quorum."""
         return dict(self._last_ack_ms)
+
+    def peer_lag(self) -> dict[NodeId, int]:
+        """How many slots each peer's decided log trails ours, as it last told us (leader
+        only; peers that have not answered this leader are left out)."""
+        return {p: max(0, self.decided_through - d) for p, d in self._peer_decided.items()}
 
     def peer_decided(self, node: NodeId) -> int | None:
         """How far ``node`` last said it has decided (leader only; None: it has not answered
@@ -512,6 +539,19 @@ class Replica:
             # Queued commands are redirected to the voter we hand over to.
             self.leader_hint = target
             self._step_down(None)
+
+    def _vote_targets(self) -> frozenset[NodeId]:
+        """The followers asked to vote: as many as a majority needs besides us, the ones that
+        answered last first (a dead one stops answering heartbeats and drops out within one
+        interval), plus a leader-transfer target, which must hold every value."""
+        others = sorted(
+            (p for p in self.voters if p != self.id),
+            key=lambda p: (-self._last_ack_ms.get(p, -(10**12)), p),
+        )
+        wanted = set(others[: max(0, self.membership.quorum - 1)])
+        if self._transfer is not None:
+            wanted.add(self._transfer[1])
+        return frozenset(wanted)
 
     def _best_voter(self) -> NodeId | None:
         """The other voter most likely to win at once: fresh, and furthest along."""
@@ -871,10 +911,15 @@ class Replica:
                 continue  # decided already; the leader's value is necessarily the same
             a = AcceptedEntry(e.slot, msg.ballot, e.value)
             self.accepted[e.slot] = a
+            if msg.quiet:
+                # Held in memory only, to learn the value at the commit point. Not a vote, so
+                # nothing is sent and nothing need survive a crash (a Promise may report it:
+                # any value proposed at a ballot is safe to re-propose at a higher one).
+                continue
             self._persist_accepted[e.slot] = a
             if "apply_before_decided" in self.config.planted_bugs:
                 self._to_apply.append(DecidedEntry(e.slot, e.value))
-        if slots:
+        if slots and not msg.quiet:
             prev = self._accepted_out.get(src)
             if prev is not None and prev[0] == msg.ballot:
                 prev[1].extend(slots)
@@ -926,6 +971,7 @@ class Replica:
             for p in self._slot_voters[s]:
                 if p not in votes and p != self.id:
                     out = self._accept_out.setdefault(p, [])
+                    self._accept_loud.add(p)
                     if len(out) < self.config.accept_entries_per_message_max:
                         out.append(entry)
 

@@ -58,6 +58,7 @@ def _options(
         crash_mid_ready_probability=0.002 if "crash" in kinds else 0.0,
         planted_bugs=bugs,
         reconfig="reconfig" in kinds,
+        thrifty_accepts=rng.random() < 0.5,
     )
 
 

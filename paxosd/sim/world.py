@@ -67,6 +67,7 @@ class WorldOptions:
     # Membership changes (add learner, promote, remove, leader transfer) while faults run.
     reconfig: bool = False
     members_max: int = 6
+    thrifty_accepts: bool = False
     trace_lines_max: int = 200
     trace_all: bool = False
 
@@ -136,6 +137,7 @@ class World:
             # Tiny chunks, so every snapshot transfer takes several round trips.
             snapshot_chunk_bytes=opts.snapshot_chunk_bytes,
             planted_bugs=opts.planted_bugs,
+            thrifty_accepts=opts.thrifty_accepts,
         )
         self.nodes[nid] = SimNode(
             id=nid,

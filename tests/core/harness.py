@@ -34,6 +34,9 @@ class Cluster:
         self.members = tuple(NodeId(i) for i in range(1, n + 1))
         self.voters = tuple(NodeId(i) for i in voters) if voters is not None else self.members
         self.now_ms = 0
+        # Scripted interleavings assume every follower votes; thrifty accepts (only a
+        # majority's worth asked) have their own tests and run in the simulator.
+        config.setdefault("thrifty_accepts", False)
         self.configs = {
             m: CoreConfig(node_id=m, members=self.voters, **config)  # type: ignore[arg-type]
             for m in self.members

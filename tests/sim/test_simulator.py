@@ -58,7 +58,7 @@ def test_fuzzed_runs_really_promote_and_remove_voters(nodes: int) -> None:
     # promoted and bootstrap voters removed, i.e. the voter set really moved under the load.
     bootstrap = set(range(1, nodes + 1))
     voter_sets: set[frozenset[int]] = set()
-    for seed in range(8):
+    for seed in range(16):
         r = run_seed(seed, nodes=nodes, kinds=frozenset({*FAULT_KINDS, "reconfig"}), trace=True)
         assert r.violation is None, replay_command(seed, nodes, (*FAULT_KINDS, "reconfig"))
         for line in r.trace:
