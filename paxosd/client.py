@@ -324,19 +324,7 @@ class Client:
         return None
 
     def _learn_endpoint(self, text: bytes) -> _Endpoint | None:
-        """Add the leader's client address a follower named (bounded: members are few)."""
-        try:
-            address = parse_endpoint(text.decode("ascii"))
-        except (UnicodeDecodeError, BadRequestError):
-            return None
-        for ep in self._endpoints:
-            if ep.address == address:
-                return ep
-        if len(self._endpoints) >= ENDPOINTS_MAX:
-            return None
-        ep = _Endpoint(address)
-        self._endpoints.append(ep)
-        return ep
+        return learn_endpoint(self._endpoints, text)
 
     def _by_node(self, node_id: int | None) -> _Endpoint | None:
         if node_id is None:
@@ -712,15 +700,21 @@ class Pipeline(Generic[T]):
         return None
 
     def _learn_endpoint(self, text: bytes) -> _Endpoint | None:
-        try:
-            address = parse_endpoint(text.decode("ascii"))
-        except (UnicodeDecodeError, BadRequestError):
-            return None
-        for ep in self._endpoints:
-            if ep.address == address:
-                return ep
-        if len(self._endpoints) >= ENDPOINTS_MAX:
-            return None
-        ep = _Endpoint(address)
-        self._endpoints.append(ep)
-        return ep
+        return learn_endpoint(self._endpoints, text)
+
+
+def learn_endpoint(endpoints: list[_Endpoint], text: bytes) -> _Endpoint | None:
+    """The endpoint for the leader's client address a follower named, added to
+    ``endpoints`` if new (bounded: members are few); None if the text is not an address."""
+    try:
+        address = parse_endpoint(text.decode("ascii"))
+    except (UnicodeDecodeError, BadRequestError):
+        return None
+    for ep in endpoints:
+        if ep.address == address:
+            return ep
+    if len(endpoints) >= ENDPOINTS_MAX:
+        return None
+    ep = _Endpoint(address)
+    endpoints.append(ep)
+    return ep
