@@ -346,23 +346,7 @@ class Client:
     def _connect(self, ep: _Endpoint) -> ClientConnection:
         if ep.conn is not None:
             return ep.conn
-        try:
-            conn = ClientConnection.connect(
-                ep.address,
-                client_key=self._key,
-                client_id=self._conn_id,
-                timeout_ms=CONNECT_TIMEOUT_MS,
-            )
-        except HandshakeError as e:
-            ep.down_until = time.monotonic() + 0.5
-            if "auth" in str(e).lower() or "digest" in str(e).lower() or "key" in str(e).lower():
-                raise AuthError(
-                    f"{ep.address[0]}:{ep.address[1]} refused the client key ({e})"
-                ) from None
-            raise _Lost(f"handshake with {ep.address[0]}:{ep.address[1]} failed: {e}") from None
-        except OSError as e:
-            ep.down_until = time.monotonic() + 0.2
-            raise _Lost(f"{ep.address[0]}:{ep.address[1]}: {e.strerror or e}") from None
+        conn = open_connection(ep, self._key, self._conn_id)
         ep.conn = conn
         ep.node_id = conn.server_node
         return conn
@@ -660,23 +644,7 @@ class Pipeline(Generic[T]):
         conn = self._conns.get((index, lane))
         if conn is not None:
             return conn
-        try:
-            conn = ClientConnection.connect(
-                ep.address,
-                client_key=self._key,
-                client_id=self._conn_id,
-                timeout_ms=CONNECT_TIMEOUT_MS,
-            )
-        except HandshakeError as e:
-            ep.down_until = time.monotonic() + 0.5
-            if "auth" in str(e).lower() or "digest" in str(e).lower() or "key" in str(e).lower():
-                raise AuthError(
-                    f"{ep.address[0]}:{ep.address[1]} refused the client key ({e})"
-                ) from None
-            raise _Lost(f"handshake with {ep.address[0]}:{ep.address[1]} failed: {e}") from None
-        except OSError as e:
-            ep.down_until = time.monotonic() + 0.2
-            raise _Lost(f"{ep.address[0]}:{ep.address[1]}: {e.strerror or e}") from None
+        conn = open_connection(ep, self._key, self._conn_id)
         self._conns[(index, lane)] = conn
         self._where[conn.fileno()] = (ep, lane, conn)
         self._poller.register(conn.fileno(), select.POLLIN)
@@ -718,3 +686,22 @@ def learn_endpoint(endpoints: list[_Endpoint], text: bytes) -> _Endpoint | None:
     ep = _Endpoint(address)
     endpoints.append(ep)
     return ep
+
+
+def open_connection(ep: _Endpoint, key: bytes, conn_id: int) -> ClientConnection:
+    """Connect and handshake to ``ep``; marks it down for a moment when that fails. A refused
+    key is an AuthError (the caller's problem); anything else is a lost endpoint."""
+    try:
+        return ClientConnection.connect(
+            ep.address, client_key=key, client_id=conn_id, timeout_ms=CONNECT_TIMEOUT_MS
+        )
+    except HandshakeError as e:
+        ep.down_until = time.monotonic() + 0.5
+        if "auth" in str(e).lower() or "digest" in str(e).lower() or "key" in str(e).lower():
+            raise AuthError(
+                f"{ep.address[0]}:{ep.address[1]} refused the client key ({e})"
+            ) from None
+        raise _Lost(f"handshake with {ep.address[0]}:{ep.address[1]} failed: {e}") from None
+    except OSError as e:
+        ep.down_until = time.monotonic() + 0.2
+        raise _Lost(f"{ep.address[0]}:{ep.address[1]}: {e.strerror or e}") from None
