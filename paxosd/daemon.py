@@ -166,6 +166,16 @@ class Daemon:
         if m is self._membership and leader == self._synced_leader:
             return
         changed = m is not self._membership
+        if leader != self._synced_leader:
+            # The one Paxos event an operator looks for first: who leads now, from when.
+            r = self.node.replica
+            log.info(
+                "leader",
+                leader=leader,
+                role=r.role.value,
+                ballot=f"{r.promised.round}.{r.promised.node}",
+                decided=r.decided_through,
+            )
         self._membership = m
         self._synced_leader = leader
         cfg = self.config

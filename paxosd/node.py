@@ -58,6 +58,8 @@ DEFERRED_DECIDED_MAX = 4096
 # Snapshot at least this often in commands, whatever snapshot_every_entries says in slots: with
 # big batches, 10,000 slots of log could hold millions of commands (measured: ~195 bytes each).
 SNAPSHOT_EVERY_COMMANDS = 100_000
+# Members take snapshots this many phases apart (see Node.__init__).
+SNAPSHOT_PHASES = 4
 # A tick every 10 ms is finer than any core timer (heartbeats are tens of ms).
 TICK_MS = 10
 # Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
@@ -177,6 +179,8 @@ class Node:
         self.replica = Replica(config.core_config(), random.Random(), durable, now_ms())
         self.sm = StateMachine()
         self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
+        # Whether the last drain ended with us leading (see _redirect_pending).
+        self._leading = False
         # Read-index reads: token -> (conn, request id, op, read index + 1 once confirmed).
         self.reads: dict[int, tuple[int, int, Op, int]] = {}
         self.recent_results = RecentResults()
@@ -189,10 +193,15 @@ class Node:
         self.replayed = 0
         # Outcomes of membership changes and leader transfers, for the daemon to answer.
         self.admin_results: list[AdminResult] = []
-        self.snapshot_due = durable.snapshot.slot if durable.snapshot else 0
+        # Members apply the same commands, so with one threshold they would all stop for a
+        # snapshot at the same moment (~0.2 s with 100,000 keys: encode, write, fsync) and
+        # stall the cluster together. Node k starts its counts k-1 quarter periods along.
+        phase = ((config.node_id - 1) % SNAPSHOT_PHASES) / SNAPSHOT_PHASES
+        last_snapshot = durable.snapshot.slot if durable.snapshot else 0
+        self.snapshot_due = last_snapshot - int(config.snapshot.snapshot_every_entries * phase)
         # Commands applied since the last snapshot: the log kept in memory and on disk grows
         # with commands, not slots (a slot holds up to batch_commands_max of them).
-        self.commands_since_snapshot = 0
+        self.commands_since_snapshot = int(SNAPSHOT_EVERY_COMMANDS * phase)
         # Decided-only records not yet written (see _handle); bounded by DEFERRED_DECIDED_MAX.
         self._deferred_decided: list[DecidedEntry] = []
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
@@ -289,6 +298,21 @@ class Node:
                 or self.commands_since_snapshot >= SNAPSHOT_EVERY_COMMANDS
             ):
                 self.take_snapshot()
+        if self._leading and not r.is_leader:
+            self._redirect_pending()
+        self._leading = r.is_leader
+
+    def _redirect_pending(self) -> None:
+        """We stopped leading: send every waiting client to the new leader now, rather than
+        leave it to time out (1.5 s per attempt). Their commands may still be decided (the
+        next leader recovers what a majority accepted): a retry carries the same (client_id,
+        seq), so the session table answers it with the first result instead of applying it
+        twice, and a client that gives up reports the outcome unknown, not failed."""
+        leader = self.replica.leader_hint
+        where = self._client_address_of(leader)
+        for p in self.pending.values():
+            self.replies.append((p.conn_id, p.request_id, "not_leader", where, leader))
+        self.pending.clear()
 
     def _handle(self, rd: Ready) -> None:
         # 0. Accepts and heartbeats go first: the followers' fsyncs overlap with ours.

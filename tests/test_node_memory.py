@@ -15,6 +15,8 @@ import pytest
 
 from paxosd.commands import Command, Put, Written, decode_result, encode_command, encode_result
 from paxosd.config import load_config
+from paxosd.core.messages import Heartbeat, Promise
+from paxosd.core.types import Ballot, NodeId
 from paxosd.initcluster import init_cluster
 from paxosd.node import (
     RECENT_RESULTS_BYTES_MAX,
@@ -139,3 +141,39 @@ def test_posts_of_one_site_share_one_site_string_also_after_a_restore() -> None:
     again = list(restored._timeline)
     assert again == posts and all(p.site is again[0].site for p in again)
     assert restored.snapshot() == data
+
+
+def test_a_leader_that_steps_down_sends_its_waiting_clients_to_the_new_leader(
+    tmp_path: Path,
+) -> None:
+    """A command proposed but not yet decided when its leader is deposed is answered at once
+    with a redirect (the client retries the same (client_id, seq) elsewhere), not left to
+    time out."""
+    res = init_cluster(tmp_path / "cluster", 3, base_port=24100)
+    cfg = dataclasses.replace(load_config(res.configs[0]), durability="unsafe-no-fsync")
+    n = Node(cfg, bootstrap=True)
+    try:
+        n.replica.election_deadline_ms = 0
+        n.on_tick()
+        n.drain()
+        ballot = n.replica.ballot
+        n.on_peer_message(
+            NodeId(2),
+            Promise(ballot=ballot, from_slot=1, entries=(), decided_through=0, complete=True),
+        )
+        n.drain()
+        assert n.replica.is_leader
+        cmd = Command(client_id="c", seq=1, site="s", op=Put(key="k", value=b"v"))
+        n.on_client_command(7, 42, encode_command(cmd))
+        n.drain()
+        assert not n.replies and len(n.pending) == 1, "proposed, waiting for a vote"
+        higher = Ballot(ballot.round + 1, 3)
+        n.on_peer_message(NodeId(3), Heartbeat(ballot=higher, commit_through=0, decided_through=0))
+        n.drain()
+        assert not n.replica.is_leader
+        assert [(c, r, status, leader) for c, r, status, _, leader in n.replies] == [
+            (7, 42, "not_leader", 3)
+        ]
+        assert not n.pending
+    finally:
+        n.storage.close()

@@ -123,6 +123,9 @@ class Replica:
         self.ballot_seen: Ballot = ZERO_BALLOT
         self.elections_lost = 0
         self.election_deadline_ms = 0
+        # The last reset's (deadline, timeout), re-counted at the next tick (see
+        # _rearm_election_timer).
+        self._rearm: tuple[int, int] | None = None
 
         # Candidate state.
         self.ballot: Ballot = ZERO_BALLOT  # our own ballot while candidate or leader
@@ -233,6 +236,7 @@ class Replica:
             case Tick(now_ms=now):
                 assert now >= self.now_ms, "time went backwards"
                 self.now_ms = now
+                self._rearm_election_timer()
                 self._on_tick()
             case Received(src=src, msg=msg):
                 self._on_message(src, msg)
@@ -442,7 +446,24 @@ class Replica:
         return self._rng.randint(lo, hi)
 
     def _reset_election_timer(self) -> None:
-        self.election_deadline_ms = self.now_ms + self._election_timeout_ms()
+        timeout = self._election_timeout_ms()
+        self.election_deadline_ms = self.now_ms + timeout
+        self._rearm = (self.election_deadline_ms, timeout)
+
+    def _rearm_election_timer(self) -> None:
+        """Count the last reset's timeout from this tick's clock as well.
+
+        Messages carry no time: those handled after this process stalled (a big snapshot
+        write, a swap-in, SIGSTOP) reset the timer from the tick before the stall, so the
+        tick after it would find the deadline long past and start an election against a
+        leader that was heard a moment ago (seen: a follower's 0.4 s snapshot write deposed
+        a healthy leader). A deadline set since (a test poking it) is left alone."""
+        if self._rearm is None:
+            return
+        deadline, timeout = self._rearm
+        self._rearm = None
+        if self.election_deadline_ms == deadline:
+            self.election_deadline_ms = max(deadline, self.now_ms + timeout)
 
     def _step_down(self, higher: Ballot | None) -> None:
         """Stop leading or campaigning. Queued (never proposed) commands go back to their

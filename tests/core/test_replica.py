@@ -241,3 +241,24 @@ def test_a_follower_refuses_read_index_reads_and_names_the_leader() -> None:
     c.step(2, ReadIndex(3))
     out = _reads(c, 2)
     assert [(x.token, x.index, x.leader) for x in out] == [(3, None, 1)]  # type: ignore[attr-defined]
+
+
+def test_a_follower_that_stalled_does_not_depose_the_leader_it_heard_meanwhile() -> None:
+    c = Cluster(3)
+    elect(c, 1)
+    c.deliver()
+    # Node 3's process stalls for 700 ms (longer than any election timeout) while the leader
+    # goes on heartbeating; node 3 handles those heartbeats only after the stall, with the
+    # clock of its last tick, and then ticks.
+    for _ in range(14):
+        c.now_ms += 50
+        for n in (1, 2):
+            c.step(n, Tick(c.now_ms))
+        c.deliver(lambda s, d, m: d != 3)
+    assert any(isinstance(m, Heartbeat) for _, d, m in c.inflight if d == 3)
+    c.deliver(to(3))
+    c.step(3, Tick(c.now_ms))
+    assert c.replicas[3].role is Role.FOLLOWER  # type: ignore[index]
+    assert not any(isinstance(m, Prepare) for s, _, m in c.inflight if s == 3)
+    c.deliver()
+    assert c.replicas[1].role is Role.LEADER  # type: ignore[index]
