@@ -257,7 +257,8 @@ _TIMEOUT_INTS: Final[tuple[_IntSpec, ...]] = (
 )
 _BATCHING_INTS: Final[tuple[_IntSpec, ...]] = (
     ("batch_commands_max", _B.batch_commands_max, 1, 100_000),
-    ("batch_bytes_max", _B.batch_bytes_max, BATCH_BYTES_MIN, 64 << 20),
+    # At most 2 MiB: one slot must fit a peer message (the core's message_bytes_max, 3 MiB).
+    ("batch_bytes_max", _B.batch_bytes_max, BATCH_BYTES_MIN, 2 << 20),
     ("slots_in_flight_max", _B.slots_in_flight_max, 1, 10_000),
 )
 _SNAPSHOT_INTS: Final[tuple[_IntSpec, ...]] = (

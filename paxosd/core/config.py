@@ -28,6 +28,21 @@ class Rng(Protocol):
     def randint(self, a: int, b: int) -> int: ...
 
 
+# What a value costs in a message besides its commands' bytes: a slot number, a ballot and
+# a length per command (msgspec arrays: a few bytes each; these bounds are generous).
+ENTRY_OVERHEAD_BYTES = 64
+COMMAND_OVERHEAD_BYTES = 8
+
+
+def value_bytes(value: tuple[bytes, ...]) -> int:
+    """An upper bound on what one slot's value takes in an encoded message."""
+    return ENTRY_OVERHEAD_BYTES + sum(len(c) for c in value) + COMMAND_OVERHEAD_BYTES * len(value)
+
+
+def value_bytes_bound(commands: int, command_bytes: int) -> int:
+    return ENTRY_OVERHEAD_BYTES + command_bytes + COMMAND_OVERHEAD_BYTES * commands
+
+
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
     node_id: NodeId
@@ -52,6 +67,10 @@ class CoreConfig:
     thrifty_accepts: bool = True
     # A learner is promoted only when its decided prefix is at most this far behind ours.
     promote_lag_slots_max: int = 256
+    # Accepts, promises and catch-up replies carry at most this many bytes of values, well
+    # under the transport's 4 MiB frame cap: a bigger message would be dropped by the
+    # transport every time it is re-sent, and the slots in it would never be decided.
+    message_bytes_max: int = 3 << 20
     # Snapshots travel in chunks of at most this many bytes (well under the frame cap).
     snapshot_chunk_bytes: int = 1 << 20
     # A peer announcing a bigger snapshot is not believed (bounds what we buffer).
@@ -65,6 +84,10 @@ class CoreConfig:
         assert 0 < self.heartbeat_interval_ms < self.election_timeout_ms_min
         assert self.election_timeout_ms_min < self.election_timeout_ms_max
         assert self.slots_in_flight_max >= 1 and self.batch_commands_max >= 1
+        # One slot's value must fit a message on its own.
+        assert value_bytes_bound(self.batch_commands_max, self.batch_bytes_max) <= (
+            self.message_bytes_max
+        ), "batch_bytes_max too big for message_bytes_max"
         assert self.planted_bugs <= PLANTED_BUGS, f"unknown bugs {self.planted_bugs}"
 
     @property

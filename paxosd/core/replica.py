@@ -24,7 +24,7 @@ from collections import deque
 
 import msgspec
 
-from paxosd.core.config import CoreConfig, Rng
+from paxosd.core.config import CoreConfig, Rng, value_bytes
 from paxosd.core.io import (
     AdminResult,
     ChangeMembership,
@@ -138,6 +138,10 @@ class Replica:
         self._queue: deque[bytes] = deque()
         self._next_slot = 1
         self._proposals: dict[int, Value] = {}  # slot -> value proposed at self.ballot
+        # Bytes of the values proposed and not yet decided, per slot and in all: bounded so
+        # that what an acceptor holds undecided always fits one promise.
+        self._undecided_bytes: dict[int, int] = {}
+        self._undecided_total = 0
         self._votes: dict[int, set[NodeId]] = {}  # slot -> acceptors that accepted it
         # slot -> whose votes count for it: the voters when it was proposed (stop semantics
         # make that the membership in effect for the slot).
@@ -191,6 +195,7 @@ class Replica:
         # one message per tick instead of one per slot spares a wakeup and a send per write
         # on both ends (bounded: a full message's worth is sent at once).
         self._quiet_held: dict[NodeId, list[DecidedEntry]] = {}
+        self._quiet_held_bytes: dict[NodeId, int] = {}
         self._flush_quiet = False
         self._accepted_out: dict[NodeId, tuple[Ballot, list[int], int]] = {}
         self._to_apply: list[DecidedEntry] = []
@@ -292,6 +297,7 @@ class Replica:
         cap = self.config.accept_entries_per_message_max
         # Accepts lead: a heartbeat's commit point may cover the values they carry.
         accepts: list[Outbound] = []
+        budget = self.config.message_bytes_max
         for dst, entries in self._accept_out.items():
             quiet = (
                 self.config.thrifty_accepts and dst not in voting and dst not in self._accept_loud
@@ -299,17 +305,22 @@ class Replica:
             if quiet and not flush_quiet:
                 held = self._quiet_held.setdefault(dst, [])
                 held.extend(entries)
-                if len(held) < cap:
+                size = self._quiet_held_bytes.get(dst, 0) + sum(
+                    value_bytes(e.value) for e in entries
+                )
+                if len(held) < cap and size < budget:
+                    self._quiet_held_bytes[dst] = size
                     continue
                 entries = held
                 del self._quiet_held[dst]
-            for i in range(0, len(entries), cap):
+                self._quiet_held_bytes.pop(dst, None)
+            for chunk in self._message_chunks(entries, cap):
                 accepts.append(
                     Outbound(
                         dst,
                         Accept(
                             ballot=self.ballot,
-                            entries=tuple(entries[i : i + cap]),
+                            entries=chunk,
                             commit_through=safe,
                             quiet=quiet,
                         ),
@@ -361,6 +372,26 @@ class Replica:
         self._admin_out = []
         self._outstanding = rd
         return rd
+
+    def _message_chunks(
+        self, entries: list[DecidedEntry], cap: int
+    ) -> list[tuple[DecidedEntry, ...]]:
+        """Split entries into messages of at most ``cap`` entries and message_bytes_max bytes
+        (one entry always fits: CoreConfig checks batch_bytes_max against it)."""
+        budget = self.config.message_bytes_max
+        chunks: list[tuple[DecidedEntry, ...]] = []
+        chunk: list[DecidedEntry] = []
+        size = 0
+        for e in entries:
+            n = value_bytes(e.value)
+            if chunk and (len(chunk) >= cap or size + n > budget):
+                chunks.append(tuple(chunk))
+                chunk, size = [], 0
+            chunk.append(e)
+            size += n
+        if chunk:
+            chunks.append(tuple(chunk))
+        return chunks
 
     def advance(self, rd: Ready) -> None:
         """The caller persisted, sent and applied ``rd``."""
@@ -485,6 +516,9 @@ class Replica:
             self._proposed_ms = {}
             self._accept_out = {}
             self._quiet_held = {}
+            self._quiet_held_bytes = {}
+            self._undecided_bytes = {}
+            self._undecided_total = 0
             self._backlog = {}
             self._backlog_top = 0
             self._config_slot = None
@@ -564,6 +598,7 @@ class Replica:
             self._peer_decided.pop(p, None)
             self._accept_out.pop(p, None)
             self._quiet_held.pop(p, None)
+            self._quiet_held_bytes.pop(p, None)
         # A new voter gets an election timeout's grace before check-quorum counts it as
         # silent. Learners get none: their acks must be real, or a learner that never
         # answered would look live to the promotion check.
@@ -641,6 +676,7 @@ class Replica:
                 for dst, held in self._quiet_held.items():
                     self._accept_out[dst] = held + self._accept_out.get(dst, [])
                 self._quiet_held = {}
+                self._quiet_held_bytes = {}
                 self._flush_quiet = True
             if self.now_ms - self._last_heartbeat_ms >= self.config.heartbeat_interval_ms:
                 self._heartbeat()
@@ -703,17 +739,24 @@ class Replica:
             max(self.decided, default=0),
         )
         start = max(from_slot, self.log_start)
+        size = 0
         for s in range(start, top + 1):
             if capped and len(entries) >= self.config.promise_entries_max:
                 complete = False
                 break
             d = self.decided.get(s)
-            if d is not None:
-                entries.append(PromiseEntry(s, ZERO_BALLOT, d, True))
-                continue
             a = self.accepted.get(s)
-            if a is not None:
-                entries.append(PromiseEntry(s, a.ballot, a.value, False))
+            if d is not None:
+                entry = PromiseEntry(s, ZERO_BALLOT, d, True)
+            elif a is not None:
+                entry = PromiseEntry(s, a.ballot, a.value, False)
+            else:
+                continue
+            size += value_bytes(entry.value)
+            if capped and size > self.config.message_bytes_max and entries:
+                complete = False  # the rest in a later round, after catching up
+                break
+            entries.append(entry)
         return Promise(
             ballot=ballot,
             from_slot=from_slot,
@@ -829,6 +872,8 @@ class Replica:
         self.elections_lost = 0
         self._promises = {}
         self._proposals = {}
+        self._undecided_bytes = {}
+        self._undecided_total = 0
         self._votes = {}
         self._slot_voters = {}
         self._proposed_ms = {}
@@ -862,6 +907,9 @@ class Replica:
         assert slot not in self._proposals, f"slot {slot} proposed twice at one ballot"
         assert self._config_slot is None, "proposal above an undecided membership slot"
         self._proposals[slot] = value
+        n = value_bytes(value)
+        self._undecided_bytes[slot] = n
+        self._undecided_total += n
         self._votes[slot] = set()
         self._slot_voters[slot] = self.voters
         self._proposed_ms[slot] = self.now_ms
@@ -891,6 +939,7 @@ class Replica:
         needed = 1 if "minority_quorum" in self.config.planted_bugs else len(voters) // 2 + 1
         if len(votes) >= needed:
             value = self._proposals[slot]
+            self._undecided_total -= self._undecided_bytes.pop(slot)
             del self._votes[slot]
             del self._slot_voters[slot]
             del self._proposed_ms[slot]
@@ -927,6 +976,10 @@ class Replica:
                 self._propose(slot, encode_membership(m))
                 continue
             if not self._queue:
+                return
+            if self._undecided_total >= cfg.message_bytes_max // 3:
+                # Bounded in bytes too: with a batch on top (at most batch_bytes_max, 2 MiB)
+                # what a follower holds undecided still fits one promise.
                 return
             batch: list[bytes] = []
             size = 0
@@ -1057,7 +1110,9 @@ class Replica:
             )
             return
         hi = min(hi, lo + self.config.catchup_entries_max - 1)
-        entries = tuple(DecidedEntry(s, self.decided[s]) for s in range(lo, hi + 1))
+        entries = self._message_chunks(
+            [DecidedEntry(s, self.decided[s]) for s in range(lo, hi + 1)], hi - lo + 1
+        )[0]
         self._send(
             src, CatchUpReply(chunk=None, entries=entries, decided_through=self.decided_through)
         )
