@@ -457,6 +457,33 @@ def _prefill(client: Any, keys: Sequence[int], value: bytes, errors: dict[str, i
             errors[kind] = errors.get(kind, 0) + 1
 
 
+def _send_result(
+    send: Callable[[dict[str, Any]], None],
+    stats: list[_ClientStats],
+    errors: dict[str, int],
+    stuck: int,
+) -> None:
+    """A worker's one result line: every client's counts and latencies merged."""
+    hist = Histogram()
+    for s in stats:
+        hist.merge(s.hist)
+        for k, n in s.errors.items():
+            errors[k] = errors.get(k, 0) + n
+    if stuck:
+        errors["client_stuck_at_end"] = stuck
+    send(
+        {
+            "type": "result",
+            "ok": sum(s.ok for s in stats),
+            "misses": sum(s.misses for s in stats),
+            "errors": errors,
+            "fatal": next((s.fatal for s in stats if s.fatal), None),
+            "clients": len(stats),
+            "hist": hist.to_wire(),
+        }
+    )
+
+
 def _worker_main() -> None:
     """``python -m paxosd.bench _worker``: one generator process (see the module docstring).
 
@@ -533,29 +560,11 @@ def _worker_main() -> None:
     while any(t.is_alive() for t in threads) and time.monotonic() < join_deadline:
         threads[0].join(_PROGRESS_INTERVAL_S)
         send({"type": "progress", "done": sum(s.done for s in stats)})
-    hist = Histogram()
     errors: dict[str, int] = {}
     for e in prefill_errors:
         for k, n in e.items():
             errors[k] = errors.get(k, 0) + n
-    for s in stats:
-        hist.merge(s.hist)
-        for k, n in s.errors.items():
-            errors[k] = errors.get(k, 0) + n
-    stuck = sum(1 for t in threads if t.is_alive())
-    if stuck:
-        errors["client_stuck_at_end"] = stuck
-    send(
-        {
-            "type": "result",
-            "ok": sum(s.ok for s in stats),
-            "misses": sum(s.misses for s in stats),
-            "errors": errors,
-            "fatal": next((s.fatal for s in stats if s.fatal), None),
-            "clients": count,
-            "hist": hist.to_wire(),
-        }
-    )
+    _send_result(send, stats, errors, sum(1 for t in threads if t.is_alive()))
     for c in clients:
         c.close()
 
@@ -594,24 +603,7 @@ def _worker_pipelined(
         stats,
         lambda: send({"type": "progress", "done": sum(s.done for s in stats)}),
     )
-    hist = Histogram()
-    for s in stats:
-        hist.merge(s.hist)
-        for k, n in s.errors.items():
-            errors[k] = errors.get(k, 0) + n
-    if stuck:
-        errors["client_stuck_at_end"] = stuck
-    send(
-        {
-            "type": "result",
-            "ok": sum(s.ok for s in stats),
-            "misses": sum(s.misses for s in stats),
-            "errors": errors,
-            "fatal": next((s.fatal for s in stats if s.fatal), None),
-            "clients": count,
-            "hist": hist.to_wire(),
-        }
-    )
+    _send_result(send, stats, errors, stuck)
 
 
 # ---------------------------------------------------------------------------------- parent

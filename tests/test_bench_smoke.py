@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,9 @@ from paxosd.bench import (
     bucket_bounds,
     bucket_of,
     default_processes,
+    run_load,
 )
+from paxosd.localcluster import LocalCluster, pick_base_port
 
 CLI_TIMEOUT_S = 120
 
@@ -242,3 +245,27 @@ def test_transport_bench_reports_frames_round_trips_and_ratios() -> None:
     ):
         assert r[k] > 0, k
     assert r["transport_frames_dropped"] == 0
+
+
+def test_thread_per_client_generator_reports_the_same_shape(tmp_path: Path) -> None:
+    """The older generator (``LoadSpec(pipelined=False)``: a thread and a Client per client)
+    shares the result line with the pipelined one; keep it working."""
+    cluster = LocalCluster.create(tmp_path / "c", 3, base_port=pick_base_port(3))
+    cluster.up()
+    try:
+        spec = LoadSpec(
+            op="mixed",
+            clients=2,
+            keys=20,
+            prefill=True,
+            duration_s=1.5,
+            warmup_s=0.3,
+            processes=1,
+            pipelined=False,
+        )
+        r = run_load(spec, cluster.endpoints(), cluster.client_key())
+    finally:
+        cluster.down()
+    assert r["ops"] > 0 and r["errors_total"] == 0 and r["get_misses"] == 0
+    assert r["generator"]["clients_per_process"] == [2]
+    assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["max"]
