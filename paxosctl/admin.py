@@ -32,17 +32,8 @@ from paxosctl.kv import (
     show,
     show_text,
 )
-from paxosd.backup import (
-    CHUNK_BYTES_MAX,
-    BackupError,
-    SnapshotStreamError,
-    fetch_snapshot,
-    header_for,
-    verify_state,
-    write_backup,
-)
-from paxosd.client import BadRequestError, Client, UnavailableError
-from paxosd.commands import (
+from paxosd.client.client import BadRequestError, Client, UnavailableError
+from paxosd.statemachine.commands import (
     BadCommand,
     Block,
     Blocks,
@@ -56,6 +47,15 @@ from paxosd.commands import (
     View,
     decode_command,
     decode_result,
+)
+from paxosd.storage.backup import (
+    CHUNK_BYTES_MAX,
+    BackupError,
+    SnapshotStreamError,
+    fetch_snapshot,
+    header_for,
+    verify_state,
+    write_backup,
 )
 
 # The daemon answers at most 1000 stored rows per query (VIEW_LOG_ROWS_MAX); a slot can

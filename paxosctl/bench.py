@@ -1,6 +1,6 @@
 """``paxosctl bench``: key-value load (like etcd's benchmark), storage and transport benches.
 
-Each command parses, makes one ``paxosd.bench*`` call and renders; progress goes to stderr and
+Each command parses, makes one ``paxosd.lab.bench*`` call and renders; progress goes to stderr and
 only on a TTY, so ``--json`` output and logs stay clean.
 """
 
@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
 from paxosctl.connect import ConnectError, EndpointsOpt, KeyFileOpt, resolve
-from paxosd.bench import (
+from paxosd.lab.bench import (
     OP_KINDS,
     BenchError,
     LoadSpec,
@@ -28,7 +28,7 @@ from paxosd.bench import (
     run_load,
     run_local,
 )
-from paxosd.bench import Progress as LoadProgress
+from paxosd.lab.bench import Progress as LoadProgress
 
 HELP = """Measure: key-value load on a cluster, the storage engine, the encrypted transport.
 
@@ -82,7 +82,7 @@ def _host() -> dict[str, Any]:
 
 def _quiet_logs() -> None:
     # Storage and transport log at info on stdout by default; a bench's stdout is its report.
-    from paxosd.logs import configure_logging
+    from paxosd.server.logs import configure_logging
 
     configure_logging(level="error")
 
@@ -330,7 +330,7 @@ def _run_remote(
     pids = _parse_pids(server_pids)
     if not pids and target.source not in ("--endpoints",):
         # The README's local cluster: its pids are known, so measure its CPU and RSS too.
-        from paxosd.localcluster import MANIFEST, LocalCluster
+        from paxosd.lab.localcluster import MANIFEST, LocalCluster
 
         root = Path(target.source)
         if (root / MANIFEST).exists():
@@ -383,7 +383,7 @@ def storage(
 
     Example: paxosctl bench storage --restart-entries 1000000 --json
     """
-    from paxosd.bench_storage import run_storage_bench
+    from paxosd.lab.bench_storage import run_storage_bench
 
     try:
         sizes = tuple(int(b) for b in batches.split(",") if b.strip())
@@ -473,7 +473,7 @@ def transport(
 
     Example: paxosctl bench transport --seconds 8 --json
     """
-    from paxosd.bench_transport import run_transport_bench
+    from paxosd.lab.bench_transport import run_transport_bench
 
     _quiet_logs()
     with _status() as say:

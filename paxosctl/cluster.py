@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from paxosctl import render
-from paxosd.backup import BackupError
-from paxosd.client import ClientError
-from paxosd.localcluster import MANIFEST, LocalCluster, default_dir
-from paxosd.restore import RestoreError
+from paxosd.client.client import ClientError
+from paxosd.lab.localcluster import MANIFEST, LocalCluster, default_dir
+from paxosd.storage.backup import BackupError
+from paxosd.tools.restore import RestoreError
 
 app = typer.Typer(
     help="Run a local cluster on loopback: data, keys and logs in one folder "

@@ -16,8 +16,8 @@ from typing import Annotated
 
 import typer
 
-from paxosd.client import BadRequestError, Client, parse_endpoint
-from paxosd.localcluster import MANIFEST, default_dir
+from paxosd.client.client import BadRequestError, Client, parse_endpoint
+from paxosd.lab.localcluster import MANIFEST, default_dir
 
 EndpointsOpt = Annotated[
     str | None,
@@ -94,7 +94,7 @@ def resolve(endpoints: str | None, key_file: Path | None, config: Path | None = 
             raise ConnectError("no client key: give --key-file or set PAXOSCTL_KEY_FILE")
         return Target(eps, key, "--endpoints")
     if config is not None:
-        from paxosd.config import ConfigError, load_config
+        from paxosd.server.config import ConfigError, load_config
 
         try:
             cfg = load_config(config)

@@ -1,6 +1,6 @@
 """``paxosctl drill``: the recovery drill and the competing-proposers race on live daemons.
 
-Each command parses, makes one ``paxosd.drill`` call and renders. Progress goes to stderr:
+Each command parses, makes one ``paxosd.lab.drill`` call and renders. Progress goes to stderr:
 a live bar on a TTY, a line every few seconds otherwise, so ``--json`` stays clean.
 """
 
@@ -17,8 +17,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
 from paxosctl.connect import ConnectError, KeyFileOpt, resolve
-from paxosd.client import ClientError
-from paxosd.drill import (
+from paxosd.client.client import ClientError
+from paxosd.lab.drill import (
     DEFAULT_FAULTS,
     FAULT_KINDS,
     DrillError,
@@ -31,7 +31,7 @@ from paxosd.drill import (
     run_race,
     run_race_local,
 )
-from paxosd.logs import configure_logging
+from paxosd.server.logs import configure_logging
 
 HELP = f"""Recovery drill: a concurrent workload under faults, then every check.
 

@@ -1,6 +1,6 @@
 """``paxosctl put/get/delete/cas/scan``, and the plumbing every data and admin command shares.
 
-A command parses, makes one ``paxosd.client`` call and renders. The shared parts live here
+A command parses, makes one ``paxosd.client.client`` call and renders. The shared parts live here
 (social.py and admin.py import them) so that there is exactly one mapping from failures to
 exit codes, one way to show bytes that may not be text, and one JSON shape for a value.
 """
@@ -34,7 +34,7 @@ from paxosctl.connect import (
     TimeoutOpt,
     open_client,
 )
-from paxosd.client import (
+from paxosd.client.client import (
     AuthError,
     BadRequestError,
     CasMismatchError,
@@ -43,7 +43,7 @@ from paxosd.client import (
     NotFoundError,
     UnavailableError,
 )
-from paxosd.commands import (
+from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
     Deleted,
     Found,

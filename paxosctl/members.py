@@ -24,7 +24,7 @@ from paxosctl.kv import (
     print_table,
     say,
 )
-from paxosd.client import BadRequestError, Client, UnavailableError
+from paxosd.client.client import BadRequestError, Client, UnavailableError
 
 # A learner is promoted once this close to the leader (the leader re-checks: its own bound).
 PROMOTE_LAG_SLOTS = 64

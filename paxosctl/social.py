@@ -34,7 +34,7 @@ from paxosctl.kv import (
     unexpected,
     value_json,
 )
-from paxosd.commands import VIEW_LIMIT_MAX, BlockList, Changed, Timeline
+from paxosd.statemachine.commands import VIEW_LIMIT_MAX, BlockList, Changed, Timeline
 
 SiteArg = Annotated[str, typer.Argument(help="The blocking site.", show_default=False)]
 OtherArg = Annotated[str, typer.Argument(help="The blocked site.", show_default=False)]

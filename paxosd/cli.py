@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import typer
 
-from paxosd.bootstrap import bootstrap_command
-from paxosd.daemon import run_command
-from paxosd.forcenew import force_new_cluster_command
-from paxosd.initcluster import check_config_command, init_command
-from paxosd.inspect import inspect_cmd
-from paxosd.restore import restore_command
+from paxosd.server.daemon import run_command
+from paxosd.tools.bootstrap import bootstrap_command
+from paxosd.tools.forcenew import force_new_cluster_command
+from paxosd.tools.initcluster import check_config_command, init_command
+from paxosd.tools.inspect import inspect_cmd
+from paxosd.tools.restore import restore_command
 
 app = typer.Typer(
     name="paxosd",

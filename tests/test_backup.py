@@ -17,8 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from paxosd import backup as backup_mod
-from paxosd.backup import (
+from paxosd.cli import app as paxosd_app
+from paxosd.core.types import Snapshot
+from paxosd.statemachine.commands import Block, Command, Put, encode_command
+from paxosd.statemachine.machine import StateMachine
+from paxosd.storage import backup as backup_mod
+from paxosd.storage.backup import (
     CHUNK_BYTES_MAX,
     FILE_BYTES_MAX,
     MAGIC,
@@ -41,12 +45,8 @@ from paxosd.backup import (
     verify_state,
     write_backup,
 )
-from paxosd.cli import app as paxosd_app
-from paxosd.commands import Block, Command, Put, encode_command
-from paxosd.core.types import Snapshot
-from paxosd.restore import STAGING_SUFFIX, RestoreError, restore_into
-from paxosd.statemachine import StateMachine
-from paxosd.storage import DB_FILENAME, Storage
+from paxosd.storage.store import DB_FILENAME, Storage
+from paxosd.tools.restore import STAGING_SUFFIX, RestoreError, restore_into
 
 
 def _machine(slots: int = 5) -> StateMachine:
@@ -229,7 +229,7 @@ class _Replica:
 
 
 class _Node:
-    """What serve_snapshot_read uses of paxosd.node.Node, with a state machine that grows."""
+    """What serve_snapshot_read uses of paxosd.server.node.Node, with a state machine that grows."""
 
     def __init__(self, sm: StateMachine) -> None:
         self.replica = _Replica()
@@ -380,7 +380,7 @@ def test_fetch_refuses_a_node_whose_answers_do_not_add_up(lie: Any) -> None:
 
 
 def test_the_chunk_size_stays_well_under_the_client_frame_cap() -> None:
-    from paxosd.framing import FRAME_BYTES_MAX_DEFAULT
+    from paxosd.net.framing import FRAME_BYTES_MAX_DEFAULT
 
     assert CHUNK_BYTES_MAX * 2 <= FRAME_BYTES_MAX_DEFAULT
     big = _Node(_machine())

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from paxosd.bench import (
+from paxosd.lab.bench import (
     HIST_BUCKETS,
     LATENCY_US_MAX,
     Histogram,
@@ -28,7 +28,7 @@ from paxosd.bench import (
     default_processes,
     run_load,
 )
-from paxosd.localcluster import LocalCluster, pick_base_port
+from paxosd.lab.localcluster import LocalCluster, pick_base_port
 
 CLI_TIMEOUT_S = 120
 

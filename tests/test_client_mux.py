@@ -1,4 +1,4 @@
-"""paxosd.client.Pipeline: many sessions' commands in flight from one thread, against real
+"""paxosd.client.client.Pipeline: many sessions' commands in flight from one thread, against real
 daemons on loopback (and, for the failure paths, against nothing at all).
 
 No assertion here is about time: waits are bounded only so that a bug fails the test
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.client import (
+from paxosd.client.client import (
     AuthError,
     BadRequestError,
     ClientError,
@@ -23,8 +23,8 @@ from paxosd.client import (
     Session,
     UnavailableError,
 )
-from paxosd.commands import Found, Get, Put, Result, Written
-from paxosd.localcluster import LocalCluster
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.statemachine.commands import Found, Get, Put, Result, Written
 
 BOUND_S = 30.0
 

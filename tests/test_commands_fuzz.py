@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paxosd.commands import (
+from paxosd.statemachine.commands import (
     COMMAND_BYTES_MAX,
     BadCommand,
     Block,
@@ -26,7 +26,7 @@ from paxosd.commands import (
     encode_command,
     encode_result,
 )
-from paxosd.statemachine import BadSnapshot, StateMachine
+from paxosd.statemachine.machine import BadSnapshot, StateMachine
 
 _VALID_COMMANDS = [
     encode_command(Command("client-1", 1, "A", Put("key", b"value"))),

@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from paxosd.config import (
+from paxosd.server.config import (
     Batching,
     ConfigError,
     LogSettings,
@@ -25,7 +25,7 @@ from paxosd.config import (
     load_config,
     parse_address,
 )
-from paxosd.initcluster import InitError, check_config_command, init_cluster, init_command
+from paxosd.tools.initcluster import InitError, check_config_command, init_cluster, init_command
 
 REPO = Path(__file__).resolve().parent.parent
 NO_CREDENTIALS: dict[str, str] = {}

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.client import AuthError, NotFoundError
-from paxosd.client import Client as PaxosClient
-from paxosd.commands import Found
-from paxosd.handshake import PEER_LABEL, SecureConnection, initiate
-from paxosd.localcluster import LocalCluster
+from paxosd.client.client import AuthError, NotFoundError
+from paxosd.client.client import Client as PaxosClient
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.net.handshake import PEER_LABEL, SecureConnection, initiate
+from paxosd.statemachine.commands import Found
 
 
 @pytest.fixture
@@ -258,7 +258,7 @@ def test_two_daemons_cannot_share_a_data_dir(cluster: LocalCluster) -> None:
 def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> None:
     import urllib.request
 
-    from paxosd.localcluster import pick_base_port
+    from paxosd.lab.localcluster import pick_base_port
 
     base = pick_base_port(1)
     c = LocalCluster.create(tmp_path / "m", 1, base_port=base, extra_config="")

@@ -16,8 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paxosctl.app import app
-from paxosd.commands import Command, Delete, Get, Put, Written, encode_command
-from paxosd.drill import (
+from paxosd.lab.drill import (
     FAULT_GAP_S,
     RECONFIG_OPS,
     Convergence,
@@ -35,9 +34,10 @@ from paxosd.drill import (
     run_drill,
     run_race_local,
 )
-from paxosd.localcluster import LocalCluster
-from paxosd.node import PLANT_BUG_ENV
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.server.node import PLANT_BUG_ENV
 from paxosd.sim.linearizability import Operation
+from paxosd.statemachine.commands import Command, Delete, Get, Put, Written, encode_command
 
 FAST_FAULT_GAP_S = (0.3, 0.8)
 

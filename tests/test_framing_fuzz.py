@@ -14,7 +14,6 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from paxosd import handshake
 from paxosd.core.messages import (
     Accept,
     Accepted,
@@ -29,7 +28,8 @@ from paxosd.core.messages import (
     SnapshotChunk,
 )
 from paxosd.core.types import Ballot, DecidedEntry
-from paxosd.framing import (
+from paxosd.net import handshake
+from paxosd.net.framing import (
     BadFrame,
     ClientReply,
     ClientRequest,
@@ -38,7 +38,7 @@ from paxosd.framing import (
     client_codec,
     peer_codec,
 )
-from paxosd.handshake import FrameAuthError, HandshakeError, SecureSession
+from paxosd.net.handshake import FrameAuthError, HandshakeError, SecureSession
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from paxosd.cli import app
-from paxosd.commands import Command, Put, encode_command
 from paxosd.core.io import PersistRecord
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Snapshot
-from paxosd.statemachine import StateMachine
-from paxosd.storage import DB_FILENAME, Storage, encode_value
+from paxosd.statemachine.commands import Command, Put, encode_command
+from paxosd.statemachine.machine import StateMachine
+from paxosd.storage.store import DB_FILENAME, Storage, encode_value
 
 
 def put(seq: int, key: str, value: bytes) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from paxosd.logs import (
+from paxosd.server.logs import (
     REDACTED,
     bind_node,
     configure_logging,

@@ -13,19 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.commands import Command, Put, Written, decode_result, encode_command, encode_result
-from paxosd.config import load_config
 from paxosd.core.messages import Heartbeat, Promise
 from paxosd.core.types import Ballot, NodeId
-from paxosd.initcluster import init_cluster
-from paxosd.node import (
+from paxosd.server.config import load_config
+from paxosd.server.node import (
     RECENT_RESULTS_BYTES_MAX,
     RECENT_RESULTS_COMMANDS_MAX,
     RECENT_RESULTS_SLOTS_MAX,
     Node,
     RecentResults,
 )
-from paxosd.statemachine import StateMachine
+from paxosd.statemachine.commands import (
+    Command,
+    Put,
+    Written,
+    decode_result,
+    encode_command,
+    encode_result,
+)
+from paxosd.statemachine.machine import StateMachine
+from paxosd.tools.initcluster import init_cluster
 
 LEADER_WAIT_S = 10.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.sdnotify import STATUS_CHARS_MAX, Notifier, watchdog_interval_ms
+from paxosd.server.sdnotify import STATUS_CHARS_MAX, Notifier, watchdog_interval_ms
 
 RECV_TIMEOUT_S = 10.0  # a bound on a hang, not a speed assertion: datagrams arrive at once
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paxosd.commands import (
+from paxosd.statemachine.commands import (
     Block,
     BlockList,
     BlockPair,
@@ -37,7 +37,7 @@ from paxosd.commands import (
     decode_result,
     encode_command,
 )
-from paxosd.statemachine import (
+from paxosd.statemachine.machine import (
     BadSnapshot,
     Limits,
     StateMachine,

@@ -1,4 +1,5 @@
-"""paxosd.storage: what goes in comes back out, in one transaction, under the right identity."""
+"""paxosd.storage.store: what goes in comes back out, in one transaction, under the right
+identity."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pytest
 import sqlite_utils
 from structlog.testing import capture_logs
 
-from paxosd import storage as storage_mod
 from paxosd.core.io import DurableState, PersistRecord
 from paxosd.core.types import (
     ZERO_BALLOT,
@@ -23,7 +23,8 @@ from paxosd.core.types import (
     Membership,
     Snapshot,
 )
-from paxosd.storage import (
+from paxosd.storage import store as storage_mod
+from paxosd.storage.store import (
     DB_FILENAME,
     SCHEMA_VERSION,
     Durability,

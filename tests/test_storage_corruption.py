@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from paxosd.cli import app
 from paxosd.core.io import PersistRecord
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Snapshot
-from paxosd.storage import (
+from paxosd.storage.store import (
     DB_FILENAME,
     ChecksumMismatch,
     CorruptDatabase,
@@ -145,7 +145,7 @@ def test_a_tampered_snapshot_is_refused_at_load(tmp_path: Path) -> None:
 def test_a_row_with_a_valid_checksum_over_undecodable_bytes_is_a_corrupt_record(
     tmp_path: Path,
 ) -> None:
-    from paxosd.storage import CorruptRecord, _decided_checksum
+    from paxosd.storage.store import CorruptRecord, _decided_checksum
 
     path = populated(tmp_path)
     garbage = b"\xc1\xff"

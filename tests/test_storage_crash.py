@@ -25,7 +25,7 @@ from pathlib import Path
 
 from paxosd.core.io import DurableState, PersistRecord
 from paxosd.core.types import ZERO_BALLOT, AcceptedEntry, Ballot, DecidedEntry, Snapshot
-from paxosd.storage import DB_FILENAME, Storage
+from paxosd.storage.store import DB_FILENAME, Storage
 
 CLUSTER = "crash-test"
 NODE = 1
@@ -58,7 +58,7 @@ WRITER_HELPER = """
 import os, sys
 from pathlib import Path
 import structlog
-from paxosd.storage import Storage
+from paxosd.storage.store import Storage
 from tests.test_storage_crash import CLUSTER, NODE, WRITES_PER_LIFE_MAX, record_for
 
 # stdout carries the protocol with the test; logs go to stderr.

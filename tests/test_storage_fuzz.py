@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from paxosd.core.io import PersistRecord
 from paxosd.core.types import DecidedEntry
-from paxosd.storage import (
+from paxosd.storage.store import (
     DB_FILENAME,
     CorruptRecord,
     Storage,

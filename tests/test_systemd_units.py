@@ -176,7 +176,7 @@ def test_units_use_notify_watchdog_credentials_and_hardening(unit: str) -> None:
     }
     for key, want in expected.items():
         assert values(path, key) == want, key
-    # The credential names are the ones paxosd.config looks up in $CREDENTIALS_DIRECTORY.
+    # The credential names are the ones paxosd.server.config looks up in $CREDENTIALS_DIRECTORY.
     assert values(path, "LoadCredential") == [
         "peer.key:/etc/paxosd/keys/peer.key",
         "client.key:/etc/paxosd/keys/client.key",

@@ -25,8 +25,8 @@ from structlog.testing import capture_logs
 
 from paxosd.core.messages import Heartbeat, Message, Prepare
 from paxosd.core.types import Ballot, NodeId
-from paxosd.framing import ClientReply, ClientRequest, peer_codec
-from paxosd.handshake import (
+from paxosd.net.framing import ClientReply, ClientRequest, peer_codec
+from paxosd.net.handshake import (
     CLIENT_LABEL,
     PEER_LABEL,
     Established,
@@ -36,7 +36,7 @@ from paxosd.handshake import (
     SecureSession,
     initiate,
 )
-from paxosd.transport import ClientConnection, ClientServer, PeerTransport, TransportLimits
+from paxosd.net.transport import ClientConnection, ClientServer, PeerTransport, TransportLimits
 
 BOUND_S = 20.0  # liveness bound for every wait below; never an assertion about speed
 LOOPBACK = ("127.0.0.1", 0)

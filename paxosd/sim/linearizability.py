@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from paxosd.commands import (
+from paxosd.statemachine.commands import (
     NOT_APPLIED,
     Block,
     BlockList,

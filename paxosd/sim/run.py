@@ -11,13 +11,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
-from paxosd.commands import Get
 from paxosd.core.types import NodeId
 from paxosd.sim import linearizability
 from paxosd.sim.checker import Violation
 from paxosd.sim.network import NetworkFaults
 from paxosd.sim.workload import KEYS, SimClient
 from paxosd.sim.world import World, WorldOptions
+from paxosd.statemachine.commands import Get
 
 FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
 # Kinds a run includes only when named (they change what every seed does).

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from paxosd.commands import (
+from paxosd.sim.linearizability import Operation
+from paxosd.statemachine.commands import (
     Block,
     Cas,
     Command,
@@ -23,7 +24,6 @@ from paxosd.commands import (
     Unblock,
     encode_command,
 )
-from paxosd.sim.linearizability import Operation
 
 KEYS = ("a", "b", "c", "d")
 SITES = ("s1", "s2", "s3")

@@ -13,7 +13,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from paxosd.commands import Op, decode_result, encode_result, is_read
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import (
     ChangeMembership,
@@ -41,7 +40,8 @@ from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
 from paxosd.sim.workload import SimClient, random_op
-from paxosd.statemachine import StateMachine
+from paxosd.statemachine.commands import Op, decode_result, encode_result, is_read
+from paxosd.statemachine.machine import StateMachine
 
 # Event kinds. Plain ints in tuples keep the heap cheap: the simulator's speed is the
 # number of schedules CI can afford.

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from paxosctl.app import app
-from paxosd.localcluster import LocalCluster
+from paxosd.lab.localcluster import LocalCluster
 
 # Generous: on a loaded 2-core CI machine a leader election plus catch-up can take seconds.
 CONVERGE_TIMEOUT_S = 20.0

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from paxosd.backup import BackupError, read_backup
 from paxosd.cli import app as paxosd_app
-from paxosd.localcluster import LocalCluster
-from paxosd.storage import DB_FILENAME
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.storage.backup import BackupError, read_backup
+from paxosd.storage.store import DB_FILENAME
 from tests.cli.conftest import CONVERGE_TIMEOUT_S, Cli
 
 

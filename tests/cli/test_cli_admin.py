@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from paxosd.client import Client
+from paxosd.client.client import Client
 from tests.cli.conftest import Cli
 
 

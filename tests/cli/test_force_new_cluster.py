@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.localcluster import LocalCluster, pick_base_port
+from paxosd.lab.localcluster import LocalCluster, pick_base_port
 
 
 @pytest.fixture()

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from paxosd.client import Address, Client
-from paxosd.commands import Get, Put
-from paxosd.drill import History, Nodes, run_op, wait_converged
-from paxosd.initcluster import client_address
+from paxosd.client.client import Address, Client
+from paxosd.lab.drill import History, Nodes, run_op, wait_converged
 from paxosd.sim import linearizability
+from paxosd.statemachine.commands import Get, Put
+from paxosd.tools.initcluster import client_address
 from tests.cli.conftest import CONVERGE_TIMEOUT_S, Cli
 
 # Node ids a test may ever use: the workload's clients know all their client addresses from

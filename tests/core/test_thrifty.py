@@ -6,7 +6,7 @@ from __future__ import annotations
 from paxosd.core.io import ClientCommand
 from paxosd.core.messages import Accept, Accepted, Message
 from paxosd.core.replica import Role
-from paxosd.framing import peer_codec
+from paxosd.net.framing import peer_codec
 from tests.core.harness import Cluster
 
 

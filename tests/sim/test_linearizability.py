@@ -8,7 +8,8 @@ from typing import Literal
 
 import pytest
 
-from paxosd.commands import (
+from paxosd.sim.linearizability import Operation, check
+from paxosd.statemachine.commands import (
     Block,
     BlockList,
     BlockPair,
@@ -36,8 +37,7 @@ from paxosd.commands import (
     decode_result,
     encode_command,
 )
-from paxosd.sim.linearizability import Operation, check
-from paxosd.statemachine import StateMachine
+from paxosd.statemachine.machine import StateMachine
 
 
 def ok(client: str, op: Op, t0: int, t1: int, result: Result) -> Operation:

@@ -2,10 +2,10 @@
 
 The wire is ``multiprocessing.connection``'s: each record is a 4-byte big-endian length (or
 -1 then an 8-byte length) and that many bytes. Each connection is set up by
-``paxosd.handshake`` (authkey challenge, X25519 + HKDF, key confirmation) with the stdlib's
+``paxosd.net.handshake`` (authkey challenge, X25519 + HKDF, key confirmation) with the stdlib's
 ``send_bytes``/``recv_bytes(maxlength=...)`` (never ``send()``/``recv()``: they pickle, and
 unpickling peer bytes runs peer code), and then carries AEAD-sealed records of typed
-envelopes (``paxosd.framing``).
+envelopes (``paxosd.net.framing``).
 
 Who does what, and why (the daemon has one event loop, and a message that crosses a thread
 costs a GIL hand-off and a pipe write, which on the hot path cost more than the message):
@@ -53,7 +53,7 @@ import structlog
 
 from paxosd.core.messages import Message
 from paxosd.core.types import NodeId
-from paxosd.framing import (
+from paxosd.net.framing import (
     BATCH_FRAMES_MAX_DEFAULT,
     FRAME_BYTES_MAX_DEFAULT,
     BadFrame,
@@ -62,7 +62,7 @@ from paxosd.framing import (
     client_codec,
     peer_codec,
 )
-from paxosd.handshake import (
+from paxosd.net.handshake import (
     AEAD_TAG_BYTES,
     CLIENT_LABEL,
     HANDSHAKE_TIMEOUT_MS_DEFAULT,
@@ -79,7 +79,7 @@ from paxosd.handshake import (
 def _logger() -> Any:
     # Looked up per use (never on the per-frame path): a module-level logger would freeze
     # whatever structlog configuration was current at its first use.
-    return structlog.get_logger("paxosd.transport")
+    return structlog.get_logger("paxosd.net.transport")
 
 
 Address = tuple[str, int]
@@ -1408,7 +1408,7 @@ class ClientServer(_Endpoint[ClientBody]):
 
 
 class ClientConnection:
-    """The client side of the client port: single-threaded, for paxosd.client.
+    """The client side of the client port: single-threaded, for paxosd.client.client.
 
     ``recv`` waits at most ``timeout_ms`` and returns every reply that arrived by then; it
     reads whatever the socket holds in one call (many replies when many requests are in

@@ -22,19 +22,6 @@ from typing import Any
 import msgspec
 import structlog
 
-from paxosd.commands import (
-    BadCommand,
-    Command,
-    Found,
-    Get,
-    Op,
-    Put,
-    Written,
-    decode_command,
-    encode_result,
-    is_read,
-)
-from paxosd.config import Config
 from paxosd.core.io import (
     AdminResult,
     ClientCommand,
@@ -47,11 +34,24 @@ from paxosd.core.io import (
 )
 from paxosd.core.replica import Replica
 from paxosd.core.types import DecidedEntry, NodeId, Snapshot
-from paxosd.metrics import Metrics
-from paxosd.statemachine import StateMachine
-from paxosd.storage import DB_FILENAME, Storage, StorageError
+from paxosd.server.config import Config
+from paxosd.server.metrics import Metrics
+from paxosd.statemachine.commands import (
+    BadCommand,
+    Command,
+    Found,
+    Get,
+    Op,
+    Put,
+    Written,
+    decode_command,
+    encode_result,
+    is_read,
+)
+from paxosd.statemachine.machine import StateMachine
+from paxosd.storage.store import DB_FILENAME, Storage, StorageError
 
-log = structlog.get_logger("paxosd.node")
+log = structlog.get_logger("paxosd.server.node")
 
 # Decided entries held back from storage at most this many (flushed every tick anyway).
 DEFERRED_DECIDED_MAX = 4096

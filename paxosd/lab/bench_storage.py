@@ -2,7 +2,7 @@
 
 Figures are ratios against a reference measured in the same run where one exists: the raw
 reference is a bare sqlite3 insert loop with the same pragmas, the same table and the same
-row bytes, so the ratio isolates what paxosd.storage adds (encoding, checksums, Python).
+row bytes, so the ratio isolates what paxosd.storage.store adds (encoding, checksums, Python).
 Nothing here is a test: it measures, it asserts nothing about speed.
 """
 
@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from paxosd.commands import Command, Put, encode_command
 from paxosd.core.io import PersistRecord
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Snapshot, Value
-from paxosd.statemachine import StateMachine
-from paxosd.storage import (
+from paxosd.statemachine.commands import Command, Put, encode_command
+from paxosd.statemachine.machine import StateMachine
+from paxosd.storage.store import (
     DB_FILENAME,
     Durability,
     Storage,

@@ -24,7 +24,7 @@ from typing import Annotated, Final
 
 import typer
 
-from paxosd.config import (
+from paxosd.server.config import (
     CLUSTER_ID_CHARS_MAX,
     MEMBERS_MAX,
     Address,

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from paxosd.backup import BackupError, is_backup_file, read_backup, verify_state
-from paxosd.commands import BadCommand, decode_command
 from paxosd.core.types import Value
-from paxosd.statemachine import BadSnapshot, StateMachine
-from paxosd.storage import (
+from paxosd.statemachine.commands import BadCommand, decode_command
+from paxosd.statemachine.machine import BadSnapshot, StateMachine
+from paxosd.storage.backup import BackupError, is_backup_file, read_backup, verify_state
+from paxosd.storage.store import (
     DB_FILENAME,
     LOG_ROWS_MAX,
     LogRow,

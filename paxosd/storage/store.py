@@ -47,7 +47,7 @@ from paxosd.core.types import (
     Snapshot,
     Value,
 )
-from paxosd.sqlite_utils_lean import sqlite_utils
+from paxosd.storage.sqlite_utils_lean import sqlite_utils
 
 __all__ = [
     "DB_FILENAME",

@@ -49,14 +49,17 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from paxosd.client import (
+from paxosd.client.client import (
     Address,
     BadRequestError,
     Client,
     ClientError,
     UnavailableError,
 )
-from paxosd.commands import (
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.sim import linearizability
+from paxosd.sim.linearizability import Operation
+from paxosd.statemachine.commands import (
     BadCommand,
     Block,
     BlockList,
@@ -80,10 +83,7 @@ from paxosd.commands import (
     decode_command,
     is_read,
 )
-from paxosd.initcluster import client_address
-from paxosd.localcluster import LocalCluster
-from paxosd.sim import linearizability
-from paxosd.sim.linearizability import Operation
+from paxosd.tools.initcluster import client_address
 
 FAULT_KINDS: Final = ("kill", "pause", "partition", "restart", "killall", "reconfig")
 DEFAULT_FAULTS: Final = ("kill", "pause", "partition")
@@ -1224,7 +1224,7 @@ def replay_exactly_once(
     commands: Iterable[Command], in_scope: Callable[[Command], bool]
 ) -> tuple[_KV, _Blocks, Counter[tuple[str, int]]]:
     """Apply commands in log order, each (client_id, seq) at most once — the state a replica
-    must hold. Written independently of paxosd.statemachine on purpose: a bug in its session
+    must hold. Written independently of paxosd.statemachine.machine on purpose: a bug in its session
     table would otherwise be replayed as the expected answer. Returns the state and how many
     decided copies each (client_id, seq) had (retries legitimately decide a command twice).
     """

@@ -27,8 +27,8 @@ from typing import Any
 
 from paxosd.core.messages import Accept, Message
 from paxosd.core.types import Ballot, DecidedEntry, NodeId
-from paxosd.framing import peer_codec
-from paxosd.transport import PeerTransport, TransportLimits
+from paxosd.net.framing import peer_codec
+from paxosd.net.transport import PeerTransport, TransportLimits
 
 _A = NodeId(1)
 _B = NodeId(2)

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from paxosd.framing import BadFrame
+from paxosd.net.framing import BadFrame
 
 PROTOCOL_VERSION = 1
 # The two ports speak the same handshake under different labels, so keys derived for one can

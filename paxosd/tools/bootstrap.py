@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from paxosd.storage import DB_FILENAME, Storage, StorageError
+from paxosd.storage.store import DB_FILENAME, Storage, StorageError
 
 
 def bootstrap_command(

@@ -22,15 +22,15 @@ from typing import Annotated, Any
 import structlog
 import typer
 
-from paxosd.config import ConfigError, load_config
 from paxosd.core.io import PersistRecord
 from paxosd.core.membership import membership_of
 from paxosd.core.types import Ballot, Member, Membership, Snapshot
-from paxosd.logs import configure_logging
-from paxosd.node import Node
-from paxosd.storage import StorageError
+from paxosd.server.config import ConfigError, load_config
+from paxosd.server.logs import configure_logging
+from paxosd.server.node import Node
+from paxosd.storage.store import StorageError
 
-log = structlog.get_logger("paxosd.forcenew")
+log = structlog.get_logger("paxosd.tools.forcenew")
 
 # Rounds added to the highest ballot seen: more than any election count a lost member can
 # reach before the operator has stopped it for good.

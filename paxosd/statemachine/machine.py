@@ -19,7 +19,8 @@ from typing import Final, Self
 
 import msgspec
 
-from paxosd.commands import (
+from paxosd.core.membership import is_membership_command
+from paxosd.statemachine.commands import (
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
     SEQ_MAX,
@@ -59,7 +60,6 @@ from paxosd.commands import (
     encode_result,
     is_read,
 )
-from paxosd.core.membership import is_membership_command
 
 SNAPSHOT_FORMAT: Final = 1
 SNAPSHOT_BYTES_MAX: Final = 1 << 30  # checked before decoding a snapshot from disk or a peer
@@ -75,7 +75,7 @@ _BUDGET_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX - (64 << 20)
 _ONE_ENTRY_BYTES_MAX: Final = 1 << 20
 _BLOCKS_MAX_MAX: Final = 20_000  # keeps a full BlockList under RESULT_BYTES_MAX
 _CHECKSUM_BYTES: Final = 32
-_CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine/v1").digest()
+_CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
 
 
 class BadSnapshot(ValueError):

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, Protocol
 import msgspec
 
 from paxosd.core.types import Snapshot
-from paxosd.statemachine import SNAPSHOT_BYTES_MAX, BadSnapshot, StateMachine
+from paxosd.statemachine.machine import SNAPSHOT_BYTES_MAX, BadSnapshot, StateMachine
 
 __all__ = [
     "CHUNK_BYTES_MAX",
@@ -308,7 +308,7 @@ class _SnapshotHolder(Protocol):
 
 
 class SnapshotSource(Protocol):
-    """What serve_snapshot_read needs of a node (paxosd.node.Node has it)."""
+    """What serve_snapshot_read needs of a node (paxosd.server.node.Node has it)."""
 
     @property
     def replica(self) -> _SnapshotHolder: ...

@@ -19,20 +19,20 @@ from typing import Annotated, Any
 import structlog
 import typer
 
-from paxosd.commands import BadCommand
-from paxosd.config import Config, ConfigError, load_config, parse_address
 from paxosd.core.io import ChangeMembership, TransferLeadership
 from paxosd.core.membership import ChangeKind, MembershipChange
 from paxosd.core.types import Membership, NodeId
-from paxosd.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
-from paxosd.logs import bind_node, configure_logging
-from paxosd.metrics import Metrics
-from paxosd.node import TICK_MS, Node, install_signal_handlers, now_ms
-from paxosd.sdnotify import Notifier, watchdog_interval_ms
-from paxosd.storage import StorageError
-from paxosd.transport import ClientServer, PeerTransport
+from paxosd.net.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
+from paxosd.net.transport import ClientServer, PeerTransport
+from paxosd.server.config import Config, ConfigError, load_config, parse_address
+from paxosd.server.logs import bind_node, configure_logging
+from paxosd.server.metrics import Metrics
+from paxosd.server.node import TICK_MS, Node, install_signal_handlers, now_ms
+from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
+from paxosd.statemachine.commands import BadCommand
+from paxosd.storage.store import StorageError
 
-log = structlog.get_logger("paxosd.daemon")
+log = structlog.get_logger("paxosd.server.daemon")
 
 VIEW_LOG_ROWS_MAX = 1000
 # Membership changes and leader transfers waiting for the core's answer (each is one query).
@@ -401,7 +401,7 @@ class Daemon:
             return "ok", {"snapshot_index": slot, "node_id": self.config.node_id}
         if query == "snapshot_read":
             # paxosctl snapshot save: one chunk of this node's snapshot, for a backup.
-            from paxosd.backup import serve_snapshot_read
+            from paxosd.storage.backup import serve_snapshot_read
 
             cfg = self.config
             return "ok", serve_snapshot_read(

@@ -8,8 +8,8 @@ latency runs from sending a request to having its result (client-side queueing i
 Why worker processes: one Python process drives at most one core (the GIL), and an encrypted
 client costs tens of microseconds of CPU per request, so 64 clients in one process would
 measure the generator, not the cluster. Clients are spread over P processes
-(``python -m paxosd.bench _worker``); each drives its share from one thread through a
-``paxosd.client.Pipeline``: one connection and one session per client, one request in flight
+(``python -m paxosd.lab.bench _worker``); each drives its share from one thread through a
+``paxosd.client.client.Pipeline``: one connection and one session per client, one request in flight
 per client (the shape etcd's generator has), without a thread hand-off per request
 (``LoadSpec(pipelined=False)``: a thread and a ``Client`` per client, as before). Parent
 and workers speak JSON lines over pipes (never pickle); latencies travel as fixed-size
@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
-from paxosd.commands import Get, NotFound, Op, Put, Written
+from paxosd.statemachine.commands import Get, NotFound, Op, Put, Written
 
 Address = tuple[str, int]
 OpKind = Literal["put", "get", "mixed"]
@@ -227,7 +227,7 @@ class LoadSpec:
     processes: int = 0  # 0: choose (see default_processes)
     timeout_ms: int = 5000
     seed: int = 1
-    # One thread per process drives all of its clients (a paxosd.client.Pipeline, one
+    # One thread per process drives all of its clients (a paxosd.client.client.Pipeline, one
     # connection per client, one request in flight per client), instead of a thread and a
     # Client per client: the same load for the cluster at a fraction of the generator's CPU.
     pipelined: bool = True
@@ -277,7 +277,7 @@ class _ClientStats:
 
 
 def _error_kind(e: BaseException) -> str:
-    from paxosd.client import AuthError, BadRequestError, UnavailableError
+    from paxosd.client.client import AuthError, BadRequestError, UnavailableError
 
     if isinstance(e, UnavailableError):
         return "unavailable"
@@ -298,7 +298,7 @@ def _run_client(
     stats: _ClientStats,
 ) -> None:
     """One closed-loop client until ``t_end_ns`` (monotonic clock, shared by all processes)."""
-    from paxosd.client import AuthError
+    from paxosd.client.client import AuthError
 
     clock = time.monotonic_ns
     keys, op_kind, ratio = spec.keys, spec.op, spec.read_ratio
@@ -355,7 +355,7 @@ def _run_pipelined(
     """The closed loop of ``_run_client`` for every client of this process at once, from
     one thread: client j is a Session on lane (connection) j with one request in flight.
     Returns how many clients were still waiting when the join deadline passed."""
-    from paxosd.client import AuthError, ClientError, Pipeline, Session
+    from paxosd.client.client import AuthError, ClientError, Pipeline, Session
 
     clock = time.monotonic_ns
     n = len(stats)
@@ -422,7 +422,7 @@ def _prefill_pipelined(
     errors: dict[str, int],
 ) -> None:
     """Put every key of each lane once, one request in flight per lane."""
-    from paxosd.client import ClientError, Pipeline, Session
+    from paxosd.client.client import ClientError, Pipeline, Session
 
     todo = [iter(keys) for keys in lanes]
     sessions = [Session(site="bench") for _ in lanes]
@@ -485,14 +485,14 @@ def _send_result(
 
 
 def _worker_main() -> None:
-    """``python -m paxosd.bench _worker``: one generator process (see the module docstring).
+    """``python -m paxosd.lab.bench _worker``: one generator process (see the module docstring).
 
     stdin: a JSON line with the job (endpoints, key, spec, which clients), then a JSON line
     with the start time. stdout: JSON lines ``ready``, ``progress`` (every 0.25 s) and a
     final ``result``. The key travels on stdin, never in argv (argv is world-readable).
     """
-    from paxosd.client import Client
-    from paxosd.logs import configure_logging
+    from paxosd.client.client import Client
+    from paxosd.server.logs import configure_logging
 
     configure_logging(level="warning", fmt="json", stream=sys.stderr)
     job = json.loads(sys.stdin.readline(_LINE_BYTES_MAX))
@@ -677,7 +677,7 @@ def _workers(
             err_path = scratch / f"worker-{i}.stderr"
             with open(err_path, "wb") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "paxosd.bench", "_worker"],
+                    [sys.executable, "-m", "paxosd.lab.bench", "_worker"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=err,
@@ -947,8 +947,8 @@ def run_baseline(data_dir: Path, seconds: float = 8.0) -> dict[str, Any]:
     """The machine's own limits, measured now: SQLite WAL FULL single-commit rate on the disk of
     ``data_dir`` and the encrypted transport's loopback round trip. Every kv report carries them
     so that figures from different machines (and noisy sittings) can be compared."""
-    from paxosd.bench_storage import run_storage_bench
-    from paxosd.bench_transport import run_transport_bench
+    from paxosd.lab.bench_storage import run_storage_bench
+    from paxosd.lab.bench_transport import run_transport_bench
 
     assert seconds > 0
     storage = run_storage_bench(
@@ -996,7 +996,7 @@ def run_local(
 ) -> dict[str, Any]:
     """Start a fresh durable cluster of ``nodes`` in a temporary folder, run the load against
     it, stop it and remove the folder (``keep``: leave it, for a post-mortem)."""
-    from paxosd.localcluster import LocalCluster
+    from paxosd.lab.localcluster import LocalCluster
 
     say = progress or (lambda _p: None)
     parent = parent_dir or Path(tempfile.gettempdir())
@@ -1052,4 +1052,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["_worker"]:
         _worker_main()
     else:
-        sys.exit("usage: python -m paxosd.bench _worker  (started by `paxosctl bench`)")
+        sys.exit("usage: python -m paxosd.lab.bench _worker  (started by `paxosctl bench`)")

@@ -56,7 +56,8 @@ CONFIG_FILE_BYTES_MAX: Final = 1 << 20
 MEMBERS_MAX: Final = 15
 NODE_ID_MAX: Final = (1 << 31) - 1
 CLUSTER_ID_CHARS_MAX: Final = 64
-# A batch must be able to hold one maximal command (paxosd.commands.COMMAND_BYTES_MAX, 1 MiB),
+# A batch must be able to hold one maximal command
+# (paxosd.statemachine.commands.COMMAND_BYTES_MAX, 1 MiB),
 # or such a command could never be ordered.
 BATCH_BYTES_MIN: Final = 1 << 20
 

@@ -26,10 +26,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from paxosd.backup import Backup, BackupError, read_backup, verify_state
 from paxosd.core.io import PersistRecord
 from paxosd.core.types import Snapshot
-from paxosd.storage import DB_FILENAME, Storage, StorageError
+from paxosd.storage.backup import Backup, BackupError, read_backup, verify_state
+from paxosd.storage.store import DB_FILENAME, Storage, StorageError
 
 # Where the database is built before it is linked into place: a crash part-way leaves this
 # file (removed by the next restore), never a half-made database under the real name.
@@ -168,7 +168,7 @@ def restore_command(
     if config is not None:
         if (data_dir, cluster_id, node_id) != (None, None, None):
             _fail("give --config, or --data-dir, --cluster-id and --node-id, not both", 2)
-        from paxosd.config import ConfigError, load_config
+        from paxosd.server.config import ConfigError, load_config
 
         try:
             cfg = load_config(config)

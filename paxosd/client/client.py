@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from paxosd.commands import (
+from paxosd.net.framing import BadFrame, ClientReply, ClientRequest, QueryReply, QueryRequest
+from paxosd.net.handshake import HandshakeError
+from paxosd.net.transport import ClientConnection
+from paxosd.statemachine.commands import (
     BadCommand,
     Block,
     Blocks,
@@ -34,10 +37,7 @@ from paxosd.commands import (
     decode_result,
     encode_command,
 )
-from paxosd.commands import NotFound as NotFoundResult
-from paxosd.framing import BadFrame, ClientReply, ClientRequest, QueryReply, QueryRequest
-from paxosd.handshake import HandshakeError
-from paxosd.transport import ClientConnection
+from paxosd.statemachine.commands import NotFound as NotFoundResult
 
 Address = tuple[str, int]
 
@@ -419,7 +419,7 @@ class _Flight(Generic[T]):
 
 class Pipeline(Generic[T]):
     """Many commands in flight at once, from one thread, over ``lanes`` connections per
-    member: what a load generator needs (``paxosd.bench``), where a thread per request
+    member: what a load generator needs (``paxosd.lab.bench``), where a thread per request
     would measure the GIL instead of the cluster.
 
     ``submit(command, tag, lane)`` queues a command (from a ``Session``); ``poll`` sends

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paxosd.backup import read_backup
-from paxosd.client import Client, ClientError
-from paxosd.initcluster import client_address, init_cluster, peer_address, render_config
-from paxosd.restore import RestoreError, restore_into
-from paxosd.storage import DB_FILENAME, Storage
+from paxosd.client.client import Client, ClientError
+from paxosd.storage.backup import read_backup
+from paxosd.storage.store import DB_FILENAME, Storage
+from paxosd.tools.initcluster import client_address, init_cluster, peer_address, render_config
+from paxosd.tools.restore import RestoreError, restore_into
 
 MANIFEST = "cluster.json"
 START_TIMEOUT_S = 20.0
@@ -96,7 +96,7 @@ class LocalCluster:
 
         ``restore``: a backup file (paxosctl snapshot save) that seeds the databases of
         ``restore_nodes`` (default: every node) instead; any other node is bootstrapped
-        empty and catches up by snapshot. Restore at least a majority (see paxosd.restore).
+        empty and catches up by snapshot. Restore at least a majority (see paxosd.tools.restore).
         ``databases=False`` writes configs and keys only (the caller runs paxosd restore).
         Without ``restore``, a node that already has a database keeps it; with it, an existing
         database of a node to restore is refused before anything is written.

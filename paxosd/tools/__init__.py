@@ -1,0 +1,2 @@
+"""``paxosd`` subcommands that work offline on one node's files: init, bootstrap, inspect, restore,
+force-new-cluster."""
