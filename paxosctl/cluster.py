@@ -10,7 +10,8 @@ import typer
 
 from paxosctl import render
 from paxosd.client.client import ClientError
-from paxosd.lab.localcluster import MANIFEST, LocalCluster, default_dir
+from paxosd.client.localdir import MANIFEST, default_dir
+from paxosd.lab.localcluster import LocalCluster
 from paxosd.storage.backup import BackupError
 from paxosd.tools.restore import RestoreError
 

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from paxosd.client.client import BadRequestError, Client, parse_endpoint
-from paxosd.lab.localcluster import MANIFEST, default_dir
+from paxosd.client.localdir import MANIFEST, default_dir
 
 EndpointsOpt = Annotated[
     str | None,

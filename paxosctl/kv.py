@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -45,14 +46,20 @@ from paxosd.client.client import (
 )
 from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
+    Cas,
+    CasMismatch,
+    Delete,
     Deleted,
     Found,
     Full,
     Get,
     Malformed,
     NotFound,
+    Op,
+    Put,
     Result,
     Rows,
+    Scan,
     Stale,
     Written,
 )
@@ -78,6 +85,29 @@ def _one_line(message: str) -> str:
     return text if len(text) <= ERROR_CHARS_MAX else text[: ERROR_CHARS_MAX - 3] + "..."
 
 
+def failure(e: BaseException) -> tuple[str, int] | None:
+    """A user or cluster problem as (one-line message, documented exit code); None for
+    anything else (a programming error, which must keep its traceback)."""
+    code: int
+    if isinstance(e, NotFoundError | CasMismatchError | Failed):
+        message, code = str(e), render.EXIT_FAILED_CHECK
+    elif isinstance(e, BadRequestError | ConnectError):
+        message, code = str(e), render.EXIT_USAGE
+    elif isinstance(e, AuthError):
+        message, code = f"authentication failed: {e}", render.EXIT_AUTH
+    elif isinstance(e, UnavailableError):
+        message, code = f"unavailable: {e}", render.EXIT_UNAVAILABLE
+    elif isinstance(e, ClientError):
+        message, code = str(e), render.EXIT_UNAVAILABLE
+    elif isinstance(e, OSError):
+        message, code = f"{e.strerror or e}", render.EXIT_UNAVAILABLE
+    elif isinstance(e, KeyboardInterrupt):
+        message, code = "interrupted", 130
+    else:
+        return None
+    return show_text(_one_line(message)), code
+
+
 def command_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """The one boundary between paxosctl and its users: every user or cluster problem
     becomes one line on stderr and a documented exit code, never a traceback. Programming
@@ -85,24 +115,13 @@ def command_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        code: int
         try:
             return fn(*args, **kwargs)
-        except (NotFoundError, CasMismatchError, Failed) as e:
-            message, code = str(e), render.EXIT_FAILED_CHECK
-        except (BadRequestError, ConnectError) as e:
-            message, code = str(e), render.EXIT_USAGE
-        except AuthError as e:
-            message, code = f"authentication failed: {e}", render.EXIT_AUTH
-        except UnavailableError as e:
-            message, code = f"unavailable: {e}", render.EXIT_UNAVAILABLE
-        except ClientError as e:
-            message, code = str(e), render.EXIT_UNAVAILABLE
-        except OSError as e:
-            message, code = f"{e.strerror or e}", render.EXIT_UNAVAILABLE
-        except KeyboardInterrupt:
-            message, code = "interrupted", 130
-        render.error(escape(show_text(_one_line(message))))
+        except (ClientError, ConnectError, Failed, OSError, KeyboardInterrupt) as e:
+            found = failure(e)
+            assert found is not None
+            message, code = found
+        render.error(escape(message))
         raise typer.Exit(code)
 
     return wrapper
@@ -221,12 +240,90 @@ def emit(obj: Any) -> None:
     render.emit_json(obj)
 
 
+# ------------------------------------------------------------------------------ answers
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A command's result, ready for people and for scripts. Built once from the cluster's
+    result by the command's ``answer`` function, so that the single command and ``batch``
+    show the same thing."""
+
+    json: dict[str, Any]
+    # Lines for people on stdout (a table's commands leave this empty and set table).
+    lines: tuple[str, ...] = ()
+    # (title, columns, rows) for results that are lists.
+    table: tuple[str | None, tuple[str, ...], list[list[object]]] | None = None
+    # Remarks for stderr ("this read may be stale", "more keys match").
+    notes: tuple[str, ...] = ()
+
+
+def render_answer(answer: Answer, json_out: bool) -> None:
+    """The one way a single command prints its answer."""
+    if json_out:
+        emit(answer.json)
+        return
+    for line in answer.lines:
+        say(line)
+    if answer.table is not None:
+        title, columns, rows = answer.table
+        print_table(title, columns, rows)
+    for line in answer.notes:
+        note(line)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How a data command turns its parsed parameters into one operation, and the result
+    back into an ``Answer``: shared by the command itself and by ``paxosctl batch``.
+
+    ``build(params, site)`` makes the operation; ``answer(params, result)`` raises the
+    command's failure (not found, mismatch, ...) or returns what to show; ``writes`` names
+    the key or pair a write changes, so ``batch`` knows which consecutive writes are
+    independent (None for a read, which ``batch`` never reorders)."""
+
+    build: Callable[[dict[str, Any]], Op]
+    answer: Callable[[dict[str, Any], Result], Answer]
+    writes: Callable[[dict[str, Any]], str] | None = None
+
+
+def execute(
+    spec: Spec,
+    params: dict[str, Any],
+    *,
+    endpoints: str | None,
+    key_file: Path | None,
+    config: Path | None,
+    timeout_ms: int,
+    site: str | None = None,
+) -> Answer:
+    """Run one data command over its own connection (the single-command path)."""
+    with connect(endpoints, key_file, config, timeout_ms, site) as c:
+        result = c.execute(spec.build(params))
+    return spec.answer(params, result)
+
+
 # ------------------------------------------------------------------------------ key-value
 
 KeyArg = Annotated[str, typer.Argument(help="The key (UTF-8 text).", show_default=False)]
 ValueArg = Annotated[
     str, typer.Argument(help="The value; any bytes the shell passes.", show_default=False)
 ]
+
+
+def _written(params: dict[str, Any], result: Result) -> Answer:
+    if not isinstance(result, Written):
+        raise unexpected(result)
+    return Answer(
+        {"key": params["key"], "version": result.version}, (f"OK (version {result.version})",)
+    )
+
+
+PUT = Spec(
+    build=lambda p: Put(key=p["key"], value=arg_bytes(p["value"])),
+    answer=_written,
+    writes=lambda p: "key " + p["key"],
+)
 
 
 @command_errors
@@ -248,14 +345,48 @@ def put(
 
     Example: paxosctl put greeting hello --site paris
     """
-    with connect(endpoints, key_file, config, timeout_ms, site) as c:
-        result = c.put(key, arg_bytes(value))
-    if not isinstance(result, Written):
+    params = {"key": key, "value": value}
+    answer = execute(
+        PUT,
+        params,
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
+        site=site,
+    )
+    render_answer(answer, json_out)
+
+
+def _found(params: dict[str, Any], result: Result) -> Answer:
+    key = params["key"]
+    where = params.get("where") or {"node_id": None, "applied_index": None}
+    stale = bool(params.get("stale"))
+    if isinstance(result, NotFound):
+        raise NotFoundError(f"key {key!r} not found")
+    if not isinstance(result, Found):
         raise unexpected(result)
-    if json_out:
-        emit({"key": key, "version": result.version})
-    else:
-        say(f"OK (version {result.version})")
+    notes: tuple[str, ...] = ()
+    if stale:
+        notes = (
+            f"stale read from node {where['node_id']} at applied index "
+            f"{where['applied_index']}: it may lag the cluster",
+        )
+    return Answer(
+        {
+            "key": key,
+            **value_json(result.value),
+            "version": result.version,
+            "stale": stale,
+            "node_id": where["node_id"],
+            "applied_index": where["applied_index"],
+        },
+        (show(result.value),),
+        notes=notes,
+    )
+
+
+GET = Spec(build=lambda p: Get(key=p["key"]), answer=_found)
 
 
 @command_errors
@@ -287,39 +418,39 @@ def get(
 
     Example: paxosctl get greeting --stale
     """
-    where: dict[str, Any] = {"node_id": None, "applied_index": None}
+    params: dict[str, Any] = {"key": key, "stale": stale}
     with connect(endpoints, key_file, config, timeout_ms) as c:
         if stale:
-            result, where = c.stale_read_at(Get(key=key))
+            result, params["where"] = c.stale_read_at(GET.build(params))
         else:
-            result = c.get(key)
-    if isinstance(result, NotFound):
-        raise NotFoundError(f"key {key!r} not found")
-    if not isinstance(result, Found):
-        raise unexpected(result)
-    if json_out:
-        emit(
-            {
-                "key": key,
-                **value_json(result.value),
-                "version": result.version,
-                "stale": stale,
-                "node_id": where["node_id"],
-                "applied_index": where["applied_index"],
-            }
-        )
-        return
-    if stale:
-        note(
-            f"stale read from node {where['node_id']} at applied index "
-            f"{where['applied_index']}: it may lag the cluster"
-        )
-    if raw:
+            result = c.execute(GET.build(params))
+    answer = _found(params, result)
+    if raw and not json_out:
+        assert isinstance(result, Found)
+        for line in answer.notes:
+            note(line)
         sys.stdout.flush()
         sys.stdout.buffer.write(result.value)
         sys.stdout.buffer.flush()
-    else:
-        say(show(result.value))
+        return
+    render_answer(answer, json_out)
+
+
+def _deleted(params: dict[str, Any], result: Result) -> Answer:
+    key = params["key"]
+    if not isinstance(result, Deleted):
+        raise unexpected(result)
+    if result.prior_version == 0:
+        raise NotFoundError(f"key {key!r} not found (nothing deleted)")
+    return Answer(
+        {"key": key, "prior_version": result.prior_version},
+        (f"OK (deleted version {result.prior_version})",),
+    )
+
+
+DELETE = Spec(
+    build=lambda p: Delete(key=p["key"]), answer=_deleted, writes=lambda p: "key " + p["key"]
+)
 
 
 @command_errors
@@ -338,16 +469,39 @@ def delete(
 
     Example: paxosctl delete greeting
     """
-    with connect(endpoints, key_file, config, timeout_ms, site) as c:
-        result = c.delete(key)
-    if not isinstance(result, Deleted):
-        raise unexpected(result)
-    if result.prior_version == 0:
-        raise NotFoundError(f"key {key!r} not found (nothing deleted)")
-    if json_out:
-        emit({"key": key, "prior_version": result.prior_version})
-    else:
-        say(f"OK (deleted version {result.prior_version})")
+    answer = execute(
+        DELETE,
+        {"key": key},
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
+        site=site,
+    )
+    render_answer(answer, json_out)
+
+
+def _cas_op(p: dict[str, Any]) -> Op:
+    expect_value, expect_version = p.get("expect_value"), p.get("expect_version")
+    if (expect_value is None) == (expect_version is None):
+        raise BadRequestError("give exactly one of --expect-value and --expect-version")
+    return Cas(
+        key=p["key"],
+        new=arg_bytes(p["new"]),
+        expect_value=None if expect_value is None else arg_bytes(expect_value),
+        expect_version=expect_version,
+    )
+
+
+def _swapped(params: dict[str, Any], result: Result) -> Answer:
+    if isinstance(result, CasMismatch):
+        raise CasMismatchError(
+            f"cas on {params['key']!r} failed: current version {result.version}", result
+        )
+    return _written(params, result)
+
+
+CAS = Spec(build=_cas_op, answer=_swapped)
 
 
 @command_errors
@@ -381,21 +535,50 @@ def cas(
 
     Example: paxosctl cas counter 2 --expect-value 1
     """
-    if (expect_value is None) == (expect_version is None):
-        raise BadRequestError("give exactly one of --expect-value and --expect-version")
-    with connect(endpoints, key_file, config, timeout_ms, site) as c:
-        result = c.cas(
-            key,
-            arg_bytes(new),
-            expect_value=None if expect_value is None else arg_bytes(expect_value),
-            expect_version=expect_version,
-        )
-    if not isinstance(result, Written):
+    params = {
+        "key": key,
+        "new": new,
+        "expect_value": expect_value,
+        "expect_version": expect_version,
+    }
+    _cas_op(params)  # a usage error is found before connecting
+    answer = execute(
+        CAS,
+        params,
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
+        site=site,
+    )
+    render_answer(answer, json_out)
+
+
+def _rows(params: dict[str, Any], result: Result) -> Answer:
+    if not isinstance(result, Rows):
         raise unexpected(result)
-    if json_out:
-        emit({"key": key, "version": result.version})
-    else:
-        say(f"OK (version {result.version})")
+    notes: list[str] = []
+    if result.more:
+        notes.append(f"more keys match {params['prefix']!r}: narrow --prefix or raise --limit")
+    if params.get("stale"):
+        notes.append("stale read: the contacted node's state, which may lag the cluster")
+    return Answer(
+        {
+            "rows": [
+                {"key": r.key, "version": r.version, **value_json(r.value)} for r in result.rows
+            ],
+            "more": result.more,
+        },
+        table=(
+            None,
+            ("key", "version", "value"),
+            [[show_text(r.key), r.version, show(r.value)] for r in result.rows],
+        ),
+        notes=tuple(notes),
+    )
+
+
+SCAN = Spec(build=lambda p: Scan(prefix=p["prefix"], limit=p["limit"]), answer=_rows)
 
 
 @command_errors
@@ -421,34 +604,20 @@ def scan(
 
     Example: paxosctl scan --prefix user/ --limit 10
     """
+    params: dict[str, Any] = {"prefix": prefix, "limit": limit, "stale": stale}
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        result = c.scan(prefix, limit, stale=stale)
-    if not isinstance(result, Rows):
-        raise unexpected(result)
-    if json_out:
-        emit(
-            {
-                "rows": [
-                    {"key": r.key, "version": r.version, **value_json(r.value)} for r in result.rows
-                ],
-                "more": result.more,
-            }
-        )
-        return
-    print_table(
-        None,
-        ["key", "version", "value"],
-        [[show_text(r.key), r.version, show(r.value)] for r in result.rows],
-    )
-    if result.more:
-        note(f"more keys match {prefix!r}: narrow --prefix or raise --limit")
-    if stale:
-        note("stale read: the contacted node's state, which may lag the cluster")
+        op = SCAN.build(params)
+        result = c.stale_read(op) if stale else c.execute(op)
+    render_answer(_rows(params, result), json_out)
 
 
 def quote(text: str) -> str:
     """Shell-style quoting of text already made safe by show()/show_text()."""
     return shlex.quote(text) if text else "''"
+
+
+# The data commands ``paxosctl batch`` runs, by name (social.py adds its own).
+SPECS: dict[str, Spec] = {"put": PUT, "get": GET, "delete": DELETE, "cas": CAS, "scan": SCAN}
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,6 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
 
 from paxosctl import render
 from paxosctl.admin import status_rows
@@ -119,6 +118,9 @@ member_app = typer.Typer(
 
 
 def _wait_caught_up(c: Client, node: int, wait_s: float, quiet: bool) -> None:
+    # Imported here: rich.progress is heavy and only this wait needs it.
+    from rich.progress import BarColumn, Progress, TextColumn
+
     deadline = time.monotonic() + wait_s
     with Progress(
         TextColumn(f"node {node} catching up"),

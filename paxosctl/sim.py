@@ -302,3 +302,8 @@ def _rounds(
         for line in r.trace + r.summary():
             render.stdout.print(line, markup=False)
     raise typer.Exit(render.EXIT_OK if r.ok else render.EXIT_FAILED_CHECK)
+
+
+# A one-command app, so that the root can import this module only when `simulate` runs.
+app = typer.Typer()
+app.command("simulate", help=HELP)(simulate)

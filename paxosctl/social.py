@@ -8,7 +8,8 @@ older posts visible again and a re-block hides them again).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -23,21 +24,64 @@ from paxosctl.connect import (
 )
 from paxosctl.kv import (
     TIMEOUT_MS_DEFAULT,
+    Answer,
+    Spec,
     command_errors,
-    connect,
-    emit,
-    note,
-    print_table,
-    say,
+    execute,
+    render_answer,
     show,
     show_text,
     unexpected,
     value_json,
 )
-from paxosd.statemachine.commands import VIEW_LIMIT_MAX, BlockList, Changed, Timeline
+from paxosd.statemachine.commands import (
+    VIEW_LIMIT_MAX,
+    Block,
+    BlockList,
+    Blocks,
+    Changed,
+    Result,
+    Timeline,
+    Unblock,
+    View,
+)
 
 SiteArg = Annotated[str, typer.Argument(help="The blocking site.", show_default=False)]
 OtherArg = Annotated[str, typer.Argument(help="The blocked site.", show_default=False)]
+
+
+def _changed(blocked: bool) -> Callable[[dict[str, Any], Result], Answer]:
+    def answer(params: dict[str, Any], result: Result) -> Answer:
+        site, other = params["site"], params["other"]
+        if not isinstance(result, Changed):
+            raise unexpected(result)
+        s, o = show_text(site), show_text(other)
+        if blocked:
+            text = f"OK: {s} now blocks {o}" if result.changed else f"OK: {s} already blocked {o}"
+        else:
+            text = (
+                f"OK: {s} no longer blocks {o}" if result.changed else f"OK: {s} did not block {o}"
+            )
+        return Answer(
+            {"site": site, "other": other, "blocked": blocked, "changed": result.changed},
+            (text,),
+        )
+
+    return answer
+
+
+def _pair(p: dict[str, Any]) -> str:
+    return f"pair {p['site']}\0{p['other']}"
+
+
+BLOCK = Spec(
+    build=lambda p: Block(site=p["site"], other=p["other"]), answer=_changed(True), writes=_pair
+)
+UNBLOCK = Spec(
+    build=lambda p: Unblock(site=p["site"], other=p["other"]),
+    answer=_changed(False),
+    writes=_pair,
+)
 
 
 @command_errors
@@ -59,16 +103,16 @@ def block(
 
     Example: paxosctl block paris tokyo
     """
-    with connect(endpoints, key_file, config, timeout_ms, origin) as c:
-        result = c.block(site, other)
-    if not isinstance(result, Changed):
-        raise unexpected(result)
-    if json_out:
-        emit({"site": site, "other": other, "blocked": True, "changed": result.changed})
-    elif result.changed:
-        say(f"OK: {show_text(site)} now blocks {show_text(other)}")
-    else:
-        say(f"OK: {show_text(site)} already blocked {show_text(other)}")
+    answer = execute(
+        BLOCK,
+        {"site": site, "other": other},
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
+        site=origin,
+    )
+    render_answer(answer, json_out)
 
 
 @command_errors
@@ -88,16 +132,35 @@ def unblock(
 
     Example: paxosctl unblock paris tokyo
     """
-    with connect(endpoints, key_file, config, timeout_ms, origin) as c:
-        result = c.unblock(site, other)
-    if not isinstance(result, Changed):
+    answer = execute(
+        UNBLOCK,
+        {"site": site, "other": other},
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
+        site=origin,
+    )
+    render_answer(answer, json_out)
+
+
+def _pairs(params: dict[str, Any], result: Result) -> Answer:
+    if not isinstance(result, BlockList):
         raise unexpected(result)
-    if json_out:
-        emit({"site": site, "other": other, "blocked": False, "changed": result.changed})
-    elif result.changed:
-        say(f"OK: {show_text(site)} no longer blocks {show_text(other)}")
-    else:
-        say(f"OK: {show_text(site)} did not block {show_text(other)}")
+    return Answer(
+        {"pairs": [{"site": p.site, "other": p.other} for p in result.pairs]},
+        table=(
+            None,
+            ("site", "blocks"),
+            [[show_text(p.site), show_text(p.other)] for p in result.pairs],
+        )
+        if result.pairs
+        else None,
+        notes=() if result.pairs else ("no blocks",),
+    )
+
+
+BLOCKS = Spec(build=lambda p: Blocks(site=p["site"]), answer=_pairs)
 
 
 @command_errors
@@ -118,21 +181,44 @@ def blocks(
 
     Example: paxosctl blocks --site paris
     """
-    with connect(endpoints, key_file, config, timeout_ms) as c:
-        result = c.blocks(site)
-    if not isinstance(result, BlockList):
-        raise unexpected(result)
-    if json_out:
-        emit({"pairs": [{"site": p.site, "other": p.other} for p in result.pairs]})
-        return
-    if not result.pairs:
-        note("no blocks")
-        return
-    print_table(
-        None,
-        ["site", "blocks"],
-        [[show_text(p.site), show_text(p.other)] for p in result.pairs],
+    answer = execute(
+        BLOCKS,
+        {"site": site},
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
     )
+    render_answer(answer, json_out)
+
+
+def _reader(p: dict[str, Any]) -> str:
+    return str(p.get("as_site") or p.get("site") or default_site())
+
+
+def _timeline(params: dict[str, Any], result: Result) -> Answer:
+    reader = _reader(params)
+    if not isinstance(result, Timeline):
+        raise unexpected(result)
+    return Answer(
+        {
+            "as": reader,
+            "posts": [
+                {"slot": p.slot, "site": p.site, "key": p.key, **value_json(p.value)}
+                for p in result.posts
+            ],
+            "more": result.more,
+        },
+        table=(
+            f"timeline of {show_text(reader)}",
+            ("slot", "site", "key", "value"),
+            [[p.slot, show_text(p.site), show_text(p.key), show(p.value)] for p in result.posts],
+        ),
+        notes=("older posts left out: raise --limit",) if result.more else (),
+    )
+
+
+VIEW = Spec(build=lambda p: View(as_site=_reader(p), limit=p["limit"]), answer=_timeline)
 
 
 @command_errors
@@ -166,30 +252,19 @@ def view(
 
     Example: paxosctl view --as tokyo --limit 20
     """
-    reader = as_site or site or default_site()
-    with connect(endpoints, key_file, config, timeout_ms) as c:
-        result = c.view(reader, limit)
-    if not isinstance(result, Timeline):
-        raise unexpected(result)
-    if json_out:
-        emit(
-            {
-                "as": reader,
-                "posts": [
-                    {"slot": p.slot, "site": p.site, "key": p.key, **value_json(p.value)}
-                    for p in result.posts
-                ],
-                "more": result.more,
-            }
-        )
-        return
-    print_table(
-        f"timeline of {show_text(reader)}",
-        ["slot", "site", "key", "value"],
-        [[p.slot, show_text(p.site), show_text(p.key), show(p.value)] for p in result.posts],
+    answer = execute(
+        VIEW,
+        {"as_site": as_site, "site": site, "limit": limit},
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
     )
-    if result.more:
-        note("older posts left out: raise --limit")
+    render_answer(answer, json_out)
+
+
+# The commands ``paxosctl batch`` runs from this module, by name.
+SPECS: dict[str, Spec] = {"block": BLOCK, "unblock": UNBLOCK, "blocks": BLOCKS, "view": VIEW}
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -21,25 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from paxosd.client.client import Client, ClientError
+from paxosd.client.localdir import MANIFEST
 from paxosd.storage.backup import read_backup
 from paxosd.storage.store import DB_FILENAME, Storage
 from paxosd.tools.initcluster import client_address, init_cluster, peer_address, render_config
 from paxosd.tools.restore import RestoreError, restore_into
 
-MANIFEST = "cluster.json"
 START_TIMEOUT_S = 20.0
 # Children this process started, so they are reaped (and not reported as leaked) when they
 # exit; nodes started by another paxosctl process are found through their pid files.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 STOP_TIMEOUT_S = 10.0
-
-
-def default_dir() -> Path:
-    """``$PAXOSD_LOCAL_DIR``, else a per-user folder in the system's temporary directory."""
-    env = os.environ.get("PAXOSD_LOCAL_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path(tempfile.gettempdir()) / f"paxosd-local-{os.getuid()}"
 
 
 def _ports_free(host: str, ports: list[int]) -> bool:

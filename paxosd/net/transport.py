@@ -49,8 +49,6 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from typing import Any, Generic, Self, TypeVar
 
-import structlog
-
 from paxosd.core.messages import Message
 from paxosd.core.types import NodeId
 from paxosd.net.framing import (
@@ -78,7 +76,10 @@ from paxosd.net.handshake import (
 
 def _logger() -> Any:
     # Looked up per use (never on the per-frame path): a module-level logger would freeze
-    # whatever structlog configuration was current at its first use.
+    # whatever structlog configuration was current at its first use. Imported here, not at
+    # the top, because a command-line client that never logs should not pay for structlog.
+    import structlog
+
     return structlog.get_logger("paxosd.net.transport")
 
 

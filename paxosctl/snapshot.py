@@ -1,0 +1,197 @@
+"""``paxosctl snapshot``: take snapshots now, and ``snapshot save FILE``: a backup.
+
+A module of its own so that the backup code (and SQLite behind it) loads only for this group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+from paxosctl import render
+from paxosctl.admin import NodeOpt
+from paxosctl.connect import ConfigOpt, EndpointsOpt, JsonOpt, KeyFileOpt, TimeoutOpt
+from paxosctl.kv import (
+    TIMEOUT_MS_DEFAULT,
+    Failed,
+    command_errors,
+    connect,
+    emit,
+    print_table,
+    say,
+)
+from paxosd.client.client import BadRequestError, UnavailableError
+from paxosd.storage.backup import (
+    CHUNK_BYTES_MAX,
+    BackupError,
+    SnapshotStreamError,
+    fetch_snapshot,
+    header_for,
+    verify_state,
+    write_backup,
+)
+
+# A group that still acts by itself: `paxosctl snapshot` takes snapshots as it always did,
+# `paxosctl snapshot save FILE` writes a backup. Its help is the callback's docstring.
+app = typer.Typer(rich_help_panel="Log and cluster")
+
+
+@app.callback(invoke_without_command=True)
+@command_errors
+def snapshot(
+    ctx: typer.Context,
+    node: Annotated[
+        int | None, typer.Option("--node", min=1, help="Only this node (default: every node).")
+    ] = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take a snapshot now on every node (or --node N); `snapshot save FILE` writes a backup.
+
+    The node saves its state machine at its applied index and compacts its log behind it
+    (keeping the configured tail).
+
+    Exit 3 if no node took one.
+
+    JSON: {"snapshots": [{"node_id", "address", "snapshot_index"} or
+    {"node_id": null, "address", "error"}]}.
+
+    Example: paxosctl snapshot --node 2
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with connect(endpoints, key_file, config, timeout_ms) as c:
+        if node is not None:
+            answers = [dict(c.query("snapshot", node=node), endpoint=None)]
+        else:
+            answers = c.query_each("snapshot")
+    rows = [
+        {"node_id": None, "address": a["endpoint"], "error": a["error"]}
+        if "error" in a
+        else {
+            "node_id": a["node_id"],
+            "address": a["endpoint"],
+            "snapshot_index": a["snapshot_index"],
+        }
+        for a in answers
+    ]
+    if json_out:
+        emit({"snapshots": rows})
+    else:
+        print_table(
+            None,
+            ["node", "address", "snapshot index"],
+            [
+                [
+                    r["node_id"] or "?",
+                    r["address"] or "-",
+                    r.get("snapshot_index", "FAILED: " + str(r.get("error"))),
+                ]
+                for r in rows
+            ],
+        )
+    if all("error" in r for r in rows):
+        raise UnavailableError("no node took a snapshot")
+
+
+@app.command("save")
+@command_errors
+def snapshot_save(
+    file: Annotated[Path, typer.Argument(help="The backup file to write (replaced atomically).")],
+    node: NodeOpt = None,
+    chunk_bytes: Annotated[
+        int,
+        typer.Option(
+            "--chunk-bytes",
+            min=1024,
+            max=CHUNK_BYTES_MAX,
+            help="Bytes per request (smaller: more round trips, smaller frames).",
+        ),
+    ] = CHUNK_BYTES_MAX,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Save a consistent snapshot of the cluster to FILE: a backup.
+
+    One node (--node N, else the first to answer) snapshots its state machine at its applied
+    index and streams it in chunks; paxosctl restores it locally to check the digest, then
+    writes FILE (magic, header, state, sha256) via FILE.tmp, fsync and rename. Restore it into
+    a new cluster with `paxosd restore FILE --new-cluster ...`; check it with
+    `paxosd inspect FILE`.
+
+    Exit 1 if the state does not match its digest; 3 if no node answers.
+
+    JSON: {"file", "node_id", "cluster_id", "applied_index", "digest", "state_bytes",
+    "file_bytes", "sha256", "chunks", "restarts"}.
+
+    Example: paxosctl snapshot save backup.pxb --node 1
+    """
+    pinned = node
+
+    def ask(args: dict[str, Any]) -> dict[str, Any]:
+        # Every chunk from the node that answered first: snapshots differ between nodes.
+        nonlocal pinned
+        reply = c.query("snapshot_read", args, node=pinned)
+        if pinned is None and isinstance(reply.get("node_id"), int):
+            pinned = int(reply["node_id"])
+        return reply
+
+    with (
+        connect(endpoints, key_file, config, timeout_ms) as c,
+        Progress(
+            TextColumn("snapshot"),
+            BarColumn(),
+            DownloadColumn(),
+            console=render.stderr,
+            transient=True,
+            disable=not render.stderr.is_terminal,
+        ) as bar,
+    ):
+        task = bar.add_task("snapshot", total=None)
+        try:
+            fetched = fetch_snapshot(
+                ask,
+                chunk_bytes=chunk_bytes,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except SnapshotStreamError as e:
+            raise UnavailableError(str(e)) from None
+    header = header_for(fetched)
+    try:
+        verify_state(header, fetched.state, path=f"node {fetched.node_id}'s snapshot")
+    except BackupError as e:
+        raise Failed(f"digest mismatch, nothing written: {e}") from None
+    try:
+        written = write_backup(file, header, fetched.state)
+    except (OSError, BackupError) as e:
+        message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise BadRequestError(f"cannot write {file}: {message}") from None
+    h = written.header
+    out = {
+        "file": str(file),
+        "node_id": h.node_id,
+        "cluster_id": h.cluster_id,
+        "applied_index": h.applied_index,
+        "digest": h.digest,
+        "state_bytes": h.state_bytes,
+        "file_bytes": written.file_bytes,
+        "sha256": written.sha256,
+        "chunks": fetched.chunks,
+        "restarts": fetched.restarts,
+    }
+    if json_out:
+        emit(out)
+        return
+    say(
+        f"saved {file}: applied index {h.applied_index}, digest {h.digest}, "
+        f"{written.file_bytes} bytes (node {h.node_id} of {h.cluster_id})"
+    )
