@@ -92,6 +92,13 @@ def _root_param(ctx: Context, option: str) -> Any:
     return None
 
 
+def _same_meaning(option: str, mine: Any, root: Any) -> bool:
+    """Whether a command's option is the global one under another definition. Only --site
+    has a second meaning (``blocks --site``: a filter, not the origin of writes); the origin
+    site is the one read from $PAXOSCTL_SITE."""
+    return option != "--site" or getattr(mine, "envvar", None) == getattr(root, "envvar", None)
+
+
 def _with_global_options(callback: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a command's callback: an option the command takes but was not given after its
     name takes the value given before it (``paxosctl --json get k``). A global option given
@@ -113,7 +120,7 @@ def _with_global_options(callback: Callable[..., Any]) -> Callable[..., Any]:
                 mine = [
                     p
                     for p in ctx.command.params
-                    if option in getattr(p, "opts", ()) and getattr(p, "envvar", None) == rp.envvar
+                    if option in getattr(p, "opts", ()) and _same_meaning(option, p, rp)
                 ]
                 if not mine:
                     if leaf:
@@ -137,12 +144,24 @@ def adopt(cmd: Command) -> Command:
     return cmd
 
 
+def logs_to_stderr() -> None:
+    """Send structlog's records to stderr: the lazy groups run storage, nodes and the
+    transport in this process, and structlog's own default prints to stdout, which would
+    put log lines in front of a --json document. (A group may reconfigure, e.g. the level.)"""
+    from paxosd.server.logs import configure_logging
+
+    configure_logging(level="info", stream=sys.stderr)
+
+
 def load(name: str) -> Command:
     """Import a lazy group and build its click command (named as the root registers it)."""
     lazy = LAZY[name]
+    logs_to_stderr()
     module = importlib.import_module(lazy.module)
     cmd = typer.main.get_command(module.app)
     cmd.name = name
+    # Shell completion is installed from the root; typer would offer it on every sub-app.
+    cmd.params = [p for p in cmd.params if p.name not in ("install_completion", "show_completion")]
     if lazy.panel is not None:
         cmd.rich_help_panel = lazy.panel  # type: ignore[attr-defined]
     return adopt(cmd)

@@ -330,7 +330,8 @@ def _run_remote(
     pids = _parse_pids(server_pids)
     if not pids and target.source not in ("--endpoints",):
         # The README's local cluster: its pids are known, so measure its CPU and RSS too.
-        from paxosd.lab.localcluster import MANIFEST, LocalCluster
+        from paxosd.client.localdir import MANIFEST
+        from paxosd.lab.localcluster import LocalCluster
 
         root = Path(target.source)
         if (root / MANIFEST).exists():

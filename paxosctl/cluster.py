@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from paxosctl import render
+from paxosctl.connect import JsonOpt
 from paxosd.client.client import ClientError
 from paxosd.client.localdir import MANIFEST, default_dir
 from paxosd.lab.localcluster import LocalCluster
@@ -46,7 +47,7 @@ def up(
         Path | None,
         typer.Option("--restore", help="Seed every node of a NEW cluster from this backup file."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Create (first time) and start a local cluster; waits until it has a leader.
 
@@ -95,8 +96,11 @@ def up(
 def down(
     d: DirOpt = None,
     clean: Annotated[bool, typer.Option(help="Also delete the folder (all data).")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Stop every node (SIGTERM); with --clean also delete data, keys and logs.
+
+    JSON: {"dir", "stopped": true, "removed"}.
 
     Example: paxosctl cluster down --clean
     """
@@ -104,6 +108,9 @@ def down(
     cluster.down()
     if clean:
         shutil.rmtree(cluster.root)
+    if json_out:
+        render.emit_json({"dir": str(cluster.root), "stopped": True, "removed": clean})
+        return
     render.stdout.print(f"stopped{' and removed' if clean else ''}: {cluster.root}", markup=False)
 
 
@@ -130,7 +137,7 @@ def kill_node(node: int, d: DirOpt = None) -> None:
 
 
 @app.command("ps")
-def ps(d: DirOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def ps(d: DirOpt = None, json_out: JsonOpt = False) -> None:
     """Which local nodes run, with their pids and log files.
 
     Example: paxosctl cluster ps
@@ -151,7 +158,7 @@ def ps(d: DirOpt = None, json_out: Annotated[bool, typer.Option("--json")] = Fal
 
 
 @app.command("add-node")
-def add_node(d: DirOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def add_node(d: DirOpt = None, json_out: JsonOpt = False) -> None:
     """Create and start one more local node, not yet a member; then `paxosctl member add`.
 
     The node's config says `initial_cluster_state = "existing"`: it waits, without voting,
