@@ -38,6 +38,14 @@ from paxosctl.connect import (
     TimeoutOpt,
 )
 
+try:
+    from paxosctl.fastparams import install as plain_params
+except ImportError:  # a typer without pydantic coercion: nothing to speed up
+
+    def plain_params(param: Any) -> None:
+        """Nothing to do: this typer converts through click."""
+
+
 # The options the root accepts before the command name (as well as after it).
 GLOBAL_OPTIONS = ("--endpoints", "--key-file", "--config", "--timeout-ms", "--site", "--json")
 
@@ -135,7 +143,10 @@ def _with_global_options(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def adopt(cmd: Command) -> Command:
-    """Give ``cmd`` and every command below it the global-option fallback."""
+    """Give ``cmd`` and every command below it the global-option fallback, and plain
+    parameters their plain converter (paxosctl.fastparams)."""
+    for param in cmd.params:
+        plain_params(param)
     if cmd.callback is not None and not getattr(cmd.callback, "_global_options", False):
         cmd.callback = _with_global_options(cmd.callback)
         cmd.callback._global_options = True  # type: ignore[attr-defined]
@@ -150,7 +161,24 @@ def logs_to_stderr() -> None:
     put log lines in front of a --json document. (A group may reconfigure, e.g. the level.)"""
     from paxosd.server.logs import configure_logging
 
-    configure_logging(level="info", stream=sys.stderr)
+    configure_logging(level="info", stream=_CurrentStderr())  # type: ignore[arg-type]
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at each write, not the one at configuration: a test runner
+    (or a program embedding paxosctl) swaps it per invocation and closes the old one."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
 
 
 def load(name: str) -> Command:
@@ -172,17 +200,28 @@ class RootGroup(TyperGroup):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        for param in self.params:
+            plain_params(param)
         for cmd in self.commands.values():
             adopt(cmd)
         for name, lazy in LAZY.items():
             self.commands[name] = TyperCommand(name, help=lazy.summary, rich_help_panel=lazy.panel)
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        # typer appends the completion options after __init__, and makes --help on demand.
+        for param in [*self.params, self.get_help_option(ctx)]:
+            plain_params(param)
+        return super().parse_args(ctx, args)
 
     def resolve_command(
         self, ctx: Context, args: list[str]
     ) -> tuple[str | None, Command | None, list[str]]:
         if args and args[0] in LAZY and args[0] in self.commands:
             self.commands[args[0]] = load(args[0])
-        return super().resolve_command(ctx, args)
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            plain_params(cmd.get_help_option(ctx))
+        return name, cmd, rest
 
     def load_all(self) -> RootGroup:
         """Every group loaded: the whole tree, for tests and the command reference."""

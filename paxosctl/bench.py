@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
 from paxosctl.connect import ConnectError, EndpointsOpt, KeyFileOpt, resolve
+from paxosd.client.client import ClientError
 from paxosd.lab.bench import (
     OP_KINDS,
     BenchError,
@@ -51,6 +52,8 @@ Examples:
   paxosctl bench storage --restart-entries 1000000
 
   paxosctl bench transport --seconds 8
+
+  paxosctl bench cli --runs 15
 """
 
 app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
@@ -461,6 +464,62 @@ def storage(
 
 
 # ---------------------------------------------------------------------------------- transport
+
+
+@app.command("cli")
+def cli(
+    runs: Annotated[
+        int, typer.Option("--runs", min=1, max=1000, help="Runs of each command.")
+    ] = 15,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """paxosctl's start-up: whole processes of `python -c pass`, `paxosctl --help` and
+    `paxosctl get k`, interleaved, timed from outside; min/median/max and the ratio to
+    `python -c pass`.
+
+    Without --endpoints it starts a local 3-node cluster in a temporary folder (removed
+    afterwards). The load average before and after is reported: a busy machine slows every
+    case, the ratios less so.
+
+    Example: paxosctl bench cli --runs 15 --json
+    """
+    from paxosd.lab.bench_cli import run_cli_bench
+
+    _quiet_logs()
+    key: bytes | None = None
+    if endpoints is not None:
+        try:
+            target = resolve(endpoints, key_file)
+        except ConnectError as e:
+            render.error(str(e))
+            raise typer.Exit(render.EXIT_USAGE) from None
+        key = target.key
+        if key_file is None:
+            render.error("--endpoints needs --key-file here (the timed get is given both)")
+            raise typer.Exit(render.EXIT_USAGE)
+    with _status() as say:
+        say(f"cli: {runs} runs of each command")
+        try:
+            report = run_cli_bench(runs, endpoints=endpoints, key_file=key_file, key=key)
+        except ClientError as e:
+            render.error(str(e))
+            raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host(), **report}
+    if json_out:
+        render.emit_json(report)
+        return
+    render.table(
+        f"paxosctl start-up, {runs} runs each, interleaved ({report['target']})",
+        ["command", "min ms", "median ms", "max ms", "x python -c pass"],
+        [
+            [c["name"], c["min_ms"], c["median_ms"], c["max_ms"], f"{c['ratio_to_python']:.1f}"]
+            for c in report["cases"]
+        ],
+    )
+    before, after = report["load_average_before"][0], report["load_average_after"][0]
+    render.stderr.print(f"load average (1 min): {before} before, {after} after", markup=False)
 
 
 @app.command("transport")
