@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
-from typer._click.core import Command, Context, ParameterSource
+from typer._click.core import Command, Context, Parameter, ParameterSource
 from typer._click.exceptions import UsageError
 from typer._click.globals import get_current_context
 from typer.core import TyperCommand, TyperGroup
@@ -42,7 +42,7 @@ try:
     from paxosctl.fastparams import install as plain_params
 except ImportError:  # a typer without pydantic coercion: nothing to speed up
 
-    def plain_params(param: Any) -> None:
+    def plain_params(param: Parameter | None) -> None:
         """Nothing to do: this typer converts through click."""
 
 
