@@ -175,7 +175,7 @@ class Runner:
             if self.first_error is None:
                 self.first_error = code
             self.failed = True
-            render.error(f"line {line.number}: {message}")
+            render.error_text(f"line {line.number}: {message}")
             if self.json_out:
                 self.write(
                     {
@@ -197,7 +197,7 @@ class Runner:
         else:
             self.out.write(json.dumps(line.answer.json, separators=(",", ":")) + "\n")
         for n in line.answer.notes:
-            render.stderr.print(f"line {line.number}: {n}", markup=False, highlight=False)
+            sys.stderr.write(f"line {line.number}: {n}\n")
 
     def write(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")

@@ -16,13 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from paxosctl import render
 from paxosctl.connect import (
@@ -63,6 +59,9 @@ from paxosd.statemachine.commands import (
     Stale,
     Written,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,7 +120,7 @@ def command_errors(fn: Callable[P, R]) -> Callable[P, R]:
             found = failure(e)
             assert found is not None
             message, code = found
-        render.error(escape(message))
+        render.error_text(message)
         raise typer.Exit(code)
 
     return wrapper
@@ -195,6 +194,8 @@ def arg_bytes(text: str) -> bytes:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Created per call: stdout may be replaced (tests, redirection) after import.
     tty = sys.stdout.isatty()
     return Console(
@@ -206,13 +207,15 @@ def _console() -> Console:
 
 
 def say(line: str) -> None:
-    """One line for people on stdout, printed literally (values never become markup)."""
-    _console().print(Text(line), soft_wrap=True)
+    """One line for people on stdout, printed literally (values never become markup). The
+    line is already safe (show()/show_text() escaped its control characters), so it is
+    written as it is, without loading rich for it."""
+    sys.stdout.write(line + "\n")
 
 
 def note(line: str) -> None:
     """A remark that must not pollute stdout (e.g. "this read may be stale")."""
-    render.stderr.print(Text(line), soft_wrap=True)
+    sys.stderr.write(line + "\n")
 
 
 def print_table(
@@ -222,6 +225,9 @@ def print_table(
     *,
     header: bool = True,
 ) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(
         title=title,
         show_edge=False,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    stdout: Console
+    stderr: Console
 
 # Exit codes, documented in `paxosctl --help` and the README.
 EXIT_OK = 0
@@ -17,8 +20,18 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_AUTH = 4
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def __getattr__(name: str) -> Any:
+    """``render.stdout`` / ``render.stderr``: rich consoles, made on first use, because
+    importing rich.console is a good part of a plain command's start-up and most commands
+    print a line or a JSON document without it."""
+    if name not in ("stdout", "stderr"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    console = Console(stderr=name == "stderr", highlight=False, soft_wrap=True)
+    globals()[name] = console
+    return console
 
 
 def emit_json(obj: Any) -> None:
@@ -26,14 +39,27 @@ def emit_json(obj: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c)
     for r in rows:
         t.add_row(*(str(x) for x in r))
-    stdout.print(t)
+    __getattr__("stdout").print(t)
 
 
 def error(message: str) -> None:
     """One line on stderr, never a traceback."""
-    stderr.print(f"[red]error:[/red] {message}", markup=True)
+    __getattr__("stderr").print(f"[red]error:[/red] {message}", markup=True)
+
+
+def error_text(message: str) -> None:
+    """As ``error``, for a message that is plain text (never markup): on a terminal in red
+    through rich, else written as it is, so a script's failing command does not load rich."""
+    if sys.stderr.isatty():
+        from rich.markup import escape
+
+        error(escape(message))
+    else:
+        sys.stderr.write(f"error: {message}\n")
