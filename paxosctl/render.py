@@ -38,6 +38,12 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _get(name: str) -> Console:
+    """The console as the module holds it now (made, or replaced by a caller, e.g. a test)."""
+    console = globals().get(name)
+    return console if console is not None else __getattr__(name)  # type: ignore[no-any-return]
+
+
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     from rich.table import Table
 
@@ -46,12 +52,12 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
         t.add_column(c)
     for r in rows:
         t.add_row(*(str(x) for x in r))
-    __getattr__("stdout").print(t)
+    _get("stdout").print(t)
 
 
 def error(message: str) -> None:
     """One line on stderr, never a traceback."""
-    __getattr__("stderr").print(f"[red]error:[/red] {message}", markup=True)
+    _get("stderr").print(f"[red]error:[/red] {message}", markup=True)
 
 
 def error_text(message: str) -> None:
