@@ -1,8 +1,10 @@
 """``paxosctl batch``: many data commands, one per line, over one connection.
 
 Each line is parsed by the very command object that parses it on the command line (so a line
-is valid here exactly when ``paxosctl LINE`` is valid), turned into an operation and its
-answer by the same ``Spec`` the single command uses, and sent through one ``Pipeline``.
+is valid here when ``paxosctl LINE`` is, less the options that belong to the whole batch),
+turned into an operation and its answer by the same ``Spec`` the single command uses, and sent
+through one ``Pipeline`` (one connection to the leader; a redirect or fail-over opens one to
+the node it names).
 
 Consecutive puts, blocks and unblocks that touch different keys (pairs) are sent together,
 up to ``--in-flight`` at a time, each from its own session so that retries stay exactly-once.
@@ -306,10 +308,13 @@ def batch(
     JSON: one object per line: {"line", "command", "result"} or {"line", "command",
     "error", "exit_code"}.
 
-    Order: every line takes effect after the lines before it, and a read, delete, cas or
-    scan sees all of them. To be fast, consecutive puts/blocks/unblocks of different keys
-    are sent together (--in-flight); if one of those fails (no quorum), writes after it that
-    were already sent may have been applied: they are reported too.
+    Order: results are printed in input order, and a read, delete, cas or scan runs only
+    once every line before it has been answered, so it sees all of them. To be fast,
+    consecutive puts/blocks/unblocks of different keys (pairs) are sent together
+    (--in-flight; 1 sends one at a time): among themselves they may be applied in another
+    order (the log and `view` would show it), but two writes to one key never overtake each
+    other. If one of those fails (no quorum), writes after it that were already sent may
+    have been applied: they are reported too.
 
     Stops at the first failing line (exit: that line's code: 1 not found or mismatch,
     2 usage, 3 unavailable, 4 auth) unless --keep-going, which runs every line and exits
