@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
-from typer._click.core import Command, Context, Parameter, ParameterSource
-from typer._click.exceptions import UsageError
-from typer._click.globals import get_current_context
 from typer.core import TyperCommand, TyperGroup
 
 from paxosctl import admin, batch, kv, members, render, social
+from paxosctl.clicklib import (
+    Command,
+    Context,
+    Parameter,
+    ParameterSource,
+    UsageError,
+    get_current_context,
+)
 from paxosctl.connect import (
     ConfigOpt,
     EndpointsOpt,

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from typer._click.core import Context, ParameterSource
-from typer._click.exceptions import ClickException
 
 from paxosctl import render
+from paxosctl.clicklib import ClickException, Context, ParameterSource
 from paxosctl.connect import (
     ConfigOpt,
     EndpointsOpt,

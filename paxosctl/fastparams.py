@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from typer._click.core import Context, Parameter
-from typer._click.exceptions import BadParameter
 from typer._coercion import RuntimeParam
 from typer.core import _TyperParameter
+
+from paxosctl.clicklib import BadParameter, Context, Parameter
 
 PLAIN = (str, int, float, Path, bool)
 TRUE = ("1", "true", "t", "yes", "y", "on")
