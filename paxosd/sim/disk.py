@@ -60,10 +60,12 @@ class SimDisk:
         self.file_unsynced.clear()
         self.wal.clear()
 
-    def power_cut(self) -> None:
-        """Everything not synced is gone."""
+    def power_cut(self) -> int:
+        """Everything not synced is gone; returns how many records that was."""
+        lost = len(self.unsynced) + len(self.file_unsynced)
         self.unsynced.clear()
         self.file_unsynced.clear()
+        return lost
 
     def recover(self) -> DurableState:
         """What a restarted node reads: a copy, so the replica cannot alias what is on disk."""

@@ -13,6 +13,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import (
@@ -61,6 +62,9 @@ class WorldOptions:
     log_retain_entries: int = 10
     snapshot_chunk_bytes: int = 256
     crash_mid_ready_probability: float = 0.0
+    # Of those crashes, the share that are a power cut of every node at once (a rack losing
+    # power): the moment when writes that were committed but not synced are lost everywhere.
+    power_cut_share: float = 0.0
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     planted_bugs: frozenset[str] = frozenset()
     # The host loop and the disk each replica runs: the daemon's runner and a faithful disk,
@@ -371,6 +375,9 @@ class World:
         runner.admin_results.clear()
         if crashed:
             self.crash(node.id, "crash-mid-ready")
+            share = self.options.power_cut_share
+            if share and self.rng.random() < share:
+                self._power_cut_everywhere()
 
     def _trace_ready(
         self, node: SimNode, decided: tuple[object, ...], messages: tuple[object, ...]
@@ -380,6 +387,15 @@ class World:
         for m in messages:
             self.log(f"n{node.id} -> {m}")
 
+    def _power_cut_everywhere(self) -> None:
+        """Every node loses power now (the one mid-Ready is down already); each comes back
+        after its own delay."""
+        self.log("POWER CUT: every node")
+        for nid, node in self.nodes.items():
+            if node.up:
+                self.crash(nid, "power-cut")
+            self._schedule(self.rng.randint(20, 500), _FAULT, partial(self.restart, nid))
+
     def crash(self, nid: NodeId, why: str = "crash") -> None:
         node = self.nodes[nid]
         if not node.up:
@@ -387,7 +403,9 @@ class World:
         node.up = False
         # A power cut: every write since the last sync is lost (the runner's memory too;
         # restart builds a new one).
-        node.disk.power_cut()
+        lost = node.disk.power_cut()
+        if lost:
+            self.stats.faults["unsynced-writes-lost"] += lost
         self.stats.faults[why] += 1
         self.log(f"n{nid} CRASH ({why}); durable promised={node.disk.state.promised}")
 
