@@ -199,7 +199,6 @@ def _final_reads(world: World) -> None:
     world.issuing = False
     for key in KEYS:
         cmd = reader.begin(Get(key=key), world.now_ms, world.options.op_timeout_ms)
-        world._cmd_owner[cmd] = (reader.index, reader.seq)
         world.checker.submitted.add(cmd)
         leader = world.leader()
         assert leader is not None, "converged without a leader"

@@ -197,11 +197,9 @@ class World:
         self.trace_all: list[str] = []
         self._queue: list[tuple[int, int, int, object]] = []
         self._seq = 0
-        self._cmd_owner: dict[bytes, tuple[int, int]] = {}
         self._unique = 0
         self.issuing = True
         self.acknowledged: list[bytes] = []
-        self._read_tokens = 0
         self.bootstrap = tuple(NodeId(i) for i in range(1, options.nodes + 1))
         self.configs: dict[NodeId, CoreConfig] = {}
         self.nodes: dict[NodeId, SimNode] = {}
@@ -448,7 +446,6 @@ class World:
             cmd = c.begin(
                 random_op(self.rng, self._unique), self.now_ms, self.options.op_timeout_ms
             )
-            self._cmd_owner[cmd] = (ci, c.seq)
             self.checker.submitted.add(cmd)
             c.target = self.rng.choice(list(self.nodes))
             self._send_attempt(c)
