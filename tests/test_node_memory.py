@@ -178,7 +178,7 @@ def test_a_leader_that_steps_down_sends_its_waiting_clients_to_the_new_leader(
         n.on_peer_message(NodeId(3), Heartbeat(ballot=higher, commit_through=0, decided_through=0))
         n.drain()
         assert not n.replica.is_leader
-        assert [(c, r, status, leader) for c, r, status, _, leader in n.replies] == [
+        assert [(r.conn_id, r.request_id, r.status, r.leader) for r in n.replies] == [
             (7, 42, "not_leader", 3)
         ]
         assert not n.pending

@@ -11,7 +11,8 @@ The caller's contract, in the shape of etcd-io/raft's Ready:
   4. answer ``ready.redirects`` (commands this replica cannot order);
   5. call ``replica.advance(ready)``.
 The order is the Paxos durability rule: no promise or vote leaves the process before it is
-on disk, or a crash could make an acceptor vote twice in one ballot.
+on disk, or a crash could make an acceptor vote twice in one ballot. One host loop keeps this
+contract for the daemon, the simulator and the core tests: paxosd/server/runner.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The wire codec: typed envelopes, batched into one plaintext record per AEAD frame.
 
 A record (the plaintext of one sealed frame) is a msgpack array of ``Envelope``s. Batching
-lets a writer that finds many frames queued pay for one seal and one ``send_bytes`` instead
+lets a writer that finds many frames queued pay for one seal and one socket write instead
 of one per frame. Decoding is typed (msgspec) so bytes from the network can only ever become
 the structs listed here: no pickle, no code runs, and anything else is a ``BadFrame``.
 
@@ -20,8 +20,8 @@ import msgspec
 
 from paxosd.core.messages import Message
 
-# A record bigger than this is refused before it is read (recv_bytes maxlength) and again
-# before it is decoded. It bounds the memory one frame can make us allocate; a CatchUpReply
+# A record bigger than this is refused from its length prefix, before its body is read, and
+# again before it is decoded. It bounds the memory one frame can make us allocate; a CatchUpReply
 # larger than this must be split by its sender.
 FRAME_BYTES_MAX_DEFAULT = 4 * 1024 * 1024
 # Bounds the objects one record can make the decoder build (tiny frames x a 4 MiB record

@@ -2,10 +2,12 @@
 
 The wire is ``multiprocessing.connection``'s: each record is a 4-byte big-endian length (or
 -1 then an 8-byte length) and that many bytes. Each connection is set up by
-``paxosd.net.handshake`` (authkey challenge, X25519 + HKDF, key confirmation) with the stdlib's
-``send_bytes``/``recv_bytes(maxlength=...)`` (never ``send()``/``recv()``: they pickle, and
-unpickling peer bytes runs peer code), and then carries AEAD-sealed records of typed
-envelopes (``paxosd.net.framing``).
+``paxosd.net.handshake`` (authkey challenge, X25519 + HKDF, key confirmation), the only code
+that uses the stdlib's ``send_bytes``/``recv_bytes(maxlength=...)`` (never ``send()``/
+``recv()``: they pickle, and unpickling peer bytes runs peer code). After it, the connection
+carries AEAD-sealed records of typed envelopes (``paxosd.net.framing``), which this module
+writes and reads on the socket itself in that same length-prefixed format (non-blocking
+``send``/``recv_into``, below), so a record is never pickled either way.
 
 Who does what, and why (the daemon has one event loop, and a message that crosses a thread
 costs a GIL hand-off and a pipe write, which on the hot path cost more than the message):

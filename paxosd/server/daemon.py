@@ -27,7 +27,7 @@ from paxosd.net.transport import ClientServer, PeerTransport
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
 from paxosd.server.logs import bind_node, configure_logging
 from paxosd.server.metrics import Metrics
-from paxosd.server.node import TICK_MS, Node, install_signal_handlers, now_ms
+from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
 from paxosd.statemachine.commands import BadCommand
 from paxosd.storage.store import StorageError
@@ -40,15 +40,12 @@ ADMIN_WAITING_MAX = 64
 
 
 class Daemon:
-    def __init__(self, config: Config, node: Node) -> None:
+    def __init__(self, config: Config, node: Node, peers: PeerTransport) -> None:
+        """``node`` sends through ``peers`` (given to it at construction); both are started
+        by serve()."""
         self.config = config
         self.node = node
-        node.send = self._send_peers
-        self.peers = PeerTransport(
-            node=config.node_id,
-            listen=(config.peer_address.host, config.peer_address.port),
-            cluster_key=config.peer_key.reveal(),
-        )
+        self.peers = peers
         self.clients = ClientServer(
             node=config.node_id,
             listen=(config.client_address.host, config.client_address.port),
@@ -81,9 +78,6 @@ class Daemon:
         )
         self.clients.start()
         self._sync_peers()
-        if self.node.sent:  # produced during recovery, before the transport existed
-            self.peers.send_many(self.node.sent)
-            self.node.sent.clear()
         install_signal_handlers(self.stop)
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}", f"MAINPID={os.getpid()}")
         log.info(
@@ -126,9 +120,6 @@ class Daemon:
         self.clients.close()
         self.node.storage.close()
         return 0
-
-    def _send_peers(self, messages: list[tuple[NodeId, Any]]) -> None:
-        self.peers.send_many(messages)
 
     def _hand_over_leadership(self) -> None:
         """On SIGTERM a leader hands over first, so a planned restart costs clients a
@@ -240,12 +231,12 @@ class Daemon:
         if node.replies:
             # One write per client connection per turn, whatever it was answered.
             self.clients.reply_many(
-                (conn_id, ClientReply(request_id, status, result, leader))
-                for conn_id, request_id, status, result, leader in node.replies
+                (r.conn_id, ClientReply(r.request_id, r.status, r.result, r.leader))
+                for r in node.replies
             )
             if self.metrics is not None:
                 for reply in node.replies:
-                    self.metrics.requests.labels(status=reply[2]).inc()
+                    self.metrics.requests.labels(status=reply.status).inc()
             node.replies.clear()
 
     def _refresh_metrics(self) -> None:
@@ -441,12 +432,29 @@ def run_command(
         raise typer.Exit(2)
     _return_freed_memory_to_the_os()
     try:
-        node = Node(cfg, bootstrap=bootstrap)
+        # The data dir first: a second daemon on it must say so, not that its ports are taken.
+        lock_fd = lock_data_dir(cfg.data_dir)
     except StorageError as e:
         print(f"paxosd: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     try:
-        daemon = Daemon(cfg, node)
+        # Then the peer port, so that the node sends through it from its first Ready (it
+        # dials no one until serve() starts it).
+        peers = PeerTransport(
+            node=cfg.node_id,
+            listen=(cfg.peer_address.host, cfg.peer_address.port),
+            cluster_key=cfg.peer_key.reveal(),
+        )
+    except OSError as e:
+        print(f"paxosd: cannot listen: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    try:
+        node = Node(cfg, bootstrap=bootstrap, network=peers, lock_fd=lock_fd)
+    except StorageError as e:
+        print(f"paxosd: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    try:
+        daemon = Daemon(cfg, node, peers)
     except OSError as e:
         print(f"paxosd: cannot listen: {e}", file=sys.stderr)
         raise typer.Exit(1) from None

@@ -1,9 +1,10 @@
-"""The daemon's one event loop: it owns the core replica, the storage and the state machine.
+"""One paxosd member's state: recovery from its data dir, then the replica, the state machine
+and the runner (paxosd/server/runner.py) that carries each Ready to SQLite, the peers and the
+state machine.
 
-Everything here runs on the main thread, so the core needs no locks. Threads exist only in
-the transport, for blocking accepts and handshakes; they hand finished connections over.
-Per loop turn: wait for frames or the next tick, step every frame and one Tick into the core,
-then for each Ready: write it (one SQLite transaction, fsync) -> send -> apply -> reply.
+The event loop itself (poll, drain frames, tick, answer clients) is in paxosd/server/daemon.py;
+a Node does no I/O of its own beyond its storage, so tools and tests can drive it by hand.
+Everything runs on the daemon's main thread, so the core needs no locks.
 """
 
 from __future__ import annotations
@@ -14,34 +15,31 @@ import random
 import signal
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
-from paxosd.core.io import (
-    AdminResult,
-    ClientCommand,
-    PersistRecord,
-    ReadIndex,
-    Ready,
-    Received,
-    SnapshotTaken,
-    Tick,
-)
+from paxosd.core.io import AdminResult, ClientCommand, PersistRecord
+from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
-from paxosd.core.types import DecidedEntry, NodeId, Snapshot
+from paxosd.core.types import NodeId, Value
 from paxosd.server.config import Config
 from paxosd.server.metrics import Metrics
+from paxosd.server.runner import (
+    Hooks,
+    Network,
+    Reply,
+    Runner,
+    SnapshotPolicy,
+    Waiter,
+)
 from paxosd.statemachine.commands import (
     BadCommand,
     Command,
     Found,
     Get,
-    Op,
     Put,
     Written,
     decode_command,
@@ -53,18 +51,8 @@ from paxosd.storage.store import DB_FILENAME, Storage, StorageError
 
 log = structlog.get_logger("paxosd.server.node")
 
-# Decided entries held back from storage at most this many (flushed every tick anyway).
-DEFERRED_DECIDED_MAX = 4096
-# Snapshot at least this often in commands, whatever snapshot_every_entries says in slots: with
-# big batches, 10,000 slots of log could hold millions of commands (measured: ~195 bytes each).
-SNAPSHOT_EVERY_COMMANDS = 100_000
-# Members take snapshots this many phases apart (see Node.__init__).
-SNAPSHOT_PHASES = 4
 # A tick every 10 ms is finer than any core timer (heartbeats are tens of ms).
 TICK_MS = 10
-# Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
-PENDING_REQUESTS_MAX = 100_000
-PENDING_REQUEST_AGE_MS_MAX = 60_000
 # view_log shows each command's result for recent slots (results are not logged: every
 # replica computes the same ones when it applies, so each keeps its own recent few). Bounded
 # by slots, by commands (a slot holds up to batch_commands_max of them) and by result bytes
@@ -83,13 +71,6 @@ PLANTABLE_BUGS = frozenset({"ack_before_durable"})
 
 def now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
-
-
-@dataclass(slots=True)
-class PendingRequest:
-    conn_id: int
-    request_id: int
-    since_ms: int
 
 
 _results_encoder = msgspec.msgpack.Encoder()
@@ -158,14 +139,84 @@ class RecentResults:
         return _results_decoder.decode(self._blobs[slot - self._first])
 
 
-class Node:
-    """One paxosd member: recovery, then the loop. Transport is injected (see run())."""
+class SystemClock:
+    """The runner's clock in the daemon: monotonic milliseconds."""
 
-    def __init__(self, config: Config, *, bootstrap: bool = False) -> None:
+    def now_ms(self) -> int:
+        return now_ms()
+
+
+class Outbox:
+    """A Network that keeps what is sent, for a Node without peers (offline tools, tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[NodeId, Message]] = []
+
+    def send_many(self, messages: list[tuple[NodeId, Message]]) -> int:
+        self.sent.extend(messages)
+        return len(messages)
+
+
+class _StorageDisk:
+    """SQLite storage as the runner's Disk; synced writes are timed for the metrics."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def write(self, record: PersistRecord, *, sync: bool) -> None:
+        storage = self._node.storage
+        m = self._node.metrics
+        if m is not None and sync:
+            t0 = time.perf_counter()
+            storage.write(record, sync=True)
+            m.fsync.observe(time.perf_counter() - t0)
+        else:
+            storage.write(record, sync=sync)
+
+
+class _NodeHooks(Hooks):
+    """The daemon's view of the runner: view_log's recent results, metrics, log lines."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def restored(self, slot: int) -> None:
+        self._node.recent_results.clear()
+        self._node.log.info("snapshot restored", slot=slot)
+
+    def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
+        node = self._node
+        node.recent_results.add(slot, [r for _, _, r in results])
+        if node.metrics is not None and value:
+            node.metrics.batch_commands.observe(len(value))
+
+    def committed(self, waiter: Waiter) -> None:
+        m = self._node.metrics
+        if m is not None:
+            m.commit_latency.observe((now_ms() - waiter.since_ms) / 1000)
+
+    def snapshotted(self, slot: int) -> None:
+        self._node.log.info("snapshot taken", slot=slot)
+
+
+class Node:
+    """One paxosd member: recovery, then a runner the daemon's loop drives.
+
+    ``network`` is where peer messages go (the daemon's PeerTransport); without one they are
+    kept in an Outbox (offline tools and tests). ``lock_fd``: the data dir's lock, when the
+    caller took it first (lock_data_dir); otherwise the node takes it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bootstrap: bool = False,
+        network: Network | None = None,
+        lock_fd: int | None = None,
+    ) -> None:
         self.config = config
         self.log = log.bind(node=config.node_id)
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fd = _lock_data_dir(config.data_dir)
+        self._lock_fd = lock_fd if lock_fd is not None else lock_data_dir(config.data_dir)
         self.metrics: Metrics | None = None
         self.storage = Storage.open(
             config.data_dir / DB_FILENAME,
@@ -176,36 +227,21 @@ class Node:
         )
         t0 = time.perf_counter()
         durable = self.storage.load()
-        self.replica = Replica(config.core_config(), random.Random(), durable, now_ms())
-        self.sm = StateMachine()
-        self.pending: OrderedDict[tuple[str, int], PendingRequest] = OrderedDict()
-        # Whether the last drain ended with us leading (see _redirect_pending).
-        self._leading = False
-        # Read-index reads: token -> (conn, request id, op, read index + 1 once confirmed).
-        self.reads: dict[int, tuple[int, int, Op, int]] = {}
         self.recent_results = RecentResults()
-        self._read_tokens = 0
-        self.read_index = True
-        # The daemon replaces this with the transport's send_many; until then (recovery) and
-        # in tests, messages are kept here.
-        self.sent: list[tuple[NodeId, Any]] = []
-        self.send: Callable[[list[tuple[NodeId, Any]]], object] = self.sent.extend
-        self.replayed = 0
-        # Outcomes of membership changes and leader transfers, for the daemon to answer.
-        self.admin_results: list[AdminResult] = []
-        # Members apply the same commands, so with one threshold they would all stop for a
-        # snapshot at the same moment (~0.2 s with 100,000 keys: encode, write, fsync) and
-        # stall the cluster together. Node k starts its counts k-1 quarter periods along.
-        phase = ((config.node_id - 1) % SNAPSHOT_PHASES) / SNAPSHOT_PHASES
-        last_snapshot = durable.snapshot.slot if durable.snapshot else 0
-        self.snapshot_due = last_snapshot - int(config.snapshot.snapshot_every_entries * phase)
-        # Commands applied since the last snapshot: the log kept in memory and on disk grows
-        # with commands, not slots (a slot holds up to batch_commands_max of them).
-        self.commands_since_snapshot = int(SNAPSHOT_EVERY_COMMANDS * phase)
-        # Decided-only records not yet written (see _handle); bounded by DEFERRED_DECIDED_MAX.
-        self._deferred_decided: list[DecidedEntry] = []
+        self.network: Network = network if network is not None else Outbox()
+        self.runner: Runner[StateMachine] = Runner(
+            Replica(config.core_config(), random.Random(), durable, now_ms()),
+            StateMachine(),
+            disk=_StorageDisk(self),
+            network=self.network,
+            clock=SystemClock(),
+            snapshots=SnapshotPolicy(config.snapshot.snapshot_every_entries),
+            hooks=_NodeHooks(self),
+            address_of=self._client_address_of,
+        )
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
         self.drain()
+        self.replayed = self.runner.applied_slots
         self.recovery = {
             "entries_replayed": self.replayed,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -214,7 +250,6 @@ class Node:
             "digest": self.sm.digest(),
         }
         self.log.info("recovered", **self.recovery)
-        self.replies: list[tuple[int, int, str, bytes, int | None]] = []
         self.planted_bug = os.environ.get(PLANT_BUG_ENV, "")
         if self.planted_bug:
             if self.planted_bug not in PLANTABLE_BUGS:
@@ -227,50 +262,58 @@ class Node:
                     **{PLANT_BUG_ENV: self.planted_bug},
                 )
 
+    # The runner's state, under the names the daemon and the tools use.
+
+    @property
+    def replica(self) -> Replica:
+        return self.runner.replica
+
+    @property
+    def sm(self) -> StateMachine:
+        return self.runner.sm
+
+    @property
+    def replies(self) -> list[Reply]:
+        return self.runner.replies
+
+    @property
+    def admin_results(self) -> list[AdminResult]:
+        return self.runner.admin_results
+
+    @property
+    def pending(self) -> OrderedDict[tuple[str, int], Waiter]:
+        return self.runner.pending
+
     # ------------------------------------------------------------------ inputs
 
     def on_peer_message(self, src: NodeId, msg: Any) -> None:
-        self.replica.step(Received(src, msg))
+        self.runner.on_peer_message(src, msg)
 
     def on_tick(self) -> None:
-        self.flush_decided()
-        self.replica.step(Tick(now_ms()))
-        self._expire_pending()
+        self.runner.tick()
 
     def on_client_command(self, conn_id: int, request_id: int, command: bytes) -> None:
         """A client's command for the log. Replies come when its slot is applied."""
-        try:
-            cmd = decode_command(command)
-        except BadCommand as e:
-            self.replies.append((conn_id, request_id, "bad_request", str(e).encode(), None))
+        if self.planted_bug == "ack_before_durable" and self._ack_early(
+            conn_id, request_id, command
+        ):
             return
-        if is_read(cmd.op) and self.read_index:
-            # Linearizable without a log write: the core confirms leadership first.
-            if len(self.reads) >= PENDING_REQUESTS_MAX:
-                self.replies.append((conn_id, request_id, "busy", b"", self.replica.leader_hint))
-                return
-            self._read_tokens += 1
-            self.reads[self._read_tokens] = (conn_id, request_id, cmd.op, 0)
-            self.replica.step(ReadIndex(self._read_tokens))
-            return
-        key = (cmd.client_id, cmd.seq)
-        if len(self.pending) >= PENDING_REQUESTS_MAX:
-            self.replies.append((conn_id, request_id, "busy", b"", self.replica.leader_hint))
-            return
-        if self.planted_bug == "ack_before_durable" and self._ack_early(conn_id, request_id, cmd):
-            self.replica.step(ClientCommand(command))
-            return
-        self.pending[key] = PendingRequest(conn_id, request_id, now_ms())
-        self.replica.step(ClientCommand(command))
+        self.runner.on_client_command(conn_id, request_id, command)
 
-    def _ack_early(self, conn_id: int, request_id: int, cmd: Command) -> bool:
+    def _ack_early(self, conn_id: int, request_id: int, command: bytes) -> bool:
         """The planted bug (tests only, see PLANT_BUG_ENV): answer a put at once, guessing
-        its version from the applied state. Returns whether it answered."""
+        its version from the applied state, and only then hand it to the core. Returns
+        whether it answered."""
+        try:
+            cmd: Command = decode_command(command)
+        except BadCommand:
+            return False
         if not (self.replica.is_leader and isinstance(cmd.op, Put)):
             return False
         current = self.sm.query(Get(key=cmd.op.key))
         version = current.version + 1 if isinstance(current, Found) else 1
-        self.replies.append((conn_id, request_id, "ok", encode_result(Written(version)), None))
+        self.replies.append(Reply(conn_id, request_id, "ok", encode_result(Written(version))))
+        self.replica.step(ClientCommand(command))
         return True
 
     def stale_read(self, command: bytes) -> tuple[str, bytes]:
@@ -286,143 +329,21 @@ class Node:
     # ------------------------------------------------------------------ the Ready loop
 
     def drain(self) -> None:
-        """Handle every Ready the core has, in the durability order."""
-        r = self.replica
-        while r.has_ready():
-            rd = r.ready()
-            self._handle(rd)
-            r.advance(rd)
-            applied = r.applied_through
-            if (
-                applied - self.snapshot_due >= self.config.snapshot.snapshot_every_entries
-                or self.commands_since_snapshot >= SNAPSHOT_EVERY_COMMANDS
-            ):
-                self.take_snapshot()
-        if self._leading and not r.is_leader:
-            self._redirect_pending()
-        self._leading = r.is_leader
-
-    def _redirect_pending(self) -> None:
-        """We stopped leading: send every waiting client to the new leader now, rather than
-        leave it to time out (1.5 s per attempt). Their commands may still be decided (the
-        next leader recovers what a majority accepted): a retry carries the same (client_id,
-        seq), so the session table answers it with the first result instead of applying it
-        twice, and a client that gives up reports the outcome unknown, not failed."""
-        leader = self.replica.leader_hint
-        where = self._client_address_of(leader)
-        for p in self.pending.values():
-            self.replies.append((p.conn_id, p.request_id, "not_leader", where, leader))
-        self.pending.clear()
-
-    def _handle(self, rd: Ready) -> None:
-        # 0. Accepts and heartbeats go first: the followers' fsyncs overlap with ours.
-        if rd.early_messages:
-            self.send([(out.dst, out.msg) for out in rd.early_messages])
-        # 1. Durable next: no promise or vote may leave before it is on disk. Decided-only
-        #    records need no fsync (see PersistRecord.only_decided), nor even a transaction of
-        #    their own: they wait for the next synced write or tick (flush_decided), which
-        #    takes a SQLite commit off the path between a leader's last vote and its reply.
-        m = self.metrics
-        persist = rd.persist
-        if persist.only_decided():
-            if persist.decided:
-                self._deferred_decided.extend(persist.decided)
-                if len(self._deferred_decided) >= DEFERRED_DECIDED_MAX:
-                    self.flush_decided()
-        else:
-            if self._deferred_decided:
-                persist = replace(persist, decided=(*self._deferred_decided, *persist.decided))
-                self._deferred_decided = []
-            if m is not None:
-                t0 = time.perf_counter()
-                self.storage.write(persist)
-                m.fsync.observe(time.perf_counter() - t0)
-            else:
-                self.storage.write(persist)
-        # 2. Then send what speaks for our durable state.
-        if rd.messages:
-            self.send([(out.dst, out.msg) for out in rd.messages])
-        # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
-        if rd.restore is not None:
-            self.sm = StateMachine.restore(rd.restore.state)
-            self.recent_results.clear()
-            self.log.info("snapshot restored", slot=rd.restore.slot)
-        for entry in rd.to_apply:
-            self.commands_since_snapshot += len(entry.value)
-            results = self.sm.apply(entry.slot, entry.value)
-            self.replayed += 1
-            self.recent_results.add(entry.slot, [r for _, _, r in results])
-            if m is not None and entry.value:
-                m.batch_commands.observe(len(entry.value))
-            for client_id, seq, result in results:
-                p = self.pending.pop((client_id, seq), None)
-                if p is not None:
-                    self.replies.append((p.conn_id, p.request_id, "ok", result, None))
-                    if m is not None:
-                        m.commit_latency.observe((now_ms() - p.since_ms) / 1000)
-        # 4. Confirmed reads are answered once the state machine reached their index.
-        for rr in rd.reads:
-            waiting = self.reads.get(rr.token)
-            if waiting is None:
-                continue
-            conn_id, request_id, op, _ = waiting
-            if rr.index is None:
-                del self.reads[rr.token]
-                where = self._client_address_of(rr.leader)
-                self.replies.append((conn_id, request_id, "not_leader", where, rr.leader))
-            else:
-                self.reads[rr.token] = (conn_id, request_id, op, rr.index + 1)
-        if self.reads:
-            self._serve_reads()
-        self.admin_results.extend(rd.admin)
-        # 5. Commands this replica cannot order go back with a hint.
-        for red in rd.redirects:
-            try:
-                cmd = decode_command(red.command)
-            except BadCommand:
-                continue
-            p = self.pending.pop((cmd.client_id, cmd.seq), None)
-            if p is not None:
-                where = self._client_address_of(red.leader)
-                self.replies.append((p.conn_id, p.request_id, red.reason, where, red.leader))
+        """Carry out every Ready the core has (see paxosd/server/runner.py)."""
+        self.runner.drain()
 
     def flush_decided(self) -> None:
-        """Write the decided entries held back by _handle (one unsynced transaction)."""
-        if self._deferred_decided:
-            self.storage.write(PersistRecord(decided=tuple(self._deferred_decided)), sync=False)
-            self._deferred_decided = []
+        """Write the decided entries the runner holds back (one unsynced transaction)."""
+        self.runner.flush_decided()
+
+    def take_snapshot(self) -> int:
+        """Snapshot the state machine now; the core compacts the log behind it."""
+        return self.runner.take_snapshot()
 
     def _client_address_of(self, node: NodeId | None) -> bytes:
         """The leader's client address for a redirect, when the config names it."""
         address = None if node is None else self.config.clients.get(node)
         return b"" if address is None else str(address).encode()
-
-    def _serve_reads(self) -> None:
-        applied = self.sm.applied_through
-        for token, (conn_id, request_id, op, confirmed) in list(self.reads.items()):
-            if confirmed and confirmed - 1 <= applied:
-                del self.reads[token]
-                result = encode_result(self.sm.query(op))
-                self.replies.append((conn_id, request_id, "ok", result, None))
-
-    def take_snapshot(self) -> int:
-        """Snapshot the state machine now; the core compacts the log behind it."""
-        slot = self.sm.applied_through
-        if slot == 0:
-            return 0
-        self.snapshot_due = slot
-        self.commands_since_snapshot = 0
-        self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=self.sm.snapshot())))
-        self.log.info("snapshot taken", slot=slot)
-        return slot
-
-    def _expire_pending(self) -> None:
-        cutoff = now_ms() - PENDING_REQUEST_AGE_MS_MAX
-        while self.pending:
-            key, p = next(iter(self.pending.items()))
-            if p.since_ms >= cutoff:
-                break
-            del self.pending[key]
 
     # ------------------------------------------------------------------ introspection
 
@@ -459,9 +380,10 @@ def install_signal_handlers(stop: list[bool]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _lock_data_dir(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path) -> int:
     """Hold an exclusive lock on the data dir for the process's life: two daemons writing
-    one database would each believe their promises are the only ones."""
+    one database would each believe their promises are the only ones. Creates the dir."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / "paxosd.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

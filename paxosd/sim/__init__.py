@@ -1,1 +1,2 @@
-"""Deterministic simulator: the real core over a simulated network, disk and clock."""
+"""Deterministic simulator: the real core and the daemon's runner over a simulated network, disk
+(with unsynced writes that a power cut loses) and clock."""

@@ -7,12 +7,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from paxosd.server.runner import Runner
+from paxosd.sim.disk import SimDisk
 from paxosd.sim.run import FAULT_KINDS, KNOWN_KINDS, SeedResult, run_seed
+from paxosd.statemachine.machine import StateMachine
 
 # Sub-kinds the report folds into the kinds a user names on the command line.
 _KIND_OF = {
     "crash": "crash",
     "crash-mid-ready": "crash",
+    "power-cut": "crash",
     "restart": "restart",
     "partition": "partition",
     "partition-one-way": "partition",
@@ -105,6 +109,8 @@ def fuzz(
     bugs: frozenset[str] = frozenset(),
     stop_at_first: bool = False,
     progress: Callable[[FuzzReport], None] | None = None,
+    runner_class: type[Runner[StateMachine]] = Runner,
+    disk_class: type[SimDisk] = SimDisk,
 ) -> FuzzReport:
     assert seeds >= 1 and nodes >= 1
     unknown = set(kinds) - set(KNOWN_KINDS)
@@ -112,7 +118,14 @@ def fuzz(
     report = FuzzReport(nodes=nodes, kinds=kinds)
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
-        r = run_seed(seed, nodes=nodes, kinds=frozenset(kinds), bugs=bugs)
+        r = run_seed(
+            seed,
+            nodes=nodes,
+            kinds=frozenset(kinds),
+            bugs=bugs,
+            runner_class=runner_class,
+            disk_class=disk_class,
+        )
         report.add(r)
         report.wall_seconds = time.perf_counter() - start
         if progress is not None:

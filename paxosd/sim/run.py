@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from paxosd.core.types import NodeId
+from paxosd.server.runner import Runner
 from paxosd.sim import linearizability
 from paxosd.sim.checker import Violation
+from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults
 from paxosd.sim.workload import KEYS, SimClient
 from paxosd.sim.world import World, WorldOptions
 from paxosd.statemachine.commands import Get
+from paxosd.statemachine.machine import StateMachine
 
 FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
 # Kinds a run includes only when named (they change what every seed does).
@@ -56,6 +59,7 @@ def _options(
         clients=rng.randint(2, 5),
         faults=faults,
         crash_mid_ready_probability=0.002 if "crash" in kinds else 0.0,
+        power_cut_share=0.3,
         planted_bugs=bugs,
         reconfig="reconfig" in kinds,
         thrifty_accepts=rng.random() < 0.5,
@@ -112,11 +116,18 @@ def run_seed(
     converge_ms_max: int = 15000,
     bugs: frozenset[str] = frozenset(),
     trace: bool = False,
+    runner_class: type[Runner[StateMachine]] = Runner,
+    disk_class: type[SimDisk] = SimDisk,
 ) -> SeedResult:
-    """Run one seed and check it. Never raises for a protocol failure: it is reported."""
+    """Run one seed and check it. Never raises for a protocol failure: it is reported.
+
+    ``runner_class`` and ``disk_class``: the host loop and disk each replica runs (tests plant
+    broken ones to show the checks catch them)."""
     rng = random.Random(seed)
     opts = _options(rng, nodes, kinds, bugs)
     opts.trace_all = trace
+    opts.runner_class = runner_class
+    opts.disk_class = disk_class
     world = World(rng.getrandbits(64), opts)
     _plan_faults(world, rng, kinds, safety_ms)
     violation: Violation | None = None
@@ -188,7 +199,6 @@ def _final_reads(world: World) -> None:
     world.issuing = False
     for key in KEYS:
         cmd = reader.begin(Get(key=key), world.now_ms, world.options.op_timeout_ms)
-        world._cmd_owner[cmd] = (reader.index, reader.seq)
         world.checker.submitted.add(cmd)
         leader = world.leader()
         assert leader is not None, "converged without a leader"

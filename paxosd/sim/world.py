@@ -1,8 +1,9 @@
 """One simulated cluster: real replicas and state machines over SimNetwork, SimDisk and an
 integer clock, driven by one event queue. The same seed replays the same run exactly.
 
-The loop per replica is the daemon's loop (persist, send, apply, reply, advance), so the
-simulator tests the contract the daemon relies on, not a model of it.
+Each replica's host loop is the daemon's own runner (paxosd/server/runner.py: persist with
+the same synced/unsynced split, send, apply, reply, snapshot policy), given a simulated disk,
+network and clock; so the simulator checks the policies the daemon runs, not a model of them.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import (
     ChangeMembership,
-    ClientCommand,
     Input,
-    Outbound,
-    ReadIndex,
+    PersistRecord,
+    Ready,
     Received,
-    SnapshotTaken,
-    Tick,
     TransferLeadership,
 )
 from paxosd.core.membership import (
@@ -35,12 +34,13 @@ from paxosd.core.membership import (
 )
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
-from paxosd.core.types import ZERO_BALLOT, Membership, NodeId, Snapshot
+from paxosd.core.types import ZERO_BALLOT, DecidedEntry, Membership, NodeId, Value
+from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
 from paxosd.sim.workload import SimClient, random_op
-from paxosd.statemachine.commands import Op, decode_result, encode_result, is_read
+from paxosd.statemachine.commands import decode_result, is_read
 from paxosd.statemachine.machine import StateMachine
 
 # Event kinds. Plain ints in tuples keep the heap cheap: the simulator's speed is the
@@ -62,8 +62,15 @@ class WorldOptions:
     log_retain_entries: int = 10
     snapshot_chunk_bytes: int = 256
     crash_mid_ready_probability: float = 0.0
+    # Of those crashes, the share that are a power cut of every node at once (a rack losing
+    # power): the moment when writes that were committed but not synced are lost everywhere.
+    power_cut_share: float = 0.0
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     planted_bugs: frozenset[str] = frozenset()
+    # The host loop and the disk each replica runs: the daemon's runner and a faithful disk,
+    # unless a test plants a broken one (tests/sim/test_simulator.py).
+    runner_class: type[Runner[StateMachine]] = Runner
+    disk_class: type[SimDisk] = SimDisk
     # Membership changes (add learner, promote, remove, leader transfer) while faults run.
     reconfig: bool = False
     members_max: int = 6
@@ -72,18 +79,100 @@ class WorldOptions:
     trace_all: bool = False
 
 
+class _PowerCut(Exception):
+    """Raised by a node's disk to crash the node in the middle of a Ready."""
+
+
 @dataclass(slots=True)
 class SimNode:
     id: NodeId
-    replica: Replica
-    sm: StateMachine
     disk: SimDisk
+    # The host loop; replaced at every restart (everything in it is volatile). A client's
+    # connection id in it is the client's index, its request id the command's seq.
+    runner: Runner[StateMachine] = field(init=False)
     up: bool = True
-    # (client_id, seq) -> client index: replies this node owes. Volatile, lost on a crash.
-    pending: dict[tuple[str, int], int] = field(default_factory=dict)
-    snapshot_due_slot: int = 0
-    # read-index token -> (client index, seq, op, read index + 1 once confirmed, else 0)
-    reads: dict[int, tuple[int, int, Op, int]] = field(default_factory=dict)
+
+    @property
+    def replica(self) -> Replica:
+        return self.runner.replica
+
+    @property
+    def sm(self) -> StateMachine:
+        return self.runner.sm
+
+
+class _SimClock:
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def now_ms(self) -> int:
+        return self._world.now_ms
+
+
+class _SimLink:
+    """One node's way onto the simulated network."""
+
+    def __init__(self, world: World, src: NodeId) -> None:
+        self._world = world
+        self._src = src
+
+    def send_many(self, messages: list[tuple[NodeId, Message]]) -> None:
+        w = self._world
+        for dst, msg in messages:
+            for delay in w.network.delays_ms(self._src, dst):
+                w._schedule(delay, _DELIVER, (dst, self._src, msg))
+
+
+class _CrashingDisk:
+    """The node's SimDisk, with the crash-mid-ready fault around each write."""
+
+    def __init__(self, world: World, disk: SimDisk) -> None:
+        self._world = world
+        self._disk = disk
+
+    def write(self, record: PersistRecord, *, sync: bool) -> None:
+        w = self._world
+        p = w.options.crash_mid_ready_probability
+        if p and w.rng.random() < p:
+            raise _PowerCut  # early messages (accepts) left, our own vote never reached disk
+        self._disk.write(record, sync=sync)
+        if p and w.rng.random() < p:
+            raise _PowerCut  # durable, but nothing sent or applied: what the ordering is for
+
+
+class _SimHooks(Hooks):
+    """The safety checker and the trace, fed as the runner goes."""
+
+    def __init__(self, world: World, node: SimNode) -> None:
+        self._world = world
+        self._node = node
+
+    def decided(self, entries: tuple[DecidedEntry, ...]) -> None:
+        checker = self._world.checker
+        for d in entries:
+            checker.on_decided(self._node.id, d.slot, d.value)
+
+    def restored(self, slot: int) -> None:
+        w = self._world
+        w.checker.on_restore(self._node.id, slot, self._node.sm.digest())
+        w.stats.snapshot_restores += 1
+        w.log(f"n{self._node.id} restored snapshot through slot {slot}")
+
+    def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
+        w = self._world
+        nid = self._node.id
+        if w.options.trace_all and membership_of(value) is not None:
+            w.log(f"n{nid} applies membership {membership_of(value)}")
+        w.checker.on_applied(nid, slot, value, self._node.sm.digest())
+
+    def snapshotted(self, slot: int) -> None:
+        self._world.stats.core_steps += 1
+
+    def handled(self, ready: Ready) -> None:
+        if self._world.options.trace_all:
+            self._world._trace_ready(
+                self._node, ready.persist.decided, ready.early_messages + ready.messages
+            )
 
 
 @dataclass(slots=True)
@@ -108,11 +197,9 @@ class World:
         self.trace_all: list[str] = []
         self._queue: list[tuple[int, int, int, object]] = []
         self._seq = 0
-        self._cmd_owner: dict[bytes, tuple[int, int]] = {}
         self._unique = 0
         self.issuing = True
         self.acknowledged: list[bytes] = []
-        self._read_tokens = 0
         self.bootstrap = tuple(NodeId(i) for i in range(1, options.nodes + 1))
         self.configs: dict[NodeId, CoreConfig] = {}
         self.nodes: dict[NodeId, SimNode] = {}
@@ -139,13 +226,24 @@ class World:
             planted_bugs=opts.planted_bugs,
             thrifty_accepts=opts.thrifty_accepts,
         )
-        self.nodes[nid] = SimNode(
-            id=nid,
-            replica=Replica(self.configs[nid], random.Random(self.rng.getrandbits(64))),
-            sm=StateMachine(),
-            disk=SimDisk(),
+        node = self.nodes[nid] = SimNode(id=nid, disk=opts.disk_class())
+        self._start_runner(
+            node, Replica(self.configs[nid], random.Random(self.rng.getrandbits(64)))
         )
         self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
+
+    def _start_runner(self, node: SimNode, replica: Replica) -> None:
+        """A fresh host loop (at start and after a crash) over the node's disk."""
+        node.runner = self.options.runner_class(
+            replica,
+            StateMachine(),
+            disk=_CrashingDisk(self, node.disk),
+            network=_SimLink(self, node.id),
+            clock=_SimClock(self),
+            snapshots=SnapshotPolicy(self.options.snapshot_every_entries),
+            hooks=_SimHooks(self, node),
+            address_of=lambda leader: b"" if leader is None else str(leader).encode(),
+        )
 
     def membership(self) -> Membership:
         """The latest membership any up replica has decided (what convergence is judged by)."""
@@ -238,13 +336,13 @@ class World:
 
     def _step(self, node: SimNode, event: Input) -> None:
         self.stats.core_steps += 1
-        node.replica.step(event)
-        self._drain(node)
+        self._drive(node, lambda: node.runner.step(event))
 
     def _tick(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         if node.up:
-            self._step(node, Tick(self.now_ms))
+            self.stats.core_steps += 1
+            self._drive(node, node.runner.tick)
         self._schedule(self.options.tick_ms, _TICK, nid)
 
     def _deliver(self, dst: NodeId, src: NodeId, msg: Message) -> None:
@@ -252,87 +350,32 @@ class World:
         if node.up:
             self._step(node, Received(src, msg))
 
-    def _drain(self, node: SimNode) -> None:
-        """The daemon's loop body: persist, then send, then apply, then reply, then advance."""
-        r = node.replica
-        while node.up and r.has_ready():
-            rd = r.ready()
-            self._send(node, rd.early_messages)
-            crash_p = self.options.crash_mid_ready_probability
-            if crash_p and self.rng.random() < crash_p:
-                # Accepts left, our own vote never reached the disk.
-                self.crash(node.id, "crash-mid-ready")
-                return
-            node.disk.write(rd.persist)
-            for d in rd.persist.decided:
-                self.checker.on_decided(node.id, d.slot, d.value)
-            if crash_p and self.rng.random() < crash_p:
-                # Durable, but nothing sent or applied: the crash the ordering rule is for.
-                self.crash(node.id, "crash-mid-ready")
-                return
-            self._send(node, rd.messages)
-            if rd.restore is not None:
-                node.sm = StateMachine.restore(rd.restore.state)
-                node.pending.clear()
-                self.checker.on_restore(node.id, rd.restore.slot, node.sm.digest())
-                self.stats.snapshot_restores += 1
-                self.log(f"n{node.id} restored snapshot through slot {rd.restore.slot}")
-            for entry in rd.to_apply:
-                if self.options.trace_all and membership_of(entry.value) is not None:
-                    self.log(f"n{node.id} applies membership {membership_of(entry.value)}")
-                results = node.sm.apply(entry.slot, entry.value)
-                self.checker.on_applied(node.id, entry.slot, entry.value, node.sm.digest())
-                for client_id, seq, result in results:
-                    ci = node.pending.pop((client_id, seq), None)
-                    if ci is not None:
-                        self._reply_to_client(node.id, ci, seq, "ok", result)
-            for rr in rd.reads:
-                waiting = node.reads.get(rr.token)
-                if waiting is None:
-                    continue
-                ci, seq, op, _ = waiting
-                if rr.index is None:
-                    del node.reads[rr.token]
-                    hint = b"" if rr.leader is None else str(rr.leader).encode()
-                    self._reply_to_client(node.id, ci, seq, "not_leader", hint)
-                else:
-                    node.reads[rr.token] = (ci, seq, op, rr.index + 1)
-            self._serve_reads(node)
-            for red in rd.redirects:
-                owner = self._cmd_owner.get(red.command)
-                if owner is not None:
-                    ci, seq = owner
-                    node.pending.pop((self.clients[ci].client_id, seq), None)
-                    hint = b"" if red.leader is None else str(red.leader).encode()
-                    self._reply_to_client(node.id, ci, seq, red.reason, hint)
-            for res in rd.admin:
-                self.stats.admin["ok" if res.ok else "unknown" if res.unknown else "refused"] += 1
-                self.log(f"n{node.id} admin #{res.token}: {'ok' if res.ok else res.detail}")
-            r.advance(rd)
-            if self.options.trace_all:
-                self._trace_ready(node, rd.persist.decided, rd.early_messages + rd.messages)
-            applied = r.applied_through
-            if applied >= node.snapshot_due_slot + self.options.snapshot_every_entries:
-                node.snapshot_due_slot = applied
-                snap = Snapshot(slot=node.sm.applied_through, state=node.sm.snapshot())
-                self.stats.core_steps += 1
-                r.step(SnapshotTaken(snap))
-
-    def _serve_reads(self, node: SimNode) -> None:
-        """Answer confirmed read-index reads whose index the state machine has reached."""
-        if not node.reads:
-            return
-        applied = node.sm.applied_through
-        for token, (ci, seq, op, confirmed) in list(node.reads.items()):
-            # confirmed = read index + 1 once leadership was confirmed, 0 before.
-            if confirmed and confirmed - 1 <= applied:
-                del node.reads[token]
-                self._reply_to_client(node.id, ci, seq, "ok", encode_result(node.sm.query(op)))
-
-    def _send(self, node: SimNode, messages: tuple[Outbound, ...]) -> None:
-        for out in messages:
-            for delay in self.network.delays_ms(node.id, out.dst):
-                self._schedule(delay, _DELIVER, (out.dst, node.id, out.msg))
+    def _drive(self, node: SimNode, first: Callable[[], object] | None = None) -> None:
+        """Give the node's runner one input (``first``), run it over every Ready, then deliver
+        what it answered. A crash in the middle of a Ready keeps the answers of the Readies
+        before it: they had left."""
+        runner = node.runner
+        crashed = False
+        try:
+            if first is not None:
+                first()
+            runner.drain()
+        except _PowerCut:
+            crashed = True
+        for reply in runner.replies:
+            self._reply_to_client(
+                node.id, reply.conn_id, reply.request_id, reply.status, reply.result
+            )
+        runner.replies.clear()
+        for res in runner.admin_results:
+            self.stats.admin["ok" if res.ok else "unknown" if res.unknown else "refused"] += 1
+            self.log(f"n{node.id} admin #{res.token}: {'ok' if res.ok else res.detail}")
+        runner.admin_results.clear()
+        if crashed:
+            self.crash(node.id, "crash-mid-ready")
+            share = self.options.power_cut_share
+            if share and self.rng.random() < share:
+                self._power_cut_everywhere()
 
     def _trace_ready(
         self, node: SimNode, decided: tuple[object, ...], messages: tuple[object, ...]
@@ -342,13 +385,25 @@ class World:
         for m in messages:
             self.log(f"n{node.id} -> {m}")
 
+    def _power_cut_everywhere(self) -> None:
+        """Every node loses power now (the one mid-Ready is down already); each comes back
+        after its own delay."""
+        self.log("POWER CUT: every node")
+        for nid, node in self.nodes.items():
+            if node.up:
+                self.crash(nid, "power-cut")
+            self._schedule(self.rng.randint(20, 500), _FAULT, partial(self.restart, nid))
+
     def crash(self, nid: NodeId, why: str = "crash") -> None:
         node = self.nodes[nid]
         if not node.up:
             return
         node.up = False
-        node.pending.clear()
-        node.reads.clear()
+        # A power cut: every write since the last sync is lost (the runner's memory too;
+        # restart builds a new one).
+        lost = node.disk.power_cut()
+        if lost:
+            self.stats.faults["unsynced-writes-lost"] += lost
         self.stats.faults[why] += 1
         self.log(f"n{nid} CRASH ({why}); durable promised={node.disk.state.promised}")
 
@@ -358,19 +413,21 @@ class World:
             return
         if "amnesia_on_restart" in self.options.planted_bugs:
             # The planted bug's disk side: the votes were never really made durable.
-            node.disk.state.promised = ZERO_BALLOT
-            node.disk.state.accepted.clear()
+            node.disk.checkpoint()
+            node.disk.file.promised = ZERO_BALLOT
+            node.disk.file.accepted.clear()
         durable = node.disk.recover()
-        node.replica = Replica(
-            self.configs[nid], random.Random(self.rng.getrandbits(64)), durable, self.now_ms
+        self._start_runner(
+            node,
+            Replica(
+                self.configs[nid], random.Random(self.rng.getrandbits(64)), durable, self.now_ms
+            ),
         )
-        node.sm = StateMachine()
         self.checker.applied_through[nid] = 0
-        node.snapshot_due_slot = durable.snapshot.slot if durable.snapshot else 0
         node.up = True
         self.stats.faults["restart"] += 1
         self.log(f"n{nid} RESTART from promised={durable.promised} decided={len(durable.decided)}")
-        self._drain(node)
+        self._drive(node)
 
     # ------------------------------------------------------------------ clients
 
@@ -389,7 +446,6 @@ class World:
             cmd = c.begin(
                 random_op(self.rng, self._unique), self.now_ms, self.options.op_timeout_ms
             )
-            self._cmd_owner[cmd] = (ci, c.seq)
             self.checker.submitted.add(cmd)
             c.target = self.rng.choice(list(self.nodes))
             self._send_attempt(c)
@@ -417,15 +473,12 @@ class World:
         if not node.up:
             return
         c = self.clients[ci]
-        if c.op is not None and is_read(c.op) and self.rng.random() < READ_INDEX_SHARE:
-            # Half the reads skip the log (read-index), so both paths face every fault.
-            self._read_tokens += 1
-            token = self._read_tokens
-            node.reads[token] = (ci, seq, c.op, 0)
-            self._step(node, ReadIndex(token))
-            return
-        node.pending[(c.client_id, seq)] = ci
-        self._step(node, ClientCommand(cmd))
+        # Half the reads skip the log (read-index), so both paths face every fault.
+        read_index = c.op is not None and is_read(c.op) and self.rng.random() < READ_INDEX_SHARE
+        self.stats.core_steps += 1
+        self._drive(
+            node, lambda: node.runner.on_client_command(ci, seq, cmd, via_log=not read_index)
+        )
 
     def _reply_to_client(self, nid: NodeId, ci: int, seq: int, status: str, payload: bytes) -> None:
         f = self.network.faults

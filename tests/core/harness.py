@@ -1,13 +1,16 @@
 """A hand-driven cluster for scripted interleavings: nothing moves unless the test says so.
 
 Messages wait in ``inflight`` until the test delivers or drops them, so a test can build the
-exact race it wants (etcd-io/raft's InteractionEnv, in a few lines).
+exact race it wants (etcd-io/raft's InteractionEnv, in a few lines). Each replica's Readies
+are carried out by the daemon's runner (paxosd/server/runner.py) over a simulated disk, with
+a state machine that only records what it is given and no automatic snapshots.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Self
 
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import (
@@ -15,15 +18,75 @@ from paxosd.core.io import (
     ClientCommand,
     DurableState,
     Input,
+    Ready,
     Received,
     Redirect,
     Tick,
 )
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
-from paxosd.core.types import ZERO_BALLOT, NodeId, Value
+from paxosd.core.types import NodeId, Value
+from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
+from paxosd.sim.disk import SimDisk
+from paxosd.statemachine.commands import Op, Result
 
 Pred = Callable[[int, int, Message], bool]
+
+
+class Recorder:
+    """A state machine that keeps nothing but its position: the commands in these tests are
+    opaque bytes, and the harness records what is applied through its hooks."""
+
+    def __init__(self) -> None:
+        self.applied_through = 0
+
+    def apply(self, slot: int, value: Value) -> list[tuple[str, int, bytes]]:
+        self.applied_through = slot
+        return []
+
+    def query(self, op: Op) -> Result:
+        raise AssertionError("the core tests read nothing through the state machine")
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, data: bytes) -> Self:
+        return type(self)()
+
+
+class _Clock:
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def now_ms(self) -> int:
+        return self._cluster.now_ms
+
+
+class _Link:
+    def __init__(self, cluster: Cluster, src: int) -> None:
+        self._cluster = cluster
+        self._src = src
+
+    def send_many(self, messages: list[tuple[NodeId, Message]]) -> None:
+        c = self._cluster
+        for dst, msg in messages:
+            if self._src not in c.cut and dst not in c.cut:
+                c.inflight.append((self._src, dst, msg))
+
+
+class _Record(Hooks):
+    def __init__(self, cluster: Cluster, nid: int) -> None:
+        self._cluster = cluster
+        self._nid = nid
+
+    def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
+        self._cluster.applied[self._nid].append((slot, value))
+
+    def handled(self, ready: Ready) -> None:
+        c, nid = self._cluster, self._nid
+        c.reads.extend((nid, x) for x in ready.reads)
+        c.redirects.extend((nid, x) for x in ready.redirects)
+        c.admin.extend((nid, x) for x in ready.admin)
 
 
 class Cluster:
@@ -41,8 +104,10 @@ class Cluster:
             m: CoreConfig(node_id=m, members=self.voters, **config)  # type: ignore[arg-type]
             for m in self.members
         }
-        self.disks = {m: DurableState(promised=ZERO_BALLOT) for m in self.members}
-        self.replicas = {m: Replica(self.configs[m], random.Random(m)) for m in self.members}
+        self.sim_disks = {m: SimDisk() for m in self.members}
+        self.runners: dict[int, Runner[Recorder]] = {}
+        for m in self.members:
+            self._start(m, Replica(self.configs[m], random.Random(m)))
         self.inflight: list[tuple[int, int, Message]] = []
         self.applied: dict[int, list[tuple[int, Value]]] = {m: [] for m in self.members}
         self.down: set[int] = set()
@@ -52,29 +117,39 @@ class Cluster:
         # Nodes whose messages (both ways) the network loses: a partition, without a crash.
         self.cut: set[int] = set()
 
+    def _start(self, nid: int, replica: Replica) -> None:
+        self.runners[nid] = Runner(
+            replica,
+            Recorder(),
+            disk=self.sim_disks[nid],
+            network=_Link(self, nid),
+            clock=_Clock(self),
+            snapshots=SnapshotPolicy(every_entries=0),
+            hooks=_Record(self, nid),
+        )
+
+    @property
+    def replicas(self) -> dict[int, Replica]:
+        return {m: r.replica for m, r in self.runners.items()}
+
+    @property
+    def disks(self) -> dict[int, DurableState]:
+        """What each node has written (kept by a kill -9; see SimDisk for a power cut)."""
+        return {m: d.state for m, d in self.sim_disks.items()}
+
     def step(self, nid: int, event: Input) -> None:
         assert nid not in self.down
-        self.replicas[nid].step(event)  # type: ignore[index]
+        self.runners[nid].step(event)
         self.drain(nid)
 
     def drain(self, nid: int) -> None:
-        r = self.replicas[nid]  # type: ignore[index]
-        while r.has_ready():
-            rd = r.ready()
-            self.disks[nid].apply(rd.persist)  # type: ignore[index]
-            for out in rd.early_messages + rd.messages:
-                if nid not in self.cut and out.dst not in self.cut:
-                    self.inflight.append((nid, out.dst, out.msg))
-            for e in rd.to_apply:
-                self.applied[nid].append((e.slot, e.value))
-            self.reads.extend((nid, x) for x in rd.reads)
-            self.redirects.extend((nid, x) for x in rd.redirects)
-            self.admin.extend((nid, x) for x in rd.admin)
-            r.advance(rd)
+        runner = self.runners[nid]
+        runner.drain()
+        runner.admin_results.clear()
 
     def campaign(self, nid: int) -> None:
         """Make ``nid``'s election timer fire now, without moving anyone's clock."""
-        r = self.replicas[nid]  # type: ignore[index]
+        r = self.runners[nid].replica
         r.election_deadline_ms = self.now_ms
         self.step(nid, Tick(self.now_ms))
 
@@ -82,7 +157,8 @@ class Cluster:
         self.now_ms += ms
         for m in self.members:
             if m not in self.down:
-                self.step(m, Tick(self.now_ms))
+                self.runners[m].tick()
+                self.drain(m)
 
     def propose(self, nid: int, command: bytes) -> None:
         self.step(nid, ClientCommand(command))
@@ -110,20 +186,15 @@ class Cluster:
 
     def restart(self, nid: int) -> None:
         self.down.discard(nid)
-        durable = DurableState(
-            promised=self.disks[nid].promised,  # type: ignore[index]
-            accepted=dict(self.disks[nid].accepted),  # type: ignore[index]
-            decided=dict(self.disks[nid].decided),  # type: ignore[index]
-            snapshot=self.disks[nid].snapshot,  # type: ignore[index]
-        )
-        self.replicas[NodeId(nid)] = Replica(
-            self.configs[NodeId(nid)], random.Random(nid + 100), durable, self.now_ms
+        durable = self.sim_disks[nid].recover()
+        self._start(
+            nid, Replica(self.configs[NodeId(nid)], random.Random(nid + 100), durable, self.now_ms)
         )
         self.applied[nid] = []
         self.drain(nid)
 
     def decided(self, nid: int) -> dict[int, Value]:
-        return dict(self.replicas[nid].decided)  # type: ignore[index]
+        return dict(self.runners[nid].replica.decided)
 
 
 def to(dst: int) -> Pred:

@@ -451,6 +451,9 @@ def test_a_recovered_replica_rebuilds_its_membership_from_snapshot_and_log() -> 
     ok(c, 1, ADD, 5)  # slot 3
     before = c.replicas[1].membership  # type: ignore[index]
     assert before.voters == {1, 2, 3, 4} and before.learners == {5} and before.epoch == 3
+    # Decided-only records wait for the next tick's unsynced write (the runner's policy):
+    # write them, so that the durable log holds slots 2 and 3.
+    c.runners[1].flush_decided()
     disk = c.disks[1]  # type: ignore[index]
     assert disk.snapshot is not None and disk.snapshot.membership is not None
     assert disk.snapshot.membership.learners == {4} and 1 not in disk.decided

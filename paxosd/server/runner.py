@@ -1,0 +1,437 @@
+"""The host's side of the core's Ready contract, written once.
+
+The core (paxosd.core) decides; something must carry each ``Ready`` to the disk, the network and
+the state machine, in the order of paxosd/core/io.py. That something is this runner, and the
+daemon, the simulator and the core test harness all run it, so the host policies the daemon
+relies on are the ones the simulator checks:
+
+- which writes wait for a sync: promises, votes, snapshots and compactions are written synced
+  before any message that depends on them leaves; decided-only records are held back and
+  written unsynced (with the next synced write, at the next tick, or when too many wait),
+  because a node relearns decided slots from its peers and its own durable votes;
+- when to snapshot: every ``every_entries`` slots or ``every_commands`` commands, members
+  staggered so they do not all stop at once;
+- which waiting client is answered, with what, once its slot is applied or its read is
+  confirmed, and who is redirected when this node cannot order a command.
+
+It touches the outside world only through the small interfaces below (``Disk``, ``Network``,
+``Clock``, ``Machine``), so the simulator can run it over a simulated disk and network. For the
+same reason it never imports sqlite3, socket or time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Generic, Protocol, Self, TypeVar
+
+from paxosd.core.io import (
+    AdminResult,
+    ClientCommand,
+    Input,
+    Outbound,
+    PersistRecord,
+    ReadIndex,
+    Ready,
+    Received,
+    SnapshotTaken,
+    Tick,
+)
+from paxosd.core.messages import Message
+from paxosd.core.replica import Replica
+from paxosd.core.types import DecidedEntry, NodeId, Snapshot, Value
+from paxosd.statemachine.commands import (
+    BadCommand,
+    Command,
+    Op,
+    Result,
+    decode_command,
+    encode_result,
+    is_read,
+)
+
+# Decided entries held back from storage at most this many (flushed every tick anyway).
+DEFERRED_DECIDED_MAX = 4096
+# Snapshot at least this often in commands, whatever every_entries says in slots: with big
+# batches, 10,000 slots of log could hold millions of commands (measured: ~195 bytes each).
+SNAPSHOT_EVERY_COMMANDS = 100_000
+# Members take snapshots this many phases apart (see SnapshotPolicy).
+SNAPSHOT_PHASES = 4
+# Requests waiting for their slot to apply; a client that vanished leaves one behind, so bound it.
+PENDING_REQUESTS_MAX = 100_000
+PENDING_REQUEST_AGE_MS_MAX = 60_000
+
+# ------------------------------------------------------------------------------ interfaces
+
+
+class Disk(Protocol):
+    """Where records become durable: SQLite in the daemon, SimDisk in the simulator.
+
+    ``sync=True`` returns only once the record, and every unsynced record written before it,
+    is durable. ``sync=False`` may return before: a power cut can lose it (never part of it),
+    until a later synced write."""
+
+    def write(self, record: PersistRecord, *, sync: bool) -> None: ...
+
+
+class Network(Protocol):
+    """Peer messages out. Best effort, as Paxos allows: a message may be lost."""
+
+    def send_many(self, messages: list[tuple[NodeId, Message]]) -> object: ...
+
+
+class Clock(Protocol):
+    """Monotonic milliseconds: the real clock in the daemon, the simulated one elsewhere."""
+
+    def now_ms(self) -> int: ...
+
+
+class Machine(Protocol):
+    """The replicated state machine the decided log drives (paxosd.statemachine's, or a
+    recorder in the core tests)."""
+
+    applied_through: int
+
+    def apply(self, slot: int, value: Value) -> list[tuple[str, int, bytes]]: ...
+
+    def query(self, op: Op) -> Result: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> Self: ...
+
+
+M = TypeVar("M", bound=Machine)
+
+# ------------------------------------------------------------------------------ records
+
+
+@dataclass(slots=True)
+class Waiter:
+    """A client request waiting for its slot: who asked (connection and request id) and when."""
+
+    conn_id: int
+    request_id: int
+    since_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer for the host to deliver: ``status`` "ok" with the encoded ``result``, or a
+    refusal ("not_leader", "busy", "bad_request") with ``leader`` as a hint and ``result``
+    the leader's client address when known."""
+
+    conn_id: int
+    request_id: int
+    status: str
+    result: bytes
+    leader: NodeId | None = None
+
+
+@dataclass(slots=True)
+class PendingRead:
+    """A read-index read: served from the state machine once ``index`` (+1) is applied."""
+
+    conn_id: int
+    request_id: int
+    op: Op
+    # The confirmed read index + 1; 0 until the core has confirmed leadership.
+    confirmed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When to snapshot: every ``every_entries`` slots or ``every_commands`` commands applied,
+    whichever comes first (0: never; the core tests take snapshots by hand).
+
+    Members apply the same commands, so with one threshold they would all stop for a snapshot
+    at the same moment (~0.2 s with 100,000 keys: encode, write, fsync) and stall the cluster
+    together. Node k therefore starts its counts (k-1)/phases of a period along."""
+
+    every_entries: int
+    every_commands: int = SNAPSHOT_EVERY_COMMANDS
+    phases: int = SNAPSHOT_PHASES
+
+
+class Hooks:
+    """What the host wants to see as the runner goes; each does nothing by default. The daemon
+    counts (metrics, view_log's recent results), the simulator checks (safety properties)."""
+
+    def decided(self, entries: tuple[DecidedEntry, ...]) -> None:
+        """The core decided these slots (before they are applied; maybe not yet on disk)."""
+
+    def restored(self, slot: int) -> None:
+        """The state machine was replaced by a snapshot through ``slot``."""
+
+    def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
+        """``slot`` was applied, with one result per client command."""
+
+    def committed(self, waiter: Waiter) -> None:
+        """``waiter``'s command was applied and its answer queued."""
+
+    def snapshotted(self, slot: int) -> None:
+        """A snapshot through ``slot`` was handed to the core (it writes it with the next
+        Ready and compacts the log behind it)."""
+
+    def handled(self, ready: Ready) -> None:
+        """One Ready was carried out completely (before ``advance``)."""
+
+
+def _no_address(node: NodeId | None) -> bytes:
+    return b""
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+class Runner(Generic[M]):
+    """One replica's host loop: feed it inputs, call ``drain`` (see paxosd/core/io.py for the
+    order it keeps), then deliver ``replies`` and ``admin_results`` and clear them.
+
+    ``address_of`` turns a leader hint into what a redirected client is told (the daemon: the
+    leader's client address)."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        sm: M,
+        *,
+        disk: Disk,
+        network: Network,
+        clock: Clock,
+        snapshots: SnapshotPolicy,
+        hooks: Hooks | None = None,
+        address_of: Callable[[NodeId | None], bytes] = _no_address,
+    ) -> None:
+        self.replica = replica
+        self.sm = sm
+        self.disk = disk
+        self.network = network
+        self.clock = clock
+        self.snapshots = snapshots
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.address_of = address_of
+        self.pending: OrderedDict[tuple[str, int], Waiter] = OrderedDict()
+        self.reads: dict[int, PendingRead] = {}
+        self._read_tokens = 0
+        # Reads through read-index (no log write) unless the host turns it off.
+        self.read_index = True
+        self.replies: list[Reply] = []
+        # Outcomes of membership changes and leader transfers, for the host to answer.
+        self.admin_results: list[AdminResult] = []
+        # Decided-only records not yet written (see _persist); bounded by DEFERRED_DECIDED_MAX.
+        self._deferred_decided: list[DecidedEntry] = []
+        # Whether the last drain ended with us leading (see _redirect_pending).
+        self._leading = False
+        self.applied_slots = 0
+        phase = ((int(replica.config.node_id) - 1) % snapshots.phases) / snapshots.phases
+        last_snapshot = replica.snapshot.slot if replica.snapshot is not None else 0
+        self.snapshot_due = last_snapshot - int(snapshots.every_entries * phase)
+        # Commands applied since the last snapshot: the log kept in memory and on disk grows
+        # with commands, not slots (a slot holds up to batch_commands_max of them).
+        self.commands_since_snapshot = int(snapshots.every_commands * phase)
+
+    # ------------------------------------------------------------------ inputs
+
+    def step(self, event: Input) -> None:
+        """One input into the core; its effects wait for ``drain``."""
+        self.replica.step(event)
+
+    def on_peer_message(self, src: NodeId, msg: Message) -> None:
+        self.replica.step(Received(src, msg))
+
+    def tick(self) -> None:
+        """The clock moved: flush held-back decided records, tick the core, forget requests
+        whose client has surely gone."""
+        self.flush_decided()
+        now = self.clock.now_ms()
+        self.replica.step(Tick(now))
+        self._expire_pending(now)
+
+    def on_client_command(
+        self, conn_id: int, request_id: int, command: bytes, *, via_log: bool = False
+    ) -> Command | None:
+        """A client's command; the answer comes in ``replies`` when its slot is applied (or
+        its read confirmed). Reads skip the log (read-index) unless ``via_log``. Returns the
+        decoded command, or None when it was answered at once (malformed, or too busy)."""
+        try:
+            cmd = decode_command(command)
+        except BadCommand as e:
+            self.replies.append(Reply(conn_id, request_id, "bad_request", str(e).encode()))
+            return None
+        if self.read_index and not via_log and is_read(cmd.op):
+            # Linearizable without a log write: the core confirms leadership first.
+            if len(self.reads) >= PENDING_REQUESTS_MAX:
+                self._busy(conn_id, request_id)
+                return None
+            self._read_tokens += 1
+            self.reads[self._read_tokens] = PendingRead(conn_id, request_id, cmd.op)
+            self.replica.step(ReadIndex(self._read_tokens))
+            return cmd
+        if len(self.pending) >= PENDING_REQUESTS_MAX:
+            self._busy(conn_id, request_id)
+            return None
+        self.pending[(cmd.client_id, cmd.seq)] = Waiter(conn_id, request_id, self.clock.now_ms())
+        self.replica.step(ClientCommand(command))
+        return cmd
+
+    def _busy(self, conn_id: int, request_id: int) -> None:
+        self.replies.append(Reply(conn_id, request_id, "busy", b"", self.replica.leader_hint))
+
+    # ------------------------------------------------------------------ the Ready loop
+
+    def drain(self) -> None:
+        """Carry out every Ready the core has, in the durability order."""
+        r = self.replica
+        while r.has_ready():
+            rd = r.ready()
+            self.handle(rd)
+            r.advance(rd)
+            if self.snapshot_due_now():
+                self.take_snapshot()
+        if self._leading and not r.is_leader:
+            self._redirect_pending()
+        self._leading = r.is_leader
+
+    def handle(self, rd: Ready) -> None:
+        """One Ready: early messages, persist, messages, apply, reads, admin, redirects."""
+        # 0. Accepts and heartbeats go first: the followers' fsyncs overlap with ours.
+        if rd.early_messages:
+            self.send(rd.early_messages)
+        # 1. Durable next: no promise or vote may leave before it is on disk.
+        self.persist(rd.persist)
+        if rd.persist.decided:
+            self.hooks.decided(rd.persist.decided)
+        # 2. Then send what speaks for our durable state.
+        if rd.messages:
+            self.send(rd.messages)
+        # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
+        if rd.restore is not None:
+            self.sm = self.sm.restore(rd.restore.state)
+            self.hooks.restored(rd.restore.slot)
+        for entry in rd.to_apply:
+            self._apply(entry)
+        # 4. Confirmed reads are answered once the state machine reached their index.
+        for rr in rd.reads:
+            waiting = self.reads.get(rr.token)
+            if waiting is None:
+                continue
+            if rr.index is None:
+                del self.reads[rr.token]
+                where = self.address_of(rr.leader)
+                self.replies.append(
+                    Reply(waiting.conn_id, waiting.request_id, "not_leader", where, rr.leader)
+                )
+            else:
+                waiting.confirmed = rr.index + 1
+        if self.reads:
+            self._serve_reads()
+        self.admin_results.extend(rd.admin)
+        # 5. Commands this replica cannot order go back with a hint.
+        for red in rd.redirects:
+            try:
+                cmd = decode_command(red.command)
+            except BadCommand:
+                continue
+            p = self.pending.pop((cmd.client_id, cmd.seq), None)
+            if p is not None:
+                where = self.address_of(red.leader)
+                self.replies.append(Reply(p.conn_id, p.request_id, red.reason, where, red.leader))
+        self.hooks.handled(rd)
+
+    def send(self, messages: tuple[Outbound, ...]) -> None:
+        self.network.send_many([(out.dst, out.msg) for out in messages])
+
+    def persist(self, record: PersistRecord) -> None:
+        """Make ``record`` durable before anything that depends on it leaves.
+
+        Decided-only records need no sync (see PersistRecord.only_decided), nor even a write
+        of their own: they wait for the next synced write or tick (flush_decided), which takes
+        a disk commit off the path between a leader's last vote and its reply."""
+        if record.only_decided():
+            if record.decided:
+                self._deferred_decided.extend(record.decided)
+                if len(self._deferred_decided) >= DEFERRED_DECIDED_MAX:
+                    self.flush_decided()
+            return
+        if self._deferred_decided:
+            record = replace(record, decided=(*self._deferred_decided, *record.decided))
+            self._deferred_decided = []
+        self.write_synced(record)
+
+    def write_synced(self, record: PersistRecord) -> None:
+        """A record whose loss could make this acceptor break a promise or a vote."""
+        self.disk.write(record, sync=True)
+
+    def flush_decided(self) -> None:
+        """Write the decided entries held back by persist (one unsynced write)."""
+        if self._deferred_decided:
+            record = PersistRecord(decided=tuple(self._deferred_decided))
+            self._deferred_decided = []
+            self.disk.write(record, sync=False)
+
+    def _apply(self, entry: DecidedEntry) -> None:
+        self.commands_since_snapshot += len(entry.value)
+        results = self.sm.apply(entry.slot, entry.value)
+        self.applied_slots += 1
+        self.hooks.applied(entry.slot, entry.value, results)
+        pending = self.pending
+        if not pending:
+            return
+        for client_id, seq, result in results:
+            p = pending.pop((client_id, seq), None)
+            if p is not None:
+                self.replies.append(Reply(p.conn_id, p.request_id, "ok", result))
+                self.hooks.committed(p)
+
+    def _serve_reads(self) -> None:
+        applied = self.sm.applied_through
+        for token, rd in list(self.reads.items()):
+            if rd.confirmed and rd.confirmed - 1 <= applied:
+                del self.reads[token]
+                result = encode_result(self.sm.query(rd.op))
+                self.replies.append(Reply(rd.conn_id, rd.request_id, "ok", result))
+
+    def _redirect_pending(self) -> None:
+        """We stopped leading: send every waiting client to the new leader now, rather than
+        leave it to time out. Their commands may still be decided (the next leader recovers
+        what a majority accepted): a retry carries the same (client_id, seq), so the session
+        table answers it with the first result instead of applying it twice, and a client
+        that gives up reports the outcome unknown, not failed."""
+        leader = self.replica.leader_hint
+        where = self.address_of(leader)
+        for p in self.pending.values():
+            self.replies.append(Reply(p.conn_id, p.request_id, "not_leader", where, leader))
+        self.pending.clear()
+
+    def _expire_pending(self, now_ms: int) -> None:
+        cutoff = now_ms - PENDING_REQUEST_AGE_MS_MAX
+        while self.pending:
+            key, p = next(iter(self.pending.items()))
+            if p.since_ms >= cutoff:
+                break
+            del self.pending[key]
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_due_now(self) -> bool:
+        s = self.snapshots
+        if s.every_entries <= 0:
+            return False
+        return (
+            self.replica.applied_through - self.snapshot_due >= s.every_entries
+            or self.commands_since_snapshot >= s.every_commands
+        )
+
+    def take_snapshot(self) -> int:
+        """Snapshot the state machine now; the core compacts the log behind it. Returns the
+        snapshot's slot (0: nothing applied yet, nothing taken)."""
+        slot = self.sm.applied_through
+        if slot == 0:
+            return 0
+        self.snapshot_due = slot
+        self.commands_since_snapshot = 0
+        self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=self.sm.snapshot())))
+        self.hooks.snapshotted(slot)
+        return slot
