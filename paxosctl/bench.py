@@ -40,12 +40,18 @@ daemon's RSS (when the servers run on this machine), and what the load generator
 used. --local starts a fresh durable 3-node cluster in a temporary folder and removes it.
 --baseline also measures this machine's SQLite WAL FULL commit rate and transport round
 trip, so the report can say "ops per fsync".
+--compare-etcd runs the same load on a 3-member etcd 3.4 driven by its own gRPC client
+(etcd-go-load; built with etcd-go's build.sh if missing, or $ETCD_GO_LOAD), alternating
+--rounds times with a fresh local paxosd cluster, and prints both and the ratio. Without
+etcd or the generator it does nothing and exits 3.
 
 Examples:
 
   paxosctl bench --local --op put --clients 64 --duration 10
 
   paxosctl bench --local --op get --clients 16 --baseline --json
+
+  paxosctl bench --compare-etcd --op put --clients 64 --duration 8 --rounds 2
 
   paxosctl bench --endpoints 10.0.0.1:7101,10.0.0.2:7102 --key-file client.key --op mixed
 
@@ -272,6 +278,25 @@ def bench(
     keep: Annotated[
         bool, typer.Option("--keep", help="With --local: keep the cluster's folder.")
     ] = False,
+    compare_etcd: Annotated[
+        bool,
+        typer.Option(
+            "--compare-etcd",
+            help="Run the same load on a local etcd 3.4 (gRPC client) and paxosd, alternately.",
+        ),
+    ] = False,
+    rounds: Annotated[
+        int, typer.Option(min=1, max=100, help="With --compare-etcd: interleaved rounds.")
+    ] = 2,
+    etcd_conns: Annotated[
+        int | None,
+        typer.Option(
+            "--etcd-conns",
+            min=1,
+            help="With --compare-etcd: etcd's gRPC connections (default: one per client).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -296,6 +321,16 @@ def bench(
         render.error(str(e))
         raise typer.Exit(render.EXIT_USAGE) from None
     _quiet_logs()
+    if compare_etcd:
+        if endpoints is not None:
+            render.error("--compare-etcd starts its own clusters; drop --endpoints")
+            raise typer.Exit(render.EXIT_USAGE)
+        from paxosctl import bench_etcd
+
+        bench_etcd.run(
+            spec, rounds=rounds, conns=etcd_conns, nodes=nodes, parent_dir=d, json_out=json_out
+        )
+        return
     try:
         with _load_progress() as progress:
             if local:
