@@ -8,7 +8,9 @@ The real comparison needs etcd 3.4 and a Go toolchain; it is a benchmark, run by
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +202,44 @@ def test_the_cli_refuses_a_mixed_load_as_a_usage_error() -> None:
     done = paxosctl("bench", "--compare-etcd", "--op", "mixed", env={})
     assert done.returncode == 2, done.stderr
     assert "--op put or --op get" in done.stderr
+
+
+def _etcd_and_generator() -> bool:
+    named = os.environ.get("ETCD_GO_LOAD")
+    gen = Path(named) if named else bench_etcd.ETCD_GO_DEFAULT
+    return shutil.which("etcd") is not None and os.access(gen, os.X_OK)
+
+
+@pytest.mark.skipif(not _etcd_and_generator(), reason="needs etcd and a built etcd-go-load")
+def test_a_short_sitting_reports_both_systems_and_stops_etcd() -> None:
+    # The shape of the report only; the speed is for BENCHMARKS.md. Gets, so the prefill of
+    # both sides runs too.
+    args = ("bench", "--compare-etcd", "--op", "get", "--clients", "2", "--keys", "50")
+    done = paxosctl(*args, "--duration", "1", "--warmup", "0.2", "--rounds", "2", "--json", env={})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [(r["round"], r["system"]) for r in report["runs"]] == [
+        (1, "paxosd"),
+        (1, "etcd"),
+        (2, "etcd"),
+        (2, "paxosd"),
+    ]
+    for r in report["runs"]:
+        assert r["ops"] > 0 and r["errors_total"] == 0 and r["get_misses"] == 0, r
+        assert r["server_cpu_us_per_op"] is not None, r
+    assert len(report["ratio"]["ops_per_s_pairs"]) == 2
+    assert report["etcd"]["version"].startswith("3.")
+    # Every etcd it started is gone (its data dir is under the temporary folder it removed).
+    mine = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and "paxosd-bench-etcd-" in _cmdline(int(pid))
+    ]
+    assert mine == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

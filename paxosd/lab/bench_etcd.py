@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -361,8 +362,7 @@ class EtcdCluster:
 
     @staticmethod
     def _pick_base() -> int:
-        import random
-
+        # Random ranges, so that sittings started at once by different people rarely collide.
         rng = random.Random()
         for _ in range(200):
             base = 30000 + 300 * rng.randrange(100)
