@@ -26,11 +26,13 @@ from paxosctl.kv import (
     note,
     print_table,
     quote,
+    result_line,
     say,
     show,
     show_text,
 )
-from paxosd.client.client import BadRequestError, Client, UnavailableError
+from paxosd.client.client import BadRequestError, Client, UnavailableError, statuses_json
+from paxosd.net.admin import to_json
 from paxosd.statemachine.commands import (
     BadCommand,
     Block,
@@ -96,7 +98,7 @@ def result_text(raw: bytes | None) -> str | None:
         result = decode_result(raw)
     except BadCommand:
         return "undecodable result"
-    text = show_text(repr(result))
+    text = result_line(result)
     return text if len(text) <= RESULT_CHARS_MAX else text[: RESULT_CHARS_MAX - 1] + "…"
 
 
@@ -172,16 +174,20 @@ def merge_rows(rows: list[dict[str, Any]]) -> list[Entry]:
 def _read_log(
     c: Client, lo: int, hi: int | None, slots: int, node: int | None
 ) -> tuple[list[Entry], dict[str, Any]]:
-    args: dict[str, Any] = {"from": lo, "limit": 2 * slots}
-    if hi is not None:
-        args["to"] = hi
-    data = c.query("view_log", args, node=node)
-    entries = merge_rows(list(data["rows"]))[:slots]
-    results = data.get("results", {})
+    page = c.view_log(lo, hi, 2 * slots, node=node)
+    rows = [
+        {"slot": r.slot, "kind": r.kind, "ballot": r.ballot, "value": r.value} for r in page.rows
+    ]
+    entries = merge_rows(rows)[:slots]
     for e in entries:
-        kept = results.get(str(e.slot))
+        kept = page.results.get(e.slot)
         if kept is not None:
-            e.results = [bytes(r) for r in kept]
+            e.results = list(kept)
+    data = {
+        "node_id": page.node_id,
+        "log_start": page.log_start,
+        "decided_index": page.decided_index,
+    }
     return entries, data
 
 
@@ -265,9 +271,9 @@ def view_log(
             if to_slot is not None:
                 lo = max(1, to_slot - limit + 1)
             else:
-                st = c.query("status", node=node)
-                asked = int(st["node_id"])  # the same node for the read that follows
-                lo = max(int(st["log_start"]), int(st["decided_index"]) - limit + 1, 1)
+                st = c.status(node=node)
+                asked = st.node_id  # the same node for the read that follows
+                lo = max(st.log_start, st.decided_index - limit + 1, 1)
         entries, data = _read_log(c, lo, to_slot, limit, asked)
         if follow:
             # Decided slots are equal on every node, so following may fail over (no --node).
@@ -349,9 +355,9 @@ def data(
 ) -> None:
     """One node's Paxos internals: promised ballot, open slots, decided/applied/snapshot.
 
-    Like the seed's "data": role, promised ballot, its own ballot, decided, applied and
-    snapshot index, where its log starts, and the slots it accepted that it does not yet
-    know to be decided (with their ballot and commands).
+    Role, promised ballot, its own ballot, decided, applied and snapshot index, where its
+    log starts, and the slots it accepted that it does not yet know to be decided (with
+    their ballot and commands).
 
     JSON: {"node_id", "role", "leader", "promised", "ballot", "decided_index",
     "applied_index", "snapshot_index", "log_start", "digest", "accepted_not_decided":
@@ -360,7 +366,7 @@ def data(
     Example: paxosctl data --node 1
     """
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        st = c.query("status", node=node)
+        st = to_json(c.status(node=node))
         open_slots = [int(s) for s in st["accepted_not_decided"]]
         accepted: list[Entry] = []
         if open_slots:
@@ -500,9 +506,11 @@ def status(
     Example: paxosctl status --json
     """
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        answers = c.query_each("status")
+        answers = statuses_json(c)
     if all("error" in a for a in answers):
-        raise UnavailableError("no node answered: " + "; ".join(a["error"] for a in answers))
+        raise UnavailableError(
+            "no node answered: " + "; ".join(f"{a['endpoint']}: {a['error']}" for a in answers)
+        )
     out = status_rows(answers)
     if json_out:
         emit(out)
@@ -576,5 +584,5 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the paxosctl root (one line in app.py)."""
     for fn in (status, data, view_log):
         app.command(fn.__name__, rich_help_panel="Log and cluster")(fn)
-    # The seed spells it view_log; shells and etcdctl habits spell it view-log.
+    # The labs spell it view_log; shells and etcdctl habits spell it view-log.
     app.command("view-log", hidden=True, rich_help_panel="Log and cluster")(view_log)

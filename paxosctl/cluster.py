@@ -1,4 +1,4 @@
-"""``paxosctl cluster``: the local cluster on loopback (README command 1)."""
+"""``paxosctl cluster``: the local cluster on loopback (the README's quick start)."""
 
 from __future__ import annotations
 

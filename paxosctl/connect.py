@@ -1,7 +1,7 @@
 """Where paxosctl connects, and with which key: one resolution order for every command.
 
 Endpoints: ``--endpoints`` > ``$PAXOSCTL_ENDPOINTS`` > ``--config`` (a node's TOML) > the
-local cluster from README command 1. Key: ``--key-file`` > ``$PAXOSCTL_KEY_FILE`` > the
+local cluster of ``paxosctl cluster up``. Key: ``--key-file`` > ``$PAXOSCTL_KEY_FILE`` > the
 config's client key > the local cluster's.
 """
 
@@ -17,6 +17,8 @@ from typing import Annotated
 import typer
 
 from paxosd.client.client import BadRequestError, Client, parse_endpoint
+from paxosd.client.connection import read_key_file
+from paxosd.client.errors import KeyFileError
 from paxosd.client.localdir import MANIFEST, default_dir
 
 EndpointsOpt = Annotated[
@@ -69,16 +71,9 @@ class Target:
 
 def _read_key(path: Path) -> bytes:
     try:
-        text = path.read_text().strip()
-    except OSError as e:
-        raise ConnectError(f"cannot read key file {path}: {e.strerror}") from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise ConnectError(f"key file {path} does not hold hex") from None
-    if len(key) < 32:
-        raise ConnectError(f"key file {path} holds {len(key)} bytes; at least 32 expected")
-    return key
+        return read_key_file(path)
+    except KeyFileError as e:
+        raise ConnectError(str(e)) from None
 
 
 def resolve(endpoints: str | None, key_file: Path | None, config: Path | None = None) -> Target:

@@ -318,7 +318,7 @@ def race(
     """Two clients CAS different values onto the same fresh key at the same instant through
     two different nodes, --rounds times; who won, and does every node agree?
 
-    The seeds' competing-proposers lab (003/004) on live daemons. Each round uses
+    The Paxos labs' competing-proposers race on live daemons. Each round uses
     cas(expect_version=0), so exactly one write can take effect and the loser learns the
     winner; a linearizable read names the winner and, after convergence, a stale read on
     every node must return the same value. Runs on a fresh local cluster unless --endpoints.

@@ -42,8 +42,10 @@ from paxosd.client.client import (
 )
 from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
+    BlockList,
     Cas,
     CasMismatch,
+    Changed,
     Delete,
     Deleted,
     Found,
@@ -57,6 +59,7 @@ from paxosd.statemachine.commands import (
     Rows,
     Scan,
     Stale,
+    Timeline,
     Written,
 )
 
@@ -141,6 +144,35 @@ def connect(
         client.close()
 
 
+def result_line(result: Result) -> str:
+    """A command's result as paxosctl prints it: one renderer for the commands (put, get,
+    cas, delete) and for the results view_log shows, so both read the same."""
+    match result:
+        case Written(version=v):
+            return f"OK (version {v})"
+        case Found(value=value):
+            return show(value)
+        case NotFound():
+            return "not found"
+        case Deleted(prior_version=0):
+            return "not found (nothing deleted)"
+        case Deleted(prior_version=v):
+            return f"OK (deleted version {v})"
+        case CasMismatch(value=value, version=v):
+            if value is None:
+                return "mismatch: the key is absent"
+            return f"mismatch: current version {v}, value {shlex.quote(show(value))}"
+        case Rows(rows=rows, more=more):
+            return f"{len(rows)} rows" + (" (more)" if more else "")
+        case Changed(changed=changed):
+            return "OK" if changed else "OK (no change)"
+        case BlockList(pairs=pairs):
+            return f"{len(pairs)} blocks"
+        case Timeline(posts=posts, more=more):
+            return f"{len(posts)} posts" + (" (more)" if more else "")
+    return str(unexpected(result))
+
+
 def unexpected(result: Result) -> ClientError:
     """A result that does not answer the command sent. Stale/Malformed/Full are the state
     machine refusing it; anything else is a server bug worth reporting verbatim."""
@@ -151,7 +183,7 @@ def unexpected(result: Result) -> ClientError:
             return BadRequestError(f"the cluster refused the command: {reason}")
         case Stale(last_seq=seq):
             return BadRequestError(f"the session already moved past this request (seq {seq})")
-    return BadRequestError(f"unexpected result {type(result).__name__}")
+    return BadRequestError("the server answered with a result this command does not expect")
 
 
 # ------------------------------------------------------------------------------ bytes and text
@@ -320,9 +352,7 @@ ValueArg = Annotated[
 def _written(params: dict[str, Any], result: Result) -> Answer:
     if not isinstance(result, Written):
         raise unexpected(result)
-    return Answer(
-        {"key": params["key"], "version": result.version}, (f"OK (version {result.version})",)
-    )
+    return Answer({"key": params["key"], "version": result.version}, (result_line(result),))
 
 
 PUT = Spec(
@@ -345,7 +375,7 @@ def put(
 ) -> None:
     """Set KEY to VALUE through the log; prints the key's new version.
 
-    A put is also a post on the timeline of seed 002, authored by --site.
+    A put is also a post on the replicated timeline (see `paxosctl view`), authored by --site.
 
     JSON: {"key", "version"}.
 
@@ -387,7 +417,7 @@ def _found(params: dict[str, Any], result: Result) -> Answer:
             "node_id": where["node_id"],
             "applied_index": where["applied_index"],
         },
-        (show(result.value),),
+        (result_line(result),),
         notes=notes,
     )
 
@@ -415,7 +445,10 @@ def get(
     timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print KEY's value (linearizable: read through the log). Exit 1 if it is absent.
+    """Print KEY's value (linearizable, by read-index). Exit 1 if it is absent.
+
+    Read-index: the leader confirms it still leads with one heartbeat round, then answers
+    once it has applied the log that far; the read itself is not written to the log.
 
     Values that are not UTF-8 print as \\xNN escapes; --raw writes the bytes, --json base64.
 
@@ -447,10 +480,10 @@ def _deleted(params: dict[str, Any], result: Result) -> Answer:
     if not isinstance(result, Deleted):
         raise unexpected(result)
     if result.prior_version == 0:
-        raise NotFoundError(f"key {key!r} not found (nothing deleted)")
+        raise NotFoundError(f"key {key!r}: {result_line(result)}")
     return Answer(
         {"key": key, "prior_version": result.prior_version},
-        (f"OK (deleted version {result.prior_version})",),
+        (result_line(result),),
     )
 
 
@@ -501,9 +534,7 @@ def _cas_op(p: dict[str, Any]) -> Op:
 
 def _swapped(params: dict[str, Any], result: Result) -> Answer:
     if isinstance(result, CasMismatch):
-        raise CasMismatchError(
-            f"cas on {params['key']!r} failed: current version {result.version}", result
-        )
+        raise CasMismatchError(f"cas on key {params['key']!r}: {result_line(result)}", result)
     return _written(params, result)
 
 

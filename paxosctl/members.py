@@ -23,7 +23,8 @@ from paxosctl.kv import (
     print_table,
     say,
 )
-from paxosd.client.client import BadRequestError, Client, UnavailableError
+from paxosd.client.client import Client, RefusedError, UnavailableError, statuses_json
+from paxosd.net.admin import ChangeMember, Decided, Transfer, to_json
 
 # A learner is promoted once this close to the leader (the leader re-checks: its own bound).
 PROMOTE_LAG_SLOTS = 64
@@ -33,40 +34,39 @@ NodeArg = Annotated[int, typer.Argument(min=1, help="The member's node id.")]
 
 
 def _leader_id(c: Client) -> int:
-    out = status_rows(c.query_each("status"))
+    out = status_rows(statuses_json(c))
     if out["leader"] is None:
         seen = "; ".join(f"{n['address']}: {n['role']}" for n in out["nodes"])
         raise UnavailableError(f"no leader right now ({seen})")
     return int(out["leader"])
 
 
-def admin_query(c: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Send a membership change or transfer to the leader; follow a leader change once.
+def admin_query(c: Client, query: ChangeMember | Transfer) -> Decided:
+    """Send a membership change or transfer to the leader; follow a leader change twice.
 
-    The daemon prefixes refusals "refused:" (exit 1) and outcomes it cannot know
-    "unknown:" (exit 3); anything else it rejects is a bad request (exit 2)."""
+    A refusal is the leader's own no (exit 1); an outcome the leader cannot know is
+    UnavailableError (exit 3)."""
     for attempt in range(3):
         try:
-            return c.query(name, args, node=_leader_id(c))
-        except BadRequestError as e:
-            text = str(e)
-            if text.startswith("refused: not the leader") and attempt < 2:
+            return (
+                c.change_member(query.kind, query.node, query.address, node=_leader_id(c))
+                if isinstance(query, ChangeMember)
+                else c.transfer(query.target, node=_leader_id(c))
+            )
+        except RefusedError as e:
+            if e.not_leader and attempt < 2:
                 time.sleep(0.3)  # the leader changed between the two questions
                 continue
-            if text.startswith("refused: "):
-                raise Failed(text.removeprefix("refused: ")) from None
-            if text.startswith("unknown: "):
-                raise UnavailableError(text.removeprefix("unknown: ")) from None
-            raise
+            raise Failed(e.reason) from None
     raise UnavailableError("the leader kept changing")
 
 
 def members_of(c: Client) -> dict[str, Any]:
     """The membership as the leader (else any node) knows it."""
     try:
-        return c.query("members", node=_leader_id(c))
+        return to_json(c.members(node=_leader_id(c)))  # type: ignore[no-any-return]
     except UnavailableError:
-        return c.query("members")
+        return to_json(c.members())  # type: ignore[no-any-return]
 
 
 @command_errors
@@ -177,16 +177,16 @@ def member_add(
     Example: paxosctl member add 4 127.0.0.1:7104 --promote
     """
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        added = admin_query(c, "member_change", {"kind": "add", "node": node, "address": address})
-        out: dict[str, Any] = {"added": node, "slot": added["slot"], "promoted": False}
+        added = admin_query(c, ChangeMember("add", node, address))
+        out: dict[str, Any] = {"added": node, "slot": added.slot, "promoted": False}
         if not json_out:
-            say(f"node {node} added as a learner ({added['detail']})")
+            say(f"node {node} added as a learner ({added.detail})")
         if promote:
             _wait_caught_up(c, node, wait_s, json_out)
-            done = admin_query(c, "member_change", {"kind": "promote", "node": node})
-            out |= {"promoted": True, "promote_slot": done["slot"]}
+            done = admin_query(c, ChangeMember("promote", node))
+            out |= {"promoted": True, "promote_slot": done.slot}
             if not json_out:
-                say(f"node {node} is a voter ({done['detail']})")
+                say(f"node {node} is a voter ({done.detail})")
     if json_out:
         emit(out)
 
@@ -224,11 +224,11 @@ def member_promote(
     """
     with connect(endpoints, key_file, config, timeout_ms) as c:
         _refuse_unreachable_learner(c, node)
-        done = admin_query(c, "member_change", {"kind": "promote", "node": node})
+        done = admin_query(c, ChangeMember("promote", node))
     if json_out:
-        emit({"promoted": node, "slot": done["slot"], "detail": done["detail"]})
+        emit({"promoted": node, "slot": done.slot, "detail": done.detail})
     else:
-        say(f"node {node} is a voter ({done['detail']})")
+        say(f"node {node} is a voter ({done.detail})")
 
 
 @member_app.command("remove")
@@ -250,11 +250,11 @@ def member_remove(
     Example: paxosctl member remove 3
     """
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        done = admin_query(c, "member_change", {"kind": "remove", "node": node})
+        done = admin_query(c, ChangeMember("remove", node))
     if json_out:
-        emit({"removed": node, "slot": done["slot"], "detail": done["detail"]})
+        emit({"removed": node, "slot": done.slot, "detail": done.detail})
     else:
-        say(f"node {node} removed ({done['detail']}); stop its daemon now")
+        say(f"node {node} removed ({done.detail}); stop its daemon now")
 
 
 leader_app = typer.Typer(rich_help_panel="Log and cluster")
@@ -281,7 +281,7 @@ def leader(
     if ctx.invoked_subcommand is not None:
         return
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        answers = c.query_each("status")
+        answers = statuses_json(c)
     out = status_rows(answers)
     if out["leader"] is None:
         seen = "; ".join(f"{n['address']}: {n['role']}" for n in out["nodes"])
@@ -316,7 +316,7 @@ def leader_transfer(
     Example: paxosctl leader transfer 2
     """
     with connect(endpoints, key_file, config, timeout_ms) as c:
-        done = admin_query(c, "leader_transfer", {"target": node})
+        done = admin_query(c, Transfer(node))
         deadline = time.monotonic() + timeout_ms / 1000
         new = None
         while time.monotonic() < deadline:
@@ -326,9 +326,9 @@ def leader_transfer(
             except UnavailableError:
                 time.sleep(0.1)
     if json_out:
-        emit({"leader": new, "detail": done["detail"]})
+        emit({"leader": new, "detail": done.detail})
     else:
-        say(f"{done['detail']}; leader now: node {new}")
+        say(f"{done.detail}; leader now: node {new}")
 
 
 def register(app: typer.Typer) -> None:

@@ -67,10 +67,20 @@ def snapshot(
     if ctx.invoked_subcommand is not None:
         return
     with connect(endpoints, key_file, config, timeout_ms) as c:
+        answers: list[dict[str, Any]] = []
         if node is not None:
-            answers = [dict(c.query("snapshot", node=node), endpoint=None)]
+            taken = c.snapshot(node=node)
+            answers.append({"node_id": taken.node_id, "snapshot_index": taken.snapshot_index})
         else:
-            answers = c.query_each("snapshot")
+            for endpoint, answer in c.snapshot_each():
+                if isinstance(answer, str):
+                    answers.append({"error": answer})
+                else:
+                    answers.append(
+                        {"node_id": answer.node_id, "snapshot_index": answer.snapshot_index}
+                    )
+                answers[-1]["endpoint"] = endpoint
+        answers = [{"endpoint": None} | a for a in answers]
     rows = [
         {"node_id": None, "address": a["endpoint"], "error": a["error"]}
         if "error" in a
@@ -140,10 +150,12 @@ def snapshot_save(
     def ask(args: dict[str, Any]) -> dict[str, Any]:
         # Every chunk from the node that answered first: snapshots differ between nodes.
         nonlocal pinned
-        reply = c.query("snapshot_read", args, node=pinned)
-        if pinned is None and isinstance(reply.get("node_id"), int):
-            pinned = int(reply["node_id"])
-        return reply
+        chunk = c.snapshot_read(
+            int(args.get("offset", 0)), args.get("slot"), args.get("chunk_bytes"), node=pinned
+        )
+        if pinned is None:
+            pinned = chunk.node_id
+        return {f: v for f in chunk.__struct_fields__ if (v := getattr(chunk, f)) is not None}
 
     with (
         connect(endpoints, key_file, config, timeout_ms) as c,

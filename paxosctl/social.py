@@ -1,8 +1,8 @@
-"""``paxosctl block/unblock/blocks/view``: the replicated Twitter of seed 002.
+"""``paxosctl block/unblock/blocks/view``: sites, who blocks whom, and the replicated timeline.
 
 Every write carries its origin site (``--site`` / ``$PAXOSCTL_SITE`` / the host name). A put
 is a post. ``view --as S`` prints the posts in log order, leaving out the posts of every site
-that blocks S *now* (the seed filters when viewing, not when posting, so an unblock makes
+that blocks S *now* (blocks filter when viewing, not when posting, so an unblock makes
 older posts visible again and a re-block hides them again).
 """
 
@@ -175,7 +175,7 @@ def blocks(
     timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
-    """List who blocks whom (the seed's "blocks" dictionary), sorted.
+    """List who blocks whom (the replicated block relation), sorted.
 
     JSON: {"pairs": [{"site", "other"}]}: "site" blocks "other".
 
@@ -244,7 +244,7 @@ def view(
 ) -> None:
     """The timeline as a site sees it: puts in log order minus posts of sites blocking it.
 
-    Seed 002's "view": the block relation as it is now decides, so an unblock shows the
+    The block relation as it is now decides, so an unblock shows the
     blocker's older posts again and a re-block hides them again. Linearizable.
 
     JSON: {"as", "posts": [{"slot", "site", "key", "value", "value_encoding"}], "more"}
@@ -270,4 +270,4 @@ SPECS: dict[str, Spec] = {"block": BLOCK, "unblock": UNBLOCK, "blocks": BLOCKS, 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the paxosctl root (one line in app.py)."""
     for fn in (block, unblock, blocks, view):
-        app.command(fn.__name__, rich_help_panel="Sites (seed 002)")(fn)
+        app.command(fn.__name__, rich_help_panel="Sites and the timeline")(fn)

@@ -15,14 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.client.client import (
-    AuthError,
-    BadRequestError,
-    ClientError,
-    Pipeline,
-    Session,
-    UnavailableError,
-)
+from paxosd.client.errors import AuthError, BadRequestError, ClientError, UnavailableError
+from paxosd.client.pipeline import Pipeline, Session
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.statemachine.commands import Found, Get, Put, Result, Written
 

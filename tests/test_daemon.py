@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from paxosd.client.client import AuthError, NotFoundError
+from paxosd.client.client import AuthError, NotFoundError, statuses_json
 from paxosd.client.client import Client as PaxosClient
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.net.handshake import PEER_LABEL, SecureConnection, initiate
@@ -60,7 +60,7 @@ def leader_of(c: LocalCluster) -> int:
 
 def statuses(c: LocalCluster) -> list[dict[str, object]]:
     with c.client(timeout_ms=2000) as cl:
-        return cl.query_each("status")
+        return statuses_json(cl)
 
 
 def wait_converged(c: LocalCluster, timeout_s: float = 15.0) -> list[dict[str, object]]:

@@ -1,4 +1,4 @@
-"""Bounded daemon memory (issue 8, item 4): what a node keeps per applied command.
+"""Bounded daemon memory: what a node keeps per applied command.
 
 The results view_log shows are bounded by commands and bytes, not only by slots (a slot holds
 up to batch_commands_max commands), and are kept compactly. The bench measures the RSS itself.

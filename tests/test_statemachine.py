@@ -1,4 +1,4 @@
-"""The replicated state machine: every op, sessions, seed-002 semantics, snapshots, digests."""
+"""The replicated state machine: every op, sessions, blocks and the timeline, snapshots, digests."""
 
 from __future__ import annotations
 

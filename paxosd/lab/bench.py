@@ -355,7 +355,8 @@ def _run_pipelined(
     """The closed loop of ``_run_client`` for every client of this process at once, from
     one thread: client j is a Session on lane (connection) j with one request in flight.
     Returns how many clients were still waiting when the join deadline passed."""
-    from paxosd.client.client import AuthError, ClientError, Pipeline, Session
+    from paxosd.client.errors import AuthError, ClientError
+    from paxosd.client.pipeline import Pipeline, Session
 
     clock = time.monotonic_ns
     n = len(stats)
@@ -422,7 +423,8 @@ def _prefill_pipelined(
     errors: dict[str, int],
 ) -> None:
     """Put every key of each lane once, one request in flight per lane."""
-    from paxosd.client.client import ClientError, Pipeline, Session
+    from paxosd.client.errors import ClientError
+    from paxosd.client.pipeline import Pipeline, Session
 
     todo = [iter(keys) for keys in lanes]
     sessions = [Session(site="bench") for _ in lanes]

@@ -54,9 +54,11 @@ from paxosd.client.client import (
     BadRequestError,
     Client,
     ClientError,
+    RefusedError,
     UnavailableError,
 )
 from paxosd.lab.localcluster import LocalCluster
+from paxosd.net.admin import ChangeMember, Transfer, to_json
 from paxosd.sim import linearizability
 from paxosd.sim.linearizability import Operation
 from paxosd.statemachine.commands import (
@@ -261,7 +263,7 @@ class Nodes:
         for addr in endpoints:
             with Client([addr], key, timeout_ms=3000) as c:
                 try:
-                    node_id = int(c.query("status")["node_id"])
+                    node_id = c.status().node_id
                 except ClientError as e:
                     raise DrillError(f"{addr[0]}:{addr[1]} did not answer: {e}") from None
             found[node_id] = addr
@@ -326,7 +328,7 @@ def _client_endpoint(cluster: LocalCluster, k: int) -> Address:
 
 def _status(c: Client) -> dict[str, Any] | None:
     try:
-        return c.query("status")
+        return dict(to_json(c.status()))
     except ClientError:
         return None
 
@@ -726,7 +728,7 @@ class FaultInjector:
                 # The snapshot is persisted on the daemon's next loop turn after it answers:
                 # killing now lands inside or just before that write.
                 with suppress(ClientError):
-                    clients[victims[0]].query("snapshot")
+                    clients[victims[0]].snapshot()
                     notes.append(f"right after a snapshot on n{victims[0]}")
             self._crash("kill", victims, " ".join(notes), KILL_DOWN_S)
             return
@@ -901,7 +903,7 @@ class Reconfig:
             self._in_play.add(k)
             cluster.start(k, env=self.nodes.node_env)
             ev = inj._event("reconfig", [k], "add")
-            outcome = self._change("add", {"kind": "add", "node": k, "address": _peer(cluster, k)})
+            outcome = self._change("add", ChangeMember("add", k, _peer(cluster, k)))
             if outcome != "ok":
                 ev.detail += f": {outcome}"
                 ev.end_ms = inj._clock()
@@ -912,7 +914,7 @@ class Reconfig:
             self.sync()  # a member now: the workers may use it
         caught_up = self._wait_caught_up(k)
         if caught_up:
-            outcome = self._change("promote", {"kind": "promote", "node": k})
+            outcome = self._change("promote", ChangeMember("promote", k))
             ev.detail += f", promote: {outcome}"
         else:
             ev.detail += ", left a learner (did not catch up in time)"
@@ -925,7 +927,7 @@ class Reconfig:
         k = victims[0]
         ev = inj._event("reconfig", [k], "remove" + (" (leader)" if k == leader else ""))
         self._in_play.add(k)
-        outcome = self._change("remove", {"kind": "remove", "node": k})
+        outcome = self._change("remove", ChangeMember("remove", k))
         ev.detail += f": {outcome}"
         if outcome == "ok":
             cluster.remove_node(k)
@@ -943,7 +945,7 @@ class Reconfig:
         down = inj._clock()
         cluster.kill(k)
         self._in_play.add(k)
-        outcome = self._change("remove", {"kind": "remove", "node": k})
+        outcome = self._change("remove", ChangeMember("remove", k))
         if outcome != "ok":
             # Still (or maybe) a member: its disk stays and it comes back. A lost disk of
             # a member nobody could remove would stop the drill's majority arithmetic.
@@ -975,7 +977,7 @@ class Reconfig:
             + ("" if leader is None else f" from n{leader}")
             + ("" if target is None else f" to n{target}"),
         )
-        outcome = self._change("transfer", {"target": target}, query="leader_transfer")
+        outcome = self._change("transfer", Transfer(target))
         ev.detail += f": {outcome}"
         ev.end_ms = inj._clock()
 
@@ -1001,9 +1003,9 @@ class Reconfig:
 
     # ------------------------------------------------------------------ the leader
 
-    def _change(self, name: str, args: dict[str, Any], query: str = "member_change") -> str:
-        """Ask the leader; "ok", "refused" or "unknown". A "refused:" answer is the leader's
-        own no; anything else it rejects is a harness bug and ends up in the errors."""
+    def _change(self, name: str, query: ChangeMember | Transfer) -> str:
+        """Ask the leader; "ok", "refused" or "unknown". A refusal is the leader's own no;
+        anything else it rejects is a harness bug and ends up in the errors."""
         counts = self.changes.setdefault(name, Counter())
         outcome = "unknown"
         deadline = time.monotonic() + ADMIN_WAIT_S
@@ -1018,25 +1020,26 @@ class Reconfig:
                 continue
             with Client([endpoint], self.nodes.key, timeout_ms=ADMIN_TIMEOUT_MS) as c:
                 try:
-                    c.query(query, args)
+                    c.ask(query)
                     outcome = "ok"
                     break
-                except BadRequestError as e:
-                    text = str(e)
-                    if text.startswith("refused: not the leader"):
+                except RefusedError as e:
+                    if e.not_leader:
                         time.sleep(0.3)  # the leader moved between the two questions
                         continue
-                    if text.startswith("unknown: "):
-                        break
-                    if not text.startswith(("refused: ", "too many")):
-                        self.injector.errors.append(f"{name} {args}: {text}")
-                        break
                     outcome = "refused"
                     if len(self.refusals) < REFUSALS_KEPT_MAX:
-                        self.refusals.append(f"{name} {args}: {text}")
+                        self.refusals.append(f"{name} {query}: {e.reason}")
                     break
+                except BadRequestError as e:
+                    self.injector.errors.append(f"{name} {query}: {e}")
+                    break
+                except UnavailableError as e:
+                    if not e.outcome_unknown:
+                        outcome = "refused"  # busy, or never sent: nothing changed
+                    break  # else no answer in time: the change may or may not be decided
                 except ClientError:
-                    break  # no answer in time: the change may or may not be decided
+                    break
         counts[outcome] += 1
         return outcome
 
@@ -1065,7 +1068,7 @@ class Reconfig:
             if leader is None:
                 return None
             try:
-                return clients[leader].query("members")
+                return dict(to_json(clients[leader].members()))
             except ClientError:
                 return None
 
@@ -1118,7 +1121,7 @@ def set_partition(clients: Mapping[int, Client], a: int, b: int, on: bool) -> No
     it is set on, so both ends are told. A node that is down has nothing to heal."""
     for x, y in ((a, b), (b, a)):
         with suppress(UnavailableError):
-            clients[x].query("partition", {"peer": y, "on": on})
+            clients[x].partition(y, on)
 
 
 # ------------------------------------------------------------------------------ the log
@@ -1177,15 +1180,15 @@ class LogCollector:
             log_starts: list[int] = []
             for k in order:
                 try:
-                    d = clients[k].query("view_log", {"from": c.next_slot, "limit": LOG_PAGE_ROWS})
+                    d = clients[k].view_log(c.next_slot, limit=LOG_PAGE_ROWS)
                 except ClientError:
                     continue
-                log_starts.append(int(d.get("log_start", 1)))
+                log_starts.append(d.log_start)
                 got = 0
-                for row in d.get("rows", []):
-                    if row.get("kind") != "decided" or int(row["slot"]) != c.next_slot:
+                for row in d.rows:
+                    if row.kind != "decided" or row.slot != c.next_slot:
                         continue
-                    c.slots[c.next_slot] = tuple(bytes(v) for v in row["value"])
+                    c.slots[c.next_slot] = tuple(row.value)
                     c.next_slot += 1
                     got += 1
                 if got:
@@ -1864,7 +1867,7 @@ def run_race(
     progress: Callable[[int, int], None] | None = None,
     timeout_ms: int = OP_TIMEOUT_MS,
 ) -> dict[str, Any]:
-    """The competing-proposers lab (seeds 003/004) on live daemons.
+    """The competing-proposers lab of the Paxos labs on live daemons.
 
     Each round, A and B cross a Barrier and at once submit ``cas(key, expect_version=0)``
     with different values for a fresh key, A through one node and B through another. CAS on
@@ -1872,7 +1875,7 @@ def run_race(
     so who won is the question "whose command was ordered first", with both outcomes
     definite. (With two plain puts both would apply and the "winner" would just be whoever
     was ordered last.) Multi-Paxos routes both to the one leader — a follower answers
-    not_leader with a hint and the client follows it — so the duel seeds 003/004 fought
+    not_leader with a hint and the client follows it — so the duel the Basic-Paxos races fought
     with two ballots happens here as a race to the leader's queue; the report shows how much
     entering through the leader itself is worth. Then a linearizable read names the winner,
     and after convergence a stale read on every node must agree.
@@ -1958,7 +1961,7 @@ def _race_round(nodes: Nodes, rr: RaceRound, run_id: str, timeout_ms: int) -> No
         with nodes.client(
             timeout_ms=timeout_ms, client_id=f"race-{run_id}-{who}-{rr.round}", first=entry
         ) as c:
-            c.query_each("status")  # connect to every node now, not inside the race
+            c.status_each()  # connect to every node now, not inside the race
             op = Cas(key=rr.key, new=_race_value(run_id, rr, who), expect_version=0)
             command = c.next_command(op)
             try:

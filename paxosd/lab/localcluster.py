@@ -1,4 +1,4 @@
-"""A cluster of paxosd processes on this machine: README command 1, tests, drills, benches.
+"""A cluster of paxosd processes on this machine: `paxosctl cluster up`, tests, drills, benches.
 
 Everything lives in one folder (configs, keys, data, logs, pids). The folder's
 ``cluster.json`` is how paxosctl finds the local cluster when no endpoints are given.
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paxosd.client.client import Client, ClientError
+from paxosd.client.client import Client, ClientError, statuses_json
+from paxosd.client.connection import read_key_file
 from paxosd.client.localdir import MANIFEST
 from paxosd.storage.backup import read_backup
 from paxosd.storage.store import DB_FILENAME, Storage
@@ -165,7 +166,7 @@ class LocalCluster:
         return out
 
     def client_key(self) -> bytes:
-        return bytes.fromhex((self.root / "keys" / "client.key").read_text().strip())
+        return read_key_file(self.root / "keys" / "client.key")
 
     def client(self, **kwargs: Any) -> Client:
         return Client(self.endpoints(), self.client_key(), **kwargs)
@@ -323,7 +324,7 @@ class LocalCluster:
                 for k in self.node_ids():
                     if self.pid(k) is None and not self._pid_path(k).exists():
                         continue
-                rows = c.query_each("status")
+                rows = statuses_json(c)
                 leaders = [r for r in rows if r.get("role") == "leader"]
                 answered = [r for r in rows if "error" not in r]
                 if len(leaders) == 1 and len(answered) >= self._running():

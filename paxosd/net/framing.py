@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar, cast
 import msgspec
 
 from paxosd.core.messages import Message
+from paxosd.net.admin import AdminAnswer, AdminQuery
 
 # A record bigger than this is refused from its length prefix, before its body is read, and
 # again before it is decoded. It bounds the memory one frame can make us allocate; a CatchUpReply
@@ -50,28 +51,35 @@ class ClientRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class ClientReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """The answer to ``request_id``. ``leader`` is a hint when this node could not serve it."""
+    """The answer to ``request_id``.
+
+    ``status`` is "ok" (``result`` is the state machine's encoded result), "bad_request"
+    (``result`` is the reason, UTF-8), "not_leader" or "busy". When this node could not serve
+    the command, ``leader`` is the node id it believes leads and ``leader_address`` that
+    leader's client address, when its config names it: where to send the command instead.
+    """
 
     request_id: int
     status: str
     result: bytes
     leader: int | None
+    leader_address: str | None = None
 
 
 class QueryRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """A question for the contacted node itself, not for the log: status, a stale read,
-    a range of the log, an operator action (snapshot, drill fault). ``args`` are
-    msgpack-native values; the daemon validates each one it reads."""
+    """A question for the contacted node itself, not for the log: one of the typed admin
+    queries of ``paxosd.net.admin`` (status, a stale read, a range of the log, an operator
+    action such as a membership change)."""
 
     request_id: int
-    query: str
-    args: dict[str, Any]
+    query: AdminQuery
 
 
 class QueryReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The typed answer to the query ``request_id`` (a refusal is an answer too)."""
+
     request_id: int
-    status: str
-    data: dict[str, Any]
+    answer: AdminAnswer
 
 
 ClientBody = ClientRequest | ClientReply | QueryRequest | QueryReply

@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, cast
 
 from paxosd.core.config import CoreConfig
 from paxosd.core.types import NodeId
+from paxosd.net.keyfile import exposure
 
 Durability = Literal["fsync", "unsafe-no-fsync"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -709,14 +710,9 @@ def _load_key_file(r: _Reader, key: str, path: Path, from_credential: bool) -> S
     if not stat.S_ISREG(st.st_mode):
         r.problem(key, f"{shown}: not a regular file")
         return None
-    mode = stat.S_IMODE(st.st_mode)
-    # systemd writes a credential 0400 root-owned and grants the service user read access with
-    # a POSIX ACL, and stat() then reports the ACL mask as the group bits: 0440. The credential
-    # directory is private to the service, so only the "others" bits mean exposure there.
-    exposed = mode & (0o007 if from_credential else 0o077)
-    if exposed:
-        what = "readable" if mode & 0o044 else "writable" if mode & 0o022 else "accessible"
-        r.problem(key, f"{shown}: mode {mode:04o} is {what} by group/others; chmod 600 it")
+    exposed = exposure(st.st_mode, from_credential=from_credential)
+    if exposed is not None:
+        r.problem(key, f"{shown}: {exposed}; chmod 600 it")
         return None
     try:
         with path.open("rb") as f:

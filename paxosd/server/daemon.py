@@ -22,6 +22,35 @@ import typer
 from paxosd.core.io import ChangeMembership, TransferLeadership
 from paxosd.core.membership import ChangeKind, MembershipChange
 from paxosd.core.types import Membership, NodeId
+from paxosd.net.admin import (
+    AdminAnswer,
+    AdminQuery,
+    BadQuery,
+    Busy,
+    ChangeMember,
+    Decided,
+    LogPage,
+    LogRow,
+    MemberInfo,
+    Members,
+    MembersReply,
+    OutcomeUnknown,
+    Partition,
+    Partitioned,
+    PeerLink,
+    ReadStale,
+    Recovery,
+    Refused,
+    Snapshot,
+    SnapshotChunk,
+    SnapshotRead,
+    SnapshotTaken,
+    StaleRead,
+    Status,
+    StatusReply,
+    Transfer,
+    ViewLog,
+)
 from paxosd.net.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.net.transport import ClientServer, PeerTransport
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
@@ -213,15 +242,15 @@ class Daemon:
             waiting = self._admin_waiting.pop(res.token, None)
             if waiting is None:
                 continue
-            status = "ok" if res.ok else "unknown" if res.unknown else "refused"
-            data: dict[str, Any] = {
-                "detail": res.detail,
-                "slot": res.slot,
-                "node_id": self.config.node_id,
-            }
-            if not res.ok:
-                data["error"] = f"{status}: {res.detail}"
-            self.clients.reply(waiting[0], QueryReply(waiting[1], status, data))
+            answer: AdminAnswer
+            if res.ok:
+                answer = Decided(node_id=self.config.node_id, slot=res.slot, detail=res.detail)
+            elif res.unknown:
+                answer = OutcomeUnknown(res.detail)
+            else:
+                leads = node.replica.is_leader
+                answer = Refused(res.detail, not_leader=not leads, leader=node.replica.leader_hint)
+            self.clients.reply(waiting[0], QueryReply(waiting[1], answer))
         node.admin_results.clear()
 
     def _turn(self) -> None:
@@ -231,7 +260,7 @@ class Daemon:
         if node.replies:
             # One write per client connection per turn, whatever it was answered.
             self.clients.reply_many(
-                (r.conn_id, ClientReply(r.request_id, r.status, r.result, r.leader))
+                (r.conn_id, _client_reply(r.request_id, r.status, r.result, r.leader))
                 for r in node.replies
             )
             if self.metrics is not None:
@@ -266,144 +295,153 @@ class Daemon:
         match body:
             case ClientRequest(request_id=rid, command=command):
                 self.node.on_client_command(conn_id, rid, command)
-            case QueryRequest(request_id=rid, query=query, args=args):
+            case QueryRequest(request_id=rid, query=ChangeMember() | Transfer() as query):
+                self._admin(conn_id, rid, query)
+            case QueryRequest(request_id=rid, query=query):
                 try:
-                    if query in ("member_change", "leader_transfer"):
-                        self._admin(conn_id, rid, query, args)
-                        return
-                    status, data = self._query(query, args)
-                except (BadCommand, ValueError, KeyError, TypeError) as e:
-                    status, data = "bad_request", {"error": str(e)}
-                self.clients.reply(conn_id, QueryReply(rid, status, data))
+                    answer = self._query(query)
+                except (BadCommand, ValueError) as e:
+                    answer = BadQuery(str(e))
+                self.clients.reply(conn_id, QueryReply(rid, answer))
             case _:
                 log.warning("unexpected client frame", conn=conn_id, kind=type(body).__name__)
 
-    def _admin(self, conn_id: int, rid: int, query: str, args: dict[str, Any]) -> None:
+    def _admin(self, conn_id: int, rid: int, query: ChangeMember | Transfer) -> None:
         """Hand a membership change or leader transfer to the core; the answer comes from
         _turn when the core has decided (or refused) it."""
         if len(self._admin_waiting) >= ADMIN_WAITING_MAX:
-            self.clients.reply(conn_id, QueryReply(rid, "busy", {"error": "too many requests"}))
+            self.clients.reply(conn_id, QueryReply(rid, Busy("too many requests waiting")))
             return
-        if query == "member_change":
-            kind = ChangeKind(str(args["kind"]))
-            address = str(args.get("address") or "")
-            problem = parse_address(address) if address else None
-            if isinstance(problem, str):
-                raise ValueError(f"bad address {address!r}: {problem}")
-            event: ChangeMembership | TransferLeadership = ChangeMembership(
-                0, MembershipChange(kind, NodeId(int(args["node"])), address)
-            )
-        else:
-            target = args.get("target")
-            event = TransferLeadership(0, None if target is None else NodeId(int(target)))
         token = next(self._admin_tokens)
-        self._admin_waiting[token] = (conn_id, rid)
-        if isinstance(event, ChangeMembership):
-            self.node.replica.step(ChangeMembership(token, event.change))
-        else:
-            self.node.replica.step(TransferLeadership(token, event.target))
+        match query:
+            case ChangeMember(kind=kind, node=member, address=address):
+                problem = parse_address(address) if address else None
+                if isinstance(problem, str):
+                    answer = BadQuery(f"bad address {address!r}: {problem}")
+                    self.clients.reply(conn_id, QueryReply(rid, answer))
+                    return
+                change = MembershipChange(ChangeKind(kind), NodeId(member), address)
+                self._admin_waiting[token] = (conn_id, rid)
+                self.node.replica.step(ChangeMembership(token, change))
+            case Transfer(target=target):
+                self._admin_waiting[token] = (conn_id, rid)
+                to = None if target is None else NodeId(target)
+                self.node.replica.step(TransferLeadership(token, to))
 
-    def _query(self, query: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _query(self, query: AdminQuery) -> AdminAnswer:
+        """Answer a question about this member. Raises ValueError for arguments that make no
+        sense here (the caller answers BadQuery)."""
         node = self.node
-        if query == "status":
-            data = node.status()
-            data["peers"] = {
-                str(k): {
-                    "connected": s.connected,
-                    "frames_sent": s.frames_sent,
-                    "frames_received": s.frames_received,
-                }
-                for k, s in self.peers.stats().items()
-            }
-            data["uptime_s"] = round((now_ms() - self.started_ms) / 1000, 1)
-            data["recovery"] = node.recovery
-            # paxosctl status's "last contact": how long ago the leader last heard each peer.
-            r = node.replica
-            acks = r.peer_last_ack_ms if r.is_leader else {}
-            data["peer_last_ack_ms_ago"] = {str(p): r.now_ms - t for p, t in acks.items()}
-            return "ok", data
-        if query == "read_stale":
-            status, result = node.stale_read(bytes(args["command"]))
-            return status, {
-                "result": result,
-                "applied_index": node.sm.applied_through,
-                "node_id": self.config.node_id,
-            }
-        if query == "members":
-            stats = self.peers.stats()
-            cfg = self.config
-            r = node.replica
-            peer_addresses = self.peers.peers()
-            members: list[dict[str, Any]] = []
-            for member in r.membership.members:
-                n = NodeId(member.node)
-                me = n == cfg.node_id
-                dialled = peer_addresses.get(n)
-                dialled_text = f"{dialled[0]}:{dialled[1]}" if dialled else None
-                members.append(
-                    {
-                        "node_id": n,
-                        "role": "voter" if member.voter else "learner",
-                        "peer_address": str(cfg.peer_address)
-                        if me
-                        else (member.address or dialled_text),
-                        "client_address": str(cfg.client_address) if me else None,
-                        "connected": True if me else (n in stats and stats[n].connected),
-                        "decided_lag": None
-                        if not r.is_leader or me or (told := r.peer_decided(n)) is None
-                        else max(0, r.decided_through - told),
-                    }
+        cfg = self.config
+        match query:
+            case Status():
+                return self._status()
+            case ReadStale(command=command):
+                status, result = node.stale_read(command)
+                if status != "ok":
+                    return BadQuery(result.decode(errors="replace"))
+                return StaleRead(cfg.node_id, node.sm.applied_through, result)
+            case Members():
+                return self._members()
+            case ViewLog(first=first, last=last, limit=limit):
+                node.flush_decided()  # the log as decided so far, not as last written
+                hi = node.replica.decided_through if last is None else last
+                # Clamped both ways: read_log asserts 1 <= limit, and a client must not crash us.
+                rows = node.storage.read_log(first, hi, max(1, min(limit, VIEW_LOG_ROWS_MAX)))
+                kept = node.recent_results
+                return LogPage(
+                    node_id=cfg.node_id,
+                    rows=[
+                        LogRow(
+                            row.slot,
+                            "decided" if row.kind == "decided" else "accepted",
+                            None if row.ballot is None else str(row.ballot),
+                            list(row.value),
+                        )
+                        for row in rows
+                    ],
+                    results={
+                        row.slot: list(kept[row.slot])
+                        for row in rows
+                        if row.kind == "decided" and row.slot in kept
+                    },
+                    log_start=node.replica.log_start,
+                    decided_index=node.replica.decided_through,
                 )
-            return "ok", {
-                "node_id": cfg.node_id,
-                "leader": r.leader_hint,
-                "epoch": r.membership.epoch,
-                "decided_index": r.decided_through,
-                "members": members,
-            }
-        if query == "view_log":
-            node.flush_decided()  # the log as decided so far, not as last written
-            lo = int(args.get("from", 1))
-            hi = int(args.get("to", node.replica.decided_through))
-            # Clamped both ways: read_log asserts 1 <= limit, and a client must not crash us.
-            limit = max(1, min(int(args.get("limit", 100)), VIEW_LOG_ROWS_MAX))
-            rows = node.storage.read_log(lo, hi, limit)
-            return "ok", {
-                "rows": [
-                    {
-                        "slot": row.slot,
-                        "kind": row.kind,
-                        "ballot": None if row.ballot is None else str(row.ballot),
-                        "value": list(row.value),
-                    }
-                    for row in rows
-                ],
-                "results": {
-                    str(row.slot): node.recent_results[row.slot]
-                    for row in rows
-                    if row.kind == "decided" and row.slot in node.recent_results
-                },
-                "log_start": node.replica.log_start,
-                "decided_index": node.replica.decided_through,
-                "node_id": self.config.node_id,
-            }
-        if query == "snapshot":
-            slot = node.take_snapshot()
-            return "ok", {"snapshot_index": slot, "node_id": self.config.node_id}
-        if query == "snapshot_read":
-            # paxosctl snapshot save: one chunk of this node's snapshot, for a backup.
-            from paxosd.storage.backup import serve_snapshot_read
+            case Snapshot():
+                return SnapshotTaken(cfg.node_id, node.take_snapshot())
+            case SnapshotRead(offset=offset, slot=slot, chunk_bytes=chunk_bytes):
+                # paxosctl snapshot save: one chunk of this node's snapshot, for a backup.
+                from paxosd.storage.backup import serve_snapshot_read
 
-            cfg = self.config
-            return "ok", serve_snapshot_read(
-                node, args, node_id=cfg.node_id, cluster_id=cfg.cluster_id
+                args: dict[str, Any] = {"offset": offset, "slot": slot}
+                if chunk_bytes is not None:
+                    args["chunk_bytes"] = chunk_bytes
+                chunk = serve_snapshot_read(
+                    node, args, node_id=cfg.node_id, cluster_id=cfg.cluster_id
+                )
+                return SnapshotChunk(**chunk)
+            case Partition(peer=peer, on=on):
+                # Drill hook: authenticated by the client key like every request.
+                self.peers.set_partitioned(NodeId(peer), on)
+                return Partitioned(peer, on)
+            case ChangeMember() | Transfer():
+                raise AssertionError("admin changes are answered by _admin")
+
+    def _status(self) -> StatusReply:
+        node = self.node
+        r = node.replica
+        acks = r.peer_last_ack_ms if r.is_leader else {}
+        recovery: dict[str, Any] = dict(node.recovery)
+        data: dict[str, Any] = node.status() | {
+            "peers": {
+                str(k): PeerLink(s.connected, s.frames_sent, s.frames_received)
+                for k, s in self.peers.stats().items()
+            },
+            "uptime_s": round((now_ms() - self.started_ms) / 1000, 1),
+            "recovery": Recovery(**recovery),
+            # paxosctl status's "last contact": how long ago the leader last heard each peer.
+            "peer_last_ack_ms_ago": {str(p): r.now_ms - t for p, t in acks.items()},
+        }
+        return StatusReply(**data)
+
+    def _members(self) -> MembersReply:
+        stats = self.peers.stats()
+        cfg = self.config
+        r = self.node.replica
+        peer_addresses = self.peers.peers()
+        members: list[MemberInfo] = []
+        for member in r.membership.members:
+            n = NodeId(member.node)
+            me = n == cfg.node_id
+            dialled = peer_addresses.get(n)
+            dialled_text = f"{dialled[0]}:{dialled[1]}" if dialled else None
+            told = None if not r.is_leader or me else r.peer_decided(n)
+            members.append(
+                MemberInfo(
+                    node_id=n,
+                    role="voter" if member.voter else "learner",
+                    peer_address=str(cfg.peer_address) if me else (member.address or dialled_text),
+                    client_address=str(cfg.client_address) if me else None,
+                    connected=True if me else (n in stats and stats[n].connected),
+                    decided_lag=None if told is None else max(0, r.decided_through - told),
+                )
             )
-        if query == "partition":
-            # Drill hook: authenticated by the client key like every request.
-            peer = NodeId(int(args["peer"]))
-            self.peers.set_partitioned(peer, bool(args["on"]))
-            return "ok", {"peer": peer, "partitioned": bool(args["on"])}
-        return "bad_request", {"error": f"unknown query {query!r}"}
+        return MembersReply(
+            node_id=cfg.node_id,
+            leader=r.leader_hint,
+            epoch=r.membership.epoch,
+            decided_index=r.decided_through,
+            members=members,
+        )
+
+
+def _client_reply(request_id: int, status: str, result: bytes, leader: int | None) -> ClientReply:
+    """The node's reply tuple as a frame. A redirect's address travels in its own field."""
+    if status in ("not_leader", "busy"):
+        address = result.decode("utf-8", errors="replace") or None
+        return ClientReply(request_id, status, b"", leader, address)
+    return ClientReply(request_id, status, result, leader)
 
 
 def run_command(

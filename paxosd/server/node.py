@@ -56,7 +56,7 @@ TICK_MS = 10
 # view_log shows each command's result for recent slots (results are not logged: every
 # replica computes the same ones when it applies, so each keeps its own recent few). Bounded
 # by slots, by commands (a slot holds up to batch_commands_max of them) and by result bytes
-# (a result read through the log can be a 4 MiB page), whichever binds first.
+# (a scan or view result can be a 4 MiB page), whichever binds first.
 RECENT_RESULTS_SLOTS_MAX = 10_000
 RECENT_RESULTS_COMMANDS_MAX = 100_000
 RECENT_RESULTS_BYTES_MAX = 8 << 20

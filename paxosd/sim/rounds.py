@@ -1,4 +1,4 @@
-"""The synchronous-rounds experiment of the Paxos labs (seeds 000 and 001), on the real core.
+"""The synchronous-rounds experiment of the Paxos labs, on the real core.
 
 The labs run binary consensus in lockstep rounds: the proposer of round r is node ``r mod N``;
 it broadcasts START, nodes answer JOIN with their highest voted round and value, the proposer

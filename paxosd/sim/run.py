@@ -192,7 +192,7 @@ def _heal(world: World) -> None:
 
 
 def _final_reads(world: World) -> None:
-    """Read every key through the log: an acknowledged write lost by a crash shows up here
+    """Read every key linearizably at the end: an acknowledged write lost by a crash shows up here
     as a read the linearizability checker cannot explain."""
     reader = SimClient(index=len(world.clients), client_id="final-reader", site="s1")
     world.clients.append(reader)

@@ -1,4 +1,4 @@
-"""The Basic-Paxos race scenarios of the Paxos labs (seeds 003 and 004), on the real core.
+"""The Basic-Paxos race scenarios of the Paxos labs, on the real core.
 
 Two of the replicas act as proposers: A (node 1) and B (node N), each with a value of its
 own. Every replica is a real ``paxosd.core.replica.Replica``; a scenario is a deterministic

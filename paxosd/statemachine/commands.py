@@ -78,7 +78,7 @@ class Scan(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Block(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """``site`` blocks ``other``: ``other``'s view leaves out ``site``'s posts (seed 002)."""
+    """``site`` blocks ``other``: ``other``'s view leaves out ``site``'s posts."""
 
     site: str
     other: str

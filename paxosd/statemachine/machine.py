@@ -1,4 +1,4 @@
-"""The replicated state machine: a versioned key-value map, the seed-002 block relation and
+"""The replicated state machine: a versioned key-value map, the sites' block relation and
 timeline, and the exactly-once session table.
 
 Every replica applies the same decided slots in the same order, so ``apply`` must be a pure
@@ -6,8 +6,10 @@ function of (state, slot, value): no clock, no randomness, no dependence on set 
 iteration order in anything it returns or keeps. Every bound below evicts or refuses in a way
 that depends only on the applied log, so all replicas evict and refuse identically.
 
-Reads go through the log too (that is what makes them linearizable without leases), so they
-are applied like writes but change nothing except session bookkeeping.
+Reads are linearizable by read-index: the leader confirms it still leads with one heartbeat
+round, then answers from this state once it has applied that far (``query``); reads are not
+written to the log. A read that does reach the log (the simulator sends some that way, to
+check both paths) is applied like a write and changes nothing but session bookkeeping.
 """
 
 import bisect
@@ -367,7 +369,7 @@ class StateMachine:
         return Rows(rows=tuple(rows), more=False)
 
     def _view(self, as_site: str, limit: int) -> Timeline:
-        """Seed 002: a site sees every post except those of the sites that block it, judged
+        """A site sees every post except those of the sites that block it, judged
         by the block relation now (an unblock makes older posts visible again)."""
         blockers = {site for site, other in self._blocks if other == as_site}
         posts: list[Post] = []

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from paxosctl.app import app
+from paxosd.client.client import statuses_json
 from paxosd.lab.localcluster import LocalCluster
 
 # Generous: on a loaded 2-core CI machine a leader election plus catch-up can take seconds.
@@ -46,7 +47,7 @@ class Cli:
         deadline = time.monotonic() + CONVERGE_TIMEOUT_S
         with self.cluster.client(timeout_ms=1000) as c:
             while time.monotonic() < deadline:
-                rows = c.query_each("status")
+                rows = statuses_json(c)
                 if all("error" not in r and r["applied_index"] >= slot for r in rows):
                     return
                 time.sleep(0.05)

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paxosd.cli import app as paxosd_app
+from paxosd.client.client import statuses_json
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.storage.backup import BackupError, read_backup
 from paxosd.storage.store import DB_FILENAME
@@ -29,7 +30,7 @@ def converged(cluster: LocalCluster, at_least: int = 0) -> tuple[int, str, list[
     rows: list[dict[str, Any]] = []
     with cluster.client(timeout_ms=1000) as c:
         while time.monotonic() < deadline:
-            rows = c.query_each("status")
+            rows = statuses_json(c)
             if all("error" not in r for r in rows):
                 seen = {(r["applied_index"], r["digest"]) for r in rows}
                 if len(seen) == 1 and rows[0]["applied_index"] >= at_least:

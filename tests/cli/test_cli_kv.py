@@ -96,7 +96,8 @@ def test_cas_mismatch_exits_1_and_changes_nothing(cli: Cli) -> None:
     cli.ok("put", "kv/casm", "a")
     by_value = cli.run("cas", "kv/casm", "b", "--expect-value", "zzz")
     assert by_value.exit_code == 1
-    assert "cas on 'kv/casm' failed: current version 1" in by_value.stderr
+    # The current value and version, rendered as get/put print them.
+    assert "cas on key 'kv/casm': mismatch: current version 1, value a" in by_value.stderr
     assert cli.run("cas", "kv/casm", "b", "--expect-version", "7").exit_code == 1
     assert cli.ok("get", "kv/casm").stdout == "a\n"
 
@@ -141,6 +142,7 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
 def test_a_wrong_client_key_exits_4(cli: Cli, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.key"
     wrong.write_text(secrets.token_hex(32) + "\n")
+    wrong.chmod(0o600)  # a private key, only the wrong one
     for args in (("put", "kv/k", "v"), ("get", "kv/k"), ("status",)):
         result = cli.run(*args, "--key-file", str(wrong))
         assert result.exit_code == 4, (args, result.output)

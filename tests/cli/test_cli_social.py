@@ -1,5 +1,5 @@
-"""Seed 002 through paxosctl on a real cluster: every write records its origin site, and
-``view --as S`` prints the puts in log order except those of the sites blocking S, judged
+"""Sites and the timeline through paxosctl on a real cluster: every write records its origin
+site, and ``view --as S`` prints the puts in log order except those of the sites blocking S, judged
 by the block relation at the time of the view (block, unblock and re-block)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The synchronous-rounds lab (seeds 000/001) on the real core: Agreement and Validity over
+"""The synchronous-rounds lab on the real core: Agreement and Validity over
 many seeds and crash probabilities, the lab's round/ballot mapping, and planted bugs that the
 checks must catch (so they are not vacuous)."""
 

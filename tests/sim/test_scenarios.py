@@ -1,4 +1,4 @@
-"""The Basic-Paxos race scenarios (seeds 003/004) on the real core: each one's chosen value,
+"""The Basic-Paxos race scenarios of the Paxos labs on the real core: each one's chosen value,
 the livelock and its cure, and planted bugs that make a scenario fail (so the checks bite)."""
 
 from __future__ import annotations

@@ -1,0 +1,79 @@
+"""The errors the client raises, one class per thing a caller can do about it.
+
+paxosctl maps them to exit codes (not found / mismatch 1, bad request 2, unavailable 3, auth
+4), and a program catches them the same way: ``NotFoundError`` means the key is absent,
+``UnavailableError`` that the cluster could not be reached (and says whether a write may
+still have happened), ``AuthError`` that the client key is wrong.
+"""
+
+from __future__ import annotations
+
+from paxosd.statemachine.commands import CasMismatch
+
+
+class ClientError(Exception):
+    """Base of every error this client raises; ``str(e)`` is one line meant for people."""
+
+
+class NotFoundError(ClientError):
+    """The key is absent (a read, or a delete that found nothing to delete)."""
+
+
+class CasMismatchError(ClientError):
+    """A compare-and-swap whose expectation did not hold; nothing changed. ``result`` holds
+    the key's current value and version, so the caller can retry with the new expectation."""
+
+    def __init__(self, message: str, result: CasMismatch) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class UnavailableError(ClientError):
+    """No node answered in time, or none could reach a quorum.
+
+    ``outcome_unknown`` is True when a write was sent and no answer came back: it may still
+    be applied (exactly once; retrying with the same client is safe). It is False for
+    reads (a read changes nothing) and for writes that never left this process.
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class AuthError(ClientError):
+    """The client key was refused (or the endpoint is not a paxosd client port)."""
+
+
+class BadRequestError(ClientError):
+    """The request itself is wrong (bad endpoint, bad arguments, a refused command):
+    retrying it unchanged cannot succeed."""
+
+
+class KeyFileError(BadRequestError):
+    """The client key file cannot be used: missing, not hex, too short, or readable by
+    others (a key others can read is already compromised: refused, as ssh does)."""
+
+
+class RefusedError(ClientError):
+    """An administrative request the cluster understood and declined, with its reason
+    (e.g. "node 4 is already a member"). Nothing changed. ``not_leader``: the member asked
+    does not lead; ``leader`` is the one it believes does (None during an election)."""
+
+    def __init__(self, reason: str, *, not_leader: bool = False, leader: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.not_leader = not_leader
+        self.leader = leader
+
+
+__all__ = [
+    "AuthError",
+    "BadRequestError",
+    "CasMismatchError",
+    "ClientError",
+    "KeyFileError",
+    "NotFoundError",
+    "RefusedError",
+    "UnavailableError",
+]
