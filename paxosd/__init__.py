@@ -1,3 +1,145 @@
-"""paxosd: a persistent, replicated key-value store on multi-Paxos."""
+"""paxosd: a persistent, replicated key-value store on multi-Paxos.
+
+The Python API, for programs that talk to a cluster::
+
+    from paxosd import Client, NotFoundError
+
+    with Client([("127.0.0.1", 7101)], client_key) as c:
+        c.put("greeting", b"hello")
+        print(c.get("greeting").value)
+
+The names below are exported lazily (PEP 562): ``import paxosd`` or ``import paxosd.core``
+does not load the client, the transport or the crypto stack; the first use of
+``paxosd.Client`` does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    # Connecting and running commands.
+    "Client": "paxosd.client.client",
+    "Pipeline": "paxosd.client.pipeline",
+    "Session": "paxosd.client.pipeline",
+    "read_key_file": "paxosd.client.connection",
+    "parse_endpoint": "paxosd.client.routing",
+    # Errors: one class per thing a caller can do about it.
+    "ClientError": "paxosd.client.errors",
+    "NotFoundError": "paxosd.client.errors",
+    "CasMismatchError": "paxosd.client.errors",
+    "UnavailableError": "paxosd.client.errors",
+    "AuthError": "paxosd.client.errors",
+    "BadRequestError": "paxosd.client.errors",
+    "KeyFileError": "paxosd.client.errors",
+    "RefusedError": "paxosd.client.errors",
+    # Results of commands.
+    "Written": "paxosd.statemachine.commands",
+    "Found": "paxosd.statemachine.commands",
+    "NotFound": "paxosd.statemachine.commands",
+    "Deleted": "paxosd.statemachine.commands",
+    "CasMismatch": "paxosd.statemachine.commands",
+    "Row": "paxosd.statemachine.commands",
+    "Rows": "paxosd.statemachine.commands",
+    "Changed": "paxosd.statemachine.commands",
+    "BlockPair": "paxosd.statemachine.commands",
+    "BlockList": "paxosd.statemachine.commands",
+    "Post": "paxosd.statemachine.commands",
+    "Timeline": "paxosd.statemachine.commands",
+    "Result": "paxosd.statemachine.commands",
+    # Commands, for Client.next_command / submit (a retry that keeps its identity).
+    "Put": "paxosd.statemachine.commands",
+    "Get": "paxosd.statemachine.commands",
+    "Delete": "paxosd.statemachine.commands",
+    "Cas": "paxosd.statemachine.commands",
+    "Scan": "paxosd.statemachine.commands",
+}
+
+__all__ = [
+    "AuthError",
+    "BadRequestError",
+    "BlockList",
+    "BlockPair",
+    "Cas",
+    "CasMismatch",
+    "CasMismatchError",
+    "Changed",
+    "Client",
+    "ClientError",
+    "Delete",
+    "Deleted",
+    "Found",
+    "Get",
+    "KeyFileError",
+    "NotFound",
+    "NotFoundError",
+    "Pipeline",
+    "Post",
+    "Put",
+    "RefusedError",
+    "Result",
+    "Row",
+    "Rows",
+    "Scan",
+    "Session",
+    "Timeline",
+    "UnavailableError",
+    "Written",
+    "__version__",
+    "parse_endpoint",
+    "read_key_file",
+]
+
+if TYPE_CHECKING:
+    from paxosd.client.client import Client
+    from paxosd.client.connection import read_key_file
+    from paxosd.client.errors import (
+        AuthError,
+        BadRequestError,
+        CasMismatchError,
+        ClientError,
+        KeyFileError,
+        NotFoundError,
+        RefusedError,
+        UnavailableError,
+    )
+    from paxosd.client.pipeline import Pipeline, Session
+    from paxosd.client.routing import parse_endpoint
+    from paxosd.statemachine.commands import (
+        BlockList,
+        BlockPair,
+        Cas,
+        CasMismatch,
+        Changed,
+        Delete,
+        Deleted,
+        Found,
+        Get,
+        NotFound,
+        Post,
+        Put,
+        Result,
+        Row,
+        Rows,
+        Scan,
+        Timeline,
+        Written,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name on first use (PEP 562), then keep it as a plain attribute."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'paxosd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -48,6 +48,8 @@ class Put(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Get(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Read ``key``: ``Found`` or ``NotFound``."""
+
     key: str
 
 
@@ -131,12 +133,14 @@ class Written(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Found(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A get's answer: the key's value and its version (1 after the first put)."""
+
     value: bytes
     version: _Version
 
 
 class NotFound(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    pass
+    """A get of a key that is absent (``Client.get`` raises ``NotFoundError`` instead)."""
 
 
 class Deleted(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -153,6 +157,8 @@ class CasMismatch(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Row(msgspec.Struct, frozen=True, array_like=True):
+    """One key of a scan, with its value and version."""
+
     key: str
     value: bytes
     version: _Version
