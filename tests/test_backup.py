@@ -307,7 +307,7 @@ def test_the_digest_of_a_snapshot_behind_the_state_machine_is_the_restored_one()
 def test_bad_snapshot_read_arguments_are_a_value_error(args: dict[str, Any]) -> None:
     node = _Node(_machine())
     assert node.take_snapshot() == 6
-    with pytest.raises(ValueError, match="snapshot_read"):
+    with pytest.raises(ValueError, match="snapshot read"):
         _serve(node)(args)
 
 

@@ -292,7 +292,7 @@ class Client:
 
     def status(self, *, node: int | None = None) -> StatusReply:
         """One member's view of the cluster (``node``, or the first that answers)."""
-        return self._ask(Status(), StatusReply, "status", node=node)
+        return self._ask(Status(), StatusReply, "the status query", node=node)
 
     def status_each(self) -> list[tuple[str, StatusReply | str]]:
         """Every endpoint's status, or the reason it did not answer: ``(endpoint, answer)``."""
@@ -300,7 +300,7 @@ class Client:
 
     def members(self, *, node: int | None = None) -> MembersReply:
         """The membership as ``node`` (or the first that answers) knows it."""
-        return self._ask(Members(), MembersReply, "members", node=node)
+        return self._ask(Members(), MembersReply, "the members query", node=node)
 
     def change_member(
         self, kind: str, member: int, address: str = "", *, node: int | None = None
@@ -412,7 +412,7 @@ class Client:
             raise BadRequestError("the server answered a query with a command reply")
         answer = _check(reply.answer)
         if kind is not _ANY_ANSWER and not isinstance(answer, kind):
-            raise BadRequestError(f"the server answered with {type(answer).__name__.lower()}")
+            raise BadRequestError("the server answered a different question (a server bug)")
         return answer  # type: ignore[return-value]
 
     def _connect(self, ep: Endpoint) -> ClientConnection:

@@ -312,7 +312,7 @@ def _run_client(
         problem: str | None = None
         result: object = None
         try:
-            result = client.submit(client.next_command(op))
+            result = client.submit(client.next_command(op), read=read)
         except AuthError as e:
             stats.fatal = str(e)  # every later request would fail the same way
             return
@@ -372,7 +372,7 @@ def _run_pipelined(
             return False
         op, reads[j] = _next_op(spec, rnds[j], value)
         started[j] = t0
-        pipe.submit(sessions[j].next_command(op), j, lane=j)
+        pipe.submit(sessions[j].next_command(op), j, lane=j, read=reads[j])
         return True
 
     try:

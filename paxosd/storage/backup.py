@@ -324,7 +324,7 @@ def _int_arg(args: dict[str, Any], name: str, default: int | None) -> int | None
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"snapshot_read: {name} must be a non-negative integer")
+        raise ValueError(f"snapshot read: {name} must be a non-negative integer")
     return value
 
 
@@ -349,7 +349,7 @@ def serve_snapshot_read(
     chunk = max(1, min(chunk, CHUNK_BYTES_MAX))
     if slot is None:
         if offset != 0:
-            raise ValueError("snapshot_read: an offset past 0 must name its slot")
+            raise ValueError("snapshot read: an offset past 0 must name its slot")
         node.take_snapshot()
     snap = node.replica.snapshot
     if snap is None:
@@ -359,7 +359,7 @@ def serve_snapshot_read(
         return base | {"moved": True}
     total = len(snap.state)
     if offset > total:
-        raise ValueError(f"snapshot_read: offset {offset} is past the end ({total} bytes)")
+        raise ValueError(f"snapshot read: offset {offset} is past the end ({total} bytes)")
     reply = base | {
         "moved": False,
         "offset": offset,
@@ -397,7 +397,7 @@ Query = Callable[[dict[str, Any]], dict[str, Any]]
 def _field(reply: dict[str, Any], name: str, kind: type) -> Any:
     value = reply.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SnapshotStreamError(f"snapshot_read reply has no valid {name!r}")
+        raise SnapshotStreamError(f"a snapshot chunk from the node has no valid {name}")
     return value
 
 
@@ -426,7 +426,7 @@ def fetch_snapshot(
         if not 1 <= total <= STATE_BYTES_MAX:
             raise SnapshotStreamError(f"snapshot of {total} bytes is outside 1..{STATE_BYTES_MAX}")
         if not _DIGEST_RE.fullmatch(digest):
-            raise SnapshotStreamError("snapshot_read reply has a malformed digest")
+            raise SnapshotStreamError("a snapshot chunk from the node has a malformed digest")
         parts: list[bytes] = []
         received = 0
         reply = first
@@ -436,9 +436,9 @@ def fetch_snapshot(
             if reply.get("moved") is True:
                 break
             if _field(reply, "slot", int) != slot or _field(reply, "total", int) != total:
-                raise SnapshotStreamError("snapshot_read reply switched snapshots without saying")
+                raise SnapshotStreamError("the node switched snapshots midway without saying so")
             if _field(reply, "offset", int) != received:
-                raise SnapshotStreamError("snapshot_read reply is for another offset")
+                raise SnapshotStreamError("a snapshot chunk from the node is for another offset")
             data = _field(reply, "data", bytes)
             if len(data) != min(chunk_bytes, total - received):
                 raise SnapshotStreamError(
