@@ -116,12 +116,17 @@ def down(
 
 @app.command("start")
 def start_node(node: int, d: DirOpt = None) -> None:
-    """Start one stopped node (after a kill, for a recovery drill).
+    """Start one stopped node (after a kill, for a recovery drill); returns once it answers.
 
     Example: paxosctl cluster start 2
     """
     cluster = _load(d)
     pid = cluster.start(node)
+    try:
+        cluster.wait_answering(node)  # so that the next command finds it listening
+    except ClientError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
     render.stdout.print(f"node {node} running, pid {pid}", markup=False)
 
 

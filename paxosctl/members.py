@@ -48,11 +48,10 @@ def admin_query(c: Client, query: ChangeMember | Transfer) -> Decided:
     UnavailableError (exit 3)."""
     for attempt in range(3):
         try:
-            return (
-                c.change_member(query.kind, query.node, query.address, node=_leader_id(c))
-                if isinstance(query, ChangeMember)
-                else c.transfer(query.target, node=_leader_id(c))
-            )
+            leader = _leader_id(c)
+            if isinstance(query, ChangeMember):
+                return c.change_member(query.kind, query.node, query.address, node=leader)
+            return c.transfer(query.target, node=leader)
         except RefusedError as e:
             if e.not_leader and attempt < 2:
                 time.sleep(0.3)  # the leader changed between the two questions
@@ -64,9 +63,11 @@ def admin_query(c: Client, query: ChangeMember | Transfer) -> Decided:
 def members_of(c: Client) -> dict[str, Any]:
     """The membership as the leader (else any node) knows it."""
     try:
-        return to_json(c.members(node=_leader_id(c)))  # type: ignore[no-any-return]
+        answer = c.members(node=_leader_id(c))
     except UnavailableError:
-        return to_json(c.members())  # type: ignore[no-any-return]
+        answer = c.members()
+    data: dict[str, Any] = to_json(answer)
+    return data
 
 
 @command_errors

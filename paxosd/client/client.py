@@ -14,7 +14,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from paxosd.client.connection import Lost, open_connection
 from paxosd.client.errors import (
@@ -107,7 +107,7 @@ def gave_up(
     if read:
         outcome = "the read had no effect"
     elif sent:
-        outcome = "a write's outcome is unknown (it may still be applied; retrying is safe)"
+        outcome = "a write's outcome is unknown (it may still be applied)"
     else:
         outcome = "the write was not sent"
     return UnavailableError(f"{what} ({problems}); {outcome}", outcome_unknown=sent and not read)
@@ -303,13 +303,18 @@ class Client:
         return self._ask(Members(), MembersReply, "the members query", node=node)
 
     def change_member(
-        self, kind: str, member: int, address: str = "", *, node: int | None = None
+        self,
+        kind: Literal["add", "promote", "remove"],
+        member: int,
+        address: str = "",
+        *,
+        node: int | None = None,
     ) -> Decided:
         """Add (as a learner, at ``address``), promote or remove ``member``; ask the leader
         (``node``). Raises ``RefusedError`` (with ``not_leader``) when it declines."""
         if kind not in ("add", "promote", "remove"):
             raise BadRequestError(f"membership change {kind!r} is not add, promote or remove")
-        query = ChangeMember(kind, member, address)  # type: ignore[arg-type]
+        query = ChangeMember(kind, member, address)
         return self._ask(query, Decided, "the membership change", node=node)
 
     def transfer(self, target: int | None = None, *, node: int | None = None) -> Decided:

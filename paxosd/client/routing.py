@@ -145,7 +145,12 @@ class Router:
         """A "not_leader" or "busy" answer from ``ep``: the endpoint to try at once, or None
         to back off (no hint, or the hint is ``ep`` itself). ``connect`` opens a connection
         to an endpoint so that its node id is known, and raises to say it could not."""
-        ep.problem = "not the leader" if leader != ep.node_id else "busy"
+        if leader is None:
+            ep.problem = "knows no leader (an election, or no quorum)"
+        elif leader == ep.node_id:
+            ep.problem = "busy"
+        else:
+            ep.problem = f"not the leader (node {leader} is)"
         hinted = self.by_node(leader, connect)
         if hinted is None and leader_address:
             hinted = self.learn(leader_address)

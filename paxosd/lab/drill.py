@@ -102,6 +102,8 @@ KEYS_TOTAL_MAX: Final = 800
 EPOCH_S_MIN: Final = 5.0
 OLD_KEY_READ_FRACTION: Final = 0.06  # gets of earlier epochs' keys: durability across faults
 HISTORY_OPS_MAX: Final = 3_000_000  # workers stop issuing past this (memory bound)
+# After an operation that failed at once (every node refused), a worker pauses this long.
+WORKER_PAUSE_S: Final = 0.05
 
 OP_TIMEOUT_MS: Final = 4000  # longer than an election, so most faults end in "ok", not "unknown"
 STATUS_TIMEOUT_MS: Final = 800
@@ -543,10 +545,12 @@ def run_op(client: Client, op: Op, history: History) -> Entry:
         outcome = "ok"
     except BadRequestError as e:
         error = str(e)
-        after_reply = error.startswith(("undecodable result", "unexpected reply"))
+        after_reply = error.startswith(("undecodable result", "the server answered"))
         outcome = "unknown" if after_reply else "fail"
     except UnavailableError as e:
-        outcome, error = "unknown", str(e)
+        # Certainly not applied when it never left the client (every endpoint refused) or
+        # was a read (no effect); otherwise it may still be applied.
+        outcome, error = ("unknown" if e.outcome_unknown else "fail"), str(e)
     except ClientError as e:
         outcome, error = "unknown", f"{type(e).__name__}: {e}"
     except OSError as e:
@@ -1628,6 +1632,10 @@ class _Drill:
                 self.history.add(e)
                 if e.operation.result is not None:
                     _remember(seen, op, e.operation.result)
+                elif e.operation.outcome == "fail" and e.error:
+                    # With every node down a client fails at once: pause rather than fill
+                    # the history with failures while the faults heal.
+                    self.stop_workers.wait(WORKER_PAUSE_S)
         except Exception as e:  # a worker bug must end the drill's claims, not hide
             self.worker_errors.append(f"worker {i}: {type(e).__name__}: {e}")
         finally:

@@ -171,6 +171,26 @@ class LocalCluster:
     def client(self, **kwargs: Any) -> Client:
         return Client(self.endpoints(), self.client_key(), **kwargs)
 
+    def wait_answering(self, k: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until node ``k`` answers on its client port (recovered and listening): a client
+        fails at once while every endpoint refuses, so a caller that just started the only
+        reachable node waits here, not in its first command. ClientError if ``k`` exits
+        first or does not answer in time."""
+        a = client_address(self.host, self.base_port, k)
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        with Client([(a.host, a.port)], self.client_key(), timeout_ms=1000) as c:
+            while time.monotonic() < deadline:
+                if self.pid(k) is None:
+                    raise ClientError(f"node {k} exited; see {self.log_path(k)}")
+                try:
+                    c.status()
+                    return
+                except ClientError as e:
+                    last = str(e)
+                time.sleep(0.05)
+        raise ClientError(f"node {k} did not answer within {timeout_s:.0f} s ({last})")
+
     def node_ids(self) -> list[int]:
         return [k for k in range(1, self.nodes + 1) if k not in self.removed]
 

@@ -59,6 +59,8 @@ def test_a_survivor_forced_into_a_new_cluster_serves_its_data_and_takes_new_memb
     assert forced.returncode == 0, forced.stderr
     assert "FORCED" in forced.stderr and "only voter" in forced.stderr
     cluster.start(1)
+    # Until it listens every endpoint refuses, and a client fails at once rather than wait.
+    cluster.wait_ready()
     assert ctl(cluster, "put", "after", "yes").returncode == 0
     for i in range(5):
         assert ctl(cluster, "get", f"k{i}").stdout == f"v{i}\n"
