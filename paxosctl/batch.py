@@ -51,8 +51,9 @@ from paxosctl.kv import (
     show_text,
 )
 from paxosctl.social import SPECS as SOCIAL_SPECS
-from paxosd.client.client import BadRequestError, ClientError, Pipeline, Session
-from paxosd.statemachine.commands import Result
+from paxosd.client.client import BadRequestError, ClientError
+from paxosd.client.pipeline import Pipeline, Session
+from paxosd.statemachine.commands import Result, is_read
 
 SPECS: dict[str, Spec] = {**KV_SPECS, **SOCIAL_SPECS}
 IN_FLIGHT_DEFAULT = 128
@@ -108,14 +109,15 @@ class Runner:
         line.session = self.session(line.site)
         self.order.append(line)
         try:
-            command = line.session.next_command(line.spec.build(line.params))
+            op = line.spec.build(line.params)
+            command = line.session.next_command(op)
         except (ClientError, ValueError) as e:
             self.finish(line, e)
             return
         if line.writes is not None:
             self.writing.add(line.writes)
         self.by_number[line.number] = line
-        self.pipe.submit(command, line.number)
+        self.pipe.submit(command, line.number, read=is_read(op))
 
     def finish(self, line: Line, outcome: Result | BaseException) -> None:
         if line.writes is not None:
