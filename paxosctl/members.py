@@ -34,11 +34,18 @@ NodeArg = Annotated[int, typer.Argument(min=1, help="The member's node id.")]
 
 
 def _leader_id(c: Client) -> int:
-    out = status_rows(statuses_json(c))
-    if out["leader"] is None:
+    """The node that leads now. During an election (or right after a transfer) wait for one,
+    as a write would, up to the client's timeout; at once when no node answers at all."""
+    deadline = time.monotonic() + c.timeout_ms / 1000
+    while True:
+        answers = statuses_json(c)
+        out = status_rows(answers)
+        if out["leader"] is not None:
+            return int(out["leader"])
         seen = "; ".join(f"{n['address']}: {n['role']}" for n in out["nodes"])
-        raise UnavailableError(f"no leader right now ({seen})")
-    return int(out["leader"])
+        if time.monotonic() >= deadline or all("error" in a for a in answers):
+            raise UnavailableError(f"no leader right now ({seen})")
+        time.sleep(0.1)
 
 
 def admin_query(c: Client, query: ChangeMember | Transfer) -> Decided:
