@@ -127,7 +127,6 @@ def test_core_config_carries_the_validated_tunables(conf_dir: Path) -> None:
     core = load_config(write_config(conf_dir, doc), env=NO_CREDENTIALS).core_config()
     assert core.node_id == 1 and core.members == (1, 2, 3)
     assert (core.heartbeat_interval_ms, core.election_timeout_ms_min) == (20, 100)
-    assert core.quorum == 2
 
 
 def test_ipv6_addresses_need_brackets() -> None:

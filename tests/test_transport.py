@@ -716,3 +716,56 @@ def test_pending_handshakes_are_bounded(closer: Callable[[Any], Any], key: bytes
         assert read_until_eof(excess) == b""  # closed without a challenge
         until(lambda: bool(events(logs, "handshake_refused")), "refusal logged")
     assert "2 handshakes already pending" in events(logs, "handshake_refused")[0]["reason"]
+
+
+# Back-off far longer than any wait in these tests: only the peer calling can cut it short.
+SLOW_REDIAL = TransportLimits(
+    handshake_timeout_ms=5000, reconnect_delay_ms_min=120_000, reconnect_delay_ms_max=240_000
+)
+
+
+class _NoRedial(PeerTransport):
+    """Planted bug: ignores the peer calling in, so the connector sleeps out its back-off."""
+
+    def _peer_called(self, peer: Any) -> None:
+        pass
+
+
+def _restart_behind_a_long_back_off(
+    closer: Callable[[Any], Any], key: bytes, first: PeerTransport
+) -> PeerTransport:
+    """Node 2 goes away while node 1 is connected to it (node 1's connector then sleeps a
+    back-off of minutes), and comes back on the same address, calling node 1."""
+    second = closer(PeerTransport(node=N2, listen=LOOPBACK, cluster_key=key, limits=SLOW_REDIAL))
+    second.start({N1: first.address})  # refused (node 1 not listening yet): backs off
+    first.start({N2: second.address})  # node 1 calling in brings node 2's connector back
+    roundtrip_ok(first, second, 1)
+    address = second.address
+    second.close()
+    until(lambda: not first.stats()[N2].connected, "node 1 notices node 2 is gone")
+    restarted = closer(PeerTransport(node=N2, listen=address, cluster_key=key, limits=SLOW_REDIAL))
+    restarted.start({N1: first.address})
+    until(lambda: restarted.stats()[N1].connected, "node 2 connects to node 1")
+    return restarted
+
+
+def test_a_peer_that_calls_in_is_dialled_back_at_once(
+    closer: Callable[[Any], Any], key: bytes
+) -> None:
+    first = closer(PeerTransport(node=N1, listen=LOOPBACK, cluster_key=key, limits=SLOW_REDIAL))
+    restarted = _restart_behind_a_long_back_off(closer, key, first)
+    until(lambda: first.stats()[N2].connected, "node 1 dials node 2 back without back-off")
+    roundtrip_ok(first, restarted, 2)
+
+
+def test_planted_no_redial_leaves_the_peer_unreachable_for_the_back_off(
+    closer: Callable[[Any], Any], key: bytes
+) -> None:
+    """The test above can fail: without the redial, node 1 stays disconnected (its back-off
+    is two minutes, the wait two seconds)."""
+    first = closer(_NoRedial(node=N1, listen=LOOPBACK, cluster_key=key, limits=SLOW_REDIAL))
+    _restart_behind_a_long_back_off(closer, key, first)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert not first.stats()[N2].connected
+        time.sleep(0.05)

@@ -89,8 +89,3 @@ class CoreConfig:
             self.message_bytes_max
         ), "batch_bytes_max too big for message_bytes_max"
         assert self.planted_bugs <= PLANTED_BUGS, f"unknown bugs {self.planted_bugs}"
-
-    @property
-    def quorum(self) -> int:
-        """A majority: any two majorities share at least one acceptor."""
-        return len(self.members) // 2 + 1

@@ -13,10 +13,33 @@ from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, Membership
 
 
 class Prepare(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Phase 1a for every slot from ``from_slot`` on (multi-Paxos runs phase 1 once)."""
+    """Phase 1a for every slot from ``from_slot`` on (multi-Paxos runs phase 1 once).
+
+    ``transfer``: the leader asked for this election (leader transfer, or a removed leader
+    handing over), so acceptors answer even though they still hear that leader.
+    """
 
     ballot: Ballot
     from_slot: int
+    transfer: bool = False
+
+
+class PreVote(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Would you promise ``ballot`` if I asked? (etcd's pre-vote.) Binds nobody: a node
+    campaigns for real only once a majority says yes, so a node that merely lost touch (a
+    restart, a pause, a partition of one) cannot raise the ballot and depose a leader the
+    others still hear."""
+
+    ballot: Ballot
+
+
+class PreVoteReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The answer to a PreVote for ``ballot``; ``promised`` lets a refused candidate aim
+    above what the acceptor already promised."""
+
+    ballot: Ballot
+    granted: bool
+    promised: Ballot
 
 
 class PromiseEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -134,6 +157,8 @@ class TimeoutNow(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 Message = (
     Prepare
+    | PreVote
+    | PreVoteReply
     | Promise
     | Nack
     | Accept
@@ -153,6 +178,8 @@ __all__ = [
     "Heartbeat",
     "Message",
     "Nack",
+    "PreVote",
+    "PreVoteReply",
     "Prepare",
     "Promise",
     "PromiseEntry",

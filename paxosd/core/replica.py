@@ -15,6 +15,18 @@ Protocol summary (Paxos Made Simple, section 3, "Implementing a State Machine"):
   that ballot knows the chosen value, and asks for any other decided slot (catch-up).
 - Heartbeats keep followers from campaigning; randomized election timeouts with exponential
   back-off keep two candidates from pre-empting each other forever.
+
+Leader stability (etcd's pre-vote + check-quorum; see ``_on_prevote``):
+- A follower whose timer fires first asks a PreVote: "would you promise this ballot?". It
+  raises its ballot and campaigns only if a majority says yes. Saying yes binds nothing, so
+  the Paxos rules above are untouched; it only decides *whether* to run phase 1.
+- An acceptor says no, and ignores a real Prepare too, while it still hears a live leader
+  (heard within election_timeout_ms_min). So a follower that restarts, stalls or is cut off
+  alone comes back as a follower, not as a usurper. A Prepare marked ``transfer`` (the
+  leader itself asked for the election) is answered regardless.
+- A leader that has not heard from a majority for election_timeout_ms_max steps down
+  (check-quorum), so stickiness cannot keep a cut-off leader in place; its pending
+  read-index reads turn into redirects, never answers.
 """
 
 from __future__ import annotations
@@ -60,11 +72,14 @@ from paxosd.core.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     PromiseEntry,
     SnapshotChunk,
     TimeoutNow,
 )
+from paxosd.core.quorum import has_majority, majority
 from paxosd.core.types import (
     NOOP,
     ZERO_BALLOT,
@@ -127,8 +142,18 @@ class Replica:
         # _rearm_election_timer).
         self._rearm: tuple[int, int] | None = None
 
+        # When (our clock) we last heard the leader we follow (a heartbeat or an accept at a
+        # ballot we had not refused); None since a restart or since we promised someone else.
+        # While it is recent we refuse to help anyone else campaign (see _hears_leader).
+        self._leader_heard_ms: int | None = None
+        # Pre-vote in progress (still a follower): the ballot we would campaign with and the
+        # voters that said they would promise it.
+        self._prevote: tuple[Ballot, set[NodeId]] | None = None
+
         # Candidate state.
         self.ballot: Ballot = ZERO_BALLOT  # our own ballot while candidate or leader
+        # The leader asked for this election (TimeoutNow): our prepares say so.
+        self._campaign_transfer = False
         self._promises: dict[NodeId, Promise] = {}
         self._prepare_targets: set[NodeId] = set()
         self._prepare_from = 0
@@ -255,6 +280,15 @@ class Replica:
                 self._on_change_membership(token, change)
             case TransferLeadership(token=token, target=target):
                 self._on_transfer(token, target)
+
+    def campaign(self) -> None:
+        """Run phase 1 now, skipping pre-vote and marking the prepares ``transfer`` so that
+        acceptors answer even while they hear a leader: a forced election, as a leader
+        transfer target runs. Scripted tests use it to build competing proposers at will.
+        Learners and non-members never campaign."""
+        if self.id in self.voters and self.role is not Role.LEADER:
+            self._step_down(None)
+            self._start_election(transfer=True)
 
     def has_ready(self) -> bool:
         self._flush_proposals()
@@ -694,7 +728,7 @@ class Replica:
                 self._send_prepares()
         elif self.now_ms >= self.election_deadline_ms:
             if self.id in self.voters:
-                self._start_election()
+                self._start_prevote()
             else:
                 self._reset_election_timer()  # learners and non-members never campaign
 
@@ -702,19 +736,73 @@ class Replica:
         """A leader that has not heard from a majority for an election timeout steps down, so
         clients stuck with a partitioned leader are redirected instead of waiting forever."""
         window = self.config.election_timeout_ms_max
-        fresh = (self.id in self.voters) + sum(
-            1
+        fresh = {self.id} | {
+            p
             for p in self.voters
             if p != self.id and self.now_ms - self._last_ack_ms.get(p, 0) < window
-        )
-        if fresh < self.membership.quorum:
+        }
+        if not has_majority(self.voters, fresh):
             self._step_down(None)
 
-    def _start_election(self) -> None:
-        round_ = max(self.promised.round, self.ballot_seen.round) + 1
-        self.ballot = Ballot(round_, self.id)
+    def _hears_leader(self) -> bool:
+        """Whether a live leader still leads, as far as we can tell: we are it (check-quorum
+        bounds how long a cut-off leader believes that), or we heard ours within the shortest
+        election timeout. While it holds we refuse pre-votes and plain prepares: a healthy
+        leader is never deposed by a node that merely lost touch with it."""
+        if self.role is Role.LEADER:
+            return True
+        heard = self._leader_heard_ms
+        return heard is not None and self.now_ms - heard < self.config.election_timeout_ms_min
+
+    def _next_ballot(self) -> Ballot:
+        return Ballot(max(self.promised.round, self.ballot_seen.round) + 1, self.id)
+
+    def _start_prevote(self) -> None:
+        """Ask the voters whether they would promise our next ballot, without raising any
+        ballot (ours included). A majority of yes starts the real election."""
+        ballot = self._next_ballot()
+        self._prevote = (ballot, {self.id})
+        self.leader_hint = None
+        self._reset_election_timer()
+        for p in sorted(self.voters):
+            if p != self.id:
+                self._send(p, PreVote(ballot=ballot))
+        self._maybe_end_prevote()
+
+    def _maybe_end_prevote(self) -> None:
+        if self._prevote is not None and has_majority(self.voters, self._prevote[1]):
+            self._prevote = None
+            self._start_election()
+
+    def _on_prevote(self, src: NodeId, msg: PreVote) -> None:
+        """Say whether we would promise ``msg.ballot``: only above our promise, and only if no
+        leader we hear still leads. Changes nothing here, and nothing is persisted."""
+        if src not in self.voters:
+            return
+        granted = msg.ballot > self.promised and not self._hears_leader()
+        self._send(src, PreVoteReply(ballot=msg.ballot, granted=granted, promised=self.promised))
+
+    def _on_prevote_reply(self, src: NodeId, msg: PreVoteReply) -> None:
+        self._observe(msg.promised)  # a refused candidate aims higher next time
+        if self._prevote is None or msg.ballot != self._prevote[0] or not msg.granted:
+            return
+        self._prevote[1].add(src)
+        self._maybe_end_prevote()
+
+    def _heard_leader(self, src: NodeId) -> None:
+        """A leader we do not refuse spoke to us: we follow it, and stop asking to lead."""
+        self.leader_hint = src
+        self._leader_heard_ms = self.now_ms
+        self._prevote = None
+        self._reset_election_timer()
+
+    def _start_election(self, transfer: bool = False) -> None:
+        self.ballot = self._next_ballot()
         self.role = Role.CANDIDATE
         self.leader_hint = None
+        self._leader_heard_ms = None
+        self._prevote = None
+        self._campaign_transfer = transfer
         self._promise(self.ballot)
         self._prepare_from = self.decided_through + 1
         self._promises = {self.id: self._make_promise(self.ballot, self._prepare_from, False)}
@@ -727,7 +815,12 @@ class Replica:
         self._prepare_sent_ms = self.now_ms
         for p in sorted(self._prepare_targets):
             if p not in self._promises and p != self.id:
-                self._send(p, Prepare(ballot=self.ballot, from_slot=self._prepare_from))
+                self._send(p, self._prepare_message())
+
+    def _prepare_message(self) -> Prepare:
+        return Prepare(
+            ballot=self.ballot, from_slot=self._prepare_from, transfer=self._campaign_transfer
+        )
 
     def _make_promise(self, ballot: Ballot, from_slot: int, capped: bool = True) -> Promise:
         """Our votes and decisions from ``from_slot`` on. The promise to ourselves is never
@@ -770,6 +863,10 @@ class Replica:
         match msg:
             case Prepare():
                 self._on_prepare(src, msg)
+            case PreVote():
+                self._on_prevote(src, msg)
+            case PreVoteReply():
+                self._on_prevote_reply(src, msg)
             case Promise():
                 self._on_promise(src, msg)
             case Nack():
@@ -795,10 +892,19 @@ class Replica:
         if msg.ballot < self.promised:
             self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
             return
+        if msg.ballot > self.promised and not msg.transfer and self._hears_leader():
+            # Stickiness: the leader we hear still leads. Refusing to promise is always safe
+            # (Paxos only constrains what an acceptor does once it promised); silence rather
+            # than a Nack, which would name no higher ballot. A candidate that a majority
+            # stopped hearing gets its promises from that majority.
+            return
         if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
             self._step_down(msg.ballot)
+        if msg.ballot > self.promised:
+            self._leader_heard_ms = None  # we follow the candidate now, not the old leader
         self._promise(msg.ballot)
         self.leader_hint = None
+        self._prevote = None
         self._reset_election_timer()
         self._send(src, self._make_promise(msg.ballot, msg.from_slot))
 
@@ -823,7 +929,7 @@ class Replica:
         membership accepted it, so some promise in that majority reports it (or a later one),
         and values chosen under it were accepted by a majority of it, which we then also ask.
         """
-        if sum(1 for p in self._promises if p in self.voters) < self.membership.quorum:
+        if not has_majority(self.voters, self._promises):
             return
         if self._prepare_from < self.log_start:
             # A snapshot (installed from a peer, or taken after catching up) compacted slots
@@ -858,13 +964,13 @@ class Replica:
                 required.append(m)
         missing = False
         for m in required:
-            if sum(1 for n in self._promises if n in m.voters) < m.quorum:
+            if not has_majority(m.voters, self._promises):
                 missing = True
                 fresh = m.voters - self._prepare_targets
                 if fresh:
                     self._prepare_targets |= fresh
                     for n in sorted(fresh - {self.id}):
-                        self._send(n, Prepare(ballot=self.ballot, from_slot=self._prepare_from))
+                        self._send(n, self._prepare_message())
         if missing:
             return
         self.role = Role.LEADER
@@ -936,7 +1042,7 @@ class Replica:
         if voter not in voters:
             return  # a learner's vote: it holds the value, but does not count
         votes.add(voter)
-        needed = 1 if "minority_quorum" in self.config.planted_bugs else len(voters) // 2 + 1
+        needed = 1 if "minority_quorum" in self.config.planted_bugs else majority(len(voters))
         if len(votes) >= needed:
             value = self._proposals[slot]
             self._undecided_total -= self._undecided_bytes.pop(slot)
@@ -999,8 +1105,7 @@ class Replica:
         if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
             self._step_down(msg.ballot)
         self._promise(msg.ballot)
-        self.leader_hint = src
-        self._reset_election_timer()
+        self._heard_leader(src)
         slots: list[int] = []
         for e in msg.entries:
             slots.append(e.slot)
@@ -1081,9 +1186,8 @@ class Replica:
         if self.role is Role.LEADER:
             return  # our own ballot echoed cannot happen; equal ballots mean the same node
         self._observe(msg.ballot)
-        self.leader_hint = src
         self.elections_lost = 0
-        self._reset_election_timer()
+        self._heard_leader(src)
         self._commit_from_leader(msg.ballot, msg.commit_through)
         # An empty Accepted is the heartbeat's ack: it tells the leader a majority still
         # follows it (check-quorum), without voting for anything.
@@ -1364,4 +1468,4 @@ class Replica:
             and msg.ballot.node == src
             and self.id in self.voters
         ):
-            self._start_election()
+            self._start_election(transfer=True)

@@ -11,6 +11,8 @@ from typing import NewType
 
 import msgspec
 
+from paxosd.core.quorum import majority
+
 NodeId = NewType("NodeId", int)
 Slot = NewType("Slot", int)
 
@@ -89,7 +91,7 @@ class Membership(msgspec.Struct, frozen=True, array_like=True):
     @property
     def quorum(self) -> int:
         """A majority of the voters: any two majorities of one membership intersect."""
-        return len(self.voters) // 2 + 1
+        return majority(len(self.voters))
 
     def get(self, node: int) -> Member | None:
         for m in self.members:

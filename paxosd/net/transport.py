@@ -47,7 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from typing import Any, Generic, Self, TypeVar
 
@@ -942,6 +942,9 @@ class _Peer:
     connect_failures: int = 0
     thread: threading.Thread | None = None
     removed: bool = False
+    # Set when the peer has just connected to us (or we stop): the connector dials now
+    # instead of waiting out its back-off. See PeerTransport._peer_called.
+    redial: threading.Event = field(default_factory=threading.Event)
 
 
 class PeerTransport(_Endpoint[Message]):
@@ -1033,6 +1036,7 @@ class PeerTransport(_Endpoint[Message]):
         if peer is None:
             return
         peer.removed = True
+        peer.redial.set()  # the connector may be sleeping out a back-off: let it go
         peer.queue.clear()
         peer.queue.kick()
         for channel in (peer.outbound, peer.inbound):
@@ -1187,7 +1191,20 @@ class PeerTransport(_Endpoint[Message]):
         if previous is not None:
             # The peer reconnected (e.g. it restarted); the old connection is dead or dying.
             previous.close("replaced by a newer connection from the same peer")
+        self._peer_called(peer)
         return channel if self._add_channel(channel) else None
+
+    def _peer_called(self, peer: _Peer) -> None:
+        """The peer just connected to us, so it is up and reachable now: dial it at once
+        instead of sleeping out a back-off that grew while it was down. A restarted follower
+        that hears no leader for a second campaigns; the leader's heartbeats must reach it
+        as soon as it is back, not after the leader's reconnect back-off."""
+        peer.redial.set()
+
+    def close(self) -> None:
+        for peer in list(self._peers.values()):
+            peer.redial.set()  # wake connectors sleeping out a back-off
+        super().close()
 
     def _connect_loop(self, peer: _Peer) -> None:
         limits = self.limits
@@ -1195,6 +1212,9 @@ class PeerTransport(_Endpoint[Message]):
         while not self._stopping.is_set() and not peer.removed:
             channel = self._connect_once(peer)
             if channel is not None:
+                # Connected: a call from the peer from now on (it restarted while this
+                # connection was up) must cut the next back-off short, earlier ones need not.
+                peer.redial.clear()
                 if peer.removed:
                     channel.close("peer removed from the cluster")
                 channel.watch(self._stopping)
@@ -1206,8 +1226,11 @@ class PeerTransport(_Endpoint[Message]):
             if self._stopping.is_set() or peer.removed:
                 return
             # Full jitter in [delay/2, delay]: peers that lost each other at the same moment
-            # do not retry in lockstep.
-            self._stopping.wait(delay_ms * self._rng.uniform(0.5, 1.0) / 1000)
+            # do not retry in lockstep. The peer calling us ends the wait (and the back-off).
+            if peer.redial.wait(delay_ms * self._rng.uniform(0.5, 1.0) / 1000):
+                peer.redial.clear()
+                delay_ms = float(limits.reconnect_delay_ms_min)
+                continue
             delay_ms = min(delay_ms * 2, float(limits.reconnect_delay_ms_max))
 
     def _connect_once(self, peer: _Peer) -> _Channel[Message] | None:

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, DurableState, Outbound, PersistRecord, Received, Tick
+from paxosd.core.io import ClientCommand, DurableState, Outbound, PersistRecord, Received
 from paxosd.core.messages import Accept, Accepted, Message, Nack, Prepare, Promise
+from paxosd.core.quorum import majority
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, Ballot, NodeId, Value
 
@@ -120,7 +121,7 @@ class RoundsResult:
         return self.agreement and self.validity
 
     def summary(self) -> list[str]:
-        quorum = self.nodes // 2 + 1
+        quorum = majority(self.nodes)
         rounds = ", ".join(f"round {r} -> {v}" for r, v in self.decisions) or "none"
         values = sorted({str(v) for _, v in self.decisions})
         agreement = "holds" if self.agreement else f"VIOLATED (decided values {values})"
@@ -146,7 +147,7 @@ class RoundsResult:
         return {
             "experiment": "rounds",
             "nodes": self.nodes,
-            "quorum": self.nodes // 2 + 1,
+            "quorum": majority(self.nodes),
             "crash_probability": self.crash_probability,
             "rounds": self.rounds_run,
             "seed": self.seed,
@@ -273,8 +274,7 @@ class _Rounds:
                 f"  {'(own vote)':<11} {p}        maxVotedRound={own.ballot.round} "
                 f"maxVotedValue={decode(own.value)}   (local to the core, never a message)"
             )
-        prop.election_deadline_ms = prop.now_ms
-        prop.step(Tick(prop.now_ms))
+        prop.campaign()  # the proposer starts its round at will (no pre-vote, no timer)
         assert prop.ballot == Ballot(round_, p), f"ballot {prop.ballot} is not round {round_}"
 
         # Phase 1: START to everyone, JOINs back; the proposer counts its own promise.
@@ -350,7 +350,7 @@ class _Rounds:
 
 def _count(who: list[int], n: int) -> str:
     """The proposer comes first: its own promise and vote are local, never messages."""
-    return f"{', '.join(map(str, who))} ({len(who)} of {n}, quorum {n // 2 + 1})"
+    return f"{', '.join(map(str, who))} ({len(who)} of {n}, quorum {majority(n)})"
 
 
 def _detail(msg: Message) -> str:

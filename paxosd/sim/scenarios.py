@@ -37,6 +37,7 @@ from paxosd.core.messages import (
     Prepare,
     Promise,
 )
+from paxosd.core.quorum import majority
 from paxosd.core.replica import Replica, Role
 from paxosd.core.types import ZERO_BALLOT, Ballot, NodeId, Value
 
@@ -105,7 +106,7 @@ class Stage:
     ) -> None:
         assert NODES_MIN <= nodes <= NODES_MAX, f"nodes must be in {NODES_MIN}..{NODES_MAX}"
         self.n = nodes
-        self.quorum = nodes // 2 + 1
+        self.quorum = majority(nodes)
         self.members = tuple(NodeId(i) for i in range(1, nodes + 1))
         self.a, self.b = self.members[0], self.members[-1]
         self.rng = random.Random(seed)
@@ -209,9 +210,9 @@ class Stage:
         raise AssertionError(f"{self.name(m)} kept producing output")
 
     def campaign(self, m: NodeId) -> None:
-        """Fire ``m``'s election timer now (the schedule, not the clock, picks the moment)."""
-        r = self.replicas[m]
-        r.election_deadline_ms = self.now_ms
+        """Make ``m`` run phase 1 now (the schedule, not the clock, picks the moment): a
+        forced election, so acceptors answer though they may still hear a leader."""
+        self.replicas[m].campaign()
         self.step(m, Tick(self.now_ms))
 
     def propose_own(self, m: NodeId, value: bytes) -> None:

@@ -148,7 +148,14 @@ class Cluster:
         runner.admin_results.clear()
 
     def campaign(self, nid: int) -> None:
-        """Make ``nid``'s election timer fire now, without moving anyone's clock."""
+        """Make ``nid`` run phase 1 now (a forced election: no pre-vote, and acceptors answer
+        though they may still hear a leader), without moving anyone's clock."""
+        self.runners[nid].replica.campaign()
+        self.drain(nid)
+
+    def time_out(self, nid: int) -> None:
+        """Make ``nid``'s election timer fire now (pre-vote first), without moving anyone's
+        clock."""
         r = self.runners[nid].replica
         r.election_deadline_ms = self.now_ms
         self.step(nid, Tick(self.now_ms))
