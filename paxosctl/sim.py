@@ -9,6 +9,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from paxosctl import render
 from paxosd.core.config import PLANTED_BUGS
+from paxosd.sim.elections import (
+    ELECTION_FAULTS,
+    FOLLOWER_FAULTS,
+    ElectionReport,
+    elections_fuzz,
+    run_fault,
+)
 from paxosd.sim.fuzz import FuzzReport, fuzz, replay_command
 from paxosd.sim.rounds import ROUNDS_MAX, run_rounds
 from paxosd.sim.run import FAULT_KINDS, KNOWN_KINDS, OPTIONAL_KINDS, run_seed
@@ -33,11 +40,21 @@ Examples:
 
   paxosctl simulate --seed 42 --trace
 
+  paxosctl simulate --elections --seeds 1000 --nodes 3 --json
+
 Fault kinds: {", ".join(FAULT_KINDS)} (the default), and {", ".join(OPTIONAL_KINDS)}
 when named: an operator adds learners, promotes, removes members (the leader too) and
 transfers leadership while the other faults run. Exit codes: 0 no violation,
 1 a violation (the failing seed and the command that replays it are printed),
 2 usage error.
+
+--elections: elections per fault. Each seed runs, for every fault kind, an
+otherwise healthy cluster with clients, a leader, then ONE fault held longer
+than an election timeout and healed: {", ".join(ELECTION_FAULTS)}. It counts
+elections (ballots won by a new leader) after the fault, per kind, and runs
+the usual checks. A follower-only fault ({", ".join(FOLLOWER_FAULTS)})
+must cost 0 elections, a leader fault at least 1: exit 1 otherwise (the
+seed and the command that replays it are printed). --faults picks kinds.
 
 Experiments from the Paxos labs, on the same replica code (see the README):
 
@@ -112,6 +129,12 @@ def simulate(
     scenario: Annotated[
         str | None, typer.Option(help="Run one Basic-Paxos race scenario (see --list).")
     ] = None,
+    elections: Annotated[
+        bool,
+        typer.Option(
+            "--elections", help="Count elections per fault kind, one fault per run (see above)."
+        ),
+    ] = False,
     list_scenarios: Annotated[
         bool, typer.Option("--list", help="List the race scenarios, one per line.")
     ] = False,
@@ -119,6 +142,11 @@ def simulate(
         str | None, typer.Option(hidden=True, help="Test only: plant a known bug.")
     ] = None,
 ) -> None:
+    if elections:
+        if list_scenarios or scenario is not None or rounds is not None or plant_bug:
+            raise typer.BadParameter("--elections does not combine with the labs or --plant-bug")
+        _elections(faults, seeds, first_seed, seed, nodes or 3, trace, json_out)
+        return
     kinds = _parse_faults(faults)
     bugs: frozenset[str] = frozenset()
     if plant_bug is not None:
@@ -153,6 +181,99 @@ def simulate(
     else:
         _print_report(report)
     raise typer.Exit(render.EXIT_FAILED_CHECK if report.violations else render.EXIT_OK)
+
+
+def _elections(
+    faults: str,
+    seeds: int,
+    first_seed: int,
+    seed: int | None,
+    nodes: int,
+    trace: bool,
+    json_out: bool,
+) -> None:
+    if faults == ",".join(FAULT_KINDS):
+        kinds = ELECTION_FAULTS
+    else:
+        kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
+        bad = [k for k in kinds if k not in ELECTION_FAULTS]
+        if bad or not kinds:
+            raise typer.BadParameter(
+                f"unknown fault kind(s) {', '.join(bad)} for --elections; "
+                f"use {','.join(ELECTION_FAULTS)}"
+            )
+    if seed is not None:
+        if len(kinds) != 1:
+            raise typer.BadParameter("--elections --seed S replays one fault: name it in --faults")
+        run = run_fault(seed, kinds[0], nodes=nodes, trace=trace)
+        report = ElectionReport(nodes=nodes, kinds=kinds, seeds_run=1)
+        report.add(run)
+        if json_out:
+            render.emit_json(report.to_json() | {"trace": run.trace_tail})
+        else:
+            for line in run.trace_tail if trace else run.trace_tail[-40:]:
+                render.stdout.print(line, markup=False)
+            status = "no violation" if run.violation is None else f"VIOLATION {run.violation}"
+            render.stdout.print(
+                f"seed {seed}, {run.kind} on node {run.victim}: {run.elections} election(s); "
+                f"{status}",
+                markup=False,
+            )
+        raise typer.Exit(render.EXIT_OK if report.ok else render.EXIT_FAILED_CHECK)
+    with Progress(
+        TextColumn("[bold]simulate --elections[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=render.stderr,
+        disable=json_out or not render.stderr.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("seeds", total=seeds)
+
+        def progress(r: ElectionReport) -> None:
+            bar.update(task, completed=r.seeds_run)
+
+        report = elections_fuzz(seeds, nodes, kinds, first_seed=first_seed, progress=progress)
+    if json_out:
+        render.emit_json(report.to_json())
+    else:
+        _print_elections(report)
+    raise typer.Exit(render.EXIT_OK if report.ok else render.EXIT_FAILED_CHECK)
+
+
+def _print_elections(r: ElectionReport) -> None:
+    j = r.to_json()
+    per: dict[str, dict[str, object]] = j["elections_per_fault"]  # type: ignore[assignment]
+    render.table(
+        f"simulate --elections: {r.seeds_run} seeds x {len(r.kinds)} fault kinds, "
+        f"{r.nodes} nodes, {j['wall_seconds']} s",
+        ["fault", "faults", "elections", "per fault", "had one", "max", "expect"],
+        [
+            [
+                k,
+                v["faults"],
+                v["elections"],
+                v["elections_per_fault"],
+                v["faults_with_an_election"],
+                v["elections_max"],
+                "0" if k in FOLLOWER_FAULTS else ">= 1",
+            ]
+            for k, v in per.items()
+        ],
+    )
+    for run in (r.failures + r.follower_elections + r.leader_without_election)[:10]:
+        what = (
+            str(run.violation)
+            if run.violation is not None
+            else f"{run.elections} election(s) after {run.kind} on node {run.victim}"
+        )
+        render.error(f"seed {run.seed}, {run.kind}: {what}")
+        render.stderr.print(
+            f"  replay: paxosctl simulate --elections --seed {run.seed} --nodes {r.nodes} "
+            f"--faults {run.kind} --trace",
+            markup=False,
+        )
 
 
 def _fuzz_with_progress(

@@ -185,6 +185,10 @@ class Stats:
 
 
 class World:
+    # The replica code every node runs: a subclass may inject a policy (a planted bug that
+    # a checker must catch). Production code is Replica itself.
+    replica_type: type[Replica] = Replica
+
     def __init__(self, seed: int, options: WorldOptions) -> None:
         self.seed = seed
         self.options = options
@@ -228,7 +232,7 @@ class World:
         )
         node = self.nodes[nid] = SimNode(id=nid, disk=opts.disk_class())
         self._start_runner(
-            node, Replica(self.configs[nid], random.Random(self.rng.getrandbits(64)))
+            node, self.replica_type(self.configs[nid], random.Random(self.rng.getrandbits(64)))
         )
         self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
 
@@ -419,7 +423,7 @@ class World:
         durable = node.disk.recover()
         self._start_runner(
             node,
-            Replica(
+            self.replica_type(
                 self.configs[nid], random.Random(self.rng.getrandbits(64)), durable, self.now_ms
             ),
         )

@@ -159,3 +159,32 @@ def test_simulate_accepts_reconfig_as_a_fault_kind() -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["violations"] == [] and report["faults_injected"]["reconfig"] > 0
+
+
+def test_simulate_elections_reports_elections_per_fault_kind_as_one_json_document() -> None:
+    result = runner.invoke(app, ["simulate", "--elections", "--seeds", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    per = report["elections_per_fault"]
+    assert set(per) == {
+        "follower-restart",
+        "follower-pause",
+        "follower-partition",
+        "leader-kill",
+        "leader-pause",
+    }
+    assert per["follower-restart"] == per["follower-restart"] | {"faults": 2, "elections": 0}
+    assert per["leader-kill"]["elections"] >= 2 and report["violations"] == []
+
+
+def test_simulate_elections_text_and_replay_of_one_seed() -> None:
+    code, out = invoke("--elections", "--seeds", "1", "--faults", "leader-pause")
+    assert code == 0, out
+    assert "leader-pause" in out and "follower-pause" not in out
+    code, out = invoke("--elections", "--seed", "1", "--faults", "follower-pause")
+    assert code == 0, out
+    assert "follower-pause on node" in out and "0 election(s)" in out
+    code, out = invoke("--elections", "--seed", "1")
+    assert code == 2 and "name it in --faults" in out
+    code, out = invoke("--elections", "--faults", "crash")
+    assert code == 2 and "unknown fault kind" in out
