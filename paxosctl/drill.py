@@ -42,7 +42,10 @@ waits for the replicas to converge and checks: a final linearizable read of ever
 history's linearizability (the simulator's checker), every acknowledged write in the decided
 log, no command applied twice, equal digests at equal applied indexes, equal state on every
 replica. Reports ops by outcome, faults by kind and per restart the time to the first
-successful write and to catch up. Exit 1 on any violation; the folder with history.jsonl,
+successful write and to catch up, and elections per fault: each fault is classed by whom it
+hit (kill/leader, pause/follower, ...), and the leader changes seen (polling every node's
+status) until the next fault are charged to it; a follower-only fault should cost none.
+Exit 1 on any violation; the folder with history.jsonl,
 report.json and the node logs is then kept and named.
 
 Faults ({",".join(FAULT_KINDS)}):
@@ -246,6 +249,33 @@ def _print_report(r: dict[str, Any]) -> None:
         + (f" ({len(f['errors'])} could not be set up)" if f["errors"] else ""),
         markup=False,
     )
+    el = r.get("elections")
+    if el and el["by_fault"]:
+        render.table(
+            "elections per fault (leader changes seen after it, until the next fault)",
+            ["fault", "faults", "elections", "per fault", "had one"],
+            [
+                [
+                    k,
+                    v["faults"],
+                    v["elections"],
+                    v["elections_per_fault"],
+                    v["faults_with_an_election"],
+                ]
+                for k, v in el["by_fault"].items()
+            ],
+        )
+        bad = el["follower_faults_with_an_election"]
+        out.print(
+            f"leader changes: {el['leader_changes']}; follower-only faults followed by an "
+            f"election: {len(bad)} (expected 0)"
+            + "".join(
+                f"\n  {x['class']} on {','.join(f'n{k}' for k in x['nodes'])} at "
+                f"{x['start_ms']} ms: {x['elections']}"
+                for x in bad[:10]
+            ),
+            markup=False,
+        )
     rc = r.get("reconfig")
     if rc:
         changes = ", ".join(

@@ -23,13 +23,17 @@ from paxosd.lab.drill import (
     DrillSpec,
     DrillUsageError,
     Entry,
+    FaultEvent,
+    LeaderWatch,
     LogCopy,
     Nodes,
     Workload,
+    attribute_elections,
     check_log,
     diagnose_convergence,
     entry_from_json,
     entry_to_json,
+    follower_faults_with_elections,
     load_history,
     run_drill,
     run_race_local,
@@ -69,6 +73,17 @@ def test_short_drill_with_kill_pause_and_partition_finds_no_violation(tmp_path: 
     assert restarts
     assert all(r["catch_up_ms"] is not None for r in restarts)
     assert not report["kept"] and not Path(str(report["folder"])).exists()
+    # Elections per fault: every fault is classed, a leader kill costs an election, a fault
+    # that hit only followers costs none.
+    el = report["elections"]
+    assert sum(f["faults"] for f in el["by_fault"].values()) == faults["total"]
+    assert el["status_polls"] > 0 and el["leader_changes"] >= 1
+    for cls, f in el["by_fault"].items():
+        if cls == "kill/leader":
+            assert f["faults_with_an_election"] == f["faults"], el
+        if cls.endswith("/follower"):  # a follower fault in a healthy cluster
+            assert f["elections"] == 0, el
+    assert el["follower_faults_with_an_election"] == []
 
 
 def test_drill_catches_a_write_acknowledged_before_it_is_decided(tmp_path: Path) -> None:
@@ -272,3 +287,60 @@ def test_ci_drill_with_membership_changes_and_kills_has_no_violation(tmp_path: P
         assert rc["added"] and rc["removed"], rc
         assert rc["changes"]["promote"].get("ok", 0) >= 1, rc["changes"]
         assert rc["empty_start_refused"] >= 1, rc
+
+
+def _ev(kind: str, start_ms: int, touches_leader: bool | None) -> FaultEvent:
+    return FaultEvent(kind, [1], start_ms, start_ms + 500, touches_leader=touches_leader)
+
+
+def test_elections_are_charged_to_the_fault_in_progress_and_summed_per_class() -> None:
+    events = [
+        _ev("kill", 1000, True),
+        _ev("pause", 3000, False),
+        _ev("kill", 5000, True),
+        _ev("reconfig", 7000, None),
+    ]
+    changes = [
+        (200, (1, 1), 1),  # the initial election: before any fault, nobody's
+        (1400, (2, 2), 2),
+        (5300, (3, 3), 3),
+        (5900, (4, 1), 1),
+    ]
+    figures = attribute_elections(events, changes)
+    assert [ev.elections for ev in events] == [1, 0, 2, 0]
+    assert figures["kill/leader"] == {
+        "faults": 2,
+        "elections": 3,
+        "faults_with_an_election": 2,
+        "elections_per_fault": 1.5,
+    }
+    assert figures["pause/follower"]["elections"] == 0 and "reconfig" in figures
+    assert follower_faults_with_elections(events) == []
+
+
+def test_planted_election_after_a_follower_fault_is_reported() -> None:
+    """The figure can fail: a leader change during a follower's pause is charged to it."""
+    events = [_ev("pause", 1000, False), _ev("kill", 4000, True)]
+    attribute_elections(events, [(1800, (2, 3), 3), (4200, (3, 2), 2)])
+    assert [ev.fault_class for ev in follower_faults_with_elections(events)] == ["pause/follower"]
+
+
+def test_a_follower_fault_while_another_node_is_still_down_is_classed_apart() -> None:
+    degraded = _ev("pause", 1000, False)
+    degraded.healthy = False
+    figures = attribute_elections([degraded], [(1500, (2, 1), 1)])
+    assert list(figures) == ["pause/follower-degraded"]
+    assert follower_faults_with_elections([degraded]) == []
+
+
+def test_the_leader_watch_counts_each_leader_ballot_once() -> None:
+    watch = LeaderWatch.__new__(LeaderWatch)
+    watch.changes, watch._top = [], (0, 0)
+    watch.observe(10, {"role": "follower", "leader": None, "promised": "1.1"})
+    watch.observe(20, {"role": "leader", "leader": 1, "ballot": "1.1"})
+    watch.observe(30, {"role": "follower", "leader": 1, "promised": "1.1"})
+    # A follower that promised a candidate it does not follow yet is no election.
+    watch.observe(40, {"role": "follower", "leader": 1, "promised": "2.3"})
+    watch.observe(50, {"role": "follower", "leader": 3, "promised": "2.3"})
+    watch.observe(60, {"role": "leader", "leader": 1, "ballot": "1.1"})  # stale, lower
+    assert watch.changes == [(20, (1, 1), 1), (50, (2, 3), 3)]

@@ -122,6 +122,8 @@ PAUSE_S: Final = (0.3, 3.0)  # under OP_TIMEOUT_MS: a pause should mostly delay,
 PARTITION_S: Final = (0.5, 4.0)
 SNAPSHOT_BEFORE_KILL_FRACTION: Final = 0.3
 LEADER_VICTIM_FRACTION: Final = 0.5
+LEADER_POLL_S: Final = 0.1  # how often the leader watch asks every node's status
+LEADER_POLL_TIMEOUT_MS: Final = 300  # a paused node must not stall the watch for long
 # Local clusters snapshot often, so kills land near snapshots and catch-up uses them. The
 # retained tail is what the log collector has to copy slots before compaction drops them on
 # every node: ~4 s at the ~1,300 slots/s a 3-node drill decides (2,000 left ~1.5 s, and a
@@ -341,6 +343,18 @@ def _leader(clients: Mapping[int, Client]) -> int | None:
         if s is not None and s.get("role") == "leader":
             return k
     return None
+
+
+def _cluster_view(clients: Mapping[int, Client], voters: Iterable[int]) -> tuple[int | None, bool]:
+    """Who leads, and whether every voter answers and follows that leader (healthy)."""
+    statuses = {k: _status(c) for k, c in clients.items()}
+    leader = next(
+        (k for k, s in statuses.items() if s is not None and s.get("role") == "leader"), None
+    )
+    healthy = leader is not None and all(
+        (s := statuses.get(k)) is not None and s.get("leader") == leader for k in voters
+    )
+    return leader, healthy
 
 
 @contextmanager
@@ -569,6 +583,24 @@ class FaultEvent:
     start_ms: int
     end_ms: int | None = None
     detail: str = ""
+    # Whether the fault hit the node that led when it began (None: nobody was known to lead,
+    # or the fault is not one node's, e.g. reconfig).
+    touches_leader: bool | None = None
+    # Whether, when it began, every voter answered and followed that leader: only then is a
+    # follower fault alone to blame for an election (not a node still recovering from the
+    # previous fault, with which the leader had no live majority left).
+    healthy: bool = True
+    elections: int = 0  # leader changes first seen between this fault and the next
+
+    @property
+    def fault_class(self) -> str:
+        """The kind and whom it hit: "kill/leader", "pause/follower", "killall", ...;
+        "pause/follower-degraded": a follower fault while another node was not yet back."""
+        if self.touches_leader is None:
+            return self.kind
+        if self.touches_leader:
+            return f"{self.kind}/leader"
+        return f"{self.kind}/follower" + ("" if self.healthy else "-degraded")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -577,7 +609,108 @@ class FaultEvent:
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
             "detail": self.detail,
+            "class": self.fault_class,
+            "elections": self.elections,
         }
+
+
+def _parse_ballot(text: object) -> tuple[int, int] | None:
+    """A status ballot ("round.node") as a comparable pair; None if absent or malformed."""
+    if not isinstance(text, str):
+        return None
+    round_, _, node = text.partition(".")
+    try:
+        return int(round_), int(node)
+    except ValueError:
+        return None
+
+
+class LeaderWatch:
+    """Polls every node's status and records each leader ballot the first time any node
+    shows it (the leader itself, or a follower naming it at that ballot): the elections.
+
+    Polling can miss a leader that lasted less than a poll round and that no follower
+    reported; the count is then a lower bound. The daemons' ``leader`` log lines say the
+    same, per node, for a closer look."""
+
+    def __init__(self, nodes: Nodes, clock: Callable[[], int]) -> None:
+        self.nodes = nodes
+        self.clock = clock
+        self.changes: list[tuple[int, tuple[int, int], int]] = []  # (ms, ballot, leader)
+        self.polls = 0
+        self._top: tuple[int, int] = (0, 0)
+        self._stop = threading.Event()
+
+    def observe(self, t_ms: int, status: Mapping[str, Any]) -> None:
+        leader = status.get("leader")
+        if status.get("role") == "leader":
+            ballot = _parse_ballot(status.get("ballot"))
+        elif isinstance(leader, int):
+            ballot = _parse_ballot(status.get("promised"))
+            if ballot is not None and ballot[1] != leader:
+                return  # promised a candidate, not (yet) following a leader at it
+        else:
+            return
+        if ballot is None or ballot <= self._top:
+            return
+        self._top = ballot
+        self.changes.append((t_ms, ballot, ballot[1]))
+
+    def run(self) -> None:
+        generation = -1
+        clients: dict[int, Client] = {}
+        try:
+            while not self._stop.is_set():
+                if self.nodes.generation != generation:
+                    for c in clients.values():
+                        c.close()
+                    generation = self.nodes.generation
+                    clients = self.nodes.node_clients(timeout_ms=LEADER_POLL_TIMEOUT_MS)
+                for c in clients.values():
+                    st = _status(c)
+                    if st is not None:
+                        self.observe(self.clock(), st)
+                self.polls += 1
+                self._stop.wait(LEADER_POLL_S)
+        finally:
+            for c in clients.values():
+                c.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def attribute_elections(
+    events: Sequence[FaultEvent], changes: Sequence[tuple[int, tuple[int, int], int]]
+) -> dict[str, dict[str, Any]]:
+    """Charge each leader change to the fault in progress or last begun when it was first
+    seen (faults run one at a time), and sum per fault class. Changes before the first
+    fault (the initial election) are no fault's."""
+    ordered = sorted(events, key=lambda ev: ev.start_ms)
+    starts = [ev.start_ms for ev in ordered]
+    for ev in ordered:
+        ev.elections = 0
+    for t_ms, _, _ in changes:
+        i = bisect.bisect_right(starts, t_ms) - 1
+        if i >= 0:
+            ordered[i].elections += 1
+    figures: dict[str, dict[str, Any]] = {}
+    for ev in ordered:
+        f = figures.setdefault(
+            ev.fault_class, {"faults": 0, "elections": 0, "faults_with_an_election": 0}
+        )
+        f["faults"] += 1
+        f["elections"] += ev.elections
+        f["faults_with_an_election"] += ev.elections > 0
+    for f in figures.values():
+        f["elections_per_fault"] = round(f["elections"] / f["faults"], 3)
+    return dict(sorted(figures.items()))
+
+
+def follower_faults_with_elections(events: Sequence[FaultEvent]) -> list[FaultEvent]:
+    """Faults that hit only followers of a healthy cluster and yet were followed by a
+    leader change."""
+    return [ev for ev in events if ev.touches_leader is False and ev.healthy and ev.elections > 0]
 
 
 @dataclass(slots=True)
@@ -631,6 +764,7 @@ class FaultInjector:
         self._stop = threading.Event()
         self._watchers: list[threading.Thread] = []
         self._clock: Callable[[], int] = lambda: 0
+        self._healthy = True  # as of the last _victims
         self.reconfig = Reconfig(self)
 
     def run(self, clock: Callable[[], int]) -> None:
@@ -675,7 +809,7 @@ class FaultInjector:
     def _victims(
         self, clients: Mapping[int, Client], ids: list[int], count: int
     ) -> tuple[list[int], int | None]:
-        leader = _leader(clients)
+        leader, self._healthy = _cluster_view(clients, self.nodes.voter_ids)
         # Draw the same numbers whoever leads, so the seed fixes the schedule's shape.
         with_leader = self.rng.random() < LEADER_VICTIM_FRACTION and leader is not None
         others = [k for k in ids if k != leader]
@@ -683,8 +817,18 @@ class FaultInjector:
             return [leader, *self.rng.sample(others, count - 1)], leader
         return self.rng.sample(others, min(count, len(others))), leader
 
-    def _event(self, kind: str, nodes: list[int], detail: str) -> FaultEvent:
-        ev = FaultEvent(kind, sorted(nodes), self._clock(), detail=detail)
+    def _event(
+        self, kind: str, nodes: list[int], detail: str, leader: int | None = None
+    ) -> FaultEvent:
+        touches = None if leader is None else leader in nodes
+        ev = FaultEvent(
+            kind,
+            sorted(nodes),
+            self._clock(),
+            detail=detail,
+            touches_leader=touches,
+            healthy=self._healthy,
+        )
         with self._lock:
             self.events.append(ev)
         self.current = f"{kind} {','.join(f'n{k}' for k in ev.nodes)} {detail}".strip()
@@ -701,7 +845,7 @@ class FaultInjector:
             note = f"from {','.join(f'n{k}' for k in rest)}" + (
                 " (leader isolated)" if leader in side else ""
             )
-            ev = self._event("partition", side, note)
+            ev = self._event("partition", side, note, leader)
             try:
                 for a in side:
                     for b in rest:
@@ -716,7 +860,7 @@ class FaultInjector:
         assert cluster is not None, f"fault {kind} needs processes this drill started"
         if kind == "pause":
             victims, leader = self._victims(clients, ids, 1)
-            ev = self._event("pause", victims, "(leader)" if leader in victims else "")
+            ev = self._event("pause", victims, "(leader)" if leader in victims else "", leader)
             try:
                 cluster.signal(victims[0], signal.SIGSTOP)
                 self._sleep(PAUSE_S)
@@ -734,17 +878,19 @@ class FaultInjector:
                 with suppress(ClientError):
                     clients[victims[0]].snapshot()
                     notes.append(f"right after a snapshot on n{victims[0]}")
-            self._crash("kill", victims, " ".join(notes), KILL_DOWN_S)
+            self._crash("kill", victims, " ".join(notes), KILL_DOWN_S, leader)
             return
         if kind == "killall":
-            self._crash("killall", self.nodes.ids, "every node at once", KILLALL_DOWN_S)
+            self._crash("killall", self.nodes.ids, "every node at once", KILLALL_DOWN_S, None)
             return
         if kind == "reconfig":
             self.reconfig.step()
             return
         if kind == "restart":
             victims, leader = self._victims(clients, ids, 1)
-            ev = self._event("restart", victims, "SIGTERM (leader)" if leader in victims else "")
+            ev = self._event(
+                "restart", victims, "SIGTERM (leader)" if leader in victims else "", leader
+            )
             down = self._clock()
             cluster.stop(victims[0])
             self._start(victims[0], "restart", down)
@@ -752,10 +898,17 @@ class FaultInjector:
             return
         raise AssertionError(f"unhandled fault kind {kind!r}")
 
-    def _crash(self, kind: str, victims: list[int], note: str, down_s: tuple[float, float]) -> None:
+    def _crash(
+        self,
+        kind: str,
+        victims: list[int],
+        note: str,
+        down_s: tuple[float, float],
+        leader: int | None,
+    ) -> None:
         cluster = self.nodes.cluster
         assert cluster is not None
-        ev = self._event(kind, victims, note)
+        ev = self._event(kind, victims, note, leader)
         down = self._clock()
         try:
             # Signal all first, then wait: "at once" means no victim outlives another by a
@@ -1595,6 +1748,7 @@ class _Drill:
         if "reconfig" in spec.faults:
             nodes.spare_ids = 2  # an add and a replace's add before the workers reconnect
         self.worker_seeds = [rng.getrandbits(64) for _ in range(spec.clients)]
+        self.leader_watch = LeaderWatch(nodes, self.history.now_ms)
 
     def _progress(self, phase: str, message: str = "") -> None:
         self.say(
@@ -1651,6 +1805,7 @@ class _Drill:
         collector = LogCollector(nodes, start + 1)
         threads = [
             threading.Thread(target=collector.run, name="drill-log", daemon=True),
+            threading.Thread(target=self.leader_watch.run, name="drill-leaders", daemon=True),
             threading.Thread(
                 target=self.injector.run,
                 args=(self.history.now_ms,),
@@ -1664,7 +1819,7 @@ class _Drill:
         started_ms = self.history.now_ms()
         for t in threads:
             t.start()
-        faults_thread, workers = threads[1], threads[2:]
+        faults_thread, watch_thread, workers = threads[2], threads[1], threads[3:]
         try:
             end = started_ms + spec.duration_s * 1000
             while self.history.now_ms() < end and any(w.is_alive() for w in workers):
@@ -1679,6 +1834,8 @@ class _Drill:
             self.stop_workers.set()
             for w in workers:
                 w.join(spec.op_timeout_ms / 1000 + 10)
+            self.leader_watch.stop()
+            watch_thread.join(10)
         run_ms = self.history.now_ms() - started_ms
         return self._check(collector, run_ms)
 
@@ -1773,6 +1930,8 @@ class _Drill:
             by_kind.setdefault(name, Counter())[e.operation.outcome] += 1
         outcomes = Counter(e.operation.outcome for e in entries)
         restarts = self.injector.restarts
+        watch = self.leader_watch
+        per_class = attribute_elections(self.injector.events, watch.changes)
         leader = [k for k, s in conv.rows.items() if s.get("role") == "leader"]
         some = next(iter(conv.rows.values()), {})
         return {
@@ -1796,6 +1955,17 @@ class _Drill:
                 "by_kind": dict(Counter(ev.kind for ev in self.injector.events)),
                 "errors": self.injector.errors,
                 "events": [ev.as_dict() for ev in self.injector.events],
+            },
+            "elections": {
+                "leader_changes": len(watch.changes),
+                "by_fault": per_class,
+                "follower_faults_with_an_election": [
+                    ev.as_dict() for ev in follower_faults_with_elections(self.injector.events)
+                ],
+                "timeline": [
+                    {"ms": t, "ballot": f"{b[0]}.{b[1]}", "leader": k} for t, b, k in watch.changes
+                ],
+                "status_polls": watch.polls,
             },
             "reconfig": self.injector.reconfig.report() if "reconfig" in spec.faults else None,
             "restarts": [ev.as_dict() for ev in restarts],
