@@ -192,9 +192,8 @@ def _elections(
     trace: bool,
     json_out: bool,
 ) -> None:
-    if faults == ",".join(FAULT_KINDS):
-        kinds = ELECTION_FAULTS
-    else:
+    kinds: tuple[str, ...] = ELECTION_FAULTS
+    if faults != ",".join(FAULT_KINDS):  # the default names the fuzz kinds: use ours
         kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
         bad = [k for k in kinds if k not in ELECTION_FAULTS]
         if bad or not kinds:

@@ -1042,7 +1042,7 @@ class Reconfig:
                 case "crash":
                     victims, leader = self.injector._victims(clients, self.nodes.voter_ids, 1)
                     note = "crash" + (" (leader)" if leader in victims else "")
-                    self.injector._crash("reconfig", victims, note, KILL_DOWN_S)
+                    self.injector._crash("reconfig", victims, note, KILL_DOWN_S, None)
         finally:
             if self.sync():
                 self._in_play.clear()  # settled: removed (and stopped) or still members
