@@ -79,7 +79,7 @@ from paxosd.core.messages import (
     SnapshotChunk,
     TimeoutNow,
 )
-from paxosd.core.quorum import has_majority, majority
+from paxosd.core.quorum import has_majority, majority, nth_highest
 from paxosd.core.types import (
     NOOP,
     ZERO_BALLOT,
@@ -760,6 +760,7 @@ class Replica:
     def _start_prevote(self) -> None:
         """Ask the voters whether they would promise our next ballot, without raising any
         ballot (ours included). A majority of yes starts the real election."""
+        assert self.role is Role.FOLLOWER, "only a follower asks for a pre-vote"
         ballot = self._next_ballot()
         self._prevote = (ballot, {self.id})
         self.leader_hint = None
@@ -771,6 +772,7 @@ class Replica:
 
     def _maybe_end_prevote(self) -> None:
         if self._prevote is not None and has_majority(self.voters, self._prevote[1]):
+            assert self.role is Role.FOLLOWER, "a pre-vote outlived its follower"
             self._prevote = None
             self._start_election()
 
@@ -1336,12 +1338,11 @@ class Replica:
     def _release_reads(self) -> None:
         if not self._pending_reads:
             return
-        acked = sorted((v for p, v in self._read_acked.items() if p in self.voters), reverse=True)
-        needed = self.membership.quorum - 1  # we count ourselves
-        if needed <= 0:
-            confirmed = self._read_seq  # we alone are a majority (one voter)
-        else:
-            confirmed = acked[needed - 1] if len(acked) >= needed else 0
+        # The highest round a majority of voters echoed (we echo every round we send).
+        confirmed = nth_highest(
+            (self._read_seq if p == self.id else self._read_acked.get(p, 0) for p in self.voters),
+            len(self.voters),
+        )
         keep: list[tuple[int, int, int]] = []
         for token, index, seq in self._pending_reads:
             if seq <= confirmed:
