@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from paxosd.core.io import Input, Tick
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, Ballot, NodeId
@@ -58,8 +57,10 @@ class ElectionWorld(World):
         self.elections: list[tuple[int, NodeId, Ballot]] = []
         super().__init__(seed, options)
 
-    def _step(self, node: SimNode, event: Input) -> None:
-        super()._step(node, event)
+    def _drive(self, node: SimNode, first: Callable[[], object] | None = None) -> None:
+        super()._drive(node, first)
+        if not node.up:
+            return
         r = node.replica
         if r.is_leader and r.ballot > self.top_ballot:
             self.top_ballot = r.ballot
@@ -106,7 +107,7 @@ class ElectionWorld(World):
         timer_first = self.rng.random() < 0.5
         self.log(f"n{nid} RESUME ({'timer' if timer_first else 'messages'} first)")
         if timer_first and node.up:
-            self._step(node, Tick(self.now_ms))
+            self._drive(node, node.runner.tick)
         for src, msg in self._held.pop(nid, []):
             super()._deliver(nid, src, msg)
 
@@ -149,11 +150,9 @@ def run_fault(
         faults=NetworkFaults(delay_ms_min=1, delay_ms_max=rng.randint(2, 10)),
         thrifty_accepts=rng.random() < 0.5,
         trace_all=trace,
+        replica_class=replica_type,
     )
-    world_type: type[ElectionWorld] = type(
-        "ElectionWorldWith", (ElectionWorld,), {"replica_type": replica_type}
-    )
-    world = world_type(rng.getrandbits(64), opts)
+    world = ElectionWorld(rng.getrandbits(64), opts)
     violation: Violation | None = None
     victim = NodeId(0)
     fault_ms = 0

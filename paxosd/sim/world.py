@@ -71,6 +71,9 @@ class WorldOptions:
     # unless a test plants a broken one (tests/sim/test_simulator.py).
     runner_class: type[Runner[StateMachine]] = Runner
     disk_class: type[SimDisk] = SimDisk
+    # The core each node runs: Replica, unless a test injects a policy that must be caught
+    # (tests/sim/test_elections.py: campaigning without pre-vote).
+    replica_class: type[Replica] = Replica
     # Membership changes (add learner, promote, remove, leader transfer) while faults run.
     reconfig: bool = False
     members_max: int = 6
@@ -185,10 +188,6 @@ class Stats:
 
 
 class World:
-    # The replica code every node runs: a subclass may inject a policy (a planted bug that
-    # a checker must catch). Production code is Replica itself.
-    replica_type: type[Replica] = Replica
-
     def __init__(self, seed: int, options: WorldOptions) -> None:
         self.seed = seed
         self.options = options
@@ -232,7 +231,7 @@ class World:
         )
         node = self.nodes[nid] = SimNode(id=nid, disk=opts.disk_class())
         self._start_runner(
-            node, self.replica_type(self.configs[nid], random.Random(self.rng.getrandbits(64)))
+            node, opts.replica_class(self.configs[nid], random.Random(self.rng.getrandbits(64)))
         )
         self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
 
@@ -423,7 +422,7 @@ class World:
         durable = node.disk.recover()
         self._start_runner(
             node,
-            self.replica_type(
+            self.options.replica_class(
                 self.configs[nid], random.Random(self.rng.getrandbits(64)), durable, self.now_ms
             ),
         )

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from paxosd.core.io import DurableState, ReadIndex, Received, Tick, TransferLeadership
+from paxosd.core.io import ReadIndex, Received, Tick, TransferLeadership
 from paxosd.core.messages import Heartbeat, Prepare, PreVote, PreVoteReply
 from paxosd.core.quorum import has_majority, majority, nth_highest
 from paxosd.core.replica import Replica, Role
@@ -36,24 +36,17 @@ def make(n: int = 3, eager: bool = False) -> Cluster:
     c = Cluster(n)
     if eager:
         for m in c.members:
-            c.replicas[m] = EagerReplica(c.configs[m], random.Random(m))
+            c._start(m, EagerReplica(c.configs[m], random.Random(m)))
     return c
 
 
 def restart(c: Cluster, nid: int, eager: bool) -> None:
     """The harness's restart, with this test's replica class."""
     c.down.discard(nid)
-    disk = c.disks[nid]  # type: ignore[index]
-    durable = DurableState(
-        promised=disk.promised,
-        accepted=dict(disk.accepted),
-        decided=dict(disk.decided),
-        snapshot=disk.snapshot,
-    )
+    durable = c.sim_disks[nid].recover()
     cls = EagerReplica if eager else Replica
-    c.replicas[NodeId(nid)] = cls(
-        c.configs[NodeId(nid)], random.Random(nid + 100), durable, c.now_ms
-    )
+    c._start(nid, cls(c.configs[NodeId(nid)], random.Random(nid + 100), durable, c.now_ms))
+    c.applied[nid] = []
     c.drain(nid)
 
 
