@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from paxosctl.members import admin_query
+from paxosd.client.client import statuses_json
 from paxosd.lab.localcluster import LocalCluster
+from paxosd.net.admin import Transfer
 
 BOUND_S = 30.0  # liveness bound for each wait; never an assertion about speed
 RESTARTS = 20
@@ -36,7 +38,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 def statuses(c: LocalCluster) -> dict[int, dict[str, Any]]:
     with c.client(timeout_ms=1000) as client:
-        rows = client.query_each("status")
+        rows = statuses_json(client)
     return {int(r["node_id"]): r for r in rows if "error" not in r}
 
 
@@ -127,7 +129,7 @@ def test_planted_leader_change_after_a_restart_is_caught(cluster: LocalCluster) 
                 lambda: statuses(cluster).get(follower, {}).get("leader") is not None,
             )
             with cluster.client(timeout_ms=5000) as c:
-                admin_query(c, "leader_transfer", {"target": follower})
+                admin_query(c, Transfer(follower))
 
     with pytest.raises(AssertionError, match="restart 2"):
         restart_a_follower(cluster, 3, planted=transfer)
