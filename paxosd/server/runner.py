@@ -299,13 +299,10 @@ class Runner(Generic[M]):
         # 0. Accepts and heartbeats go first: the followers' fsyncs overlap with ours.
         if rd.early_messages:
             self.send(rd.early_messages)
-        # The core learned these decisions when it made this Ready: say so before the write,
-        # so that an observer (the simulator's checker) knows every decision a crash in the
-        # middle of the write can leave on disk for a restart to apply.
-        if rd.persist.decided:
-            self.hooks.decided(rd.persist.decided)
         # 1. Durable next: no promise or vote may leave before it is on disk.
         self.persist(rd.persist)
+        if rd.persist.decided:
+            self.hooks.decided(rd.persist.decided)
         # 2. Then send what speaks for our durable state.
         if rd.messages:
             self.send(rd.messages)

@@ -129,8 +129,9 @@ class _SimLink:
 class _CrashingDisk:
     """The node's SimDisk, with the crash-mid-ready fault around each write."""
 
-    def __init__(self, world: World, disk: SimDisk) -> None:
+    def __init__(self, world: World, node: NodeId, disk: SimDisk) -> None:
         self._world = world
+        self._node = node
         self._disk = disk
 
     def write(self, record: PersistRecord, *, sync: bool) -> None:
@@ -140,7 +141,13 @@ class _CrashingDisk:
             raise _PowerCut  # early messages (accepts) left, our own vote never reached disk
         self._disk.write(record, sync=sync)
         if p and w.rng.random() < p:
-            raise _PowerCut  # durable, but nothing sent or applied: what the ordering is for
+            # Durable, but nothing sent or applied: what the ordering is for. The decisions
+            # this write holds stand now (a restart applies them), though the runner never got
+            # to report them; tell the checker here. Not before the write: a decision that
+            # counts this node's own vote is real only once that vote is on disk.
+            for d in record.decided:
+                w.checker.on_decided(self._node, d.slot, d.value)
+            raise _PowerCut
 
 
 class _SimHooks(Hooks):
@@ -240,7 +247,7 @@ class World:
         node.runner = self.options.runner_class(
             replica,
             StateMachine(),
-            disk=_CrashingDisk(self, node.disk),
+            disk=_CrashingDisk(self, node.id, node.disk),
             network=_SimLink(self, node.id),
             clock=_SimClock(self),
             snapshots=SnapshotPolicy(self.options.snapshot_every_entries),

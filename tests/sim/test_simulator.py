@@ -188,9 +188,9 @@ def test_the_faithful_runner_survives_the_seeds_that_catch_the_planted_ones() ->
 def test_a_crash_between_a_decided_write_and_its_report_is_no_false_alarm(
     seed: int, nodes: int
 ) -> None:
-    # In these runs a node crashed after a decided record reached its disk; the restarted node
-    # then applied a decision the checker had not yet been told of (a false "applied-prefix").
-    # The runner reports decisions as the core makes them, before it writes them.
+    # In these runs a node crashed after a decided record reached its disk but before the runner
+    # reported it; the restarted node then applied a decision the checker had not been told of
+    # (a false "applied-prefix"). The simulated disk now reports what such a write made durable.
     kinds = frozenset({*FAULT_KINDS, "reconfig"})
     r = run_seed(seed, nodes=nodes, kinds=kinds)
     assert r.violation is None, replay_command(seed, nodes, tuple(sorted(kinds)))
