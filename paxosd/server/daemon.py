@@ -152,16 +152,21 @@ class Daemon:
 
     def _hand_over_leadership(self) -> None:
         """On SIGTERM a leader hands over first, so a planned restart costs clients a
-        redirect rather than an election timeout. Bounded by one election timeout."""
+        redirect rather than an election timeout. Bounded by one election timeout, and
+        given up once no peer is connected: when the whole cluster stops at once (`paxosctl
+        cluster down`) there is nobody to hand over to, and waiting only delays the stop."""
         node = self.node
         if not node.replica.is_leader or len(node.replica.voters) < 2:
+            return
+        if not self._any_peer_connected():
+            log.info("leadership not handed over", reason="no peer connected")
             return
         node.replica.step(TransferLeadership(next(self._admin_tokens)))
         deadline = now_ms() + self.config.timeouts.election_timeout_ms_max
         poller = select.poll()
         for fd in self.peers.waitables():
             poller.register(fd, select.POLLIN)
-        while node.replica.is_leader and now_ms() < deadline:
+        while node.replica.is_leader and now_ms() < deadline and self._any_peer_connected():
             self._turn()
             poller.poll(TICK_MS)
             for src, msg in self.peers.drain():
@@ -171,6 +176,9 @@ class Daemon:
             "leadership handed over" if not node.replica.is_leader else "leadership kept",
             leader=node.replica.leader_hint,
         )
+
+    def _any_peer_connected(self) -> bool:
+        return any(s.connected for s in self.peers.stats().values())
 
     def _sync_peers(self) -> None:
         """Connect to every member the log names and drop the ones it removed; and keep the
