@@ -367,3 +367,73 @@ def test_a_lone_node_warns_once_and_says_so_when_its_peers_come(tmp_path: Path) 
     # Clients connected (wait_ready, the put) but only the peers' connections are logged.
     connections = [x for x in lines if x["event"] == "connection_established"]
     assert {x["port"] for x in connections} == {"peer"}, connections
+
+
+class _Clock:
+    """Stands in for node.py's ``time``: perf_counter advances ``step`` per call, so every
+    synced write seems to take exactly ``step`` seconds, however busy the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.step = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += self.step
+        return self.now
+
+    monotonic_ns = staticmethod(time.monotonic_ns)
+
+
+def test_slow_synced_writes_are_one_warning_and_one_line_when_fast_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from paxosd.server import node as node_module
+    from paxosd.server.config import load_config
+    from paxosd.statemachine.commands import Command, Put, encode_command
+    from paxosd.tools.initcluster import init_cluster
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream, env={})
+    clock = _Clock()
+    monkeypatch.setattr(node_module, "time", clock)
+    res = init_cluster(tmp_path / "cluster", 1, base_port=24000)
+    cfg = dataclasses.replace(load_config(res.configs[0]), durability="unsafe-no-fsync")
+    n = node_module.Node(cfg, bootstrap=True)
+    try:
+
+        def leading() -> bool:
+            n.on_tick()
+            n.drain()
+            return n.replica.is_leader
+
+        wait_for("a one-member cluster elects itself", leading)
+        seq = 0
+
+        def put() -> None:
+            nonlocal seq
+            seq += 1
+            cmd = Command(client_id="c", seq=seq, site="s", op=Put(key="k", value=b"v"))
+            n.on_client_command(1, seq, encode_command(cmd))
+            n.drain()
+            assert n.replies and n.replies[-1][2] == "ok"
+
+        clock.step = 0.05  # under the 0.1 s threshold
+        put()
+        assert not [x for x in json_lines(stream) if x["event"].startswith("fsync")]
+        clock.step = 0.2
+        for _ in range(5):
+            put()
+        clock.step = 0.001
+        n.slow_write.clear_after_ms = 0  # the quiet period is Condition's, tested above
+        put()
+        put()
+    finally:
+        n.storage.close()
+    lines = json_lines(stream)
+    assert_warned_once(lines, "fsync_slow", "fsync_fast_again")
+    (warning,) = [x for x in lines if x["event"] == "fsync_slow"]
+    assert warning["seconds"] == 0.2 and warning["threshold_s"] == 0.1
+    (cleared,) = [x for x in lines if x["event"] == "fsync_fast_again"]
+    assert cleared["times"] >= 5  # at least one synced write per put
