@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
+from paxosd.client.client import Client
 from paxosd.core.types import NodeId
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.net.transport import ClientConnection, ClientServer, PeerTransport
@@ -437,3 +438,64 @@ def test_slow_synced_writes_are_one_warning_and_one_line_when_fast_again(
     assert warning["seconds"] == 0.2 and warning["threshold_s"] == 0.1
     (cleared,) = [x for x in lines if x["event"] == "fsync_fast_again"]
     assert cleared["times"] >= 5  # at least one synced write per put
+
+
+def test_a_leader_warns_once_when_a_member_reports_another_digest(tmp_path: Path) -> None:
+    """Node 3 is a stand-in on node 3's client port that answers the leader's status
+    questions with the leader's applied index and a wrong digest (a replica that diverged),
+    then with the right one. The leader warns once, however many rounds it asks, and says
+    when the digests agree again."""
+    from multiprocessing.connection import wait
+
+    from paxosd.net.framing import QueryReply, QueryRequest
+    from paxosd.server.digestcheck import DIGESTS_KEPT, DigestHistory
+    from paxosd.tools.initcluster import client_address
+
+    c = LocalCluster.create(tmp_path / "c", 3, durability="unsafe-no-fsync")
+    a = client_address(c.host, c.base_port, 3)
+    fake = ClientServer(node=NodeId(3), listen=(a.host, a.port), client_key=c.client_key())
+    try:
+        c.start(1)
+        c.start(2)
+        leader = int(c.wait_ready(WAIT_S)["node_id"])
+        endpoint = c.endpoints()[leader - 1]
+        with Client([endpoint], c.client_key(), timeout_ms=5000) as client:
+            client.put("k", b"v")
+            (status,) = client.query_each("status")
+        answer = {"node_id": 3, "applied_index": status["applied_index"], "digest": "0" * 64}
+        fake.start()
+        asked = [0]
+
+        def serve_until(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + WAIT_S
+            while not condition():
+                assert time.monotonic() < deadline, f"never happened: {what}"
+                if wait(fake.waitables(), 0.05):
+                    for conn_id, body in fake.drain():
+                        if isinstance(body, QueryRequest) and body.query == "status":
+                            asked[0] += 1
+                            fake.reply(conn_id, QueryReply(body.request_id, "ok", answer))
+
+        serve_until(partial(logged, c, leader, "digest_mismatch", peer=3), "digest_mismatch")
+        seen = asked[0]
+        serve_until(lambda: asked[0] >= seen + 1, "one more round of questions")
+        answer["digest"] = status["digest"]
+        serve_until(partial(logged, c, leader, "digest_match", peer=3), "digest_match")
+    finally:
+        fake.close()
+        c.down()
+    lines = node_lines(c, leader)
+    assert_warned_once(lines, "digest_mismatch", "digest_match", peer=3)
+    (warning,) = [x for x in lines if x["event"] == "digest_mismatch"]
+    assert warning["applied_index"] == status["applied_index"]
+    assert warning["peer_digest"] == "0" * 16
+    # The real follower agrees with its leader.
+    follower = 3 - leader
+    assert not [x for x in lines if x.get("peer") == follower and "digest" in x["event"]]
+    # The history keeps a bounded window, and a restore backwards starts it again.
+    h = DigestHistory(kept=2)
+    for i in range(1, 4):
+        h.record(i, f"d{i}")
+    assert (h.at(1), h.at(2), h.at(3)) == (None, "d2", "d3") and DIGESTS_KEPT > 2
+    h.record(1, "r1")
+    assert (h.at(1), h.at(3)) == ("r1", None)

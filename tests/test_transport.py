@@ -258,8 +258,10 @@ def test_a_flooding_peer_does_not_starve_another(closer: Callable[[Any], Any], k
     ts[N3].send(N1, prepare(-1))
     # Both written to their sockets (so readable at N1) before N1 reads anything.
     until(
-        lambda: ts[N2].stats()[N1].frames_sent >= sent_n2 + len(flood)
-        and ts[N3].stats()[N1].frames_sent >= sent_n3 + 1,
+        lambda: (
+            ts[N2].stats()[N1].frames_sent >= sent_n2 + len(flood)
+            and ts[N3].stats()[N1].frames_sent >= sent_n3 + 1
+        ),
         "the flood and the quiet peer's frame sent",
     )
     got: list[tuple[NodeId, Message]] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import queue
 import select
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ from paxosd.net.admin import (
 from paxosd.net.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.net.transport import ClientServer, PeerTransport
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
+from paxosd.server.digestcheck import DigestHistory, DigestProbe
 from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
 from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
@@ -70,6 +72,8 @@ HEALTH_CHECK_MS = 100
 # No leader for this many election timeouts is a lost quorum: one timeout passes before any
 # election starts, so a single timeout would warn on every ordinary start and leader change.
 NO_LEADER_ELECTION_TIMEOUTS = 2
+# How often a leader compares its members' digests with its own (see digestcheck).
+DIGEST_CHECK_MS = 5000
 
 
 class Daemon:
@@ -109,6 +113,10 @@ class Daemon:
             "quorum_lost", "quorum_restored", after_ms=NO_LEADER_ELECTION_TIMEOUTS * timeout_ms
         )
         self._next_health_ms = 0
+        self._digests = DigestHistory()
+        self._digest_mismatch: dict[NodeId, Condition] = {}
+        self._probe: DigestProbe | None = None
+        self._next_digest_check_ms = 0
 
     def serve(self) -> int:
         cfg = self.config
@@ -120,6 +128,7 @@ class Daemon:
             }
         )
         self.clients.start()
+        self._probe = DigestProbe(self.config.client_key.reveal())
         self._sync_peers()
         install_signal_handlers(self.stop)
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}", f"MAINPID={os.getpid()}")
@@ -162,6 +171,8 @@ class Daemon:
         self._hand_over_leadership()
         self._turn()  # finish what is in flight: persist, send, reply
         self.node.flush_decided()
+        if self._probe is not None:
+            self._probe.close()
         self.peers.close()
         self.clients.close()
         self.node.storage.close()
@@ -288,6 +299,7 @@ class Daemon:
     def _turn(self) -> None:
         node = self.node
         node.drain()
+        self._digests.record(node.sm.applied_through, node.sm.digest())
         self._answer_admin()
         if node.replies:
             # One write per client connection per turn, whatever it was answered.
@@ -348,6 +360,45 @@ class Daemon:
             ballot=f"{r.promised.round}.{r.promised.node}",
             decided=r.decided_through,
         )
+        self._check_digests(now)
+
+    def _check_digests(self, now: int) -> None:
+        """A leader asks its members for their digests now and then (off the loop, see
+        digestcheck) and warns, once per member, when one differs from its own at the
+        same applied index: the replicas have diverged."""
+        r = self.node.replica
+        probe = self._probe
+        if probe is None:
+            return
+        if r.is_leader and now >= self._next_digest_check_ms:
+            self._next_digest_check_ms = now + DIGEST_CHECK_MS
+            me = self.config.node_id
+            targets = {
+                NodeId(m.node): (a.host, a.port)
+                for m in r.membership.members
+                if m.node != me and (a := self.config.clients.get(NodeId(m.node))) is not None
+            }
+            probe.ask(targets)
+        while True:
+            try:
+                peer, applied, digest = probe.results.get_nowait()
+            except queue.Empty:
+                return
+            mine = self._digests.at(applied)
+            if mine is None:
+                continue  # not an index we stopped at, or too long ago: next time
+            cond = self._digest_mismatch.get(peer)
+            if cond is None:
+                cond = Condition("digest_mismatch", "digest_match")
+                self._digest_mismatch[peer] = cond
+            cond.update(
+                digest != mine,
+                now,
+                peer=peer,
+                applied_index=applied,
+                digest=mine[:16],
+                peer_digest=digest[:16],
+            )
 
     def _status_line(self) -> str:
         r = self.node.replica
