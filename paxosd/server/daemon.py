@@ -72,6 +72,9 @@ HEALTH_CHECK_MS = 100
 # No leader for this many election timeouts is a lost quorum: one timeout passes before any
 # election starts, so a single timeout would warn on every ordinary start and leader change.
 NO_LEADER_ELECTION_TIMEOUTS = 2
+# After start, members come up one by one (a rolling restart, `paxosctl cluster up` on a busy
+# machine): a peer not reached yet, or no leader yet, is not a problem until this long.
+START_GRACE_MS = 5000
 # How often a leader compares its members' digests with its own (see digestcheck).
 DIGEST_CHECK_MS = 5000
 
@@ -329,10 +332,14 @@ class Daemon:
     def _check_health(self, now: int) -> None:
         """Warn (once each, see Condition) about a peer unreachable for longer than an
         election timeout and a lost quorum: a leader that has not heard a majority of voters
-        within an election timeout, or no leader for NO_LEADER_ELECTION_TIMEOUTS of them."""
+        within an election timeout, or no leader for NO_LEADER_ELECTION_TIMEOUTS of them.
+        Neither is a problem in the START_GRACE_MS after start while members come up."""
         timeout_ms = self.config.timeouts.election_timeout_ms_max
+        starting = now - self.started_ms < START_GRACE_MS
         stats = self.peers.stats()
         for peer, s in stats.items():
+            if starting and s.connects == 0:
+                continue  # not reached since start: maybe not started yet
             cond = self._peer_unreachable.get(peer)
             if cond is None:
                 cond = Condition("peer_unreachable", "peer_reachable", after_ms=timeout_ms)
@@ -354,7 +361,7 @@ class Daemon:
             bad = r.leader_hint is None
             state = "no leader" if bad else f"node {r.leader_hint} leads"
         self._quorum.update(
-            bad,
+            bad and not (starting and self._known_leader is None),
             now,
             state=state,
             ballot=f"{r.promised.round}.{r.promised.node}",
