@@ -130,3 +130,27 @@ def test_start_waits_until_the_node_serves_and_kill_of_a_stopped_node_fails(
     finally:
         files.down()
     assert files.pid(1) is None and files.pid(2) is None
+
+
+def test_a_bare_pid_file_from_before_identities_still_stops_its_node(files: LocalCluster) -> None:
+    """Pid files written before identities were recorded hold the pid alone: the process is
+    trusted if it runs this node's config (else an upgrade would orphan running nodes). A
+    stand-in with that command line shows it; a bare pid of anything else is refused above."""
+    argv = [sys.executable, "-c", "import time; time.sleep(300)"]
+    argv += ["-m", "paxosd", "run", "--config", str(files.config_path(1))]
+    proc = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while (i := process_identity(proc.pid)) is None or list(i.cmdline) != argv:
+            assert time.monotonic() < deadline, "the stand-in did not start"
+            time.sleep(0.01)
+        (files.root / "n1.pid").write_text(f"{proc.pid}\n")
+        assert files.pid(1) == proc.pid
+        assert files.pid(2) is None  # node 2's pid file is absent
+        (files.root / "n2.pid").write_text(f"{proc.pid}\n")  # not node 2's config
+        assert files.pid(2) is None
+        assert files.kill(1)
+        assert proc.wait(timeout=WAIT_S) == -9
+    finally:
+        proc.kill()
+        proc.wait()

@@ -267,7 +267,15 @@ class LocalCluster:
             text = self._pid_path(k).read_text()
         except OSError:
             return None
-        return ProcessIdentity.parse(text)
+        recorded = ProcessIdentity.parse(text)
+        if recorded is None and text.strip().isdigit():
+            # A bare pid, written before identities were recorded: trusted only if that
+            # process runs this node's config, so that an upgrade does not orphan the nodes.
+            live = process_identity(int(text))
+            tail = ("-m", "paxosd", "run", "--config", str(self.config_path(k)))
+            if live is not None and live.cmdline[-len(tail) :] == tail:
+                return live
+        return recorded
 
     def start(self, k: int, *, env: dict[str, str] | None = None) -> int:
         """Start node ``k`` unless it runs; returns its pid at once (see ``wait_answering``)."""
@@ -400,8 +408,8 @@ class ProcessIdentity:
 
     @classmethod
     def parse(cls, text: str) -> ProcessIdentity | None:
-        """None for anything but a whole record: a bare pid (an older pid file) identifies
-        nothing, so its process counts as not running rather than being trusted."""
+        """None for anything but a whole record (a bare pid, from an older pid file,
+        identifies nothing by itself: see LocalCluster._recorded)."""
         try:
             d = json.loads(text)
             return cls(int(d["pid"]), int(d["start_time"]), tuple(str(a) for a in d["cmdline"]))
