@@ -231,8 +231,8 @@ class Daemon:
             # or waited); the first leader after start, or losing one, is info (a leader that
             # does not come back is the lost quorum warning).
             r = self.node.replica
-            changed = leader is not None and self._known_leader not in (None, leader)
-            (log.warning if changed else log.info)(
+            new_leader = leader is not None and self._known_leader not in (None, leader)
+            (log.warning if new_leader else log.info)(
                 "leader",
                 leader=leader,
                 previous=self._known_leader,

@@ -30,6 +30,7 @@ DIGESTS_KEPT: Final = 4096
 # A question that gets no answer in this long is dropped (the member may be down: that is
 # the peer_unreachable warning, not this check's business).
 QUERY_TIMEOUT_MS: Final = 2000
+CLOSE_WAIT_S: Final = 0.5
 # The client id the probe connects with: any id is admitted; this one reads as "the daemon".
 PROBE_CLIENT_ID: Final = 0
 
@@ -78,9 +79,11 @@ class DigestProbe:
         self._wanted.set()
 
     def close(self) -> None:
+        """Stop the thread; a question in flight is not waited for long (the thread is a
+        daemon thread, and a stopping node must not wait on a member that does not answer)."""
         self._stopping.set()
         self._wanted.set()
-        self._thread.join(QUERY_TIMEOUT_MS / 1000 + 1)
+        self._thread.join(CLOSE_WAIT_S)
 
     def _run(self) -> None:
         conns: dict[NodeId, ClientConnection] = {}
