@@ -45,12 +45,31 @@ def _ports_free(host: str, ports: list[int]) -> bool:
     return True
 
 
+# One cluster's ports: base+K (peers), base+100+K (clients), base+200+K (metrics).
+RANGE_PORTS = 300
+RANDOM_BASE_MIN = 10000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def pick_base_port(nodes: int, host: str = "127.0.0.1", preferred: int = 7100) -> int:
     """A base port whose peer and client ports (base+K, base+100+K) are all free now."""
     # Random ranges after the preferred one, so clusters created at the same moment by
-    # different processes (parallel test runs) rarely race for the same ports.
+    # different processes (parallel test runs) rarely race for the same ports. All below the
+    # kernel's ephemeral range: a port in it can be taken by any outgoing connection on the
+    # machine between now and a node's start, or an add_node later (seen on a busy machine).
     rng = random.Random()
-    candidates = [preferred] + [20000 + 300 * rng.randrange(130) for _ in range(100)]
+    low = min(_ephemeral_low(), 65536 - RANGE_PORTS)
+    slots = max(1, (low - RANGE_PORTS - RANDOM_BASE_MIN) // RANGE_PORTS)
+    candidates = [preferred] + [
+        RANDOM_BASE_MIN + RANGE_PORTS * rng.randrange(slots) for _ in range(100)
+    ]
     for base in candidates:
         ports = [base + k for k in range(1, nodes + 1)] + [
             base + 100 + k for k in range(1, nodes + 1)
