@@ -613,12 +613,12 @@ def run_command(
             cluster_key=cfg.peer_key.reveal(),
         )
     except OSError as e:
-        print(f"paxosd: cannot listen: {e}", file=sys.stderr)
+        fatal(f"paxosd: cannot listen: {e}")
         raise typer.Exit(1) from None
     try:
         node = Node(cfg, bootstrap=bootstrap, network=peers, lock_fd=lock_fd)
     except StorageError as e:
-        print(f"paxosd: {e}", file=sys.stderr)
+        fatal(f"paxosd: {e}")
         raise typer.Exit(1) from None
     try:
         daemon = Daemon(cfg, node, peers)
