@@ -418,7 +418,7 @@ def test_slow_synced_writes_are_one_warning_and_one_line_when_fast_again(
             cmd = Command(client_id="c", seq=seq, site="s", op=Put(key="k", value=b"v"))
             n.on_client_command(1, seq, encode_command(cmd))
             n.drain()
-            assert n.replies and n.replies[-1][2] == "ok"
+            assert n.replies and n.replies[-1].status == "ok"
 
         clock.step = 0.05  # under the 0.1 s threshold
         put()
