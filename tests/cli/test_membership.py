@@ -70,15 +70,31 @@ def _leader(cli: Cli) -> int:
     raise AssertionError("no leader")
 
 
+def _ok_when_led(cli: Cli, *args: str) -> None:
+    """``cli.ok(*args)`` once there is a leader: a node restarted by the test before may
+    still start an election (more often on a busy machine), and "no leader right now" is
+    answered before anything is proposed, so asking again is safe."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        result = cli.run(*args)
+        if result.exit_code == 0:
+            return
+        assert result.exit_code == 3 and "no leader" in result.output, (args, result.output)
+        assert time.monotonic() < deadline, (args, result.output)
+        time.sleep(0.1)
+
+
 def _add_and_promote(cli: Cli) -> int:
     k = cli.cluster.add_node()
     cli.cluster.start(k)
-    cli.ok("member", "add", str(k), cli.cluster.peer_address(k), "--promote", "--wait-s", "30")
+    _ok_when_led(
+        cli, "member", "add", str(k), cli.cluster.peer_address(k), "--promote", "--wait-s", "30"
+    )
     return k
 
 
 def _remove(cli: Cli, k: int) -> None:
-    cli.ok("member", "remove", str(k))
+    _ok_when_led(cli, "member", "remove", str(k))
     cli.cluster.remove_node(k)
 
 
@@ -289,7 +305,7 @@ def _wait_disconnected(cli: Cli, k: int) -> None:
 
 def test_promoting_a_learner_that_is_not_running_is_refused(cli: Cli) -> None:
     k = cli.cluster.add_node()  # configured, never started
-    cli.ok("member", "add", str(k), cli.cluster.peer_address(k))
+    _ok_when_led(cli, "member", "add", str(k), cli.cluster.peer_address(k))
     try:
         refused = cli.run("member", "promote", str(k))
         assert refused.exit_code == 1, refused.output
