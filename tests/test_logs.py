@@ -447,6 +447,9 @@ def test_a_leader_warns_once_when_a_member_reports_another_digest(tmp_path: Path
     when the digests agree again."""
     from multiprocessing.connection import wait
 
+    import msgspec
+
+    from paxosd.net.admin import Status
     from paxosd.net.framing import QueryReply, QueryRequest
     from paxosd.server.digestcheck import DIGESTS_KEPT, DigestHistory
     from paxosd.tools.initcluster import client_address
@@ -461,8 +464,9 @@ def test_a_leader_warns_once_when_a_member_reports_another_digest(tmp_path: Path
         endpoint = c.endpoints()[leader - 1]
         with Client([endpoint], c.client_key(), timeout_ms=5000) as client:
             client.put("k", b"v")
-            (status,) = client.query_each("status")
-        answer = {"node_id": 3, "applied_index": status["applied_index"], "digest": "0" * 64}
+            status = client.status()
+        # The leader's own status, as node 3 with another digest.
+        answer = [msgspec.structs.replace(status, node_id=3, digest="0" * 64)]
         fake.start()
         asked = [0]
 
@@ -472,14 +476,14 @@ def test_a_leader_warns_once_when_a_member_reports_another_digest(tmp_path: Path
                 assert time.monotonic() < deadline, f"never happened: {what}"
                 if wait(fake.waitables(), 0.05):
                     for conn_id, body in fake.drain():
-                        if isinstance(body, QueryRequest) and body.query == "status":
+                        if isinstance(body, QueryRequest) and isinstance(body.query, Status):
                             asked[0] += 1
-                            fake.reply(conn_id, QueryReply(body.request_id, "ok", answer))
+                            fake.reply(conn_id, QueryReply(body.request_id, answer[0]))
 
         serve_until(partial(logged, c, leader, "digest_mismatch", peer=3), "digest_mismatch")
         seen = asked[0]
         serve_until(lambda: asked[0] >= seen + 1, "one more round of questions")
-        answer["digest"] = status["digest"]
+        answer[0] = msgspec.structs.replace(status, node_id=3)
         serve_until(partial(logged, c, leader, "digest_match", peer=3), "digest_match")
     finally:
         fake.close()
@@ -487,7 +491,7 @@ def test_a_leader_warns_once_when_a_member_reports_another_digest(tmp_path: Path
     lines = node_lines(c, leader)
     assert_warned_once(lines, "digest_mismatch", "digest_match", peer=3)
     (warning,) = [x for x in lines if x["event"] == "digest_mismatch"]
-    assert warning["applied_index"] == status["applied_index"]
+    assert warning["applied_index"] == status.applied_index
     assert warning["peer_digest"] == "0" * 16
     # The real follower agrees with its leader.
     follower = 3 - leader

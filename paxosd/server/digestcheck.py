@@ -21,6 +21,7 @@ from collections import OrderedDict
 from typing import Final
 
 from paxosd.core.types import NodeId
+from paxosd.net.admin import Status, StatusReply
 from paxosd.net.framing import QueryReply, QueryRequest
 from paxosd.net.transport import ClientConnection
 
@@ -122,12 +123,13 @@ class DigestProbe:
                 )
                 conns[node] = conn
             rid = next(self._ids)
-            conn.send(QueryRequest(rid, "status", {}))
+            conn.send(QueryRequest(rid, Status()))
             for body in conn.recv(QUERY_TIMEOUT_MS):
                 if isinstance(body, QueryReply) and body.request_id == rid:
-                    if body.status != "ok" or body.data.get("node_id") != node:
+                    answer = body.answer
+                    if not isinstance(answer, StatusReply) or answer.node_id != node:
                         return None
-                    return int(body.data["applied_index"]), str(body.data["digest"])
+                    return answer.applied_index, answer.digest
         except Exception:  # any failure: drop the connection, ask again next round
             stale = conns.pop(node, None)
             if stale is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from paxosd.client.client import Address, Client
 from paxosd.lab.drill import History, Nodes, run_op, wait_converged
+from paxosd.net.admin import StatusReply
 from paxosd.sim import linearizability
 from paxosd.statemachine.commands import Get, Put
 from paxosd.tools.initcluster import client_address
@@ -293,10 +294,10 @@ def _wait_disconnected(cli: Cli, k: int) -> None:
     quiet_ms = 0
     while time.monotonic() < deadline:
         with cli.cluster.client(timeout_ms=1000) as c:
-            rows = c.query_each("status")
-        for row in rows:
-            if row.get("role") == "leader":
-                quiet_ms = int(row.get("peer_last_ack_ms_ago", {}).get(str(k), 0))
+            rows = c.status_each()
+        for _, row in rows:
+            if isinstance(row, StatusReply) and row.role == "leader":
+                quiet_ms = row.peer_last_ack_ms_ago.get(str(k), 0)
         if quiet_ms > ELECTION_TIMEOUT_MS_MAX:
             return
         time.sleep(0.1)
