@@ -98,46 +98,79 @@ def down(
     clean: Annotated[bool, typer.Option(help="Also delete the folder (all data).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Stop every node (SIGTERM); with --clean also delete data, keys and logs.
+    """Stop every node (SIGTERM, all at once); with --clean also delete data, keys and logs.
+
+    Only processes this local cluster started are signalled (see `cluster kill`).
 
     JSON: {"dir", "stopped": true, "removed"}.
 
     Example: paxosctl cluster down --clean
     """
     cluster = _load(d)
-    cluster.down()
+    stopped = cluster.down()
     if clean:
         shutil.rmtree(cluster.root)
     if json_out:
         render.emit_json({"dir": str(cluster.root), "stopped": True, "removed": clean})
         return
-    render.stdout.print(f"stopped{' and removed' if clean else ''}: {cluster.root}", markup=False)
+    what = f"stopped {len(stopped)} running node{'s' if len(stopped) != 1 else ''}"
+    render.stdout.print(f"{what}{' and removed' if clean else ''}: {cluster.root}", markup=False)
+
+
+def _check_node(cluster: LocalCluster, node: int) -> None:
+    if node not in cluster.node_ids():
+        ids = ", ".join(map(str, cluster.node_ids()))
+        render.error(f"no node {node} in the local cluster at {cluster.root} (nodes: {ids})")
+        raise typer.Exit(render.EXIT_USAGE)
 
 
 @app.command("start")
-def start_node(node: int, d: DirOpt = None) -> None:
-    """Start one stopped node (after a kill, for a recovery drill); returns once it answers.
+def start_node(
+    node: int,
+    d: DirOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help="Return once the node answers on its client port.")
+    ] = True,
+) -> None:
+    """Start one stopped node (after a kill, for a recovery drill); returns once it serves.
 
     Example: paxosctl cluster start 2
+
+    Example: paxosctl cluster start 2 --no-wait
     """
     cluster = _load(d)
+    _check_node(cluster, node)
+    running = cluster.pid(node)
+    if running is not None:
+        render.stdout.print(f"node {node} already running, pid {running}", markup=False)
+        return
     pid = cluster.start(node)
-    try:
-        cluster.wait_answering(node)  # so that the next command finds it listening
-    except ClientError as e:
-        render.error(str(e))
-        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
-    render.stdout.print(f"node {node} running, pid {pid}", markup=False)
+    if wait:
+        try:
+            cluster.wait_answering(node)  # so that the next command finds it listening
+        except ClientError as e:
+            render.error(str(e))
+            raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+        render.stdout.print(f"node {node} running, pid {pid}", markup=False)
+    else:
+        render.stdout.print(f"node {node} started, pid {pid}", markup=False)
 
 
 @app.command("kill")
 def kill_node(node: int, d: DirOpt = None) -> None:
-    """SIGKILL one node: the crash of a recovery drill.
+    """SIGKILL one node: the crash of a recovery drill. Exit 1 if it was not running.
+
+    Only a process this local cluster started is signalled: the pid file records the
+    process's start time and command line, and a pid now used by anything else counts as
+    not running.
 
     Example: paxosctl cluster kill 1 && paxosctl put k v2 && paxosctl cluster start 1
     """
     cluster = _load(d)
-    cluster.kill(node)
+    _check_node(cluster, node)
+    if not cluster.kill(node):
+        render.error(f"node {node} is not running")
+        raise typer.Exit(render.EXIT_FAILED_CHECK)
     render.stdout.print(f"node {node} killed (SIGKILL)", markup=False)
 
 

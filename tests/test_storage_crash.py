@@ -7,6 +7,12 @@ it. The test SIGKILLs the writer at a random moment, then checks that the durabl
 exactly the fold of records 1..S or 1..S+1, where S is the last number the writer printed
 (S+1 may have committed just before the kill, after write() returned but before the print).
 
+The kill points are drawn in records, not in milliseconds, so they do not depend on how fast
+the machine is: most lives are killed by the test once the writer has reported a drawn number
+of records (0: as soon as it exists, while it opens the database), which lands the kill in
+whatever the writer does next, usually the middle of a transaction; the rest kill themselves
+right after a drawn record's write() returned and before it is reported, the S+1 case.
+
 Writers are forked from one long-lived helper process, started with ``python -c``, which
 imported everything once: a fresh interpreter per kill would spend ~0.3 s importing, and
 the test must stay short while killing hundreds of times.
@@ -20,7 +26,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from paxosd.core.io import DurableState, PersistRecord
@@ -30,9 +35,10 @@ from paxosd.storage.store import DB_FILENAME, Storage
 CLUSTER = "crash-test"
 NODE = 1
 KILLS = 200
-# The writer is killed this long (uniformly at random) after it was forked: the range covers
-# kills while opening the database, mid-transaction and between transactions.
-KILL_DELAY_MS_MAX = 25
+# The test kills a writer once it has reported 0..KILL_AFTER_RECORDS_MAX records (drawn);
+# one life in SELF_KILL_EVERY kills itself instead, after a drawn record's write.
+KILL_AFTER_RECORDS_MAX = 6
+SELF_KILL_EVERY = 4
 # A writer that is never killed stops after this many records (a bound, not an expectation).
 WRITES_PER_LIFE_MAX = 100_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +61,7 @@ def record_for(seq: int) -> PersistRecord:
 
 
 WRITER_HELPER = """
-import os, sys
+import os, signal, sys
 from pathlib import Path
 import structlog
 from paxosd.storage.store import Storage
@@ -65,14 +71,16 @@ from tests.test_storage_crash import CLUSTER, NODE, WRITES_PER_LIFE_MAX, record_
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 path = Path(sys.argv[1])
-for line in sys.stdin:  # one line per life; ends when the test closes stdin
-    start = int(line)
+for line in sys.stdin:  # one line per life ("START SELF_KILL_AT"); ends when stdin closes
+    start, self_kill_at = map(int, line.split())
     pid = os.fork()
     if pid == 0:
         try:
             storage = Storage.open(path, cluster_id=CLUSTER, node_id=NODE, create=False)
             for seq in range(start, start + WRITES_PER_LIFE_MAX):
                 storage.write(record_for(seq))
+                if seq == self_kill_at:  # committed, not reported
+                    os.kill(os.getpid(), signal.SIGKILL)
                 os.write(1, b"%d\\n" % seq)
         except BaseException as exc:
             os.write(1, ("error " + repr(exc).replace("\\n", " ") + "\\n").encode())
@@ -108,14 +116,20 @@ def test_every_record_reported_durable_survives_kill_9_at_random_moments(tmp_pat
     expected = DurableState(promised=ZERO_BALLOT)  # the fold of records 1..durable
     durable = 0
     kills_mid_run = 0
+    ahead_of_report = 0  # lives whose last write committed but was not reported
     # None: no writer alive; -1: one may be alive whose pid has not been read yet.
     writer: int | None = None
     try:
         for life in range(KILLS):
-            helper.stdin.write(b"%d\n" % (durable + 1))
+            kill_after = rng.randint(0, KILL_AFTER_RECORDS_MAX)
+            self_kill = life % SELF_KILL_EVERY == SELF_KILL_EVERY - 1
+            # 0: never (the test kills it); else the absolute seq of the last record written.
+            self_kill_at = durable + 1 + kill_after if self_kill else 0
+            helper.stdin.write(b"%d %d\n" % (durable + 1, self_kill_at))
             helper.stdin.flush()
             writer = -1
             reported = durable
+            killed = False
             status = None
             # The writer may print before the helper prints its pid: lines come in any order
             # between the two, so each is recognised by its form. Bounded: the writer stops
@@ -125,8 +139,6 @@ def test_every_record_reported_durable_survives_kill_9_at_random_moments(tmp_pat
                 assert line and not line.startswith(b"error"), f"life {life}: {line!r}"
                 if line.startswith(b"pid "):
                     writer = int(line.split()[1])
-                    time.sleep(rng.uniform(0, KILL_DELAY_MS_MAX) / 1000)
-                    os.kill(writer, signal.SIGKILL)
                 elif line.startswith(b"dead "):
                     status = int(line.split()[1])
                     writer = None
@@ -136,6 +148,10 @@ def test_every_record_reported_durable_survives_kill_9_at_random_moments(tmp_pat
                     assert seq == reported + 1, f"writer skipped from {reported} to {seq}"
                     reported = seq
                     expected.apply(record_for(seq))
+                # Kill once the writer is known and has reported the drawn number of records.
+                if not (self_kill or killed) and writer != -1 and reported - durable >= kill_after:
+                    os.kill(writer, signal.SIGKILL)
+                    killed = True
             assert status is not None
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
             kills_mid_run += reported > durable
@@ -155,6 +171,9 @@ def test_every_record_reported_durable_survives_kill_9_at_random_moments(tmp_pat
                 assert loaded == one_more, f"life {life}: state matches neither {reported} nor +1"
                 durable = reported + 1
                 expected = one_more
+                ahead_of_report += 1
+            if self_kill:
+                assert durable == self_kill_at, f"life {life}: a reported write was lost"
     finally:
         if writer is not None:
             # A failed check left a writer running: end the helper's group (ours alone).
@@ -164,5 +183,6 @@ def test_every_record_reported_durable_survives_kill_9_at_random_moments(tmp_pat
         helper.wait(timeout=10)
         helper.stdout.close()
     assert durable > 0
-    # Random delays must have killed writers in the middle of their work, not only at open.
+    # Coverage: kills in the middle of the work, not only at open, and the S+1 case seen.
     assert kills_mid_run > KILLS // 2
+    assert ahead_of_report >= KILLS // SELF_KILL_EVERY

@@ -189,3 +189,58 @@ def test_the_template_reads_its_instance_config_and_owns_its_instance_state_dir(
     # `paxosd init --data-root /var/lib/paxosd` writes data_dir = /var/lib/paxosd/nK, which is
     # exactly the directory this creates for instance nK (and the only one it may write).
     assert values(path, "StateDirectory") == ["paxosd/%i"]
+
+
+DRILL_DROP_IN = UNITS / "drill.conf"
+
+
+def _readme_drop_in() -> str:
+    """The drop-in README's drill section tells an operator to write (its heredoc)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("drill.conf <<'CONF'\n") + len("drill.conf <<'CONF'\n")
+    return text[start : text.index("\nCONF\n", start)] + "\n"
+
+
+def test_the_drill_drop_in_raises_the_start_limit_and_matches_the_readme(tmp_path: Path) -> None:
+    (tmp_path / "readme.conf").write_text(_readme_drop_in())
+    documented = directives(tmp_path / "readme.conf")
+    assert documented == directives(DRILL_DROP_IN)
+    limits = {k: v for _, k, v in documented}
+    assert set(limits) == {"StartLimitIntervalSec", "StartLimitBurst"}
+    assert all(section == "Unit" for section, _, _ in documented)
+    for unit in ("paxosd.service", "paxosd@.service"):
+        (burst,) = values(UNITS / unit, "StartLimitBurst")
+        (interval,) = values(UNITS / unit, "StartLimitIntervalSec")
+        # More starts allowed, and at a lower rate than the units' own limit would stop.
+        assert int(limits["StartLimitBurst"]) > int(burst)
+        assert int(limits["StartLimitBurst"]) / int(limits["StartLimitIntervalSec"]) > int(
+            burst
+        ) / int(interval)
+
+
+def _verify_with_drop_in(units: Path, drop_in: str) -> str:
+    """`systemd-analyze verify` of an instance with ``drop_in`` in paxosd@.service.d/."""
+    (units / "paxosd@.service.d").mkdir(exist_ok=True)
+    (units / "paxosd@.service.d" / "drill.conf").write_text(drop_in)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(units / "paxosd@n1.service")],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+        env=env,
+    )
+    return result.stdout + result.stderr
+
+
+@needs_analyze
+def test_the_drill_drop_in_parses_without_any_warning(units_with_stub: Path) -> None:
+    assert _verify_with_drop_in(units_with_stub, DRILL_DROP_IN.read_text()) == ""
+
+
+@needs_analyze
+def test_verify_does_read_the_drop_in(units_with_stub: Path) -> None:
+    """Proves the check above can fail: a drop-in with a bad value is reported."""
+    out = _verify_with_drop_in(units_with_stub, "[Unit]\nStartLimitBurst=many\n")
+    assert "drill.conf" in out and "many" in out

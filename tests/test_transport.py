@@ -252,9 +252,18 @@ def test_a_flooding_peer_does_not_starve_another(closer: Callable[[Any], Any], k
     roundtrip_ok(ts[N1], ts[N2], 1)
     roundtrip_ok(ts[N1], ts[N3], 1)
     flood = [prepare(i) for i in range(3000)]
+    sent_n2 = ts[N2].stats()[N1].frames_sent
+    sent_n3 = ts[N3].stats()[N1].frames_sent
     ts[N2].send_many([(N1, m) for m in flood])
     ts[N3].send(N1, prepare(-1))
-    time.sleep(0.2)  # let both arrive; not an assertion about time
+    # Both written to their sockets (so readable at N1) before N1 reads anything.
+    until(
+        lambda: (
+            ts[N2].stats()[N1].frames_sent >= sent_n2 + len(flood)
+            and ts[N3].stats()[N1].frames_sent >= sent_n3 + 1
+        ),
+        "the flood and the quiet peer's frame sent",
+    )
     got: list[tuple[NodeId, Message]] = []
     deadline = time.monotonic() + BOUND_S
     while len(got) < len(flood) + 1:

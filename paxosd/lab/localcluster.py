@@ -45,12 +45,31 @@ def _ports_free(host: str, ports: list[int]) -> bool:
     return True
 
 
+# One cluster's ports: base+K (peers), base+100+K (clients), base+200+K (metrics).
+RANGE_PORTS = 300
+RANDOM_BASE_MIN = 10000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def pick_base_port(nodes: int, host: str = "127.0.0.1", preferred: int = 7100) -> int:
     """A base port whose peer and client ports (base+K, base+100+K) are all free now."""
     # Random ranges after the preferred one, so clusters created at the same moment by
-    # different processes (parallel test runs) rarely race for the same ports.
+    # different processes (parallel test runs) rarely race for the same ports. All below the
+    # kernel's ephemeral range: a port in it can be taken by any outgoing connection on the
+    # machine between now and a node's start, or an add_node later (seen on a busy machine).
     rng = random.Random()
-    candidates = [preferred] + [20000 + 300 * rng.randrange(130) for _ in range(100)]
+    low = min(_ephemeral_low(), 65536 - RANGE_PORTS)
+    slots = max(1, (low - RANGE_PORTS - RANDOM_BASE_MIN) // RANGE_PORTS)
+    candidates = [preferred] + [
+        RANDOM_BASE_MIN + RANGE_PORTS * rng.randrange(slots) for _ in range(100)
+    ]
     for base in candidates:
         ports = [base + k for k in range(1, nodes + 1)] + [
             base + 100 + k for k in range(1, nodes + 1)
@@ -243,39 +262,52 @@ class LocalCluster:
     # ------------------------------------------------------------------ processes
 
     def pid(self, k: int) -> int | None:
-        try:
-            pid = int(self._pid_path(k).read_text())
-        except (OSError, ValueError):
+        """Node ``k``'s pid if the process its pid file names is still that node, else None.
+
+        A pid file outlives a crash, and the kernel reuses pids: the number alone may name
+        any process by now. So the file also records the process's start time and command
+        line, and a process that does not match both is "not running" -- never signalled.
+        """
+        recorded = self._recorded(k)
+        if recorded is None:
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        # A zombie (our own dead child) is not running; reap it.
+        pid = recorded.pid
+        # Our own child: poll() reaps it once it has exited.
         child = _CHILDREN.get(pid)
-        if child is not None:
-            if child.poll() is None:
-                return pid
+        if child is not None and child.poll() is not None:
             del _CHILDREN[pid]
             return None
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                return None
-        except ChildProcessError:
-            pass
+        if not _same_process(pid, recorded):
+            return None
         return pid
 
+    def _recorded(self, k: int) -> ProcessIdentity | None:
+        try:
+            text = self._pid_path(k).read_text()
+        except OSError:
+            return None
+        recorded = ProcessIdentity.parse(text)
+        if recorded is None and text.strip().isdigit():
+            # A bare pid, written before identities were recorded: trusted only if that
+            # process runs this node's config, so that an upgrade does not orphan the nodes.
+            live = process_identity(int(text))
+            tail = ("-m", "paxosd", "run", "--config", str(self.config_path(k)))
+            if live is not None and live.cmdline[-len(tail) :] == tail:
+                return live
+        return recorded
+
     def start(self, k: int, *, env: dict[str, str] | None = None) -> int:
+        """Start node ``k`` unless it runs; returns its pid at once (see ``wait_answering``)."""
+        if k not in self.node_ids():
+            raise ValueError(f"no node {k} in this cluster (nodes: {self.node_ids()})")
         running = self.pid(k)
         if running is not None:
             return running
+        argv = [sys.executable, "-m", "paxosd", "run", "--config", str(self.config_path(k))]
         log = open(self.log_path(k), "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "paxosd", "run", "--config", str(self.config_path(k))],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -285,44 +317,56 @@ class LocalCluster:
         finally:
             log.close()
         _CHILDREN[proc.pid] = proc
-        self._pid_path(k).write_text(f"{proc.pid}\n")
+        # The start time is fixed at fork. The command line recorded is the one we ran:
+        # /proc can show an empty one for a moment around the exec.
+        identity = process_identity(proc.pid)
+        start_time = -1 if identity is None else identity.start_time  # -1: already gone
+        self._pid_path(k).write_text(ProcessIdentity(proc.pid, start_time, tuple(argv)).dump())
         return proc.pid
 
     def signal(self, k: int, sig: signal.Signals) -> bool:
+        """Send ``sig`` to node ``k`` if it runs (see ``pid``); False if it does not."""
         pid = self.pid(k)
         if pid is None:
             return False
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
+        return _send_signal(pid, self._recorded(k), sig)
+
+    def kill(self, k: int) -> bool:
+        """SIGKILL: the crash drills' fault. Waits until the process is gone. False if node
+        ``k`` was not running (nothing was signalled)."""
+        pid = self.pid(k)
+        if pid is None or not _send_signal(pid, self._recorded(k), signal.SIGKILL):
             return False
+        self._wait_gone(k, pid, STOP_TIMEOUT_S)
         return True
 
-    def kill(self, k: int) -> None:
-        """SIGKILL: the crash drills' fault. Waits until the process is gone."""
-        pid = self.pid(k)
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGKILL)
-        self._wait_gone(k, pid, STOP_TIMEOUT_S)
+    def stop(self, k: int) -> bool:
+        """SIGTERM, then SIGKILL if it has not exited in time. False if it was not running."""
+        return bool(self._stop_many([k]))
 
-    def stop(self, k: int) -> None:
-        """SIGTERM, then SIGKILL if it has not exited in time."""
-        pid = self.pid(k)
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGCONT)  # a paused node cannot handle SIGTERM
-        os.kill(pid, signal.SIGTERM)
-        if not self._wait_gone(k, pid, STOP_TIMEOUT_S):
-            os.kill(pid, signal.SIGKILL)
-            self._wait_gone(k, pid, STOP_TIMEOUT_S)
+    def _stop_many(self, ks: list[int]) -> list[int]:
+        """SIGTERM all of ``ks`` at once, then wait for all (SIGKILL any still there after
+        STOP_TIMEOUT_S). Returns the nodes that were running."""
+        running: dict[int, int] = {}
+        for k in ks:
+            pid = self.pid(k)
+            recorded = self._recorded(k)
+            # A paused node cannot handle SIGTERM.
+            if pid is not None and _send_signal(pid, recorded, signal.SIGCONT):
+                _send_signal(pid, recorded, signal.SIGTERM)
+                running[k] = pid
+        for k, pid in running.items():
+            if not self._wait_gone(k, pid, STOP_TIMEOUT_S):
+                _send_signal(pid, self._recorded(k), signal.SIGKILL)
+                self._wait_gone(k, pid, STOP_TIMEOUT_S)
+        return list(running)
 
     def _wait_gone(self, k: int, pid: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.pid(k) != pid:
                 return True
-            time.sleep(0.02)
+            time.sleep(0.01)
         return False
 
     def up(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
@@ -331,9 +375,10 @@ class LocalCluster:
             self.start(k)
         return self.wait_ready(timeout_s)
 
-    def down(self) -> None:
-        for k in self.node_ids():
-            self.stop(k)
+    def down(self) -> list[int]:
+        """Stop every node at once; returns the nodes that were running. In parallel, since
+        the nodes' shut-downs are independent (one at a time cost ~2 s a node here)."""
+        return self._stop_many(self.node_ids())
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
         """Until one node leads and every running node answers; returns the leader's status."""
@@ -361,3 +406,91 @@ class LocalCluster:
             return "\n".join(self.log_path(k).read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """What tells a process from a later one with the same pid: its start time (clock ticks
+    after boot, field 22 of /proc/PID/stat) and its command line."""
+
+    pid: int
+    start_time: int
+    cmdline: tuple[str, ...]
+
+    def dump(self) -> str:
+        return (
+            json.dumps(
+                {"pid": self.pid, "start_time": self.start_time, "cmdline": list(self.cmdline)}
+            )
+            + "\n"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessIdentity | None:
+        """None for anything but a whole record (a bare pid, from an older pid file,
+        identifies nothing by itself: see LocalCluster._recorded)."""
+        try:
+            d = json.loads(text)
+            return cls(int(d["pid"]), int(d["start_time"]), tuple(str(a) for a in d["cmdline"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def process_identity(pid: int) -> ProcessIdentity | None:
+    """The identity of live process ``pid``, or None if there is none (a zombie is dead: its
+    parent may take seconds to reap it -- PID 1 does, for a node whose paxosctl has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # comm (field 2) is in parentheses and may hold spaces or ")": split after the last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    state, start_time = fields[0], int(fields[22 - 3])
+    if state in ("Z", "X", "x"):
+        return None
+    args = tuple(a.decode(errors="replace") for a in cmdline.split(b"\0")[:-1])
+    return ProcessIdentity(pid, start_time, args)
+
+
+def _same_process(pid: int, recorded: ProcessIdentity, patience_s: float = 1.0) -> bool:
+    """Whether ``pid`` is the process ``recorded`` names. A matching start time with an
+    empty command line is a process in the middle of its exec: ask again, briefly."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        now = process_identity(pid)
+        if now is None or now.start_time != recorded.start_time:
+            return False
+        if now.cmdline == recorded.cmdline:
+            return True
+        if now.cmdline or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _send_signal(pid: int, recorded: ProcessIdentity | None, sig: signal.Signals) -> bool:
+    """Signal ``pid`` only if it is still the process ``recorded`` names. With a pidfd the
+    check and the signal name one process, so a pid reused in between cannot be hit."""
+    if recorded is None or recorded.pid != pid:
+        return False
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no pidfd (old kernel): check, then signal
+        if not _same_process(pid, recorded):
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        if not _same_process(pid, recorded):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -85,6 +85,13 @@ def _logger() -> Any:
     return structlog.get_logger("paxosd.net.transport")
 
 
+def _connection_log(port: str) -> Any:
+    """The level of a connection's routine lines: info for peers (a peer connection coming
+    or going is news), debug for clients (every paxosctl call is one connection, and at info
+    they were most of a node's journal)."""
+    return _logger().debug if port == "client" else _logger().info
+
+
 Address = tuple[str, int]
 B = TypeVar("B")
 
@@ -406,7 +413,7 @@ class _Channel(Generic[B]):
             self.close_reason = reason
             self.closed.set()
             started = self.started
-        log = _logger().warning if bad_peer else _logger().info
+        log = _logger().warning if bad_peer else _connection_log(self.endpoint.port)
         log(
             "connection_closed",
             node=self.endpoint.node,
@@ -890,7 +897,7 @@ class _Endpoint(Generic[B]):
             self._handshake_slots.release()
         channel = self._register(established, conn)
         if channel is not None:
-            _logger().info(
+            _connection_log(self.port)(
                 "connection_established",
                 node=self.node,
                 port=self.port,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import queue
 import select
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,7 +54,8 @@ from paxosd.net.admin import (
 from paxosd.net.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.net.transport import ClientServer, PeerTransport
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
-from paxosd.server.logs import bind_node, configure_logging
+from paxosd.server.digestcheck import DigestHistory, DigestProbe
+from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
 from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
@@ -66,6 +67,16 @@ log = structlog.get_logger("paxosd.server.daemon")
 VIEW_LOG_ROWS_MAX = 1000
 # Membership changes and leader transfers waiting for the core's answer (each is one query).
 ADMIN_WAITING_MAX = 64
+# How often the loop looks for lasting problems to report (see Daemon._check_health).
+HEALTH_CHECK_MS = 100
+# No leader for this many election timeouts is a lost quorum: one timeout passes before any
+# election starts, so a single timeout would warn on every ordinary start and leader change.
+NO_LEADER_ELECTION_TIMEOUTS = 2
+# After start, members come up one by one (a rolling restart, `paxosctl cluster up` on a busy
+# machine): a peer not reached yet, or no leader yet, is not a problem until this long.
+START_GRACE_MS = 5000
+# How often a leader compares its members' digests with its own (see digestcheck).
+DIGEST_CHECK_MS = 5000
 
 
 class Daemon:
@@ -95,6 +106,20 @@ class Daemon:
         self._admin_tokens = itertools.count(1)
         self._membership: Membership | None = None
         self._synced_leader: NodeId | None = None
+        # The last leader this node knew (None only before the first): a leader change is a
+        # warning, the first leader after start is not.
+        self._known_leader: NodeId | None = None
+        # Lasting problems, each logged once as a warning and once when it clears.
+        timeout_ms = config.timeouts.election_timeout_ms_max
+        self._peer_unreachable: dict[NodeId, Condition] = {}
+        self._quorum = Condition(
+            "quorum_lost", "quorum_restored", after_ms=NO_LEADER_ELECTION_TIMEOUTS * timeout_ms
+        )
+        self._next_health_ms = 0
+        self._digests = DigestHistory()
+        self._digest_mismatch: dict[NodeId, Condition] = {}
+        self._probe: DigestProbe | None = None
+        self._next_digest_check_ms = 0
 
     def serve(self) -> int:
         cfg = self.config
@@ -106,6 +131,7 @@ class Daemon:
             }
         )
         self.clients.start()
+        self._probe = DigestProbe(self.config.client_key.reveal())
         self._sync_peers()
         install_signal_handlers(self.stop)
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}", f"MAINPID={os.getpid()}")
@@ -136,6 +162,9 @@ class Daemon:
                 if self.metrics is not None and t >= self._next_metrics_ms:
                     self._refresh_metrics()
                     self._next_metrics_ms = t + 1000
+                if t >= self._next_health_ms:
+                    self._check_health(t)
+                    self._next_health_ms = t + HEALTH_CHECK_MS
                 if watchdog_ms is not None and t >= next_watchdog:
                     self.notifier.notify("WATCHDOG=1", f"STATUS={self._status_line()}")
                     next_watchdog = t + watchdog_ms
@@ -145,6 +174,8 @@ class Daemon:
         self._hand_over_leadership()
         self._turn()  # finish what is in flight: persist, send, reply
         self.node.flush_decided()
+        if self._probe is not None:
+            self._probe.close()
         self.peers.close()
         self.clients.close()
         self.node.storage.close()
@@ -152,16 +183,21 @@ class Daemon:
 
     def _hand_over_leadership(self) -> None:
         """On SIGTERM a leader hands over first, so a planned restart costs clients a
-        redirect rather than an election timeout. Bounded by one election timeout."""
+        redirect rather than an election timeout. Bounded by one election timeout, and
+        given up once no peer is connected: when the whole cluster stops at once (`paxosctl
+        cluster down`) there is nobody to hand over to, and waiting only delays the stop."""
         node = self.node
         if not node.replica.is_leader or len(node.replica.voters) < 2:
+            return
+        if not self._any_peer_connected():
+            log.info("leadership not handed over", reason="no peer connected")
             return
         node.replica.step(TransferLeadership(next(self._admin_tokens)))
         deadline = now_ms() + self.config.timeouts.election_timeout_ms_max
         poller = select.poll()
         for fd in self.peers.waitables():
             poller.register(fd, select.POLLIN)
-        while node.replica.is_leader and now_ms() < deadline:
+        while node.replica.is_leader and now_ms() < deadline and self._any_peer_connected():
             self._turn()
             poller.poll(TICK_MS)
             for src, msg in self.peers.drain():
@@ -171,6 +207,9 @@ class Daemon:
             "leadership handed over" if not node.replica.is_leader else "leadership kept",
             leader=node.replica.leader_hint,
         )
+
+    def _any_peer_connected(self) -> bool:
+        return any(s.connected for s in self.peers.stats().values())
 
     def _sync_peers(self) -> None:
         """Connect to every member the log names and drop the ones it removed; and keep the
@@ -187,15 +226,22 @@ class Daemon:
             return
         changed = m is not self._membership
         if leader != self._synced_leader:
-            # The one Paxos event an operator looks for first: who leads now, from when.
+            # The one Paxos event an operator looks for first: who leads now, from when. A
+            # new leader after another is a warning (once per change: clients were redirected
+            # or waited); the first leader after start, or losing one, is info (a leader that
+            # does not come back is the lost quorum warning).
             r = self.node.replica
-            log.info(
+            new_leader = leader is not None and self._known_leader not in (None, leader)
+            (log.warning if new_leader else log.info)(
                 "leader",
                 leader=leader,
+                previous=self._known_leader,
                 role=r.role.value,
                 ballot=f"{r.promised.round}.{r.promised.node}",
                 decided=r.decided_through,
             )
+            if leader is not None:
+                self._known_leader = leader
         self._membership = m
         self._synced_leader = leader
         cfg = self.config
@@ -256,6 +302,7 @@ class Daemon:
     def _turn(self) -> None:
         node = self.node
         node.drain()
+        self._digests.record(node.sm.applied_through, node.sm.digest())
         self._answer_admin()
         if node.replies:
             # One write per client connection per turn, whatever it was answered.
@@ -282,10 +329,92 @@ class Daemon:
             for peer, lag in r.peer_lag().items():
                 m.peer_lag.labels(peer=str(peer)).set(lag)
 
+    def _check_health(self, now: int) -> None:
+        """Warn (once each, see Condition) about a peer unreachable for longer than an
+        election timeout and a lost quorum: a leader that has not heard a majority of voters
+        within an election timeout, or no leader for NO_LEADER_ELECTION_TIMEOUTS of them.
+        Neither is a problem in the START_GRACE_MS after start while members come up."""
+        timeout_ms = self.config.timeouts.election_timeout_ms_max
+        starting = now - self.started_ms < START_GRACE_MS
+        stats = self.peers.stats()
+        for peer, s in stats.items():
+            if starting and s.connects == 0:
+                continue  # not reached since start: maybe not started yet
+            cond = self._peer_unreachable.get(peer)
+            if cond is None:
+                cond = Condition("peer_unreachable", "peer_reachable", after_ms=timeout_ms)
+                self._peer_unreachable[peer] = cond
+            cond.update(not s.connected, now, peer=peer)
+        for peer in [p for p in self._peer_unreachable if p not in stats]:
+            del self._peer_unreachable[peer]  # no longer a member
+        r = self.node.replica
+        voters = r.voters
+        if r.is_leader:
+            acks = r.peer_last_ack_ms
+            me = self.config.node_id
+            live = 1 + sum(
+                1 for p in voters if p != me and p in acks and r.now_ms - acks[p] <= timeout_ms
+            )
+            bad = 2 * live <= len(voters)
+            state = f"leader hears {live} of {len(voters)} voters"
+        else:
+            bad = r.leader_hint is None
+            state = "no leader" if bad else f"node {r.leader_hint} leads"
+        self._quorum.update(
+            bad and not (starting and self._known_leader is None),
+            now,
+            state=state,
+            ballot=f"{r.promised.round}.{r.promised.node}",
+            decided=r.decided_through,
+        )
+        self._check_digests(now)
+
+    def _check_digests(self, now: int) -> None:
+        """A leader asks its members for their digests now and then (off the loop, see
+        digestcheck) and warns, once per member, when one differs from its own at the
+        same applied index: the replicas have diverged."""
+        r = self.node.replica
+        probe = self._probe
+        if probe is None:
+            return
+        if r.is_leader and now >= self._next_digest_check_ms:
+            self._next_digest_check_ms = now + DIGEST_CHECK_MS
+            me = self.config.node_id
+            targets = {
+                NodeId(m.node): (a.host, a.port)
+                for m in r.membership.members
+                if m.node != me and (a := self.config.clients.get(NodeId(m.node))) is not None
+            }
+            probe.ask(targets)
+        while True:
+            try:
+                peer, applied, digest = probe.results.get_nowait()
+            except queue.Empty:
+                return
+            mine = self._digests.at(applied)
+            if mine is None:
+                continue  # not an index we stopped at, or too long ago: next time
+            cond = self._digest_mismatch.get(peer)
+            if cond is None:
+                cond = Condition("digest_mismatch", "digest_match")
+                self._digest_mismatch[peer] = cond
+            cond.update(
+                digest != mine,
+                now,
+                peer=peer,
+                applied_index=applied,
+                digest=mine[:16],
+                peer_digest=digest[:16],
+            )
+
     def _status_line(self) -> str:
         r = self.node.replica
+        if r.leader_hint is not None:
+            leader = f"leader {r.leader_hint}"
+        else:
+            leader = "no leader" if self._known_leader is not None else "no leader yet"
         return (
-            f"{r.role.value}, leader {r.leader_hint}, decided {r.decided_through}, "
+            f"{r.role.value}, {leader}, decided {r.decided_through}, "
             f"applied {self.node.sm.applied_through}"
         )
 
@@ -461,19 +590,19 @@ def run_command(
     try:
         cfg = load_config(config)
     except ConfigError as e:
-        print(f"paxosd: {e}", file=sys.stderr)
+        fatal(f"paxosd: {e}")
         raise typer.Exit(2) from None
     configure_logging(level=cfg.log.level, fmt=cfg.log.format)
     bind_node(cfg.node_id, cfg.cluster_id)
     if not __debug__:
-        print("paxosd: refusing python -O: the core's asserts are its safety net", file=sys.stderr)
+        fatal("paxosd: refusing python -O: the core's asserts are its safety net")
         raise typer.Exit(2)
     _return_freed_memory_to_the_os()
     try:
         # The data dir first: a second daemon on it must say so, not that its ports are taken.
         lock_fd = lock_data_dir(cfg.data_dir)
     except StorageError as e:
-        print(f"paxosd: {e}", file=sys.stderr)
+        fatal(f"paxosd: {e}")
         raise typer.Exit(1) from None
     try:
         # Then the peer port, so that the node sends through it from its first Ready (it
@@ -484,17 +613,17 @@ def run_command(
             cluster_key=cfg.peer_key.reveal(),
         )
     except OSError as e:
-        print(f"paxosd: cannot listen: {e}", file=sys.stderr)
+        fatal(f"paxosd: cannot listen: {e}")
         raise typer.Exit(1) from None
     try:
         node = Node(cfg, bootstrap=bootstrap, network=peers, lock_fd=lock_fd)
     except StorageError as e:
-        print(f"paxosd: {e}", file=sys.stderr)
+        fatal(f"paxosd: {e}")
         raise typer.Exit(1) from None
     try:
         daemon = Daemon(cfg, node, peers)
     except OSError as e:
-        print(f"paxosd: cannot listen: {e}", file=sys.stderr)
+        fatal(f"paxosd: cannot listen: {e}")
         raise typer.Exit(1) from None
     started = time.perf_counter()
     code = daemon.serve()

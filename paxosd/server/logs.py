@@ -180,3 +180,73 @@ def _json_dumps(obj: MutableMapping[str, Any], **kwargs: Any) -> str:
 def get_logger(**initial: Any) -> FilteringBoundLogger:
     """A logger with ``initial`` fields bound, e.g. ``get_logger(component="transport")``."""
     return cast(FilteringBoundLogger, structlog.get_logger(**initial))
+
+
+class Condition:
+    """A problem that persists, logged once when it starts and once when it clears.
+
+    ``journalctl -p warning`` is where an operator looks for problems, so a dead peer or a
+    lost quorum must be there -- but once, not once per reconnect attempt or per tick, or the
+    warnings drown each other. ``update`` is called as often as the caller likes (every
+    tick); it logs ``event`` at warning when the problem has lasted ``after_ms``, and
+    ``cleared`` at info when it is gone again for ``clear_after_ms`` (so a flapping problem
+    is one warning, not one per flap). A problem shorter than ``after_ms`` logs nothing.
+    """
+
+    def __init__(
+        self, event: str, cleared: str, *, after_ms: int = 0, clear_after_ms: int = 0
+    ) -> None:
+        assert after_ms >= 0 and clear_after_ms >= 0
+        self.event = event
+        self.cleared = cleared
+        self.after_ms = after_ms
+        self.clear_after_ms = clear_after_ms
+        self.since_ms: int | None = None  # when the current problem started
+        self.good_since_ms: int | None = None  # when it last looked cleared, while warned
+        self.warned = False
+        self.times = 0  # bad observations since the warning (e.g. how many slow writes)
+
+    @property
+    def active(self) -> bool:
+        """Whether the warning has been logged and the recovery line has not."""
+        return self.warned
+
+    def update(self, bad: bool, now_ms: int, **fields: Any) -> None:
+        if bad:
+            self.good_since_ms = None
+            if self.since_ms is None:
+                self.since_ms = now_ms
+            self.times += 1
+            if not self.warned and now_ms - self.since_ms >= self.after_ms:
+                self.warned = True
+                self.times = 1
+                get_logger().warning(self.event, for_ms=now_ms - self.since_ms, **fields)
+            return
+        if not self.warned:
+            self.since_ms = None
+            self.times = 0
+            return
+        if self.good_since_ms is None:
+            self.good_since_ms = now_ms
+        if now_ms - self.good_since_ms < self.clear_after_ms:
+            return
+        assert self.since_ms is not None
+        get_logger().info(
+            self.cleared, after_ms=self.good_since_ms - self.since_ms, times=self.times, **fields
+        )
+        self.since_ms = self.good_since_ms = None
+        self.warned = False
+        self.times = 0
+
+
+def fatal(message: str, stream: TextIO | None = None, env: Mapping[str, str] | None = None) -> None:
+    """Print a start-up failure as one line on stderr, at error priority in the journal.
+
+    These lines are printed, not logged (they must read well on a terminal, and logging may
+    not be set up yet), but under systemd a bare stderr line is priority info, so without the
+    prefix ``journalctl -p warning`` would not show why a node does not start.
+    """
+    stream = sys.stderr if stream is None else stream
+    env = os.environ if env is None else env
+    prefix = f"<{_SYSLOG_PRIORITY['error']}>" if stream_is_journal(stream, env) else ""
+    print(f"{prefix}{message}", file=stream, flush=True)

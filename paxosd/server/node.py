@@ -26,6 +26,7 @@ from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Value
 from paxosd.server.config import Config
+from paxosd.server.logs import Condition
 from paxosd.server.metrics import Metrics
 from paxosd.server.runner import (
     Hooks,
@@ -53,6 +54,10 @@ log = structlog.get_logger("paxosd.server.node")
 
 # A tick every 10 ms is finer than any core timer (heartbeats are tens of ms).
 TICK_MS = 10
+# A synced write slower than this holds back every reply and vote behind it: a disk problem
+# an operator should see. Warned once; cleared after this long without a slow one.
+SLOW_WRITE_S = 0.1
+SLOW_WRITE_CLEAR_MS = 60_000
 # view_log shows each command's result for recent slots (results are not logged: every
 # replica computes the same ones when it applies, so each keeps its own recent few). Bounded
 # by slots, by commands (a slot holds up to batch_commands_max of them) and by result bytes
@@ -158,20 +163,28 @@ class Outbox:
 
 
 class _StorageDisk:
-    """SQLite storage as the runner's Disk; synced writes are timed for the metrics."""
+    """SQLite storage as the runner's Disk; synced writes are timed for the metrics and for
+    the slow-write warning (node.slow_write)."""
 
     def __init__(self, node: Node) -> None:
         self._node = node
 
     def write(self, record: PersistRecord, *, sync: bool) -> None:
         storage = self._node.storage
+        if not sync:
+            storage.write(record, sync=False)
+            return
+        t0 = time.perf_counter()
+        storage.write(record, sync=True)
+        seconds = time.perf_counter() - t0
         m = self._node.metrics
-        if m is not None and sync:
-            t0 = time.perf_counter()
-            storage.write(record, sync=True)
-            m.fsync.observe(time.perf_counter() - t0)
-        else:
-            storage.write(record, sync=sync)
+        if m is not None:
+            m.fsync.observe(seconds)
+        slow = seconds > SLOW_WRITE_S
+        if slow or self._node.slow_write.active:
+            self._node.slow_write.update(
+                slow, now_ms(), seconds=round(seconds, 3), threshold_s=SLOW_WRITE_S
+            )
 
 
 class _NodeHooks(Hooks):
@@ -228,6 +241,9 @@ class Node:
         t0 = time.perf_counter()
         durable = self.storage.load()
         self.recent_results = RecentResults()
+        self.slow_write = Condition(
+            "fsync_slow", "fsync_fast_again", clear_after_ms=SLOW_WRITE_CLEAR_MS
+        )
         self.network: Network = network if network is not None else Outbox()
         self.runner: Runner[StateMachine] = Runner(
             Replica(config.core_config(), random.Random(), durable, now_ms()),
