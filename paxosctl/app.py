@@ -236,12 +236,17 @@ class RootGroup(TyperGroup):
 
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="paxosctl",
     cls=RootGroup,
     help="Operate a paxosd cluster: keys, blocks, the log, simulations, drills and benchmarks."
-    "\n\nExit codes: 0 ok; 1 not found, CAS mismatch, digest mismatch or a violation found;"
-    " 2 usage error; 3 unavailable or no quorum within --timeout-ms; 4 authentication"
-    " failed (wrong client key). Errors are one line on stderr."
+    "\n\n\b\nExit codes:"
+    "\n  0  ok"
+    "\n  1  not found, CAS mismatch, digest mismatch or a violation found"
+    "\n  2  usage error"
+    "\n  3  unavailable, or no quorum within --timeout-ms"
+    "\n  4  authentication failed (wrong client key)"
+    "\n\nErrors are one line on stderr."
     "\n\nConnection and output options (--endpoints, --key-file, --config, --timeout-ms,"
     " --site, --json) go before or after the command name."
     "\n\nExample: paxosctl cluster up && paxosctl put k v && paxosctl get k"

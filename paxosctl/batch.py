@@ -273,6 +273,7 @@ def batch(
     file: Annotated[
         str,
         typer.Argument(
+            metavar="FILE",
             help="The file of commands, one per line; - reads standard input.",
             show_default=False,
         ),

@@ -62,7 +62,9 @@ Examples:
   paxosctl bench cli --runs 15
 """
 
-app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
+app = typer.Typer(
+    rich_markup_mode=None, help=HELP, invoke_without_command=True, no_args_is_help=False
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 DirOpt = Annotated[

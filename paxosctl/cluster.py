@@ -17,6 +17,7 @@ from paxosd.storage.backup import BackupError
 from paxosd.tools.restore import RestoreError
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Run a local cluster on loopback: data, keys and logs in one folder "
     "($PAXOSD_LOCAL_DIR, default a per-user folder under /tmp).\n\n"
     "Example: paxosctl cluster up && paxosctl put k v && paxosctl cluster down",

@@ -74,7 +74,9 @@ Examples:
   paxosctl drill race --rounds 50
 """
 
-app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
+app = typer.Typer(
+    rich_markup_mode=None, help=HELP, invoke_without_command=True, no_args_is_help=False
+)
 
 # Not read from $PAXOSCTL_ENDPOINTS: a drill writes keys and cuts links, so aiming it at a
 # running cluster must be said on the command line.

@@ -343,9 +343,14 @@ def execute(
 
 # ------------------------------------------------------------------------------ key-value
 
-KeyArg = Annotated[str, typer.Argument(help="The key (UTF-8 text).", show_default=False)]
+KeyArg = Annotated[
+    str, typer.Argument(metavar="KEY", help="The key (UTF-8 text).", show_default=False)
+]
 ValueArg = Annotated[
-    str, typer.Argument(help="The value; any bytes the shell passes.", show_default=False)
+    str,
+    typer.Argument(
+        metavar="VALUE", help="The value; any bytes the shell passes.", show_default=False
+    ),
 ]
 
 
@@ -544,7 +549,9 @@ CAS = Spec(build=_cas_op, answer=_swapped)
 @command_errors
 def cas(
     key: KeyArg,
-    new: Annotated[str, typer.Argument(help="The value to set.", show_default=False)],
+    new: Annotated[
+        str, typer.Argument(metavar="VALUE", help="The value to set.", show_default=False)
+    ],
     expect_value: Annotated[
         str | None,
         typer.Option("--expect-value", help="Swap only if KEY holds exactly this value."),

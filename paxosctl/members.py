@@ -30,7 +30,7 @@ from paxosd.net.admin import ChangeMember, Decided, Transfer, to_json
 PROMOTE_LAG_SLOTS = 64
 PROMOTE_WAIT_S_DEFAULT = 60.0
 
-NodeArg = Annotated[int, typer.Argument(min=1, help="The member's node id.")]
+NodeArg = Annotated[int, typer.Argument(min=1, metavar="NODE", help="The member's node id.")]
 
 
 def _leader_id(c: Client) -> int:
@@ -118,6 +118,7 @@ def members(
 
 
 member_app = typer.Typer(
+    rich_markup_mode=None,
     help="Change the membership: add a learner, promote it, remove a member.\n\n"
     "Example: paxosctl member add 4 10.0.0.4:7001 --promote",
     no_args_is_help=True,
@@ -160,7 +161,7 @@ def _wait_caught_up(c: Client, node: int, wait_s: float, quiet: bool) -> None:
 @command_errors
 def member_add(
     node: NodeArg,
-    address: Annotated[str, typer.Argument(help="Its peer address, host:port.")],
+    address: Annotated[str, typer.Argument(metavar="ADDRESS", help="Its peer address, host:port.")],
     promote: Annotated[
         bool, typer.Option("--promote", help="Wait until it caught up, then make it a voter.")
     ] = False,
@@ -265,7 +266,7 @@ def member_remove(
         say(f"node {node} removed ({done.detail}); stop its daemon now")
 
 
-leader_app = typer.Typer(rich_help_panel="Log and cluster")
+leader_app = typer.Typer(rich_markup_mode=None, rich_help_panel="Log and cluster")
 
 
 @leader_app.callback(invoke_without_command=True)
@@ -305,7 +306,10 @@ def leader(
 @command_errors
 def leader_transfer(
     node: Annotated[
-        int | None, typer.Argument(min=1, help="The new leader (default: most caught-up voter).")
+        int | None,
+        typer.Argument(
+            min=1, metavar="NODE", help="The new leader (default: most caught-up voter)."
+        ),
     ] = None,
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,

@@ -425,5 +425,5 @@ def _rounds(
 
 
 # A one-command app, so that the root can import this module only when `simulate` runs.
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 app.command("simulate", help=HELP)(simulate)

@@ -36,7 +36,7 @@ from paxosd.storage.backup import (
 
 # A group that still acts by itself: `paxosctl snapshot` takes snapshots as it always did,
 # `paxosctl snapshot save FILE` writes a backup. Its help is the callback's docstring.
-app = typer.Typer(rich_help_panel="Log and cluster")
+app = typer.Typer(rich_markup_mode=None, rich_help_panel="Log and cluster")
 
 
 @app.callback(invoke_without_command=True)
@@ -113,7 +113,9 @@ def snapshot(
 @app.command("save")
 @command_errors
 def snapshot_save(
-    file: Annotated[Path, typer.Argument(help="The backup file to write (replaced atomically).")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The backup file to write (replaced atomically).")
+    ],
     node: NodeOpt = None,
     chunk_bytes: Annotated[
         int,

@@ -46,8 +46,12 @@ from paxosd.statemachine.commands import (
     View,
 )
 
-SiteArg = Annotated[str, typer.Argument(help="The blocking site.", show_default=False)]
-OtherArg = Annotated[str, typer.Argument(help="The blocked site.", show_default=False)]
+SiteArg = Annotated[
+    str, typer.Argument(metavar="SITE", help="The blocking site.", show_default=False)
+]
+OtherArg = Annotated[
+    str, typer.Argument(metavar="OTHER", help="The blocked site.", show_default=False)
+]
 
 
 def _changed(blocked: bool) -> Callable[[dict[str, Any], Result], Answer]:
