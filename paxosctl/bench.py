@@ -18,7 +18,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
-from paxosctl.connect import ConnectError, EndpointsOpt, KeyFileOpt, resolve
+from paxosctl.connect import ConnectError, EndpointsOpt, JsonOpt, KeyFileOpt, resolve
 from paxosd.client.client import ClientError
 from paxosd.lab.bench import (
     OP_KINDS,
@@ -64,7 +64,6 @@ Examples:
 
 app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 DirOpt = Annotated[
     Path | None,
     typer.Option(

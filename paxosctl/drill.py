@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
-from paxosctl.connect import ConnectError, KeyFileOpt, resolve
+from paxosctl.connect import ConnectError, JsonOpt, KeyFileOpt, resolve
 from paxosd.client.client import ClientError
 from paxosd.lab.drill import (
     DEFAULT_FAULTS,
@@ -87,7 +87,6 @@ EndpointsOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 KeepOpt = Annotated[
     Path | None,
     typer.Option(
