@@ -7,8 +7,6 @@ answer without a quorum: an operator debugging a broken cluster needs them most 
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,12 +20,8 @@ from paxosctl.kv import (
     Failed,
     command_errors,
     connect,
-    emit,
-    note,
-    print_table,
     quote,
     result_line,
-    say,
     show,
     show_text,
 )
@@ -280,7 +274,7 @@ def view_log(
             _follow(c, (entries, data), node, lo, to_slot, json_out)
             return
     if json_out:
-        emit(
+        render.emit_json(
             {
                 "node_id": data["node_id"],
                 "log_start": data["log_start"],
@@ -293,9 +287,9 @@ def view_log(
         f"log of node {data['node_id']} (log start {data['log_start']}, "
         f"decided through {data['decided_index']})"
     )
-    print_table(title, LOG_COLUMNS, _entry_lines(entries))
+    render.text_table(title, LOG_COLUMNS, _entry_lines(entries))
     if entries and lo < int(data["log_start"]) <= entries[0].slot:
-        note(f"slots before {data['log_start']} were compacted into a snapshot")
+        render.note(f"slots before {data['log_start']} were compacted into a snapshot")
 
 
 def _follow(
@@ -321,12 +315,12 @@ def _follow(
                     break
                 if e.slot > next_slot:
                     # Below the decided index only compaction leaves a hole.
-                    note(f"slots {next_slot}..{e.slot - 1} were compacted into a snapshot")
+                    render.note(f"slots {next_slot}..{e.slot - 1} were compacted into a snapshot")
                 if json_out:
-                    _json_line(e.to_json())
+                    render.json_line(e.to_json(), compact=False, flush=True)
                 else:
                     for line in _entry_lines([e]):
-                        say("  ".join(str(x) for x in line))
+                        render.line("  ".join(str(x) for x in line))
                 next_slot = e.slot + 1
             if to_slot is not None and next_slot > to_slot:
                 return
@@ -334,11 +328,6 @@ def _follow(
             pending, data = _read_log(c, next_slot, to_slot, VIEW_LOG_SLOTS_MAX, node)
     except KeyboardInterrupt:
         return
-
-
-def _json_line(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------ one node
@@ -388,13 +377,13 @@ def data(
         "accepted_not_decided": [e.to_json() for e in accepted],
     }
     if json_out:
-        emit(info)
+        render.emit_json(info)
         return
     rows = [[k.replace("_", " "), "-" if v is None else v] for k, v in info.items()]
     rows[-1][1] = ", ".join(str(e.slot) for e in accepted) or "none"
-    print_table(f"node {st['node_id']}", ["", ""], rows, header=False)
+    render.text_table(f"node {st['node_id']}", ["", ""], rows, header=False)
     if accepted:
-        print_table("accepted, not known decided", LOG_COLUMNS, _entry_lines(accepted))
+        render.text_table("accepted, not known decided", LOG_COLUMNS, _entry_lines(accepted))
 
 
 # ------------------------------------------------------------------------------ the cluster
@@ -513,7 +502,7 @@ def status(
         )
     out = status_rows(answers)
     if json_out:
-        emit(out)
+        render.emit_json(out)
     else:
         bad = {n for m in out["mismatches"] for n in m["digests"]}
         rows = []
@@ -549,7 +538,7 @@ def status(
                     "-" if n["role"] == "leader" else _ago(n["last_contact_ms_ago"]),
                 ]
             )
-        print_table(
+        render.text_table(
             None,
             [
                 "node",
@@ -566,13 +555,15 @@ def status(
         )
         for n in out["nodes"]:
             if n["role"] == "unreachable":
-                note(f"unreachable: {n['error']}")
+                render.note(f"unreachable: {n['error']}")
         if out["leader"] is None:
-            note("no leader: writes and linearizable reads fail until one is elected (exit 3)")
+            render.note(
+                "no leader: writes and linearizable reads fail until one is elected (exit 3)"
+            )
     if out["mismatches"]:
         for m in out["mismatches"]:
             parts = ", ".join(f"node {k} {v[:DIGEST_SHOWN_CHARS]}" for k, v in m["digests"].items())
-            render.stderr.print(
+            render.rich_note(
                 f"DIGEST MISMATCH at applied index {m['applied_index']}: {parts}",
                 style="bold red",
                 markup=False,

@@ -16,7 +16,6 @@ are sent ahead.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections import deque
@@ -86,11 +85,10 @@ class Line:
 class Runner:
     """Sends lines through one pipeline and prints their outcomes in line order."""
 
-    def __init__(self, pipe: Pipeline[int], in_flight: int, json_out: bool, out: TextIO) -> None:
+    def __init__(self, pipe: Pipeline[int], in_flight: int, json_out: bool) -> None:
         self.pipe = pipe
         self.in_flight = in_flight
         self.json_out = json_out
-        self.out = out
         self.order: deque[Line] = deque()
         self.by_number: dict[int, Line] = {}
         self.writing: set[str] = set()
@@ -196,14 +194,15 @@ class Runner:
             )
             return
         if line.answer.lines:
-            self.out.write("\n".join(line.answer.lines) + "\n")
+            for text in line.answer.lines:
+                render.line(text)
         else:
-            self.out.write(json.dumps(line.answer.json, separators=(",", ":")) + "\n")
+            render.json_line(line.answer.json)
         for n in line.answer.notes:
-            sys.stderr.write(f"line {line.number}: {n}\n")
+            render.note(f"line {line.number}: {n}")
 
     def write(self, obj: dict[str, Any]) -> None:
-        self.out.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+        render.json_line(obj)
 
 
 def parse(ctx: Context, number: int, text: str, default: str) -> Line:
@@ -337,7 +336,7 @@ def batch(
     target = resolve(endpoints, key_file, config)
     origin = site or default_site()
     with stream, Pipeline[int](target.endpoints, target.key, timeout_ms=timeout_ms) as pipe:
-        runner = Runner(pipe, in_flight, json_out, sys.stdout)
+        runner = Runner(pipe, in_flight, json_out)
         for number, text in numbered(stream):
             runner.run(parse(ctx, number, text, origin))
             if runner.failed and not keep_going:

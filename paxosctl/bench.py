@@ -18,7 +18,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
-from paxosctl.connect import ConnectError, EndpointsOpt, KeyFileOpt, resolve
+from paxosctl.connect import ConnectError, EndpointsOpt, JsonOpt, KeyFileOpt, resolve
 from paxosd.client.client import ClientError
 from paxosd.lab.bench import (
     OP_KINDS,
@@ -66,7 +66,6 @@ app = typer.Typer(
     rich_markup_mode=None, help=HELP, invoke_without_command=True, no_args_is_help=False
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 DirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -78,7 +77,7 @@ DirOpt = Annotated[
 
 
 def _show_progress() -> bool:
-    return render.stderr.is_terminal
+    return render.stderr_is_terminal()
 
 
 def _host() -> dict[str, Any]:
@@ -145,7 +144,6 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def _print_kv(r: dict[str, Any]) -> None:
     w = r["workload"]
-    out = render.stdout
     target = r.get("target", {})
     where = (
         f"local, {target['nodes']} nodes, durable (fsync)"
@@ -153,7 +151,7 @@ def _print_kv(r: dict[str, Any]) -> None:
         else ", ".join(r["endpoints"])
     )
     mix = f", read ratio {w['read_ratio']}" if w["op"] == "mixed" else ""
-    out.print(
+    render.rich_line(
         f"paxosd bench: {w['op']}{mix}, {w['clients']} clients, {w['duration_s']:g} s "
         f"(+{w['warmup_s']:g} s warm-up), {w['value_bytes']}-byte values, {w['keys']:,} keys; "
         f"{where}",
@@ -454,7 +452,7 @@ def storage(
     if json_out:
         render.emit_json(report)
         return
-    render.stdout.print(
+    render.rich_line(
         f"storage bench on {result['data_dir']} (SQLite {result['sqlite_version']}, "
         f"{command_bytes}-byte commands)",
         markup=False,
@@ -474,7 +472,7 @@ def storage(
         ],
     )
     rp = result["replay"]
-    render.stdout.print(
+    render.rich_line(
         f"replay (load decided entries): {rp['entries_per_s']:,} entries/s "
         f"({rp['entries']:,} in {rp['load_s']} s)",
         markup=False,
@@ -556,7 +554,7 @@ def cli(
         ],
     )
     before, after = report["load_average_before"][0], report["load_average_after"][0]
-    render.stderr.print(f"load average (1 min): {before} before, {after} after", markup=False)
+    render.rich_note(f"load average (1 min): {before} before, {after} after", markup=False)
 
 
 @app.command("transport")

@@ -31,7 +31,7 @@ def run(
     if spec.op not in ("put", "get"):
         render.error("--compare-etcd measures --op put or --op get (etcd-go has no mixed load)")
         raise typer.Exit(render.EXIT_USAGE)
-    say = _say if render.stderr.is_terminal else None
+    say = _say if render.stderr_is_terminal() else None
     try:
         report = compare(
             spec, rounds=rounds, conns=conns, nodes=nodes, parent_dir=parent_dir, say=say
@@ -49,7 +49,7 @@ def run(
 
 
 def _say(message: str) -> None:
-    render.stderr.print(message, markup=False)
+    render.rich_note(message, markup=False)
 
 
 def _f(x: float | None, digits: int = 2) -> str:
@@ -58,7 +58,7 @@ def _f(x: float | None, digits: int = 2) -> str:
 
 def print_report(r: dict[str, Any]) -> None:
     w, e = r["workload"], r["etcd"]
-    render.stdout.print(
+    render.rich_line(
         f"paxosd vs etcd {e['version']} ({e['generator'].split(',')[0]}, "
         f"{e['grpc_connections']} gRPC connections): {w['op']}"
         f"{' (linearizable)' if w['linearizable'] else ''}, {w['clients']} clients, "

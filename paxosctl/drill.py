@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
-from paxosctl.connect import ConnectError, KeyFileOpt, resolve
+from paxosctl.connect import ConnectError, JsonOpt, KeyFileOpt, resolve
 from paxosd.client.client import ClientError
 from paxosd.lab.drill import (
     DEFAULT_FAULTS,
@@ -89,7 +89,6 @@ EndpointsOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 KeepOpt = Annotated[
     Path | None,
     typer.Option(
@@ -107,7 +106,7 @@ def _logs_to_stderr() -> None:
 
 
 def _show_bar() -> bool:
-    return render.stderr.is_terminal
+    return render.stderr_is_terminal()
 
 
 class _Reporter:
@@ -153,7 +152,7 @@ class _Reporter:
         if self.quiet or (p.phase == "running" and now - self._last_line < self.LINE_S):
             return
         self._last_line = now
-        render.stderr.print(f"drill {p.phase} {p.elapsed_s:.0f}s: {info}", markup=False)
+        render.rich_note(f"drill {p.phase} {p.elapsed_s:.0f}s: {info}", markup=False)
 
 
 @app.callback()
@@ -227,9 +226,8 @@ def _ms(v: Any) -> str:
 
 
 def _print_report(r: dict[str, Any]) -> None:
-    out = render.stdout
     ops = r["ops"]
-    out.print(
+    render.rich_line(
         f"drill: {r['nodes']} nodes ({r['target']}), {r['clients']} clients, "
         f"{r['duration_s']} s, seed {r['seed']}",
         markup=False,
@@ -243,9 +241,9 @@ def _print_report(r: dict[str, Any]) -> None:
         ]
         + [["total", ops["ok"], ops["fail"], ops["unknown"]]],
     )
-    out.print(f"{ops['total']} ops, {ops['per_second']} ops/s", markup=False)
+    render.rich_line(f"{ops['total']} ops, {ops['per_second']} ops/s", markup=False)
     f = r["faults"]
-    out.print(
+    render.rich_line(
         "faults: "
         + (", ".join(f"{k} {n}" for k, n in sorted(f["by_kind"].items())) or "none")
         + (f" ({len(f['errors'])} could not be set up)" if f["errors"] else ""),
@@ -268,7 +266,7 @@ def _print_report(r: dict[str, Any]) -> None:
             ],
         )
         bad = el["follower_faults_with_an_election"]
-        out.print(
+        render.rich_line(
             f"leader changes: {el['leader_changes']}; follower-only faults followed by an "
             f"election: {len(bad)} (expected 0)"
             + "".join(
@@ -284,7 +282,7 @@ def _print_report(r: dict[str, Any]) -> None:
             f"{name} " + "/".join(f"{n} {outcome}" for outcome, n in sorted(c.items()))
             for name, c in rc["changes"].items()
         )
-        out.print(
+        render.rich_line(
             "reconfig: "
             + (", ".join(f"{k} {n}" for k, n in sorted(rc["ops"].items())) or "no step")
             + (f"; changes: {changes}" if changes else "")
@@ -314,13 +312,13 @@ def _print_report(r: dict[str, Any]) -> None:
         for name in ("catch_up", "first_write"):
             s = rec[name]
             if s["n"]:
-                out.print(
+                render.rich_line(
                     f"{name.replace('_', ' ')}: median {s['median_ms']} ms, max {s['max_ms']} ms"
                     + (f" ({s['missing']} not measured)" if s["missing"] else ""),
                     markup=False,
                 )
     fin, lin, log = r["final"], r["linearizability"], r["log"]
-    out.print(
+    render.rich_line(
         f"converged: {'yes' if fin['converged'] else 'NO'} at applied index "
         f"{fin['applied_index']}, digest {str(fin['digest'])[:16]}; "
         f"linearizability: {lin['verdict']} ({lin['states_explored']} states, "
@@ -329,14 +327,14 @@ def _print_report(r: dict[str, Any]) -> None:
         markup=False,
     )
     if r["violations"]:
-        out.print(f"[red]{len(r['violations'])} violation(s):[/red]", markup=True)
+        render.rich_line(f"[red]{len(r['violations'])} violation(s):[/red]", markup=True)
         for v in r["violations"]:
-            out.print(f"  {v['kind']}: {v['message']}", markup=False)
-        out.print(f"history and logs kept in {r['folder']}", markup=False)
+            render.rich_line(f"  {v['kind']}: {v['message']}", markup=False)
+        render.rich_line(f"history and logs kept in {r['folder']}", markup=False)
     else:
-        out.print("0 violations", markup=False)
+        render.rich_line("0 violations", markup=False)
         if r["kept"]:
-            out.print(f"kept: {r['folder']}", markup=False)
+            render.rich_line(f"kept: {r['folder']}", markup=False)
 
 
 @app.command("race")
@@ -361,7 +359,7 @@ def race(
 
     def tick(done: int, total: int) -> None:
         if bar:
-            render.stderr.print(f"round {done}/{total}", end="\r", markup=False)
+            render.rich_note(f"round {done}/{total}", end="\r", markup=False)
 
     if rounds < 1:
         render.error("--rounds must be at least 1")
@@ -398,7 +396,7 @@ def race(
                 for x in report["per_round"]
             ],
         )
-        render.stdout.print(
+        render.rich_line(
             f"A won {report['a_wins']}, B won {report['b_wins']}, no winner "
             f"{report['no_winner']} of {report['rounds']} ({report['method']}). "
             f"When one contender entered through the leader it won "
@@ -407,6 +405,6 @@ def race(
             markup=False,
         )
         for v in report["violations"]:
-            render.stdout.print(f"violation: {v}", markup=False)
+            render.rich_line(f"violation: {v}", markup=False)
     if report["violations"]:
         raise typer.Exit(render.EXIT_FAILED_CHECK)

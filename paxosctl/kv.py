@@ -11,8 +11,7 @@ import base64
 import functools
 import os
 import shlex
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +63,12 @@ from paxosd.statemachine.commands import (
 )
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    pass
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 TIMEOUT_MS_DEFAULT = 5000
-# A terminal narrower than this still gets whole rows when output goes to a pipe or a file.
-PIPE_WIDTH_COLUMNS = 200
 # Error lines are one line; a server message longer than this is cut, not wrapped.
 ERROR_CHARS_MAX = 500
 
@@ -225,59 +222,6 @@ def arg_bytes(text: str) -> bytes:
 # ------------------------------------------------------------------------------ output
 
 
-def _console() -> Console:
-    from rich.console import Console
-
-    # Created per call: stdout may be replaced (tests, redirection) after import.
-    tty = sys.stdout.isatty()
-    return Console(
-        file=sys.stdout,
-        highlight=False,
-        soft_wrap=not tty,
-        width=None if tty else PIPE_WIDTH_COLUMNS,
-    )
-
-
-def say(line: str) -> None:
-    """One line for people on stdout, printed literally (values never become markup). The
-    line is already safe (show()/show_text() escaped its control characters), so it is
-    written as it is, without loading rich for it."""
-    sys.stdout.write(line + "\n")
-
-
-def note(line: str) -> None:
-    """A remark that must not pollute stdout (e.g. "this read may be stale")."""
-    sys.stderr.write(line + "\n")
-
-
-def print_table(
-    title: str | None,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[object]],
-    *,
-    header: bool = True,
-) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(
-        title=title,
-        show_edge=False,
-        show_header=header,
-        header_style="bold",
-        title_justify="left",
-    )
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*(Text(str(x)) for x in r))
-    _console().print(t)
-
-
-def emit(obj: Any) -> None:
-    render.emit_json(obj)
-
-
 # ------------------------------------------------------------------------------ answers
 
 
@@ -299,15 +243,15 @@ class Answer:
 def render_answer(answer: Answer, json_out: bool) -> None:
     """The one way a single command prints its answer."""
     if json_out:
-        emit(answer.json)
+        render.emit_json(answer.json)
         return
     for line in answer.lines:
-        say(line)
+        render.line(line)
     if answer.table is not None:
         title, columns, rows = answer.table
-        print_table(title, columns, rows)
+        render.text_table(title, columns, rows)
     for line in answer.notes:
-        note(line)
+        render.note(line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,10 +416,8 @@ def get(
     if raw and not json_out:
         assert isinstance(result, Found)
         for line in answer.notes:
-            note(line)
-        sys.stdout.flush()
-        sys.stdout.buffer.write(result.value)
-        sys.stdout.buffer.flush()
+            render.note(line)
+        render.raw(result.value)
         return
     render_answer(answer, json_out)
 

@@ -19,9 +19,6 @@ from paxosctl.kv import (
     Failed,
     command_errors,
     connect,
-    emit,
-    print_table,
-    say,
 )
 from paxosd.client.client import Client, RefusedError, UnavailableError, statuses_json
 from paxosd.net.admin import ChangeMember, Decided, Transfer, to_json
@@ -98,9 +95,9 @@ def members(
     with connect(endpoints, key_file, config, timeout_ms) as c:
         data = members_of(c)
     if json_out:
-        emit(data)
+        render.emit_json(data)
         return
-    print_table(
+    render.text_table(
         f"membership epoch {data['epoch']}, decided index {data['decided_index']}",
         ["node", "role", "peer address", "connected", "lag", "leader"],
         [
@@ -189,15 +186,15 @@ def member_add(
         added = admin_query(c, ChangeMember("add", node, address))
         out: dict[str, Any] = {"added": node, "slot": added.slot, "promoted": False}
         if not json_out:
-            say(f"node {node} added as a learner ({added.detail})")
+            render.line(f"node {node} added as a learner ({added.detail})")
         if promote:
             _wait_caught_up(c, node, wait_s, json_out)
             done = admin_query(c, ChangeMember("promote", node))
             out |= {"promoted": True, "promote_slot": done.slot}
             if not json_out:
-                say(f"node {node} is a voter ({done.detail})")
+                render.line(f"node {node} is a voter ({done.detail})")
     if json_out:
-        emit(out)
+        render.emit_json(out)
 
 
 def _refuse_unreachable_learner(c: Client, node: int) -> None:
@@ -235,9 +232,9 @@ def member_promote(
         _refuse_unreachable_learner(c, node)
         done = admin_query(c, ChangeMember("promote", node))
     if json_out:
-        emit({"promoted": node, "slot": done.slot, "detail": done.detail})
+        render.emit_json({"promoted": node, "slot": done.slot, "detail": done.detail})
     else:
-        say(f"node {node} is a voter ({done.detail})")
+        render.line(f"node {node} is a voter ({done.detail})")
 
 
 @member_app.command("remove")
@@ -261,9 +258,9 @@ def member_remove(
     with connect(endpoints, key_file, config, timeout_ms) as c:
         done = admin_query(c, ChangeMember("remove", node))
     if json_out:
-        emit({"removed": node, "slot": done.slot, "detail": done.detail})
+        render.emit_json({"removed": node, "slot": done.slot, "detail": done.detail})
     else:
-        say(f"node {node} removed ({done.detail}); stop its daemon now")
+        render.line(f"node {node} removed ({done.detail}); stop its daemon now")
 
 
 leader_app = typer.Typer(rich_markup_mode=None, rich_help_panel="Log and cluster")
@@ -297,9 +294,11 @@ def leader(
         raise UnavailableError(f"no leader right now ({seen})")
     lead = next(n for n in out["nodes"] if n["node_id"] == out["leader"])
     if json_out:
-        emit({"leader": lead["node_id"], "address": lead["address"], "ballot": lead["ballot"]})
+        render.emit_json(
+            {"leader": lead["node_id"], "address": lead["address"], "ballot": lead["ballot"]}
+        )
     else:
-        say(f"node {lead['node_id']} at {lead['address']} (ballot {lead['ballot']})")
+        render.line(f"node {lead['node_id']} at {lead['address']} (ballot {lead['ballot']})")
 
 
 @leader_app.command("transfer")
@@ -338,9 +337,9 @@ def leader_transfer(
             except UnavailableError:
                 time.sleep(0.1)
     if json_out:
-        emit({"leader": new, "detail": done.detail})
+        render.emit_json({"leader": new, "detail": done.detail})
     else:
-        say(f"{done.detail}; leader now: node {new}")
+        render.line(f"{done.detail}; leader now: node {new}")
 
 
 def register(app: typer.Typer) -> None:

@@ -211,9 +211,9 @@ def _elections(
             render.emit_json(report.to_json() | {"trace": run.trace_tail})
         else:
             for line in run.trace_tail if trace else run.trace_tail[-40:]:
-                render.stdout.print(line, markup=False)
+                render.rich_line(line, markup=False)
             status = "no violation" if run.violation is None else f"VIOLATION {run.violation}"
-            render.stdout.print(
+            render.rich_line(
                 f"seed {seed}, {run.kind} on node {run.victim}: {run.elections} election(s); "
                 f"{status}",
                 markup=False,
@@ -225,7 +225,7 @@ def _elections(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=render.stderr,
-        disable=json_out or not render.stderr.is_terminal,
+        disable=json_out or not render.stderr_is_terminal(),
         transient=True,
     ) as bar:
         task = bar.add_task("seeds", total=seeds)
@@ -268,7 +268,7 @@ def _print_elections(r: ElectionReport) -> None:
             else f"{run.elections} election(s) after {run.kind} on node {run.victim}"
         )
         render.error(f"seed {run.seed}, {run.kind}: {what}")
-        render.stderr.print(
+        render.rich_note(
             f"  replay: paxosctl simulate --elections --seed {run.seed} --nodes {r.nodes} "
             f"--faults {run.kind} --trace",
             markup=False,
@@ -290,7 +290,7 @@ def _fuzz_with_progress(
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         console=render.stderr,
-        disable=quiet or not render.stderr.is_terminal,
+        disable=quiet or not render.stderr_is_terminal(),
         transient=True,
     ) as bar:
         task = bar.add_task("seeds", total=seeds, status="")
@@ -328,9 +328,9 @@ def _print_report(r: FuzzReport) -> None:
     for f in r.failures[:10]:
         assert f.violation is not None
         render.error(f"seed {f.seed}: {f.violation}")
-        render.stderr.print(f"  replay: {replay_command(f.seed, r.nodes, r.kinds)}")
+        render.rich_note(f"  replay: {replay_command(f.seed, r.nodes, r.kinds)}", markup=False)
         for line in f.trace_tail[-15:]:
-            render.stderr.print(f"  {line}", markup=False)
+            render.rich_note(f"  {line}", markup=False)
 
 
 def _one_seed(
@@ -357,9 +357,9 @@ def _one_seed(
         )
     else:
         for line in r.trace if trace else r.trace_tail[-40:]:
-            render.stdout.print(line, markup=False)
+            render.rich_line(line, markup=False)
         status = "no violation" if r.violation is None else f"VIOLATION {r.violation}"
-        render.stdout.print(
+        render.rich_line(
             f"seed {seed}: {status}; {r.decided_slots} slots decided, "
             f"ops {dict(r.client_ops)}, faults {dict(r.faults)}, "
             f"linearizability {r.linearizability}",
@@ -383,7 +383,7 @@ def _list_scenarios(json_out: bool) -> None:
         )
     else:
         for s in SCENARIOS.values():
-            render.stdout.print(f"{s.name:<12} {s.summary} (expect {s.expected})", markup=False)
+            render.rich_line(f"{s.name:<12} {s.summary} (expect {s.expected})", markup=False)
     raise typer.Exit(render.EXIT_OK)
 
 
@@ -408,7 +408,7 @@ def _scenario(
         render.emit_json(r.to_json())
     else:
         for line in r.trace:
-            render.stdout.print(line, markup=False)
+            render.rich_line(line, markup=False)
     raise typer.Exit(render.EXIT_OK if r.ok else render.EXIT_FAILED_CHECK)
 
 
@@ -420,7 +420,7 @@ def _rounds(
         render.emit_json(r.to_json())
     else:
         for line in r.trace + r.summary():
-            render.stdout.print(line, markup=False)
+            render.rich_line(line, markup=False)
     raise typer.Exit(render.EXIT_OK if r.ok else render.EXIT_FAILED_CHECK)
 
 

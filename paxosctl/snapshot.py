@@ -19,9 +19,6 @@ from paxosctl.kv import (
     Failed,
     command_errors,
     connect,
-    emit,
-    print_table,
-    say,
 )
 from paxosd.client.client import BadRequestError, UnavailableError
 from paxosd.storage.backup import (
@@ -92,9 +89,9 @@ def snapshot(
         for a in answers
     ]
     if json_out:
-        emit({"snapshots": rows})
+        render.emit_json({"snapshots": rows})
     else:
-        print_table(
+        render.text_table(
             None,
             ["node", "address", "snapshot index"],
             [
@@ -167,7 +164,7 @@ def snapshot_save(
             DownloadColumn(),
             console=render.stderr,
             transient=True,
-            disable=not render.stderr.is_terminal,
+            disable=not render.stderr_is_terminal(),
         ) as bar,
     ):
         task = bar.add_task("snapshot", total=None)
@@ -203,9 +200,9 @@ def snapshot_save(
         "restarts": fetched.restarts,
     }
     if json_out:
-        emit(out)
+        render.emit_json(out)
         return
-    say(
+    render.line(
         f"saved {file}: applied index {h.applied_index}, digest {h.digest}, "
         f"{written.file_bytes} bytes (node {h.node_id} of {h.cluster_id})"
     )

@@ -1,0 +1,303 @@
+"""``run_drill``: the top level. Starts the cluster (or uses one), runs the workers, the fault
+injector, the log collector and the leader watch for the duration, heals, checks, reports.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from paxosd.client.client import ClientError
+from paxosd.lab.drill.checks import (
+    KV,
+    BlockSet,
+    Violation,
+    check_log,
+    diagnose_convergence,
+    final_reads,
+    replica_state,
+    wait_converged,
+)
+from paxosd.lab.drill.collect import LogCollector
+from paxosd.lab.drill.elections import LeaderWatch
+from paxosd.lab.drill.faults import FaultInjector, set_partition
+from paxosd.lab.drill.nodes import Nodes, closing_all, node_status
+from paxosd.lab.drill.reconfig import ADMIN_WAIT_S
+from paxosd.lab.drill.report import build_report, restart_figures
+from paxosd.lab.drill.spec import (
+    DRILL_NODE_CONFIG,
+    KILL_DOWN_S,
+    PARTITION_S,
+    DrillError,
+    DrillProgress,
+    DrillSpec,
+    ProgressFn,
+)
+from paxosd.lab.drill.workload import (
+    HISTORY_OPS_MAX,
+    WORKER_PAUSE_S,
+    History,
+    Workload,
+    remember,
+    run_op,
+    write_history,
+)
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.sim import linearizability
+
+PROGRESS_S: Final = 0.5
+
+
+def run_drill(
+    spec: DrillSpec,
+    *,
+    nodes: Nodes | None = None,
+    parent_dir: Path | None = None,
+    keep: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run one drill; returns the report. With ``nodes`` None it starts a fresh local cluster
+    of ``spec.nodes`` in a new folder under ``parent_dir`` and stops it at the end. The folder
+    (history.jsonl, report.json, node logs) is kept when a violation is found or ``keep``.
+
+    :raises DrillError: bad spec, or the cluster did not start.
+    """
+    spec.validate(endpoints=nodes is not None)
+    say: ProgressFn = progress or (lambda _p: None)
+    run_id = secrets.token_hex(3)
+    parent = parent_dir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f"paxosd-drill-{run_id}-", dir=parent))
+    cluster: LocalCluster | None = None
+    report: dict[str, Any] = {}
+    try:
+        if nodes is None:
+            say(DrillProgress("starting", 0, spec.duration_s, {}, 0, f"{spec.nodes} nodes"))
+            cluster = LocalCluster.create(
+                root / "cluster",
+                spec.nodes,
+                extra_config=DRILL_NODE_CONFIG,
+            )
+            env = dict(spec.node_env)
+            for k in cluster.node_ids():
+                cluster.start(k, env=env)
+            try:
+                cluster.wait_ready()
+            except ClientError as e:
+                raise DrillError(f"local cluster did not start: {e}; logs in {root}") from None
+            nodes = Nodes.of_cluster(cluster, env)
+        report = _Drill(spec, nodes, run_id, root, say).run()
+        report["folder"] = str(root)
+        report["kept"] = bool(report["violations"]) or keep
+        (root / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        return report
+    finally:
+        if cluster is not None:
+            cluster.down()
+        if not report.get("kept"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class _Drill:
+    def __init__(
+        self, spec: DrillSpec, nodes: Nodes, run_id: str, root: Path, say: ProgressFn
+    ) -> None:
+        self.spec = spec
+        self.nodes = nodes
+        self.run_id = run_id
+        self.root = root
+        self.say = say
+        self.history = History()
+        self.workload = Workload(run_id, spec.epoch_s)
+        self.stop_workers = threading.Event()
+        self.worker_errors: list[str] = []
+        rng = random.Random(spec.seed)
+        self.injector = FaultInjector(nodes, spec.faults, random.Random(rng.getrandbits(64)), spec)
+        if "reconfig" in spec.faults:
+            nodes.spare_ids = 2  # an add and a replace's add before the workers reconnect
+        self.worker_seeds = [rng.getrandbits(64) for _ in range(spec.clients)]
+        self.leader_watch = LeaderWatch(nodes, self.history.now_ms)
+
+    def _progress(self, phase: str, message: str = "") -> None:
+        self.say(
+            DrillProgress(
+                phase,
+                self.history.now_ms() / 1000,
+                self.spec.duration_s,
+                self.history.outcomes(),
+                len(self.injector.events),
+                message or self.injector.current,
+            )
+        )
+
+    def _worker(self, i: int) -> None:
+        rng = random.Random(self.worker_seeds[i])
+        seen: dict[str, tuple[bytes | None, int]] = {}
+        cid = f"{self.run_id}-w{i}"
+        generation = self.nodes.generation
+        c = self.nodes.client(timeout_ms=self.spec.op_timeout_ms, client_id=cid)
+        try:
+            n = 0
+            while not self.stop_workers.is_set() and len(self.history) < HISTORY_OPS_MAX:
+                if self.nodes.generation != generation:
+                    # The members changed: a new client (so a new session, between two
+                    # ops) that knows them. Values stay unique: they carry the worker's id.
+                    c.close()
+                    generation = self.nodes.generation
+                    c = self.nodes.client(
+                        timeout_ms=self.spec.op_timeout_ms, client_id=f"{cid}.g{generation}"
+                    )
+                n += 1
+                epoch = self.workload.epoch_at(self.history.now_ms())
+                op = self.workload.next_op(rng, epoch, f"{cid}/{n}".encode(), seen)
+                e = run_op(c, op, self.history)
+                self.history.add(e)
+                if e.operation.result is not None:
+                    remember(seen, op, e.operation.result)
+                elif e.operation.outcome == "fail" and e.error:
+                    # With every node down a client fails at once: pause rather than fill
+                    # the history with failures while the faults heal.
+                    self.stop_workers.wait(WORKER_PAUSE_S)
+        except Exception as e:  # a worker bug must end the drill's claims, not hide
+            self.worker_errors.append(f"worker {i}: {type(e).__name__}: {e}")
+        finally:
+            c.close()
+
+    def run(self) -> dict[str, Any]:
+        spec, nodes = self.spec, self.nodes
+        with closing_all(nodes.node_clients()) as clients:
+            start = max(
+                (int(s["decided_index"]) for c in clients.values() if (s := node_status(c))),
+                default=0,
+            )
+        collector = LogCollector(nodes, start + 1)
+        threads = [
+            threading.Thread(target=collector.run, name="drill-log", daemon=True),
+            threading.Thread(target=self.leader_watch.run, name="drill-leaders", daemon=True),
+            threading.Thread(
+                target=self.injector.run,
+                args=(self.history.now_ms,),
+                name="drill-faults",
+                daemon=True,
+            ),
+        ] + [
+            threading.Thread(target=self._worker, args=(i,), name=f"drill-w{i}", daemon=True)
+            for i in range(spec.clients)
+        ]
+        started_ms = self.history.now_ms()
+        for t in threads:
+            t.start()
+        faults_thread, watch_thread, workers = threads[2], threads[1], threads[3:]
+        try:
+            end = started_ms + spec.duration_s * 1000
+            while self.history.now_ms() < end and any(w.is_alive() for w in workers):
+                self._progress("running")
+                time.sleep(min(PROGRESS_S, max(0.0, (end - self.history.now_ms()) / 1000)))
+        finally:
+            # Heal first, then stop the workers: their last ops see a healed cluster.
+            self._progress("healing", "ending the fault in progress, restarting, unpartitioning")
+            self.injector.stop()
+            faults_thread.join(max(KILL_DOWN_S[1], PARTITION_S[1]) + 30 + 3 * ADMIN_WAIT_S)
+            self._heal_all()
+            self.stop_workers.set()
+            for w in workers:
+                w.join(spec.op_timeout_ms / 1000 + 10)
+            self.leader_watch.stop()
+            watch_thread.join(10)
+        run_ms = self.history.now_ms() - started_ms
+        return self._check(collector, run_ms)
+
+    def _heal_all(self) -> None:
+        cluster = self.nodes.cluster
+        if cluster is not None:
+            for k in cluster.node_ids():
+                cluster.signal(k, signal.SIGCONT)
+                if cluster.pid(k) is None:
+                    cluster.start(k, env=self.nodes.node_env)
+        with closing_all(self.nodes.node_clients(timeout_ms=2000)) as clients:
+            for a in clients:
+                for b in clients:
+                    if a < b:
+                        set_partition(clients, a, b, False)
+
+    def _check(self, collector: LogCollector, run_ms: int) -> dict[str, Any]:
+        spec, nodes = self.spec, self.nodes
+        violations: list[Violation] = []
+        reconfig = self.injector.reconfig
+        if "reconfig" in spec.faults:
+            # The final membership is the leader's: removed nodes are out of the comparison.
+            deadline = time.monotonic() + spec.converge_timeout_s
+            while not reconfig.sync() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for finding in reconfig.findings:
+                violations.append(Violation("membership", finding))
+        self._progress("converging", "waiting for every replica to agree")
+        # Judged after the final reads (below); a cluster that cannot converge now gets a
+        # shorter second wait.
+        first = wait_converged(nodes, spec.converge_timeout_s)
+        self._progress("checking", "final reads")
+        for p in final_reads(nodes, self.workload, self.history, 3 * spec.op_timeout_ms):
+            violations.append(Violation("final-read", p))
+        conv = wait_converged(nodes, spec.converge_timeout_s if first.ok else 10.0)
+        if not conv.ok:
+            violations += diagnose_convergence(conv)
+        collector.stop()
+        self.injector.join_watchers(5.0)
+        top = max((int(s["decided_index"]) for s in conv.rows.values()), default=0)
+        with closing_all(nodes.node_clients(timeout_ms=5000)) as clients:
+            collector.pull(clients, top=top)
+        if collector.copy.next_slot <= top:
+            collector.copy.gaps.append((collector.copy.next_slot, top))
+        entries = self.history.entries()
+        # A replica that is behind (the convergence violation above says so) holds an older
+        # state: comparing it would blame exactly-once for what is a catch-up failure.
+        top_applied = max((int(s["applied_index"]) for s in conv.rows.values()), default=0)
+        current = sorted(k for k, s in conv.rows.items() if int(s["applied_index"]) == top_applied)
+        replicas: dict[int, tuple[KV, BlockSet]] = {}
+        try:
+            replicas = replica_state(nodes, self.workload, current)
+        except ClientError as e:
+            violations.append(Violation("state", f"could not read every replica's state: {e}"))
+        states = {repr(sorted(kv.items())) + repr(sorted(b)) for kv, b in replicas.values()}
+        if len(states) > 1:
+            violations.append(Violation("state", "replicas hold different drill keys or blocks"))
+        self._progress("checking", "decided log: durability and exactly-once")
+        log_violations, log_info = check_log(collector.copy, entries, self.workload, replicas)
+        violations += log_violations
+        self._progress("checking", f"linearizability of {len(entries)} operations")
+        t0 = time.perf_counter()
+        lin = linearizability.check([e.operation for e in entries])
+        lin_s = time.perf_counter() - t0
+        if lin.verdict == "violation":
+            violations.append(Violation("linearizability", lin.explanation))
+        for err in self.worker_errors:
+            violations.append(Violation("harness", err))
+        if self.injector.crashed:
+            violations.append(Violation("harness", self.injector.crashed))
+        restart_figures(self.injector.restarts, entries)
+        history_path = self.root / "history.jsonl"
+        write_history(history_path, entries)
+        self._progress("done")
+        return build_report(
+            spec=spec,
+            nodes=nodes,
+            workload=self.workload,
+            injector=self.injector,
+            watch=self.leader_watch,
+            entries=entries,
+            run_ms=run_ms,
+            conv=conv,
+            lin=lin,
+            lin_s=lin_s,
+            log_info=log_info,
+            violations=violations,
+            history_path=history_path,
+        )
