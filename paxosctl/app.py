@@ -163,10 +163,12 @@ def adopt(cmd: Command) -> Command:
 def logs_to_stderr() -> None:
     """Send structlog's records to stderr: the lazy groups run storage, nodes and the
     transport in this process, and structlog's own default prints to stdout, which would
-    put log lines in front of a --json document. (A group may reconfigure, e.g. the level.)"""
+    put log lines in front of a --json document. Warnings and errors only: what a command
+    did, it says itself (``cluster up`` need not echo every database it created). A group
+    may reconfigure, e.g. the level."""
     from paxosd.server.logs import configure_logging
 
-    configure_logging(level="info", stream=_CurrentStderr())  # type: ignore[arg-type]
+    configure_logging(level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
 
 
 class _CurrentStderr:
