@@ -8,7 +8,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paxosctl import render
-from paxosd.core.config import PLANTED_BUGS
 from paxosd.sim.elections import (
     ELECTION_FAULTS,
     FOLLOWER_FAULTS,
@@ -17,6 +16,7 @@ from paxosd.sim.elections import (
     run_fault,
 )
 from paxosd.sim.fuzz import FuzzReport, fuzz, replay_command
+from paxosd.sim.planted import PLANTED_BUGS
 from paxosd.sim.rounds import ROUNDS_MAX, run_rounds
 from paxosd.sim.run import FAULT_KINDS, KNOWN_KINDS, OPTIONAL_KINDS, run_seed
 from paxosd.sim.scenarios import LIVELOCK_ROUNDS_MAX, NODES_MIN, SCENARIOS, run_scenario

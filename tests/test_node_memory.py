@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from paxosd.core.io import Campaign
 from paxosd.core.messages import Heartbeat, Promise
 from paxosd.core.types import Ballot, NodeId
 from paxosd.server.config import load_config
@@ -160,7 +161,7 @@ def test_a_leader_that_steps_down_sends_its_waiting_clients_to_the_new_leader(
     cfg = dataclasses.replace(load_config(res.configs[0]), durability="unsafe-no-fsync")
     n = Node(cfg, bootstrap=True)
     try:
-        n.replica.campaign()  # phase 1 at once (a timer alone would run a pre-vote first)
+        n.replica.step(Campaign())  # phase 1 at once (a timer alone would run a pre-vote first)
         n.drain()
         ballot = n.replica.ballot
         n.on_peer_message(

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import DurableState, PersistRecord, Received
+from paxosd.core.io import Campaign, DurableState, PersistRecord, Received
 from paxosd.core.messages import Accepted, Message, Promise
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, NodeId
@@ -78,7 +78,7 @@ class Bench:
             r.drain()
 
     def elect(self, nid: int) -> None:
-        self.runners[nid].replica.election_deadline_ms = self.now
+        self.runners[nid].step(Campaign(prevote=True))
         self.tick(1)
         self.deliver()
         assert self.runners[nid].replica.is_leader

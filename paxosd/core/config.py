@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from paxosd.core.types import NodeId
-
-# Test-only switches that plant a known bug, so tests can show the simulator's checkers catch it.
-# Never set in production: Replica refuses them unless the caller passes them explicitly.
-PLANTED_BUGS = frozenset(
-    {
-        "amnesia_on_restart",  # acceptor forgets its promise and votes when it restarts
-        "ignore_phase1_values",  # new leader ignores values reported in promises
-        "minority_quorum",  # a value counts as chosen on a minority of votes
-        "apply_before_decided",  # replica applies a value as soon as it accepts it
-        "stale_reads",  # any replica answers read-index reads from its own state at once
-        # a candidate asks only the membership it knows, not the ones promises report
-        "phase1_ignores_new_membership",
-    }
-)
 
 
 class Rng(Protocol):
@@ -75,7 +61,6 @@ class CoreConfig:
     snapshot_chunk_bytes: int = 1 << 20
     # A peer announcing a bigger snapshot is not believed (bounds what we buffer).
     snapshot_bytes_max: int = 2 << 30
-    planted_bugs: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         # node_id may be missing from members: a node added later joins as a learner.
@@ -88,4 +73,3 @@ class CoreConfig:
         assert value_bytes_bound(self.batch_commands_max, self.batch_bytes_max) <= (
             self.message_bytes_max
         ), "batch_bytes_max too big for message_bytes_max"
-        assert self.planted_bugs <= PLANTED_BUGS, f"unknown bugs {self.planted_bugs}"

@@ -81,6 +81,19 @@ class TransferLeadership:
     target: NodeId | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Ask to lead now, without waiting for the election timer (learners, non-members and a
+    leader ignore it).
+
+    ``prevote=False``: a forced election, as a leader-transfer target runs: phase 1 at once,
+    with prepares marked ``transfer`` so acceptors answer though they may still hear a leader
+    (scripted tests and the simulator's labs build competing proposers with it).
+    ``prevote=True``: exactly what the election timer firing does (pre-vote first)."""
+
+    prevote: bool = False
+
+
 Input = (
     Received
     | ClientCommand
@@ -89,6 +102,7 @@ Input = (
     | ReadIndex
     | ChangeMembership
     | TransferLeadership
+    | Campaign
 )
 
 # --------------------------------------------------------------------------------- outputs

@@ -32,13 +32,15 @@ Leader stability (etcd's pre-vote + check-quorum; see ``_on_prevote``):
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections.abc import Iterable
 
 import msgspec
 
 from paxosd.core.config import CoreConfig, Rng, value_bytes
+from paxosd.core.election import CandidateState, PreVoteRound
 from paxosd.core.io import (
     AdminResult,
+    Campaign,
     ChangeMembership,
     ClientCommand,
     DurableState,
@@ -54,6 +56,7 @@ from paxosd.core.io import (
     Tick,
     TransferLeadership,
 )
+from paxosd.core.leader import LeaderState
 from paxosd.core.membership import (
     ChangeKind,
     ChangeRefused,
@@ -133,7 +136,6 @@ class Replica:
         self.log_start = 1
         self.snapshot: Snapshot | None = None
 
-        self.role = Role.FOLLOWER
         self.leader_hint: NodeId | None = None
         self.ballot_seen: Ballot = ZERO_BALLOT
         self.elections_lost = 0
@@ -146,82 +148,29 @@ class Replica:
         # ballot we had not refused); None since a restart or since we promised someone else.
         # While it is recent we refuse to help anyone else campaign (see _hears_leader).
         self._leader_heard_ms: int | None = None
-        # Pre-vote in progress (still a follower): the ballot we would campaign with and the
-        # voters that said they would promise it.
-        self._prevote: tuple[Ballot, set[NodeId]] | None = None
+        # Pre-vote in progress (still a follower).
+        self._prevote: PreVoteRound | None = None
 
-        # Candidate state.
-        self.ballot: Ballot = ZERO_BALLOT  # our own ballot while candidate or leader
-        # The leader asked for this election (TimeoutNow): our prepares say so.
-        self._campaign_transfer = False
-        self._promises: dict[NodeId, Promise] = {}
-        self._prepare_targets: set[NodeId] = set()
-        self._prepare_from = 0
-        self._prepare_sent_ms = 0
-
-        # Leader state.
-        self._queue: deque[bytes] = deque()
-        self._next_slot = 1
-        self._proposals: dict[int, Value] = {}  # slot -> value proposed at self.ballot
-        # Bytes of the values proposed and not yet decided, per slot and in all: bounded so
-        # that what an acceptor holds undecided always fits one promise.
-        self._undecided_bytes: dict[int, int] = {}
-        self._undecided_total = 0
-        self._votes: dict[int, set[NodeId]] = {}  # slot -> acceptors that accepted it
-        # slot -> whose votes count for it: the voters when it was proposed (stop semantics
-        # make that the membership in effect for the slot).
-        self._slot_voters: dict[int, frozenset[NodeId]] = {}
-        # Values phase 1 found (or no-ops for gaps) for slots up to _backlog_top, proposed
-        # through the same window as new commands.
-        self._backlog: dict[int, Value] = {}
-        self._backlog_top = 0
-        # The undecided membership slot in flight: nothing is proposed above it until decided.
-        self._config_slot: int | None = None
-        self._config_request: tuple[int, Membership] | None = None
-        self._config_tokens: dict[int, int] = {}  # membership slot -> admin token
-        # Leader transfer in progress: (token, target, give up at ms).
-        self._transfer: tuple[int, NodeId, int] | None = None
-        self._peer_decided: dict[NodeId, int] = {}
-        self._proposed_ms: dict[int, int] = {}  # slot -> when its accept was last sent
-        self._commit_through = 0  # every slot in [start, this] has a majority at self.ballot
-        # The commit point as of the previous Ready, whose votes are now on disk. Messages that
-        # leave before this Ready's persist (accepts, heartbeats) say no more than this: with a
-        # single voter the leader's own vote decides, and it is not durable until persist.
-        self._commit_durable = 0
-        self._last_heartbeat_ms = 0
-        self._last_ack_ms: dict[NodeId, int] = {}
-        # Highest slot each peer voted for at our ballot: how far behind it is (status, metrics).
-        self.peer_voted_slot: dict[NodeId, int] = {}
+        # Our own ballot while candidate or leader (the last one we ran with, otherwise).
+        self.ballot: Ballot = ZERO_BALLOT
+        # The role is which of these exists: a candidate has a campaign, a leader its
+        # pipeline; a follower neither. Stepping down is dropping them.
+        self.candidate: CandidateState | None = None
+        self.leader: LeaderState | None = None
 
         self._catchup_sent_ms = -(10**9)
         # A snapshot being received in chunks: (slot, total bytes, what arrived so far).
         self._snap_rx: tuple[int, int, bytearray] | None = None
 
-        # Read-index state (leader only). Invariant: every pending read's seq is
-        # <= self._read_seq + 1, and reads are released only after a majority echoed it.
-        self._read_seq = 0
-        self._read_round_needed = False
-        self._read_acked: dict[NodeId, int] = {}
-        self._pending_reads: list[tuple[int, int, int]] = []  # (token, index, seq)
+        # Output buffers, drained by ready().
         self._reads_out: list[ReadReady] = []
         self._admin_out: list[AdminResult] = []
-
-        # Output buffers, drained by ready().
         self._persist_promised: Ballot | None = None
         self._persist_accepted: dict[int, AcceptedEntry] = {}
         self._persist_decided: list[DecidedEntry] = []
         self._persist_snapshot: Snapshot | None = None
         self._persist_compact: int | None = None
         self._messages: list[Outbound] = []
-        self._accept_out: dict[NodeId, list[DecidedEntry]] = {}
-        # Peers whose accepts in the next Ready must ask for a vote (re-sends, see _heartbeat).
-        self._accept_loud: set[NodeId] = set()
-        # Thrifty accepts for the followers not asked to vote wait here until the next tick:
-        # one message per tick instead of one per slot spares a wakeup and a send per write
-        # on both ends (bounded: a full message's worth is sent at once).
-        self._quiet_held: dict[NodeId, list[DecidedEntry]] = {}
-        self._quiet_held_bytes: dict[NodeId, int] = {}
-        self._flush_quiet = False
         self._accepted_out: dict[NodeId, tuple[Ballot, list[int], int]] = {}
         self._to_apply: list[DecidedEntry] = []
         self._restore: Snapshot | None = None
@@ -237,9 +186,8 @@ class Replica:
     def _recover(self, durable: DurableState) -> None:
         """Rebuild from what was durable. The state machine is rebuilt by re-applying: the
         first Ready restores the snapshot and hands out every decided slot after it."""
-        amnesia = "amnesia_on_restart" in self.config.planted_bugs
-        self.promised = ZERO_BALLOT if amnesia else durable.promised
-        self.accepted = {} if amnesia else dict(durable.accepted)
+        self.promised = durable.promised
+        self.accepted = dict(durable.accepted)
         self.ballot_seen = self.promised
         self.snapshot = durable.snapshot
         if durable.snapshot is not None:
@@ -256,7 +204,7 @@ class Replica:
             self.log_start = min(low, self.decided_through + 1)
         self._advance_decided_through()
         for a in self.accepted.values():
-            assert a.ballot <= self.promised or amnesia, "accepted above promised on disk"
+            assert a.ballot <= self.promised, "accepted above promised on disk"
 
     # ------------------------------------------------------------------ public API
 
@@ -280,19 +228,35 @@ class Replica:
                 self._on_change_membership(token, change)
             case TransferLeadership(token=token, target=target):
                 self._on_transfer(token, target)
+            case Campaign(prevote=prevote):
+                self._on_campaign(prevote)
+        self._check_invariants()
 
-    def campaign(self) -> None:
-        """Run phase 1 now, skipping pre-vote and marking the prepares ``transfer`` so that
-        acceptors answer even while they hear a leader: a forced election, as a leader
-        transfer target runs. Scripted tests use it to build competing proposers at will.
-        Learners and non-members never campaign."""
-        if self.id in self.voters and self.role is not Role.LEADER:
+    def _on_campaign(self, prevote: bool) -> None:
+        """See ``io.Campaign``. Learners and non-members never campaign; a leader already
+        leads."""
+        if self.id not in self.voters or self.leader is not None:
+            return
+        if prevote:
+            self._on_election_timeout()
+        else:
             self._step_down(None)
             self._start_election(transfer=True)
 
+    def _check_invariants(self) -> None:
+        """The learner's and the leader's invariants, after every step (cheap: no scan of
+        the log; the acceptor's are asserted where it promises and accepts)."""
+        assert self.applied_through <= self.decided_through, "applied beyond decided"
+        assert self.log_start <= self.decided_through + 1, "compacted beyond decided"
+        assert self.ballot_seen >= self.promised, "promised a ballot never seen"
+        assert self.leader is None or self.candidate is None, "leader and candidate at once"
+        if self.leader is not None:
+            assert self.promised == self.ballot, "a leader promised someone else"
+            self.leader.check()
+
     def has_ready(self) -> bool:
-        self._flush_proposals()
-        self._flush_read_round()
+        """Whether ``ready()`` has anything to hand out. A pure query: it changes nothing
+        (proposals and read rounds that are due are made by ``ready()`` itself)."""
         return bool(
             self._reads_out
             or self._admin_out
@@ -302,15 +266,26 @@ class Replica:
             or self._persist_snapshot is not None
             or self._persist_compact is not None
             or self._messages
-            or self._accept_out
             or self._accepted_out
             or self._to_apply
             or self._restore is not None
             or self._redirects
+            or (
+                self.leader is not None
+                and (
+                    bool(self.leader.accept_out)
+                    or self.leader.read_round_needed
+                    or self._proposal_due()
+                )
+            )
         )
 
     def ready(self) -> Ready:
-        """Hand out everything produced since the last Ready. Call advance() before the next."""
+        """Hand out everything produced since the last Ready. Call advance() before the next.
+
+        Commands queued since the last Ready are proposed here, so that those that arrived in
+        one event-loop turn share a slot, and one heartbeat round confirms every read-index
+        read registered since the previous round."""
         assert self._outstanding is None, "ready() called twice without advance()"
         self._flush_proposals()
         self._flush_read_round()
@@ -319,50 +294,11 @@ class Replica:
         early: list[Outbound] = []
         for out in self._messages:
             (messages if isinstance(out.msg, _AFTER_PERSIST) else early).append(out)
-        safe = min(self._commit_through, self._commit_durable)
-        early = [
-            Outbound(o.dst, msgspec.structs.replace(o.msg, commit_through=safe))
-            if isinstance(o.msg, Heartbeat) and o.msg.commit_through > safe
-            else o
-            for o in early
-        ]
-        voting = self._vote_targets() if self._accept_out else frozenset()
-        flush_quiet, self._flush_quiet = self._flush_quiet, False
-        cap = self.config.accept_entries_per_message_max
-        # Accepts lead: a heartbeat's commit point may cover the values they carry.
-        accepts: list[Outbound] = []
-        budget = self.config.message_bytes_max
-        for dst, entries in self._accept_out.items():
-            quiet = (
-                self.config.thrifty_accepts and dst not in voting and dst not in self._accept_loud
-            )
-            if quiet and not flush_quiet:
-                held = self._quiet_held.setdefault(dst, [])
-                held.extend(entries)
-                size = self._quiet_held_bytes.get(dst, 0) + sum(
-                    value_bytes(e.value) for e in entries
-                )
-                if len(held) < cap and size < budget:
-                    self._quiet_held_bytes[dst] = size
-                    continue
-                entries = held
-                del self._quiet_held[dst]
-                self._quiet_held_bytes.pop(dst, None)
-            for chunk in self._message_chunks(entries, cap):
-                accepts.append(
-                    Outbound(
-                        dst,
-                        Accept(
-                            ballot=self.ballot,
-                            entries=chunk,
-                            commit_through=safe,
-                            quiet=quiet,
-                        ),
-                    )
-                )
-        early = accepts + early
-        self._accept_loud = set()
-        self._commit_durable = self._commit_through
+        if self.leader is not None:
+            early = self._cap_heartbeats(
+                self.leader, early
+            )  # before the commit point moves on, below
+            early = self._leader_accepts(self.leader) + early
         for dst, (ballot, slots, read_seq) in self._accepted_out.items():
             messages.append(
                 Outbound(
@@ -397,7 +333,6 @@ class Replica:
         self._persist_snapshot = None
         self._persist_compact = None
         self._messages = []
-        self._accept_out = {}
         self._accepted_out = {}
         self._to_apply = []
         self._restore = None
@@ -406,6 +341,51 @@ class Replica:
         self._admin_out = []
         self._outstanding = rd
         return rd
+
+    @staticmethod
+    def _cap_heartbeats(ld: LeaderState, early: list[Outbound]) -> list[Outbound]:
+        """Heartbeats leave before this Ready's persist: they may say no more than the
+        commit point whose votes are already durable."""
+        safe = min(ld.commit_through, ld.commit_durable)
+        return [
+            Outbound(o.dst, msgspec.structs.replace(o.msg, commit_through=safe))
+            if isinstance(o.msg, Heartbeat) and o.msg.commit_through > safe
+            else o
+            for o in early
+        ]
+
+    def _leader_accepts(self, ld: LeaderState) -> list[Outbound]:
+        """This Ready's accepts (they lead: a heartbeat's commit point may cover the values
+        they carry). Thrifty ones for followers not asked to vote are held until a tick."""
+        safe = min(ld.commit_through, ld.commit_durable)
+        voting = self._vote_targets() if ld.accept_out else frozenset()
+        flush_quiet, ld.flush_quiet = ld.flush_quiet, False
+        cap = self.config.accept_entries_per_message_max
+        accepts: list[Outbound] = []
+        budget = self.config.message_bytes_max
+        for dst, entries in ld.accept_out.items():
+            quiet = self.config.thrifty_accepts and dst not in voting and dst not in ld.accept_loud
+            if quiet and not flush_quiet:
+                held = ld.quiet_held.setdefault(dst, [])
+                held.extend(entries)
+                size = ld.quiet_held_bytes.get(dst, 0) + sum(value_bytes(e.value) for e in entries)
+                if len(held) < cap and size < budget:
+                    ld.quiet_held_bytes[dst] = size
+                    continue
+                entries = held
+                del ld.quiet_held[dst]
+                ld.quiet_held_bytes.pop(dst, None)
+            for chunk in self._message_chunks(entries, cap):
+                accepts.append(
+                    Outbound(
+                        dst,
+                        Accept(ballot=self.ballot, entries=chunk, commit_through=safe, quiet=quiet),
+                    )
+                )
+        ld.accept_out = {}
+        ld.accept_loud = set()
+        ld.commit_durable = ld.commit_through
+        return accepts
 
     def _message_chunks(
         self, entries: list[DecidedEntry], cap: int
@@ -442,27 +422,46 @@ class Replica:
         )
 
     @property
+    def role(self) -> Role:
+        if self.leader is not None:
+            return Role.LEADER
+        return Role.FOLLOWER if self.candidate is None else Role.CANDIDATE
+
+    @property
     def is_leader(self) -> bool:
-        return self.role is Role.LEADER
+        return self.leader is not None
+
+    @property
+    def _ld(self) -> LeaderState:
+        """The leader's state, where only a leader gets (a follower there is a bug)."""
+        assert self.leader is not None, "leader-only code ran while not leading"
+        return self.leader
+
+    @property
+    def _cand(self) -> CandidateState:
+        assert self.candidate is not None, "candidate-only code ran while not campaigning"
+        return self.candidate
 
     @property
     def peer_last_ack_ms(self) -> dict[NodeId, int]:
         """When (our clock) each peer last answered this leader: the basis of check-quorum."""
-        return dict(self._last_ack_ms)
+        return {} if self.leader is None else dict(self.leader.last_ack_ms)
 
     def peer_lag(self) -> dict[NodeId, int]:
         """How many slots each peer's decided log trails ours, as it last told us (leader
         only; peers that have not answered this leader are left out)."""
-        return {p: max(0, self.decided_through - d) for p, d in self._peer_decided.items()}
+        if self.leader is None:
+            return {}
+        return {p: max(0, self.decided_through - d) for p, d in self.leader.peer_decided.items()}
 
     def peer_decided(self, node: NodeId) -> int | None:
         """How far ``node`` last said it has decided (leader only; None: it has not answered
         this leader yet)."""
-        return self._peer_decided.get(node)
+        return None if self.leader is None else self.leader.peer_decided.get(node)
 
     @property
     def pending_commands(self) -> int:
-        return len(self._queue)
+        return 0 if self.leader is None else len(self.leader.queue)
 
     # ------------------------------------------------------------------ helpers
 
@@ -539,50 +538,39 @@ class Replica:
         elif self.leader_hint == self.id:
             # We no longer lead: naming ourselves would send redirected clients straight back.
             self.leader_hint = None
-        if self.role is not Role.FOLLOWER:
-            if self.role is Role.CANDIDATE:
-                self.elections_lost += 1
-            self.role = Role.FOLLOWER
-            self._promises = {}
-            self._proposals = {}
-            self._votes = {}
-            self._slot_voters = {}
-            self._proposed_ms = {}
-            self._accept_out = {}
-            self._quiet_held = {}
-            self._quiet_held_bytes = {}
-            self._undecided_bytes = {}
-            self._undecided_total = 0
-            self._backlog = {}
-            self._backlog_top = 0
-            self._config_slot = None
-            if self._config_request is not None:
-                self._admin(self._config_request[0], False, "leadership lost before proposing")
-                self._config_request = None
-            for slot, token in self._config_tokens.items():
-                self._admin(
-                    token,
-                    False,
-                    f"leadership lost before slot {slot} was decided; the change may still "
-                    "take effect: check the members",
-                    slot=slot,
-                    unknown=True,
-                )
-            self._config_tokens = {}
-            if self._transfer is not None:
-                token, target, _ = self._transfer
-                if higher is not None and higher.node == target:
-                    self._admin(token, True, f"node {target} took over at ballot {higher}")
-                else:
-                    self._admin(token, False, "leadership lost to another node during transfer")
-                self._transfer = None
-            while self._queue:
-                self._redirects.append(Redirect(self._queue.popleft(), self.leader_hint))
-            for token, _, _ in self._pending_reads:
-                self._reads_out.append(ReadReady(token, None, self.leader_hint))
-            self._pending_reads = []
-            self._read_round_needed = False
+        if self.candidate is not None:
+            self.elections_lost += 1
+            self.candidate = None
+        ld, self.leader = self.leader, None
+        if ld is not None:
+            self._answer_leader_callers(ld, higher)
         self._reset_election_timer()
+
+    def _answer_leader_callers(self, ld: LeaderState, higher: Ballot | None) -> None:
+        """A leadership ended: everyone waiting on it gets an answer now, not a timeout.
+        Heartbeats not yet handed out are capped as ready() would have capped them."""
+        self._messages = self._cap_heartbeats(ld, self._messages)
+        if ld.config_request is not None:
+            self._admin(ld.config_request[0], False, "leadership lost before proposing")
+        for slot, token in ld.config_tokens.items():
+            self._admin(
+                token,
+                False,
+                f"leadership lost before slot {slot} was decided; the change may still "
+                "take effect: check the members",
+                slot=slot,
+                unknown=True,
+            )
+        if ld.transfer is not None:
+            token, target, _ = ld.transfer
+            if higher is not None and higher.node == target:
+                self._admin(token, True, f"node {target} took over at ballot {higher}")
+            else:
+                self._admin(token, False, "leadership lost to another node during transfer")
+        for cmd in ld.queue:
+            self._redirects.append(Redirect(cmd, self.leader_hint))
+        for token, _, _ in ld.pending_reads:
+            self._reads_out.append(ReadReady(token, None, self.leader_hint))
 
     # ------------------------------------------------------------------ learner
 
@@ -603,10 +591,11 @@ class Replica:
             m = membership_of(self.decided[self.decided_through])
             if m is not None:
                 self._on_membership_decided(self.decided_through, m)
-        # Hand out for apply everything decided and contiguous; the invariant
-        # applied_through <= decided_through holds by construction.
-        if "apply_before_decided" in self.config.planted_bugs:
-            return
+        self._hand_out_decided()
+
+    def _hand_out_decided(self) -> None:
+        """Hand out for apply everything decided and contiguous, and nothing else
+        (applied_through <= decided_through, asserted after every step)."""
         while self.applied_through < self.decided_through:
             self.applied_through += 1
             s = self.applied_through
@@ -619,26 +608,19 @@ class Replica:
             self._step_down(None)
         if self.role is not Role.LEADER:
             return
-        if slot == self._config_slot:
-            self._config_slot = None
-        token = self._config_tokens.pop(slot, None)
+        if slot == self._ld.config_slot:
+            self._ld.config_slot = None
+        token = self._ld.config_tokens.pop(slot, None)
         if token is not None:
             self._admin(token, True, f"membership epoch {m.epoch} decided at slot {slot}", slot)
-        gone = [p for p in self._last_ack_ms if p not in m.ids]
-        for p in gone:
-            self._last_ack_ms.pop(p, None)
-            self.peer_voted_slot.pop(p, None)
-            self._read_acked.pop(p, None)
-            self._peer_decided.pop(p, None)
-            self._accept_out.pop(p, None)
-            self._quiet_held.pop(p, None)
-            self._quiet_held_bytes.pop(p, None)
+        for p in [p for p in self._ld.last_ack_ms if p not in m.ids]:
+            self._ld.forget_peer(p)
         # A new voter gets an election timeout's grace before check-quorum counts it as
         # silent. Learners get none: their acks must be real, or a learner that never
         # answered would look live to the promotion check.
         for p in self.peers:
             if p in self.voters:
-                self._last_ack_ms.setdefault(p, self.now_ms)
+                self._ld.last_ack_ms.setdefault(p, self.now_ms)
         if self.id not in self.voters:
             # Removed (or demoted): hand over to the most caught-up voter, then stop leading.
             target = self._best_voter()
@@ -654,11 +636,11 @@ class Replica:
         interval), plus a leader-transfer target, which must hold every value."""
         others = sorted(
             (p for p in self.voters if p != self.id),
-            key=lambda p: (-self._last_ack_ms.get(p, -(10**12)), p),
+            key=lambda p: (-self._ld.last_ack_ms.get(p, -(10**12)), p),
         )
         wanted = set(others[: max(0, self.membership.quorum - 1)])
-        if self._transfer is not None:
-            wanted.add(self._transfer[1])
+        if self._ld.transfer is not None:
+            wanted.add(self._ld.transfer[1])
         return frozenset(wanted)
 
     def _best_voter(self) -> NodeId | None:
@@ -667,11 +649,11 @@ class Replica:
         fresh = [
             p
             for p in self.voters
-            if p != self.id and self.now_ms - self._last_ack_ms.get(p, -(10**12)) < window
+            if p != self.id and self.now_ms - self._ld.last_ack_ms.get(p, -(10**12)) < window
         ]
         if not fresh:
             return None
-        return max(fresh, key=lambda p: (self.peer_voted_slot.get(p, 0), -p))
+        return max(fresh, key=lambda p: (self._ld.peer_voted_slot.get(p, 0), -p))
 
     def _commit_from_leader(self, ballot: Ballot, commit_through: int) -> None:
         """Learn every slot up to ``commit_through`` that we accepted at exactly ``ballot``:
@@ -705,32 +687,43 @@ class Replica:
     # ------------------------------------------------------------------ events
 
     def _on_tick(self) -> None:
-        if self.role is Role.LEADER:
-            if self._quiet_held:
-                for dst, held in self._quiet_held.items():
-                    self._accept_out[dst] = held + self._accept_out.get(dst, [])
-                self._quiet_held = {}
-                self._quiet_held_bytes = {}
-                self._flush_quiet = True
-            if self.now_ms - self._last_heartbeat_ms >= self.config.heartbeat_interval_ms:
-                self._heartbeat()
-                self._maybe_hand_over()
-            if self._transfer is not None and self.now_ms >= self._transfer[2]:
-                token, target, _ = self._transfer
-                self._transfer = None
-                self._admin(token, False, f"node {target} did not take over in time; still leading")
-            self._check_quorum()
-        elif self.role is Role.CANDIDATE:
-            if self.now_ms >= self.election_deadline_ms:
-                self._step_down(None)
-                self._start_election()
-            elif self.now_ms - self._prepare_sent_ms >= self.config.heartbeat_interval_ms:
-                self._send_prepares()
+        ld = self.leader
+        if ld is not None:
+            self._leader_tick(ld)
         elif self.now_ms >= self.election_deadline_ms:
-            if self.id in self.voters:
-                self._start_prevote()
-            else:
-                self._reset_election_timer()  # learners and non-members never campaign
+            self._on_election_timeout()
+        elif (
+            self.candidate is not None
+            and self.now_ms - self.candidate.prepare_sent_ms >= self.config.heartbeat_interval_ms
+        ):
+            self._send_prepares()
+
+    def _leader_tick(self, ld: LeaderState) -> None:
+        if ld.quiet_held:
+            for dst, held in ld.quiet_held.items():
+                ld.accept_out[dst] = held + ld.accept_out.get(dst, [])
+            ld.quiet_held = {}
+            ld.quiet_held_bytes = {}
+            ld.flush_quiet = True
+        if self.now_ms - ld.last_heartbeat_ms >= self.config.heartbeat_interval_ms:
+            self._heartbeat()
+            self._maybe_hand_over()
+        if ld.transfer is not None and self.now_ms >= ld.transfer[2]:
+            token, target, _ = ld.transfer
+            ld.transfer = None
+            self._admin(token, False, f"node {target} did not take over in time; still leading")
+        self._check_quorum()
+
+    def _on_election_timeout(self) -> None:
+        """The election timer fired (or a ``Campaign(prevote=True)`` says it did): a
+        candidate runs again at a higher ballot, a follower asks for a pre-vote."""
+        if self.candidate is not None:
+            self._step_down(None)
+            self._start_election()
+        elif self.id in self.voters:
+            self._start_prevote()
+        else:
+            self._reset_election_timer()  # learners and non-members never campaign
 
     def _check_quorum(self) -> None:
         """A leader that has not heard from a majority for an election timeout steps down, so
@@ -739,7 +732,7 @@ class Replica:
         fresh = {self.id} | {
             p
             for p in self.voters
-            if p != self.id and self.now_ms - self._last_ack_ms.get(p, 0) < window
+            if p != self.id and self.now_ms - self._ld.last_ack_ms.get(p, 0) < window
         }
         if not has_majority(self.voters, fresh):
             self._step_down(None)
@@ -762,7 +755,7 @@ class Replica:
         ballot (ours included). A majority of yes starts the real election."""
         assert self.role is Role.FOLLOWER, "only a follower asks for a pre-vote"
         ballot = self._next_ballot()
-        self._prevote = (ballot, {self.id})
+        self._prevote = PreVoteRound(ballot, {self.id})
         self.leader_hint = None
         self._reset_election_timer()
         for p in sorted(self.voters):
@@ -771,7 +764,7 @@ class Replica:
         self._maybe_end_prevote()
 
     def _maybe_end_prevote(self) -> None:
-        if self._prevote is not None and has_majority(self.voters, self._prevote[1]):
+        if self._prevote is not None and has_majority(self.voters, self._prevote.granted):
             assert self.role is Role.FOLLOWER, "a pre-vote outlived its follower"
             self._prevote = None
             self._start_election()
@@ -786,9 +779,9 @@ class Replica:
 
     def _on_prevote_reply(self, src: NodeId, msg: PreVoteReply) -> None:
         self._observe(msg.promised)  # a refused candidate aims higher next time
-        if self._prevote is None or msg.ballot != self._prevote[0] or not msg.granted:
+        if self._prevote is None or msg.ballot != self._prevote.ballot or not msg.granted:
             return
-        self._prevote[1].add(src)
+        self._prevote.granted.add(src)
         self._maybe_end_prevote()
 
     def _heard_leader(self, src: NodeId) -> None:
@@ -799,29 +792,32 @@ class Replica:
         self._reset_election_timer()
 
     def _start_election(self, transfer: bool = False) -> None:
+        assert self.role is Role.FOLLOWER, "a campaign starts from a follower"
         self.ballot = self._next_ballot()
-        self.role = Role.CANDIDATE
         self.leader_hint = None
         self._leader_heard_ms = None
         self._prevote = None
-        self._campaign_transfer = transfer
         self._promise(self.ballot)
-        self._prepare_from = self.decided_through + 1
-        self._promises = {self.id: self._make_promise(self.ballot, self._prepare_from, False)}
-        self._prepare_targets = set(self.voters)
+        frm = self.decided_through + 1
+        self.candidate = CandidateState(
+            transfer=transfer,
+            prepare_from=frm,
+            promises={self.id: self._make_promise(self.ballot, frm, False)},
+            prepare_targets=set(self.voters),
+        )
         self._reset_election_timer()
         self._send_prepares()
         self._maybe_win()
 
     def _send_prepares(self) -> None:
-        self._prepare_sent_ms = self.now_ms
-        for p in sorted(self._prepare_targets):
-            if p not in self._promises and p != self.id:
+        self._cand.prepare_sent_ms = self.now_ms
+        for p in sorted(self._cand.prepare_targets):
+            if p not in self._cand.promises and p != self.id:
                 self._send(p, self._prepare_message())
 
     def _prepare_message(self) -> Prepare:
         return Prepare(
-            ballot=self.ballot, from_slot=self._prepare_from, transfer=self._campaign_transfer
+            ballot=self.ballot, from_slot=self._cand.prepare_from, transfer=self._cand.transfer
         )
 
     def _make_promise(self, ballot: Ballot, from_slot: int, capped: bool = True) -> Promise:
@@ -886,22 +882,32 @@ class Replica:
             case TimeoutNow():
                 self._on_timeout_now(src, msg)
 
+    def _admit_ballot(self, src: NodeId, ballot: Ballot, *, sticky: bool = False) -> bool:
+        """The acceptor's gate, one for every message that speaks for a ballot (Prepare,
+        Accept, Heartbeat): whether to act on ``ballot`` at all.
+
+        Below our promise: refused with a Nack naming the promise, so the sender aims higher.
+        With ``sticky`` (a plain Prepare), a higher ballot is ignored while the leader we
+        hear still leads: refusing to promise is always safe (Paxos only constrains what an
+        acceptor does once it promised), and silence rather than a Nack, which would name no
+        higher ballot; a candidate that a majority stopped hearing gets its promises from
+        that majority. An admitted ballot above our own ends our candidacy or leadership."""
+        if ballot < self.promised:
+            self._send(src, Nack(ballot=ballot, promised=self.promised))
+            return False
+        if sticky and ballot > self.promised and self._hears_leader():
+            return False
+        if ballot > self.ballot and self.role is not Role.FOLLOWER:
+            self._step_down(ballot)
+        return True
+
     def _on_prepare(self, src: NodeId, msg: Prepare) -> None:
         if src not in self.voters:
             # A removed member (or one whose promotion we have not learned) must not unseat a
             # leader with ever higher ballots. It will learn or be stopped; we lose nothing.
             return
-        if msg.ballot < self.promised:
-            self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
+        if not self._admit_ballot(src, msg.ballot, sticky=not msg.transfer):
             return
-        if msg.ballot > self.promised and not msg.transfer and self._hears_leader():
-            # Stickiness: the leader we hear still leads. Refusing to promise is always safe
-            # (Paxos only constrains what an acceptor does once it promised); silence rather
-            # than a Nack, which would name no higher ballot. A candidate that a majority
-            # stopped hearing gets its promises from that majority.
-            return
-        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
-            self._step_down(msg.ballot)
         if msg.ballot > self.promised:
             self._leader_heard_ms = None  # we follow the candidate now, not the old leader
         self._promise(msg.ballot)
@@ -920,7 +926,7 @@ class Replica:
             self._catchup_sent_ms = -(10**9)
             self._maybe_catch_up(src, msg.decided_through)
             return
-        self._promises[src] = msg
+        self._cand.promises[src] = msg
         self._maybe_win()
 
     def _maybe_win(self) -> None:
@@ -931,79 +937,82 @@ class Replica:
         membership accepted it, so some promise in that majority reports it (or a later one),
         and values chosen under it were accepted by a majority of it, which we then also ask.
         """
-        if not has_majority(self.voters, self._promises):
+        if not has_majority(self.voters, self._cand.promises):
             return
-        if self._prepare_from < self.log_start:
+        if self._cand.prepare_from < self.log_start:
             # A snapshot (installed from a peer, or taken after catching up) compacted slots
             # we campaigned for while we were campaigning. They are decided, but our own
             # promise can no longer report them, so leading from there could propose a new
             # value into a chosen slot that only we knew about: lead from log_start instead.
-            self._prepare_from = self.log_start
+            self._cand.prepare_from = self.log_start
         # Our own state may have grown while campaigning (catch-up): re-read it.
-        self._promises[self.id] = self._make_promise(self.ballot, self._prepare_from, False)
-        ignore = "ignore_phase1_values" in self.config.planted_bugs
+        self._cand.promises[self.id] = self._make_promise(
+            self.ballot, self._cand.prepare_from, False
+        )
+        top = max(
+            [self._cand.prepare_from - 1]
+            + [e.slot for p in self._cand.promises.values() for e in p.entries]
+        )
+        chosen = self._phase1_values(self._cand.promises.values())
+        required = [self.membership, *self._reported_memberships(chosen)]
+        missing = False
+        for m in required:
+            if not has_majority(m.voters, self._cand.promises):
+                missing = True
+                fresh = m.voters - self._cand.prepare_targets
+                if fresh:
+                    self._cand.prepare_targets |= fresh
+                    for n in sorted(fresh - {self.id}):
+                        self._send(n, self._prepare_message())
+        if missing:
+            return
+        cand, self.candidate = self._cand, None
+        self.leader_hint = self.id
+        self.elections_lost = 0
+        ld = self.leader = LeaderState(
+            commit_through=cand.prepare_from - 1,
+            next_slot=cand.prepare_from,
+            # Nothing at our ballot is durable yet, and nothing below prepare_from will be
+            # proposed at it: followers learn no slot from this commit point.
+            commit_durable=cand.prepare_from - 1,
+            last_ack_ms={p: self.now_ms for p in self.peers if p in self.voters},
+        )
+        # Re-propose what phase 1 found, no-ops in the gaps; _flush_proposals sends them
+        # through the window and stops after a membership slot until it is decided.
+        for s in range(cand.prepare_from, top + 1):
+            entry = chosen.get(s)
+            if s in self.decided:
+                ld.backlog[s] = self.decided[s]
+            elif entry is not None:
+                ld.backlog[s] = entry[1]
+        ld.backlog_top = top
+        self._flush_proposals()
+        self._heartbeat(resend=False)
+
+    def _phase1_values(self, promises: Iterable[Promise]) -> dict[int, tuple[Ballot, Value, bool]]:
+        """Phase 1's rule: per slot, a decided value if any promise reports one, otherwise
+        the value accepted at the highest ballot. (ballot, value, decided) per slot."""
         chosen: dict[int, tuple[Ballot, Value, bool]] = {}
-        top = self._prepare_from - 1
-        for p in self._promises.values():
+        for p in promises:
             for e in p.entries:
-                top = max(top, e.slot)
-                if ignore:
-                    continue
                 cur = chosen.get(e.slot)
                 if cur is not None and cur[2]:
                     continue  # a decided value already fixes this slot
                 if e.decided or cur is None or e.ballot > cur[0]:
                     chosen[e.slot] = (e.ballot, e.value, e.decided)
-        required = [self.membership]
-        if "phase1_ignores_new_membership" in self.config.planted_bugs:
-            chosen_memberships: list[int] = []
-        else:
-            # Slots below _prepare_from are decided: their memberships are in ours already.
-            chosen_memberships = sorted(s for s in chosen if s >= self._prepare_from)
-        for slot in chosen_memberships:
+        return chosen
+
+    def _reported_memberships(
+        self, chosen: dict[int, tuple[Ballot, Value, bool]]
+    ) -> list[Membership]:
+        """The memberships phase 1 found in open slots, in slot order: a majority of each
+        must promise too (slots below prepare_from are decided: ours includes them)."""
+        found: list[Membership] = []
+        for slot in sorted(s for s in chosen if s >= self._cand.prepare_from):
             m = membership_of(chosen[slot][1])
             if m is not None:
-                required.append(m)
-        missing = False
-        for m in required:
-            if not has_majority(m.voters, self._promises):
-                missing = True
-                fresh = m.voters - self._prepare_targets
-                if fresh:
-                    self._prepare_targets |= fresh
-                    for n in sorted(fresh - {self.id}):
-                        self._send(n, self._prepare_message())
-        if missing:
-            return
-        self.role = Role.LEADER
-        self.leader_hint = self.id
-        self.elections_lost = 0
-        self._promises = {}
-        self._proposals = {}
-        self._undecided_bytes = {}
-        self._undecided_total = 0
-        self._votes = {}
-        self._slot_voters = {}
-        self._proposed_ms = {}
-        self._commit_through = self._prepare_from - 1
-        self._next_slot = self._prepare_from
-        self._config_slot = None
-        self._last_ack_ms = {p: self.now_ms for p in self.peers if p in self.voters}
-        self.peer_voted_slot = {}
-        self._peer_decided = {}
-        self._read_acked = {}
-        # Re-propose what phase 1 found, no-ops in the gaps; _flush_proposals sends them
-        # through the window and stops after a membership slot until it is decided.
-        self._backlog = {}
-        for s in range(self._prepare_from, top + 1):
-            entry = chosen.get(s)
-            if s in self.decided:
-                self._backlog[s] = self.decided[s]
-            elif entry is not None:
-                self._backlog[s] = entry[1]
-        self._backlog_top = top
-        self._flush_proposals()
-        self._heartbeat(resend=False)
+                found.append(m)
+        return found
 
     def _on_nack(self, msg: Nack) -> None:
         self._observe(msg.promised)
@@ -1012,52 +1021,75 @@ class Replica:
 
     def _propose(self, slot: int, value: Value) -> None:
         assert self.role is Role.LEADER
-        assert slot not in self._proposals, f"slot {slot} proposed twice at one ballot"
-        assert self._config_slot is None, "proposal above an undecided membership slot"
-        self._proposals[slot] = value
+        assert slot not in self._ld.proposals, f"slot {slot} proposed twice at one ballot"
+        assert self._ld.config_slot is None, "proposal above an undecided membership slot"
+        self._ld.proposals[slot] = value
         n = value_bytes(value)
-        self._undecided_bytes[slot] = n
-        self._undecided_total += n
-        self._votes[slot] = set()
-        self._slot_voters[slot] = self.voters
-        self._proposed_ms[slot] = self.now_ms
+        self._ld.undecided_bytes[slot] = n
+        self._ld.undecided_total += n
+        self._ld.votes[slot] = set()
+        self._ld.slot_voters[slot] = self.voters
+        self._ld.proposed_ms[slot] = self.now_ms
         if slot > self.decided_through and membership_of(value) is not None:
-            self._config_slot = slot
+            self._ld.config_slot = slot
         entry = DecidedEntry(slot, value)
         for p in self.peers:
-            self._accept_out.setdefault(p, []).append(entry)
+            self._ld.accept_out.setdefault(p, []).append(entry)
         self._accept_locally(slot, value)
 
     def _accept_locally(self, slot: int, value: Value) -> None:
         assert self.promised == self.ballot, "leader accepts only at its own ballot"
         if slot >= self.log_start and slot not in self.decided:
-            a = AcceptedEntry(slot, self.ballot, value)
-            self.accepted[slot] = a
-            self._persist_accepted[slot] = a
+            self._vote(AcceptedEntry(slot, self.ballot, value), durable=True)
         self._count_vote(slot, self.id)
 
+    def _vote(self, a: AcceptedEntry, durable: bool) -> None:
+        """Phase 2b: accept ``a``. Only at the ballot promised (the promise is raised first),
+        so every accepted ballot stays <= promised; ``durable`` votes are persisted before
+        the Accepted that reports them leaves."""
+        assert a.ballot == self.promised, "accept at a ballot other than the one promised"
+        self.accepted[a.slot] = a
+        if durable:
+            self._persist_accepted[a.slot] = a
+
     def _count_vote(self, slot: int, voter: NodeId) -> None:
-        votes = self._votes.get(slot)
+        ld = self._ld
+        votes = ld.votes.get(slot)
         if votes is None:
             return
-        voters = self._slot_voters[slot]
+        voters = ld.slot_voters[slot]
         if voter not in voters:
             return  # a learner's vote: it holds the value, but does not count
         votes.add(voter)
-        needed = 1 if "minority_quorum" in self.config.planted_bugs else majority(len(voters))
-        if len(votes) >= needed:
-            value = self._proposals[slot]
-            self._undecided_total -= self._undecided_bytes.pop(slot)
-            del self._votes[slot]
-            del self._slot_voters[slot]
-            del self._proposed_ms[slot]
-            self._decide(slot, value)
-            while (
-                self._commit_through + 1 < self._next_slot
-                and self._commit_through + 1 not in self._votes
-            ):
-                self._commit_through += 1
-                self._proposals.pop(self._commit_through, None)
+        if len(votes) >= self._votes_needed(voters):
+            value = ld.proposals[slot]
+            ld.undecided_total -= ld.undecided_bytes.pop(slot)
+            del ld.votes[slot]
+            del ld.slot_voters[slot]
+            del ld.proposed_ms[slot]
+            self._decide(slot, value)  # may end our leadership (a membership removing us)
+            while ld.commit_through + 1 < ld.next_slot and ld.commit_through + 1 not in ld.votes:
+                ld.commit_through += 1
+                ld.proposals.pop(ld.commit_through, None)
+
+    def _votes_needed(self, voters: frozenset[NodeId]) -> int:
+        """A value is chosen once a majority of the voters of its slot accepted it."""
+        return majority(len(voters))
+
+    def _proposal_due(self) -> bool:
+        """Whether ``_flush_proposals`` would propose now (the same tests, in its order)."""
+        ld = self.leader
+        if ld is None or ld.config_slot is not None:
+            return False
+        if ld.next_slot - 1 - ld.commit_through >= self.config.slots_in_flight_max:
+            return False
+        if ld.next_slot <= ld.backlog_top:
+            return True
+        if ld.transfer is not None:
+            return False
+        if ld.config_request is not None:
+            return True
+        return bool(ld.queue) and ld.undecided_total < self.config.message_bytes_max // 3
 
     def _flush_proposals(self) -> None:
         """Turn queued commands into proposals while the pipeline has room; commands that
@@ -1066,46 +1098,44 @@ class Replica:
             return
         cfg = self.config
         while (
-            self._config_slot is None
-            and self._next_slot - 1 - self._commit_through < cfg.slots_in_flight_max
+            self.leader is not None
+            and self._ld.config_slot is None
+            and self._ld.next_slot - 1 - self._ld.commit_through < cfg.slots_in_flight_max
         ):
-            slot = self._next_slot
-            if slot <= self._backlog_top:
-                self._next_slot += 1
-                self._propose(slot, self._backlog.pop(slot, NOOP))
+            slot = self._ld.next_slot
+            if slot <= self._ld.backlog_top:
+                self._ld.next_slot += 1
+                self._propose(slot, self._ld.backlog.pop(slot, NOOP))
                 continue
-            if self._transfer is not None:
+            if self._ld.transfer is not None:
                 return  # handing over: new commands wait, and go to the next leader
-            if self._config_request is not None:
-                token, m = self._config_request
-                self._config_request = None
-                self._config_tokens[slot] = token
-                self._next_slot += 1
+            if self._ld.config_request is not None:
+                token, m = self._ld.config_request
+                self._ld.config_request = None
+                self._ld.config_tokens[slot] = token
+                self._ld.next_slot += 1
                 self._propose(slot, encode_membership(m))
                 continue
-            if not self._queue:
+            if not self._ld.queue:
                 return
-            if self._undecided_total >= cfg.message_bytes_max // 3:
+            if self._ld.undecided_total >= cfg.message_bytes_max // 3:
                 # Bounded in bytes too: with a batch on top (at most batch_bytes_max, 2 MiB)
                 # what a follower holds undecided still fits one promise.
                 return
             batch: list[bytes] = []
             size = 0
-            while self._queue and len(batch) < cfg.batch_commands_max:
-                nxt = len(self._queue[0])
+            while self._ld.queue and len(batch) < cfg.batch_commands_max:
+                nxt = len(self._ld.queue[0])
                 if batch and size + nxt > cfg.batch_bytes_max:
                     break
-                batch.append(self._queue.popleft())
+                batch.append(self._ld.queue.popleft())
                 size += nxt
-            self._next_slot += 1
+            self._ld.next_slot += 1
             self._propose(slot, tuple(batch))
 
     def _on_accept(self, src: NodeId, msg: Accept) -> None:
-        if msg.ballot < self.promised:
-            self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
+        if not self._admit_ballot(src, msg.ballot):
             return
-        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
-            self._step_down(msg.ballot)
         self._promise(msg.ballot)
         self._heard_leader(src)
         slots: list[int] = []
@@ -1113,16 +1143,10 @@ class Replica:
             slots.append(e.slot)
             if e.slot < self.log_start or e.slot in self.decided:
                 continue  # decided already; the leader's value is necessarily the same
-            a = AcceptedEntry(e.slot, msg.ballot, e.value)
-            self.accepted[e.slot] = a
-            if msg.quiet:
-                # Held in memory only, to learn the value at the commit point. Not a vote, so
-                # nothing is sent and nothing need survive a crash (a Promise may report it:
-                # any value proposed at a ballot is safe to re-propose at a higher one).
-                continue
-            self._persist_accepted[e.slot] = a
-            if "apply_before_decided" in self.config.planted_bugs:
-                self._to_apply.append(DecidedEntry(e.slot, e.value))
+            # Quiet: held in memory only, to learn the value at the commit point. Not a vote,
+            # so nothing is sent and nothing need survive a crash (a Promise may report it:
+            # any value proposed at a ballot is safe to re-propose at a higher one).
+            self._vote(AcceptedEntry(e.slot, msg.ballot, e.value), durable=not msg.quiet)
         if slots and not msg.quiet:
             prev = self._accepted_out.get(src)
             if prev is not None and prev[0] == msg.ballot:
@@ -1134,32 +1158,34 @@ class Replica:
     def _on_accepted(self, src: NodeId, msg: Accepted) -> None:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
-        self._last_ack_ms[src] = self.now_ms
+        self._ld.last_ack_ms[src] = self.now_ms
         # Present once the peer answered this leader at all (promotion needs that). The
         # latest answer, not the highest: a learner that restarted with an empty disk must
         # not look caught up; a reordered older answer only makes it look further behind.
-        self._peer_decided[src] = msg.decided_through
+        self._ld.peer_decided[src] = msg.decided_through
         for s in msg.slots:
             self._count_vote(s, src)
-        if msg.read_seq > self._read_acked.get(src, 0):
-            self._read_acked[src] = msg.read_seq
+            if self.leader is None:
+                return  # a decided membership removed us; the rest is for the next leader
+        if msg.read_seq > self._ld.read_acked.get(src, 0):
+            self._ld.read_acked[src] = msg.read_seq
             self._release_reads()
         if msg.slots:
             top = max(msg.slots)
-            if top > self.peer_voted_slot.get(src, 0):
-                self.peer_voted_slot[src] = top
-        if self._transfer is not None and self._transfer[1] == src:
+            if top > self._ld.peer_voted_slot.get(src, 0):
+                self._ld.peer_voted_slot[src] = top
+        if self._ld.transfer is not None and self._ld.transfer[1] == src:
             self._maybe_hand_over()
 
     def _heartbeat(self, resend: bool = True) -> None:
         """Tell followers we lead, how far they may commit, and re-send what they miss."""
-        self._last_heartbeat_ms = self.now_ms
+        self._ld.last_heartbeat_ms = self.now_ms
         self._broadcast(
             Heartbeat(
                 ballot=self.ballot,
-                commit_through=self._commit_through,
+                commit_through=self._ld.commit_through,
                 decided_through=self.decided_through,
-                read_seq=self._read_seq,
+                read_seq=self._ld.read_seq,
             )
         )
         if not resend:
@@ -1167,24 +1193,21 @@ class Replica:
         # Re-send accepts that lack votes a heartbeat after sending: the network may have
         # dropped them. Bounded per peer per heartbeat.
         stale_ms = self.now_ms - self.config.heartbeat_interval_ms
-        for s, votes in self._votes.items():
-            if self._proposed_ms[s] > stale_ms:
+        for s, votes in self._ld.votes.items():
+            if self._ld.proposed_ms[s] > stale_ms:
                 continue
-            self._proposed_ms[s] = self.now_ms
-            entry = DecidedEntry(s, self._proposals[s])
-            for p in self._slot_voters[s]:
+            self._ld.proposed_ms[s] = self.now_ms
+            entry = DecidedEntry(s, self._ld.proposals[s])
+            for p in self._ld.slot_voters[s]:
                 if p not in votes and p != self.id:
-                    out = self._accept_out.setdefault(p, [])
-                    self._accept_loud.add(p)
+                    out = self._ld.accept_out.setdefault(p, [])
+                    self._ld.accept_loud.add(p)
                     if len(out) < self.config.accept_entries_per_message_max:
                         out.append(entry)
 
     def _on_heartbeat(self, src: NodeId, msg: Heartbeat) -> None:
-        if msg.ballot < self.promised:
-            self._send(src, Nack(ballot=msg.ballot, promised=self.promised))
+        if not self._admit_ballot(src, msg.ballot):
             return
-        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER:
-            self._step_down(msg.ballot)
         if self.role is Role.LEADER:
             return  # our own ballot echoed cannot happen; equal ballots mean the same node
         self._observe(msg.ballot)
@@ -1314,42 +1337,42 @@ class Replica:
         completed before the read arrived is at or below it (a previous leader's chosen
         values were re-proposed after phase 1). The read is released once a majority has
         echoed a heartbeat sent after now, proving no higher ballot had taken over."""
-        if "stale_reads" in self.config.planted_bugs:
-            self._reads_out.append(ReadReady(token, 0))
-            return
         if self.role is not Role.LEADER:
             self._reads_out.append(ReadReady(token, None, self.leader_hint))
             return
-        index = max(self._next_slot - 1, self._backlog_top)
+        index = max(self._ld.next_slot - 1, self._ld.backlog_top)
         if self.membership.quorum == 1 and self.voters == {self.id}:
             self._reads_out.append(ReadReady(token, index))
             return
-        self._pending_reads.append((token, index, self._read_seq + 1))
-        self._read_round_needed = True
+        self._ld.pending_reads.append((token, index, self._ld.read_seq + 1))
+        self._ld.read_round_needed = True
 
     def _flush_read_round(self) -> None:
         """One heartbeat round confirms every read registered since the previous round."""
-        if not self._read_round_needed or self.role is not Role.LEADER:
+        if self.leader is None or not self.leader.read_round_needed:
             return
-        self._read_round_needed = False
-        self._read_seq += 1
+        self._ld.read_round_needed = False
+        self._ld.read_seq += 1
         self._heartbeat(resend=False)
 
     def _release_reads(self) -> None:
-        if not self._pending_reads:
+        if not self._ld.pending_reads:
             return
         # The highest round a majority of voters echoed (we echo every round we send).
         confirmed = nth_highest(
-            (self._read_seq if p == self.id else self._read_acked.get(p, 0) for p in self.voters),
+            (
+                self._ld.read_seq if p == self.id else self._ld.read_acked.get(p, 0)
+                for p in self.voters
+            ),
             len(self.voters),
         )
         keep: list[tuple[int, int, int]] = []
-        for token, index, seq in self._pending_reads:
+        for token, index, seq in self._ld.pending_reads:
             if seq <= confirmed:
                 self._reads_out.append(ReadReady(token, index))
             else:
                 keep.append((token, index, seq))
-        self._pending_reads = keep
+        self._ld.pending_reads = keep
 
     def _on_client_command(self, cmd: bytes) -> None:
         if is_membership_command(cmd):
@@ -1359,10 +1382,10 @@ class Replica:
         if self.role is not Role.LEADER:
             self._redirects.append(Redirect(cmd, self.leader_hint))
             return
-        if len(self._queue) >= self.config.pending_commands_max:
+        if len(self._ld.queue) >= self.config.pending_commands_max:
             self._redirects.append(Redirect(cmd, self.id, reason="busy"))
             return
-        self._queue.append(cmd)
+        self._ld.queue.append(cmd)
 
     # ------------------------------------------------------------------ operations
 
@@ -1371,10 +1394,10 @@ class Replica:
             hint = "no leader known" if self.leader_hint is None else f"node {self.leader_hint}"
             self._admin(token, False, f"not the leader ({hint} is)")
             return
-        if self._config_slot is not None or self._config_request is not None:
+        if self._ld.config_slot is not None or self._ld.config_request is not None:
             self._admin(token, False, "another membership change is in progress; retry after it")
             return
-        if self._transfer is not None:
+        if self._ld.transfer is not None:
             self._admin(token, False, "a leader transfer is in progress; retry after it")
             return
         try:
@@ -1387,9 +1410,9 @@ class Replica:
             return
         node = change.node
         if change.kind is ChangeKind.PROMOTE:
-            heard = self._last_ack_ms.get(node)
+            heard = self._ld.last_ack_ms.get(node)
             if (
-                node not in self._peer_decided
+                node not in self._ld.peer_decided
                 or heard is None
                 or self.now_ms - heard >= self.config.election_timeout_ms_max
             ):
@@ -1400,7 +1423,7 @@ class Replica:
                     "reachable?); promote it once it has caught up",
                 )
                 return
-            behind = self.decided_through - self._peer_decided[node]
+            behind = self.decided_through - self._ld.peer_decided[node]
             if behind > self.config.promote_lag_slots_max:
                 self._admin(
                     token,
@@ -1415,7 +1438,7 @@ class Replica:
         live = {
             p
             for p in new.voters
-            if p == self.id or self.now_ms - self._last_ack_ms.get(p, -(10**12)) < window
+            if p == self.id or self.now_ms - self._ld.last_ack_ms.get(p, -(10**12)) < window
         }
         if len(live) < new.quorum:
             down = sorted(new.voters - live)
@@ -1426,7 +1449,7 @@ class Replica:
                 f"{len(new.voters)} (quorum {new.quorum}); not answering: {down}",
             )
             return
-        self._config_request = (token, new)
+        self._ld.config_request = (token, new)
 
     def _on_transfer(self, token: int, target: NodeId | None) -> None:
         if self.role is not Role.LEADER:
@@ -1436,7 +1459,7 @@ class Replica:
         if target == self.id:
             self._admin(token, True, f"node {self.id} already leads")
             return
-        if self._transfer is not None:
+        if self._ld.transfer is not None:
             self._admin(token, False, "a leader transfer is already in progress")
             return
         if target is None:
@@ -1447,18 +1470,19 @@ class Replica:
         elif target not in self.voters:
             self._admin(token, False, f"node {target} is not a voter")
             return
-        self._transfer = (token, target, self.now_ms + self.config.election_timeout_ms_max)
+        self._ld.transfer = (token, target, self.now_ms + self.config.election_timeout_ms_max)
         self._maybe_hand_over()
 
     def _maybe_hand_over(self) -> None:
         """Tell the transfer target to campaign once it holds every value we proposed, so
         its phase 1 finds them all and no acknowledged write waits on a timeout."""
-        if self._transfer is None or self.role is not Role.LEADER:
+        ld = self.leader
+        if ld is None or ld.transfer is None:
             return
-        _, target, _ = self._transfer
-        if self._backlog_top >= self._next_slot or self._config_slot is not None:
+        _, target, _ = ld.transfer
+        if ld.backlog_top >= ld.next_slot or ld.config_slot is not None:
             return
-        if any(target not in votes for votes in self._votes.values()):
+        if any(target not in votes for votes in ld.votes.values()):
             return
         self._send(target, TimeoutNow(ballot=self.ballot))
 

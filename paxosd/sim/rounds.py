@@ -34,11 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, DurableState, Outbound, PersistRecord, Received
+from paxosd.core.io import (
+    Campaign,
+    ClientCommand,
+    DurableState,
+    Outbound,
+    PersistRecord,
+    Received,
+)
 from paxosd.core.messages import Accept, Accepted, Message, Nack, Prepare, Promise
 from paxosd.core.quorum import majority
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, Ballot, NodeId, Value
+from paxosd.sim.planted import replica_class
 
 SLOT = 1
 # A decided or proposed value: a default bit, or the text of anything that is not one.
@@ -189,10 +197,8 @@ class _Rounds:
         self.rng = random.Random(seed)
         self.defaults = [self.rng.randint(0, 1) for _ in range(nodes)]
         self.members = tuple(NodeId(i) for i in range(nodes))
-        self.configs = {
-            m: CoreConfig(node_id=m, members=self.members, planted_bugs=planted_bugs)
-            for m in self.members
-        }
+        self.configs = {m: CoreConfig(node_id=m, members=self.members) for m in self.members}
+        self.replica_class = replica_class(planted_bugs)
         # Acceptor state only (promise and votes): see the module docstring.
         self.disks = {m: DurableState(promised=ZERO_BALLOT) for m in self.members}
         self.replicas: dict[NodeId, Replica] = {}
@@ -206,7 +212,7 @@ class _Rounds:
             d = self.disks[m]
             durable = DurableState(promised=d.promised, accepted=dict(d.accepted))
             rng = random.Random(self.seed * 1_000_003 + round_ * 16 + m)
-            self.replicas[m] = Replica(self.configs[m], rng, durable)
+            self.replicas[m] = self.replica_class(self.configs[m], rng, durable)
 
     def drain(self, m: NodeId) -> tuple[list[Outbound], Value | None]:
         """Persist and collect one replica's output; returns its messages and, if it just
@@ -274,7 +280,7 @@ class _Rounds:
                 f"  {'(own vote)':<11} {p}        maxVotedRound={own.ballot.round} "
                 f"maxVotedValue={decode(own.value)}   (local to the core, never a message)"
             )
-        prop.campaign()  # the proposer starts its round at will (no pre-vote, no timer)
+        prop.step(Campaign())  # the proposer starts its round at will (no pre-vote, no timer)
         assert prop.ballot == Ballot(round_, p), f"ballot {prop.ballot} is not round {round_}"
 
         # Phase 1: START to everyone, JOINs back; the proposer counts its own promise.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import ClientCommand, DurableState, Received, Tick
+from paxosd.core.io import Campaign, ClientCommand, DurableState, Received, Tick
 from paxosd.core.messages import (
     Accept,
     Accepted,
@@ -38,8 +38,9 @@ from paxosd.core.messages import (
     Promise,
 )
 from paxosd.core.quorum import majority
-from paxosd.core.replica import Replica, Role
+from paxosd.core.replica import Role
 from paxosd.core.types import ZERO_BALLOT, Ballot, NodeId, Value
+from paxosd.sim.planted import replica_class
 
 SLOT = 1
 NODES_MIN = 3  # A, B and at least one acceptor that is neither
@@ -111,9 +112,10 @@ class Stage:
         self.a, self.b = self.members[0], self.members[-1]
         self.rng = random.Random(seed)
         self.now_ms = 0
+        cls = replica_class(planted_bugs)
         self.replicas = {
-            m: Replica(
-                CoreConfig(node_id=m, members=self.members, planted_bugs=planted_bugs),
+            m: cls(
+                CoreConfig(node_id=m, members=self.members),
                 random.Random(self.rng.getrandbits(64)),
                 DurableState(promised=ZERO_BALLOT),
             )
@@ -212,7 +214,7 @@ class Stage:
     def campaign(self, m: NodeId) -> None:
         """Make ``m`` run phase 1 now (the schedule, not the clock, picks the moment): a
         forced election, so acceptors answer though they may still hear a leader."""
-        self.replicas[m].campaign()
+        self.replicas[m].step(Campaign())
         self.step(m, Tick(self.now_ms))
 
     def propose_own(self, m: NodeId, value: bytes) -> None:

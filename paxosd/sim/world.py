@@ -39,6 +39,7 @@ from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
+from paxosd.sim.planted import replica_class
 from paxosd.sim.workload import SimClient, random_op
 from paxosd.statemachine.commands import decode_result, is_read
 from paxosd.statemachine.machine import StateMachine
@@ -200,6 +201,8 @@ class World:
         self.options = options
         self.rng = random.Random(seed)
         self.now_ms = 0
+        # The core each node runs, with the planted bugs (if any) on top.
+        self.replica_class = replica_class(options.planted_bugs, options.replica_class)
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), options.faults)
         self.checker = SafetyChecker()
         self.stats = Stats()
@@ -233,12 +236,11 @@ class World:
             log_retain_entries=opts.log_retain_entries,
             # Tiny chunks, so every snapshot transfer takes several round trips.
             snapshot_chunk_bytes=opts.snapshot_chunk_bytes,
-            planted_bugs=opts.planted_bugs,
             thrifty_accepts=opts.thrifty_accepts,
         )
         node = self.nodes[nid] = SimNode(id=nid, disk=opts.disk_class())
         self._start_runner(
-            node, opts.replica_class(self.configs[nid], random.Random(self.rng.getrandbits(64)))
+            node, self.replica_class(self.configs[nid], random.Random(self.rng.getrandbits(64)))
         )
         self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
 
@@ -429,7 +431,7 @@ class World:
         durable = node.disk.recover()
         self._start_runner(
             node,
-            self.options.replica_class(
+            self.replica_class(
                 self.configs[nid], random.Random(self.rng.getrandbits(64)), durable, self.now_ms
             ),
         )

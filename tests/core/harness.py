@@ -15,19 +15,20 @@ from typing import Self
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import (
     AdminResult,
+    Campaign,
     ClientCommand,
     DurableState,
     Input,
     Ready,
     Received,
     Redirect,
-    Tick,
 )
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Value
 from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.disk import SimDisk
+from paxosd.sim.planted import replica_class
 from paxosd.statemachine.commands import Op, Result
 
 Pred = Callable[[int, int, Message], bool]
@@ -93,7 +94,13 @@ class Cluster:
     """Nodes 1..n. ``voters`` are the bootstrap voters (default: all of them); the other nodes
     run too, as non-members, until the log adds them (membership change)."""
 
-    def __init__(self, n: int = 3, voters: tuple[int, ...] | None = None, **config: object) -> None:
+    def __init__(
+        self,
+        n: int = 3,
+        voters: tuple[int, ...] | None = None,
+        planted_bugs: frozenset[str] = frozenset(),
+        **config: object,
+    ) -> None:
         self.members = tuple(NodeId(i) for i in range(1, n + 1))
         self.voters = tuple(NodeId(i) for i in voters) if voters is not None else self.members
         self.now_ms = 0
@@ -104,10 +111,12 @@ class Cluster:
             m: CoreConfig(node_id=m, members=self.voters, **config)  # type: ignore[arg-type]
             for m in self.members
         }
+        # The core each node runs: Replica, or a subclass with a planted bug.
+        self.replica_class = replica_class(planted_bugs)
         self.sim_disks = {m: SimDisk() for m in self.members}
         self.runners: dict[int, Runner[Recorder]] = {}
         for m in self.members:
-            self._start(m, Replica(self.configs[m], random.Random(m)))
+            self._start(m, self.replica_class(self.configs[m], random.Random(m)))
         self.inflight: list[tuple[int, int, Message]] = []
         self.applied: dict[int, list[tuple[int, Value]]] = {m: [] for m in self.members}
         self.down: set[int] = set()
@@ -150,15 +159,12 @@ class Cluster:
     def campaign(self, nid: int) -> None:
         """Make ``nid`` run phase 1 now (a forced election: no pre-vote, and acceptors answer
         though they may still hear a leader), without moving anyone's clock."""
-        self.runners[nid].replica.campaign()
-        self.drain(nid)
+        self.step(nid, Campaign())
 
     def time_out(self, nid: int) -> None:
         """Make ``nid``'s election timer fire now (pre-vote first), without moving anyone's
         clock."""
-        r = self.runners[nid].replica
-        r.election_deadline_ms = self.now_ms
-        self.step(nid, Tick(self.now_ms))
+        self.step(nid, Campaign(prevote=True))
 
     def tick_all(self, ms: int) -> None:
         self.now_ms += ms
@@ -195,7 +201,10 @@ class Cluster:
         self.down.discard(nid)
         durable = self.sim_disks[nid].recover()
         self._start(
-            nid, Replica(self.configs[NodeId(nid)], random.Random(nid + 100), durable, self.now_ms)
+            nid,
+            self.replica_class(
+                self.configs[NodeId(nid)], random.Random(nid + 100), durable, self.now_ms
+            ),
         )
         self.applied[nid] = []
         self.drain(nid)

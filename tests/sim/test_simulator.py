@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from paxosd.core.config import PLANTED_BUGS
 from paxosd.core.io import PersistRecord
 from paxosd.server.runner import Runner
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.fuzz import fuzz, replay_command
+from paxosd.sim.planted import PLANTED_BUGS
 from paxosd.sim.run import FAULT_KINDS, run_seed
 from paxosd.statemachine.machine import StateMachine
 
