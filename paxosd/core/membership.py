@@ -94,4 +94,6 @@ def apply_change(current: Membership, change: MembershipChange) -> Membership | 
                 raise ChangeRefused(f"node {node} is the last voter; a cluster needs one")
             members = tuple(m for m in current.members if m.node != node)
             retired = tuple(sorted({*retired, int(node)}))
-    return Membership(tuple(sorted(members, key=lambda m: m.node)), current.epoch + 1, retired)
+    new = Membership(tuple(sorted(members, key=lambda m: m.node)), current.epoch + 1, retired)
+    new.check()
+    return new

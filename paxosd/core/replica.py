@@ -340,6 +340,7 @@ class Replica:
         self._reads_out = []
         self._admin_out = []
         self._outstanding = rd
+        self._check_invariants()  # ready() proposes too
         return rd
 
     @staticmethod
@@ -474,6 +475,7 @@ class Replica:
 
     def _set_membership(self, m: Membership, after_slot: int) -> None:
         """``m`` governs every slot after ``after_slot``."""
+        m.check()
         self.membership = m
         self.voters = m.voters
         self.peers = tuple(n for n in m.ids if n != self.id)

@@ -74,7 +74,16 @@ class Membership(msgspec.Struct, frozen=True, array_like=True):
 
     @staticmethod
     def bootstrap(voters: tuple[NodeId, ...]) -> Membership:
-        return Membership(tuple(Member(int(n), "", True) for n in sorted(voters)), 0)
+        m = Membership(tuple(Member(int(n), "", True) for n in sorted(voters)), 0)
+        m.check()
+        return m
+
+    def check(self) -> None:
+        """Assert the invariant above. Called where a membership is made or takes effect
+        (not on decode: a malformed peer message must be refused, not crash the node)."""
+        ids = [m.node for m in self.members]
+        assert ids == sorted(set(ids)), f"membership ids not sorted and unique: {ids}"
+        assert any(m.voter for m in self.members), "a membership needs at least one voter"
 
     @property
     def voters(self) -> frozenset[NodeId]:
