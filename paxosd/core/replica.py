@@ -82,6 +82,7 @@ from paxosd.core.messages import (
     SnapshotChunk,
     TimeoutNow,
 )
+from paxosd.core.outbox import Outbox
 from paxosd.core.quorum import has_majority, majority, nth_highest
 from paxosd.core.types import (
     NOOP,
@@ -163,18 +164,7 @@ class Replica:
         self._snap_rx: tuple[int, int, bytearray] | None = None
 
         # Output buffers, drained by ready().
-        self._reads_out: list[ReadReady] = []
-        self._admin_out: list[AdminResult] = []
-        self._persist_promised: Ballot | None = None
-        self._persist_accepted: dict[int, AcceptedEntry] = {}
-        self._persist_decided: list[DecidedEntry] = []
-        self._persist_snapshot: Snapshot | None = None
-        self._persist_compact: int | None = None
-        self._messages: list[Outbound] = []
-        self._accepted_out: dict[NodeId, tuple[Ballot, list[int], int]] = {}
-        self._to_apply: list[DecidedEntry] = []
-        self._restore: Snapshot | None = None
-        self._redirects: list[Redirect] = []
+        self._out = Outbox()
         self._outstanding: Ready | None = None
 
         if durable is not None:
@@ -191,7 +181,7 @@ class Replica:
         self.ballot_seen = self.promised
         self.snapshot = durable.snapshot
         if durable.snapshot is not None:
-            self._restore = durable.snapshot
+            self._out.restore = durable.snapshot
             self.applied_through = durable.snapshot.slot
             self.decided_through = durable.snapshot.slot
             self._membership_history = []
@@ -257,27 +247,11 @@ class Replica:
     def has_ready(self) -> bool:
         """Whether ``ready()`` has anything to hand out. A pure query: it changes nothing
         (proposals and read rounds that are due are made by ``ready()`` itself)."""
-        return bool(
-            self._reads_out
-            or self._admin_out
-            or self._persist_promised is not None
-            or self._persist_accepted
-            or self._persist_decided
-            or self._persist_snapshot is not None
-            or self._persist_compact is not None
-            or self._messages
-            or self._accepted_out
-            or self._to_apply
-            or self._restore is not None
-            or self._redirects
-            or (
-                self.leader is not None
-                and (
-                    bool(self.leader.accept_out)
-                    or self.leader.read_round_needed
-                    or self._proposal_due()
-                )
-            )
+        if not self._out.empty():
+            return True
+        ld = self.leader
+        return ld is not None and (
+            bool(ld.accept_out) or ld.read_round_needed or self._proposal_due()
         )
 
     def ready(self) -> Ready:
@@ -292,14 +266,14 @@ class Replica:
         # Promises, votes and refusals speak for our durable state: they wait for persist.
         messages: list[Outbound] = []
         early: list[Outbound] = []
-        for out in self._messages:
+        for out in self._out.messages:
             (messages if isinstance(out.msg, _AFTER_PERSIST) else early).append(out)
         if self.leader is not None:
             early = self._cap_heartbeats(
                 self.leader, early
             )  # before the commit point moves on, below
             early = self._leader_accepts(self.leader) + early
-        for dst, (ballot, slots, read_seq) in self._accepted_out.items():
+        for dst, (ballot, slots, read_seq) in self._out.accepted_out.items():
             messages.append(
                 Outbound(
                     dst,
@@ -313,32 +287,21 @@ class Replica:
             )
         rd = Ready(
             persist=PersistRecord(
-                promised=self._persist_promised,
-                accepted=tuple(self._persist_accepted.values()),
-                decided=tuple(self._persist_decided),
-                snapshot=self._persist_snapshot,
-                compact_through=self._persist_compact,
+                promised=self._out.promised,
+                accepted=tuple(self._out.accepted.values()),
+                decided=tuple(self._out.decided),
+                snapshot=self._out.snapshot,
+                compact_through=self._out.compact_through,
             ),
             early_messages=tuple(early),
             messages=tuple(messages),
-            restore=self._restore,
-            to_apply=tuple(self._to_apply),
-            redirects=tuple(self._redirects),
-            reads=tuple(self._reads_out),
-            admin=tuple(self._admin_out),
+            restore=self._out.restore,
+            to_apply=tuple(self._out.to_apply),
+            redirects=tuple(self._out.redirects),
+            reads=tuple(self._out.reads),
+            admin=tuple(self._out.admin),
         )
-        self._persist_promised = None
-        self._persist_accepted = {}
-        self._persist_decided = []
-        self._persist_snapshot = None
-        self._persist_compact = None
-        self._messages = []
-        self._accepted_out = {}
-        self._to_apply = []
-        self._restore = None
-        self._redirects = []
-        self._reads_out = []
-        self._admin_out = []
+        self._out = Outbox()
         self._outstanding = rd
         self._check_invariants()  # ready() proposes too
         return rd
@@ -467,11 +430,11 @@ class Replica:
     # ------------------------------------------------------------------ helpers
 
     def _send(self, dst: NodeId, msg: Message) -> None:
-        self._messages.append(Outbound(dst, msg))
+        self._out.messages.append(Outbound(dst, msg))
 
     def _broadcast(self, msg: Message) -> None:
         for p in self.peers:
-            self._messages.append(Outbound(p, msg))
+            self._out.messages.append(Outbound(p, msg))
 
     def _set_membership(self, m: Membership, after_slot: int) -> None:
         """``m`` governs every slot after ``after_slot``."""
@@ -492,13 +455,13 @@ class Replica:
     def _admin(
         self, token: int, ok: bool, detail: str, slot: int = 0, unknown: bool = False
     ) -> None:
-        self._admin_out.append(AdminResult(token, ok, detail, slot, unknown))
+        self._out.admin.append(AdminResult(token, ok, detail, slot, unknown))
 
     def _promise(self, ballot: Ballot) -> None:
         assert ballot >= self.promised, "promise must never go backwards"
         if ballot != self.promised:
             self.promised = ballot
-            self._persist_promised = ballot
+            self._out.promised = ballot
         self._observe(ballot)
 
     def _observe(self, ballot: Ballot) -> None:
@@ -551,7 +514,7 @@ class Replica:
     def _answer_leader_callers(self, ld: LeaderState, higher: Ballot | None) -> None:
         """A leadership ended: everyone waiting on it gets an answer now, not a timeout.
         Heartbeats not yet handed out are capped as ready() would have capped them."""
-        self._messages = self._cap_heartbeats(ld, self._messages)
+        self._out.messages = self._cap_heartbeats(ld, self._out.messages)
         if ld.config_request is not None:
             self._admin(ld.config_request[0], False, "leadership lost before proposing")
         for slot, token in ld.config_tokens.items():
@@ -570,9 +533,9 @@ class Replica:
             else:
                 self._admin(token, False, "leadership lost to another node during transfer")
         for cmd in ld.queue:
-            self._redirects.append(Redirect(cmd, self.leader_hint))
+            self._out.redirects.append(Redirect(cmd, self.leader_hint))
         for token, _, _ in ld.pending_reads:
-            self._reads_out.append(ReadReady(token, None, self.leader_hint))
+            self._out.reads.append(ReadReady(token, None, self.leader_hint))
 
     # ------------------------------------------------------------------ learner
 
@@ -584,7 +547,7 @@ class Replica:
             assert prior == value, f"agreement: slot {slot} decided with two values"
             return
         self.decided[slot] = value
-        self._persist_decided.append(DecidedEntry(slot, value))
+        self._out.decided.append(DecidedEntry(slot, value))
         self._advance_decided_through()
 
     def _advance_decided_through(self) -> None:
@@ -601,7 +564,7 @@ class Replica:
         while self.applied_through < self.decided_through:
             self.applied_through += 1
             s = self.applied_through
-            self._to_apply.append(DecidedEntry(s, self.decided[s]))
+            self._out.to_apply.append(DecidedEntry(s, self.decided[s]))
 
     def _on_membership_decided(self, slot: int, m: Membership) -> None:
         """``m`` governs from ``slot + 1`` on, at every replica, once it learns ``slot``."""
@@ -1052,7 +1015,7 @@ class Replica:
         assert a.ballot == self.promised, "accept at a ballot other than the one promised"
         self.accepted[a.slot] = a
         if durable:
-            self._persist_accepted[a.slot] = a
+            self._out.accepted[a.slot] = a
 
     def _count_vote(self, slot: int, voter: NodeId) -> None:
         ld = self._ld
@@ -1150,11 +1113,11 @@ class Replica:
             # any value proposed at a ballot is safe to re-propose at a higher one).
             self._vote(AcceptedEntry(e.slot, msg.ballot, e.value), durable=not msg.quiet)
         if slots and not msg.quiet:
-            prev = self._accepted_out.get(src)
+            prev = self._out.accepted_out.get(src)
             if prev is not None and prev[0] == msg.ballot:
                 prev[1].extend(slots)
             else:
-                self._accepted_out[src] = (msg.ballot, slots, 0)
+                self._out.accepted_out[src] = (msg.ballot, slots, 0)
         self._commit_from_leader(msg.ballot, msg.commit_through)
 
     def _on_accepted(self, src: NodeId, msg: Accepted) -> None:
@@ -1218,11 +1181,11 @@ class Replica:
         self._commit_from_leader(msg.ballot, msg.commit_through)
         # An empty Accepted is the heartbeat's ack: it tells the leader a majority still
         # follows it (check-quorum), without voting for anything.
-        prev = self._accepted_out.get(src)
+        prev = self._out.accepted_out.get(src)
         if prev is not None and prev[0] == msg.ballot:
-            self._accepted_out[src] = (prev[0], prev[1], max(prev[2], msg.read_seq))
+            self._out.accepted_out[src] = (prev[0], prev[1], max(prev[2], msg.read_seq))
         else:
-            self._accepted_out[src] = (msg.ballot, [], msg.read_seq)
+            self._out.accepted_out[src] = (msg.ballot, [], msg.read_seq)
         self._maybe_catch_up(src, msg.decided_through)
 
     def _on_catchup_request(self, src: NodeId, msg: CatchUpRequest) -> None:
@@ -1289,17 +1252,17 @@ class Replica:
         """Jump the learner forward to a peer's snapshot: the slots it covers were compacted
         away everywhere we could ask, so applying the snapshot replaces applying them."""
         assert snap.slot > self.decided_through
-        self._to_apply = [e for e in self._to_apply if e.slot > snap.slot]
-        self._restore = snap
+        self._out.to_apply = [e for e in self._out.to_apply if e.slot > snap.slot]
+        self._out.restore = snap
         self.snapshot = snap
-        self._persist_snapshot = snap
-        self._persist_compact = snap.slot
+        self._out.snapshot = snap
+        self._out.compact_through = snap.slot
         for s in [s for s in self.decided if s <= snap.slot]:
             del self.decided[s]
         for s in [s for s in self.accepted if s <= snap.slot]:
             del self.accepted[s]
-        self._persist_decided = [d for d in self._persist_decided if d.slot > snap.slot]
-        self._persist_accepted = {s: a for s, a in self._persist_accepted.items() if s > snap.slot}
+        self._out.decided = [d for d in self._out.decided if d.slot > snap.slot]
+        self._out.accepted = {s: a for s, a in self._out.accepted.items() if s > snap.slot}
         self.log_start = snap.slot + 1
         self.decided_through = snap.slot
         self.applied_through = snap.slot
@@ -1324,10 +1287,10 @@ class Replica:
         first = max(i for i, (after, _) in enumerate(hist) if after <= snap.slot or i == 0)
         self._membership_history = hist[first:]
         self.snapshot = snap
-        self._persist_snapshot = snap
+        self._out.snapshot = snap
         cut = snap.slot - self.config.log_retain_entries
         if cut >= self.log_start:
-            self._persist_compact = cut
+            self._out.compact_through = cut
             for s in [s for s in self.decided if s <= cut]:
                 del self.decided[s]
             for s in [s for s in self.accepted if s <= cut]:
@@ -1340,11 +1303,11 @@ class Replica:
         values were re-proposed after phase 1). The read is released once a majority has
         echoed a heartbeat sent after now, proving no higher ballot had taken over."""
         if self.role is not Role.LEADER:
-            self._reads_out.append(ReadReady(token, None, self.leader_hint))
+            self._out.reads.append(ReadReady(token, None, self.leader_hint))
             return
         index = max(self._ld.next_slot - 1, self._ld.backlog_top)
         if self.membership.quorum == 1 and self.voters == {self.id}:
-            self._reads_out.append(ReadReady(token, index))
+            self._out.reads.append(ReadReady(token, index))
             return
         self._ld.pending_reads.append((token, index, self._ld.read_seq + 1))
         self._ld.read_round_needed = True
@@ -1371,7 +1334,7 @@ class Replica:
         keep: list[tuple[int, int, int]] = []
         for token, index, seq in self._ld.pending_reads:
             if seq <= confirmed:
-                self._reads_out.append(ReadReady(token, index))
+                self._out.reads.append(ReadReady(token, index))
             else:
                 keep.append((token, index, seq))
         self._ld.pending_reads = keep
@@ -1379,13 +1342,13 @@ class Replica:
     def _on_client_command(self, cmd: bytes) -> None:
         if is_membership_command(cmd):
             # Membership changes come only as ChangeMembership, checked and one at a time.
-            self._redirects.append(Redirect(cmd, self.leader_hint, reason="refused"))
+            self._out.redirects.append(Redirect(cmd, self.leader_hint, reason="refused"))
             return
         if self.role is not Role.LEADER:
-            self._redirects.append(Redirect(cmd, self.leader_hint))
+            self._out.redirects.append(Redirect(cmd, self.leader_hint))
             return
         if len(self._ld.queue) >= self.config.pending_commands_max:
-            self._redirects.append(Redirect(cmd, self.id, reason="busy"))
+            self._out.redirects.append(Redirect(cmd, self.id, reason="busy"))
             return
         self._ld.queue.append(cmd)
 

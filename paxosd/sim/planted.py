@@ -61,15 +61,15 @@ class ApplyBeforeDecided(Replica):
     def _on_accept(self, src: NodeId, msg: Accept) -> None:
         super()._on_accept(src, msg)
         for e in msg.entries:
-            if self._persist_accepted.get(e.slot) == AcceptedEntry(e.slot, msg.ballot, e.value):
-                self._to_apply.append(DecidedEntry(e.slot, e.value))
+            if self._out.accepted.get(e.slot) == AcceptedEntry(e.slot, msg.ballot, e.value):
+                self._out.to_apply.append(DecidedEntry(e.slot, e.value))
 
 
 class StaleReads(Replica):
     """Any replica answers a read-index read from its own state at once."""
 
     def _on_read_index(self, token: int) -> None:
-        self._reads_out.append(ReadReady(token, 0))
+        self._out.reads.append(ReadReady(token, 0))
 
 
 class Phase1IgnoresNewMembership(Replica):

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from paxosd.core.config import CoreConfig
-from paxosd.core.io import Campaign, ClientCommand, DurableState, Tick
+from paxosd.core.io import Campaign, ClientCommand, DurableState, ReadIndex, Received, Tick
+from paxosd.core.messages import Accept, Heartbeat, Promise
 from paxosd.core.replica import Replica
 from paxosd.core.types import (
     ZERO_BALLOT,
@@ -98,3 +99,49 @@ def test_a_replica_refuses_to_install_a_broken_membership() -> None:
     r = replica()
     with pytest.raises(AssertionError, match="at least one voter"):
         r._set_membership(Membership((Member(1, "", False),)), 0)
+
+
+def leader_with_work(cls: type[Replica] = Replica) -> Replica:
+    """A 3-voter leader (node 2 promised) with a command queued and a read registered."""
+    r = replica(cls)
+    r.step(Campaign())
+    ballot = r.ballot
+    r.step(Received(NodeId(2), Promise(ballot, 1, (), 0, True)))
+    assert r.is_leader
+    r.advance(r.ready())
+    r.step(ClientCommand(b"put"))
+    r.step(ReadIndex(7))
+    return r
+
+
+def check_has_ready_is_pure(r: Replica) -> None:
+    ld = r.leader
+    assert ld is not None
+    before = (r.pending_commands, ld.next_slot, ld.read_seq, len(ld.accept_out))
+    assert r.has_ready()
+    assert r.has_ready()
+    assert (r.pending_commands, ld.next_slot, ld.read_seq, len(ld.accept_out)) == before
+
+
+def test_has_ready_proposes_nothing_and_ready_does() -> None:
+    r = leader_with_work()
+    check_has_ready_is_pure(r)
+    rd = r.ready()
+    assert r.pending_commands == 0
+    assert any(isinstance(o.msg, Accept) for o in rd.early_messages)
+    assert any(isinstance(o.msg, Heartbeat) and o.msg.read_seq == 1 for o in rd.early_messages)
+    r.advance(rd)
+    assert not r.has_ready()
+
+
+class ProposesInHasReady(Replica):
+    """Planted: the old has_ready, which proposed as a side effect."""
+
+    def has_ready(self) -> bool:
+        self._flush_proposals()
+        return super().has_ready()
+
+
+def test_the_purity_check_catches_a_has_ready_that_proposes() -> None:
+    with pytest.raises(AssertionError):
+        check_has_ready_is_pure(leader_with_work(ProposesInHasReady))
