@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from paxosd.core.readindex import ReadRounds
 from paxosd.core.types import DecidedEntry, Membership, NodeId, Value
 
 
 @dataclass(slots=True)
 class LeaderState:
-    """The proposer's pipeline, its followers' progress and its pending read-index reads.
+    """The proposer's pipeline, its followers' progress and its read-index rounds.
 
     Invariants (checked by ``check``): every slot with votes is proposed, in flight
     (``commit_through < slot < next_slot``) and has its voters recorded; at most one
@@ -58,12 +59,8 @@ class LeaderState:
     peer_decided: dict[NodeId, int] = field(default_factory=dict)
     peer_voted_slot: dict[NodeId, int] = field(default_factory=dict)
     last_heartbeat_ms: int = 0
-    # Read index. Every pending read's seq is <= read_seq + 1; a read is released only after
-    # a majority echoed its seq.
-    read_seq: int = 0
-    read_round_needed: bool = False
-    read_acked: dict[NodeId, int] = field(default_factory=dict)
-    pending_reads: list[tuple[int, int, int]] = field(default_factory=list)  # token, index, seq
+    # Read-index rounds and the reads waiting on them.
+    reads: ReadRounds = field(default_factory=ReadRounds)
     # Accepts for the next Ready, per follower; the followers asked to vote on re-sends.
     accept_out: dict[NodeId, list[DecidedEntry]] = field(default_factory=dict)
     accept_loud: set[NodeId] = field(default_factory=set)
@@ -78,7 +75,7 @@ class LeaderState:
         """``p`` left the membership: stop tracking and feeding it."""
         self.last_ack_ms.pop(p, None)
         self.peer_voted_slot.pop(p, None)
-        self.read_acked.pop(p, None)
+        self.reads.acked.pop(p, None)
         self.peer_decided.pop(p, None)
         self.accept_out.pop(p, None)
         self.quiet_held.pop(p, None)
@@ -92,3 +89,4 @@ class LeaderState:
             assert s in self.proposals and s in self.slot_voters, f"slot {s} not proposed"
         assert self.config_slot is None or self.config_slot < self.next_slot
         assert self.undecided_total >= 0
+        self.reads.check()

@@ -27,6 +27,14 @@ Leader stability (etcd's pre-vote + check-quorum; see ``_on_prevote``):
 - A leader that has not heard from a majority for election_timeout_ms_max steps down
   (check-quorum), so stickiness cannot keep a cut-off leader in place; its pending
   read-index reads turn into redirects, never answers.
+
+Where things are: the rules (promise, accept, decide, phase 1's value choice) are all in this
+module; ``_admit_ballot`` is the acceptor's one gate for every ballot-carrying message, and
+``_vote``/``_promise``/``_decide`` the only places that change what an acceptor or learner
+holds. The state that exists only in one role is an object made when the role starts and
+dropped when it ends: ``LeaderState`` (``core/leader.py``), ``CandidateState`` and
+``PreVoteRound`` (``core/election.py``); ``role`` is derived from which one exists. Effects
+wait in an ``Outbox`` (``core/outbox.py``) until ``ready()``.
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ from paxosd.core.messages import (
     TimeoutNow,
 )
 from paxosd.core.outbox import Outbox
-from paxosd.core.quorum import has_majority, majority, nth_highest
+from paxosd.core.quorum import has_majority, majority
 from paxosd.core.types import (
     NOOP,
     ZERO_BALLOT,
@@ -251,7 +259,7 @@ class Replica:
             return True
         ld = self.leader
         return ld is not None and (
-            bool(ld.accept_out) or ld.read_round_needed or self._proposal_due()
+            bool(ld.accept_out) or ld.reads.round_needed or self._proposal_due()
         )
 
     def ready(self) -> Ready:
@@ -534,7 +542,7 @@ class Replica:
                 self._admin(token, False, "leadership lost to another node during transfer")
         for cmd in ld.queue:
             self._out.redirects.append(Redirect(cmd, self.leader_hint))
-        for token, _, _ in ld.pending_reads:
+        for token, _, _ in ld.reads.pending:
             self._out.reads.append(ReadReady(token, None, self.leader_hint))
 
     # ------------------------------------------------------------------ learner
@@ -1132,8 +1140,7 @@ class Replica:
             self._count_vote(s, src)
             if self.leader is None:
                 return  # a decided membership removed us; the rest is for the next leader
-        if msg.read_seq > self._ld.read_acked.get(src, 0):
-            self._ld.read_acked[src] = msg.read_seq
+        if self._ld.reads.ack(src, msg.read_seq):
             self._release_reads()
         if msg.slots:
             top = max(msg.slots)
@@ -1150,7 +1157,7 @@ class Replica:
                 ballot=self.ballot,
                 commit_through=self._ld.commit_through,
                 decided_through=self.decided_through,
-                read_seq=self._ld.read_seq,
+                read_seq=self._ld.reads.seq,
             )
         )
         if not resend:
@@ -1309,35 +1316,16 @@ class Replica:
         if self.membership.quorum == 1 and self.voters == {self.id}:
             self._out.reads.append(ReadReady(token, index))
             return
-        self._ld.pending_reads.append((token, index, self._ld.read_seq + 1))
-        self._ld.read_round_needed = True
+        self._ld.reads.register(token, index)
 
     def _flush_read_round(self) -> None:
         """One heartbeat round confirms every read registered since the previous round."""
-        if self.leader is None or not self.leader.read_round_needed:
-            return
-        self._ld.read_round_needed = False
-        self._ld.read_seq += 1
-        self._heartbeat(resend=False)
+        if self.leader is not None and self.leader.reads.start_round():
+            self._heartbeat(resend=False)
 
     def _release_reads(self) -> None:
-        if not self._ld.pending_reads:
-            return
-        # The highest round a majority of voters echoed (we echo every round we send).
-        confirmed = nth_highest(
-            (
-                self._ld.read_seq if p == self.id else self._ld.read_acked.get(p, 0)
-                for p in self.voters
-            ),
-            len(self.voters),
-        )
-        keep: list[tuple[int, int, int]] = []
-        for token, index, seq in self._ld.pending_reads:
-            if seq <= confirmed:
-                self._out.reads.append(ReadReady(token, index))
-            else:
-                keep.append((token, index, seq))
-        self._ld.pending_reads = keep
+        for token, index in self._ld.reads.release(self.voters, self.id):
+            self._out.reads.append(ReadReady(token, index))
 
     def _on_client_command(self, cmd: bytes) -> None:
         if is_membership_command(cmd):

@@ -10,6 +10,7 @@ import pytest
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import Campaign, ClientCommand, DurableState, ReadIndex, Received, Tick
 from paxosd.core.messages import Accept, Heartbeat, Promise
+from paxosd.core.readindex import ReadRounds
 from paxosd.core.replica import Replica
 from paxosd.core.types import (
     ZERO_BALLOT,
@@ -117,10 +118,10 @@ def leader_with_work(cls: type[Replica] = Replica) -> Replica:
 def check_has_ready_is_pure(r: Replica) -> None:
     ld = r.leader
     assert ld is not None
-    before = (r.pending_commands, ld.next_slot, ld.read_seq, len(ld.accept_out))
+    before = (r.pending_commands, ld.next_slot, ld.reads.seq, len(ld.accept_out))
     assert r.has_ready()
     assert r.has_ready()
-    assert (r.pending_commands, ld.next_slot, ld.read_seq, len(ld.accept_out)) == before
+    assert (r.pending_commands, ld.next_slot, ld.reads.seq, len(ld.accept_out)) == before
 
 
 def test_has_ready_proposes_nothing_and_ready_does() -> None:
@@ -145,3 +146,21 @@ class ProposesInHasReady(Replica):
 def test_the_purity_check_catches_a_has_ready_that_proposes() -> None:
     with pytest.raises(AssertionError):
         check_has_ready_is_pure(leader_with_work(ProposesInHasReady))
+
+
+def test_a_read_is_released_by_a_majority_echoing_its_round_and_not_before() -> None:
+    rounds = ReadRounds()
+    rounds.register(token=5, index=9)
+    assert rounds.start_round() and not rounds.start_round()
+    voters = frozenset({NodeId(1), NodeId(2), NodeId(3)})
+    assert rounds.release(voters, NodeId(1)) == []  # only our own echo so far
+    assert rounds.ack(NodeId(3), 1) and not rounds.ack(NodeId(3), 1)
+    assert rounds.release(voters, NodeId(1)) == [(5, 9)]
+    rounds.check()
+
+
+def test_the_read_round_check_catches_an_echo_of_a_round_never_sent() -> None:
+    rounds = ReadRounds()
+    rounds.ack(NodeId(2), 3)  # planted: credited with round 3 while none was sent
+    with pytest.raises(AssertionError, match="never sent"):
+        rounds.check()
