@@ -36,7 +36,14 @@ from paxosd.net.handshake import (
     SecureSession,
     initiate,
 )
-from paxosd.net.transport import ClientConnection, ClientServer, PeerTransport, TransportLimits
+from paxosd.net.transport import (
+    ClientConnection,
+    ClientServer,
+    PeerStats,
+    PeerTransport,
+    TransportLimits,
+    _SendQueue,
+)
 
 BOUND_S = 20.0  # liveness bound for every wait below; never an assertion about speed
 LOOPBACK = ("127.0.0.1", 0)
@@ -237,6 +244,50 @@ def test_messages_on_one_connection_arrive_in_order(
     ts[N1].send_many([(N2, prepare(i)) for i in range(300, 3000)])
     got = receive(ts[N2], 3000)
     assert [m for _, m in got] == [prepare(i) for i in range(3000)]
+
+
+def test_frames_queued_as_the_connection_comes_up_are_sent_on_it(
+    closer: Callable[[Any], Any], key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """send() finds no connection and queues; the connection comes up and flushes the queue
+    before the frame is in it. The frame must still go out on that connection, not wait for
+    the next send (the test sends nothing more)."""
+    n2 = closer(PeerTransport(node=N2, listen=LOOPBACK, cluster_key=key, limits=FAST))
+    n1 = closer(PeerTransport(node=N1, listen=LOOPBACK, cluster_key=key, limits=FAST))
+    # Node 2 is not started: node 1's handshake cannot finish, so send() finds no connection.
+    n1.start({N2: n2.address})
+    put = n1._put
+
+    def put_once_connected(peer: Any, frame: bytes) -> None:
+        # Between send()'s look at the connection and its queueing: node 2 comes up and the
+        # connection is made and flushed (connects counts it after its flush).
+        n2.start({N1: n1.address})
+        until(lambda: n1.stats()[N2].connects >= 1, "node 1 connected to node 2")
+        put(peer, frame)
+
+    monkeypatch.setattr(n1, "_put", put_once_connected)
+    assert n1.send(N2, prepare(7))
+    monkeypatch.setattr(n1, "_put", put)
+    assert [m for _, m in receive(n2, 1)] == [prepare(7)]
+
+
+def test_a_writer_of_a_closed_connection_leaves_the_wake_up_to_the_new_one() -> None:
+    """The send queue is the peer's; the writer of a connection that ended and wakes late
+    must not take the kick meant for the new connection's writer, or that writer sleeps
+    with a record half-written."""
+    queue = _SendQueue(8, PeerStats())
+    old_closed, new_closed = threading.Event(), threading.Event()
+    old_closed.set()
+    queue.kick()  # the new connection's flush left bytes for its writer
+    assert not queue.wait(old_closed)
+    woke: list[bool] = []
+    writer = threading.Thread(target=lambda: woke.append(queue.wait(new_closed)))
+    writer.start()
+    writer.join(BOUND_S)
+    new_closed.set()
+    queue.kick()
+    writer.join(BOUND_S)
+    assert woke[:1] == [True]
 
 
 def test_a_flooding_peer_does_not_starve_another(closer: Callable[[Any], Any], key: bytes) -> None:

@@ -29,7 +29,12 @@ costs a GIL hand-off and a pipe write, which on the hot path cost more than the 
   the established connection to the loop through a list and the wake-up pipe.
 - one connector per peer (peer port only): connects, handshakes, watches the connection it
   opened (peers send nothing back on it, so readable means it ended), then reconnects after
-  a jittered exponential back-off.
+  a jittered exponential back-off, or at once when the peer calls us. The send queue is the
+  peer's, not the connection's: frames still queued when a connection ends go out on the
+  next one, in order. Frames already written to the connection that ended (in the kernel's
+  buffers, or in a record half-written) are lost, deliberately, as Paxos allows (the sender
+  cannot tell which of them arrived). A connection
+  is never replaced while it is up: the connector dials again only after it ended.
 
 Every loop-side call (``drain``, ``send``, ``reply``, ``close``...) must come from one thread.
 """
@@ -290,12 +295,16 @@ class _SendQueue:
         """Block until a frame is queued or the writer is kicked (True), or ``closed`` is
         set (False)."""
         with self._cond:
-            while not self._frames and not self._kicked:
-                if closed.is_set():
-                    return False
+            # A closed writer leaves the kick alone: the queue is the peer's, not one
+            # connection's, and a writer of an old connection that wakes late must not take
+            # the wake-up meant for the writer of the new one (which would then sleep with
+            # bytes to write).
+            while not closed.is_set():
+                if self._frames or self._kicked:
+                    self._kicked = False
+                    return True
                 self._cond.wait()
-            self._kicked = False
-            return not closed.is_set()
+            return False
 
     def take(self, codec: FrameCodec[B]) -> list[bytes]:
         """The oldest frames that fit one record; [] if none are queued."""
@@ -1092,7 +1101,13 @@ class PeerTransport(_Endpoint[Message]):
                 continue
             for frame in frames:
                 self._put(peer, frame)
-            # If the connection is down, the queue waits for the next one's writer.
+            # Read outbound again, AFTER queueing: the connector may have published a new
+            # connection meanwhile and flushed the queue as it was before our frames went in
+            # (it sets outbound, then looks at the queue; we fill the queue, then look at
+            # outbound, so one of the two always sees the other). Flushing the channel read
+            # before queueing would leave them queued on a live connection until the next
+            # send. If there is no connection, the queue waits for the next one.
+            channel = peer.outbound
             if channel is not None:
                 channel.flush()
         return sent
@@ -1289,6 +1304,7 @@ class PeerTransport(_Endpoint[Message]):
         if not self._add_channel(channel):
             return None
         # Only now, started: the loop writes to the outbound channel it finds here.
+        # Publish first, then look at the queue: send_many queues, then reads outbound.
         peer.outbound = channel
         if len(peer.queue):
             channel.flush()  # what was queued while the peer was away
