@@ -122,3 +122,37 @@ def test_lanes_are_bounded_and_a_bad_command_is_refused_before_it_is_sent() -> N
         Pipeline([("127.0.0.1", 1)], os.urandom(32), lanes=0)
     with pytest.raises(BadRequestError):
         Session().next_command(Put(key="", value=b"v"))
+
+
+def test_members_that_accept_but_never_handshake_cost_a_few_attempts_not_one_per_command() -> None:
+    """A stalled member (it accepts, then says nothing) makes each connection attempt block
+    until the handshake deadline; round the members, one attempt per command would keep
+    ``submit``/``poll`` blocked long past every command's deadline. Every command must still
+    end with UnavailableError, after a few attempts in all."""
+    listeners = [socket.socket() for _ in range(3)]
+    try:
+        for s in listeners:
+            s.bind(("127.0.0.1", 0))
+            s.listen(64)  # the kernel completes connections; nothing ever answers them
+        endpoints = [s.getsockname() for s in listeners]
+        commands = 20
+        with Pipeline[int](endpoints, os.urandom(32), timeout_ms=300) as pipe:
+            for i in range(commands):
+                pipe.submit(Session().next_command(Put(key="k", value=b"v")), i)
+            got = run_all(pipe, commands)
+            assert pipe.in_flight() == 0
+        assert all(isinstance(o, UnavailableError) for o in got.values()), got
+        attempts = 0
+        for s in listeners:
+            s.setblocking(False)
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                attempts += 1
+        assert 1 <= attempts < commands // 2, f"{attempts} connection attempts"
+    finally:
+        for s in listeners:
+            s.close()

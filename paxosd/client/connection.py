@@ -8,9 +8,17 @@ the reason, and the caller tries another member.
 from __future__ import annotations
 
 import os
+import time
 
 from paxosd.client.errors import AuthError, KeyFileError
-from paxosd.client.routing import HANDSHAKE_DOWN_S, Endpoint, Router, is_refusal, os_reason
+from paxosd.client.routing import (
+    DOWN_S,
+    HANDSHAKE_DOWN_S,
+    Endpoint,
+    Router,
+    is_refusal,
+    os_reason,
+)
 from paxosd.net.handshake import HandshakeError
 from paxosd.net.keyfile import exposure
 from paxosd.net.transport import ClientConnection
@@ -55,21 +63,44 @@ class Lost(Exception):
     """One attempt failed in a way a retry elsewhere may fix; ``str(e)`` is the reason."""
 
 
-def open_connection(router: Router, ep: Endpoint, key: bytes, conn_id: int) -> ClientConnection:
-    """Connect and handshake to ``ep``; on failure the router marks it down with the reason."""
+def open_connection(
+    router: Router,
+    ep: Endpoint,
+    key: bytes,
+    conn_id: int,
+    *,
+    timeout_ms: int = CONNECT_TIMEOUT_MS,
+) -> ClientConnection:
+    """Connect and handshake to ``ep`` within ``timeout_ms`` (the caller passes less when its
+    request has less time left); on failure the router marks it down with the reason, for
+    longer the longer the attempt blocked."""
+    assert timeout_ms > 0, timeout_ms
+    started = time.monotonic()
     try:
         conn = ClientConnection.connect(
-            ep.address, client_key=key, client_id=conn_id, timeout_ms=CONNECT_TIMEOUT_MS
+            ep.address, client_key=key, client_id=conn_id, timeout_ms=timeout_ms
         )
     except HandshakeError as e:
         text = str(e)
-        router.failed(ep, f"handshake failed: {text}", down_s=HANDSHAKE_DOWN_S)
+        router.connect_failed(
+            ep,
+            f"handshake failed: {text}",
+            refused=False,
+            down_s=HANDSHAKE_DOWN_S,
+            spent_s=time.monotonic() - started,
+        )
         if any(word in text.lower() for word in ("auth", "digest", "key")):
             raise AuthError(f"{ep.name} refused the client key ({text})") from None
         raise Lost(f"{ep.name}: handshake failed: {text}") from None
     except OSError as e:
         reason = os_reason(e)
-        router.failed(ep, reason, refused=is_refusal(e))
+        router.connect_failed(
+            ep,
+            reason,
+            refused=is_refusal(e),
+            down_s=DOWN_S,
+            spent_s=time.monotonic() - started,
+        )
         raise Lost(f"{ep.name}: {reason}") from None
     router.connected(ep, conn.server_node)
     return conn

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from paxosd.client.client import ATTEMPT_TIMEOUT_MS, TIMEOUT_MS_DEFAULT, encode, gave_up
-from paxosd.client.connection import Lost, open_connection
+from paxosd.client.connection import CONNECT_TIMEOUT_MS, Lost, open_connection
 from paxosd.client.errors import AuthError, BadRequestError, ClientError
 from paxosd.client.routing import Address, Endpoint, Router
 from paxosd.net.framing import BadFrame, ClientReply, ClientRequest
@@ -101,6 +101,7 @@ class Pipeline(Generic[T]):
         self._outbox: dict[int, list[ClientRequest]] = {}
         self._done: list[tuple[T, Result | ClientError]] = []
         self._next_sweep = 0.0
+        self._connect_quiet_until = 0.0
 
     def in_flight(self) -> int:
         """Commands submitted and not yet returned by ``poll``."""
@@ -201,8 +202,10 @@ class Pipeline(Generic[T]):
         if ep is None:
             self._wait(flight, now)
             return
+        # A new connection blocks while it is made: never past this command's deadline.
+        left_ms = max(1, min(CONNECT_TIMEOUT_MS, int((flight.deadline - now) * 1000)))
         try:
-            conn = self._connect(ep, flight.lane)
+            conn = self._connect(ep, flight.lane, left_ms)
         except AuthError as e:
             self._done.append((flight.tag, e))
             return
@@ -238,8 +241,13 @@ class Pipeline(Generic[T]):
 
     def _sweep(self, now: float) -> None:
         """Attempts unanswered for ATTEMPT_TIMEOUT_MS go elsewhere; past their deadline,
-        commands end with UnavailableError."""
+        commands end with UnavailableError, sent or not (a reply that comes later is
+        dropped: its command already has its outcome)."""
         attempt_s = ATTEMPT_TIMEOUT_MS / 1000
+        expired = [f for f in self._flights.values() if now >= f.deadline]
+        for flight in expired:
+            del self._flights[flight.rid]
+            self._give_up(flight)
         stale = [f for f in self._flights.values() if now - f.sent_at >= attempt_s]
         for flight in stale:
             del self._flights[flight.rid]
@@ -266,11 +274,26 @@ class Pipeline(Generic[T]):
             del self._flights[flight.rid]
             self._dispatch(flight, now)
 
-    def _connect(self, ep: Endpoint, lane: int) -> ClientConnection:
+    def _connect(
+        self, ep: Endpoint, lane: int, timeout_ms: int = CONNECT_TIMEOUT_MS
+    ) -> ClientConnection:
         conn = self._conns.get((id(ep), lane))
         if conn is not None:
             return conn
-        conn = open_connection(self._router, ep, self._key, self._conn_id)
+        started = time.monotonic()
+        if started < self._connect_quiet_until:
+            raise Lost("a connection attempt failed a moment ago")
+        try:
+            conn = open_connection(
+                self._router, ep, self._key, self._conn_id, timeout_ms=timeout_ms
+            )
+        except (Lost, AuthError):
+            # Connecting blocks every command of this pipeline: after a failed attempt, make
+            # none (to any member) for as long as it took, so that at most about half of the
+            # time goes to attempts, whatever the number of members and commands.
+            now = time.monotonic()
+            self._connect_quiet_until = now + (now - started)
+            raise
         self._conns[(id(ep), lane)] = conn
         self._where[conn.fileno()] = (ep, lane, conn)
         self._poller.register(conn.fileno(), select.POLLIN)

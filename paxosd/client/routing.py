@@ -33,6 +33,12 @@ ENDPOINTS_MAX = 16
 DOWN_S = 0.2
 # A handshake that failed (not a refusal): the peer is up but unhappy, wait longer.
 HANDSHAKE_DOWN_S = 0.5
+# A connection attempt that failed slowly (a handshake deadline, a connect timeout) blocked
+# its caller for as long as it took: the endpoint is then skipped for at least that long,
+# doubling with each consecutive such failure up to this bound, so that trying a stalled
+# member cannot take most of a client's time (a pipeline would otherwise pay one blocking
+# attempt per command, round the endpoints, long past every command's deadline).
+CONNECT_DOWN_MAX_S = 2.0
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 0.5
 
@@ -70,6 +76,8 @@ class Endpoint:
     down_until: float = 0.0
     problem: str | None = None
     refused: bool = False
+    # Connection attempts that failed in a row, other than refusals (see connect_failed).
+    connect_failures: int = 0
 
     @property
     def name(self) -> str:
@@ -130,10 +138,24 @@ class Router:
         if self.leader is ep:
             self.leader = None
 
+    def connect_failed(
+        self, ep: Endpoint, problem: str, *, refused: bool, down_s: float, spent_s: float
+    ) -> None:
+        """A connection attempt to ``ep`` that took ``spent_s`` failed. A refusal is cheap
+        and is skipped for ``down_s``; any other failure for at least what it cost, doubled
+        per consecutive failure (bounded by CONNECT_DOWN_MAX_S) until a connection succeeds."""
+        if refused:
+            self.failed(ep, problem, refused=True, down_s=down_s)
+            return
+        grown = max(down_s, spent_s) * 2 ** min(ep.connect_failures, 16)
+        ep.connect_failures += 1
+        self.failed(ep, problem, down_s=max(down_s, min(grown, CONNECT_DOWN_MAX_S)))
+
     def connected(self, ep: Endpoint, node_id: int) -> None:
         ep.node_id = node_id
         ep.problem = None
         ep.refused = False
+        ep.connect_failures = 0
 
     def redirect(
         self,
@@ -215,6 +237,7 @@ def is_refusal(e: OSError) -> bool:
 
 
 __all__ = [
+    "CONNECT_DOWN_MAX_S",
     "ENDPOINTS_MAX",
     "Address",
     "Backoff",
