@@ -10,7 +10,6 @@ the leader's ballot must never change.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from paxosctl.members import admin_query
 from paxosd.client.client import statuses_json
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.net.admin import Transfer
+from tests import waiting
 
 BOUND_S = 30.0  # liveness bound for each wait; never an assertion about speed
 RESTARTS = 20
@@ -43,14 +43,7 @@ def statuses(c: LocalCluster) -> dict[int, dict[str, Any]]:
 
 
 def wait_for(what: str, probe: Callable[[], Any]) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail after BOUND_S."""
-    deadline = time.monotonic() + BOUND_S
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
+    return waiting.wait_for(what, probe, BOUND_S)
 
 
 def leader_ballots(c: LocalCluster) -> set[str]:

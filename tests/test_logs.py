@@ -32,6 +32,7 @@ from paxosd.server.logs import (
     redact_secrets,
     unbind_all,
 )
+from tests import waiting
 
 KEY = bytes(range(32))
 
@@ -276,10 +277,7 @@ WAIT_S = 30.0  # a liveness bound for the waits below, never an assertion about 
 
 
 def wait_for(what: str, condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
+    waiting.wait_for(what, condition, WAIT_S)
 
 
 def node_lines(c: LocalCluster, k: int) -> list[dict[str, Any]]:

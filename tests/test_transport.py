@@ -44,6 +44,7 @@ from paxosd.net.transport import (
     TransportLimits,
     _SendQueue,
 )
+from tests import waiting
 
 BOUND_S = 20.0  # liveness bound for every wait below; never an assertion about speed
 LOOPBACK = ("127.0.0.1", 0)
@@ -111,11 +112,7 @@ def make_cluster(
 
 
 def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
+    waiting.wait_for(what, condition, BOUND_S)
 
 
 def receive(t: PeerTransport, count: int) -> list[tuple[NodeId, Message]]:

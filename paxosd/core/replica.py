@@ -494,7 +494,7 @@ class Replica:
         write, a swap-in, SIGSTOP) reset the timer from the tick before the stall, so the
         tick after it would find the deadline long past and start an election against a
         leader that was heard a moment ago (seen: a follower's 0.4 s snapshot write deposed
-        a healthy leader). A deadline set since (a test poking it) is left alone."""
+        a healthy leader). A deadline set again since, later in the same step, is left alone."""
         if self._rearm is None:
             return
         deadline, timeout = self._rearm
