@@ -20,7 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "statemachine": {"statemachine", "core"},
     "storage": {"storage", "statemachine", "core"},
-    "net": {"net", "core"},
+    # The client port carries the state machine's vocabulary (watch events) as typed frames.
+    "net": {"net", "statemachine", "core"},
     "server": {"server", "storage", "statemachine", "net", "core"},
     "client": {"client", "net", "statemachine", "core"},
     "tools": {"tools", "server", "storage", "statemachine", "core"},

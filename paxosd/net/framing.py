@@ -20,6 +20,7 @@ import msgspec
 
 from paxosd.core.messages import Message
 from paxosd.net.admin import AdminAnswer, AdminQuery
+from paxosd.statemachine.commands import Event
 
 # A record bigger than this is refused from its length prefix, before its body is read, and
 # again before it is decoded. It bounds the memory one frame can make us allocate; a CatchUpReply
@@ -64,6 +65,13 @@ class ClientReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
     result: bytes
     leader: int | None
     leader_address: str | None = None
+    # The header every answer carries (etcd's ResponseHeader, less the cluster id): the node
+    # that answered and the ballot it had promised when it did. The store revision the
+    # answer reflects is in the result itself, because a retried write answers from the
+    # session table with the revision it had when it was applied.
+    node: int = 0
+    ballot_round: int = 0
+    ballot_node: int = 0
 
 
 class QueryRequest(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -82,7 +90,64 @@ class QueryReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
     answer: AdminAnswer
 
 
-ClientBody = ClientRequest | ClientReply | QueryRequest | QueryReply
+class WatchCreate(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Start watch ``watch_id`` (chosen by the client, unique on its connection) on ``key``,
+    or on every key starting with ``key`` when ``prefix``.
+
+    ``start_revision``: the first revision to deliver (0: the next change after now).
+    ``prev_kv``: events carry the key before the change. ``progress_notify``: the node sends
+    an empty response with its revision while the key is quiet. ``filters``: event types to
+    leave out ("PUT", "DELETE").
+    """
+
+    watch_id: int
+    key: str
+    prefix: bool = False
+    start_revision: int = 0
+    prev_kv: bool = False
+    progress_notify: bool = False
+    filters: tuple[str, ...] = ()
+
+
+class WatchCancel(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Stop watch ``watch_id``; the node answers with a ``canceled`` response."""
+
+    watch_id: int
+
+
+class WatchResponse(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Events for watch ``watch_id``, or news about it.
+
+    ``events`` are in revision order; one response never splits a revision's events.
+    ``revision`` is the store revision the node had applied when it sent this: with no
+    events and ``progress`` set, every event up to it has been delivered. ``created``
+    answers a WatchCreate; ``canceled`` ends the watch, with ``reason`` and, when the watch
+    asked for history that was compacted, ``compact_revision`` (the oldest it can resume
+    from). ``node`` and the ballot are the answering node's header, as on ClientReply.
+    """
+
+    watch_id: int
+    events: tuple[Event, ...] = ()
+    revision: int = 0
+    created: bool = False
+    canceled: bool = False
+    progress: bool = False
+    compact_revision: int = 0
+    reason: str = ""
+    node: int = 0
+    ballot_round: int = 0
+    ballot_node: int = 0
+
+
+ClientBody = (
+    ClientRequest
+    | ClientReply
+    | QueryRequest
+    | QueryReply
+    | WatchCreate
+    | WatchCancel
+    | WatchResponse
+)
 
 # ---------------------------------------------------------------------------- envelopes
 

@@ -29,6 +29,7 @@ VIEW_LIMIT_MAX: Final = 1000
 REASON_CHARS_MAX: Final = 200
 
 _Version = Annotated[int, msgspec.Meta(ge=0, le=VERSION_MAX)]
+_Revision = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
 _Slot = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
 
 
@@ -41,22 +42,33 @@ class BadCommand(ValueError):
 
 
 class Put(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Set ``key`` to ``value``; a new key starts at version 1. Also a post on the timeline."""
+    """Set ``key`` to ``value``; a new key starts at version 1. Also a post on the timeline.
+    ``prev_kv``: the answer carries the key as it was before (None if it was absent)."""
 
     key: str
     value: bytes
+    prev_kv: bool = False
 
 
 class Get(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Read ``key``: ``Found`` or ``NotFound``."""
+    """Read ``key``: ``Found`` or ``NotFound``. ``revision`` > 0 reads the key as it was at
+    that store revision (``RevisionCompacted`` below the compaction point, ``FutureRevision``
+    above the current one); 0 reads the current state."""
 
     key: str
+    revision: _Revision = 0
 
 
 class Delete(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Remove ``key``; a later put starts its version at 1 again (as etcd does)."""
+    """Remove ``key``; a later put starts its version at 1 again (as etcd does).
+
+    ``prefix``: remove every key that starts with ``key`` instead (``""`` with ``prefix``
+    removes every key), all at one revision. ``prev_kv``: the answer carries the removed keys.
+    """
 
     key: str
+    prefix: bool = False
+    prev_kv: bool = False
 
 
 class Cas(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -73,10 +85,12 @@ class Cas(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Scan(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Keys starting with ``prefix`` in key order, at most ``limit`` rows (and a byte budget)."""
+    """Keys starting with ``prefix`` in key order, at most ``limit`` rows (and a byte budget).
+    ``revision`` > 0 scans the store as it was at that revision, as ``Get`` does."""
 
     prefix: str
     limit: int
+    revision: _Revision = 0
 
 
 class Block(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -104,8 +118,54 @@ class View(msgspec.Struct, frozen=True, tag=True, array_like=True):
     limit: int
 
 
-Op = Put | Get | Delete | Cas | Scan | Block | Unblock | Blocks | View
+# What a transaction compares: the key's value, or one of its numbers. A compare on an absent
+# key sees version, create and mod revision 0, lease 0 and no value (so ``value`` compares
+# on an absent key are false, as in etcd).
+COMPARE_TARGETS: Final = ("value", "version", "create", "mod", "lease")
+COMPARE_OPS: Final = ("=", "!=", "<", ">")
+
+
+class Compare(msgspec.Struct, frozen=True, array_like=True):
+    """One condition of a transaction: ``<target>(key) <op> <operand>``.
+
+    ``number`` is the operand for ``version``, ``create``, ``mod`` and ``lease``; ``value``
+    for ``value`` (compared bytewise). The other operand is ignored and must be left at its
+    default.
+    """
+
+    key: str
+    target: str
+    op: str
+    number: _Revision = 0
+    value: bytes = b""
+
+
+TxnOp = Put | Get | Delete | Scan
+
+
+class Txn(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """etcd's transaction: if every compare holds, run ``success`` in order, else ``failure``.
+
+    It is one command in one slot: every write in it shares one new revision (none if the
+    branch taken writes nothing), and reads inside it see the writes before them. The branch
+    may not write one key twice (etcd's rule: "duplicate key given in txn request").
+    """
+
+    compares: tuple[Compare, ...]
+    success: tuple[TxnOp, ...]
+    failure: tuple[TxnOp, ...] = ()
+
+
+class Compact(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Forget every key's history before ``revision``: reads and watches below it fail with
+    ``RevisionCompacted``. A key's value as of ``revision`` stays readable."""
+
+    revision: _Revision
+
+
+Op = Put | Get | Delete | Cas | Scan | Block | Unblock | Blocks | View | Txn | Compact
 READ_OPS: Final = (Get, Scan, Blocks, View)
+TXN_OPS_MAX: Final = 128  # etcd's --max-txn-ops default
 
 
 class Command(msgspec.Struct, frozen=True, array_like=True):
@@ -126,27 +186,59 @@ def is_read(op: Op) -> bool:
 # --------------------------------------------------------------------------------- results
 
 
+class KeyValue(msgspec.Struct, frozen=True, array_like=True):
+    """A key as stored, etcd's ``mvccpb.KeyValue``: ``create_revision`` is the revision of
+    the put that created it, ``mod_revision`` of its last change, ``version`` the number of
+    puts since it was created (a delete resets it), ``lease`` the lease it is attached to
+    (0: none). A DELETE event's key has only ``key`` and ``mod_revision`` (the deletion's)."""
+
+    key: str
+    value: bytes
+    create_revision: _Revision
+    mod_revision: _Revision
+    version: _Version
+    lease: _Revision = 0
+
+
 class Written(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """A put or a successful cas; ``version`` is the key's new version."""
+    """A put or a successful cas: ``version`` is the key's new version and ``revision`` the
+    store revision of the write (the key's new ``mod_revision``). ``prev`` is the key before
+    the write when the put asked for ``prev_kv`` (None when it was absent)."""
 
     version: _Version
+    revision: _Revision = 0
+    prev: KeyValue | None = None
 
 
 class Found(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """A get's answer: the key's value and its version (1 after the first put)."""
+    """A get's answer: the key's value and its version (1 after the first put), its
+    revisions, and ``revision``, the store revision the answer reflects."""
 
     value: bytes
     version: _Version
+    create_revision: _Revision = 0
+    mod_revision: _Revision = 0
+    lease: _Revision = 0
+    revision: _Revision = 0
 
 
 class NotFound(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """A get of a key that is absent (``Client.get`` raises ``NotFoundError`` instead)."""
+    """A get of a key that is absent (``Client.get`` raises ``NotFoundError`` instead), as of
+    store revision ``revision``."""
+
+    revision: _Revision = 0
 
 
 class Deleted(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """``prior_version`` is the version the key had, 0 if it was already absent."""
+    """``prior_version`` is the version the key had, 0 if it was already absent (for a prefix
+    delete: the first removed key's). ``deleted`` counts the keys removed, ``revision`` is the
+    store revision after the delete (unchanged when nothing was removed), ``prev`` the removed
+    keys when the delete asked for ``prev_kv``."""
 
     prior_version: _Version
+    revision: _Revision = 0
+    deleted: _Version = 0
+    prev: tuple[KeyValue, ...] = ()
 
 
 class CasMismatch(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -154,21 +246,68 @@ class CasMismatch(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
     value: bytes | None
     version: _Version
+    revision: _Revision = 0
 
 
 class Row(msgspec.Struct, frozen=True, array_like=True):
-    """One key of a scan, with its value and version."""
+    """One key of a scan, with its value, version and revisions."""
 
     key: str
     value: bytes
     version: _Version
+    create_revision: _Revision = 0
+    mod_revision: _Revision = 0
+    lease: _Revision = 0
 
 
 class Rows(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Scan result in key order. ``more``: matching keys after the last row were left out."""
+    """Scan result in key order. ``more``: matching keys after the last row were left out.
+    ``revision``: the store revision the rows reflect."""
 
     rows: tuple[Row, ...]
     more: bool
+    revision: _Revision = 0
+
+
+TxnResponse = Written | Found | NotFound | Deleted | Rows
+
+
+class TxnResult(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Whether every compare held, one response per op of the branch taken, in order, and the
+    store revision after the transaction."""
+
+    succeeded: bool
+    responses: tuple[TxnResponse, ...]
+    revision: _Revision
+
+
+class Compacted(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A compaction took effect: history before ``compact_revision`` is gone."""
+
+    compact_revision: _Revision
+    revision: _Revision
+
+
+class RevisionCompacted(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Refused: the revision asked for is older than ``compact_revision``, whose history was
+    compacted (etcd: "mvcc: required revision has been compacted")."""
+
+    compact_revision: _Revision
+    revision: _Revision
+
+
+class FutureRevision(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Refused: the revision asked for is newer than the store's ``revision`` (etcd: "mvcc:
+    required revision is a future revision")."""
+
+    revision: _Revision
+
+
+class TxnRefused(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Not applied: the transaction breaks a rule only the state can show (today: a branch
+    that writes one key twice)."""
+
+    reason: str
 
 
 class Changed(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -238,9 +377,33 @@ Result = (
     | Stale
     | Malformed
     | Full
+    | TxnResult
+    | Compacted
+    | RevisionCompacted
+    | FutureRevision
+    | TxnRefused
 )
 # Results that mean "this command had no effect": a history checker treats them as "fail".
-NOT_APPLIED: Final = (Stale, Malformed, Full)
+NOT_APPLIED: Final = (Stale, Malformed, Full, RevisionCompacted, FutureRevision, TxnRefused)
+
+# ---------------------------------------------------------------------------------- events
+
+EVENT_TYPES: Final = ("PUT", "DELETE")
+
+
+class Event(msgspec.Struct, frozen=True, array_like=True):
+    """One change to one key, as a watch delivers it (etcd's ``mvccpb.Event``): ``kv`` is the
+    key after the change (for a DELETE only its key and ``mod_revision``, the deletion's
+    revision), ``prev_kv`` the key before it when the watcher asked for it."""
+
+    type: str
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
 
 # ---------------------------------------------------------------------------------- codec
 
@@ -281,11 +444,24 @@ def validate_command(cmd: Command) -> None:
         raise BadCommand(f"seq {cmd.seq} is outside 0..{SEQ_MAX}")
     op = cmd.op
     match op:
+        case Txn(compares=compares, success=success, failure=failure):
+            _check_txn(compares, success, failure)
+        case Compact(revision=revision):
+            _check_revision(revision)
+        case _:
+            _validate_op(op)
+
+
+def _validate_op(op: Op) -> None:
+    match op:
         case Put(key=key, value=value):
             _check_text("key", key, KEY_BYTES_MAX)
             _check_value("value", value)
-        case Get(key=key) | Delete(key=key):
+        case Get(key=key, revision=revision):
             _check_text("key", key, KEY_BYTES_MAX)
+            _check_revision(revision)
+        case Delete(key=key, prefix=prefix):
+            _check_text("key", key, KEY_BYTES_MAX, empty_ok=prefix)
         case Cas(key=key, new=new, expect_value=ev, expect_version=evv):
             _check_text("key", key, KEY_BYTES_MAX)
             _check_value("new", new)
@@ -295,9 +471,10 @@ def validate_command(cmd: Command) -> None:
                 _check_value("expect_value", ev)
             if evv is not None and not 0 <= evv <= VERSION_MAX:
                 raise BadCommand(f"expect_version {evv} is outside 0..{VERSION_MAX}")
-        case Scan(prefix=prefix, limit=limit):
+        case Scan(prefix=prefix, limit=limit, revision=revision):
             _check_text("prefix", prefix, KEY_BYTES_MAX, empty_ok=True)
             _check_limit(limit, SCAN_LIMIT_MAX)
+            _check_revision(revision)
         case Block(site=site, other=other) | Unblock(site=site, other=other):
             _check_text("site", site, SITE_BYTES_MAX)
             _check_text("other", other, SITE_BYTES_MAX)
@@ -311,6 +488,40 @@ def validate_command(cmd: Command) -> None:
             _check_limit(limit, VIEW_LIMIT_MAX)
         case _:
             raise BadCommand(f"unknown operation {type(op).__name__}")
+
+
+def _check_revision(revision: int) -> None:
+    if not 0 <= revision <= SEQ_MAX:
+        raise BadCommand(f"revision {revision} is outside 0..{SEQ_MAX}")
+
+
+def _check_txn(
+    compares: tuple[Compare, ...], success: tuple[TxnOp, ...], failure: tuple[TxnOp, ...]
+) -> None:
+    """etcd's bounds: at most TXN_OPS_MAX ops in each branch (and as many compares); the
+    command's byte bound (COMMAND_BYTES_MAX) is checked by the codec."""
+    for name, items in (("compares", compares), ("success", success), ("failure", failure)):
+        if len(items) > TXN_OPS_MAX:
+            raise BadCommand(f"too many operations in txn {name}: {len(items)}, over {TXN_OPS_MAX}")
+    for c in compares:
+        _check_text("compare key", c.key, KEY_BYTES_MAX)
+        if c.target not in COMPARE_TARGETS:
+            raise BadCommand(f"compare target {c.target!r} is not one of {COMPARE_TARGETS}")
+        if c.op not in COMPARE_OPS:
+            raise BadCommand(f"compare operator {c.op!r} is not one of {COMPARE_OPS}")
+        if c.target == "value":
+            _check_value("compare value", c.value)
+            if c.number != 0:
+                raise BadCommand("a value compare takes a value, not a number")
+        else:
+            _check_revision(c.number)
+            if c.value:
+                raise BadCommand(f"a {c.target} compare takes a number, not a value")
+    for branch in (success, failure):
+        for op in branch:
+            if not isinstance(op, TxnOp):
+                raise BadCommand(f"{type(op).__name__} cannot be part of a transaction")
+            _validate_op(op)
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -359,34 +570,50 @@ def decode_result(data: bytes) -> Result:
 
 
 __all__ = [
-    "COMMAND_BYTES_MAX",
-    "NOT_APPLIED",
-    "RESULT_BYTES_MAX",
     "BadCommand",
     "Block",
     "BlockList",
     "BlockPair",
     "Blocks",
+    "COMMAND_BYTES_MAX",
+    "COMPARE_OPS",
+    "COMPARE_TARGETS",
     "Cas",
     "CasMismatch",
     "Changed",
     "Command",
+    "Compact",
+    "Compacted",
+    "Compare",
     "Delete",
     "Deleted",
+    "EVENT_TYPES",
+    "Event",
     "Found",
     "Full",
+    "FutureRevision",
     "Get",
+    "KeyValue",
     "Malformed",
+    "NOT_APPLIED",
     "NotFound",
     "Op",
     "Post",
     "Put",
+    "RESULT_BYTES_MAX",
     "Result",
+    "RevisionCompacted",
     "Row",
     "Rows",
     "Scan",
     "Stale",
+    "TXN_OPS_MAX",
     "Timeline",
+    "Txn",
+    "TxnOp",
+    "TxnRefused",
+    "TxnResponse",
+    "TxnResult",
     "Unblock",
     "View",
     "Written",
