@@ -68,7 +68,9 @@ def test_many_sessions_in_flight_on_shared_connections_each_get_their_own_result
         for i, s in enumerate(sessions):
             pipe.submit(s.next_command(Get(key=f"many/{i}")), i, lane=i)
         gets = run_all(pipe, len(sessions))
-    assert gets == {i: Found(value=b"v%d" % i, version=1) for i in range(len(sessions))}
+    assert {i: (r.value, r.version) for i, r in gets.items() if isinstance(r, Found)} == {
+        i: (b"v%d" % i, 1) for i in range(len(sessions))
+    }
 
 
 def test_a_pipeline_that_knows_only_a_follower_is_sent_to_the_leader(
@@ -80,7 +82,8 @@ def test_a_pipeline_that_knows_only_a_follower_is_sent_to_the_leader(
     session = Session()
     with Pipeline[int](only, cluster.client_key()) as pipe:
         pipe.submit(session.next_command(Put(key="redirected", value=b"x")), 0)
-        assert run_all(pipe, 1) == {0: Written(version=1)}
+        (written,) = run_all(pipe, 1).values()
+        assert isinstance(written, Written) and written.version == 1
 
 
 def test_commands_whose_connections_drop_are_resent_and_applied_once(
@@ -103,7 +106,7 @@ def test_commands_whose_connections_drop_are_resent_and_applied_once(
         puts = run_all(pipe, len(sessions), early)
         # A retry carries the same (client_id, seq): the session table answers it with the
         # first outcome, so every key was written exactly once.
-        assert all(r == Written(version=1) for r in puts.values()), puts
+        assert all(isinstance(r, Written) and r.version == 1 for r in puts.values()), puts
         for i, s in enumerate(sessions):
             pipe.submit(s.next_command(Get(key=f"drop/{i}")), i, lane=i)
         gets = run_all(pipe, len(sessions))
@@ -113,7 +116,7 @@ def test_commands_whose_connections_drop_are_resent_and_applied_once(
         assert leader is not None
         used = [c for (ep_id, _), c in pipe._conns.items() if ep_id == id(leader)]
         assert used and not any(c is d for c in used for d in dropped), "no reconnect"
-    assert all(r == Found(value=b"once", version=1) for r in gets.values()), gets
+    assert all(isinstance(r, Found) and (r.value, r.version) == (b"once", 1) for r in gets.values())
 
 
 def test_a_command_no_member_answers_ends_with_unavailable(tmp_path: Path) -> None:

@@ -133,7 +133,9 @@ def test_a_node_keeps_results_for_recent_slots_only_and_view_log_sees_them(node:
     # 16 puts a slot and 40 commands kept: the newest two slots, every older one is "-".
     assert sorted(shown) == slots[-2:]
     assert all(s not in node.recent_results for s in slots[:-2])
-    assert [decode_result(r) for r in shown[slots[-1]]] == [Written(version=8)] * 16
+    # The last round's 16 puts are the store's changes 113..128: revisions 114..129.
+    last = [Written(version=8, revision=114 + i) for i in range(16)]
+    assert [decode_result(r) for r in shown[slots[-1]]] == last
 
 
 def test_posts_of_one_site_share_one_site_string_also_after_a_restore() -> None:

@@ -15,6 +15,8 @@ from paxosd.statemachine.commands import (
     CasMismatch,
     Changed,
     Command,
+    Compact,
+    Compare,
     Delete,
     Deleted,
     Found,
@@ -31,6 +33,7 @@ from paxosd.statemachine.commands import (
     Scan,
     Stale,
     Timeline,
+    Txn,
     Unblock,
     View,
     Written,
@@ -72,13 +75,13 @@ class Driver:
 
 def test_put_get_delete_with_versions():
     d = Driver()
-    assert d.run(Get("k")) == NotFound()
-    assert d.run(Put("k", b"1")) == Written(1)
-    assert d.run(Put("k", b"2")) == Written(2)
-    assert d.run(Get("k")) == Found(b"2", 2)
-    assert d.run(Delete("k")) == Deleted(2)
-    assert d.run(Get("k")) == NotFound()
-    assert d.run(Delete("k")) == Deleted(0)
+    assert d.run(Get("k")) == NotFound(revision=1)
+    assert d.run(Put("k", b"1")) == Written(1, revision=2)
+    assert d.run(Put("k", b"2")) == Written(2, revision=3)
+    assert d.run(Get("k")) == Found(b"2", 2, create_revision=2, mod_revision=3, revision=3)
+    assert d.run(Delete("k")) == Deleted(2, revision=4, deleted=1)
+    assert d.run(Get("k")) == NotFound(revision=4)
+    assert d.run(Delete("k")) == Deleted(0, revision=4)
 
 
 def test_put_after_delete_restarts_version_at_one():
@@ -86,43 +89,48 @@ def test_put_after_delete_restarts_version_at_one():
     d.run(Put("k", b"1"))
     d.run(Put("k", b"2"))
     d.run(Delete("k"))
-    assert d.run(Put("k", b"3")) == Written(1)
-    assert d.run(Get("k")) == Found(b"3", 1)
+    assert d.run(Put("k", b"3")) == Written(1, revision=5)
+    assert d.run(Get("k")) == Found(b"3", 1, create_revision=5, mod_revision=5, revision=5)
 
 
 def test_cas_by_value_matches_only_the_current_value():
     d = Driver()
-    assert d.run(Cas("k", b"x", expect_value=b"")) == CasMismatch(None, 0)
+    assert d.run(Cas("k", b"x", expect_value=b"")) == CasMismatch(None, 0, revision=1)
     d.run(Put("k", b"a"))
-    assert d.run(Cas("k", b"b", expect_value=b"zzz")) == CasMismatch(b"a", 1)
-    assert d.run(Cas("k", b"b", expect_value=b"a")) == Written(2)
-    assert d.run(Get("k")) == Found(b"b", 2)
+    assert d.run(Cas("k", b"b", expect_value=b"zzz")) == CasMismatch(b"a", 1, revision=2)
+    assert d.run(Cas("k", b"b", expect_value=b"a")) == Written(2, revision=3)
+    assert d.run(Get("k")) == Found(b"b", 2, create_revision=2, mod_revision=3, revision=3)
 
 
 def test_cas_by_version_and_version_zero_means_absent():
     d = Driver()
-    assert d.run(Cas("k", b"a", expect_version=0)) == Written(1)
-    assert d.run(Cas("k", b"b", expect_version=0)) == CasMismatch(b"a", 1)
-    assert d.run(Cas("k", b"b", expect_version=2)) == CasMismatch(b"a", 1)
-    assert d.run(Cas("k", b"b", expect_version=1)) == Written(2)
+    assert d.run(Cas("k", b"a", expect_version=0)) == Written(1, revision=2)
+    assert d.run(Cas("k", b"b", expect_version=0)) == CasMismatch(b"a", 1, revision=2)
+    assert d.run(Cas("k", b"b", expect_version=2)) == CasMismatch(b"a", 1, revision=2)
+    assert d.run(Cas("k", b"b", expect_version=1)) == Written(2, revision=3)
     d.run(Delete("k"))
-    assert d.run(Cas("k", b"c", expect_version=0)) == Written(1)
+    assert d.run(Cas("k", b"c", expect_version=0)) == Written(1, revision=5)
 
 
 def test_scan_returns_prefix_in_key_order_and_pages_with_more():
     d = Driver()
+    created = {}
     for k in ["b2", "a", "b1", "b3", "c"]:
-        d.run(Put(k, k.encode()))
-    assert d.run(Scan("b", 10)) == Rows(
-        (Row("b1", b"b1", 1), Row("b2", b"b2", 1), Row("b3", b"b3", 1)), more=False
-    )
-    assert d.run(Scan("b", 2)) == Rows((Row("b1", b"b1", 1), Row("b2", b"b2", 1)), more=True)
+        written = d.run(Put(k, k.encode()))
+        assert isinstance(written, Written)
+        created[k] = written.revision
+
+    def row(k: str) -> Row:
+        return Row(k, k.encode(), 1, create_revision=created[k], mod_revision=created[k])
+
+    assert d.run(Scan("b", 10)) == Rows((row("b1"), row("b2"), row("b3")), False, revision=6)
+    assert d.run(Scan("b", 2)) == Rows((row("b1"), row("b2")), more=True, revision=6)
     assert d.run(Scan("", 10)) == Rows(
-        tuple(Row(k, k.encode(), 1) for k in ["a", "b1", "b2", "b3", "c"]), more=False
+        tuple(row(k) for k in ["a", "b1", "b2", "b3", "c"]), more=False, revision=6
     )
     d.run(Delete("b2"))
-    assert d.run(Scan("b", 10)) == Rows((Row("b1", b"b1", 1), Row("b3", b"b3", 1)), more=False)
-    assert d.run(Scan("zz", 10)) == Rows((), more=False)
+    assert d.run(Scan("b", 10)) == Rows((row("b1"), row("b3")), more=False, revision=7)
+    assert d.run(Scan("zz", 10)) == Rows((), more=False, revision=7)
 
 
 def test_a_batch_applies_in_order_and_an_empty_batch_is_a_noop():
@@ -130,7 +138,11 @@ def test_a_batch_applies_in_order_and_an_empty_batch_is_a_noop():
     ops: list[Op] = [Put("k", b"1"), Get("k"), Put("k", b"2")]
     cmds = tuple(encode_command(Command("c", i + 1, "A", op)) for i, op in enumerate(ops))
     out = sm.apply(1, cmds)
-    assert [decode_result(r) for _, _, r in out] == [Written(1), Found(b"1", 1), Written(2)]
+    assert [decode_result(r) for _, _, r in out] == [
+        Written(1, revision=2),
+        Found(b"1", 1, create_revision=2, mod_revision=2, revision=2),
+        Written(2, revision=3),
+    ]
     assert sm.apply(2, ()) == []
     assert sm.applied_through == 2
 
@@ -154,18 +166,18 @@ def test_undecodable_command_yields_a_deterministic_error_and_the_rest_applies()
     cid, seq, raw = results[0][0]
     assert (cid, seq) == ("", 0)
     assert isinstance(decode_result(raw), Malformed)
-    assert decode_result(results[0][1][2]) == Written(1)
+    assert decode_result(results[0][1][2]) == Written(1, revision=2)
 
 
 def test_retry_returns_the_original_result_and_does_not_apply_twice():
     d = Driver()
-    assert d.raw("c", 1, Put("k", b"a")) == Written(1)
-    assert d.raw("c", 1, Put("k", b"a")) == Written(1)
-    assert d.raw("other", 1, Get("k")) == Found(b"a", 1)
-    assert d.raw("c", 2, Cas("k", b"b", expect_version=1)) == Written(2)
+    assert d.raw("c", 1, Put("k", b"a")) == Written(1, revision=2)
+    assert d.raw("c", 1, Put("k", b"a")) == Written(1, revision=2)
+    assert d.raw("other", 1, Get("k")) == Found(b"a", 1, 2, 2, revision=2)
+    assert d.raw("c", 2, Cas("k", b"b", expect_version=1)) == Written(2, revision=3)
     # The retried cas would now mismatch if it ran again; it must answer as it first did.
-    assert d.raw("c", 2, Cas("k", b"b", expect_version=1)) == Written(2)
-    assert d.raw("other", 2, Get("k")) == Found(b"b", 2)
+    assert d.raw("c", 2, Cas("k", b"b", expect_version=1)) == Written(2, revision=3)
+    assert d.raw("other", 2, Get("k")) == Found(b"b", 2, 2, 3, revision=3)
 
 
 def test_timeline_gets_one_post_per_applied_put_despite_retries():
@@ -180,24 +192,24 @@ def test_seq_below_the_session_is_stale_and_not_applied():
     d.raw("c", 1, Put("k", b"a"))
     d.raw("c", 2, Put("k", b"b"))
     assert d.raw("c", 1, Put("k", b"zzz")) == Stale(last_seq=2)
-    assert d.raw("x", 1, Get("k")) == Found(b"b", 2)
+    assert d.raw("x", 1, Get("k")) == Found(b"b", 2, 2, 3, revision=3)
 
 
 def test_retried_read_runs_again_and_sees_the_current_state():
     d = Driver()
-    assert d.raw("r", 1, Get("k")) == NotFound()
+    assert d.raw("r", 1, Get("k")) == NotFound(revision=1)
     d.raw("w", 1, Put("k", b"a"))
-    assert d.raw("r", 1, Get("k")) == Found(b"a", 1)
+    assert d.raw("r", 1, Get("k")) == Found(b"a", 1, 2, 2, revision=2)
     # A write may not reuse a read's seq.
     assert d.raw("r", 1, Put("k", b"b")) == Stale(last_seq=1)
-    assert d.raw("w", 2, Get("k")) == Found(b"a", 1)
+    assert d.raw("w", 2, Get("k")) == Found(b"a", 1, 2, 2, revision=2)
 
 
 def test_unknown_client_starts_a_session_at_any_seq():
     d = Driver()
-    assert d.raw("new", 5, Put("k", b"a")) == Written(1)
+    assert d.raw("new", 5, Put("k", b"a")) == Written(1, revision=2)
     assert d.raw("new", 4, Put("k", b"b")) == Stale(last_seq=5)
-    assert d.raw("zero", 0, Put("k", b"c")) == Written(2)
+    assert d.raw("zero", 0, Put("k", b"c")) == Written(2, revision=3)
 
 
 def _session_trace(sm: StateMachine, clients: list[str]) -> list[Result]:
@@ -215,12 +227,12 @@ def test_session_eviction_is_least_recently_used_and_identical_on_every_replica(
     one = _session_trace(StateMachine(limits), clients)
     two = _session_trace(StateMachine(limits), clients)
     assert one == two
-    assert one[:5] == [Written(1), Written(2), Written(3), Written(1), Written(4)]
+    assert one[:5] == [Written(1, 2), Written(2, 3), Written(3, 4), Written(1, 2), Written(4, 5)]
     retries = dict(zip(sorted(set(clients)), one[5:], strict=True))
-    assert retries["a"] == Written(1)  # live: cached answer
-    assert retries["b"] == Written(5)  # evicted by "d": applied again
-    assert retries["c"] == Written(6)  # evicted by b's new session
-    assert retries["d"] == Written(7)  # evicted by c's new session
+    assert retries["a"] == Written(1, 2)  # live: cached answer
+    assert retries["b"] == Written(5, 6)  # evicted by "d": applied again
+    assert retries["c"] == Written(6, 7)  # evicted by b's new session
+    assert retries["d"] == Written(7, 8)  # evicted by c's new session
 
 
 def test_session_eviction_continues_identically_after_restore():
@@ -232,9 +244,9 @@ def test_session_eviction_continues_identically_after_restore():
     restored = StateMachine.restore(sm.snapshot())
     for m in (sm, restored):
         dm = Driver(m)
-        assert dm.raw("d", 1, Put("k", b"d")) == Written(4)  # evicts "b"
-        assert dm.raw("a", 1, Put("k", b"a")) == Written(1)
-        assert dm.raw("b", 1, Put("k", b"b")) == Written(5)
+        assert dm.raw("d", 1, Put("k", b"d")) == Written(4, 5)  # evicts "b"
+        assert dm.raw("a", 1, Put("k", b"a")) == Written(1, 2)
+        assert dm.raw("b", 1, Put("k", b"b")) == Written(5, 6)
     assert sm.digest() == restored.digest()
 
 
@@ -300,12 +312,12 @@ def test_timeline_is_bounded_and_drops_the_oldest_posts():
 
 def test_kv_byte_budget_refuses_writes_without_applying_them():
     d = Driver(StateMachine(Limits(kv_bytes_max=200)))
-    assert d.run(Put("a", b"x" * 50)) == Written(1)
+    assert d.run(Put("a", b"x" * 50)) == Written(1, revision=2)
     assert d.run(Put("b", b"x" * 50)) == Full("kv")
-    assert d.run(Get("b")) == NotFound()
+    assert d.run(Get("b")) == NotFound(revision=2)  # a refused write takes no revision
     # Overwriting with a smaller value still fits.
-    assert d.run(Put("a", b"y")) == Written(2)
-    assert d.run(Put("b", b"x" * 50)) == Written(1)
+    assert d.run(Put("a", b"y")) == Written(2, revision=3)
+    assert d.run(Put("b", b"x" * 50)) == Written(1, revision=4)
 
 
 def test_block_relation_is_bounded():
@@ -344,7 +356,7 @@ def test_snapshot_restore_gives_equal_digest_and_equal_future_results():
     for op in future:
         assert restored.run(op) == d.run(op)
     # Sessions survived: a retry of c2's first command returns the cached answer.
-    assert restored.raw("c2", 1, Put("j", b"2")) == d.raw("c2", 1, Put("j", b"2")) == Written(1)
+    assert restored.raw("c2", 1, Put("j", b"2")) == d.raw("c2", 1, Put("j", b"2")) == Written(1, 3)
     assert restored.sm.digest() == d.sm.digest()
 
 
@@ -378,7 +390,8 @@ def _sealed(**changes: object) -> bytes:
 def test_restore_validates_a_well_sealed_snapshot_field_by_field():
     StateMachine.restore(_sealed())  # the baseline is valid
     bad_changes: list[dict[str, object]] = [
-        {"format": 2},
+        {"format": 2},  # format 2 keeps no keys in kv
+        {"format": 3},
         {"applied_through": -1},
         {"chain": b"short"},
         {"limits": Limits(sessions_max=0)},
@@ -426,12 +439,23 @@ _keys = st.sampled_from(["a", "ab", "b", "c"])
 _sites = st.sampled_from(["A", "B", "C"])
 _values = st.binary(max_size=4)
 _ops = st.one_of(
-    st.builds(Put, _keys, _values),
-    st.builds(Get, _keys),
-    st.builds(Delete, _keys),
+    st.builds(Put, _keys, _values, st.booleans()),
+    st.builds(Get, _keys, st.integers(0, 8)),
+    st.builds(Delete, _keys, st.booleans(), st.booleans()),
+    st.builds(Compact, st.integers(0, 8)),
+    st.builds(
+        Txn,
+        st.lists(
+            st.builds(Compare, _keys, st.just("version"), st.just("="), st.integers(0, 2))
+        ).map(tuple),
+        st.lists(st.builds(Put, _keys, _values) | st.builds(Get, _keys)).map(tuple),
+        st.lists(st.builds(Delete, _keys, st.booleans()) | st.builds(Scan, _keys, st.just(2))).map(
+            tuple
+        ),
+    ),
     st.builds(Cas, _keys, _values, expect_value=_values),
     st.builds(Cas, _keys, _values, expect_version=st.integers(0, 3)),
-    st.builds(Scan, st.sampled_from(["", "a", "b"]), st.integers(1, 3)),
+    st.builds(Scan, st.sampled_from(["", "a", "b"]), st.integers(1, 3), st.integers(0, 8)),
     st.tuples(_sites, _sites).filter(lambda p: p[0] != p[1]).map(lambda p: Block(*p)),
     st.tuples(_sites, _sites).filter(lambda p: p[0] != p[1]).map(lambda p: Unblock(*p)),
     st.builds(Blocks, st.none() | _sites),
@@ -450,7 +474,7 @@ _stream = st.lists(st.lists(_commands | st.binary(max_size=8), max_size=4), max_
 @settings(max_examples=150, deadline=None)
 @given(stream=_stream, cut=st.integers(0, 25))
 def test_replicas_fed_the_same_stream_agree_even_across_snapshot_restore(stream, cut):
-    limits = Limits(sessions_max=3, timeline_max=4)
+    limits = Limits(sessions_max=3, timeline_max=4, history_bytes_max=400)
     a = StateMachine(limits)
     b = StateMachine(limits)
     for slot, batch in enumerate(stream, start=1):

@@ -328,7 +328,8 @@ class Node:
             return False
         current = self.sm.query(Get(key=cmd.op.key))
         version = current.version + 1 if isinstance(current, Found) else 1
-        self.replies.append(Reply(conn_id, request_id, "ok", encode_result(Written(version))))
+        guess = Written(version=version, revision=self.sm.revision + 1)
+        self.replies.append(Reply(conn_id, request_id, "ok", encode_result(guess)))
         self.replica.step(ClientCommand(command))
         return True
 

@@ -114,28 +114,41 @@ _Input = Op | _KeyRead | _PairRead
 def _register_step(state: _Register, op: _Input, result: Result | None) -> _Register | None:
     """The register's next state, or None when ``result`` cannot come from ``state``.
     ``result`` None means unknown: any result is accepted."""
+    # Results are compared on the fields this model holds (value and version); revisions
+    # are a store-wide counter that a per-key register cannot predict.
     value, version = state
     match op:
         case Put(value=new):
-            if result is not None and result != Written(version=version + 1):
+            if result is not None and not (
+                isinstance(result, Written) and result.version == version + 1
+            ):
                 return None
             return (new, version + 1)
         case Cas(new=new, expect_value=ev, expect_version=evv):
             matches = evv == version if evv is not None else (value is not None and value == ev)
             if matches:
-                if result is not None and result != Written(version=version + 1):
+                if result is not None and not (
+                    isinstance(result, Written) and result.version == version + 1
+                ):
                     return None
                 return (new, version + 1)
-            if result is not None and result != CasMismatch(value=value, version=version):
+            if result is not None and not (
+                isinstance(result, CasMismatch)
+                and (result.value, result.version) == (value, version)
+            ):
                 return None
             return state
         case Delete():
-            if result is not None and result != Deleted(prior_version=version):
+            if result is not None and not (
+                isinstance(result, Deleted) and result.prior_version == version
+            ):
                 return None
             return _ABSENT
         case Get():
-            expected: Result = NotFound() if value is None else Found(value, version)
-            return state if result == expected else None
+            if value is None:
+                return state if isinstance(result, NotFound) else None
+            ok = isinstance(result, Found) and (result.value, result.version) == (value, version)
+            return state if ok else None
         case _KeyRead(value=read_value, version=read_version):
             return state if (read_value, read_version) == state else None
     return None

@@ -14,9 +14,13 @@ check both paths) is applied like a write and changes nothing but session bookke
 
 import bisect
 import hashlib
+import heapq
+import itertools
 import sys
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Final, Self
 
 import msgspec
@@ -38,22 +42,34 @@ from paxosd.statemachine.commands import (
     CasMismatch,
     Changed,
     Command,
+    Compact,
+    Compacted,
+    Compare,
     Delete,
     Deleted,
+    Event,
     Found,
     Full,
+    FutureRevision,
     Get,
+    KeyValue,
     Malformed,
     NotFound,
     Op,
     Post,
     Put,
     Result,
+    RevisionCompacted,
     Row,
     Rows,
     Scan,
     Stale,
     Timeline,
+    Txn,
+    TxnOp,
+    TxnRefused,
+    TxnResponse,
+    TxnResult,
     Unblock,
     View,
     Written,
@@ -63,13 +79,15 @@ from paxosd.statemachine.commands import (
     is_read,
 )
 
-SNAPSHOT_FORMAT: Final = 1
+SNAPSHOT_FORMAT: Final = 2
+SNAPSHOT_FORMATS: Final = (1, 2)  # format 1: before revisions and history (old data dirs)
 SNAPSHOT_BYTES_MAX: Final = 1 << 30  # checked before decoding a snapshot from disk or a peer
 # Bytes charged per stored entry on top of its payload, so that many tiny entries cannot
 # slip past the byte budgets (and so the budgets also bound the snapshot's encoded size).
 ENTRY_OVERHEAD_BYTES: Final = 64
 # Result shaping: a scan or view page stops at this many payload bytes, well under
-# commands.RESULT_BYTES_MAX even with per-row overhead.
+# commands.RESULT_BYTES_MAX even with per-row overhead. A write's answer (a transaction's
+# responses, a prefix delete's prev_kv) shares one budget of this size too.
 PAGE_BYTES_MAX: Final = 4 << 20
 # A hard ceiling on the sum of the byte budgets, so a valid state always snapshots under
 # SNAPSHOT_BYTES_MAX.
@@ -78,6 +96,10 @@ _ONE_ENTRY_BYTES_MAX: Final = 1 << 20
 _BLOCKS_MAX_MAX: Final = 20_000  # keeps a full BlockList under RESULT_BYTES_MAX
 _CHECKSUM_BYTES: Final = 32
 _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
+# The first revision a change can have: a fresh store is at revision 1 and holds nothing.
+_FIRST_CHANGE: Final = 2
+
+_mod_revision: Final = attrgetter("mod_revision")
 
 
 class BadSnapshot(ValueError):
@@ -87,7 +109,11 @@ class BadSnapshot(ValueError):
 
 class Limits(msgspec.Struct, frozen=True, array_like=True):
     """The state machine's bounds. They shape results and evictions, so replicas must agree:
-    they travel inside every snapshot and a restored replica keeps the snapshot's limits."""
+    they travel inside every snapshot and a restored replica keeps the snapshot's limits.
+
+    ``history_bytes_max`` bounds the superseded versions and deletions kept for reads at a
+    revision and for watches; past it, apply compacts the oldest history. It is the last
+    field so that a format-1 snapshot's limits decode with its default."""
 
     sessions_max: int = 10_000
     sessions_bytes_max: int = 64 << 20
@@ -95,6 +121,7 @@ class Limits(msgspec.Struct, frozen=True, array_like=True):
     timeline_bytes_max: int = 64 << 20
     kv_bytes_max: int = 512 << 20
     blocks_max: int = 10_000
+    history_bytes_max: int = 256 << 20
 
     def check(self) -> None:
         """Raise ValueError unless every limit is positive and their sum fits a snapshot."""
@@ -102,7 +129,12 @@ class Limits(msgspec.Struct, frozen=True, array_like=True):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"limit {name}={value!r} must be a positive integer")
-        budget = self.sessions_bytes_max + self.timeline_bytes_max + self.kv_bytes_max
+        budget = (
+            self.sessions_bytes_max
+            + self.timeline_bytes_max
+            + self.kv_bytes_max
+            + self.history_bytes_max
+        )
         if budget > _BUDGET_BYTES_MAX:
             raise ValueError(f"byte budgets sum to {budget}, over {_BUDGET_BYTES_MAX}")
         if self.blocks_max > _BLOCKS_MAX_MAX:
@@ -124,6 +156,8 @@ class _Session:
 
 
 class _KvEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A key in a format-1 snapshot (before revisions)."""
+
     key: str
     value: bytes
     version: int
@@ -137,16 +171,28 @@ class _SessionEntry(msgspec.Struct, frozen=True, array_like=True):
 
 class _SnapshotState(msgspec.Struct, frozen=True, array_like=True):
     """The encoded state. ``sessions`` is in least-recently-used-first order, which is what
-    lets a restored replica evict exactly like the others."""
+    lets a restored replica evict exactly like the others.
+
+    Format 1 (old data dirs) has only the fields up to ``sessions``, its keys in ``kv``.
+    Format 2 leaves ``kv`` empty and stores every retained version of every key: ``base``
+    holds the versions older than the history's floor (max(compact_revision, 2)), one per key
+    at most, sorted by key; ``events`` holds every version from the floor on, in revision
+    order (a deletion is a version with version 0). The current state, the per-key index and
+    each event's prev_kv are all derived from these two on restore, so nothing is stored twice.
+    """
 
     format: int
     applied_through: int
     chain: bytes
     limits: Limits
-    kv: tuple[_KvEntry, ...]  # sorted by key
+    kv: tuple[_KvEntry, ...]  # format 1 only, sorted by key
     blocks: tuple[BlockPair, ...]  # sorted
     timeline: tuple[Post, ...]  # log order
     sessions: tuple[_SessionEntry, ...]
+    revision: int = 1
+    compact_revision: int = 0
+    base: tuple[KeyValue, ...] = ()
+    events: tuple[KeyValue, ...] = ()
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -155,6 +201,10 @@ _snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotState)
 
 def _kv_cost(key: str, value: bytes) -> int:
     return ENTRY_OVERHEAD_BYTES + len(key.encode("utf-8")) + len(value)
+
+
+def _entry_cost(kv: KeyValue) -> int:
+    return ENTRY_OVERHEAD_BYTES + len(kv.key.encode("utf-8")) + len(kv.value)
 
 
 def _post_cost(post: Post) -> int:
@@ -182,11 +232,189 @@ def _chain(prior: bytes, slot: int, value: tuple[bytes, ...]) -> bytes:
     return h.digest()
 
 
+def _tombstone(key: str, revision: int) -> KeyValue:
+    """A deletion as history keeps it and a DELETE event carries it (etcd's shape: only the
+    key and the deletion's revision; version 0 is what marks it)."""
+    return KeyValue(key=key, value=b"", create_revision=0, mod_revision=revision, version=0)
+
+
+def _compare(c: Compare, kv: KeyValue | None) -> bool:
+    """One transaction condition, etcd's rules: an absent key has version, create, mod and
+    lease 0, and every value compare on it is false."""
+    if c.target == "value":
+        if kv is None:
+            return False
+        mine: bytes | int = kv.value
+        theirs: bytes | int = c.value
+    else:
+        theirs = c.number
+        if kv is None:
+            mine = 0
+        elif c.target == "version":
+            mine = kv.version
+        elif c.target == "create":
+            mine = kv.create_revision
+        elif c.target == "mod":
+            mine = kv.mod_revision
+        else:
+            mine = kv.lease
+    match c.op:
+        case "=":
+            return mine == theirs
+        case "!=":
+            return mine != theirs
+        case "<":
+            return mine < theirs  # type: ignore[operator]
+        case ">":
+            return mine > theirs  # type: ignore[operator]
+    raise AssertionError(f"compare operator {c.op!r} passed validation")
+
+
+def _duplicate_write(ops: tuple[TxnOp, ...]) -> str | None:
+    """etcd's rule for one branch: a key may be put once, and not both put and deleted
+    (deleting it twice is fine). Returns the reason when the branch breaks it."""
+    puts: set[str] = set()
+    for op in ops:
+        if isinstance(op, Put):
+            if op.key in puts:
+                return f"duplicate key given in txn request: {op.key!r}"
+            puts.add(op.key)
+    for op in ops:
+        if isinstance(op, Delete):
+            for key in puts:
+                if key == op.key or (op.prefix and key.startswith(op.key)):
+                    return f"duplicate key given in txn request: {key!r}"
+    return None
+
+
+def _row(kv: KeyValue) -> Row:
+    return Row(
+        key=kv.key,
+        value=kv.value,
+        version=kv.version,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        lease=kv.lease,
+    )
+
+
+def _found(kv: KeyValue, revision: int) -> Found:
+    return Found(
+        value=kv.value,
+        version=kv.version,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        lease=kv.lease,
+        revision=revision,
+    )
+
+
+def _prefixed(keys: list[str], prefix: str) -> Iterator[str]:
+    """The keys of a sorted list that start with ``prefix``, in order."""
+    start = bisect.bisect_left(keys, prefix)
+    return itertools.takewhile(lambda k: k.startswith(prefix), itertools.islice(keys, start, None))
+
+
+class _ResultTooLarge(Exception):
+    """A write's answer would not fit its byte budget; the write is refused whole."""
+
+
+class _Writes:
+    """The writes of one command, staged so that the command takes effect whole or not at
+    all: a transaction checks every bound before the store changes, and its reads see its
+    own earlier writes. Every staged version carries the command's revision, ``revision``.
+    Each key is written at most once (``_duplicate_write`` enforces it for transactions)."""
+
+    __slots__ = ("budget", "kv_bytes", "revision", "sm", "staged")
+
+    def __init__(self, sm: "StateMachine") -> None:
+        self.sm = sm
+        self.revision = sm.revision + 1
+        self.staged: dict[str, KeyValue] = {}  # in write order: the revision's events
+        self.kv_bytes = sm._kv_bytes
+        self.budget = PAGE_BYTES_MAX  # payload bytes left for this command's answer
+
+    def current(self, key: str) -> KeyValue | None:
+        kv = self.staged.get(key)
+        if kv is None:
+            kv = self.sm._live(key)
+        return kv if kv is not None and kv.version > 0 else None
+
+    def _charge(self, kv: KeyValue | None) -> None:
+        if kv is not None:
+            self.budget -= _entry_cost(kv)
+            if self.budget < 0:
+                raise _ResultTooLarge
+
+    def put(self, key: str, value: bytes, prev_kv: bool) -> Written:
+        prev = self.current(key)
+        if prev is None:
+            new = KeyValue(key, value, self.revision, self.revision, 1)
+        else:
+            assert prev.version < VERSION_MAX, f"key {key!r} version overflow"
+            new = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1)
+            self.kv_bytes -= _entry_cost(prev)
+        self.kv_bytes += _entry_cost(new)
+        self.staged[key] = new
+        if prev_kv:
+            self._charge(prev)
+        return Written(version=new.version, revision=self.revision, prev=prev if prev_kv else None)
+
+    def delete(self, key: str, prefix: bool, prev_kv: bool) -> Deleted:
+        keys: Iterable[str] = _prefixed(self.sm._keys, key) if prefix else (key,)
+        removed: list[KeyValue] = []
+        for k in keys:
+            prev = self.current(k)
+            if prev is None:
+                continue
+            removed.append(prev)
+            if prev_kv:
+                self._charge(prev)
+        for prev in removed:
+            self.staged[prev.key] = _tombstone(prev.key, self.revision)
+            self.kv_bytes -= _entry_cost(prev)
+        return Deleted(
+            prior_version=removed[0].version if removed else 0,
+            revision=self.revision if removed else self.sm.revision,
+            deleted=len(removed),
+            prev=tuple(removed) if prev_kv else (),
+        )
+
+    def get(self, key: str, revision: int) -> Found | NotFound:
+        kv = self.current(key) if revision == 0 else self.sm._at(key, revision)
+        if kv is None:
+            return NotFound(revision=self.sm.revision)
+        self._charge(kv)
+        return _found(kv, self.sm.revision)
+
+    def scan(self, prefix: str, limit: int, revision: int) -> Rows:
+        sm = self.sm
+        if revision != 0:
+            return sm._scan_rows(
+                _prefixed(sm._hkeys, prefix), lambda k: sm._at(k, revision), limit, self
+            )
+        new = sorted(k for k in self.staged if k.startswith(prefix) and sm._live(k) is None)
+        keys = heapq.merge(_prefixed(sm._keys, prefix), new) if new else _prefixed(sm._keys, prefix)
+        return sm._scan_rows(keys, self.current, limit, self)
+
+    def commit(self) -> None:
+        """Make the staged writes the store's: one new revision for all of them."""
+        if self.staged:
+            self.sm._install(self.revision, list(self.staged.values()), self.kv_bytes)
+
+
 class StateMachine:
-    """KV map + block relation + timeline + sessions, advanced one decided slot at a time.
+    """KV map with revisions and history + block relation + timeline + sessions, advanced
+    one decided slot at a time.
+
+    The key-value store is etcd's data model: one store ``revision`` (1 when empty, +1 per
+    command that changes a key), per key every retained version since ``compact_revision``,
+    and the changes in revision order for watches (``events_since``).
 
     Invariant: ``applied_through`` is the last slot applied; slot ``applied_through + 1`` is
     the only one ``apply`` accepts (slots start at 1).
+    Invariant: the history's revisions are exactly max(compact_revision, 2)..revision, each
+    with at least one event; compact_revision <= revision.
     """
 
     def __init__(self, limits: Limits | None = None) -> None:
@@ -194,15 +422,31 @@ class StateMachine:
         self.limits.check()
         self.applied_through = 0
         self._chain = _CHAIN_SEED
-        self._kv: dict[str, tuple[bytes, int]] = {}
-        self._keys: list[str] = []  # sorted, for scans
-        self._kv_bytes = 0
+        self.revision = 1
+        self.compact_revision = 0
+        # Every retained version of every key, oldest first (a deletion is a tombstone);
+        # the last entry is the key's current state. A key is in the index while any
+        # version of it is retained.
+        self._index: dict[str, list[KeyValue]] = {}
+        self._hkeys: list[str] = []  # sorted keys of _index, for scans at a revision
+        self._keys: list[str] = []  # sorted keys whose current entry is live, for scans
+        self._kv_bytes = 0  # live entries
+        self._history_bytes = 0  # superseded entries and tombstones
+        # The changes in revision order (each also in _index); those before _events_start
+        # are compacted and wait to be trimmed in bulk.
+        self._events: list[KeyValue] = []
+        self._events_start = 0
         self._blocks: set[tuple[str, str]] = set()
         self._timeline: deque[Post] = deque()
         self._timeline_bytes = 0
         # Least recently used first; every command from a client moves it to the end.
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._sessions_bytes = 0
+
+    @property
+    def history_bytes(self) -> int:
+        """Bytes charged to history: superseded versions and deletions still retained."""
+        return self._history_bytes
 
     # ---------------------------------------------------------------------------- apply
 
@@ -215,9 +459,13 @@ class StateMachine:
         assert isinstance(value, tuple), f"slot {slot} value is {type(value).__name__}"
         self._chain = _chain(self._chain, slot, value)
         self.applied_through = slot
+        first_revision = self.revision + 1
         # A membership command is the core's (it already acted on it): it enters the digest
         # chain like any value, and has no result.
-        return [self._apply_command(slot, raw) for raw in value if not is_membership_command(raw)]
+        out = [self._apply_command(slot, raw) for raw in value if not is_membership_command(raw)]
+        if self.revision >= first_revision:
+            self._trim_history(first_revision)
+        return out
 
     def _apply_command(self, slot: int, raw: bytes) -> tuple[str, int, bytes]:
         try:
@@ -266,30 +514,52 @@ class StateMachine:
 
     def _write(self, slot: int, cmd: Command) -> Result:
         match cmd.op:
-            case Put(key=key, value=value):
-                result = self._set(key, value)
-                if isinstance(result, Written):
-                    # Interned: a site's posts then share one string, not one each.
-                    self._post(Post(slot=slot, site=sys.intern(cmd.site), key=key, value=value))
-                return result
+            case Put(key=key, value=value, prev_kv=prev_kv):
+                writes = _Writes(self)
+                written = writes.put(key, value, prev_kv)
+                if writes.kv_bytes > self.limits.kv_bytes_max:
+                    return Full(what="kv")
+                writes.commit()
+                # Interned: a site's posts then share one string, not one each.
+                self._post(Post(slot=slot, site=sys.intern(cmd.site), key=key, value=value))
+                return written
             case Cas(key=key, new=new, expect_value=ev, expect_version=evv):
-                current = self._kv.get(key)
+                current = self._live(key)
                 if evv is not None:
-                    matches = evv == (current[1] if current is not None else 0)
+                    matches = evv == (current.version if current is not None else 0)
                 else:
-                    matches = current is not None and current[0] == ev
+                    matches = current is not None and current.value == ev
                 if not matches:
                     if current is None:
-                        return CasMismatch(value=None, version=0)
-                    return CasMismatch(value=current[0], version=current[1])
-                return self._set(key, new)
-            case Delete(key=key):
-                current = self._kv.pop(key, None)
-                if current is None:
-                    return Deleted(prior_version=0)
-                del self._keys[bisect.bisect_left(self._keys, key)]
-                self._kv_bytes -= _kv_cost(key, current[0])
-                return Deleted(prior_version=current[1])
+                        return CasMismatch(value=None, version=0, revision=self.revision)
+                    return CasMismatch(
+                        value=current.value, version=current.version, revision=self.revision
+                    )
+                writes = _Writes(self)
+                written = writes.put(key, new, False)
+                if writes.kv_bytes > self.limits.kv_bytes_max:
+                    return Full(what="kv")
+                writes.commit()
+                return written
+            case Delete(key=key, prefix=prefix, prev_kv=prev_kv):
+                writes = _Writes(self)
+                try:
+                    deleted = writes.delete(key, prefix, prev_kv)
+                except _ResultTooLarge:
+                    return Full(what="result")
+                writes.commit()
+                return deleted
+            case Txn():
+                return self._txn(slot, cmd.site, cmd.op)
+            case Compact(revision=revision):
+                if revision <= self.compact_revision:
+                    return RevisionCompacted(
+                        compact_revision=self.compact_revision, revision=revision
+                    )
+                if revision > self.revision:
+                    return FutureRevision(revision=self.revision)
+                self._compact(revision)
+                return Compacted(compact_revision=revision, revision=self.revision)
             case Block(site=site, other=other):
                 if (site, other) in self._blocks:
                     return Changed(changed=False)
@@ -304,20 +574,76 @@ class StateMachine:
                 return Changed(changed=True)
         raise AssertionError(f"not a write: {cmd.op!r}")
 
-    def _set(self, key: str, value: bytes) -> Result:
-        current = self._kv.get(key)
-        kv_bytes = self._kv_bytes + _kv_cost(key, value)
-        if current is not None:
-            kv_bytes -= _kv_cost(key, current[0])
-        if kv_bytes > self.limits.kv_bytes_max:
+    def _txn(self, slot: int, site: str, txn: Txn) -> Result:
+        """etcd's transaction, all or nothing: every refusal is decided before the store
+        changes, and the writes are staged until the branch has run to its end."""
+        for branch in (txn.success, txn.failure):
+            reason = _duplicate_write(branch)
+            if reason is not None:
+                return TxnRefused(reason=reason)
+        succeeded = all(_compare(c, self._live(c.key)) for c in txn.compares)
+        ops = txn.success if succeeded else txn.failure
+        for op in ops:
+            if isinstance(op, Get | Scan) and op.revision != 0:
+                refusal = self._refuse_revision(op.revision)
+                if refusal is not None:
+                    return refusal
+        writes = _Writes(self)
+        responses: list[TxnResponse] = []
+        try:
+            for op in ops:
+                match op:
+                    case Put(key=key, value=value, prev_kv=prev_kv):
+                        responses.append(writes.put(key, value, prev_kv))
+                    case Delete(key=key, prefix=prefix, prev_kv=prev_kv):
+                        responses.append(writes.delete(key, prefix, prev_kv))
+                    case Get(key=key, revision=revision):
+                        responses.append(writes.get(key, revision))
+                    case Scan(prefix=prefix, limit=limit, revision=revision):
+                        responses.append(writes.scan(prefix, limit, revision))
+        except _ResultTooLarge:
+            return Full(what="result")
+        if writes.kv_bytes > self.limits.kv_bytes_max:
             return Full(what="kv")
-        version = 1 if current is None else current[1] + 1
-        assert version <= VERSION_MAX, f"key {key!r} version overflow"
-        if current is None:
-            bisect.insort(self._keys, key)
-        self._kv[key] = (value, version)
+        writes.commit()
+        site = sys.intern(site)
+        for op in ops:
+            if isinstance(op, Put):
+                self._post(Post(slot=slot, site=site, key=op.key, value=op.value))
+        # Every answer in the transaction reflects the store after it, as etcd's header does.
+        revision = self.revision
+        return TxnResult(
+            succeeded=succeeded,
+            responses=tuple(msgspec.structs.replace(r, revision=revision) for r in responses),
+            revision=revision,
+        )
+
+    def _install(self, revision: int, changes: list[KeyValue], kv_bytes: int) -> None:
+        """Apply one command's staged versions (bounds already checked) at ``revision``."""
+        assert revision == self.revision + 1, f"revision {revision} after {self.revision}"
+        self.revision = revision
         self._kv_bytes = kv_bytes
-        return Written(version=version)
+        index = self._index
+        for kv in changes:
+            key = kv.key
+            versions = index.get(key)
+            prior = versions[-1] if versions is not None else None
+            was_live = prior is not None and prior.version > 0
+            if versions is None:
+                index[key] = [kv]
+                bisect.insort(self._hkeys, key)
+            else:
+                versions.append(kv)
+            if prior is not None and was_live:
+                # The live version is superseded (by a put or this deletion): history now.
+                self._history_bytes += _entry_cost(prior)
+            if kv.version == 0:
+                assert was_live, f"deletion of absent key {key!r}"
+                self._history_bytes += _entry_cost(kv)
+                del self._keys[bisect.bisect_left(self._keys, key)]
+            elif not was_live:
+                bisect.insort(self._keys, key)
+            self._events.append(kv)
 
     def _post(self, post: Post) -> None:
         self._timeline.append(post)
@@ -329,7 +655,100 @@ class StateMachine:
         ) and self._timeline:
             self._timeline_bytes -= _post_cost(self._timeline.popleft())
 
+    # ------------------------------------------------------------------------- history
+
+    def _compact(self, revision: int) -> None:
+        """etcd's compaction at ``revision``: versions older than it are dropped, except each
+        key's newest one below it when that is a value, not a deletion: it is the key as of
+        ``revision`` when nothing changed it at ``revision``, and the prev_kv of the event
+        that did. Only the keys the compacted events touched can hold something to drop, so
+        this costs O(events compacted), not O(keys)."""
+        assert self.compact_revision < revision <= self.revision
+        events = self._events
+        i = self._events_start
+        touched: set[str] = set()
+        while i < len(events) and events[i].mod_revision < revision:
+            touched.add(events[i].key)
+            i += 1
+        self._events_start = i
+        if i > 1024 and i * 2 > len(events):
+            del events[:i]
+            self._events_start = 0
+        self.compact_revision = revision
+        for key in touched:  # each key's pruning is independent of the others: order-free
+            versions = self._index[key]
+            n = bisect.bisect_left(versions, revision, key=_mod_revision)
+            if n > 0 and versions[n - 1].version > 0:
+                n -= 1  # the newest older version stays: the prev_kv of an event at C
+            if n == 0:
+                continue
+            for kv in versions[:n]:
+                self._history_bytes -= _entry_cost(kv)
+            if n == len(versions):
+                del self._index[key]
+                del self._hkeys[bisect.bisect_left(self._hkeys, key)]
+            else:
+                del versions[:n]
+
+    def _trim_history(self, first_revision: int) -> None:
+        """Past the history budget, compact the oldest revisions, one at a time, but never
+        past ``first_revision``, the first revision of the slot being applied: its events
+        stay deliverable. A function of the applied log only, so every replica trims alike."""
+        budget = self.limits.history_bytes_max
+        while self._history_bytes > budget and self.compact_revision < first_revision:
+            start = self._events_start
+            oldest = self._events[start].mod_revision if start < len(self._events) else None
+            target = first_revision if oldest is None else min(oldest + 1, first_revision)
+            self._compact(max(target, self.compact_revision + 1))
+
+    def events_since(self, revision: int, limit: int) -> list[Event]:
+        """The changes with revision >= ``revision`` in revision order: at least ``limit``
+        of them unless history ends first, and never part of a revision (so a few more than
+        ``limit`` when the last revision has several). Each carries ``prev_kv`` (None when the
+        key was absent before). Callers check ``compact_revision`` first."""
+        assert revision >= self.compact_revision, (
+            f"events since {revision}, compacted to {self.compact_revision}"
+        )
+        assert limit >= 1, f"limit {limit}"
+        events = self._events
+        i = bisect.bisect_left(events, revision, lo=self._events_start, key=_mod_revision)
+        end = min(i + limit, len(events))
+        while end < len(events) and events[end].mod_revision == events[end - 1].mod_revision:
+            end += 1
+        out: list[Event] = []
+        for kv in events[i:end]:
+            versions = self._index[kv.key]
+            n = bisect.bisect_left(versions, kv.mod_revision, key=_mod_revision)
+            prev = versions[n - 1] if n > 0 and versions[n - 1].version > 0 else None
+            out.append(Event(type="PUT" if kv.version > 0 else "DELETE", kv=kv, prev_kv=prev))
+        return out
+
     # ----------------------------------------------------------------------------- reads
+
+    def _live(self, key: str) -> KeyValue | None:
+        versions = self._index.get(key)
+        if versions is None:
+            return None
+        kv = versions[-1]
+        return kv if kv.version > 0 else None
+
+    def _at(self, key: str, revision: int) -> KeyValue | None:
+        """The key as of ``revision`` (within the retained history), None when absent."""
+        versions = self._index.get(key)
+        if versions is None:
+            return None
+        n = bisect.bisect_right(versions, revision, key=_mod_revision)
+        if n == 0:
+            return None
+        kv = versions[n - 1]
+        return kv if kv.version > 0 else None
+
+    def _refuse_revision(self, revision: int) -> RevisionCompacted | FutureRevision | None:
+        if revision < self.compact_revision:
+            return RevisionCompacted(compact_revision=self.compact_revision, revision=revision)
+        if revision > self.revision:
+            return FutureRevision(revision=self.revision)
+        return None
 
     def query(self, op: Op) -> Result:
         """Answer a read from the applied state without going through the log: a stale read
@@ -338,13 +757,26 @@ class StateMachine:
 
     def _read(self, op: Op) -> Result:
         match op:
-            case Get(key=key):
-                current = self._kv.get(key)
-                if current is None:
-                    return NotFound()
-                return Found(value=current[0], version=current[1])
-            case Scan(prefix=prefix, limit=limit):
-                return self._scan(prefix, limit)
+            case Get(key=key, revision=revision):
+                if revision != 0:
+                    refusal = self._refuse_revision(revision)
+                    if refusal is not None:
+                        return refusal
+                    kv = self._at(key, revision)
+                else:
+                    kv = self._live(key)
+                if kv is None:
+                    return NotFound(revision=self.revision)
+                return _found(kv, self.revision)
+            case Scan(prefix=prefix, limit=limit, revision=revision):
+                if revision == 0:
+                    return self._scan_rows(_prefixed(self._keys, prefix), self._live, limit)
+                refusal = self._refuse_revision(revision)
+                if refusal is not None:
+                    return refusal
+                return self._scan_rows(
+                    _prefixed(self._hkeys, prefix), lambda k: self._at(k, revision), limit
+                )
             case Blocks(site=site):
                 pairs = sorted(p for p in self._blocks if site is None or p[0] == site)
                 return BlockList(pairs=tuple(BlockPair(site=s, other=o) for s, o in pairs))
@@ -352,21 +784,33 @@ class StateMachine:
                 return self._view(as_site, limit)
         raise AssertionError(f"not a read: {op!r}")
 
-    def _scan(self, prefix: str, limit: int) -> Rows:
+    def _scan_rows(
+        self,
+        keys: Iterable[str],
+        resolve: Callable[[str], KeyValue | None],
+        limit: int,
+        writes: _Writes | None = None,
+    ) -> Rows:
+        """Rows for ``keys`` (in key order) that ``resolve`` finds present, a page at most:
+        ``limit`` rows and PAGE_BYTES_MAX payload bytes (within a transaction, what is left
+        of its answer's budget)."""
         rows: list[Row] = []
         page_bytes = 0
-        i = bisect.bisect_left(self._keys, prefix)
-        keys = self._keys
-        while i < len(keys) and keys[i].startswith(prefix):
-            key = keys[i]
-            value, version = self._kv[key]
-            cost = _kv_cost(key, value)
-            if len(rows) >= limit or page_bytes + cost > PAGE_BYTES_MAX:
-                return Rows(rows=tuple(rows), more=True)
-            rows.append(Row(key=key, value=value, version=version))
+        page_max = PAGE_BYTES_MAX if writes is None else writes.budget
+        more = False
+        for key in keys:
+            kv = resolve(key)
+            if kv is None:
+                continue
+            cost = _entry_cost(kv)
+            if len(rows) >= limit or page_bytes + cost > page_max:
+                more = True
+                break
+            rows.append(_row(kv))
             page_bytes += cost
-            i += 1
-        return Rows(rows=tuple(rows), more=False)
+        if writes is not None:
+            writes.budget -= page_bytes
+        return Rows(rows=tuple(rows), more=more, revision=self.revision)
 
     def _view(self, as_site: str, limit: int) -> Timeline:
         """A site sees every post except those of the sites that block it, judged
@@ -389,9 +833,13 @@ class StateMachine:
     # ------------------------------------------------------------------ digest, snapshot
 
     def digest(self) -> str:
-        """A hash chained over every applied (slot, value): equal exactly when two replicas
-        applied the same prefix (up to SHA-256 collisions). It survives snapshot/restore."""
-        return self._chain.hex()
+        """A hash chained over every applied (slot, value), with the store's revision and
+        compaction revision: equal exactly when two replicas applied the same prefix and
+        agree on the revisions (up to SHA-256 collisions). It survives snapshot/restore."""
+        h = hashlib.sha256(self._chain)
+        h.update(self.revision.to_bytes(8, "big"))
+        h.update(self.compact_revision.to_bytes(8, "big"))
+        return h.hexdigest()
 
     def snapshot(self) -> bytes:
         # The entry structs die as soon as they are encoded, before _seal copies the bytes:
@@ -402,17 +850,27 @@ class StateMachine:
         return data
 
     def _snapshot_state(self) -> _SnapshotState:
+        floor = max(self.compact_revision, _FIRST_CHANGE)
+        base = []
+        for key in self._hkeys:
+            oldest = self._index[key][0]
+            if oldest.mod_revision < floor:
+                base.append(oldest)
         return _SnapshotState(
             format=SNAPSHOT_FORMAT,
             applied_through=self.applied_through,
             chain=self._chain,
             limits=self.limits,
-            kv=tuple(_KvEntry(k, *self._kv[k]) for k in self._keys),
+            kv=(),
             blocks=tuple(BlockPair(s, o) for s, o in sorted(self._blocks)),
             timeline=tuple(self._timeline),
             sessions=tuple(
                 _SessionEntry(cid, s.last_seq, s.result) for cid, s in self._sessions.items()
             ),
+            revision=self.revision,
+            compact_revision=self.compact_revision,
+            base=tuple(base),
+            events=tuple(self._events[self._events_start :]),
         )
 
     @classmethod
@@ -435,8 +893,8 @@ class StateMachine:
     @classmethod
     def _from_state(cls, state: _SnapshotState) -> Self:
         """Validate every field before trusting it: a snapshot is read from disk or a peer."""
-        if state.format != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {state.format}, expected {SNAPSHOT_FORMAT}")
+        if state.format not in SNAPSHOT_FORMATS:
+            raise ValueError(f"snapshot format {state.format}, expected one of {SNAPSHOT_FORMATS}")
         if not 0 <= state.applied_through <= SEQ_MAX:
             raise ValueError(f"applied_through {state.applied_through} out of range")
         if len(state.chain) != len(_CHAIN_SEED):
@@ -447,19 +905,16 @@ class StateMachine:
         sm.applied_through = state.applied_through
         sm._chain = bytes(state.chain)
 
-        prior: str | None = None
-        for e in state.kv:
-            _valid_text("key", e.key, KEY_BYTES_MAX)
-            if prior is not None and e.key <= prior:
-                raise ValueError(f"kv keys not strictly sorted at {e.key!r}")
-            if len(e.value) > VALUE_BYTES_MAX or not 1 <= e.version <= VERSION_MAX:
-                raise ValueError(f"kv entry {e.key!r} out of bounds")
-            sm._kv[e.key] = (e.value, e.version)
-            sm._keys.append(e.key)
-            sm._kv_bytes += _kv_cost(e.key, e.value)
-            prior = e.key
+        if state.format == 1:
+            _restore_format_1(sm, state)
+        else:
+            _restore_history(sm, state)
         if sm._kv_bytes > limits.kv_bytes_max:
             raise ValueError(f"kv holds {sm._kv_bytes} bytes, over {limits.kv_bytes_max}")
+        # Apply may leave history over its budget by what the last slot superseded (it never
+        # compacts the slot it applies); the live bytes bound what one slot can supersede.
+        if sm._history_bytes > limits.history_bytes_max + limits.kv_bytes_max:
+            raise ValueError(f"history holds {sm._history_bytes} bytes, over its bounds")
 
         prior_pair: tuple[str, str] | None = None
         for p in state.blocks:
@@ -510,6 +965,103 @@ class StateMachine:
         ):
             raise ValueError("session table over its bounds")
         return sm
+
+
+def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
+    """An old snapshot has no revisions: the store is at revision 1 and every key was created
+    and last changed at 1. History before it is unknown, so it is compacted at 1 (0 when the
+    store is empty, as a fresh one)."""
+    if (state.revision, state.compact_revision, state.base, state.events) != (1, 0, (), ()):
+        raise ValueError("a format-1 snapshot has no revisions or history")
+    prior: str | None = None
+    for e in state.kv:
+        _valid_text("key", e.key, KEY_BYTES_MAX)
+        if prior is not None and e.key <= prior:
+            raise ValueError(f"kv keys not strictly sorted at {e.key!r}")
+        if len(e.value) > VALUE_BYTES_MAX or not 1 <= e.version <= VERSION_MAX:
+            raise ValueError(f"kv entry {e.key!r} out of bounds")
+        kv = KeyValue(e.key, e.value, 1, 1, e.version)
+        sm._index[e.key] = [kv]
+        sm._hkeys.append(e.key)
+        sm._keys.append(e.key)
+        sm._kv_bytes += _entry_cost(kv)
+        prior = e.key
+    sm.compact_revision = 1 if state.kv else 0
+
+
+def _valid_kv(kv: KeyValue) -> None:
+    _valid_text("key", kv.key, KEY_BYTES_MAX)
+    if len(kv.value) > VALUE_BYTES_MAX:
+        raise ValueError(f"key {kv.key!r}: value of {len(kv.value)} bytes")
+    if kv.lease != 0:
+        raise ValueError(f"key {kv.key!r}: lease {kv.lease} (leases do not exist yet)")
+    if not 0 <= kv.version <= VERSION_MAX:
+        raise ValueError(f"key {kv.key!r}: version {kv.version} out of range")
+
+
+def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
+    """Rebuild the per-key index, the event list and the current state from a format-2
+    snapshot's ``base`` and ``events``, checking that they tell one consistent story."""
+    if state.kv:
+        raise ValueError("a format-2 snapshot keeps its keys in base and events, not kv")
+    revision, compact = state.revision, state.compact_revision
+    if not 1 <= revision <= SEQ_MAX or not 0 <= compact <= revision:
+        raise ValueError(f"revision {revision} / compact_revision {compact} out of order")
+    sm.revision, sm.compact_revision = revision, compact
+    floor = max(compact, _FIRST_CHANGE)
+    index = sm._index
+    prior_key: str | None = None
+    for kv in state.base:
+        _valid_kv(kv)
+        if compact < 1 or not 1 <= kv.create_revision <= kv.mod_revision < floor:
+            raise ValueError(f"base version of {kv.key!r} outside the compacted range")
+        if kv.version < 1:
+            raise ValueError(f"base version of {kv.key!r} is a deletion")
+        if prior_key is not None and kv.key <= prior_key:
+            raise ValueError(f"base keys not strictly sorted at {kv.key!r}")
+        index[kv.key] = [kv]
+        prior_key = kv.key
+    expected = floor  # the revision the next event must have (or the one before it)
+    seen_in_revision: set[str] = set()
+    for kv in state.events:
+        _valid_kv(kv)
+        if kv.mod_revision == expected:
+            expected += 1
+            seen_in_revision = set()
+        elif kv.mod_revision != expected - 1 or expected == floor:
+            raise ValueError(f"event at revision {kv.mod_revision}, expected {expected}")
+        if kv.key in seen_in_revision:
+            raise ValueError(f"key {kv.key!r} changed twice at revision {kv.mod_revision}")
+        seen_in_revision.add(kv.key)
+        versions = index.get(kv.key)
+        prev = versions[-1] if versions else None
+        live = prev is not None and prev.version > 0
+        if kv.version == 0:
+            if not live or kv.value or kv.create_revision != 0:
+                raise ValueError(f"deletion of {kv.key!r} at {kv.mod_revision} is inconsistent")
+        elif live:
+            assert prev is not None
+            if kv.version != prev.version + 1 or kv.create_revision != prev.create_revision:
+                raise ValueError(f"version of {kv.key!r} at {kv.mod_revision} is inconsistent")
+        elif kv.version != 1 or kv.create_revision != kv.mod_revision:
+            raise ValueError(f"creation of {kv.key!r} at {kv.mod_revision} is inconsistent")
+        if versions is None:
+            index[kv.key] = [kv]
+        else:
+            versions.append(kv)
+        sm._events.append(kv)
+    if expected - 1 != max(revision, floor - 1):
+        raise ValueError(f"history ends at revision {expected - 1}, the store is at {revision}")
+    sm._hkeys = sorted(index)
+    for key in sm._hkeys:
+        versions = index[key]
+        last = versions[-1]
+        if last.version > 0:
+            sm._keys.append(key)
+            sm._kv_bytes += _entry_cost(last)
+        for kv in versions:
+            if kv is not last or kv.version == 0:
+                sm._history_bytes += _entry_cost(kv)
 
 
 def _seal(body: bytes) -> bytes:

@@ -100,7 +100,7 @@ def test_stale_read_after_a_completed_write_is_a_violation():
     assert result.verdict == "violation"
     assert result.partition == "key 'x'"
     # The explanation names the read nobody can explain and the writes before it.
-    assert "Get(key='x') -> Found(value=b'1', version=1)" in result.explanation
+    assert "Get(key='x', revision=0) -> Found(value=b'1', version=1," in result.explanation
     assert h[2] in result.ops and h[1] in result.ops
 
 
