@@ -32,11 +32,14 @@ from paxosd.statemachine.commands import (
     Block,
     Blocks,
     Cas,
+    Compact,
+    Compare,
     Delete,
     Get,
     Op,
     Put,
     Scan,
+    Txn,
     Unblock,
     View,
     decode_command,
@@ -57,22 +60,45 @@ NodeOpt = Annotated[
 # ------------------------------------------------------------------------------ the log
 
 
+def _flag(on: bool, text: str) -> str:
+    return f" {text}" if on else ""
+
+
+def _compare_text(c: Compare) -> str:
+    operand = quote(show(c.value)) if c.target == "value" else str(c.number)
+    return f"{c.target}({quote(show_text(c.key))}) {c.op} {operand}"
+
+
 def describe(op: Op) -> tuple[str, str]:
-    """An operation as its paxosctl command line (op name, safe text)."""
+    """An operation as its paxosctl command line (op name, safe text); a transaction as
+    ``txn if COMPARES then OPS else OPS`` (its ops separated by ;)."""
     match op:
-        case Put(key=k, value=v):
-            return "put", f"put {quote(show_text(k))} {quote(show(v))}"
-        case Get(key=k):
-            return "get", f"get {quote(show_text(k))}"
-        case Delete(key=k):
-            return "delete", f"delete {quote(show_text(k))}"
+        case Put(key=k, value=v, prev_kv=prev_kv):
+            text = f"put {quote(show_text(k))} {quote(show(v))}"
+            return "put", text + _flag(prev_kv, "--prev-kv")
+        case Get(key=k, revision=rev):
+            return "get", f"get {quote(show_text(k))}" + _flag(rev > 0, f"--rev {rev}")
+        case Delete(key=k, prefix=prefix, prev_kv=prev_kv):
+            text = f"delete {quote(show_text(k))}" + _flag(prefix, "--prefix")
+            return "delete", text + _flag(prev_kv, "--prev-kv")
+        case Txn(compares=compares, success=success, failure=failure):
+            parts = ["txn"]
+            if compares:
+                parts.append("if " + " and ".join(_compare_text(c) for c in compares))
+            parts.append("then " + ("; ".join(describe(o)[1] for o in success) or "nothing"))
+            if failure:
+                parts.append("else " + "; ".join(describe(o)[1] for o in failure))
+            return "txn", " ".join(parts)
+        case Compact(revision=rev):
+            return "compact", f"compact {rev}"
         case Cas(key=k, new=new, expect_value=ev, expect_version=evv):
             expect = (
                 f"--expect-value {quote(show(ev))}" if ev is not None else f"--expect-version {evv}"
             )
             return "cas", f"cas {quote(show_text(k))} {quote(show(new))} {expect}"
-        case Scan(prefix=prefix, limit=limit):
-            return "scan", f"scan --prefix {quote(show_text(prefix))} --limit {limit}"
+        case Scan(prefix=prefix, limit=limit, revision=rev):
+            text = f"scan --prefix {quote(show_text(prefix))} --limit {limit}"
+            return "scan", text + _flag(rev > 0, f"--rev {rev}")
         case Block(site=s, other=o):
             return "block", f"block {quote(show_text(s))} {quote(show_text(o))}"
         case Unblock(site=s, other=o):

@@ -13,9 +13,9 @@ import os
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -36,34 +36,42 @@ from paxosd.client.client import (
     CasMismatchError,
     Client,
     ClientError,
+    CompactedError,
+    FutureRevisionError,
+    Header,
     NotFoundError,
     UnavailableError,
+    check_revision,
 )
+from paxosd.client.txn import cas_result, cas_txn
 from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
     BlockList,
-    Cas,
     CasMismatch,
     Changed,
+    Compact,
+    Compacted,
     Delete,
     Deleted,
     Found,
     Full,
+    FutureRevision,
     Get,
+    KeyValue,
     Malformed,
     NotFound,
     Op,
     Put,
     Result,
+    RevisionCompacted,
     Rows,
     Scan,
     Stale,
     Timeline,
+    TxnRefused,
+    TxnResult,
     Written,
 )
-
-if TYPE_CHECKING:
-    pass
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,7 +96,9 @@ def failure(e: BaseException) -> tuple[str, int] | None:
     """A user or cluster problem as (one-line message, documented exit code); None for
     anything else (a programming error, which must keep its traceback)."""
     code: int
-    if isinstance(e, NotFoundError | CasMismatchError | Failed):
+    # A command's own "no": absent, mismatch, a revision compacted or not reached yet.
+    refused = CompactedError | FutureRevisionError
+    if isinstance(e, NotFoundError | CasMismatchError | Failed | refused):
         message, code = str(e), render.EXIT_FAILED_CHECK
     elif isinstance(e, BadRequestError | ConnectError):
         message, code = str(e), render.EXIT_USAGE
@@ -167,6 +177,17 @@ def result_line(result: Result) -> str:
             return f"{len(pairs)} blocks"
         case Timeline(posts=posts, more=more):
             return f"{len(posts)} posts" + (" (more)" if more else "")
+        case TxnResult(succeeded=ok, responses=responses):
+            outcome = "SUCCESS" if ok else "FAILURE"
+            return f"{outcome} ({len(responses)} responses)"
+        case Compacted(compact_revision=c):
+            return f"compacted revision {c}"
+        case RevisionCompacted(compact_revision=c, revision=r):
+            return f"refused: revision {r} was compacted (oldest readable {c})"
+        case FutureRevision(revision=r):
+            return f"refused: a future revision (the store is at {r})"
+        case TxnRefused(reason=reason):
+            return f"refused: {show_text(reason)}"
     return str(unexpected(result))
 
 
@@ -238,6 +259,16 @@ class Answer:
     table: tuple[str | None, tuple[str, ...], list[list[object]]] | None = None
     # Remarks for stderr ("this read may be stale", "more keys match").
     notes: tuple[str, ...] = ()
+    # Whether the single command's --json carries the answer's "header" (with_header).
+    header: bool = False
+
+
+def with_header(answer: Answer, header: Header | None) -> Answer:
+    """``answer`` with the header of the reply it came from in its JSON, when it takes one:
+    {"revision", "leader", "ballot", "node"}, etcd's ResponseHeader."""
+    if not answer.header or header is None:
+        return answer
+    return replace(answer, json={**answer.json, "header": header.to_json()})
 
 
 def render_answer(answer: Answer, json_out: bool) -> None:
@@ -266,7 +297,7 @@ class Spec:
 
     build: Callable[[dict[str, Any]], Op]
     answer: Callable[[dict[str, Any], Result], Answer]
-    writes: Callable[[dict[str, Any]], str] | None = None
+    writes: Callable[[dict[str, Any]], str | None] | None = None
 
 
 def execute(
@@ -282,7 +313,8 @@ def execute(
     """Run one data command over its own connection (the single-command path)."""
     with connect(endpoints, key_file, config, timeout_ms, site) as c:
         result = c.execute(spec.build(params))
-    return spec.answer(params, result)
+        header = c.last_header
+    return with_header(spec.answer(params, result), header)
 
 
 # ------------------------------------------------------------------------------ key-value
@@ -296,16 +328,53 @@ ValueArg = Annotated[
         metavar="VALUE", help="The value; any bytes the shell passes.", show_default=False
     ),
 ]
+RevOpt = Annotated[
+    int,
+    typer.Option(
+        "--rev",
+        min=0,
+        help="Read the store as it was at this revision (0: now). Exit 1 if the revision "
+        "was compacted or is in the future.",
+    ),
+]
+PrevKvOpt = Annotated[
+    bool,
+    typer.Option("--prev-kv", help="Also show the key as it was before this change."),
+]
+
+
+def kv_json(kv: KeyValue) -> dict[str, Any]:
+    """A key with its value and revisions (etcd's KeyValue), as --json shows it."""
+    return {
+        "key": kv.key,
+        **value_json(kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": kv.lease,
+    }
+
+
+def kv_lines(kv: KeyValue) -> tuple[str, str]:
+    """A key as etcdctl prints one: its key on one line, its value on the next."""
+    return show_text(kv.key), show(kv.value)
 
 
 def _written(params: dict[str, Any], result: Result) -> Answer:
     if not isinstance(result, Written):
         raise unexpected(result)
-    return Answer({"key": params["key"], "version": result.version}, (result_line(result),))
+    lines = [result_line(result)]
+    out: dict[str, Any] = {"key": params["key"], "version": result.version}
+    if params.get("prev_kv"):
+        out["prev_kv"] = None if result.prev is None else kv_json(result.prev)
+        if result.prev is not None:
+            lines.extend(kv_lines(result.prev))
+    out["revision"] = result.revision
+    return Answer(out, tuple(lines), header=True)
 
 
 PUT = Spec(
-    build=lambda p: Put(key=p["key"], value=arg_bytes(p["value"])),
+    build=lambda p: Put(key=p["key"], value=arg_bytes(p["value"]), prev_kv=bool(p.get("prev_kv"))),
     answer=_written,
     writes=lambda p: "key " + p["key"],
 )
@@ -315,6 +384,7 @@ PUT = Spec(
 def put(
     key: KeyArg,
     value: ValueArg,
+    prev_kv: PrevKvOpt = False,
     site: SiteOpt = None,
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
@@ -325,12 +395,15 @@ def put(
     """Set KEY to VALUE through the log; prints the key's new version.
 
     A put is also a post on the replicated timeline (see `paxosctl view`), authored by --site.
+    --prev-kv also prints the key as it was (its key, then its value), as etcdctl does.
 
-    JSON: {"key", "version"}.
+    JSON: {"key", "version", "revision", "header"}, and "prev_kv" (a key with "value",
+    "create_revision", "mod_revision", "version", "lease"; null if it was absent) with
+    --prev-kv. "revision" is the store revision of this write (the key's mod_revision).
 
     Example: paxosctl put greeting hello --site paris
     """
-    params = {"key": key, "value": value}
+    params = {"key": key, "value": value, "prev_kv": prev_kv}
     answer = execute(
         PUT,
         params,
@@ -345,10 +418,13 @@ def put(
 
 def _found(params: dict[str, Any], result: Result) -> Answer:
     key = params["key"]
+    rev = int(params.get("rev") or 0)
     where = params.get("where") or {"node_id": None, "applied_index": None}
     stale = bool(params.get("stale"))
+    check_revision(result, rev)
     if isinstance(result, NotFound):
-        raise NotFoundError(f"key {key!r} not found")
+        at = f" at revision {rev}" if rev else ""
+        raise NotFoundError(f"key {key!r} not found{at}")
     if not isinstance(result, Found):
         raise unexpected(result)
     notes: tuple[str, ...] = ()
@@ -362,21 +438,26 @@ def _found(params: dict[str, Any], result: Result) -> Answer:
             "key": key,
             **value_json(result.value),
             "version": result.version,
+            "create_revision": result.create_revision,
+            "mod_revision": result.mod_revision,
+            "lease": result.lease,
             "stale": stale,
             "node_id": where["node_id"],
             "applied_index": where["applied_index"],
         },
         (result_line(result),),
         notes=notes,
+        header=True,
     )
 
 
-GET = Spec(build=lambda p: Get(key=p["key"]), answer=_found)
+GET = Spec(build=lambda p: Get(key=p["key"], revision=int(p.get("rev") or 0)), answer=_found)
 
 
 @command_errors
 def get(
     key: KeyArg,
+    rev: RevOpt = 0,
     stale: Annotated[
         bool,
         typer.Option(
@@ -399,20 +480,25 @@ def get(
     Read-index: the leader confirms it still leads with one heartbeat round, then answers
     once it has applied the log that far; the read itself is not written to the log.
 
+    --rev R reads KEY as it was at store revision R: exit 1 with the oldest readable
+    revision if R was compacted, or if R is newer than the store.
+
     Values that are not UTF-8 print as \\xNN escapes; --raw writes the bytes, --json base64.
 
-    JSON: {"key", "value", "value_encoding": "utf-8"|"base64", "version", "stale",
-    "node_id", "applied_index"} (the last two are null unless --stale).
+    JSON: {"key", "value", "value_encoding": "utf-8"|"base64", "version",
+    "create_revision", "mod_revision", "lease", "stale", "node_id", "applied_index",
+    "header": {"revision", "leader", "ballot", "node"}} (node_id and applied_index are null
+    unless --stale).
 
-    Example: paxosctl get greeting --stale
+    Example: paxosctl get greeting --rev 7
     """
-    params: dict[str, Any] = {"key": key, "stale": stale}
+    params: dict[str, Any] = {"key": key, "stale": stale, "rev": rev}
     with connect(endpoints, key_file, config, timeout_ms) as c:
         if stale:
             result, params["where"] = c.stale_read_at(GET.build(params))
         else:
             result = c.execute(GET.build(params))
-    answer = _found(params, result)
+        answer = with_header(_found(params, result), c.last_header)
     if raw and not json_out:
         assert isinstance(result, Found)
         for line in answer.notes:
@@ -424,24 +510,54 @@ def get(
 
 def _deleted(params: dict[str, Any], result: Result) -> Answer:
     key = params["key"]
+    prefix = bool(params.get("prefix"))
     if not isinstance(result, Deleted):
         raise unexpected(result)
-    if result.prior_version == 0:
+    if result.prior_version == 0 and not prefix:
         raise NotFoundError(f"key {key!r}: {result_line(result)}")
-    return Answer(
-        {"key": key, "prior_version": result.prior_version},
-        (result_line(result),),
-    )
+    out: dict[str, Any] = {
+        "key": key,
+        "prior_version": result.prior_version,
+        "deleted": result.deleted,
+        "revision": result.revision,
+    }
+    lines = [f"OK (deleted {result.deleted} keys)" if prefix else result_line(result)]
+    if params.get("prev_kv"):
+        out["prev_kvs"] = [kv_json(kv) for kv in result.prev]
+        for kv in result.prev:
+            lines.extend(kv_lines(kv))
+    return Answer(out, tuple(lines), header=True)
 
 
 DELETE = Spec(
-    build=lambda p: Delete(key=p["key"]), answer=_deleted, writes=lambda p: "key " + p["key"]
+    build=lambda p: Delete(
+        key=p["key"], prefix=bool(p.get("prefix")), prev_kv=bool(p.get("prev_kv"))
+    ),
+    answer=_deleted,
+    # A prefix delete touches keys no one named: it runs alone, like a read.
+    writes=lambda p: None if p.get("prefix") else "key " + p["key"],
 )
 
 
 @command_errors
 def delete(
-    key: KeyArg,
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY",
+            help="The key (UTF-8 text); with --prefix, the prefix (may be empty: every key).",
+            show_default=False,
+        ),
+    ],
+    prefix: Annotated[
+        bool,
+        typer.Option(
+            "--prefix", help="Remove every key that starts with KEY, all at one revision."
+        ),
+    ] = False,
+    prev_kv: Annotated[
+        bool, typer.Option("--prev-kv", help="Also show the removed keys and their values.")
+    ] = False,
     site: SiteOpt = None,
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
@@ -451,13 +567,19 @@ def delete(
 ) -> None:
     """Remove KEY through the log. Exit 1 if it was already absent (nothing changed).
 
-    JSON: {"key", "prior_version"}.
+    --prefix removes every key starting with KEY at one revision and prints how many; none
+    is not an error then (as etcdctl). --prev-kv also prints each removed key, then its
+    value.
 
-    Example: paxosctl delete greeting
+    JSON: {"key", "prior_version", "deleted", "revision", "header"}, and "prev_kvs" (the
+    removed keys, as get --json shows one) with --prev-kv. "revision" is the store revision
+    after the delete (unchanged when nothing was removed).
+
+    Example: paxosctl delete --prefix user/ --prev-kv
     """
     answer = execute(
         DELETE,
-        {"key": key},
+        {"key": key, "prefix": prefix, "prev_kv": prev_kv},
         endpoints=endpoints,
         key_file=key_file,
         config=config,
@@ -468,21 +590,25 @@ def delete(
 
 
 def _cas_op(p: dict[str, Any]) -> Op:
+    """A cas is a transaction (compare, then put, else get): see paxosd.client.txn."""
     expect_value, expect_version = p.get("expect_value"), p.get("expect_version")
     if (expect_value is None) == (expect_version is None):
         raise BadRequestError("give exactly one of --expect-value and --expect-version")
-    return Cas(
-        key=p["key"],
-        new=arg_bytes(p["new"]),
+    return cas_txn(
+        p["key"],
+        arg_bytes(p["new"]),
         expect_value=None if expect_value is None else arg_bytes(expect_value),
         expect_version=expect_version,
     )
 
 
 def _swapped(params: dict[str, Any], result: Result) -> Answer:
+    result = cas_result(result)
     if isinstance(result, CasMismatch):
         raise CasMismatchError(f"cas on key {params['key']!r}: {result_line(result)}", result)
-    return _written(params, result)
+    if not isinstance(result, Written):
+        raise unexpected(result)
+    return Answer({"key": params["key"], "version": result.version}, (result_line(result),))
 
 
 CAS = Spec(build=_cas_op, answer=_swapped)
@@ -515,7 +641,8 @@ def cas(
 ) -> None:
     """Compare-and-swap: set KEY to NEW only if one expectation holds. Exit 1 on mismatch.
 
-    Give exactly one of --expect-value and --expect-version.
+    Give exactly one of --expect-value and --expect-version. It runs as one transaction
+    (see `paxosctl txn`): compare, then put, else read the key to show what it holds.
 
     JSON: {"key", "version"} (the new version).
 
@@ -541,6 +668,7 @@ def cas(
 
 
 def _rows(params: dict[str, Any], result: Result) -> Answer:
+    check_revision(result, int(params.get("rev") or 0))
     if not isinstance(result, Rows):
         raise unexpected(result)
     notes: list[str] = []
@@ -551,7 +679,15 @@ def _rows(params: dict[str, Any], result: Result) -> Answer:
     return Answer(
         {
             "rows": [
-                {"key": r.key, "version": r.version, **value_json(r.value)} for r in result.rows
+                {
+                    "key": r.key,
+                    "version": r.version,
+                    **value_json(r.value),
+                    "create_revision": r.create_revision,
+                    "mod_revision": r.mod_revision,
+                    "lease": r.lease,
+                }
+                for r in result.rows
             ],
             "more": result.more,
         },
@@ -561,10 +697,14 @@ def _rows(params: dict[str, Any], result: Result) -> Answer:
             [[show_text(r.key), r.version, show(r.value)] for r in result.rows],
         ),
         notes=tuple(notes),
+        header=True,
     )
 
 
-SCAN = Spec(build=lambda p: Scan(prefix=p["prefix"], limit=p["limit"]), answer=_rows)
+SCAN = Spec(
+    build=lambda p: Scan(prefix=p["prefix"], limit=p["limit"], revision=int(p.get("rev") or 0)),
+    answer=_rows,
+)
 
 
 @command_errors
@@ -573,6 +713,7 @@ def scan(
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=SCAN_LIMIT_MAX, help="At most this many rows.")
     ] = 100,
+    rev: RevOpt = 0,
     stale: Annotated[
         bool, typer.Option("--stale", help="Read the contacted node's state, no log round.")
     ] = False,
@@ -584,17 +725,76 @@ def scan(
 ) -> None:
     """List keys in key order with their version and value.
 
-    "more" (JSON) or a closing note (table) says that matching keys were left out.
+    "more" (JSON) or a closing note (table) says that matching keys were left out. --rev R
+    lists the keys as they were at store revision R (exit 1 if it was compacted or is in
+    the future).
 
-    JSON: {"rows": [{"key", "version", "value", "value_encoding"}], "more"}.
+    JSON: {"rows": [{"key", "version", "value", "value_encoding", "create_revision",
+    "mod_revision", "lease"}], "more", "header": {"revision", "leader", "ballot", "node"}}.
 
-    Example: paxosctl scan --prefix user/ --limit 10
+    Example: paxosctl scan --prefix user/ --limit 10 --rev 42
     """
-    params: dict[str, Any] = {"prefix": prefix, "limit": limit, "stale": stale}
+    params: dict[str, Any] = {"prefix": prefix, "limit": limit, "stale": stale, "rev": rev}
     with connect(endpoints, key_file, config, timeout_ms) as c:
         op = SCAN.build(params)
         result = c.stale_read(op) if stale else c.execute(op)
-    render_answer(_rows(params, result), json_out)
+        answer = with_header(_rows(params, result), c.last_header)
+    render_answer(answer, json_out)
+
+
+def _compacted(params: dict[str, Any], result: Result) -> Answer:
+    check_revision(result, int(params["revision"]))
+    if not isinstance(result, Compacted):
+        raise unexpected(result)
+    return Answer(
+        {"compact_revision": result.compact_revision, "revision": result.revision},
+        (f"compacted revision {result.compact_revision}",),
+        header=True,
+    )
+
+
+COMPACT = Spec(build=lambda p: Compact(revision=int(p["revision"])), answer=_compacted)
+
+
+@command_errors
+def compact(
+    revision: Annotated[
+        int,
+        typer.Argument(
+            metavar="REVISION",
+            min=1,
+            help="Forget the history before this store revision.",
+            show_default=False,
+        ),
+    ],
+    site: SiteOpt = None,
+    endpoints: EndpointsOpt = None,
+    key_file: KeyFileOpt = None,
+    config: ConfigOpt = None,
+    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compact the history: revisions before REVISION can no longer be read or watched.
+
+    The keys as they were at REVISION stay readable (get --rev REVISION), and so does every
+    later change. It goes through the log, so every node compacts at the same point. Exit 1
+    if the history is already compacted that far, or REVISION is newer than the store.
+    Daemons can also compact on their own: see the [compaction] section of the config.
+
+    JSON: {"compact_revision", "revision", "header"} ("revision": the store's, unchanged).
+
+    Example: paxosctl compact 1200
+    """
+    answer = execute(
+        COMPACT,
+        {"revision": revision},
+        endpoints=endpoints,
+        key_file=key_file,
+        config=config,
+        timeout_ms=timeout_ms,
+        site=site,
+    )
+    render_answer(answer, json_out)
 
 
 def quote(text: str) -> str:
@@ -603,10 +803,17 @@ def quote(text: str) -> str:
 
 
 # The data commands ``paxosctl batch`` runs, by name (social.py adds its own).
-SPECS: dict[str, Spec] = {"put": PUT, "get": GET, "delete": DELETE, "cas": CAS, "scan": SCAN}
+SPECS: dict[str, Spec] = {
+    "put": PUT,
+    "get": GET,
+    "delete": DELETE,
+    "cas": CAS,
+    "scan": SCAN,
+    "compact": COMPACT,
+}
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the paxosctl root (one line in app.py)."""
-    for fn in (put, get, delete, cas, scan):
+    for fn in (put, get, delete, cas, scan, compact):
         app.command(fn.__name__, rich_help_panel="Keys")(fn)

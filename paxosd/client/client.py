@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from paxosd.client.connection import Lost, open_connection
@@ -22,11 +23,15 @@ from paxosd.client.errors import (
     BadRequestError,
     CasMismatchError,
     ClientError,
+    CompactedError,
+    FutureRevisionError,
     NotFoundError,
     RefusedError,
+    TxnRefusedError,
     UnavailableError,
 )
 from paxosd.client.routing import Address, Backoff, Endpoint, Router, parse_endpoint
+from paxosd.client.txn import cas_result, cas_txn
 from paxosd.net.admin import (
     AdminAnswer,
     AdminQuery,
@@ -59,15 +64,23 @@ from paxosd.statemachine.commands import (
     BadCommand,
     Block,
     Blocks,
-    Cas,
     CasMismatch,
     Command,
+    Compact,
+    Compacted,
+    Compare,
     Delete,
+    FutureRevision,
     Get,
     Op,
     Put,
     Result,
+    RevisionCompacted,
     Scan,
+    Txn,
+    TxnOp,
+    TxnRefused,
+    TxnResult,
     Unblock,
     View,
     decode_result,
@@ -81,6 +94,71 @@ ATTEMPT_TIMEOUT_MS = 1500
 _ANY_ANSWER: Any = object  # for ``ask``: every answer type passes the check
 
 A = TypeVar("A")
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What every answer says about where it came from, as etcd's ResponseHeader does.
+
+    ``revision``: the store revision the answer reflects (a write: its own revision); 0 when
+    the answer carries none (a refusal, or a block/view result). ``leader``: the node the
+    answering node believed led (None during an election). ``ballot``: the ballot it had
+    promised, as "round.node" (etcd's raft_term: it only grows, and a new leader has a
+    higher one). ``node``: the id of the node that answered (etcd's member_id)."""
+
+    revision: int
+    leader: int | None
+    ballot: str
+    node: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "leader": self.leader,
+            "ballot": self.ballot,
+            "node": self.node,
+        }
+
+
+def result_revision(result: Result) -> int:
+    """The store revision ``result`` reflects; 0 for results that carry none. A refusal of a
+    revision names the revision asked for, not the store's, so it counts as none."""
+    if isinstance(result, RevisionCompacted | FutureRevision):
+        return 0
+    revision = getattr(result, "revision", 0)
+    return revision if isinstance(revision, int) else 0
+
+
+def revision_error(result: Result, asked: int) -> ClientError | None:
+    """The typed error for a refused revision (``asked``: the revision the request named),
+    worded as etcd words it, with the numbers; None when ``result`` is not such a refusal."""
+    match result:
+        case RevisionCompacted(compact_revision=oldest, revision=revision):
+            asked = asked or revision
+            return CompactedError(
+                f"revision {asked} was compacted; the oldest readable revision is {oldest}",
+                oldest,
+                asked,
+            )
+        case FutureRevision(revision=current):
+            if asked and asked > current:
+                message = (
+                    f"revision {asked} is a future revision; the current revision is {current}"
+                )
+            else:
+                message = f"required revision {asked or current} is a future revision"
+            return FutureRevisionError(message, asked or current, current)
+        case TxnRefused(reason=reason):
+            return TxnRefusedError(f"transaction refused: {reason}")
+    return None
+
+
+def check_revision(result: Result, asked: int = 0) -> Result:
+    """``result``, unless it refuses a revision (or a transaction): then its typed error."""
+    error = revision_error(result, asked)
+    if error is not None:
+        raise error
+    return result
 
 
 def encode(client_id: str, seq: int, site: str, op: Op) -> bytes:
@@ -143,6 +221,8 @@ class Client:
         self._conn_id = secrets.randbelow(1 << 31)
         self._seq = 0
         self._request_ids = itertools.count(1)
+        # The header of the last answer a command or a stale read got (None before the first).
+        self.last_header: Header | None = None
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -157,22 +237,28 @@ class Client:
 
     # ------------------------------------------------------------------ key-value
 
-    def put(self, key: str, value: bytes) -> Result:
-        """Set ``key`` to ``value``; returns ``Written(version)``."""
-        return self.execute(Put(key=key, value=value))
+    def put(self, key: str, value: bytes, *, prev_kv: bool = False) -> Result:
+        """Set ``key`` to ``value``; returns ``Written(version, revision)``, with ``prev`` (the
+        key before, None if it was absent) when ``prev_kv``."""
+        return self.execute(Put(key=key, value=value, prev_kv=prev_kv))
 
-    def get(self, key: str, *, stale: bool = False) -> Result:
-        """``Found(value, version)``; raises ``NotFoundError`` when the key is absent.
-        Linearizable by read-index unless ``stale`` (this member's applied state)."""
-        op = Get(key=key)
+    def get(self, key: str, *, stale: bool = False, revision: int = 0) -> Result:
+        """``Found(value, version, create_revision, mod_revision, lease, revision)``; raises
+        ``NotFoundError`` when the key is absent. ``revision`` > 0 reads the key as it was at
+        that store revision (``CompactedError`` below the compaction point,
+        ``FutureRevisionError`` above the current revision). Linearizable by read-index
+        unless ``stale`` (this member's applied state)."""
+        op = Get(key=key, revision=revision)
         result = self.stale_read(op) if stale else self.execute(op)
         if isinstance(result, NotFoundResult):
             raise NotFoundError(f"key {key!r} not found")
-        return result
+        return check_revision(result, revision)
 
-    def delete(self, key: str) -> Result:
-        """Remove ``key``; returns ``Deleted(prior_version)`` (0: it was absent)."""
-        return self.execute(Delete(key=key))
+    def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> Result:
+        """Remove ``key`` (every key starting with it when ``prefix``, all at one revision);
+        returns ``Deleted(prior_version, revision, deleted)`` (``prior_version`` 0: it was
+        absent), with the removed keys in ``prev`` when ``prev_kv``."""
+        return self.execute(Delete(key=key, prefix=prefix, prev_kv=prev_kv))
 
     def cas(
         self,
@@ -183,22 +269,56 @@ class Client:
         expect_version: int | None = None,
     ) -> Result:
         """Set ``key`` to ``new`` only if it holds ``expect_value`` (or is at
-        ``expect_version``; 0: absent). Raises ``CasMismatchError`` otherwise."""
+        ``expect_version``; 0: absent). Raises ``CasMismatchError`` otherwise.
+
+        Sent as one transaction (compare, then put, else get), the way every conditional
+        write is; the answer is mapped back to ``Written`` or the mismatch."""
         if (expect_value is None) == (expect_version is None):
             raise BadRequestError("give exactly one of expect_value / expect_version")
-        result = self.execute(
-            Cas(key=key, new=new, expect_value=expect_value, expect_version=expect_version)
-        )
+        txn = cas_txn(key, new, expect_value=expect_value, expect_version=expect_version)
+        result = check_revision(cas_result(self.execute(txn)))
         if isinstance(result, CasMismatch):
             raise CasMismatchError(
                 f"cas on {key!r} failed: current version {result.version}", result
             )
         return result
 
-    def scan(self, prefix: str = "", limit: int = 100, *, stale: bool = False) -> Result:
-        """``Rows`` of keys starting with ``prefix``, in key order; ``more`` if cut."""
-        op = Scan(prefix=prefix, limit=limit)
-        return self.stale_read(op) if stale else self.execute(op)
+    def scan(
+        self, prefix: str = "", limit: int = 100, *, stale: bool = False, revision: int = 0
+    ) -> Result:
+        """``Rows`` of keys starting with ``prefix``, in key order; ``more`` if cut.
+        ``revision`` > 0 scans the store as it was then (see ``get``)."""
+        op = Scan(prefix=prefix, limit=limit, revision=revision)
+        return check_revision(self.stale_read(op) if stale else self.execute(op), revision)
+
+    def compact(self, revision: int) -> Compacted:
+        """Forget the history before ``revision`` (etcd's compaction): reads and watches of
+        older revisions fail with ``CompactedError`` afterwards; the state as of ``revision``
+        stays readable. Raises ``CompactedError`` if the cluster is already compacted that
+        far, ``FutureRevisionError`` if ``revision`` is newer than the store."""
+        result = check_revision(self.execute(Compact(revision=revision)), revision)
+        if not isinstance(result, Compacted):
+            raise BadRequestError(f"compact answered with {type(result).__name__}")
+        return result
+
+    def txn(
+        self,
+        compare: Iterable[Compare] = (),
+        success: Iterable[TxnOp] = (),
+        failure: Iterable[TxnOp] = (),
+    ) -> TxnResult:
+        """etcd's transaction, in one slot at one revision: if every compare holds, run the
+        ``success`` ops in order, else the ``failure`` ops. Returns ``TxnResult(succeeded,
+        responses, revision)``, one response per op of the branch taken. Build compares and
+        ops with ``paxosd.client.txn`` (``txn.value("k") == b"v"``, ``txn.put("k", b"v")``).
+        Raises ``BadRequestError`` for a transaction over the bounds (before sending),
+        ``TxnRefusedError`` when a branch writes one key twice, ``CompactedError`` /
+        ``FutureRevisionError`` when a read in it names such a revision."""
+        txn = Txn(compares=tuple(compare), success=tuple(success), failure=tuple(failure))
+        result = check_revision(self.execute(txn))
+        if not isinstance(result, TxnResult):
+            raise BadRequestError(f"txn answered with {type(result).__name__}")
+        return result
 
     def block(self, site: str, other: str) -> Result:
         return self.execute(Block(site=site, other=other))
@@ -255,9 +375,16 @@ class Client:
             if reply.status == "ok":
                 router.ok(ep)
                 try:
-                    return decode_result(reply.result)
+                    result = decode_result(reply.result)
                 except BadCommand as e:
                     raise BadRequestError(f"undecodable result from the server: {e}") from None
+                self.last_header = Header(
+                    revision=result_revision(result),
+                    leader=reply.leader,
+                    ballot=f"{reply.ballot_round}.{reply.ballot_node}",
+                    node=reply.node,
+                )
+                return result
             if reply.status == "bad_request":
                 raise BadRequestError(reply.result.decode(errors="replace"))
             # not_leader / busy: follow the hint, or back off and try elsewhere.
@@ -286,6 +413,12 @@ class Client:
             result = decode_result(answer.result)
         except BadCommand as e:
             raise BadRequestError(f"undecodable result from the server: {e}") from None
+        self.last_header = Header(
+            revision=result_revision(result),
+            leader=answer.leader,
+            ballot=f"{answer.ballot_round}.{answer.ballot_node}",
+            node=answer.node_id,
+        )
         return result, {"node_id": answer.node_id, "applied_index": answer.applied_index}
 
     # ------------------------------------------------------------------ admin
@@ -493,9 +626,16 @@ __all__ = [
     "CasMismatchError",
     "Client",
     "ClientError",
+    "CompactedError",
+    "FutureRevisionError",
+    "Header",
     "NotFoundError",
     "RefusedError",
+    "TxnRefusedError",
     "UnavailableError",
+    "check_revision",
     "parse_endpoint",
+    "result_revision",
+    "revision_error",
     "statuses_json",
 ]

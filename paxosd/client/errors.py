@@ -55,6 +55,34 @@ class KeyFileError(BadRequestError):
     others (a key others can read is already compromised: refused, as ssh does)."""
 
 
+class CompactedError(ClientError):
+    """The revision asked for is older than the cluster's compaction point: its history is
+    gone (etcd: "mvcc: required revision has been compacted"). ``compact_revision`` is the
+    oldest revision still readable, where a reader or a watch can resume from; ``revision``
+    the one asked for (0 when unknown)."""
+
+    def __init__(self, message: str, compact_revision: int, revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+        self.revision = revision
+
+
+class FutureRevisionError(ClientError):
+    """The revision asked for is newer than the store's current revision (etcd: "mvcc:
+    required revision is a future revision"): nothing was read or compacted. ``revision``
+    is the one asked for, ``current`` the store's revision when known (0 otherwise)."""
+
+    def __init__(self, message: str, revision: int, current: int = 0) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.current = current
+
+
+class TxnRefusedError(BadRequestError):
+    """A transaction the state machine refused as a whole, with its reason (e.g. a branch
+    writing one key twice); nothing changed, and sending it again cannot succeed."""
+
+
 class RefusedError(ClientError):
     """An administrative request the cluster understood and declined, with its reason
     (e.g. "node 4 is already a member"). Nothing changed. ``not_leader``: the member asked
@@ -72,8 +100,11 @@ __all__ = [
     "BadRequestError",
     "CasMismatchError",
     "ClientError",
+    "CompactedError",
+    "FutureRevisionError",
     "KeyFileError",
     "NotFoundError",
     "RefusedError",
+    "TxnRefusedError",
     "UnavailableError",
 ]

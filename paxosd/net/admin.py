@@ -201,9 +201,15 @@ class LogPage(_Answer, tag="log", frozen=True):
 
 
 class StaleRead(_Answer, tag="stale_read", frozen=True):
+    """A read of ``node_id``'s applied state. ``leader`` and the ballot are the answering
+    node's header, as on ClientReply (the store revision is in ``result``)."""
+
     node_id: int
     applied_index: int
     result: bytes
+    leader: int | None = None
+    ballot_round: int = 0
+    ballot_node: int = 0
 
 
 class Partitioned(_Answer, tag="partitioned", frozen=True):

@@ -58,6 +58,7 @@ from paxosd.server.digestcheck import DigestHistory, DigestProbe
 from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
 from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
+from paxosd.server.runner import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
 from paxosd.statemachine.commands import BadCommand
 from paxosd.storage.store import StorageError
@@ -305,10 +306,12 @@ class Daemon:
         self._digests.record(node.sm.applied_through, node.sm.digest())
         self._answer_admin()
         if node.replies:
-            # One write per client connection per turn, whatever it was answered.
+            # One write per client connection per turn, whatever it was answered. Every
+            # reply carries the header: this node, its promised ballot, the leader it knows.
+            r = node.replica
+            header = (self.config.node_id, r.promised.round, r.promised.node, r.leader_hint)
             self.clients.reply_many(
-                (r.conn_id, _client_reply(r.request_id, r.status, r.result, r.leader))
-                for r in node.replies
+                (reply.conn_id, _client_reply(reply, header)) for reply in node.replies
             )
             if self.metrics is not None:
                 for reply in node.replies:
@@ -469,7 +472,15 @@ class Daemon:
                 status, result = node.stale_read(command)
                 if status != "ok":
                     return BadQuery(result.decode(errors="replace"))
-                return StaleRead(cfg.node_id, node.sm.applied_through, result)
+                r = node.replica
+                return StaleRead(
+                    cfg.node_id,
+                    node.sm.applied_through,
+                    result,
+                    leader=r.leader_hint,
+                    ballot_round=r.promised.round,
+                    ballot_node=r.promised.node,
+                )
             case Members():
                 return self._members()
             case ViewLog(first=first, last=last, limit=limit):
@@ -565,12 +576,32 @@ class Daemon:
         )
 
 
-def _client_reply(request_id: int, status: str, result: bytes, leader: int | None) -> ClientReply:
-    """The node's reply tuple as a frame. A redirect's address travels in its own field."""
-    if status in ("not_leader", "busy"):
-        address = result.decode("utf-8", errors="replace") or None
-        return ClientReply(request_id, status, b"", leader, address)
-    return ClientReply(request_id, status, result, leader)
+def _client_reply(reply: Reply, header: tuple[int, int, int, int | None]) -> ClientReply:
+    """The node's reply as a frame, with the header (node, ballot round, ballot node,
+    leader). A redirect's address travels in its own field, and its leader is the hint the
+    core gave with it; an answer names the leader this node knows now."""
+    node, ballot_round, ballot_node, leader = header
+    if reply.status in ("not_leader", "busy"):
+        address = reply.result.decode("utf-8", errors="replace") or None
+        return ClientReply(
+            reply.request_id,
+            reply.status,
+            b"",
+            reply.leader,
+            address,
+            node=node,
+            ballot_round=ballot_round,
+            ballot_node=ballot_node,
+        )
+    return ClientReply(
+        reply.request_id,
+        reply.status,
+        reply.result,
+        reply.leader if reply.leader is not None else leader,
+        node=node,
+        ballot_round=ballot_round,
+        ballot_node=ballot_node,
+    )
 
 
 def run_command(
