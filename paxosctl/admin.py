@@ -484,6 +484,8 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
                 "decided_index": a["decided_index"],
                 "applied_index": a["applied_index"],
                 "lag": max(0, reference - int(a["applied_index"])),
+                "revision": a.get("revision", 0),
+                "compact_revision": a.get("compact_revision", 0),
                 "digest": a["digest"],
                 "last_contact_ms_ago": 0 if is_leader else acks.get(str(nid)),
             }
@@ -505,16 +507,20 @@ def status(
     timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
-    """One row per node: role, ballot, decided/applied index, lag, digest, last contact.
+    """One row per node: role, ballot, decided/applied index, lag, revision, compact
+    revision, digest, last contact.
 
-    Lag: slots its applied index is behind the leader's decided one. Last contact: how
-    long ago the leader last heard from it.
+    Lag: slots its applied index is behind the leader's decided one. Revision: the store
+    revision the node has applied; compacted: the oldest revision its history still holds
+    (0: never compacted; older ones cannot be read with --rev). Last contact: how long ago
+    the leader last heard from it.
 
     Nodes at the same applied index must have the same digest: a mismatch is printed
     loudly and exits 1. Exit 3 if no node answers.
 
     JSON: {"leader", "nodes": [{"node_id", "address", "role", "ballot", "decided_index",
-    "applied_index", "lag", "digest", "last_contact_ms_ago"}], "digests_agree",
+    "applied_index", "lag", "revision", "compact_revision", "digest",
+    "last_contact_ms_ago"}], "digests_agree",
     "mismatches": [{"applied_index", "digests": {"<node_id>": "<digest>"}}]}; a node that
     does not answer has "role": "unreachable" and "error" instead of the indexes.
 
@@ -544,6 +550,8 @@ def status(
                         "-",
                         "-",
                         "-",
+                        "-",
+                        "-",
                         _ago(n["last_contact_ms_ago"]),
                     ]
                 )
@@ -560,6 +568,8 @@ def status(
                     n["decided_index"],
                     n["applied_index"],
                     n["lag"],
+                    n["revision"],
+                    n["compact_revision"],
                     digest,
                     "-" if n["role"] == "leader" else _ago(n["last_contact_ms_ago"]),
                 ]
@@ -574,6 +584,8 @@ def status(
                 "decided",
                 "applied",
                 "lag",
+                "revision",
+                "compacted",
                 "digest",
                 "last contact",
             ],

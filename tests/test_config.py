@@ -16,6 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from paxosd.server.compaction import CompactionSettings
 from paxosd.server.config import (
     Batching,
     ConfigError,
@@ -540,3 +541,62 @@ def test_initial_cluster_state_is_new_or_existing(conf_dir: Path) -> None:
     alone = base_doc() | {"initial_cluster_state": "existing", "peers": {"1": "127.0.0.1:7101"}}
     problems = problems_of(write_config(conf_dir, alone))
     assert any("at least one running member" in p for p in problems)
+
+
+# ------------------------------------------------------------------------- [compaction]
+
+
+def test_compaction_defaults_to_one_hour_periodic_as_the_example_shows(conf_dir: Path) -> None:
+    config = load_config(write_config(conf_dir, base_doc()), env=NO_CREDENTIALS)
+    assert config.compaction == CompactionSettings()
+    assert (config.compaction.mode, config.compaction.keep) == ("periodic", 3_600_000)
+    assert config.compaction.check_interval_ms == 360_000  # a tenth, as etcd samples
+    example = tomllib.loads((REPO / "conf" / "paxosd.toml").read_text())["compaction"]
+    default = CompactionSettings()
+    assert example == {
+        "mode": default.mode,
+        "retention": default.retention,
+        "interval_ms": default.interval_ms,
+    }
+
+
+@pytest.mark.parametrize(
+    ("table", "mode", "keep", "interval"),
+    [
+        ({"mode": "periodic", "retention": "30m"}, "periodic", 1_800_000, 180_000),
+        ({"mode": "periodic", "retention": "1h30m"}, "periodic", 5_400_000, 540_000),
+        ({"mode": "periodic", "retention": "2"}, "periodic", 7_200_000, 720_000),
+        ({"mode": "periodic", "retention": "2s", "interval_ms": 100}, "periodic", 2000, 100),
+        ({"mode": "revision", "retention": 1000}, "revision", 1000, 300_000),
+        ({"mode": "revision", "retention": "50"}, "revision", 50, 300_000),
+        ({"mode": "off"}, "off", 0, 0),
+    ],
+)
+def test_compaction_modes_and_retentions(
+    conf_dir: Path, table: dict[str, Any], mode: str, keep: int, interval: int
+) -> None:
+    config = load_config(write_config(conf_dir, base_doc() | {"compaction": table}), env={})
+    assert config.compaction.mode == mode and config.compaction.keep == keep
+    if mode != "off":
+        assert config.compaction.check_interval_ms == interval
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"mode": "sometimes"}, "compaction.mode: must be one of off, periodic, revision"),
+        ({"mode": "periodic", "retention": "1 fortnight"}, "compaction.retention: "),
+        ({"mode": "periodic", "retention": "5ms"}, "must be between 1s and"),
+        ({"mode": "periodic", "retention": True}, "expected a string or an integer"),
+        ({"mode": "revision"}, 'required with mode = "revision"'),
+        ({"mode": "revision", "retention": "1h"}, "whole number of revisions"),
+        ({"mode": "revision", "retention": 0}, "at least 1 revision"),
+        ({"interval_ms": 5}, "compaction.interval_ms: must be 0"),
+        ({"retension": "1h"}, "compaction.retension: unknown key (did you mean retention?)"),
+    ],
+)
+def test_bad_compaction_settings_name_the_key(
+    conf_dir: Path, table: dict[str, Any], words: str
+) -> None:
+    problems = problems_of(write_config(conf_dir, base_doc() | {"compaction": table}))
+    assert any(words in p for p in problems), problems

@@ -137,6 +137,11 @@ class StatusReply(_Answer, tag="status", frozen=True):
     recovery: Recovery
     # How long ago the leader last heard each peer (empty on a follower).
     peer_last_ack_ms_ago: dict[str, int]
+    # The store revision this member has applied, the oldest revision its history still
+    # holds (0: never compacted), and the bytes that history takes.
+    revision: int = 0
+    compact_revision: int = 0
+    history_bytes: int = 0
 
 
 class MemberInfo(msgspec.Struct, frozen=True, array_like=True):

@@ -30,6 +30,14 @@ from typing import Any, Final, Literal, cast
 from paxosd.core.config import CoreConfig
 from paxosd.core.types import NodeId
 from paxosd.net.keyfile import exposure
+from paxosd.server.compaction import (
+    COMPACTION_MODES,
+    RETENTION_MS_MAX,
+    RETENTION_REVISIONS_MAX,
+    CompactionMode,
+    CompactionSettings,
+    parse_duration_ms,
+)
 
 Durability = Literal["fsync", "unsafe-no-fsync"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -175,6 +183,8 @@ class Config:
     snapshot: SnapshotSettings
     durability: Durability
     log: LogSettings
+    # When the leader proposes compactions of the history (etcd's auto-compaction).
+    compaction: CompactionSettings = field(default_factory=CompactionSettings)
     # "new": the [peers] table is the cluster's first membership. "existing": this node joins
     # a running cluster (after `paxosctl member add`); it learns the membership from the log
     # and is not a voter until promoted (etcd's initial-cluster-state).
@@ -229,6 +239,11 @@ class Config:
             "snapshot": _fields(self.snapshot),
             "durability": self.durability,
             "log": _fields(self.log),
+            "compaction": {
+                "mode": self.compaction.mode,
+                "retention": self.compaction.retention,
+                "interval_ms": self.compaction.check_interval_ms,
+            },
         }
 
 
@@ -285,6 +300,7 @@ _TOP_KEYS: Final = frozenset(
         "batching",
         "snapshot",
         "log",
+        "compaction",
     }
 )
 DEFAULT_PEER_KEY_FILE: Final = "keys/peer.key"
@@ -523,6 +539,8 @@ def _read(
         format=cast(LogFormat, r.choice(log_table, "format", "log.", "auto", LOG_FORMATS)),
     )
 
+    compaction = _read_compaction(r, r.table(doc, "compaction"))
+
     peer_key = _read_key(
         r, doc, base, env, "peer_key_file", DEFAULT_PEER_KEY_FILE, PEER_KEY_CREDENTIAL
     )
@@ -562,8 +580,57 @@ def _read(
         snapshot=snapshot,
         durability=cast(Durability, durability),
         log=log,
+        compaction=compaction,
         initial_cluster_state=initial_state,
     )
+
+
+def _read_compaction(r: _Reader, table: Mapping[str, Any]) -> CompactionSettings:
+    """``[compaction]``: mode = "periodic" | "revision" | "off"; retention = a duration
+    ("1h", "30m"; a bare number is hours, as etcd's) for periodic, a revision count for
+    revision; interval_ms = how often to look (default: the mode's, as etcd's)."""
+    r.unknown(table, "compaction.", frozenset({"mode", "retention", "interval_ms"}))
+    default = CompactionSettings()
+    mode = cast(
+        CompactionMode, r.choice(table, "mode", "compaction.", default.mode, COMPACTION_MODES)
+    )
+    interval_ms = r.integer(table, "compaction.", ("interval_ms", 0, 0, 86_400_000))
+    if 0 < interval_ms < 100:
+        r.problem(
+            "compaction.interval_ms", f"must be 0 (the default) or at least 100 (got {interval_ms})"
+        )
+        interval_ms = 0
+    raw = table.get("retention", default.retention if mode != "revision" else None)
+    if mode == "off":
+        return CompactionSettings(mode="off", retention="", keep=0, interval_ms=interval_ms)
+    if raw is None:
+        r.problem("compaction.retention", 'required with mode = "revision" (revisions to keep)')
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        r.problem("compaction.retention", f"expected a string or an integer, got {_toml_type(raw)}")
+        return default
+    text = str(raw)
+    if mode == "revision":
+        if not text.isascii() or not text.strip().isdigit():
+            r.problem("compaction.retention", f"must be a whole number of revisions (got {raw!r})")
+            return default
+        keep = int(text)
+        if not 1 <= keep <= RETENTION_REVISIONS_MAX:
+            r.problem("compaction.retention", f"must be at least 1 revision (got {keep})")
+            return default
+    else:
+        parsed = parse_duration_ms(text)
+        if isinstance(parsed, str):
+            r.problem("compaction.retention", parsed)
+            return default
+        if not 1000 <= parsed <= RETENTION_MS_MAX:
+            r.problem(
+                "compaction.retention",
+                f"must be between 1s and {RETENTION_MS_MAX // 3_600_000}h (got {text!r})",
+            )
+            return default
+        keep = parsed
+    return CompactionSettings(mode=mode, retention=text, keep=keep, interval_ms=interval_ms)
 
 
 def _read_clients(r: _Reader, doc: Mapping[str, Any]) -> dict[NodeId, Address]:

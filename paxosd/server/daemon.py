@@ -53,6 +53,7 @@ from paxosd.net.admin import (
 )
 from paxosd.net.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.net.transport import ClientServer, PeerTransport
+from paxosd.server.compaction import AutoCompactor
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
 from paxosd.server.digestcheck import DigestHistory, DigestProbe
 from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
@@ -60,7 +61,14 @@ from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
 from paxosd.server.runner import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
-from paxosd.statemachine.commands import BadCommand
+from paxosd.statemachine.commands import (
+    BadCommand,
+    Command,
+    Compact,
+    Compacted,
+    decode_result,
+    encode_command,
+)
 from paxosd.storage.store import StorageError
 
 log = structlog.get_logger("paxosd.server.daemon")
@@ -78,6 +86,13 @@ NO_LEADER_ELECTION_TIMEOUTS = 2
 START_GRACE_MS = 5000
 # How often a leader compares its members' digests with its own (see digestcheck).
 DIGEST_CHECK_MS = 5000
+# Auto-compaction's proposals are client commands of the daemon itself: this connection id
+# (no real connection has it) marks their replies, and this session makes them exactly-once.
+# The seq of each is the revision it compacts at: compactions only move forward, so any
+# leader's next proposal orders after every earlier one, across restarts and leader changes.
+AUTO_COMPACT_CONN = -1
+AUTO_COMPACT_CLIENT_ID = "paxosd-auto-compaction"
+AUTO_COMPACT_SITE = "paxosd"
 
 
 class Daemon:
@@ -121,6 +136,7 @@ class Daemon:
         self._digest_mismatch: dict[NodeId, Condition] = {}
         self._probe: DigestProbe | None = None
         self._next_digest_check_ms = 0
+        self.compactor = AutoCompactor(config.compaction, now_ms())
 
     def serve(self) -> int:
         cfg = self.config
@@ -169,6 +185,7 @@ class Daemon:
                 if watchdog_ms is not None and t >= next_watchdog:
                     self.notifier.notify("WATCHDOG=1", f"STATUS={self._status_line()}")
                     next_watchdog = t + watchdog_ms
+                self._auto_compact(t)
             self._turn()
         self.notifier.notify("STOPPING=1")
         log.info("stopping", reason="signal")
@@ -305,6 +322,8 @@ class Daemon:
         node.drain()
         self._digests.record(node.sm.applied_through, node.sm.digest())
         self._answer_admin()
+        if any(reply.conn_id == AUTO_COMPACT_CONN for reply in node.replies):
+            self._compaction_answered()
         if node.replies:
             # One write per client connection per turn, whatever it was answered. Every
             # reply carries the header: this node, its promised ballot, the leader it knows.
@@ -317,6 +336,50 @@ class Daemon:
                 for reply in node.replies:
                     self.metrics.requests.labels(status=reply.status).inc()
             node.replies.clear()
+
+    def _auto_compact(self, now: int) -> None:
+        """Propose a compaction when the [compaction] policy says one is due (leader only):
+        an ordinary command through the node, so every replica compacts at one revision."""
+        node = self.node
+        sm = node.sm
+        target = self.compactor.due(
+            now, sm.revision, sm.compact_revision, leader=node.replica.is_leader
+        )
+        if target is None:
+            return
+        command = encode_command(
+            Command(
+                client_id=AUTO_COMPACT_CLIENT_ID,
+                seq=target,
+                site=AUTO_COMPACT_SITE,
+                op=Compact(revision=target),
+            )
+        )
+        log.debug("auto-compaction proposed", revision=target, mode=self.compactor.settings.mode)
+        node.on_client_command(AUTO_COMPACT_CONN, next(self._admin_tokens), command)
+
+    def _compaction_answered(self) -> None:
+        """Take the auto-compaction's replies out of the client replies, and log them."""
+        node = self.node
+        mine = [r for r in node.replies if r.conn_id == AUTO_COMPACT_CONN]
+        node.replies[:] = [r for r in node.replies if r.conn_id != AUTO_COMPACT_CONN]
+        self.compactor.answered()
+        for reply in mine:
+            if reply.status != "ok":
+                log.info("auto-compaction not applied", status=reply.status)
+                continue
+            try:
+                result = decode_result(reply.result)
+            except BadCommand:
+                continue
+            if isinstance(result, Compacted):
+                log.info(
+                    "auto-compaction",
+                    compact_revision=result.compact_revision,
+                    revision=result.revision,
+                )
+            else:
+                log.info("auto-compaction not applied", result=type(result).__name__)
 
     def _refresh_metrics(self) -> None:
         m = self.metrics

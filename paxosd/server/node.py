@@ -384,6 +384,9 @@ class Node:
             "learners": sorted(r.membership.learners),
             "membership_epoch": r.membership.epoch,
             "peer_lag": {str(p): lag for p, lag in r.peer_lag().items()} if r.is_leader else {},
+            "revision": self.sm.revision,
+            "compact_revision": self.sm.compact_revision,
+            "history_bytes": self.sm.history_bytes,
         }
 
 
