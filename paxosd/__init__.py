@@ -37,6 +37,11 @@ _EXPORTS: dict[str, str] = {
     "BadRequestError": "paxosd.client.errors",
     "KeyFileError": "paxosd.client.errors",
     "RefusedError": "paxosd.client.errors",
+    "CompactedError": "paxosd.client.errors",
+    "FutureRevisionError": "paxosd.client.errors",
+    "TxnRefusedError": "paxosd.client.errors",
+    # Where an answer came from: revision, leader, ballot, node (Client.last_header).
+    "Header": "paxosd.client.client",
     # Results of commands.
     "Written": "paxosd.statemachine.commands",
     "Found": "paxosd.statemachine.commands",
@@ -51,12 +56,18 @@ _EXPORTS: dict[str, str] = {
     "Post": "paxosd.statemachine.commands",
     "Timeline": "paxosd.statemachine.commands",
     "Result": "paxosd.statemachine.commands",
+    "KeyValue": "paxosd.statemachine.commands",
+    "TxnResult": "paxosd.statemachine.commands",
+    "Compacted": "paxosd.statemachine.commands",
     # Commands, for Client.next_command / submit (a retry that keeps its identity).
     "Put": "paxosd.statemachine.commands",
     "Get": "paxosd.statemachine.commands",
     "Delete": "paxosd.statemachine.commands",
     "Cas": "paxosd.statemachine.commands",
     "Scan": "paxosd.statemachine.commands",
+    "Txn": "paxosd.statemachine.commands",
+    "Compare": "paxosd.statemachine.commands",
+    "Compact": "paxosd.statemachine.commands",
 }
 
 __all__ = [
@@ -70,11 +81,18 @@ __all__ = [
     "Changed",
     "Client",
     "ClientError",
+    "Compact",
+    "Compacted",
+    "CompactedError",
+    "Compare",
     "Delete",
     "Deleted",
     "Found",
+    "FutureRevisionError",
     "Get",
+    "Header",
     "KeyFileError",
+    "KeyValue",
     "NotFound",
     "NotFoundError",
     "Pipeline",
@@ -87,6 +105,9 @@ __all__ = [
     "Scan",
     "Session",
     "Timeline",
+    "Txn",
+    "TxnRefusedError",
+    "TxnResult",
     "UnavailableError",
     "Written",
     "__version__",
@@ -95,16 +116,19 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from paxosd.client.client import Client
+    from paxosd.client.client import Client, Header
     from paxosd.client.connection import read_key_file
     from paxosd.client.errors import (
         AuthError,
         BadRequestError,
         CasMismatchError,
         ClientError,
+        CompactedError,
+        FutureRevisionError,
         KeyFileError,
         NotFoundError,
         RefusedError,
+        TxnRefusedError,
         UnavailableError,
     )
     from paxosd.client.pipeline import Pipeline, Session
@@ -115,10 +139,14 @@ if TYPE_CHECKING:
         Cas,
         CasMismatch,
         Changed,
+        Compact,
+        Compacted,
+        Compare,
         Delete,
         Deleted,
         Found,
         Get,
+        KeyValue,
         NotFound,
         Post,
         Put,
@@ -127,6 +155,8 @@ if TYPE_CHECKING:
         Rows,
         Scan,
         Timeline,
+        Txn,
+        TxnResult,
         Written,
     )
 

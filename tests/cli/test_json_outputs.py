@@ -27,6 +27,8 @@ RECIPES: list[tuple[str, list[str]]] = [
     ("get", ["get", "jk"]),
     ("cas", ["cas", "jk", "v2", "--expect-value", "v1"]),
     ("scan", ["scan"]),
+    ("txn", ["txn"]),
+    ("compact", ["compact", "1"]),
     ("block", ["block", "a", "b"]),
     ("unblock", ["unblock", "a", "b"]),
     ("blocks", ["blocks"]),
@@ -73,6 +75,8 @@ RECIPES: list[tuple[str, list[str]]] = [
     ("drill race", ["drill", "race", "--rounds", "1"]),
     ("batch", ["batch", "-"]),
 ]
+# Standard input of each recipe (batch's commands by default).
+STDIN = {"txn": 'version("jk") = "0"\n\nput jk v\n\nget jk\n'}
 # A learner that never runs cannot catch up: promote refuses it (and must say so in JSON or
 # print nothing on stdout).
 MAY_FAIL = {"member promote"}
@@ -106,7 +110,7 @@ def test_each_json_output_is_one_document(cli: Cli, tmp_path: Path) -> None:
     problems = []
     for name, args in RECIPES:
         argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
-        result = run(argv, stdin="put b1 x\nget b1\n")
+        result = run(argv, stdin=STDIN.get(name, "put b1 x\nget b1\n"))
         if result.returncode != 0 and name not in MAY_FAIL:
             problems.append(f"{name}: exit {result.returncode}: {result.stderr[-500:]}")
             continue
