@@ -300,7 +300,7 @@ def batch(
     """Run data commands from FILE (or - for stdin), one per line, over one connection.
 
     A line is written as on the command line without `paxosctl`: put, get, delete, cas,
-    scan, block, unblock, blocks, view with their own options (and --site for a line's
+    scan, compact, block, unblock, blocks, view with their own options (and --site for a line's
     origin); shell quoting applies; blank lines and # comments are skipped. Connection and
     output options belong to `batch` itself.
 
@@ -309,7 +309,7 @@ def batch(
     JSON: one object per line: {"line", "command", "result"} or {"line", "command",
     "error", "exit_code"}.
 
-    Order: results are printed in input order, and a read, delete, cas or scan runs only
+    Order: results are printed in input order, and a read, delete, cas, scan or compact runs only
     once every line before it has been answered, so it sees all of them. To be fast,
     consecutive puts/blocks/unblocks of different keys (pairs) are sent together
     (--in-flight; 1 sends one at a time): among themselves they may be applied in another

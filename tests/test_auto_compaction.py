@@ -3,12 +3,21 @@ leader proposing ``Compact`` through the log until every node's compact revision
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
+from paxosd.client.errors import CompactedError
+from paxosd.lab.localcluster import LocalCluster
+from paxosd.net.admin import StatusReply
 from paxosd.server.compaction import (
     PROPOSAL_TIMEOUT_MS,
     AutoCompactor,
     CompactionSettings,
     parse_duration_ms,
 )
+from paxosd.statemachine.commands import Compact, Found, Written, decode_command
+from tests.waiting import wait_for
 
 PERIODIC_10S = CompactionSettings(mode="periodic", retention="10s", keep=10_000)
 
@@ -64,3 +73,67 @@ def test_one_proposal_in_flight_until_answered_or_timed_out() -> None:
 def test_off_never_proposes() -> None:
     c = AutoCompactor(CompactionSettings(mode="off", retention="", keep=0), now_ms=0)
     assert all(c.due(t, 1000, 0, leader=True) is None for t in range(0, 10**7, 10**5))
+
+
+# ------------------------------------------------------------------ on a real cluster
+
+AUTO_REVISION_5 = '[compaction]\nmode = "revision"\nretention = 5\ninterval_ms = 100\n'
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster.create(
+        tmp_path_factory.mktemp("autocompact") / "c",
+        3,
+        durability="unsafe-no-fsync",
+        extra_config=AUTO_REVISION_5,
+    )
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def test_the_leader_compacts_through_the_log_to_keep_the_last_revisions(
+    cluster: LocalCluster,
+) -> None:
+    with cluster.client() as c:
+        first = c.put("auto/k", b"0")
+        assert isinstance(first, Written)
+        for i in range(1, 20):
+            c.put("auto/k", str(i).encode())
+        last = c.get("auto/k")
+        assert isinstance(last, Found)
+
+        def compacted_everywhere() -> list[StatusReply] | None:
+            answers = [a for _, a in c.status_each() if isinstance(a, StatusReply)]
+            ok = len(answers) == 3 and all(
+                a.compact_revision >= last.mod_revision - 5 for a in answers
+            )
+            return answers if ok else None
+
+        answers = wait_for("every node compacted to 5 revisions behind", compacted_everywhere)
+        # One compaction point for all: it went through the log.
+        assert (
+            len(
+                {a.compact_revision for a in answers if a.applied_index == answers[0].applied_index}
+            )
+            == 1
+        )
+        point = max(a.compact_revision for a in answers)
+        with pytest.raises(CompactedError) as e:
+            c.get("auto/k", revision=first.revision)
+        assert e.value.compact_revision >= point
+        assert c.get("auto/k", revision=point).value == b"%d" % (19 - (last.mod_revision - point))
+        # The proposals were the daemon's own commands, visible in the log.
+        leader = c.status().leader
+        assert leader is not None
+        page = c.view_log(max(1, answers[0].decided_index - 30), limit=100, node=leader)
+        compacts = [
+            cmd
+            for row in page.rows
+            for raw in row.value
+            if (cmd := decode_command(raw)).client_id == "paxosd-auto-compaction"
+        ]
+        assert compacts and all(isinstance(cmd.op, Compact) for cmd in compacts)
