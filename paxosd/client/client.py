@@ -251,7 +251,8 @@ class Client:
         op = Get(key=key, revision=revision)
         result = self.stale_read(op) if stale else self.execute(op)
         if isinstance(result, NotFoundResult):
-            raise NotFoundError(f"key {key!r} not found")
+            at = f" at revision {revision}" if revision else ""
+            raise NotFoundError(f"key {key!r} not found{at}")
         return check_revision(result, revision)
 
     def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> Result:
