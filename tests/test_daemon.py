@@ -21,7 +21,7 @@ from paxosd.client.client import AuthError, NotFoundError, statuses_json
 from paxosd.client.client import Client as PaxosClient
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.net.handshake import PEER_LABEL, SecureConnection, initiate
-from paxosd.statemachine.commands import Found
+from paxosd.statemachine.commands import Found, Get
 
 
 @pytest.fixture
@@ -92,6 +92,36 @@ def test_put_and_get_through_every_node(cluster: LocalCluster) -> None:
             assert isinstance(r, Found) and r.value == f"via{k}".encode()
         with pytest.raises(NotFoundError):
             c.get("absent")
+
+
+def test_every_answer_names_the_node_its_ballot_and_the_leader(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        c.put("header", b"h")
+        leader = c.status().leader
+        assert c.last_header is not None
+        assert c.last_header.node == leader == c.last_header.leader
+        round_, _, node = c.last_header.ballot.partition(".")
+        assert int(round_) >= 1 and int(node) == leader
+        # A stale read is answered by the node asked, which names itself.
+        _, where = c.stale_read_at(Get(key="header"))
+        assert c.last_header.node == where["node_id"]
+    follower = next(k for k in (1, 2, 3) if k != leader)
+    with PaxosClient([cluster.endpoints()[follower - 1]], cluster.client_key()) as c:
+        found = c.get("header", stale=True)
+        assert isinstance(found, Found)
+        assert c.last_header is not None
+        assert (c.last_header.node, c.last_header.leader) == (follower, leader)
+
+
+def test_a_redirect_carries_the_header_too() -> None:
+    from paxosd.server.daemon import _client_reply
+    from paxosd.server.runner import Reply
+
+    ok = _client_reply(Reply(1, 7, "ok", b"r"), (2, 5, 1, 1))
+    assert (ok.node, ok.ballot_round, ok.ballot_node, ok.leader) == (2, 5, 1, 1)
+    moved = _client_reply(Reply(1, 8, "not_leader", b"10.0.0.3:7201", 3), (2, 5, 1, None))
+    assert (moved.node, moved.leader, moved.leader_address) == (2, 3, "10.0.0.3:7201")
+    assert moved.result == b""
 
 
 def test_sigkill_of_the_leader_elects_another_and_the_restarted_node_catches_up(
