@@ -135,6 +135,8 @@ def test_status_shows_every_node_and_agreeing_digests(cli: Cli) -> None:
             "decided_index",
             "applied_index",
             "lag",
+            "revision",
+            "compact_revision",
             "digest",
             "last_contact_ms_ago",
         }

@@ -50,7 +50,9 @@ def test_batch_json_is_one_object_per_line_with_line_numbers(cli: Cli) -> None:
     assert result.exit_code == 0, result.output
     rows = json_lines(result.stdout)
     assert [r["line"] for r in rows] == [1, 3, 4]
+    revision = rows[0]["result"].pop("revision")
     assert rows[0] == {"line": 1, "command": "put j1 a", "result": {"key": "j1", "version": 1}}
+    assert rows[1]["result"]["mod_revision"] == revision
     assert rows[1]["result"]["value"] == "a"
     assert [r["key"] for r in rows[2]["result"]["rows"]] == ["j1"]
 
