@@ -445,6 +445,11 @@ def txn(
 
     Example: printf 'version("k") = "0"\\n\\nput k v1\\n\\nget k\\n' | paxosctl txn
     """
+    if sys.stdin.isatty():
+        render.note(
+            "type the compares, a blank line, the success requests, a blank line, the "
+            "failure requests; end with Ctrl-D"
+        )
     data = sys.stdin.read(TXN_INPUT_BYTES_MAX + 1)
     try:
         parsed = parse_txn(data)
