@@ -163,6 +163,8 @@ def result_line(result: Result) -> str:
             return "not found"
         case Deleted(prior_version=0):
             return "not found (nothing deleted)"
+        case Deleted(deleted=n) if n > 1:
+            return f"OK (deleted {n} keys)"
         case Deleted(prior_version=v):
             return f"OK (deleted version {v})"
         case CasMismatch(value=value, version=v):
