@@ -460,6 +460,9 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
                 "lag": max(0, reference - int(a["applied_index"])),
                 "digest": a["digest"],
                 "last_contact_ms_ago": 0 if is_leader else acks.get(str(nid)),
+                "watchers": a.get("watchers", 0),
+                "watchers_catching_up": a.get("watchers_catching_up", 0),
+                "watchers_canceled_compacted": a.get("watchers_canceled_compacted", 0),
             }
         )
     mismatches = digest_mismatches(nodes)
@@ -469,6 +472,16 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
         "digests_agree": not mismatches,
         "mismatches": mismatches,
     }
+
+
+def _watchers(n: dict[str, Any]) -> str:
+    """``3``, or ``3 (1 catching up, 2 compacted)`` when some are behind or were cut."""
+    extra = []
+    if n["watchers_catching_up"]:
+        extra.append(f"{n['watchers_catching_up']} catching up")
+    if n["watchers_canceled_compacted"]:
+        extra.append(f"{n['watchers_canceled_compacted']} compacted")
+    return f"{n['watchers']}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 @command_errors
@@ -482,13 +495,15 @@ def status(
     """One row per node: role, ballot, decided/applied index, lag, digest, last contact.
 
     Lag: slots its applied index is behind the leader's decided one. Last contact: how
-    long ago the leader last heard from it.
+    long ago the leader last heard from it. Watchers: the watches the node serves, with
+    how many are catching up from history (slow readers) and how many compaction canceled.
 
     Nodes at the same applied index must have the same digest: a mismatch is printed
     loudly and exits 1. Exit 3 if no node answers.
 
     JSON: {"leader", "nodes": [{"node_id", "address", "role", "ballot", "decided_index",
-    "applied_index", "lag", "digest", "last_contact_ms_ago"}], "digests_agree",
+    "applied_index", "lag", "digest", "last_contact_ms_ago", "watchers",
+    "watchers_catching_up", "watchers_canceled_compacted"}], "digests_agree",
     "mismatches": [{"applied_index", "digests": {"<node_id>": "<digest>"}}]}; a node that
     does not answer has "role": "unreachable" and "error" instead of the indexes.
 
@@ -519,6 +534,7 @@ def status(
                         "-",
                         "-",
                         _ago(n["last_contact_ms_ago"]),
+                        "-",
                     ]
                 )
                 continue
@@ -536,6 +552,7 @@ def status(
                     n["lag"],
                     digest,
                     "-" if n["role"] == "leader" else _ago(n["last_contact_ms_ago"]),
+                    _watchers(n),
                 ]
             )
         render.text_table(
@@ -550,6 +567,7 @@ def status(
                 "lag",
                 "digest",
                 "last contact",
+                "watchers",
             ],
             rows,
         )

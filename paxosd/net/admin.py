@@ -137,6 +137,11 @@ class StatusReply(_Answer, tag="status", frozen=True):
     recovery: Recovery
     # How long ago the leader last heard each peer (empty on a follower).
     peer_last_ack_ms_ago: dict[str, int]
+    # Watches served by this node: all, those catching up from history (their connection
+    # was slow), and how many were canceled because compaction overtook them (since start).
+    watchers: int = 0
+    watchers_catching_up: int = 0
+    watchers_canceled_compacted: int = 0
 
 
 class MemberInfo(msgspec.Struct, frozen=True, array_like=True):
