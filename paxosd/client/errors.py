@@ -55,6 +55,18 @@ class KeyFileError(BadRequestError):
     others (a key others can read is already compromised: refused, as ssh does)."""
 
 
+class CompactedError(ClientError):
+    """The revision asked for is older than the cluster's compaction point: its history is
+    gone (etcd: "mvcc: required revision has been compacted"). ``compact_revision`` is the
+    oldest revision still readable, where a reader or a watch can resume from; ``revision``
+    the one asked for (0 when unknown)."""
+
+    def __init__(self, message: str, compact_revision: int, revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+        self.revision = revision
+
+
 class RefusedError(ClientError):
     """An administrative request the cluster understood and declined, with its reason
     (e.g. "node 4 is already a member"). Nothing changed. ``not_leader``: the member asked
@@ -72,6 +84,7 @@ __all__ = [
     "BadRequestError",
     "CasMismatchError",
     "ClientError",
+    "CompactedError",
     "KeyFileError",
     "NotFoundError",
     "RefusedError",
