@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from paxosctl import admin, batch, kv, members, render, social
+from paxosctl import admin, batch, kv, members, render, social, watch
 from paxosctl.clicklib import (
     Command,
     Context,
@@ -276,6 +276,7 @@ batch.register(app)
 members.register(app)
 kv.register(app)
 social.register(app)
+watch.register(app)
 
 
 def command() -> RootGroup:
