@@ -28,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "Session": "paxosd.client.pipeline",
     "read_key_file": "paxosd.client.connection",
     "parse_endpoint": "paxosd.client.routing",
+    # Watches (Client.watch / watch_prefix make them).
+    "Watch": "paxosd.client.watch",
+    "WatchBatch": "paxosd.client.watch",
+    "WatchCanceledError": "paxosd.client.watch",
     # Errors: one class per thing a caller can do about it.
     "ClientError": "paxosd.client.errors",
     "NotFoundError": "paxosd.client.errors",
@@ -37,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "BadRequestError": "paxosd.client.errors",
     "KeyFileError": "paxosd.client.errors",
     "RefusedError": "paxosd.client.errors",
+    "CompactedError": "paxosd.client.errors",
     # Results of commands.
     "Written": "paxosd.statemachine.commands",
     "Found": "paxosd.statemachine.commands",
@@ -70,6 +75,7 @@ __all__ = [
     "Changed",
     "Client",
     "ClientError",
+    "CompactedError",
     "Delete",
     "Deleted",
     "Found",
@@ -88,6 +94,9 @@ __all__ = [
     "Session",
     "Timeline",
     "UnavailableError",
+    "Watch",
+    "WatchBatch",
+    "WatchCanceledError",
     "Written",
     "__version__",
     "parse_endpoint",
@@ -102,6 +111,7 @@ if TYPE_CHECKING:
         BadRequestError,
         CasMismatchError,
         ClientError,
+        CompactedError,
         KeyFileError,
         NotFoundError,
         RefusedError,
@@ -109,6 +119,7 @@ if TYPE_CHECKING:
     )
     from paxosd.client.pipeline import Pipeline, Session
     from paxosd.client.routing import parse_endpoint
+    from paxosd.client.watch import Watch, WatchBatch, WatchCanceledError
     from paxosd.statemachine.commands import (
         BlockList,
         BlockPair,
