@@ -1,0 +1,627 @@
+"""The watch service of one node: who watches what, and the events each watcher is owed.
+
+A ``WatchHub`` turns the state machine's history (``sm.events_since``) into ``WatchResponse``
+frames for every watcher on this node. It does no I/O and reads no clock: the daemon (and the
+simulator) hand it a ``WatchSink`` to send through, the current state machine and the time in
+``pump``. That keeps it drivable by the deterministic simulator, which runs the same hub.
+
+The four guarantees, and where each one is kept:
+
+- ordered: a watcher has one cursor, ``next_rev``; every response carries whole revisions at
+  or above it and moves it past them, so revisions only increase.
+- unique: the cursor only moves forward, past what was sent.
+- complete: a watcher is fed from the history in revision order from its cursor, with no
+  revision skipped: either with the shared "synced" batch (``_pump_synced``, every caught-up
+  watcher at once) or, while it is behind, from its own cursor (``_pump_catching_up``).
+- resumable: a watch created again with ``start_revision`` = last delivered + 1, on any node,
+  continues the same projection of the same log.
+
+Slow watchers. A connection whose transport queue holds ``backlog_frames_max`` frames gets
+nothing more: its watchers with something to send move to "catching up" and are fed again
+from the history, in bounded batches, once the queue has drained to
+``backlog_resume_frames``. So a slow reader costs the node a cursor, never a growing buffer,
+and the transport's own bound (which drops the oldest frame) is never reached by watch
+traffic. Compaction can overtake a watcher that is behind: it is then canceled with the
+compaction revision, never silently given a history with a hole.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import msgspec
+
+from paxosd.net.framing import FRAME_BYTES_MAX_DEFAULT, WatchCreate, WatchResponse
+from paxosd.statemachine.commands import EVENT_TYPES, KEY_BYTES_MAX, Event
+
+# What a canceled response says, by cause (the client maps them to its errors).
+REASON_CANCELED: Final = "canceled by the client"
+REASON_COMPACTED: Final = "required revision has been compacted"
+# An envelope's fields around the events (ids, flags, revisions, header): well under this.
+_RESPONSE_OVERHEAD_BYTES: Final = 1024
+_EVENT_OVERHEAD_BYTES: Final = 64
+_encoder = msgspec.msgpack.Encoder()
+
+
+class History(Protocol):
+    """What the hub reads from the state machine (``paxosd.statemachine.machine``): the names
+    of the shared design. A Protocol so that unit tests and the simulator may pass a small
+    stand-in; the daemon passes its ``StateMachine``."""
+
+    @property
+    def revision(self) -> int: ...
+
+    @property
+    def compact_revision(self) -> int: ...
+
+    def events_since(self, revision: int, limit: int) -> list[Event]: ...
+
+
+class WatchSink(Protocol):
+    """Where the hub's responses go: one client connection each (the daemon's ClientServer,
+    or the simulator's recorder)."""
+
+    def send(self, conn_id: int, responses: list[WatchResponse]) -> bool:
+        """Queue ``responses`` on ``conn_id`` in order; False when the connection is gone
+        (the hub then forgets its watchers)."""
+        ...
+
+    def backlog(self, conn_id: int) -> int:
+        """Frames queued for ``conn_id`` and not yet written to its socket."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WatchLimits:
+    """Every bound of the watch service. Units are last in each name."""
+
+    # Watchers one client connection may hold (etcd has none; a bound keeps one client from
+    # taking the node's whole budget).
+    watchers_per_connection_max: int = 1000
+    # Watchers on this node, all connections together.
+    watchers_per_node_max: int = 10_000
+    # Events in one response, unless one revision alone has more (a revision is never split).
+    events_per_response_max: int = 1000
+    # Estimated bytes of one response's events, with the same exception; the frame bound
+    # (``frame_bytes_max``) is the hard one: a single revision over it cancels the watcher.
+    response_bytes_max: int = 1 << 20
+    frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+    # A connection with this many frames queued gets nothing more until it is down to
+    # ``backlog_resume_frames``. It must stay well below the transport's send queue bound
+    # (TransportLimits.send_queue_frames_max, 4096), which drops frames: the daemon checks.
+    backlog_frames_max: int = 256
+    backlog_resume_frames: int = 64
+    # Responses handed to the sink in one send; the backlog is checked before each send, so a
+    # connection's queue never holds more than backlog_frames_max + frames_per_send_max.
+    frames_per_send_max: int = 64
+    # History events read per pump for the caught-up watchers together, and for the watchers
+    # catching up together: each loop turn does a bounded amount of watch work.
+    synced_events_per_pump: int = 5000
+    catchup_events_per_pump: int = 2000
+    # A caught-up watcher that asked for progress notifications and was sent nothing for this
+    # long gets an empty response with the revision it is complete through (etcd: 10 minutes
+    # by default, --experimental-watch-progress-notify-interval).
+    progress_interval_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.watchers_per_connection_max <= self.watchers_per_node_max
+        assert self.events_per_response_max >= 1
+        assert 1 <= self.response_bytes_max < self.frame_bytes_max
+        assert 0 <= self.backlog_resume_frames < self.backlog_frames_max
+        assert self.frames_per_send_max >= 1
+        assert self.synced_events_per_pump >= 1 and self.catchup_events_per_pump >= 1
+        assert self.progress_interval_ms >= 1
+
+    @property
+    def queue_frames_max(self) -> int:
+        """The most frames watch traffic can leave queued on one connection."""
+        return self.backlog_frames_max + self.frames_per_send_max
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStats:
+    """The hub's gauges (``watchers``, ``catching_up``) and counters since start."""
+
+    watchers: int
+    catching_up: int
+    canceled_compacted: int
+    # Times a watcher fell behind its connection's backlog bound and moved to catching up.
+    slow_events: int
+    events_sent: int
+    responses_sent: int
+
+
+@dataclass(eq=False, slots=True)
+class _Watcher:
+    conn_id: int
+    watch_id: int
+    key: str
+    prefix: bool
+    prev_kv: bool
+    progress_notify: bool
+    want_put: bool
+    want_delete: bool
+    # The first revision not yet delivered (every event below it that matches was sent).
+    next_rev: int
+    synced: bool = False
+    # When this watcher was last sent anything (events or progress), for progress notify.
+    last_sent_ms: int = 0
+
+    def matches(self, key: str) -> bool:
+        return key.startswith(self.key) if self.prefix else key == self.key
+
+    def wants(self, ev: Event) -> bool:
+        return self.want_put if ev.type == "PUT" else self.want_delete
+
+
+@dataclass(slots=True)
+class _Counters:
+    canceled_compacted: int = 0
+    slow_events: int = 0
+    events_sent: int = 0
+    responses_sent: int = 0
+
+
+@dataclass(slots=True)
+class _Shared:
+    """Per-batch memo: an event's prev_kv-less copy and its size are made once per batch,
+    whatever the number of watchers that receive it."""
+
+    stripped: dict[int, Event] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def strip(self, ev: Event) -> Event:
+        if ev.prev_kv is None:
+            return ev
+        out = self.stripped.get(id(ev))
+        if out is None:
+            out = self.stripped[id(ev)] = msgspec.structs.replace(ev, prev_kv=None)
+        return out
+
+    def size(self, ev: Event) -> int:
+        n = self.sizes.get(id(ev))
+        if n is None:
+            n = _EVENT_OVERHEAD_BYTES + len(ev.kv.key.encode()) + len(ev.kv.value)
+            if ev.prev_kv is not None:
+                n += _EVENT_OVERHEAD_BYTES + len(ev.prev_kv.key.encode()) + len(ev.prev_kv.value)
+            self.sizes[id(ev)] = n
+        return n
+
+
+def check_create(req: WatchCreate) -> str:
+    """Why a well-formed WatchCreate cannot be served ("" when it can): a bad key, a bad
+    filter, a negative revision. The connection stays open: the answer is a canceled
+    response with this reason."""
+    try:
+        size = len(req.key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the key is not valid UTF-8 text"
+    if size > KEY_BYTES_MAX:
+        return f"the key is {size} bytes, over {KEY_BYTES_MAX}"
+    if size == 0 and not req.prefix:
+        return "the key is empty (watch every key with an empty prefix)"
+    bad = [f for f in req.filters if f not in EVENT_TYPES]
+    if bad:
+        return f"unknown event filter {bad[0]!r}: filters are {', '.join(EVENT_TYPES)}"
+    if req.start_revision < 0:
+        return f"start revision {req.start_revision} is negative"
+    return ""
+
+
+class WatchHub:
+    """Every watcher of one node and the cursor of each; see the module docstring.
+
+    Invariant: a synced watcher's ``next_rev`` is at least ``synced_rev + 1`` (equal, unless it
+    asked to start at a future revision); a catching-up watcher's is at most ``synced_rev + 1``.
+    """
+
+    def __init__(self, sink: WatchSink, *, node: int, limits: WatchLimits | None = None) -> None:
+        self.sink = sink
+        self.node = node
+        self.limits = limits or WatchLimits()
+        self._watchers: dict[tuple[int, int], _Watcher] = {}
+        self._per_conn: dict[int, dict[int, _Watcher]] = {}
+        # Synced watchers by key (exact) and by prefix string (prefix watchers).
+        self._exact: dict[str, set[_Watcher]] = {}
+        self._prefixes: dict[str, set[_Watcher]] = {}
+        self._synced_count = 0
+        self._progress: set[_Watcher] = set()
+        self._catching_up: deque[_Watcher] = deque()
+        # Every event up to synced_rev has been offered to the synced watchers; None before
+        # the hub has seen a state machine.
+        self.synced_rev: int | None = None
+        self._compact_seen = -1
+        self._sm_seen: object = None
+        self._header = (0, 0)
+        self._counters = _Counters()
+        # The time of the last pump (a new watcher's progress interval starts there) and when
+        # progress is next looked at (a tenth of the interval: not every watcher every turn).
+        self._now_ms = 0
+        self._next_progress_ms = 0
+
+    # ------------------------------------------------------------------ requests
+
+    def create(self, conn_id: int, req: WatchCreate, sm: History, header: tuple[int, int]) -> None:
+        """Answer ``req`` with a created response (and, when it cannot be served, a canceled
+        one with the reason); start delivering from its start revision."""
+        self._header = header
+        if self.synced_rev is None:
+            self.synced_rev = sm.revision
+        revision = sm.revision
+        created = self._response(req.watch_id, revision, created=True)
+        reason = check_create(req)
+        conn = self._per_conn.get(conn_id, {})
+        if not reason and req.watch_id in conn:
+            reason = f"watch id {req.watch_id} is already in use on this connection"
+        if not reason and len(conn) >= self.limits.watchers_per_connection_max:
+            reason = (
+                f"too many watchers on this connection ({self.limits.watchers_per_connection_max})"
+            )
+        if not reason and len(self._watchers) >= self.limits.watchers_per_node_max:
+            reason = f"too many watchers on this node ({self.limits.watchers_per_node_max})"
+        if reason:
+            refused = self._response(req.watch_id, revision, created=True, canceled=True)
+            self._send(conn_id, [msgspec.structs.replace(refused, reason=reason)])
+            return
+        start = req.start_revision if req.start_revision > 0 else revision + 1
+        w = _Watcher(
+            conn_id=conn_id,
+            watch_id=req.watch_id,
+            key=req.key,
+            prefix=req.prefix,
+            prev_kv=req.prev_kv,
+            progress_notify=req.progress_notify,
+            want_put="PUT" not in req.filters,
+            want_delete="DELETE" not in req.filters,
+            next_rev=start,
+            last_sent_ms=self._now_ms,
+        )
+        if not self._send(conn_id, [created]):
+            return
+        if start < sm.compact_revision:
+            self._counters.canceled_compacted += 1
+            self._send(conn_id, [self._compacted(w.watch_id, sm)])
+            return
+        self._watchers[(conn_id, w.watch_id)] = w
+        self._per_conn.setdefault(conn_id, {})[w.watch_id] = w
+        if start > self.synced_rev:
+            self._join_synced(w)
+        else:
+            self._catching_up.append(w)
+
+    def cancel(self, conn_id: int, watch_id: int) -> None:
+        """The client's cancel: a canceled response, and nothing more for that watch."""
+        w = self._watchers.get((conn_id, watch_id))
+        if w is not None:
+            self._remove(w)
+        resp = self._response(watch_id, 0, canceled=True)
+        self._send(conn_id, [msgspec.structs.replace(resp, reason=REASON_CANCELED)])
+
+    def drop_connection(self, conn_id: int) -> None:
+        """The connection closed: forget its watchers (nothing to tell anyone)."""
+        for w in list(self._per_conn.get(conn_id, {}).values()):
+            self._remove(w)
+        self._per_conn.pop(conn_id, None)
+
+    # ------------------------------------------------------------------ the pump
+
+    def pump(self, sm: History, now_ms: int, header: tuple[int, int]) -> None:
+        """One turn of delivery with the node's current state machine (see the module
+        docstring): compaction cancels, the synced batch, catch-up, then progress."""
+        self._header = header
+        self._now_ms = now_ms
+        if self.synced_rev is None:
+            self.synced_rev = sm.revision
+        assert sm.revision >= self.synced_rev, (sm.revision, self.synced_rev)
+        if not self._watchers:
+            self.synced_rev = sm.revision
+            self._sm_seen = sm
+            self._compact_seen = sm.compact_revision
+            return
+        if sm is not self._sm_seen or sm.compact_revision != self._compact_seen:
+            self._cancel_compacted(sm)
+            self._sm_seen = sm
+            self._compact_seen = sm.compact_revision
+        if sm.revision > self.synced_rev:
+            self._pump_synced(sm, now_ms)
+        if self._catching_up:
+            self._pump_catching_up(sm, now_ms)
+        if self._progress and now_ms >= self._next_progress_ms:
+            self._next_progress_ms = now_ms + max(1, self.limits.progress_interval_ms // 10)
+            self._pump_progress(now_ms)
+
+    def stats(self) -> WatchStats:
+        c = self._counters
+        return WatchStats(
+            watchers=len(self._watchers),
+            catching_up=len(self._watchers) - self._synced_count,
+            canceled_compacted=c.canceled_compacted,
+            slow_events=c.slow_events,
+            events_sent=c.events_sent,
+            responses_sent=c.responses_sent,
+        )
+
+    def select(self, w: _Watcher, events: Iterable[Event], shared: _Shared) -> list[Event]:
+        """The events of ``events`` that ``w`` gets, as it gets them: its keys, its filters,
+        prev_kv only when asked, nothing below its cursor."""
+        out: list[Event] = []
+        for ev in events:
+            if ev.kv.mod_revision >= w.next_rev and w.matches(ev.kv.key) and w.wants(ev):
+                out.append(ev if w.prev_kv else shared.strip(ev))
+        return out
+
+    def _pump_synced(self, sm: History, now_ms: int) -> None:
+        """Read the next batch of history once and fan it out to the synced watchers through
+        the key and prefix indexes."""
+        assert self.synced_rev is not None
+        events = sm.events_since(self.synced_rev + 1, self.limits.synced_events_per_pump)
+        through = events[-1].kv.mod_revision if events else sm.revision
+        assert through <= sm.revision, (through, sm.revision)
+        if self._synced_count:
+            per_watcher: dict[_Watcher, list[Event]] = {}
+            prefixes = self._prefixes
+            scan_prefixes = len(prefixes) <= KEY_BYTES_MAX
+            for ev in events:
+                key = ev.kv.key
+                exact = self._exact.get(key)
+                if exact:
+                    for w in exact:
+                        per_watcher.setdefault(w, []).append(ev)
+                if not prefixes:
+                    continue
+                if scan_prefixes and len(prefixes) < len(key) + 1:
+                    hits = [ws for p, ws in prefixes.items() if key.startswith(p)]
+                else:
+                    hits = [ws for i in range(len(key) + 1) if (ws := prefixes.get(key[:i]))]
+                for ws in hits:
+                    for w in ws:
+                        per_watcher.setdefault(w, []).append(ev)
+            shared = _Shared()
+            for w, matched in per_watcher.items():
+                if not w.synced:
+                    continue  # gone, or fell behind, since the batch was matched
+                mine = self.select(w, matched, shared)
+                if mine:
+                    self._deliver(w, mine, sm, now_ms, shared)
+        self.synced_rev = through
+
+    def _pump_catching_up(self, sm: History, now_ms: int) -> None:
+        """Feed watchers that are behind from their own cursors, round-robin, within the
+        per-pump budget; one that reaches the synced batch joins it."""
+        assert self.synced_rev is not None
+        budget = self.limits.catchup_events_per_pump
+        backlog = self.sink.backlog
+        resume = self.limits.backlog_resume_frames
+        shared = _Shared()
+        for _ in range(len(self._catching_up)):
+            if budget <= 0:
+                break
+            w = self._catching_up.popleft()
+            if (w.conn_id, w.watch_id) not in self._watchers or w.synced:
+                continue  # removed (or rejoined) since it was queued
+            if backlog(w.conn_id) > resume:
+                self._catching_up.append(w)
+                continue
+            if w.next_rev < sm.compact_revision:
+                self._cancel_one(w, sm)
+                continue
+            events = sm.events_since(w.next_rev, min(budget, self.limits.synced_events_per_pump))
+            budget -= max(1, len(events))
+            upto = [ev for ev in events if ev.kv.mod_revision <= self.synced_rev]
+            scanned = upto[-1].kv.mod_revision if upto else w.next_rev - 1
+            if len(upto) < len(events) or not events:
+                scanned = self.synced_rev  # the whole rest up to the synced batch was read
+            mine = self.select(w, upto, shared)
+            if mine and not self._deliver(w, mine, sm, now_ms, shared):
+                if (w.conn_id, w.watch_id) in self._watchers:
+                    self._catching_up.append(w)
+                continue
+            w.next_rev = max(w.next_rev, scanned + 1)
+            if w.next_rev > self.synced_rev:
+                self._join_synced(w)
+            else:
+                self._catching_up.append(w)
+
+    def _pump_progress(self, now_ms: int) -> None:
+        """An empty response with ``synced_rev`` to each caught-up watcher that asked for
+        progress and was sent nothing for an interval. Only synced watchers: they have been
+        sent every event up to synced_rev, so the revision is never early."""
+        assert self.synced_rev is not None
+        interval = self.limits.progress_interval_ms
+        bound = self.limits.backlog_frames_max
+        for w in list(self._progress):
+            if not w.synced or now_ms - w.last_sent_ms < interval:
+                continue
+            if self.sink.backlog(w.conn_id) >= bound:
+                continue
+            resp = self._response(w.watch_id, self.synced_rev, progress=True)
+            if self._send(w.conn_id, [resp]):
+                w.last_sent_ms = now_ms
+
+    # ------------------------------------------------------------------ delivery
+
+    def _deliver(
+        self, w: _Watcher, events: list[Event], sm: History, now_ms: int, shared: _Shared
+    ) -> bool:
+        """Send ``events`` (whole revisions, ascending, all >= w.next_rev) to ``w`` and move
+        its cursor past each response sent. True when all went; False when its connection's
+        backlog stopped it (it is then catching up from the first revision not sent), or the
+        watcher is gone (its connection closed, or a revision too large to send)."""
+        responses, too_large = self._responses(w, events, sm, shared)
+        bound = self.limits.backlog_frames_max
+        step = self.limits.frames_per_send_max
+        for i in range(0, len(responses), step):
+            chunk = responses[i : i + step]
+            if self.sink.backlog(w.conn_id) >= bound:
+                # Everything before this chunk was sent or did not concern w.
+                self._counters.slow_events += 1
+                self._fall_behind(w)
+                w.next_rev = max(w.next_rev, chunk[0].events[0].kv.mod_revision)
+                return False
+            if not self._send(w.conn_id, chunk):
+                return False
+            w.next_rev = chunk[-1].events[-1].kv.mod_revision + 1
+            w.last_sent_ms = now_ms
+            self._counters.events_sent += sum(len(r.events) for r in chunk)
+        if too_large is not None:
+            # It cannot be delivered whole, and it is never skipped: the watch ends, loudly.
+            resp = self._response(w.watch_id, sm.revision, canceled=True)
+            reason = f"the events of revision {too_large} are too large for one response"
+            self._remove(w)
+            self._send(w.conn_id, [msgspec.structs.replace(resp, reason=reason)])
+            return False
+        return True
+
+    def _responses(
+        self, w: _Watcher, events: list[Event], sm: History, shared: _Shared
+    ) -> tuple[list[WatchResponse], int | None]:
+        """``events`` cut into responses at revision boundaries, each within the count and
+        byte bounds unless one revision alone is bigger; and the first revision too big for
+        a frame, if any (the responses stop before it)."""
+        limit_n = self.limits.events_per_response_max
+        limit_b = self.limits.response_bytes_max
+        out: list[WatchResponse] = []
+        current: list[Event] = []
+        current_b = 0
+        i, n = 0, len(events)
+        while i < n:
+            rev = events[i].kv.mod_revision
+            j, size = i, 0
+            while j < n and events[j].kv.mod_revision == rev:
+                size += shared.size(events[j])
+                j += 1
+            group = events[i:j]
+            if current and (len(current) + len(group) > limit_n or current_b + size > limit_b):
+                out.append(self._events_response(w, current, sm))
+                current, current_b = [], 0
+            if size > limit_b:
+                one = len(_encoder.encode(self._events_response(w, group, sm)))
+                if one + _RESPONSE_OVERHEAD_BYTES > self.limits.frame_bytes_max:
+                    if current:
+                        out.append(self._events_response(w, current, sm))
+                    return out, rev
+            current.extend(group)
+            current_b += size
+            i = j
+        if current:
+            out.append(self._events_response(w, current, sm))
+        return out, None
+
+    def _events_response(self, w: _Watcher, events: list[Event], sm: History) -> WatchResponse:
+        round_, node = self._header
+        return WatchResponse(
+            watch_id=w.watch_id,
+            events=tuple(events),
+            revision=sm.revision,
+            node=self.node,
+            ballot_round=round_,
+            ballot_node=node,
+        )
+
+    def _response(
+        self,
+        watch_id: int,
+        revision: int,
+        *,
+        created: bool = False,
+        canceled: bool = False,
+        progress: bool = False,
+    ) -> WatchResponse:
+        round_, node = self._header
+        return WatchResponse(
+            watch_id=watch_id,
+            revision=revision,
+            created=created,
+            canceled=canceled,
+            progress=progress,
+            node=self.node,
+            ballot_round=round_,
+            ballot_node=node,
+        )
+
+    def _compacted(self, watch_id: int, sm: History) -> WatchResponse:
+        resp = self._response(watch_id, sm.revision, canceled=True)
+        return msgspec.structs.replace(
+            resp, compact_revision=sm.compact_revision, reason=REASON_COMPACTED
+        )
+
+    def _send(self, conn_id: int, responses: list[WatchResponse]) -> bool:
+        if self.sink.send(conn_id, responses):
+            self._counters.responses_sent += len(responses)
+            return True
+        self.drop_connection(conn_id)
+        return False
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _cancel_compacted(self, sm: History) -> None:
+        """Cancel every watcher whose cursor fell below the compaction revision (after a
+        compaction, or a snapshot install that replaced the state machine)."""
+        compact = sm.compact_revision
+        for w in [w for w in self._watchers.values() if self._cursor(w) < compact]:
+            self._cancel_one(w, sm)
+
+    def _cancel_one(self, w: _Watcher, sm: History) -> None:
+        self._remove(w)
+        self._counters.canceled_compacted += 1
+        self._send(w.conn_id, [self._compacted(w.watch_id, sm)])
+
+    def _cursor(self, w: _Watcher) -> int:
+        """The first revision ``w`` still needs. A synced watcher's own ``next_rev`` is moved
+        only by what it is sent (moving every cursor per batch would cost O(watchers)), so
+        for it the synced batch's position counts too."""
+        if w.synced and self.synced_rev is not None:
+            return max(w.next_rev, self.synced_rev + 1)
+        return w.next_rev
+
+    def _join_synced(self, w: _Watcher) -> None:
+        assert not w.synced
+        w.synced = True
+        self._synced_count += 1
+        index = self._prefixes if w.prefix else self._exact
+        index.setdefault(w.key, set()).add(w)
+        if w.progress_notify:
+            self._progress.add(w)
+
+    def _leave_synced(self, w: _Watcher) -> None:
+        assert w.synced
+        w.synced = False
+        self._synced_count -= 1
+        index = self._prefixes if w.prefix else self._exact
+        group = index[w.key]
+        group.discard(w)
+        if not group:
+            del index[w.key]
+
+    def _fall_behind(self, w: _Watcher) -> None:
+        if w.synced:
+            w.next_rev = self._cursor(w)
+            self._leave_synced(w)
+            self._catching_up.append(w)
+
+    def _remove(self, w: _Watcher) -> None:
+        if self._watchers.pop((w.conn_id, w.watch_id), None) is None:
+            return
+        conn = self._per_conn.get(w.conn_id)
+        if conn is not None:
+            conn.pop(w.watch_id, None)
+            if not conn:
+                del self._per_conn[w.conn_id]
+        if w.synced:
+            self._leave_synced(w)
+        self._progress.discard(w)
+
+
+__all__ = [
+    "REASON_CANCELED",
+    "REASON_COMPACTED",
+    "History",
+    "WatchHub",
+    "WatchLimits",
+    "WatchSink",
+    "WatchStats",
+    "check_create",
+]
