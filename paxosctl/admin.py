@@ -488,6 +488,9 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
                 "compact_revision": a.get("compact_revision", 0),
                 "digest": a["digest"],
                 "last_contact_ms_ago": 0 if is_leader else acks.get(str(nid)),
+                "watchers": a.get("watchers", 0),
+                "watchers_catching_up": a.get("watchers_catching_up", 0),
+                "watchers_canceled_compacted": a.get("watchers_canceled_compacted", 0),
             }
         )
     mismatches = digest_mismatches(nodes)
@@ -497,6 +500,16 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
         "digests_agree": not mismatches,
         "mismatches": mismatches,
     }
+
+
+def _watchers(n: dict[str, Any]) -> str:
+    """``3``, or ``3 (1 catching up, 2 compacted)`` when some are behind or were cut."""
+    extra = []
+    if n["watchers_catching_up"]:
+        extra.append(f"{n['watchers_catching_up']} catching up")
+    if n["watchers_canceled_compacted"]:
+        extra.append(f"{n['watchers_canceled_compacted']} compacted")
+    return f"{n['watchers']}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 @command_errors
@@ -513,14 +526,16 @@ def status(
     Lag: slots its applied index is behind the leader's decided one. Revision: the store
     revision the node has applied; compacted: the oldest revision its history still holds
     (0: never compacted; older ones cannot be read with --rev). Last contact: how long ago
-    the leader last heard from it.
+    the leader last heard from it. Watchers: the watches the node serves, with how many are
+    catching up from history (slow readers) and how many compaction canceled.
 
     Nodes at the same applied index must have the same digest: a mismatch is printed
     loudly and exits 1. Exit 3 if no node answers.
 
     JSON: {"leader", "nodes": [{"node_id", "address", "role", "ballot", "decided_index",
     "applied_index", "lag", "revision", "compact_revision", "digest",
-    "last_contact_ms_ago"}], "digests_agree",
+    "last_contact_ms_ago", "watchers", "watchers_catching_up",
+    "watchers_canceled_compacted"}], "digests_agree",
     "mismatches": [{"applied_index", "digests": {"<node_id>": "<digest>"}}]}; a node that
     does not answer has "role": "unreachable" and "error" instead of the indexes.
 
@@ -553,6 +568,7 @@ def status(
                         "-",
                         "-",
                         _ago(n["last_contact_ms_ago"]),
+                        "-",
                     ]
                 )
                 continue
@@ -572,6 +588,7 @@ def status(
                     n["compact_revision"],
                     digest,
                     "-" if n["role"] == "leader" else _ago(n["last_contact_ms_ago"]),
+                    _watchers(n),
                 ]
             )
         render.text_table(
@@ -588,6 +605,7 @@ def status(
                 "compacted",
                 "digest",
                 "last contact",
+                "watchers",
             ],
             rows,
         )

@@ -142,6 +142,11 @@ class StatusReply(_Answer, tag="status", frozen=True):
     revision: int = 0
     compact_revision: int = 0
     history_bytes: int = 0
+    # Watches served by this node: all, those catching up from history (their connection
+    # was slow), and how many were canceled because compaction overtook them (since start).
+    watchers: int = 0
+    watchers_catching_up: int = 0
+    watchers_canceled_compacted: int = 0
 
 
 class MemberInfo(msgspec.Struct, frozen=True, array_like=True):

@@ -111,6 +111,8 @@ _LENGTH_LONG = struct.Struct("!Q")
 # One recv_into of the loop reads at most this much (a buffer shared by every connection of
 # a port, allocated once: a fresh buffer this big per recv would be an mmap per call).
 _READ_CHUNK_BYTES_MAX = 256 * 1024
+# Closed client connection ids kept for ``ClientServer.closed_connections`` between calls.
+CLOSED_IDS_MAX = 4096
 # How often a connector watching its idle connection re-checks for close(); the end of the
 # connection itself wakes it at once.
 _WATCH_INTERVAL_MS = 1000
@@ -1378,9 +1380,47 @@ class ClientServer(_Endpoint[ClientBody]):
             limits=limits,
         )
         self._stats = PeerStats()
+        # Ids of connections that closed since the loop last asked (closed_connections()),
+        # bounded for a user that never asks (the oldest go first).
+        self._closed_ids: deque[int] = deque(maxlen=CLOSED_IDS_MAX)
 
     def start(self) -> None:
         self._start_listening()
+
+    def backlog(self, conn_id: int) -> int:
+        """Frames queued for ``conn_id`` and not yet handed to its socket (a record the
+        socket took only in part counts as one); 0 for a connection that is gone. A sender
+        that must not lose frames (a watch) stops below ``send_queue_frames_max``, where the
+        queue starts dropping the oldest."""
+        channel = self._channels.get(conn_id)
+        if channel is None or channel.queue is None:
+            return 0
+        return len(channel.queue) + (1 if channel.unsent else 0)
+
+    def is_open(self, conn_id: int) -> bool:
+        channel = self._channels.get(conn_id)
+        return channel is not None and not channel.closed.is_set()
+
+    def close_connection(self, conn_id: int, reason: str) -> None:
+        """Close one client connection, logging ``reason`` (a client that does not read
+        what it asked for: closing it is loud, dropping its frames would be silent)."""
+        channel = self._channels.get(conn_id)
+        if channel is not None:
+            channel.close(reason, bad_peer=True)
+
+    def closed_connections(self) -> list[int]:
+        """The ids of the connections that closed since the last call (the loop forgets
+        what it kept for them, e.g. their watches)."""
+        with self._lock:
+            out = list(self._closed_ids)
+            self._closed_ids.clear()
+        return out
+
+    def _channel_closed(self, channel: _Channel[ClientBody], started: bool) -> None:
+        super()._channel_closed(channel, started)
+        if started:
+            with self._lock:
+                self._closed_ids.append(channel.channel_id)
 
     def drain(self, frames_max: int = DRAIN_FRAMES_MAX_DEFAULT) -> list[tuple[int, ClientBody]]:
         """Up to ``frames_max`` ``(conn_id, body)`` pairs from clients, oldest first."""

@@ -51,8 +51,16 @@ from paxosd.net.admin import (
     Transfer,
     ViewLog,
 )
-from paxosd.net.framing import ClientReply, ClientRequest, QueryReply, QueryRequest
-from paxosd.net.transport import ClientServer, PeerTransport
+from paxosd.net.framing import (
+    ClientReply,
+    ClientRequest,
+    QueryReply,
+    QueryRequest,
+    WatchCancel,
+    WatchCreate,
+    WatchResponse,
+)
+from paxosd.net.transport import ClientServer, PeerTransport, TransportLimits
 from paxosd.server.compaction import AutoCompactor
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
 from paxosd.server.digestcheck import DigestHistory, DigestProbe
@@ -61,6 +69,7 @@ from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
 from paxosd.server.runner import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
+from paxosd.server.watch import WatchHub, WatchLimits
 from paxosd.statemachine.commands import (
     BadCommand,
     Command,
@@ -93,6 +102,38 @@ DIGEST_CHECK_MS = 5000
 AUTO_COMPACT_CONN = -1
 AUTO_COMPACT_CLIENT_ID = "paxosd-auto-compaction"
 AUTO_COMPACT_SITE = "paxosd"
+# How often the watch hub is checked for connections that closed unnoticed (a backstop:
+# ClientServer.closed_connections reports them at once, within its own bound).
+WATCH_SWEEP_MS = 1000
+
+
+class ClientSink:
+    """The watch hub's way out: WatchResponses on client connections.
+
+    The transport's send queue drops its oldest frame when full, which a watch must never
+    suffer. The hub stops sending at its backlog bound, far below the queue's; should a
+    connection still reach the queue's bound (a client that sends requests and never reads
+    the answers), it is closed with a logged reason: the client sees the end and resumes
+    its watches, where a dropped frame would have been a silent gap."""
+
+    def __init__(self, clients: ClientServer) -> None:
+        self.clients = clients
+        self.frames_max = clients.limits.send_queue_frames_max
+
+    def send(self, conn_id: int, responses: list[WatchResponse]) -> bool:
+        clients = self.clients
+        if not clients.is_open(conn_id):
+            return False
+        if clients.backlog(conn_id) + len(responses) > self.frames_max:
+            clients.close_connection(conn_id, "the client does not read its watch responses")
+            return False
+        if clients.reply_many((conn_id, r) for r in responses) != len(responses):
+            clients.close_connection(conn_id, "a watch response does not fit a frame")
+            return False
+        return True
+
+    def backlog(self, conn_id: int) -> int:
+        return self.clients.backlog(conn_id)
 
 
 class Daemon:
@@ -108,6 +149,11 @@ class Daemon:
             client_key=config.client_key.reveal(),
         )
         self.notifier = Notifier()
+        watch_limits = WatchLimits()
+        # The hub's worst case must fit the transport's queue with room for ordinary replies.
+        assert 2 * watch_limits.queue_frames_max <= TransportLimits().send_queue_frames_max
+        self.watches = WatchHub(ClientSink(self.clients), node=config.node_id, limits=watch_limits)
+        self._next_watch_sweep_ms = 0
         self.metrics: Metrics | None = None
         if config.metrics_address is not None:
             self.metrics = Metrics()
@@ -336,6 +382,25 @@ class Daemon:
                 for reply in node.replies:
                     self.metrics.requests.labels(status=reply.status).inc()
             node.replies.clear()
+        self._pump_watches()
+
+    def _pump_watches(self) -> None:
+        """Deliver what this turn applied to the watchers (the hub reads the history of the
+        state machine as it is now: a snapshot install replaces it)."""
+        hub = self.watches
+        for conn_id in self.clients.closed_connections():
+            hub.drop_connection(conn_id)
+        t = now_ms()
+        if t >= self._next_watch_sweep_ms:
+            self._next_watch_sweep_ms = t + WATCH_SWEEP_MS
+            for conn_id in hub.connections():
+                if not self.clients.is_open(conn_id):
+                    hub.drop_connection(conn_id)
+        hub.pump(self.node.sm, t, self._ballot_header())
+
+    def _ballot_header(self) -> tuple[int, int]:
+        promised = self.node.replica.promised
+        return (promised.round, promised.node)
 
     def _auto_compact(self, now: int) -> None:
         """Propose a compaction when the [compaction] policy says one is due (leader only):
@@ -394,6 +459,7 @@ class Daemon:
         if r.is_leader:
             for peer, lag in r.peer_lag().items():
                 m.peer_lag.labels(peer=str(peer)).set(lag)
+        m.set_watches(self.watches.stats())
 
     def _check_health(self, now: int) -> None:
         """Warn (once each, see Condition) about a peer unreachable for longer than an
@@ -490,6 +556,10 @@ class Daemon:
         match body:
             case ClientRequest(request_id=rid, command=command):
                 self.node.on_client_command(conn_id, rid, command)
+            case WatchCreate() as create:
+                self.watches.create(conn_id, create, self.node.sm, self._ballot_header())
+            case WatchCancel(watch_id=watch_id):
+                self.watches.cancel(conn_id, watch_id)
             case QueryRequest(request_id=rid, query=ChangeMember() | Transfer() as query):
                 self._admin(conn_id, rid, query)
             case QueryRequest(request_id=rid, query=query):
@@ -605,6 +675,12 @@ class Daemon:
             "recovery": Recovery(**recovery),
             # paxosctl status's "last contact": how long ago the leader last heard each peer.
             "peer_last_ack_ms_ago": {str(p): r.now_ms - t for p, t in acks.items()},
+        }
+        watch = self.watches.stats()
+        data |= {
+            "watchers": watch.watchers,
+            "watchers_catching_up": watch.catching_up,
+            "watchers_canceled_compacted": watch.canceled_compacted,
         }
         return StatusReply(**data)
 

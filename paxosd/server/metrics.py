@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from paxosd.server.watch import WatchStats
+
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -48,6 +50,31 @@ class Metrics:
         self.requests = Counter(
             "paxosd_client_requests", "Client requests by outcome", ["status"], registry=r
         )
+
+        self.watchers = Gauge("paxosd_watchers", "Watches this node serves", registry=r)
+        self.watchers_catching_up = Gauge(
+            "paxosd_watchers_catching_up",
+            "Watches fed from history because their connection was slow",
+            registry=r,
+        )
+        self.watchers_canceled_compacted = Counter(
+            "paxosd_watchers_canceled_compacted",
+            "Watches canceled because compaction overtook them",
+            registry=r,
+        )
+        self.watch_events = Counter(
+            "paxosd_watch_events_sent", "Events sent to watchers", registry=r
+        )
+        self._watch_seen = WatchStats(0, 0, 0, 0, 0, 0)
+
+    def set_watches(self, stats: WatchStats) -> None:
+        """Gauges from the hub's stats, counters by what they grew since the last call."""
+        seen = self._watch_seen
+        self.watchers.set(stats.watchers)
+        self.watchers_catching_up.set(stats.catching_up)
+        self.watchers_canceled_compacted.inc(stats.canceled_compacted - seen.canceled_compacted)
+        self.watch_events.inc(stats.events_sent - seen.events_sent)
+        self._watch_seen = stats
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -333,6 +333,10 @@ class WatchHub:
             self._next_progress_ms = now_ms + max(1, self.limits.progress_interval_ms // 10)
             self._pump_progress(now_ms)
 
+    def connections(self) -> list[int]:
+        """The connections that hold watchers."""
+        return list(self._per_conn)
+
     def stats(self) -> WatchStats:
         c = self._counters
         return WatchStats(

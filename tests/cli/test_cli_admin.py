@@ -139,10 +139,15 @@ def test_status_shows_every_node_and_agreeing_digests(cli: Cli) -> None:
             "compact_revision",
             "digest",
             "last_contact_ms_ago",
+            "watchers",
+            "watchers_catching_up",
+            "watchers_canceled_compacted",
         }
         assert n["lag"] >= 0 and n["last_contact_ms_ago"] is not None
+        assert n["watchers"] >= n["watchers_catching_up"] >= 0
     table = cli.ok("status").stdout
     assert "last contact" in table and "leader" in table and "MISMATCH" not in table
+    assert "watchers" in table
 
 
 def _fake_status(node_id: int, applied: int, digest: str, role: str = "follower") -> dict[str, Any]:
