@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from paxosd.client.connection import Lost, open_connection
 from paxosd.client.errors import (
@@ -88,6 +88,9 @@ from paxosd.statemachine.commands import (
     is_read,
 )
 from paxosd.statemachine.commands import NotFound as NotFoundResult
+
+if TYPE_CHECKING:
+    from paxosd.client.watch import Watch
 
 TIMEOUT_MS_DEFAULT = 5000
 ATTEMPT_TIMEOUT_MS = 1500
@@ -332,6 +335,57 @@ class Client:
 
     def view(self, as_site: str, limit: int = 100) -> Result:
         return self.execute(View(as_site=as_site, limit=limit))
+
+    # ------------------------------------------------------------------ watches
+
+    def watch(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        filters: Sequence[str] = (),
+    ) -> Watch:
+        """Watch ``key`` (or, with ``prefix``, every key starting with it) from
+        ``start_revision`` (0: changes after now): an iterator of ``WatchBatch``es on a
+        connection of its own, which fails over to any endpoint without a gap or a repeat.
+        ``filters``: event types to leave out ("PUT", "DELETE"). Use it as a context manager,
+        or ``cancel()`` it (from any thread). See paxosd.client.watch."""
+        from paxosd.client.watch import Watch
+
+        return Watch(
+            [ep.address for ep in self._router.endpoints],
+            self._key,
+            key,
+            prefix=prefix,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            filters=filters,
+            timeout_ms=self.timeout_ms,
+        )
+
+    def watch_prefix(
+        self,
+        prefix: str,
+        *,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        filters: Sequence[str] = (),
+    ) -> Watch:
+        """``watch(prefix, prefix=True, ...)``: every key starting with ``prefix`` ("" for
+        every key)."""
+        return self.watch(
+            prefix,
+            prefix=True,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            filters=filters,
+        )
 
     # ------------------------------------------------------------------ the protocol
 

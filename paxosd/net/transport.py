@@ -1650,6 +1650,12 @@ class ClientConnection:
                 bodies.append(envelope.body)
         return bodies, used, refused
 
+    def shutdown(self) -> None:
+        """End the connection both ways without closing the descriptor: another thread
+        waiting in ``recv`` wakes up (to EOF) and closes it. Safe from any thread."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self._sock.close()
 

@@ -1,0 +1,304 @@
+"""Watches for a program: an iterator of batches of events that survives node failures.
+
+A ``Watch`` holds one connection of its own to one member and one watch on it. When the
+connection ends (the member restarted, was killed, or went away) it connects to any member
+of the client's endpoint list and creates the watch again from the first revision it has not
+delivered, so the caller sees every change once, in order, with no gap: the guarantees the
+server keeps per connection (ordered, unique, complete) hold across the reconnection too
+because the resume point is the client's own count of what it delivered.
+
+A batch is one server response: whole revisions, never a revision split in two. A batch with
+no events is a progress notification: every change up to its ``revision`` was delivered.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from paxosd.client.connection import Lost, open_connection
+from paxosd.client.errors import (
+    BadRequestError,
+    ClientError,
+    CompactedError,
+    UnavailableError,
+)
+from paxosd.client.routing import Address, Backoff, Router
+from paxosd.net.framing import BadFrame, WatchCreate, WatchResponse
+from paxosd.net.transport import ClientConnection
+from paxosd.statemachine.commands import EVENT_TYPES, KEY_BYTES_MAX, Event
+
+# One wait on the socket lasts at most this long, so that cancel() from another thread and
+# the caller's own timeout are noticed promptly whatever the server does.
+WAIT_SLICE_MS = 200
+# The one watch on a Watch's own connection.
+_WATCH_ID = 1
+
+
+class WatchCanceledError(ClientError):
+    """The server ended the watch for a reason other than compaction (too many watchers,
+    a revision too large to send); ``reason`` is the server's words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the watch was canceled by the server: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """One response of a watch: ``events`` in revision order (whole revisions).
+
+    ``revision``: for events, the store revision the answering node had applied; for a
+    progress batch (``progress``, no events), every change up to it has been delivered.
+    ``node``: the member that sent it (it changes when the watch fails over).
+    """
+
+    events: tuple[Event, ...]
+    revision: int
+    progress: bool
+    node: int
+
+
+class Watch:
+    """An iterator of ``WatchBatch``es on ``key`` (or every key under a prefix).
+
+    Iterating blocks until the next batch; ``next_batch(timeout_ms)`` waits at most that long.
+    ``cancel()`` (from any thread) ends the iteration. A compaction that overtakes the watch
+    raises ``CompactedError`` with the compaction revision (resume from there with a new
+    watch, after re-reading the state). ``UnavailableError`` when no member could be reached
+    for ``timeout_ms`` in a row.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Address],
+        client_key: bytes,
+        key: str,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        filters: Sequence[str] = (),
+        timeout_ms: int = 5000,
+    ) -> None:
+        _check_request(key, prefix, start_revision, filters)
+        self.key = key
+        self.prefix = prefix
+        self.prev_kv = prev_kv
+        self.progress_notify = progress_notify
+        self.filters = tuple(filters)
+        self.timeout_ms = timeout_ms
+        self._router = Router(endpoints)
+        self._key = client_key
+        self._conn_id = secrets.randbelow(1 << 31)
+        # The first revision not yet delivered; None until the first created response of a
+        # watch that started "from now".
+        self.next_revision: int | None = start_revision if start_revision > 0 else None
+        # The revision of the first created response: a watch from "now" starts after it.
+        self.created_revision: int | None = None
+        self.reconnects = 0
+        self._conn: ClientConnection | None = None
+        self._node = 0
+        self._pending: deque[WatchBatch] = deque()
+        self._lock = threading.Lock()
+        self._canceled = threading.Event()
+        self._done = False
+
+    # ------------------------------------------------------------------ the caller's API
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        return self
+
+    def __next__(self) -> WatchBatch:
+        # Endless by request: a watch waits for changes; every wait inside is bounded.
+        while True:
+            batch = self.next_batch(WAIT_SLICE_MS)
+            if batch is not None:
+                return batch
+            if self._done:
+                raise StopIteration
+
+    def next_batch(self, timeout_ms: int) -> WatchBatch | None:
+        """The next batch, or None if none came within ``timeout_ms`` (or the watch ended:
+        see ``done``). Raises CompactedError, WatchCanceledError, UnavailableError."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self._pending:
+            if self._canceled.is_set():
+                self._finish()
+                return None
+            if self._done:
+                return None
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return None
+            self._receive(min(left_ms, WAIT_SLICE_MS))
+        return self._pending.popleft()
+
+    @property
+    def done(self) -> bool:
+        """The watch ended (canceled); nothing more will come."""
+        return self._done
+
+    def cancel(self) -> None:
+        """End the watch; safe from any thread. The iterator stops at its next step."""
+        self._canceled.set()
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            conn.shutdown()  # wakes a reader waiting on the socket; the reader closes it
+
+    def close(self) -> None:
+        self.cancel()
+        self._finish()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            # The watch is the connection's only one: closing it cancels it on the server.
+            conn.close()
+
+    def _receive(self, wait_ms: int) -> None:
+        """Read what arrives within ``wait_ms`` (connecting first if needed) into pending."""
+        conn = self._conn if self._conn is not None else self._connect()
+        if conn is None:
+            return
+        try:
+            bodies = conn.recv(wait_ms)
+        except (OSError, EOFError, BadFrame) as e:
+            self._lost(f"connection lost: {e}" if str(e) else "connection lost")
+            return
+        for body in bodies:
+            if isinstance(body, WatchResponse) and body.watch_id == _WATCH_ID:
+                self._on_response(body)
+
+    def _on_response(self, r: WatchResponse) -> None:
+        if r.canceled:
+            if self._canceled.is_set():
+                return
+            self._finish()
+            if r.compact_revision:
+                raise CompactedError(
+                    f"the watch needs revision {self.next_revision}, compacted: the oldest "
+                    f"revision kept is {r.compact_revision}",
+                    r.compact_revision,
+                    self.next_revision or 0,
+                )
+            raise WatchCanceledError(r.reason or "no reason given")
+        if r.created:
+            if self.created_revision is None:
+                self.created_revision = r.revision
+            if self.next_revision is None:
+                self.next_revision = r.revision + 1
+            return
+        if self.next_revision is None:
+            return  # events before our created answer: not for this watch
+        if r.progress and not r.events:
+            if r.revision + 1 < self.next_revision:
+                return  # a member behind what was delivered: old news
+            self.next_revision = r.revision + 1
+            self._push(WatchBatch((), r.revision, True, r.node))
+            return
+        # A resumed watch starts at next_revision, so nothing below it comes; keep it so.
+        events = tuple(e for e in r.events if e.kv.mod_revision >= self.next_revision)
+        if events:
+            self.next_revision = events[-1].kv.mod_revision + 1
+            self._push(WatchBatch(events, r.revision, False, r.node))
+
+    def _push(self, batch: WatchBatch) -> None:
+        # Bounded: the socket is read only when nothing is pending, and one read returns
+        # the responses of at most one read chunk.
+        self._pending.append(batch)
+
+    def _connect(self) -> ClientConnection | None:
+        """Connect to any member and create the watch from ``next_revision``; None when no
+        member answered this time (the caller's loop tries again). UnavailableError once
+        none answered for ``timeout_ms``."""
+        router = self._router
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        backoff = Backoff()
+        while not self._canceled.is_set():
+            ep = router.pick()
+            if ep is not None:
+                try:
+                    conn = open_connection(router, ep, self._key, self._conn_id)
+                    conn.send(self._create())
+                except Lost:
+                    ep = None
+                except OSError as e:
+                    router.failed(ep, f"connection lost: {e}")
+                    ep = None
+                else:
+                    with self._lock:
+                        self._conn = conn
+                    if self._canceled.is_set():
+                        self._finish()
+                        return None
+                    self._node = conn.server_node
+                    return conn
+            if time.monotonic() >= deadline:
+                raise UnavailableError(
+                    f"the watch could not reach any member within {self.timeout_ms} ms "
+                    f"({router.problems()})"
+                )
+            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+        return None
+
+    def _create(self) -> WatchCreate:
+        return WatchCreate(
+            _WATCH_ID,
+            self.key,
+            prefix=self.prefix,
+            start_revision=self.next_revision or 0,
+            prev_kv=self.prev_kv,
+            progress_notify=self.progress_notify,
+            filters=self.filters,
+        )
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if self._canceled.is_set():
+            return
+        for ep in self._router.endpoints:
+            if ep.node_id == self._node:
+                self._router.failed(ep, reason)
+        self.reconnects += 1
+
+
+def _check_request(key: str, prefix: bool, start_revision: int, filters: Sequence[str]) -> None:
+    """What the server would refuse, refused here first with a BadRequestError."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequestError("the key is not valid UTF-8 text") from None
+    if size > KEY_BYTES_MAX:
+        raise BadRequestError(f"the key is {size} bytes, over {KEY_BYTES_MAX}")
+    if size == 0 and not prefix:
+        raise BadRequestError("the key is empty (watch every key with an empty prefix)")
+    if start_revision < 0:
+        raise BadRequestError(f"start revision {start_revision} is negative")
+    for f in filters:
+        if f not in EVENT_TYPES:
+            raise BadRequestError(f"unknown event filter {f!r}: filters are {EVENT_TYPES}")
+
+
+__all__ = ["Watch", "WatchBatch", "WatchCanceledError"]
