@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from paxosctl import admin, batch, kv, members, render, social, txn
+from paxosctl import admin, batch, kv, members, render, social, txn, watch
 from paxosctl.clicklib import (
     Command,
     Context,
@@ -278,6 +278,7 @@ members.register(app)
 kv.register(app)
 social.register(app)
 txn.register(app)
+watch.register(app)
 
 
 def command() -> RootGroup:

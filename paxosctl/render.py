@@ -65,11 +65,14 @@ def json_line(obj: Any, *, compact: bool = True, flush: bool = False) -> None:
         sys.stdout.flush()
 
 
-def line(text: str) -> None:
+def line(text: str, *, flush: bool = False) -> None:
     """One line for people on stdout, written literally (values never become markup). The
     text is already safe (paxosctl.kv.show/show_text escaped its control characters), so
-    it is written as it is, without loading rich for it."""
+    it is written as it is, without loading rich for it. ``flush`` for a stream a reader
+    follows live (``watch``)."""
     sys.stdout.write(text + "\n")
+    if flush:
+        sys.stdout.flush()
 
 
 def note(text: str) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from paxosctl import render
 from paxosctl.connect import (
     ConfigOpt,
     EndpointsOpt,
@@ -27,6 +28,7 @@ from paxosctl.kv import (
     Answer,
     Spec,
     command_errors,
+    connect,
     execute,
     render_answer,
     show,
@@ -34,12 +36,14 @@ from paxosctl.kv import (
     unexpected,
     value_json,
 )
+from paxosd.client.client import Client
 from paxosd.statemachine.commands import (
     VIEW_LIMIT_MAX,
     Block,
     BlockList,
     Blocks,
     Changed,
+    Post,
     Result,
     Timeline,
     Unblock,
@@ -239,6 +243,12 @@ def view(
         int,
         typer.Option("--limit", min=1, max=VIEW_LIMIT_MAX, help="The newest N visible posts."),
     ] = 100,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Then print each new visible post as it arrives (Ctrl-C)."
+        ),
+    ] = False,
     site: SiteOpt = None,
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
@@ -254,8 +264,17 @@ def view(
     JSON: {"as", "posts": [{"slot", "site", "key", "value", "value_encoding"}], "more"}
     ("more": older visible posts were left out by --limit).
 
+    --follow: after the timeline, each new post the site may see, as it is applied (a
+    watch on every key drives it), until Ctrl-C. With --json, one post object per line.
+
     Example: paxosctl view --as tokyo --limit 20
+
+    Example: paxosctl view --as tokyo --follow
     """
+    if follow:
+        with connect(endpoints, key_file, config, timeout_ms) as c:
+            _follow(c, _reader({"as_site": as_site, "site": site}), limit, json_out)
+        return
     answer = execute(
         VIEW,
         {"as_site": as_site, "site": site, "limit": limit},
@@ -265,6 +284,50 @@ def view(
         timeout_ms=timeout_ms,
     )
     render_answer(answer, json_out)
+
+
+def _post_json(p: Post) -> dict[str, Any]:
+    return {"slot": p.slot, "site": p.site, "key": p.key, **value_json(p.value)}
+
+
+def _follow(c: Client, reader: str, limit: int, json_out: bool) -> None:
+    """The timeline, then every newer visible post as it comes. The watch is created
+    before the first read, so a post made meanwhile is either in that read or reported by
+    the watch (whose event makes us read again): none is missed. Ctrl-C ends it (exit 0)."""
+    try:
+        with c.watch_prefix("") as w:
+            w.wait_created(c.timeout_ms)
+            first = c.view(reader, limit)
+            if not isinstance(first, Timeline):
+                raise unexpected(first)
+            if json_out:
+                for p in first.posts:
+                    render.json_line(_post_json(p), flush=True)
+            else:
+                render_answer(_timeline({"as_site": reader}, first), False)
+            last = first.posts[-1].slot if first.posts else 0
+            for batch in w:
+                if not any(ev.type == "PUT" for ev in batch.events):
+                    continue
+                now = c.view(reader, VIEW_LIMIT_MAX)
+                if not isinstance(now, Timeline):
+                    raise unexpected(now)
+                new = [p for p in now.posts if p.slot > last]
+                if now.more and new and new[0] is now.posts[0]:
+                    render.note(
+                        f"more than {VIEW_LIMIT_MAX} new posts at once: older ones left out"
+                    )
+                for p in new:
+                    if json_out:
+                        render.json_line(_post_json(p), flush=True)
+                    else:
+                        text = "  ".join(
+                            (str(p.slot), show_text(p.site), show_text(p.key), show(p.value))
+                        )
+                        render.line(text, flush=True)
+                    last = p.slot
+    except KeyboardInterrupt:
+        return
 
 
 # The commands ``paxosctl batch`` runs from this module, by name.

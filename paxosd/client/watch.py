@@ -139,6 +139,18 @@ class Watch:
             self._receive(min(left_ms, WAIT_SLICE_MS))
         return self._pending.popleft()
 
+    def wait_created(self, timeout_ms: int) -> int:
+        """Wait until the member has created the watch; its revision then (changes after it
+        will be delivered). For "watch, then read": a read made after this cannot miss a
+        change the watch will not report. UnavailableError after ``timeout_ms``."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.created_revision is None:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or self._done:
+                raise UnavailableError(f"the watch was not created within {timeout_ms} ms")
+            self._receive(min(left_ms, WAIT_SLICE_MS))
+        return self.created_revision
+
     @property
     def done(self) -> bool:
         """The watch ended (canceled); nothing more will come."""
