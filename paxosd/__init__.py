@@ -28,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "Session": "paxosd.client.pipeline",
     "read_key_file": "paxosd.client.connection",
     "parse_endpoint": "paxosd.client.routing",
+    # Watches (Client.watch / watch_prefix make them).
+    "Watch": "paxosd.client.watch",
+    "WatchBatch": "paxosd.client.watch",
+    "WatchCanceledError": "paxosd.client.watch",
     # Errors: one class per thing a caller can do about it.
     "ClientError": "paxosd.client.errors",
     "NotFoundError": "paxosd.client.errors",
@@ -109,6 +113,9 @@ __all__ = [
     "TxnRefusedError",
     "TxnResult",
     "UnavailableError",
+    "Watch",
+    "WatchBatch",
+    "WatchCanceledError",
     "Written",
     "__version__",
     "parse_endpoint",
@@ -133,6 +140,7 @@ if TYPE_CHECKING:
     )
     from paxosd.client.pipeline import Pipeline, Session
     from paxosd.client.routing import parse_endpoint
+    from paxosd.client.watch import Watch, WatchBatch, WatchCanceledError
     from paxosd.statemachine.commands import (
         BlockList,
         BlockPair,

@@ -313,14 +313,15 @@ class WatchHub:
         docstring): compaction cancels, the synced batch, catch-up, then progress."""
         self._header = header
         self._now_ms = now_ms
+        if not self._watchers:
+            # Nothing to deliver, nothing to read: the next watcher starts a new synced batch
+            # at the revision of its creation (and no old state machine is kept alive here).
+            self.synced_rev = None
+            self._sm_seen = None
+            return
         if self.synced_rev is None:
             self.synced_rev = sm.revision
         assert sm.revision >= self.synced_rev, (sm.revision, self.synced_rev)
-        if not self._watchers:
-            self.synced_rev = sm.revision
-            self._sm_seen = sm
-            self._compact_seen = sm.compact_revision
-            return
         if sm is not self._sm_seen or sm.compact_revision != self._compact_seen:
             self._cancel_compacted(sm)
             self._sm_seen = sm

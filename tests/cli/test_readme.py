@@ -35,6 +35,7 @@ RUN_SKIPS: dict[str, str] = {
     "paxosctl member add 4 10.0.0.4:7104": "needs a fourth host to catch up",
     "paxosctl member remove 1": "shrinks the cluster the later README blocks run on",
     "paxosctl drill": "each starts its own cluster for minutes; tests/test_drill.py runs drills",
+    "paxosctl watch": "waits for changes; tests/test_watch_cluster.py runs watches",
 }
 # Long runs made short; the line is otherwise run as written.
 SHORTER = {"--seeds 2000": "--seeds 3", "seq 20000": "seq 200"}
