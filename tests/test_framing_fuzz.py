@@ -40,15 +40,23 @@ from paxosd.net.framing import (
     FrameCodec,
     QueryReply,
     QueryRequest,
+    WatchCancel,
+    WatchCreate,
+    WatchResponse,
     client_codec,
     peer_codec,
 )
 from paxosd.net.handshake import FrameAuthError, HandshakeError, SecureSession
+from paxosd.statemachine.commands import Event, KeyValue
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ints = st.integers(min_value=0, max_value=2**63 - 1)
 ballots = st.builds(Ballot, ints, ints)
+key_values = st.builds(
+    KeyValue, st.text(max_size=12), st.binary(max_size=20), ints, ints, ints, ints
+)
+events = st.builds(Event, st.sampled_from(["PUT", "DELETE"]), key_values, st.none() | key_values)
 values = st.lists(st.binary(max_size=40), max_size=3).map(tuple)
 decided = st.builds(DecidedEntry, ints, values)
 messages: st.SearchStrategy[Message] = st.one_of(
@@ -93,6 +101,31 @@ client_bodies: st.SearchStrategy[ClientBody] = st.one_of(
     ),
     st.builds(QueryRequest, ints, queries),
     st.builds(QueryReply, ints, answers),
+    st.builds(
+        WatchCreate,
+        ints,
+        st.text(max_size=20),
+        prefix=st.booleans(),
+        start_revision=ints,
+        prev_kv=st.booleans(),
+        progress_notify=st.booleans(),
+        filters=st.lists(st.text(max_size=8), max_size=3).map(tuple),
+    ),
+    st.builds(WatchCancel, ints),
+    st.builds(
+        WatchResponse,
+        ints,
+        events=st.lists(events, max_size=3).map(tuple),
+        revision=ints,
+        created=st.booleans(),
+        canceled=st.booleans(),
+        progress=st.booleans(),
+        compact_revision=ints,
+        reason=st.text(max_size=20),
+        node=ints,
+        ballot_round=ints,
+        ballot_node=ints,
+    ),
 )
 client_batches = st.lists(st.tuples(ints, client_bodies), min_size=1, max_size=8)
 

@@ -13,6 +13,8 @@ import random
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from paxosd.net.framing import WatchCreate, WatchResponse
 from paxosd.server.watch import (
@@ -404,3 +406,87 @@ def test_responses_carry_the_node_and_ballot_header() -> None:
     assert (created.node, created.ballot_round, created.ballot_node) == (1, 7, 2)
     assert (events.node, events.ballot_round, events.ballot_node) == (1, 8, 3)
     assert isinstance(events, WatchResponse) and events.revision == store.revision
+
+
+# ------------------------------------------------------------------ fuzz
+
+watch_creates = st.builds(
+    WatchCreate,
+    st.integers(0, 5),
+    st.sampled_from(["", "k", "k/", "\ud800", "x" * 1025]) | st.text(max_size=6),
+    prefix=st.booleans(),
+    start_revision=st.integers(-3, 40),
+    prev_kv=st.booleans(),
+    progress_notify=st.booleans(),
+    filters=st.lists(st.sampled_from(["PUT", "DELETE", "put", ""]), max_size=2).map(tuple),
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(1, 3), watch_creates),
+        st.tuples(st.just("cancel"), st.integers(1, 3), st.integers(0, 5)),
+        st.tuples(st.just("drop"), st.integers(1, 3), st.none()),
+        st.tuples(st.just("write"), st.integers(0, 4), st.none()),
+        st.tuples(st.just("compact"), st.integers(0, 3), st.none()),
+        st.tuples(st.just("read"), st.integers(1, 3), st.integers(0, 30)),
+        st.tuples(st.just("pump"), st.integers(0, 20_000), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_any_sequence_of_requests_keeps_every_stream_ordered_and_unique(
+    ops: list[tuple[str, int, object]],
+) -> None:
+    """Whatever clients send (bad keys, reused ids, cancels of unknown watches, closed
+    connections) and whatever the store does, the hub never raises, answers every create
+    exactly once with created, and every stream stays ordered and unique."""
+    limits = WatchLimits(
+        backlog_frames_max=4,
+        backlog_resume_frames=1,
+        frames_per_send_max=2,
+        watchers_per_connection_max=3,
+        watchers_per_node_max=5,
+        progress_interval_ms=1000,
+        events_per_response_max=2,
+    )
+    hub, sink, store = hub_with(limits)
+    sink.frames_max = limits.queue_frames_max + 2  # creates and cancels answer at once
+    now = 0
+    creates: dict[tuple[int, int], int] = {}
+    for op, n, arg in ops:
+        if op == "create":
+            assert isinstance(arg, WatchCreate)
+            hub.create(n, arg, store, HEADER)
+            creates[(n, arg.watch_id)] = creates.get((n, arg.watch_id), 0) + 1
+        elif op == "cancel":
+            assert isinstance(arg, int)
+            hub.cancel(n, arg)
+        elif op == "drop":
+            hub.drop_connection(n)
+            sink.take(n)
+        elif op == "write":
+            for i in range(n):
+                store.put(f"k/{i}", b"%d" % i) if i % 3 else store.delete("k/1")
+        elif op == "compact" and store.revision > store.compact_revision + n:
+            store.compact(store.revision - n)
+        elif op == "read":
+            assert isinstance(arg, int)
+            sink.take(n, arg)
+        elif op == "pump":
+            now += n
+            hub.pump(store, now, HEADER)
+    for conn in (1, 2, 3):
+        sink.take(conn)
+        for wid in range(6):
+            responses = [r for r in sink.read.get(conn, []) if r.watch_id == wid]
+            assert sum(1 for r in responses if r.created) <= creates.get((conn, wid), 0)
+            # Each created answer starts a stream (an id may be used again after a cancel).
+            stream: list[WatchResponse] = []
+            for r in [*responses, None]:
+                if r is None or r.created:
+                    delivered(stream)
+                    stream = []
+                else:
+                    stream.append(r)
