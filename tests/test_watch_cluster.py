@@ -188,20 +188,21 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
             str(count),
         )
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-        reader.start()
-        try:
-            writer.write(6)
-            wait_for("six lines", lambda: len(lines) >= 6)
-            cluster.kill(follower)
-            writer.write(count - 6)
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            cluster.start(follower)
-        reader.join(30)
-        stderr = proc.stderr.read() if proc.stderr else ""
+        with proc:
+            reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+            reader.start()
+            try:
+                writer.write(6)
+                wait_for("six lines", lambda: len(lines) >= 6)
+                cluster.kill(follower)
+                writer.write(count - 6)
+                code = proc.wait(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                cluster.start(follower)
+            reader.join(30)
+            stderr = proc.stderr.read() if proc.stderr else ""
         assert code == 0, stderr
         events = [json.loads(line) for line in lines]
         got = [
