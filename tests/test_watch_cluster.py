@@ -13,6 +13,7 @@ history is the same on every replica).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -179,6 +180,7 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
             cluster,
             key_file,
             follower,
+            "watch",
             "cli/",
             "--prefix",
             "--rev",
@@ -216,7 +218,7 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
         assert isinstance(done, Compacted), done
         cluster.wait_ready()
         out = subprocess.run(
-            paxosctl_argv(cluster, key_file, follower, "cli/", "--prefix", "--rev", "2"),
+            paxosctl_argv(cluster, key_file, follower, "watch", "cli/", "--prefix", "--rev", "2"),
             capture_output=True,
             text=True,
             timeout=120,
@@ -236,7 +238,6 @@ def paxosctl_argv(cluster: LocalCluster, key_file: Path, node: int, *args: str) 
         sys.executable,
         "-m",
         "paxosctl",
-        "watch",
         *args,
         "--endpoints",
         eps,
@@ -256,3 +257,34 @@ def paxosctl_watch(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_view_follow_prints_the_timeline_then_each_new_visible_post(
+    cluster: LocalCluster,
+) -> None:
+    key_file = cluster.root / "keys" / "client.key"
+    with cluster.client(timeout_ms=30_000, site="paris") as c:
+        c.put("post/first", b"bonjour")
+        proc = paxosctl_watch(cluster, key_file, 1, "view", "--as", "tokyo", "--follow", "--json")
+        lines: list[str] = []
+        with proc:
+            reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+            reader.start()
+            try:
+                wait_for("the timeline", lambda: any("post/first" in ln for ln in lines))
+                shown = len(lines)
+                c.put("post/later", b"encore")
+                wait_for("the new post", lambda: any("post/later" in ln for ln in lines))
+                proc.send_signal(signal.SIGINT)
+                code = proc.wait(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            reader.join(30)
+            stderr = proc.stderr.read() if proc.stderr else ""
+        assert code == 0, stderr
+        posts = [json.loads(ln) for ln in lines]
+        assert [p["key"] for p in posts[shown:]] == ["post/later"]
+        assert posts[-1]["site"] == "paris" and posts[-1]["value"] == "encore"
+        slots = [p["slot"] for p in posts]
+        assert slots == sorted(set(slots))  # each post once, in log order
