@@ -1,0 +1,145 @@
+"""The watch hub over the real client transport: a reader that stops reading never makes the
+transport drop a frame (its queue drops the oldest when full), it is held back and caught up
+from history instead; a connection that closes loses its watchers; a client that floods its
+own queue is disconnected, loudly, rather than losing frames silently.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import wait
+from typing import Any
+
+import pytest
+
+from paxosd.core.types import NodeId
+from paxosd.net.framing import WatchCreate, WatchResponse
+from paxosd.net.transport import ClientConnection, ClientServer, TransportLimits
+from paxosd.server.daemon import ClientSink
+from paxosd.server.watch import WatchHub, WatchLimits
+from tests.waiting import BOUND_S, wait_for
+from tests.watchmodel import FakeStore, check_stream
+
+LOOPBACK = ("127.0.0.1", 0)
+HEADER = (1, 1)
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def server(key: bytes) -> Iterator[ClientServer]:
+    s = ClientServer(
+        node=NodeId(1),
+        listen=LOOPBACK,
+        client_key=key,
+        limits=TransportLimits(send_queue_frames_max=300),
+    )
+    s.start()
+    yield s
+    s.close()
+
+
+def first_frame(server: ClientServer) -> tuple[int, Any]:
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        if wait(server.waitables(), 0.2):
+            got = server.drain()
+            if got:
+                return got[0]
+    raise AssertionError("no frame arrived")
+
+
+def test_a_reader_that_stops_is_held_back_without_a_dropped_frame_then_caught_up(
+    server: ClientServer, key: bytes
+) -> None:
+    limits = WatchLimits(backlog_frames_max=100, backlog_resume_frames=20, frames_per_send_max=16)
+    assert limits.queue_frames_max < server.limits.send_queue_frames_max
+    hub = WatchHub(ClientSink(server), node=1, limits=limits)
+    store = FakeStore()
+    client = ClientConnection.connect(server.address, client_key=key, client_id=5)
+    try:
+        client.send(WatchCreate(1, "k", prefix=True))
+        conn_id, body = first_frame(server)
+        assert isinstance(body, WatchCreate)
+        hub.create(conn_id, body, store, HEADER)
+        value = os.urandom(32 * 1024)
+        high = 0
+        # The client reads nothing: the kernel's buffers fill, then the transport's queue.
+        for i in range(600):
+            store.put(f"k{i % 7}", value + b"%d" % i)
+            hub.pump(store, i, HEADER)
+            high = max(high, server.backlog(conn_id))
+        assert high <= limits.queue_frames_max
+        assert hub.stats().catching_up == 1 and hub.stats().slow_events >= 1
+        assert server.stats().dropped_queue_full == 0
+        # Now it reads; the hub feeds it from history as its queue drains.
+        got: list[WatchResponse] = []
+
+        def caught_up() -> bool:
+            hub.pump(store, 10_000, HEADER)
+            got.extend(b for b in client.recv(50) if isinstance(b, WatchResponse))
+            n = sum(len(r.events) for r in got)
+            return n == len(store.history) and hub.stats().catching_up == 0
+
+        wait_for("the reader caught up", caught_up)
+        check_stream([r for r in got if not r.created], store.history, "k", prefix=True, start=2)
+        assert server.stats().dropped_queue_full == 0
+    finally:
+        client.close()
+
+
+def test_a_closed_connection_is_reported_and_loses_its_watchers(
+    server: ClientServer, key: bytes
+) -> None:
+    hub = WatchHub(ClientSink(server), node=1)
+    store = FakeStore()
+    client = ClientConnection.connect(server.address, client_key=key, client_id=6)
+    client.send(WatchCreate(1, "k"))
+    conn_id, body = first_frame(server)
+    assert isinstance(body, WatchCreate)
+    hub.create(conn_id, body, store, HEADER)
+    assert hub.stats().watchers == 1
+    client.close()
+
+    def reported() -> bool:
+        server.drain()
+        for gone in server.closed_connections():
+            hub.drop_connection(gone)
+        return hub.stats().watchers == 0
+
+    wait_for("the closed connection is reported", reported)
+    assert not server.is_open(conn_id) and server.backlog(conn_id) == 0
+
+
+def test_the_sink_closes_a_connection_rather_than_let_its_queue_drop_a_frame(
+    server: ClientServer, key: bytes
+) -> None:
+    sink = ClientSink(server)
+    client = ClientConnection.connect(server.address, client_key=key, client_id=7)
+    try:
+        client.send(WatchCreate(1, "k"))
+        conn_id, _ = first_frame(server)
+        big = WatchResponse(1, reason="x" * 60_000)
+        sent = 0
+        # Never read: the sink must refuse (and close) before the queue would drop.
+        while sent < 10_000 and sink.send(conn_id, [big] * 10):
+            sent += 10
+        assert sent < 10_000, "the queue never filled"
+        assert server.stats().dropped_queue_full == 0
+        wait_for("the connection closed", lambda: not server.is_open(conn_id))
+
+        def ended() -> bool:
+            try:
+                client.recv(50)
+            except (EOFError, OSError):
+                return True
+            return False
+
+        wait_for("the client sees the end", ended)
+    finally:
+        client.close()
