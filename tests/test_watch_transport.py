@@ -13,16 +13,20 @@ from multiprocessing.connection import wait
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paxosd.core.types import NodeId
-from paxosd.net.framing import WatchCreate, WatchResponse
+from paxosd.net.framing import WatchCreate, WatchResponse, client_codec
 from paxosd.net.transport import ClientConnection, ClientServer, TransportLimits
 from paxosd.server.daemon import ClientSink
-from paxosd.server.watch import WatchHub, WatchLimits
+from paxosd.server.watch import FrameEncoder, WatchHub, WatchLimits
+from paxosd.statemachine.commands import Event, KeyValue
 from tests.waiting import BOUND_S, wait_for
 from tests.watchmodel import FakeStore, check_stream
 
 LOOPBACK = ("127.0.0.1", 0)
+ints = st.integers(min_value=0, max_value=2**63 - 1)
 HEADER = (1, 1)
 
 
@@ -143,3 +147,35 @@ def test_the_sink_closes_a_connection_rather_than_let_its_queue_drop_a_frame(
         wait_for("the client sees the end", ended)
     finally:
         client.close()
+
+
+kvs = st.builds(KeyValue, st.text(max_size=8), st.binary(max_size=16), ints, ints, ints, ints)
+responses = st.builds(
+    WatchResponse,
+    ints,
+    events=st.lists(
+        st.builds(Event, st.sampled_from(["PUT", "DELETE"]), kvs, st.none() | kvs), max_size=3
+    ).map(tuple),
+    revision=ints,
+    created=st.booleans(),
+    canceled=st.booleans(),
+    progress=st.booleans(),
+    compact_revision=ints,
+    reason=st.text(max_size=10),
+    node=ints,
+    ballot_round=ints,
+    ballot_node=ints,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(responses, min_size=1, max_size=5), st.integers(0, 2**31))
+def test_the_shared_event_encoding_is_byte_for_byte_the_codecs(
+    batch: list[WatchResponse], src: int
+) -> None:
+    codec = client_codec()
+    encoder = FrameEncoder(src, cache_max=2)
+    for r in batch + batch:  # the second round hits the cache
+        frame = encoder.frame(r)
+        assert frame == codec.encode(src, r)
+        assert codec.decode(codec.join([frame]))[0].body == r

@@ -1436,29 +1436,36 @@ class ClientServer(_Endpoint[ClientBody]):
         """Queue every reply, then flush each connection once: the replies one connection
         gets in a loop turn leave as one record and one write. Returns how many were queued
         (a reply to a connection that is gone, or too big for a record, is dropped)."""
+        codec = self.codec
+        return self.send_frames(
+            (conn_id, codec.encode(self.node, body)) for conn_id, body in replies
+        )
+
+    def send_frames(self, frames: Iterable[tuple[int, bytes]]) -> int:
+        """As ``reply_many``, for frames already encoded (an envelope from this node, as
+        ``FrameCodec.encode`` makes them): a sender that encodes shared parts once."""
         touched: dict[int, tuple[_Channel[ClientBody], list[bytes]]] = {}
         channels = self._channels
         codec = self.codec
         queued = 0
-        for conn_id, body in replies:
+        for conn_id, frame in frames:
             entry = touched.get(conn_id)
             if entry is None:
                 channel = channels.get(conn_id)
                 if channel is None:
                     continue
                 entry = touched[conn_id] = (channel, [])
-            frame = codec.encode(self.node, body)
             if not codec.fits(len(frame), 1):
                 self._stats.dropped_oversize += 1
                 continue
             entry[1].append(frame)
             queued += 1
-        for channel, frames in touched.values():
-            if not frames or channel.write_now(frames):
+        for channel, queued_frames in touched.values():
+            if not queued_frames or channel.write_now(queued_frames):
                 continue
             queue = channel.queue
             assert queue is not None, "client connections are two-way"
-            for frame in frames:
+            for frame in queued_frames:
                 queue.put(frame)
             channel.flush()
         return queued

@@ -69,7 +69,7 @@ from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
 from paxosd.server.runner import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
-from paxosd.server.watch import WatchHub, WatchLimits
+from paxosd.server.watch import FrameEncoder, WatchHub, WatchLimits
 from paxosd.statemachine.commands import (
     BadCommand,
     Command,
@@ -119,6 +119,7 @@ class ClientSink:
     def __init__(self, clients: ClientServer) -> None:
         self.clients = clients
         self.frames_max = clients.limits.send_queue_frames_max
+        self.encoder = FrameEncoder(clients.node)
 
     def send(self, conn_id: int, responses: list[WatchResponse]) -> bool:
         clients = self.clients
@@ -127,7 +128,8 @@ class ClientSink:
         if clients.backlog(conn_id) + len(responses) > self.frames_max:
             clients.close_connection(conn_id, "the client does not read its watch responses")
             return False
-        if clients.reply_many((conn_id, r) for r in responses) != len(responses):
+        frames = [(conn_id, self.encoder.frame(r)) for r in responses]
+        if clients.send_frames(frames) != len(responses):
             clients.close_connection(conn_id, "a watch response does not fit a frame")
             return False
         return True

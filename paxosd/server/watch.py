@@ -34,7 +34,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from paxosd.net.framing import FRAME_BYTES_MAX_DEFAULT, WatchCreate, WatchResponse
+from paxosd.net.framing import FRAME_BYTES_MAX_DEFAULT, Envelope, WatchCreate, WatchResponse
 from paxosd.statemachine.commands import EVENT_TYPES, KEY_BYTES_MAX, Event
 
 # What a canceled response says, by cause (the client maps them to its errors).
@@ -44,6 +44,59 @@ REASON_COMPACTED: Final = "required revision has been compacted"
 _RESPONSE_OVERHEAD_BYTES: Final = 1024
 _EVENT_OVERHEAD_BYTES: Final = 64
 _encoder = msgspec.msgpack.Encoder()
+
+
+class _WireResponse(msgspec.Struct, frozen=True, tag="WatchResponse", array_like=True):
+    """``WatchResponse`` as it is encoded, with its events already encoded: the same bytes
+    (the same tag and fields, in order), so a client decodes it as a WatchResponse."""
+
+    watch_id: int
+    events: msgspec.Raw
+    revision: int
+    created: bool
+    canceled: bool
+    progress: bool
+    compact_revision: int
+    reason: str
+    node: int
+    ballot_round: int
+    ballot_node: int
+
+
+class FrameEncoder:
+    """Encodes WatchResponses into client frames, encoding each shared events tuple once.
+
+    The hub hands every watcher of one key or prefix (with the same options) the same tuple
+    of events; a sink that encodes responses one by one would encode those events once per
+    watcher. This keeps the encoding of the last ``cache_max`` tuples by identity (holding
+    the tuple, so an id is never reused while it is cached).
+    """
+
+    def __init__(self, src: int, cache_max: int = 256) -> None:
+        self.src = src
+        self.cache_max = cache_max
+        self._cache: dict[int, tuple[tuple[Event, ...], msgspec.Raw]] = {}
+
+    def frame(self, r: WatchResponse) -> bytes:
+        hit = self._cache.get(id(r.events))
+        if hit is None or hit[0] is not r.events:
+            if len(self._cache) >= self.cache_max:
+                self._cache.pop(next(iter(self._cache)))
+            hit = self._cache[id(r.events)] = (r.events, msgspec.Raw(_encoder.encode(r.events)))
+        wire = _WireResponse(
+            r.watch_id,
+            hit[1],
+            r.revision,
+            r.created,
+            r.canceled,
+            r.progress,
+            r.compact_revision,
+            r.reason,
+            r.node,
+            r.ballot_round,
+            r.ballot_node,
+        )
+        return _encoder.encode(Envelope(self.src, wire))
 
 
 class History(Protocol):
@@ -189,6 +242,15 @@ class _Shared:
                 n += _EVENT_OVERHEAD_BYTES + len(ev.prev_kv.key.encode()) + len(ev.prev_kv.value)
             self.sizes[id(ev)] = n
         return n
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one selection of events becomes: the events of each response (shared by every
+    watcher with that selection), and the revision too large to send, if one stopped it."""
+
+    chunks: list[tuple[Event, ...]]
+    too_large: int | None
 
 
 def check_create(req: WatchCreate) -> str:
@@ -360,38 +422,58 @@ class WatchHub:
 
     def _pump_synced(self, sm: History, now_ms: int) -> None:
         """Read the next batch of history once and fan it out to the synced watchers through
-        the key and prefix indexes."""
+        the key and prefix indexes. Watchers of one index entry with the same options get the
+        same events cut the same way: that plan is made once and shared (the events, the
+        tuples of each response), so a watcher costs a few response headers, not a pass over
+        the events."""
         assert self.synced_rev is not None
         events = sm.events_since(self.synced_rev + 1, self.limits.synced_events_per_pump)
         through = events[-1].kv.mod_revision if events else sm.revision
         assert through <= sm.revision, (through, sm.revision)
-        if self._synced_count:
-            per_watcher: dict[_Watcher, list[Event]] = {}
-            prefixes = self._prefixes
-            scan_prefixes = len(prefixes) <= KEY_BYTES_MAX
-            for ev in events:
-                key = ev.kv.key
-                exact = self._exact.get(key)
-                if exact:
-                    for w in exact:
-                        per_watcher.setdefault(w, []).append(ev)
-                if not prefixes:
-                    continue
-                if scan_prefixes and len(prefixes) < len(key) + 1:
-                    hits = [ws for p, ws in prefixes.items() if key.startswith(p)]
-                else:
-                    hits = [ws for i in range(len(key) + 1) if (ws := prefixes.get(key[:i]))]
-                for ws in hits:
-                    for w in ws:
-                        per_watcher.setdefault(w, []).append(ev)
+        if self._synced_count and events:
+            first_new = self.synced_rev + 1
             shared = _Shared()
-            for w, matched in per_watcher.items():
-                if not w.synced:
-                    continue  # gone, or fell behind, since the batch was matched
-                mine = self.select(w, matched, shared)
-                if mine:
-                    self._deliver(w, mine, sm, now_ms, shared)
+            for (is_prefix, key), matched in self._match(events).items():
+                group = (self._prefixes if is_prefix else self._exact).get(key)
+                if not group:
+                    continue
+                plans: dict[tuple[bool, bool, bool], _Plan] = {}
+                for w in list(group):  # a copy: delivering may take watchers out of it
+                    if not w.synced:
+                        continue  # gone, or fell behind, since the batch was matched
+                    if w.next_rev > first_new:  # it asked to start later: its own plan
+                        plan = self._plan(self.select(w, matched, shared), sm, shared)
+                    else:
+                        options = (w.prev_kv, w.want_put, w.want_delete)
+                        found = plans.get(options)
+                        if found is None:
+                            selected = self.select(w, matched, shared)
+                            found = plans[options] = self._plan(selected, sm, shared)
+                        plan = found
+                    if plan.chunks or plan.too_large is not None:
+                        self._deliver(w, plan, sm, now_ms)
         self.synced_rev = through
+
+    def _match(self, events: list[Event]) -> dict[tuple[bool, str], list[Event]]:
+        """The events of each index entry that has synced watchers: (is_prefix, key) ->
+        events in order. A key's prefixes are found by looking up its own prefixes (at most
+        KEY_BYTES_MAX + 1 lookups) or by testing every indexed prefix, whichever is fewer."""
+        out: dict[tuple[bool, str], list[Event]] = {}
+        exact = self._exact
+        prefixes = self._prefixes
+        for ev in events:
+            key = ev.kv.key
+            if key in exact:
+                out.setdefault((False, key), []).append(ev)
+            if not prefixes:
+                continue
+            if len(prefixes) < len(key) + 1:
+                hits = [p for p in prefixes if key.startswith(p)]
+            else:
+                hits = [key[:i] for i in range(len(key) + 1) if key[:i] in prefixes]
+            for p in hits:
+                out.setdefault((True, p), []).append(ev)
+        return out
 
     def _pump_catching_up(self, sm: History, now_ms: int) -> None:
         """Feed watchers that are behind from their own cursors, round-robin, within the
@@ -420,7 +502,7 @@ class WatchHub:
             if len(upto) < len(events) or not events:
                 scanned = self.synced_rev  # the whole rest up to the synced batch was read
             mine = self.select(w, upto, shared)
-            if mine and not self._deliver(w, mine, sm, now_ms, shared):
+            if mine and not self._deliver(w, self._plan(mine, sm, shared), sm, now_ms):
                 if (w.conn_id, w.watch_id) in self._watchers:
                     self._catching_up.append(w)
                 continue
@@ -448,47 +530,43 @@ class WatchHub:
 
     # ------------------------------------------------------------------ delivery
 
-    def _deliver(
-        self, w: _Watcher, events: list[Event], sm: History, now_ms: int, shared: _Shared
-    ) -> bool:
-        """Send ``events`` (whole revisions, ascending, all >= w.next_rev) to ``w`` and move
-        its cursor past each response sent. True when all went; False when its connection's
+    def _deliver(self, w: _Watcher, plan: _Plan, sm: History, now_ms: int) -> bool:
+        """Send ``plan`` (whole revisions, ascending, all >= w.next_rev) to ``w`` and move its
+        cursor past each response sent. True when all went; False when its connection's
         backlog stopped it (it is then catching up from the first revision not sent), or the
         watcher is gone (its connection closed, or a revision too large to send)."""
-        responses, too_large = self._responses(w, events, sm, shared)
         bound = self.limits.backlog_frames_max
         step = self.limits.frames_per_send_max
-        for i in range(0, len(responses), step):
-            chunk = responses[i : i + step]
+        chunks = plan.chunks
+        for i in range(0, len(chunks), step):
+            part = chunks[i : i + step]
             if self.sink.backlog(w.conn_id) >= bound:
-                # Everything before this chunk was sent or did not concern w.
+                # Everything before this part was sent or did not concern w.
                 self._counters.slow_events += 1
                 self._fall_behind(w)
-                w.next_rev = max(w.next_rev, chunk[0].events[0].kv.mod_revision)
+                w.next_rev = max(w.next_rev, part[0][0].kv.mod_revision)
                 return False
-            if not self._send(w.conn_id, chunk):
+            if not self._send(w.conn_id, [self._events_response(w, c, sm) for c in part]):
                 return False
-            w.next_rev = chunk[-1].events[-1].kv.mod_revision + 1
+            w.next_rev = part[-1][-1].kv.mod_revision + 1
             w.last_sent_ms = now_ms
-            self._counters.events_sent += sum(len(r.events) for r in chunk)
-        if too_large is not None:
+            self._counters.events_sent += sum(len(c) for c in part)
+        if plan.too_large is not None:
             # It cannot be delivered whole, and it is never skipped: the watch ends, loudly.
             resp = self._response(w.watch_id, sm.revision, canceled=True)
-            reason = f"the events of revision {too_large} are too large for one response"
+            reason = f"the events of revision {plan.too_large} are too large for one response"
             self._remove(w)
             self._send(w.conn_id, [msgspec.structs.replace(resp, reason=reason)])
             return False
         return True
 
-    def _responses(
-        self, w: _Watcher, events: list[Event], sm: History, shared: _Shared
-    ) -> tuple[list[WatchResponse], int | None]:
-        """``events`` cut into responses at revision boundaries, each within the count and
-        byte bounds unless one revision alone is bigger; and the first revision too big for
-        a frame, if any (the responses stop before it)."""
+    def _plan(self, events: list[Event], sm: History, shared: _Shared) -> _Plan:
+        """``events`` cut into the events of each response at revision boundaries, each
+        within the count and byte bounds unless one revision alone is bigger; and the first
+        revision too big for a frame, if any (the plan stops before it)."""
         limit_n = self.limits.events_per_response_max
         limit_b = self.limits.response_bytes_max
-        out: list[WatchResponse] = []
+        out: list[tuple[Event, ...]] = []
         current: list[Event] = []
         current_b = 0
         i, n = 0, len(events)
@@ -500,26 +578,28 @@ class WatchHub:
                 j += 1
             group = events[i:j]
             if current and (len(current) + len(group) > limit_n or current_b + size > limit_b):
-                out.append(self._events_response(w, current, sm))
+                out.append(tuple(current))
                 current, current_b = [], 0
             if size > limit_b:
-                one = len(_encoder.encode(self._events_response(w, group, sm)))
+                one = len(_encoder.encode(group))
                 if one + _RESPONSE_OVERHEAD_BYTES > self.limits.frame_bytes_max:
                     if current:
-                        out.append(self._events_response(w, current, sm))
-                    return out, rev
+                        out.append(tuple(current))
+                    return _Plan(out, rev)
             current.extend(group)
             current_b += size
             i = j
         if current:
-            out.append(self._events_response(w, current, sm))
-        return out, None
+            out.append(tuple(current))
+        return _Plan(out, None)
 
-    def _events_response(self, w: _Watcher, events: list[Event], sm: History) -> WatchResponse:
+    def _events_response(
+        self, w: _Watcher, events: tuple[Event, ...], sm: History
+    ) -> WatchResponse:
         round_, node = self._header
         return WatchResponse(
             watch_id=w.watch_id,
-            events=tuple(events),
+            events=events,
             revision=sm.revision,
             node=self.node,
             ballot_round=round_,
@@ -621,6 +701,7 @@ class WatchHub:
 
 
 __all__ = [
+    "FrameEncoder",
     "REASON_CANCELED",
     "REASON_COMPACTED",
     "History",
