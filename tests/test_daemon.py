@@ -326,20 +326,26 @@ def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> No
     cfg.write_text(text)
     c.up()
     try:
-        with c.client() as cl:
+        with c.client() as cl, cl.watch_prefix("m") as w:
+            w.wait_created(20_000)
             for i in range(5):
                 cl.put(f"m{i}", b"v")
-        # The gauges are refreshed once a second: poll until they show the five puts.
-        port = base + 200 + 1
-        deadline = time.monotonic() + 20
-        while True:
-            url = f"http://127.0.0.1:{port}/metrics"
-            body = urllib.request.urlopen(url, timeout=5).read().decode()
-            if "paxosd_applied_index 5.0" in body or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+            # The gauges are refreshed once a second: poll until they show the five puts
+            # (and the five events the watch was sent).
+            port = base + 200 + 1
+            deadline = time.monotonic() + 20
+            while True:
+                url = f"http://127.0.0.1:{port}/metrics"
+                body = urllib.request.urlopen(url, timeout=5).read().decode()
+                done = "paxosd_applied_index 5.0" in body and "watch_events_sent_total 5.0" in body
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
     finally:
         c.down()
+    assert "paxosd_watchers 1.0" in body
+    assert "paxosd_watchers_catching_up 0.0" in body
+    assert "paxosd_watch_events_sent_total 5.0" in body
     assert 'paxosd_role{role="leader"} 1.0' in body
     assert "paxosd_applied_index 5.0" in body
     assert "paxosd_commit_latency_seconds_count 5.0" in body
