@@ -615,3 +615,54 @@ def transport(
             ],
         ],
     )
+
+
+@app.command("watch")
+def watch(
+    watchers: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Watchers on one prefix.")
+    ] = 1000,
+    events: Annotated[int, typer.Option(min=1, max=100_000, help="Events in the pump.")] = 1000,
+    value_bytes: Annotated[int, typer.Option(min=0, max=1 << 16, help="Bytes per value.")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """The watch hub's fan-out: one pump delivering N events to W watchers of one prefix,
+    each shared tuple of events encoded once, vs every response encoded whole (ratio > 1:
+    sharing is faster). In-process, no sockets.
+
+    Example: paxosctl bench watch --watchers 1000 --events 1000 --json
+    """
+    from paxosd.lab.bench_watch import run_watch_bench
+
+    _quiet_logs()
+    with _status() as say:
+        say(f"watch: {watchers} watchers x {events} events, best of 3")
+        result = run_watch_bench(watchers, events, value_bytes)
+    report: dict[str, Any] = {
+        "bench": "watch",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": _host(),
+    }
+    report |= {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    if json_out:
+        render.emit_json(report)
+        return
+    r = result
+    render.table(
+        f"watch fan-out ({watchers} watchers, {events} events of {value_bytes} bytes, one pump)",
+        ["", "each response encoded", "shared events encoded once", "ratio"],
+        [
+            [
+                "pump ms",
+                f"{r['per_response_pump_ms']:,.1f}",
+                f"{r['shared_pump_ms']:,.1f}",
+                f"{r['speedup']:.2f}",
+            ],
+            [
+                "deliveries/s",
+                f"{r['per_response_deliveries_per_s']:,.0f}",
+                f"{r['shared_deliveries_per_s']:,.0f}",
+                f"{r['speedup']:.2f}",
+            ],
+        ],
+    )
