@@ -26,6 +26,8 @@ class FakeStore:
         self.compact_revision = 0
         self.kv: dict[str, KeyValue] = {}
         self.history: list[Event] = []
+        # Every change ever, compaction or not: what a watch that was not canceled owes.
+        self.all_history: list[Event] = []
 
     def put(self, key: str, value: bytes) -> int:
         return self.txn([(key, value)])
@@ -58,6 +60,7 @@ class FakeStore:
         if events:
             self.revision = rev
             self.history.extend(events)
+            self.all_history.extend(events)
         return self.revision
 
     def compact(self, revision: int) -> None:
@@ -85,6 +88,9 @@ class QueueSink:
     so it is asserted never to be exceeded. ``gone`` connections refuse sends."""
 
     frames_max: int = 4096
+    # As the daemon's sink: a connection whose queue would pass frames_max is closed (the
+    # send fails) instead of the bound being asserted.
+    close_when_full: bool = False
     queues: dict[int, deque[WatchResponse]] = field(default_factory=dict)
     read: dict[int, list[WatchResponse]] = field(default_factory=dict)
     gone: set[int] = field(default_factory=set)
@@ -94,6 +100,9 @@ class QueueSink:
         if conn_id in self.gone:
             return False
         q = self.queues.setdefault(conn_id, deque())
+        if self.close_when_full and len(q) + len(responses) > self.frames_max:
+            self.gone.add(conn_id)
+            return False
         q.extend(responses)
         self.high_water = max(self.high_water, len(q))
         assert len(q) <= self.frames_max, f"connection {conn_id} queue over {self.frames_max}"

@@ -220,28 +220,29 @@ class _Counters:
 
 @dataclass(slots=True)
 class _Shared:
-    """Per-batch memo: an event's prev_kv-less copy and its size are made once per batch,
-    whatever the number of watchers that receive it."""
+    """Per-pump memo: an event's prev_kv-less copy and its size are made once, whatever the
+    number of watchers that receive it. Keyed by identity and holding the event, so an id is
+    never reused while it is remembered."""
 
-    stripped: dict[int, Event] = field(default_factory=dict)
-    sizes: dict[int, int] = field(default_factory=dict)
+    stripped: dict[int, tuple[Event, Event]] = field(default_factory=dict)
+    sizes: dict[int, tuple[Event, int]] = field(default_factory=dict)
 
     def strip(self, ev: Event) -> Event:
         if ev.prev_kv is None:
             return ev
-        out = self.stripped.get(id(ev))
-        if out is None:
-            out = self.stripped[id(ev)] = msgspec.structs.replace(ev, prev_kv=None)
-        return out
+        hit = self.stripped.get(id(ev))
+        if hit is None or hit[0] is not ev:
+            hit = self.stripped[id(ev)] = (ev, msgspec.structs.replace(ev, prev_kv=None))
+        return hit[1]
 
     def size(self, ev: Event) -> int:
-        n = self.sizes.get(id(ev))
-        if n is None:
+        hit = self.sizes.get(id(ev))
+        if hit is None or hit[0] is not ev:
             n = _EVENT_OVERHEAD_BYTES + len(ev.kv.key.encode()) + len(ev.kv.value)
             if ev.prev_kv is not None:
                 n += _EVENT_OVERHEAD_BYTES + len(ev.prev_kv.key.encode()) + len(ev.prev_kv.value)
-            self.sizes[id(ev)] = n
-        return n
+            hit = self.sizes[id(ev)] = (ev, n)
+        return hit[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +390,12 @@ class WatchHub:
             self._sm_seen = sm
             self._compact_seen = sm.compact_revision
         if sm.revision > self.synced_rev:
-            self._pump_synced(sm, now_ms)
+            if self._synced_count:
+                self._pump_synced(sm, now_ms)
+            else:
+                # Nobody to hand a batch to: the watchers catching up read the history
+                # themselves, up to here.
+                self.synced_rev = sm.revision
         if self._catching_up:
             self._pump_catching_up(sm, now_ms)
         if self._progress and now_ms >= self._next_progress_ms:
@@ -427,11 +433,13 @@ class WatchHub:
         tuples of each response), so a watcher costs a few response headers, not a pass over
         the events."""
         assert self.synced_rev is not None
-        events = sm.events_since(self.synced_rev + 1, self.limits.synced_events_per_pump)
+        # Compaction may have passed the batch: the synced watchers it left behind were just
+        # canceled, so the ones left start at or after it.
+        first_new = max(self.synced_rev + 1, sm.compact_revision)
+        events = sm.events_since(first_new, self.limits.synced_events_per_pump)
         through = events[-1].kv.mod_revision if events else sm.revision
         assert through <= sm.revision, (through, sm.revision)
         if self._synced_count and events:
-            first_new = self.synced_rev + 1
             shared = _Shared()
             for (is_prefix, key), matched in self._match(events).items():
                 group = (self._prefixes if is_prefix else self._exact).get(key)
@@ -487,8 +495,8 @@ class WatchHub:
             if budget <= 0:
                 break
             w = self._catching_up.popleft()
-            if (w.conn_id, w.watch_id) not in self._watchers or w.synced:
-                continue  # removed (or rejoined) since it was queued
+            if self._watchers.get((w.conn_id, w.watch_id)) is not w or w.synced:
+                continue  # removed (its id maybe reused since), or rejoined, since queued
             if backlog(w.conn_id) > resume:
                 self._catching_up.append(w)
                 continue
@@ -503,7 +511,7 @@ class WatchHub:
                 scanned = self.synced_rev  # the whole rest up to the synced batch was read
             mine = self.select(w, upto, shared)
             if mine and not self._deliver(w, self._plan(mine, sm, shared), sm, now_ms):
-                if (w.conn_id, w.watch_id) in self._watchers:
+                if self._watchers.get((w.conn_id, w.watch_id)) is w:
                     self._catching_up.append(w)
                 continue
             w.next_rev = max(w.next_rev, scanned + 1)
