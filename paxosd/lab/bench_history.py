@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from paxosd.statemachine.commands import Command, Compact, Put, encode_command
-from paxosd.statemachine.machine import StateMachine
+from paxosd.statemachine.machine import Limits, StateMachine
 
 _CLIENTS = 100
 _SLOT_COMMANDS = 16
@@ -39,16 +39,27 @@ _SLOT_COMMANDS = 16
 MachineFactory = Callable[[], Any]
 
 
-def load_reference(path: Path) -> MachineFactory:
+def load_reference(path: Path, timeline_max: int | None = None) -> MachineFactory:
     """The ``StateMachine`` class of another version of machine.py, loaded under its own
     module name so that it sits beside this one."""
-    spec = importlib.util.spec_from_file_location("paxosd_bench_reference_machine", path)
+    name = "paxosd_bench_reference_machine"
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ValueError(f"{path} is not a Python module")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    factory: MachineFactory = module.StateMachine
-    return factory
+    sys.modules[name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        machine, limits = module.StateMachine, module.Limits
+    except Exception as e:  # running a foreign file: any failure means "not a machine.py"
+        raise ValueError(f"{path} does not load as a machine.py: {type(e).__name__}: {e}") from None
+    return _factory(machine, limits, timeline_max)
+
+
+def _factory(machine: Any, limits: Any, timeline_max: int | None) -> MachineFactory:
+    if timeline_max is None:
+        return lambda: machine()
+    return lambda: machine(limits(timeline_max=timeline_max))
 
 
 def workload(puts: int, keys: int, value_bytes: int) -> list[tuple[bytes, ...]]:
@@ -75,7 +86,7 @@ def _apply_all(sm: Any, slots: list[tuple[bytes, ...]]) -> None:
         sm.apply(slot, value)
 
 
-def _compact_to_head(sm: StateMachine) -> None:
+def _compact_to_head(sm: Any) -> None:
     command = encode_command(Command("bench-compact", 1, "bench", Compact(sm.revision)))
     sm.apply(sm.applied_through + 1, (command,))
 
@@ -116,20 +127,27 @@ def run(
     value_bytes: int = 100,
     rounds: int = 3,
     reference: Path | None = None,
+    timeline_max: int | None = None,
 ) -> dict[str, Any]:
-    """Measure; returns a JSON-ready report (per-put figures and ratios to the reference)."""
+    """Measure; returns a JSON-ready report (per-put figures and ratios to the reference).
+
+    ``timeline_max``: the machines' timeline bound (default: theirs). Every put is also a
+    timeline post that shares the value's bytes with the key, so a small timeline shows
+    what history holds on its own."""
     slots = workload(puts, keys, value_bytes)
-    machines: dict[str, MachineFactory] = {"this": StateMachine}
+    this = _factory(StateMachine, Limits, timeline_max)
+    machines: dict[str, MachineFactory] = {"this": this}
     if reference is not None:
-        machines["reference"] = load_reference(reference)
+        machines["reference"] = load_reference(reference, timeline_max)
     report: dict[str, Any] = {
         "puts": puts,
         "keys": keys,
         "value_bytes": value_bytes,
+        "timeline_max": timeline_max if timeline_max is not None else Limits().timeline_max,
         "python": sys.version.split()[0],
     }
     mem = {name: memory(factory, slots) for name, factory in machines.items()}
-    mem["this_compacted"] = memory(StateMachine, slots, compact=True)
+    mem["this_compacted"] = memory(this, slots, compact=True)
     for name, m in mem.items():
         report[f"{name}_bytes_per_put"] = round(m["bytes"] / puts, 1)
         report[f"{name}_snapshot_bytes"] = m["snapshot_bytes"]
@@ -158,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reference", type=Path, default=None)
+    parser.add_argument("--timeline-max", type=int, default=None)
     args = parser.parse_args(argv)
     report = run(
         puts=args.puts,
@@ -165,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         value_bytes=args.value_bytes,
         rounds=args.rounds,
         reference=args.reference,
+        timeline_max=args.timeline_max,
     )
     print(json.dumps(report, indent=2))
     return 0

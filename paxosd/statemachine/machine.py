@@ -102,6 +102,8 @@ _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
 _FIRST_CHANGE: Final = 2
 
 _mod_revision: Final = attrgetter("mod_revision")
+# Stands in for a compacted event until the event list's compacted prefix is trimmed.
+_COMPACTED: Final = KeyValue(key="", value=b"", create_revision=0, mod_revision=0, version=0)
 
 
 class BadSnapshot(ValueError):
@@ -672,6 +674,7 @@ class StateMachine:
         touched: set[str] = set()
         while i < len(events) and events[i].mod_revision < revision:
             touched.add(events[i].key)
+            events[i] = _COMPACTED  # frees the version now; the slot goes in a bulk trim
             i += 1
         self._events_start = i
         if i > 1024 and i * 2 > len(events):
