@@ -523,10 +523,13 @@ class StateMachine:
     def _write(self, slot: int, cmd: Command) -> Result:
         match cmd.op:
             case Put(key=key, value=value, prev_kv=prev_kv):
-                written = self._put(key, value, prev_kv)
-                if isinstance(written, Written):
-                    # Interned: a site's posts then share one string, not one each.
-                    self._post(Post(slot=slot, site=sys.intern(cmd.site), key=key, value=value))
+                writes = _Writes(self)
+                written = writes.put(key, value, prev_kv)
+                if writes.kv_bytes > self.limits.kv_bytes_max:
+                    return Full(what="kv")
+                writes.commit()
+                # Interned: a site's posts then share one string, not one each.
+                self._post(Post(slot=slot, site=sys.intern(cmd.site), key=key, value=value))
                 return written
             case Cas(key=key, new=new, expect_value=ev, expect_version=evv):
                 current = self._live(key)
@@ -578,37 +581,6 @@ class StateMachine:
                 self._blocks.remove((site, other))
                 return Changed(changed=True)
         raise AssertionError(f"not a write: {cmd.op!r}")
-
-    def _put(self, key: str, value: bytes, prev_kv: bool) -> Written | Full:
-        """The commonest write, without staging (one key: the bound is checked before
-        anything changes). The same rules as ``_Writes.put`` then ``_install``."""
-        versions = self._index.get(key)
-        prev = versions[-1] if versions is not None else None
-        if prev is not None and prev.version == 0:
-            prev = None
-        key_cost = ENTRY_OVERHEAD_BYTES + len(key.encode("utf-8"))
-        kv_bytes = self._kv_bytes + key_cost + len(value)
-        if prev is not None:
-            kv_bytes -= key_cost + len(prev.value)
-        if kv_bytes > self.limits.kv_bytes_max:
-            return Full(what="kv")
-        revision = self.revision + 1
-        if prev is None:
-            kv = KeyValue(key, value, revision, revision, 1)
-            bisect.insort(self._keys, key)
-        else:
-            assert prev.version < VERSION_MAX, f"key {key!r} version overflow"
-            kv = KeyValue(key, value, prev.create_revision, revision, prev.version + 1)
-            self._history_bytes += key_cost + len(prev.value)
-        if versions is None:
-            self._index[key] = [kv]
-            bisect.insort(self._hkeys, key)
-        else:
-            versions.append(kv)
-        self._events.append(kv)
-        self.revision = revision
-        self._kv_bytes = kv_bytes
-        return Written(version=kv.version, revision=revision, prev=prev if prev_kv else None)
 
     def _txn(self, slot: int, site: str, txn: Txn) -> Result:
         """etcd's transaction, all or nothing: every refusal is decided before the store
