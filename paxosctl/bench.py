@@ -625,7 +625,9 @@ def history(
     puts: Annotated[int, typer.Option(min=1, max=10_000_000, help="Puts applied.")] = 100_000,
     keys: Annotated[int, typer.Option(min=1, max=1_000_000, help="Distinct keys.")] = 1000,
     value_bytes: Annotated[int, typer.Option(min=0, max=512 << 10, help="Bytes per value.")] = 100,
-    rounds: Annotated[int, typer.Option(min=1, max=100, help="Throughput rounds (best).")] = 3,
+    rounds: Annotated[
+        int, typer.Option(min=1, max=100, help="Throughput rounds of 20,000 puts (best).")
+    ] = 10,
     reference: Annotated[
         Path | None,
         typer.Option(

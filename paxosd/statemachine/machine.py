@@ -1,5 +1,11 @@
-"""The replicated state machine: a versioned key-value map, the sites' block relation and
-timeline, and the exactly-once session table.
+"""The replicated state machine: etcd's key-value data model (one store revision, per-key
+create/mod revision and version, history back to a compaction revision, transactions), the
+sites' block relation and timeline, and the exactly-once session table.
+
+History is replicated state like the rest: every replica keeps the same versions and events,
+compacts at the same points (an explicit ``Compact``, or the history byte budget crossed by
+a slot), and carries them in its snapshots, so any replica can answer a read at a revision
+or feed a watch (``events_since``).
 
 Every replica applies the same decided slots in the same order, so ``apply`` must be a pure
 function of (state, slot, value): no clock, no randomness, no dependence on set or dict
