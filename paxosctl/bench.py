@@ -666,3 +666,84 @@ def watch(
             ],
         ],
     )
+
+
+# ---------------------------------------------------------------------------------- history
+
+
+@app.command("history")
+def history(
+    puts: Annotated[int, typer.Option(min=1, max=10_000_000, help="Puts applied.")] = 100_000,
+    keys: Annotated[int, typer.Option(min=1, max=1_000_000, help="Distinct keys.")] = 1000,
+    value_bytes: Annotated[int, typer.Option(min=0, max=512 << 10, help="Bytes per value.")] = 100,
+    rounds: Annotated[
+        int, typer.Option(min=1, max=100, help="Throughput rounds of 20,000 puts (best).")
+    ] = 10,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Another machine.py to measure beside this one (e.g. from `git show`).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    timeline_max: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="The machines' timeline bound (default: theirs).", show_default=False
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """What revisions and history cost the state machine alone: memory per put (history
+    retained, and compacted to the head), snapshot bytes and apply rate of plain puts, beside
+    a --reference machine measured in the same run.
+
+    Example: git show a68f30a:paxosd/statemachine/machine.py > /tmp/before.py &&
+    paxosctl bench history --reference /tmp/before.py --value-bytes 1024 --json
+    """
+    from paxosd.lab.bench_history import run
+
+    with _status() as say:
+        say(f"history: {puts:,} puts of {value_bytes} bytes over {keys:,} keys")
+        try:
+            result = run(
+                puts=puts,
+                keys=keys,
+                value_bytes=value_bytes,
+                rounds=rounds,
+                reference=reference,
+                timeline_max=timeline_max,
+            )
+        except ValueError as e:
+            render.error(f"cannot use the reference machine: {e}")
+            raise typer.Exit(render.EXIT_USAGE) from None
+    report: dict[str, Any] = {
+        "bench": "history",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": _host(),
+    }
+    report |= result
+    if json_out:
+        render.emit_json(report)
+        return
+    r = result
+    rows = [
+        ["this, history retained", r["this_bytes_per_put"], r["this_snapshot_bytes"]],
+        [
+            "this, compacted to head",
+            r["this_compacted_bytes_per_put"],
+            r["this_compacted_snapshot_bytes"],
+        ],
+    ]
+    if "reference_bytes_per_put" in r:
+        rows.append(["reference", r["reference_bytes_per_put"], r["reference_snapshot_bytes"]])
+    render.table(
+        f"history bench ({r['puts']:,} puts of {r['value_bytes']} bytes over {r['keys']:,} keys)",
+        ["machine", "bytes per put", "snapshot bytes"],
+        [[name, f"{b:,.1f}", f"{s:,}"] for name, b, s in rows],
+    )
+    line = f"apply: {r['this_puts_per_s']:,} puts/s"
+    if "reference_puts_per_s" in r:
+        line += f", reference {r['reference_puts_per_s']:,} puts/s, ratio {r['throughput_ratio']}"
+    render.rich_line(line, markup=False)

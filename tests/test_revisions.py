@@ -9,6 +9,12 @@ by deterministic compaction; snapshots (format 2) that carry all of it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -424,6 +430,38 @@ def test_a_format_1_snapshot_restores_every_key_at_revision_1():
     assert again.digest() == sm.digest() and again.snapshot() == sm.snapshot()
     empty = StateMachine.restore(_format_1(kv=()))
     assert (empty.revision, empty.compact_revision) == (1, 0)
+
+
+def test_a_format_1_state_keeps_its_old_digest_until_the_first_change():
+    old = _load_machine_before_revisions()
+    if old is None:
+        pytest.skip("git history of machine.py not available")
+    sm_old = old.StateMachine()
+    cmds = tuple(encode_command(Command("c", i, "A", Put(f"k{i}", b"v"))) for i in range(1, 4))
+    sm_old.apply(1, cmds)
+    restored = StateMachine.restore(sm_old.snapshot())
+    assert restored.digest() == sm_old.digest()  # a backup's recorded digest still verifies
+    d = Driver(restored)
+    d.run(Put("k1", b"w"))
+    assert restored.digest() != sm_old.digest()
+
+
+def _load_machine_before_revisions() -> Any:
+    """machine.py as it was before revisions (commit a68f30a), from git, or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        source = subprocess.run(
+            ["git", "show", "a68f30a:paxosd/statemachine/machine.py"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType("paxosd_machine_before_revisions")
+    sys.modules[module.__name__] = module  # its dataclasses look their module up
+    exec(compile(source, "machine_a68f30a.py", "exec"), module.__dict__)  # noqa: S102
+    return module
 
 
 def test_a_format_1_snapshot_with_history_fields_is_refused():

@@ -1,5 +1,11 @@
-"""The replicated state machine: a versioned key-value map, the sites' block relation and
-timeline, and the exactly-once session table.
+"""The replicated state machine: etcd's key-value data model (one store revision, per-key
+create/mod revision and version, history back to a compaction revision, transactions), the
+sites' block relation and timeline, and the exactly-once session table.
+
+History is replicated state like the rest: every replica keeps the same versions and events,
+compacts at the same points (an explicit ``Compact``, or the history byte budget crossed by
+a slot), and carries them in its snapshots, so any replica can answer a read at a revision
+or feed a watch (``events_since``).
 
 Every replica applies the same decided slots in the same order, so ``apply`` must be a pure
 function of (state, slot, value): no clock, no randomness, no dependence on set or dict
@@ -95,11 +101,15 @@ _BUDGET_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX - (64 << 20)
 _ONE_ENTRY_BYTES_MAX: Final = 1 << 20
 _BLOCKS_MAX_MAX: Final = 20_000  # keeps a full BlockList under RESULT_BYTES_MAX
 _CHECKSUM_BYTES: Final = 32
+# More than one slot's commands can write (the core's batches are a few MiB at most).
+_SLOT_BYTES_MAX: Final = 16 << 20
 _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
 # The first revision a change can have: a fresh store is at revision 1 and holds nothing.
 _FIRST_CHANGE: Final = 2
 
 _mod_revision: Final = attrgetter("mod_revision")
+# Stands in for a compacted event until the event list's compacted prefix is trimmed.
+_COMPACTED: Final = KeyValue(key="", value=b"", create_revision=0, mod_revision=0, version=0)
 
 
 class BadSnapshot(ValueError):
@@ -325,13 +335,14 @@ class _Writes:
     own earlier writes. Every staged version carries the command's revision, ``revision``.
     Each key is written at most once (``_duplicate_write`` enforces it for transactions)."""
 
-    __slots__ = ("budget", "kv_bytes", "revision", "sm", "staged")
+    __slots__ = ("budget", "history_bytes", "kv_bytes", "revision", "sm", "staged")
 
     def __init__(self, sm: "StateMachine") -> None:
         self.sm = sm
         self.revision = sm.revision + 1
         self.staged: dict[str, KeyValue] = {}  # in write order: the revision's events
-        self.kv_bytes = sm._kv_bytes
+        self.kv_bytes = sm._kv_bytes  # the live bytes once the writes are made
+        self.history_bytes = 0  # what the writes add to history (superseded, tombstones)
         self.budget = PAGE_BYTES_MAX  # payload bytes left for this command's answer
 
     def current(self, key: str) -> KeyValue | None:
@@ -348,13 +359,15 @@ class _Writes:
 
     def put(self, key: str, value: bytes, prev_kv: bool) -> Written:
         prev = self.current(key)
+        key_cost = ENTRY_OVERHEAD_BYTES + len(key.encode("utf-8"))
         if prev is None:
             new = KeyValue(key, value, self.revision, self.revision, 1)
         else:
             assert prev.version < VERSION_MAX, f"key {key!r} version overflow"
             new = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1)
-            self.kv_bytes -= _entry_cost(prev)
-        self.kv_bytes += _entry_cost(new)
+            self.kv_bytes -= key_cost + len(prev.value)
+            self.history_bytes += key_cost + len(prev.value)
+        self.kv_bytes += key_cost + len(value)
         self.staged[key] = new
         if prev_kv:
             self._charge(prev)
@@ -371,8 +384,9 @@ class _Writes:
             if prev_kv:
                 self._charge(prev)
         for prev in removed:
-            self.staged[prev.key] = _tombstone(prev.key, self.revision)
+            self.staged[prev.key] = tombstone = _tombstone(prev.key, self.revision)
             self.kv_bytes -= _entry_cost(prev)
+            self.history_bytes += _entry_cost(prev) + _entry_cost(tombstone)
         return Deleted(
             prior_version=removed[0].version if removed else 0,
             revision=self.revision if removed else self.sm.revision,
@@ -400,7 +414,7 @@ class _Writes:
     def commit(self) -> None:
         """Make the staged writes the store's: one new revision for all of them."""
         if self.staged:
-            self.sm._install(self.revision, list(self.staged.values()), self.kv_bytes)
+            self.sm._install(self)
 
 
 class StateMachine:
@@ -618,28 +632,25 @@ class StateMachine:
             revision=revision,
         )
 
-    def _install(self, revision: int, changes: list[KeyValue], kv_bytes: int) -> None:
-        """Apply one command's staged versions (bounds already checked) at ``revision``."""
-        assert revision == self.revision + 1, f"revision {revision} after {self.revision}"
-        self.revision = revision
-        self._kv_bytes = kv_bytes
+    def _install(self, writes: _Writes) -> None:
+        """Make one command's staged versions (bounds already checked) the store's, at its
+        revision. A superseded live version (by a put or a deletion) becomes history."""
+        assert writes.revision == self.revision + 1, f"{writes.revision} after {self.revision}"
+        self.revision = writes.revision
+        self._kv_bytes = writes.kv_bytes
+        self._history_bytes += writes.history_bytes
         index = self._index
-        for kv in changes:
-            key = kv.key
+        for key, kv in writes.staged.items():
             versions = index.get(key)
-            prior = versions[-1] if versions is not None else None
-            was_live = prior is not None and prior.version > 0
             if versions is None:
                 index[key] = [kv]
                 bisect.insort(self._hkeys, key)
+                was_live = False
             else:
+                was_live = versions[-1].version > 0
                 versions.append(kv)
-            if prior is not None and was_live:
-                # The live version is superseded (by a put or this deletion): history now.
-                self._history_bytes += _entry_cost(prior)
             if kv.version == 0:
                 assert was_live, f"deletion of absent key {key!r}"
-                self._history_bytes += _entry_cost(kv)
                 del self._keys[bisect.bisect_left(self._keys, key)]
             elif not was_live:
                 bisect.insort(self._keys, key)
@@ -669,6 +680,7 @@ class StateMachine:
         touched: set[str] = set()
         while i < len(events) and events[i].mod_revision < revision:
             touched.add(events[i].key)
+            events[i] = _COMPACTED  # frees the version now; the slot goes in a bulk trim
             i += 1
         self._events_start = i
         if i > 1024 and i * 2 > len(events):
@@ -835,7 +847,13 @@ class StateMachine:
     def digest(self) -> str:
         """A hash chained over every applied (slot, value), with the store's revision and
         compaction revision: equal exactly when two replicas applied the same prefix and
-        agree on the revisions (up to SHA-256 collisions). It survives snapshot/restore."""
+        agree on the revisions (up to SHA-256 collisions). It survives snapshot/restore.
+
+        While the store is at revision 1 (no change since it was created or restored from a
+        format-1 snapshot) it is the bare chain, as before revisions existed, so a backup
+        made then still verifies against its recorded digest."""
+        if self.revision == 1 and self.compact_revision <= 1:
+            return self._chain.hex()
         h = hashlib.sha256(self._chain)
         h.update(self.revision.to_bytes(8, "big"))
         h.update(self.compact_revision.to_bytes(8, "big"))
@@ -911,10 +929,12 @@ class StateMachine:
             _restore_history(sm, state)
         if sm._kv_bytes > limits.kv_bytes_max:
             raise ValueError(f"kv holds {sm._kv_bytes} bytes, over {limits.kv_bytes_max}")
-        # Apply may leave history over its budget by what the last slot superseded (it never
-        # compacts the slot it applies); the live bytes bound what one slot can supersede.
-        if sm._history_bytes > limits.history_bytes_max + limits.kv_bytes_max:
-            raise ValueError(f"history holds {sm._history_bytes} bytes, over its bounds")
+        # Apply may leave history over its budget by what the last slot superseded, since it
+        # never compacts the slot it applies: at most every live version (each one's prior
+        # kept as a prev_kv, plus a tombstone no bigger than it) and the slot's own writes.
+        history_max = limits.history_bytes_max + 2 * limits.kv_bytes_max + _SLOT_BYTES_MAX
+        if sm._history_bytes > history_max:
+            raise ValueError(f"history holds {sm._history_bytes} bytes, over {history_max}")
 
         prior_pair: tuple[str, str] | None = None
         for p in state.blocks:
