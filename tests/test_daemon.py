@@ -22,6 +22,7 @@ from paxosd.client.client import Client as PaxosClient
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.net.handshake import PEER_LABEL, SecureConnection, initiate
 from paxosd.statemachine.commands import Found, Get
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -107,8 +108,11 @@ def test_every_answer_names_the_node_its_ballot_and_the_leader(cluster: LocalClu
         assert c.last_header.node == where["node_id"]
     follower = next(k for k in (1, 2, 3) if k != leader)
     with PaxosClient([cluster.endpoints()[follower - 1]], cluster.client_key()) as c:
-        found = c.get("header", stale=True)
-        assert isinstance(found, Found)
+        # The follower learns the decision with the leader's next message: wait for it.
+        wait_for(
+            "the follower applied the put",
+            lambda: isinstance(c.stale_read(Get(key="header")), Found),
+        )
         assert c.last_header is not None
         assert (c.last_header.node, c.last_header.leader) == (follower, leader)
 
