@@ -352,6 +352,8 @@ def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> No
     assert "paxosd_watch_events_sent_total 5.0" in body
     assert 'paxosd_role{role="leader"} 1.0' in body
     assert "paxosd_applied_index 5.0" in body
+    assert "paxosd_revision 6.0" in body  # a fresh store is at 1; five puts
+    assert "paxosd_compact_revision 0.0" in body
     assert "paxosd_commit_latency_seconds_count 5.0" in body
     assert "paxosd_storage_write_seconds_count" in body
 
