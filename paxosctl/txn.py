@@ -414,6 +414,16 @@ def response_lines(op: TxnOp, response: TxnResponse) -> list[str]:
     raise unexpected(response)
 
 
+def read_stdin(bytes_max: int) -> str:
+    """At most ``bytes_max`` bytes of stdin as text; bytes that are not UTF-8 stay as they
+    are (surrogate-escaped, as argv), so a quoted value may carry any bytes."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        return sys.stdin.read(bytes_max)
+    data: bytes = stream.read(bytes_max)
+    return data.decode("utf-8", "surrogateescape")
+
+
 @command_errors
 def txn(
     site: SiteOpt = None,
@@ -450,7 +460,7 @@ def txn(
             "type the compares, a blank line, the success requests, a blank line, the "
             "failure requests; end with Ctrl-D"
         )
-    data = sys.stdin.read(TXN_INPUT_BYTES_MAX + 1)
+    data = read_stdin(TXN_INPUT_BYTES_MAX + 1)
     try:
         parsed = parse_txn(data)
     except TxnParseError as e:

@@ -112,3 +112,14 @@ def test_the_header_revision_is_the_store_revision_an_answer_reflects() -> None:
     # A refusal names the revision asked for, not the store's.
     assert result_revision(RevisionCompacted(compact_revision=3, revision=1)) == 0
     assert result_revision(Stale(3)) == 0
+
+
+def test_a_refused_txn_or_compact_is_a_typed_error_not_a_result() -> None:
+    from paxosd.client.client import not_applied
+    from paxosd.client.errors import BadRequestError, UnavailableError
+    from paxosd.statemachine.commands import Full, Malformed
+
+    assert isinstance(not_applied(Full("kv")), UnavailableError)
+    assert "kv bound is reached" in str(not_applied(Full("kv")))
+    assert isinstance(not_applied(Malformed("bad")), BadRequestError)
+    assert isinstance(not_applied(Stale(3)), BadRequestError)

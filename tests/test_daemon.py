@@ -108,16 +108,11 @@ def test_every_answer_names_the_node_its_ballot_and_the_leader(cluster: LocalClu
         assert c.last_header.node == where["node_id"]
     follower = next(k for k in (1, 2, 3) if k != leader)
     with PaxosClient([cluster.endpoints()[follower - 1]], cluster.client_key()) as c:
-
-        def applied_here() -> Found | None:
-            # The follower may not have applied the put yet: a stale read says what it has.
-            with contextlib.suppress(NotFoundError):
-                found = c.get("header", stale=True)
-                assert isinstance(found, Found)
-                return found
-            return None
-
-        wait_for("the follower applies the put", applied_here)
+        # The follower learns the decision with the leader's next message: wait for it.
+        wait_for(
+            "the follower applied the put",
+            lambda: isinstance(c.stale_read(Get(key="header")), Found),
+        )
         assert c.last_header is not None
         assert (c.last_header.node, c.last_header.leader) == (follower, leader)
 
@@ -357,6 +352,8 @@ def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> No
     assert "paxosd_watch_events_sent_total 5.0" in body
     assert 'paxosd_role{role="leader"} 1.0' in body
     assert "paxosd_applied_index 5.0" in body
+    assert "paxosd_revision 6.0" in body  # a fresh store is at 1; five puts
+    assert "paxosd_compact_revision 0.0" in body
     assert "paxosd_commit_latency_seconds_count 5.0" in body
     assert "paxosd_storage_write_seconds_count" in body
 

@@ -88,6 +88,9 @@ def test_the_readme_python_section_runs_as_written(
     assert lines[2] == "[('greeting', b'hi')]"
     assert lines[3] == "greeting is gone"
     assert lines[4].startswith("Written(version=")
+    assert lines[5] == "b'v1'"
+    assert lines[6] == "True True"
+    assert lines[7].startswith("compacted; the oldest readable revision is ")
     with cluster.client() as c:
         counter = c.get("counter")
         assert isinstance(counter, Found) and (counter.value, counter.version) == (b"1", 1)

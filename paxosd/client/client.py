@@ -70,13 +70,16 @@ from paxosd.statemachine.commands import (
     Compacted,
     Compare,
     Delete,
+    Full,
     FutureRevision,
     Get,
+    Malformed,
     Op,
     Put,
     Result,
     RevisionCompacted,
     Scan,
+    Stale,
     Txn,
     TxnOp,
     TxnRefused,
@@ -154,6 +157,19 @@ def revision_error(result: Result, asked: int) -> ClientError | None:
         case TxnRefused(reason=reason):
             return TxnRefusedError(f"transaction refused: {reason}")
     return None
+
+
+def not_applied(result: Result) -> ClientError:
+    """The error for a result that is not the answer asked for: the state machine refused
+    the command (a bound reached, a malformed or stale command), or a server bug."""
+    match result:
+        case Full(what=what):
+            return UnavailableError(f"the cluster's {what} bound is reached; nothing changed")
+        case Malformed(reason=reason):
+            return BadRequestError(f"the cluster refused the command: {reason}")
+        case Stale(last_seq=seq):
+            return BadRequestError(f"the session already moved past this request (seq {seq})")
+    return BadRequestError(f"the server answered with {type(result).__name__}, not expected here")
 
 
 def check_revision(result: Result, asked: int = 0) -> Result:
@@ -302,7 +318,7 @@ class Client:
         far, ``FutureRevisionError`` if ``revision`` is newer than the store."""
         result = check_revision(self.execute(Compact(revision=revision)), revision)
         if not isinstance(result, Compacted):
-            raise BadRequestError(f"compact answered with {type(result).__name__}")
+            raise not_applied(result)
         return result
 
     def txn(
@@ -321,7 +337,7 @@ class Client:
         txn = Txn(compares=tuple(compare), success=tuple(success), failure=tuple(failure))
         result = check_revision(self.execute(txn))
         if not isinstance(result, TxnResult):
-            raise BadRequestError(f"txn answered with {type(result).__name__}")
+            raise not_applied(result)
         return result
 
     def block(self, site: str, other: str) -> Result:
@@ -689,6 +705,7 @@ __all__ = [
     "TxnRefusedError",
     "UnavailableError",
     "check_revision",
+    "not_applied",
     "parse_endpoint",
     "result_revision",
     "revision_error",

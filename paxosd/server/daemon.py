@@ -455,7 +455,11 @@ class Daemon:
         m.set_role(r.role.value)
         m.ballot_round.set(r.promised.round)
         m.decided.set(r.decided_through)
-        m.applied.set(self.node.sm.applied_through)
+        sm = self.node.sm
+        m.applied.set(sm.applied_through)
+        m.revision.set(sm.revision)
+        m.compact_revision.set(sm.compact_revision)
+        m.history_bytes.set(sm.history_bytes)
         for peer, s in self.peers.stats().items():
             m.peer_connected.labels(peer=str(peer)).set(1 if s.connected else 0)
         if r.is_leader:

@@ -23,6 +23,13 @@ class Metrics:
         self.ballot_round = Gauge("paxosd_ballot_round", "Round of the promised ballot", registry=r)
         self.decided = Gauge("paxosd_decided_index", "Highest contiguous decided slot", registry=r)
         self.applied = Gauge("paxosd_applied_index", "Highest applied slot", registry=r)
+        self.revision = Gauge("paxosd_revision", "Store revision applied", registry=r)
+        self.compact_revision = Gauge(
+            "paxosd_compact_revision", "Oldest revision the history holds (0: none)", registry=r
+        )
+        self.history_bytes = Gauge(
+            "paxosd_history_bytes", "Bytes the kept history is charged", registry=r
+        )
         self.peer_connected = Gauge(
             "paxosd_peer_connected", "1 if the link to the peer is up", ["peer"], registry=r
         )

@@ -170,3 +170,18 @@ def test_arbitrary_text_only_ever_raises_txn_parse_error() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         with contextlib.suppress(TxnParseError):
             parse_txn(text)
+
+
+def test_stdin_that_is_not_utf8_is_read_as_bytes_not_a_traceback() -> None:
+    from typer.testing import CliRunner
+
+    from paxosctl.app import app
+
+    # Refused by the parser (the key is not UTF-8) with one line and exit 2, before any
+    # connection is made.
+    result = CliRunner().invoke(app, ["txn"], input=b'value("\xff") = "v"\n')
+    assert result.exit_code == 2, result.output
+    assert "line 1: the key is not valid UTF-8 text" in result.stderr
+    # A value may hold any bytes: it parses.
+    parsed = parse_txn(b"\nput k \xff\xfe\n".decode("utf-8", "surrogateescape"))
+    assert parsed.success == (Put(key="k", value=b"\xff\xfe"),)
