@@ -73,6 +73,7 @@ RECIPES: list[tuple[str, list[str]]] = [
     ("bench transport", ["bench", "transport", "--seconds", "0.5"]),
     ("bench cli", ["bench", "cli", "--runs", "1"]),
     ("bench watch", ["bench", "watch", "--watchers", "10", "--events", "10"]),
+    ("bench history", ["bench", "history", "--puts", "200", "--keys", "10", "--rounds", "1"]),
     ("drill", ["drill", "--duration", "1", "--faults", "none", "--clients", "1"]),
     ("drill race", ["drill", "race", "--rounds", "1"]),
     ("batch", ["batch", "-"]),
