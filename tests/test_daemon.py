@@ -28,9 +28,12 @@ from tests.waiting import wait_for
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster.create(tmp_path / "c", 3)
-    c.up()
-    yield c
-    c.down()
+    try:
+        # up() raises when the cluster never gets ready: its nodes must still be stopped.
+        c.up()
+        yield c
+    finally:
+        c.down()
 
 
 def eventually_logged(c: LocalCluster, nodes: tuple[int, ...], text: str) -> bool:
