@@ -140,13 +140,16 @@ class WatchLimits:
     events_per_response_max: int = 1000
     # Estimated bytes of one response's events, with the same exception; the frame bound
     # (``frame_bytes_max``) is the hard one: a single revision over it cancels the watcher.
-    response_bytes_max: int = 1 << 20
+    # With the backlog bound it caps what a reader that stops reading costs this node:
+    # about (backlog_frames_max + frames_per_send_max) x this, 48 MiB, beyond a revision
+    # bigger than it (etcd keeps 128 responses per watch stream).
+    response_bytes_max: int = 256 << 10
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     # A connection with this many frames queued gets nothing more until it is down to
     # ``backlog_resume_frames``. It must stay well below the transport's send queue bound
     # (TransportLimits.send_queue_frames_max, 4096), which drops frames: the daemon checks.
-    backlog_frames_max: int = 256
-    backlog_resume_frames: int = 64
+    backlog_frames_max: int = 128
+    backlog_resume_frames: int = 32
     # Responses handed to the sink in one send; the backlog is checked before each send, so a
     # connection's queue never holds more than backlog_frames_max + frames_per_send_max.
     frames_per_send_max: int = 64
