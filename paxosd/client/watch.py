@@ -245,6 +245,7 @@ class Watch:
         router = self._router
         deadline = time.monotonic() + self.timeout_ms / 1000
         backoff = Backoff()
+        router.forget_refusals()
         while not self._canceled.is_set():
             ep = router.pick()
             if ep is not None:
@@ -264,6 +265,12 @@ class Watch:
                         return None
                     self._node = conn.server_node
                     return conn
+            if not self.created_revision and router.all_refused():
+                # Never connected and nothing listens: say so at once, as a command does (a
+                # watch that ran before waits out the timeout: a member may be restarting).
+                raise UnavailableError(
+                    f"every endpoint refused the connection ({router.problems()})"
+                )
             if time.monotonic() >= deadline:
                 raise UnavailableError(
                     f"the watch could not reach any member within {self.timeout_ms} ms "
