@@ -13,6 +13,7 @@ history is the same on every replica).
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 
 from paxosd.client.client import Client
 from paxosd.client.watch import Watch, WatchBatch
-from paxosd.lab.localcluster import LocalCluster
+from paxosd.lab.localcluster import LocalCluster, pick_base_port
 from paxosd.statemachine.commands import Compact, Compacted, Deleted, Rows, Written
 from tests.waiting import wait_for
 
@@ -34,7 +35,10 @@ Change = tuple[str, str, bytes, int]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("watch") / "c", 3)
+    # A random range first, not the shared default: other clusters on this machine start
+    # at the same moment.
+    base = pick_base_port(3, preferred=random.randrange(100, 300) * 100)
+    c = LocalCluster.create(tmp_path_factory.mktemp("watch") / "c", 3, base_port=base)
     c.up()
     try:
         yield c
@@ -171,8 +175,16 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
     with cluster.client(timeout_ms=30_000) as c:
         writer = Writer(c, "cli/")
         writer.write(3)
-        listed = c.scan("cli/", 100)
-        assert isinstance(listed, Rows)
+        # List then watch, as a script would: the revision the listing reflects, plus one.
+        listing = subprocess.run(
+            paxosctl_argv(cluster, key_file, 1, "scan", "--prefix", "cli/", "--json"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        listed_revision = json.loads(listing.stdout)["header"]["revision"]
+        assert listed_revision == writer.last_revision
         leader = leader_of(cluster)
         follower = next(k for k in cluster.node_ids() if k != leader)
         count = 12
@@ -184,7 +196,7 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
             "cli/",
             "--prefix",
             "--rev",
-            str(listed.revision + 1),
+            str(listed_revision + 1),
             "--json",
             "--count",
             str(count),
