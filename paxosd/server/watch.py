@@ -506,6 +506,9 @@ class WatchHub:
             if w.next_rev < sm.compact_revision:
                 self._cancel_one(w, sm)
                 continue
+            if w.next_rev > self.synced_rev:
+                self._join_synced(w)  # nothing older left to read
+                continue
             events = sm.events_since(w.next_rev, min(budget, self.limits.synced_events_per_pump))
             budget -= max(1, len(events))
             upto = [ev for ev in events if ev.kv.mod_revision <= self.synced_rev]
