@@ -26,7 +26,18 @@ import pytest
 from paxosd.client.client import Client
 from paxosd.client.watch import Watch, WatchBatch
 from paxosd.lab.localcluster import LocalCluster, pick_base_port
-from paxosd.statemachine.commands import Compact, Compacted, Deleted, Rows, Written
+from paxosd.net.framing import ClientReply, ClientRequest, WatchCreate, WatchResponse
+from paxosd.net.transport import ClientConnection
+from paxosd.statemachine.commands import (
+    Command,
+    Compact,
+    Compacted,
+    Deleted,
+    Put,
+    Rows,
+    Written,
+    encode_command,
+)
 from tests.waiting import wait_for
 
 # (type, key, value, revision): what one write did, and what its event must say.
@@ -300,3 +311,37 @@ def test_view_follow_prints_the_timeline_then_each_new_visible_post(
         assert posts[-1]["site"] == "paris" and posts[-1]["value"] == "encore"
         slots = [p["slot"] for p in posts]
         assert slots == sorted(set(slots))  # each post once, in log order
+
+
+def test_a_bad_watch_request_is_answered_and_the_connection_keeps_serving(
+    cluster: LocalCluster,
+) -> None:
+    leader = leader_of(cluster)
+    address = cluster.endpoints()[leader - 1]
+    with ClientConnection.connect(address, client_key=cluster.client_key(), client_id=77) as conn:
+        conn.send(WatchCreate(1, ""), WatchCreate(2, "k", filters=("NOPE",)))
+        answers: list[WatchResponse] = []
+        wait_for(
+            "both refusals",
+            lambda: (
+                answers.extend(b for b in conn.recv(200) if isinstance(b, WatchResponse))
+                or len(answers) >= 2
+            ),
+        )
+        assert [(a.watch_id, a.canceled) for a in answers] == [(1, True), (2, True)]
+        assert "empty" in answers[0].reason and "unknown event filter" in answers[1].reason
+        # The same connection still serves a watch and a command.
+        conn.send(WatchCreate(3, "bad/ok"))
+        command = encode_command(Command(client_id="t77", seq=1, site="s", op=Put("bad/ok", b"1")))
+        conn.send(ClientRequest(9, command))
+        got: list[object] = []
+
+        def both() -> bool:
+            got.extend(conn.recv(200))
+            events = [b for b in got if isinstance(b, WatchResponse) and b.events]
+            replies = [b for b in got if isinstance(b, ClientReply)]
+            return bool(events) and bool(replies)
+
+        wait_for("the event and the reply", both)
+        reply = next(b for b in got if isinstance(b, ClientReply))
+        assert reply.status == "ok"
