@@ -141,9 +141,10 @@ class WatchLimits:
     # Estimated bytes of one response's events, with the same exception; the frame bound
     # (``frame_bytes_max``) is the hard one: a single revision over it cancels the watcher.
     # With the backlog bound it caps what a reader that stops reading costs this node:
-    # about (backlog_frames_max + frames_per_send_max) x this, 48 MiB, beyond a revision
-    # bigger than it (etcd keeps 128 responses per watch stream).
-    response_bytes_max: int = 256 << 10
+    # (backlog_frames_max + frames_per_send_max) = 192 frames of about this, 12 MiB, unless
+    # its revisions are bigger (each at most frame_bytes_max). etcd keeps 128 responses per
+    # watch stream.
+    response_bytes_max: int = 64 << 10
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     # A connection with this many frames queued gets nothing more until it is down to
     # ``backlog_resume_frames``. It must stay well below the transport's send queue bound
