@@ -345,3 +345,40 @@ def test_a_bad_watch_request_is_answered_and_the_connection_keeps_serving(
         wait_for("the event and the reply", both)
         reply = next(b for b in got if isinstance(b, ClientReply))
         assert reply.status == "ok"
+
+
+def test_a_watch_on_a_member_that_stops_answering_resumes_on_another(
+    cluster: LocalCluster,
+) -> None:
+    """SIGSTOP: the member's kernel keeps the connection up, so only the watch's own ping
+    can tell; the watch must move on without a gap or a repeat."""
+    with cluster.client(timeout_ms=30_000) as c:
+        writer = Writer(c, "stop/")
+        writer.write(1)
+        start = writer.last_revision + 1
+        leader = leader_of(cluster)
+        follower = next(k for k in cluster.node_ids() if k != leader)
+        w = Watch(
+            first(cluster, follower),
+            cluster.client_key(),
+            "stop/",
+            prefix=True,
+            start_revision=start,
+            timeout_ms=30_000,
+            ping_after_ms=300,
+            ping_timeout_ms=1000,
+        )
+        col = Collector(w)
+        writer.write(3)
+        wait_for("the first events", lambda: col.through() >= writer.last_revision)
+        assert {b.node for b in col.batches} == {follower}
+        cluster.signal(follower, signal.SIGSTOP)
+        try:
+            writer.write(5)
+            wait_for("events from another member", lambda: col.through() >= writer.last_revision)
+        finally:
+            cluster.signal(follower, signal.SIGCONT)
+        got = col.stop()
+    assert got == writer.changes[1:]
+    assert {b.node for b in col.batches} - {follower}, "the watch never left the stopped member"
+    assert w.reconnects >= 1
