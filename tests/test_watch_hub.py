@@ -188,6 +188,37 @@ def test_a_slow_watcher_is_held_within_the_bound_then_caught_up_from_history() -
     assert sink.high_water <= limits.queue_frames_max
 
 
+def test_many_slow_readers_together_are_held_within_the_node_bound_then_caught_up() -> None:
+    limits = WatchLimits(
+        backlog_frames_max=20,
+        backlog_resume_frames=5,
+        frames_per_send_max=2,
+        node_backlog_frames_max=50,
+        events_per_response_max=1,
+    )
+    hub, sink, store = hub_with(limits)
+    conns = range(1, 11)
+    for conn in conns:
+        hub.create(conn, WatchCreate(1, "k"), store, HEADER)
+    sink.take(None)  # the created answers
+    high = 0
+    for i in range(100):
+        store.put("k", b"%d" % i)
+        hub.pump(store, i, HEADER)
+        high = max(high, sum(sink.backlog(c) for c in conns))
+    # Ten connections of 20 frames each would be 200: the node's bound holds them to 50.
+    assert high <= limits.node_backlog_frames_max + limits.frames_per_send_max
+    assert hub.stats().catching_up == 10
+    for turn in range(1000):
+        for conn in conns:
+            sink.take(conn, 3)
+        hub.pump(store, 1000 + turn, HEADER)
+        if hub.stats().catching_up == 0 and not any(sink.backlog(c) for c in conns):
+            break
+    for conn in conns:
+        check_stream(sink.responses(conn, 1)[1:], store.history, "k", start=2)
+
+
 def test_a_catching_up_watcher_overtaken_by_compaction_is_canceled_with_its_revision() -> None:
     limits = WatchLimits(backlog_frames_max=4, backlog_resume_frames=1, frames_per_send_max=1)
     hub, sink, store = hub_with(limits)
