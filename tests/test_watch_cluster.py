@@ -13,6 +13,7 @@ history is the same on every replica).
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -24,8 +25,19 @@ import pytest
 
 from paxosd.client.client import Client
 from paxosd.client.watch import Watch, WatchBatch
-from paxosd.lab.localcluster import LocalCluster
-from paxosd.statemachine.commands import Compact, Compacted, Deleted, Rows, Written
+from paxosd.lab.localcluster import LocalCluster, pick_base_port
+from paxosd.net.framing import ClientReply, ClientRequest, WatchCreate, WatchResponse
+from paxosd.net.transport import ClientConnection
+from paxosd.statemachine.commands import (
+    Command,
+    Compact,
+    Compacted,
+    Deleted,
+    Put,
+    Rows,
+    Written,
+    encode_command,
+)
 from tests.waiting import wait_for
 
 # (type, key, value, revision): what one write did, and what its event must say.
@@ -34,7 +46,10 @@ Change = tuple[str, str, bytes, int]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("watch") / "c", 3)
+    # A random range first, not the shared default: other clusters on this machine start
+    # at the same moment.
+    base = pick_base_port(3, preferred=random.randrange(100, 300) * 100)
+    c = LocalCluster.create(tmp_path_factory.mktemp("watch") / "c", 3, base_port=base)
     c.up()
     try:
         yield c
@@ -171,8 +186,16 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
     with cluster.client(timeout_ms=30_000) as c:
         writer = Writer(c, "cli/")
         writer.write(3)
-        listed = c.scan("cli/", 100)
-        assert isinstance(listed, Rows)
+        # List then watch, as a script would: the revision the listing reflects, plus one.
+        listing = subprocess.run(
+            paxosctl_argv(cluster, key_file, 1, "scan", "--prefix", "cli/", "--json"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        listed_revision = json.loads(listing.stdout)["header"]["revision"]
+        assert listed_revision == writer.last_revision
         leader = leader_of(cluster)
         follower = next(k for k in cluster.node_ids() if k != leader)
         count = 12
@@ -184,7 +207,7 @@ def test_paxosctl_watch_json_count_prints_every_change_across_a_kill_9(
             "cli/",
             "--prefix",
             "--rev",
-            str(listed.revision + 1),
+            str(listed_revision + 1),
             "--json",
             "--count",
             str(count),
@@ -288,3 +311,74 @@ def test_view_follow_prints_the_timeline_then_each_new_visible_post(
         assert posts[-1]["site"] == "paris" and posts[-1]["value"] == "encore"
         slots = [p["slot"] for p in posts]
         assert slots == sorted(set(slots))  # each post once, in log order
+
+
+def test_a_bad_watch_request_is_answered_and_the_connection_keeps_serving(
+    cluster: LocalCluster,
+) -> None:
+    leader = leader_of(cluster)
+    address = cluster.endpoints()[leader - 1]
+    with ClientConnection.connect(address, client_key=cluster.client_key(), client_id=77) as conn:
+        conn.send(WatchCreate(1, ""), WatchCreate(2, "k", filters=("NOPE",)))
+        answers: list[WatchResponse] = []
+        wait_for(
+            "both refusals",
+            lambda: (
+                answers.extend(b for b in conn.recv(200) if isinstance(b, WatchResponse))
+                or len(answers) >= 2
+            ),
+        )
+        assert [(a.watch_id, a.canceled) for a in answers] == [(1, True), (2, True)]
+        assert "empty" in answers[0].reason and "unknown event filter" in answers[1].reason
+        # The same connection still serves a watch and a command.
+        conn.send(WatchCreate(3, "bad/ok"))
+        command = encode_command(Command(client_id="t77", seq=1, site="s", op=Put("bad/ok", b"1")))
+        conn.send(ClientRequest(9, command))
+        got: list[object] = []
+
+        def both() -> bool:
+            got.extend(conn.recv(200))
+            events = [b for b in got if isinstance(b, WatchResponse) and b.events]
+            replies = [b for b in got if isinstance(b, ClientReply)]
+            return bool(events) and bool(replies)
+
+        wait_for("the event and the reply", both)
+        reply = next(b for b in got if isinstance(b, ClientReply))
+        assert reply.status == "ok"
+
+
+def test_a_watch_on_a_member_that_stops_answering_resumes_on_another(
+    cluster: LocalCluster,
+) -> None:
+    """SIGSTOP: the member's kernel keeps the connection up, so only the watch's own ping
+    can tell; the watch must move on without a gap or a repeat."""
+    with cluster.client(timeout_ms=30_000) as c:
+        writer = Writer(c, "stop/")
+        writer.write(1)
+        start = writer.last_revision + 1
+        leader = leader_of(cluster)
+        follower = next(k for k in cluster.node_ids() if k != leader)
+        w = Watch(
+            first(cluster, follower),
+            cluster.client_key(),
+            "stop/",
+            prefix=True,
+            start_revision=start,
+            timeout_ms=30_000,
+            ping_after_ms=300,
+            ping_timeout_ms=1000,
+        )
+        col = Collector(w)
+        writer.write(3)
+        wait_for("the first events", lambda: col.through() >= writer.last_revision)
+        assert {b.node for b in col.batches} == {follower}
+        cluster.signal(follower, signal.SIGSTOP)
+        try:
+            writer.write(5)
+            wait_for("events from another member", lambda: col.through() >= writer.last_revision)
+        finally:
+            cluster.signal(follower, signal.SIGCONT)
+        got = col.stop()
+    assert got == writer.changes[1:]
+    assert {b.node for b in col.batches} - {follower}, "the watch never left the stopped member"
+    assert w.reconnects >= 1

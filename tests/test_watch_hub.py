@@ -25,7 +25,17 @@ from paxosd.server.watch import (
     _Shared,
     _Watcher,
 )
-from paxosd.statemachine.commands import Event
+from paxosd.statemachine.commands import (
+    Command,
+    Compact,
+    Delete,
+    Event,
+    Op,
+    Put,
+    Txn,
+    encode_command,
+)
+from paxosd.statemachine.machine import StateMachine
 from tests.watchmodel import FakeStore, QueueSink, check_stream, delivered
 
 HEADER = (3, 1)
@@ -73,7 +83,9 @@ def test_every_watch_gets_exactly_the_projection_of_the_history(seed: int) -> No
     for turn in range(60):
         random_writes(store, rng, rng.randrange(4), KEYS)
         hub.pump(store, turn, HEADER)
-    for _ in range(1000):  # let every bounded pump finish
+    for _ in range(1000):  # the clients read; let every bounded pump finish
+        for conn in (1, 2, 3):
+            sink.take(conn)
         if hub.stats().catching_up == 0 and hub.synced_rev == store.revision:
             break
         hub.pump(store, 100, HEADER)
@@ -174,6 +186,37 @@ def test_a_slow_watcher_is_held_within_the_bound_then_caught_up_from_history() -
     assert hub.stats().catching_up == 0
     check_stream(sink.responses(1, 1)[1:], store.history, "k", start=2)
     assert sink.high_water <= limits.queue_frames_max
+
+
+def test_many_slow_readers_together_are_held_within_the_node_bound_then_caught_up() -> None:
+    limits = WatchLimits(
+        backlog_frames_max=20,
+        backlog_resume_frames=5,
+        frames_per_send_max=2,
+        node_backlog_frames_max=50,
+        events_per_response_max=1,
+    )
+    hub, sink, store = hub_with(limits)
+    conns = range(1, 11)
+    for conn in conns:
+        hub.create(conn, WatchCreate(1, "k"), store, HEADER)
+    sink.take(None)  # the created answers
+    high = 0
+    for i in range(100):
+        store.put("k", b"%d" % i)
+        hub.pump(store, i, HEADER)
+        high = max(high, sum(sink.backlog(c) for c in conns))
+    # Ten connections of 20 frames each would be 200: the node's bound holds them to 50.
+    assert high <= limits.node_backlog_frames_max + limits.frames_per_send_max
+    assert hub.stats().catching_up == 10
+    for turn in range(1000):
+        for conn in conns:
+            sink.take(conn, 3)
+        hub.pump(store, 1000 + turn, HEADER)
+        if hub.stats().catching_up == 0 and not any(sink.backlog(c) for c in conns):
+            break
+    for conn in conns:
+        check_stream(sink.responses(conn, 1)[1:], store.history, "k", start=2)
 
 
 def test_a_catching_up_watcher_overtaken_by_compaction_is_canceled_with_its_revision() -> None:
@@ -523,3 +566,74 @@ def test_any_sequence_of_requests_keeps_every_stream_ordered_and_unique(
             prev_kv=req.prev_kv,
         )
         assert w.synced
+
+
+# ------------------------------------------------------------------ the real state machine
+
+
+class Applier:
+    """Commands applied to the real StateMachine, one slot each, as the log would."""
+
+    def __init__(self) -> None:
+        self.sm = StateMachine()
+        self.slot = 0
+
+    def do(self, op: Op) -> None:
+        self.slot += 1
+        cmd = Command(client_id="t", seq=self.slot, site="s", op=op)
+        self.sm.apply(self.slot, (encode_command(cmd),))
+
+
+def test_the_real_state_machine_history_with_txns_and_prefix_deletes_is_delivered() -> None:
+    rng = random.Random(7)
+    sink = QueueSink()
+    hub = WatchHub(sink, node=1, limits=WatchLimits(synced_events_per_pump=5))
+    a = Applier()
+    specs = [
+        (1, WatchCreate(1, "", prefix=True, prev_kv=True)),
+        (1, WatchCreate(2, "d/", prefix=True, filters=("PUT",))),
+        (2, WatchCreate(1, "d/1")),
+    ]
+    for conn, req in specs:
+        hub.create(conn, req, a.sm, HEADER)
+    for turn in range(120):
+        roll = rng.random()
+        k = f"d/{rng.randrange(4)}"
+        if roll < 0.1:
+            a.do(Delete(key="d/", prefix=True))
+        elif roll < 0.25:
+            a.do(Txn(compares=(), success=(Put("d/1", b"t%d" % turn), Put("e", b"%d" % turn))))
+        elif roll < 0.35:
+            a.do(Delete(key=k))
+        else:
+            a.do(Put(k, b"v%d" % turn))
+        if turn % 3 == 0:
+            hub.pump(a.sm, turn, HEADER)
+    for turn in range(200):
+        hub.pump(a.sm, 1000 + turn, HEADER)
+        if hub.synced_rev == a.sm.revision:
+            break
+    truth = a.sm.events_since(2, 1_000_000)
+    assert truth and truth[-1].kv.mod_revision == a.sm.revision
+    for conn, req in specs:
+        check_stream(
+            sink.responses(conn, req.watch_id)[1:],
+            truth,
+            req.key,
+            prefix=req.prefix,
+            start=2,
+            filters=req.filters,
+            prev_kv=req.prev_kv,
+        )
+    # A watch from the compaction revision after a compaction: the rest of the same history.
+    middle = a.sm.revision // 2
+    a.do(Compact(revision=middle))
+    assert a.sm.compact_revision == middle
+    hub.create(3, WatchCreate(1, "", prefix=True, start_revision=middle), a.sm, HEADER)
+    hub.create(3, WatchCreate(2, "", prefix=True, start_revision=middle - 1), a.sm, HEADER)
+    for turn in range(200):
+        hub.pump(a.sm, 2000 + turn, HEADER)
+        if hub.stats().catching_up == 0:
+            break
+    check_stream(sink.responses(3, 1)[1:], truth, "", prefix=True, start=middle)
+    assert sink.responses(3, 2)[-1].compact_revision == middle

@@ -111,8 +111,11 @@ class QueueSink:
     def backlog(self, conn_id: int) -> int:
         return len(self.queues.get(conn_id, ()))
 
-    def take(self, conn_id: int, n: int | None = None) -> list[WatchResponse]:
-        """The client reads ``n`` frames (all when None)."""
+    def take(self, conn_id: int | None, n: int | None = None) -> list[WatchResponse]:
+        """The client reads ``n`` frames (all when None); every connection's when
+        ``conn_id`` is None."""
+        if conn_id is None:
+            return [r for c in list(self.queues) for r in self.take(c, n)]
         q = self.queues.get(conn_id, deque())
         count = len(q) if n is None else min(n, len(q))
         got = [q.popleft() for _ in range(count)]

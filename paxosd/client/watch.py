@@ -28,7 +28,8 @@ from paxosd.client.errors import (
     UnavailableError,
 )
 from paxosd.client.routing import Address, Backoff, Router
-from paxosd.net.framing import BadFrame, WatchCreate, WatchResponse
+from paxosd.net.admin import Members
+from paxosd.net.framing import BadFrame, QueryRequest, WatchCreate, WatchResponse
 from paxosd.net.transport import ClientConnection
 from paxosd.statemachine.commands import EVENT_TYPES, KEY_BYTES_MAX, Event
 
@@ -37,6 +38,13 @@ from paxosd.statemachine.commands import EVENT_TYPES, KEY_BYTES_MAX, Event
 WAIT_SLICE_MS = 200
 # The one watch on a Watch's own connection.
 _WATCH_ID = 1
+# A member that sent nothing for PING_AFTER_MS is asked a trivial question on the watch's
+# connection; one that does not answer within PING_TIMEOUT_MS is taken for gone (stopped,
+# hung, or cut off without a reset) and the watch resumes on another. A quiet key alone
+# never looks like that: the member answers the question whatever its watchers do.
+PING_AFTER_MS = 10_000
+PING_TIMEOUT_MS = 5_000
+_PING_ID = 1
 
 
 class WatchCanceledError(ClientError):
@@ -85,8 +93,16 @@ class Watch:
         progress_notify: bool = False,
         filters: Sequence[str] = (),
         timeout_ms: int = 5000,
+        ping_after_ms: int = PING_AFTER_MS,
+        ping_timeout_ms: int = PING_TIMEOUT_MS,
     ) -> None:
         _check_request(key, prefix, start_revision, filters)
+        assert ping_after_ms > 0 and ping_timeout_ms > 0
+        self.ping_after_ms = ping_after_ms
+        self.ping_timeout_ms = ping_timeout_ms
+        # When the member last sent anything, and when it was asked whether it is there.
+        self._heard_at = 0.0
+        self._pinged_at: float | None = None
         self.key = key
         self.prefix = prefix
         self.prev_kv = prev_kv
@@ -193,6 +209,16 @@ class Watch:
             return
         try:
             bodies = conn.recv(wait_ms)
+            now = time.monotonic()
+            if bodies:
+                self._heard_at, self._pinged_at = now, None
+            elif self._pinged_at is None:
+                if now - self._heard_at >= self.ping_after_ms / 1000:
+                    conn.send(QueryRequest(_PING_ID, Members()))
+                    self._pinged_at = now
+            elif now - self._pinged_at >= self.ping_timeout_ms / 1000:
+                self._lost(f"node {self._node} did not answer within {self.ping_timeout_ms} ms")
+                return
         except (OSError, EOFError, BadFrame) as e:
             self._lost(f"connection lost: {e}" if str(e) else "connection lost")
             return
@@ -245,6 +271,7 @@ class Watch:
         router = self._router
         deadline = time.monotonic() + self.timeout_ms / 1000
         backoff = Backoff()
+        router.forget_refusals()
         while not self._canceled.is_set():
             ep = router.pick()
             if ep is not None:
@@ -263,7 +290,14 @@ class Watch:
                         self._finish()
                         return None
                     self._node = conn.server_node
+                    self._heard_at, self._pinged_at = time.monotonic(), None
                     return conn
+            if not self.created_revision and router.all_refused():
+                # Never connected and nothing listens: say so at once, as a command does (a
+                # watch that ran before waits out the timeout: a member may be restarting).
+                raise UnavailableError(
+                    f"every endpoint refused the connection ({router.problems()})"
+                )
             if time.monotonic() >= deadline:
                 raise UnavailableError(
                     f"the watch could not reach any member within {self.timeout_ms} ms "

@@ -60,7 +60,7 @@ from paxosd.net.framing import (
     WatchCreate,
     WatchResponse,
 )
-from paxosd.net.transport import ClientServer, PeerTransport, TransportLimits
+from paxosd.net.transport import ClientServer, PeerTransport
 from paxosd.server.compaction import AutoCompactor
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
 from paxosd.server.digestcheck import DigestHistory, DigestProbe
@@ -153,7 +153,7 @@ class Daemon:
         self.notifier = Notifier()
         watch_limits = WatchLimits()
         # The hub's worst case must fit the transport's queue with room for ordinary replies.
-        assert 2 * watch_limits.queue_frames_max <= TransportLimits().send_queue_frames_max
+        assert 2 * watch_limits.queue_frames_max <= self.clients.limits.send_queue_frames_max
         self.watches = WatchHub(ClientSink(self.clients), node=config.node_id, limits=watch_limits)
         self._next_watch_sweep_ms = 0
         self.metrics: Metrics | None = None

@@ -140,13 +140,22 @@ class WatchLimits:
     events_per_response_max: int = 1000
     # Estimated bytes of one response's events, with the same exception; the frame bound
     # (``frame_bytes_max``) is the hard one: a single revision over it cancels the watcher.
-    response_bytes_max: int = 1 << 20
+    # With the backlog bound it caps what a reader that stops reading costs this node:
+    # (backlog_frames_max + frames_per_send_max) = 192 frames of about this, 12 MiB, unless
+    # its revisions are bigger (each at most frame_bytes_max). etcd keeps 128 responses per
+    # watch stream.
+    response_bytes_max: int = 64 << 10
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     # A connection with this many frames queued gets nothing more until it is down to
     # ``backlog_resume_frames``. It must stay well below the transport's send queue bound
     # (TransportLimits.send_queue_frames_max, 4096), which drops frames: the daemon checks.
-    backlog_frames_max: int = 256
-    backlog_resume_frames: int = 64
+    backlog_frames_max: int = 128
+    backlog_resume_frames: int = 32
+    # The same bound for all connections together: while this many frames are queued on
+    # the watch connections of this node, no watcher is sent more (they catch up later).
+    # Client connections are at most 256 (TransportLimits.client_connections_max), each
+    # holding up to queue_frames_max frames: this keeps the node's total well below that.
+    node_backlog_frames_max: int = 4096
     # Responses handed to the sink in one send; the backlog is checked before each send, so a
     # connection's queue never holds more than backlog_frames_max + frames_per_send_max.
     frames_per_send_max: int = 64
@@ -164,6 +173,7 @@ class WatchLimits:
         assert self.events_per_response_max >= 1
         assert 1 <= self.response_bytes_max < self.frame_bytes_max
         assert 0 <= self.backlog_resume_frames < self.backlog_frames_max
+        assert self.node_backlog_frames_max >= 1
         assert self.frames_per_send_max >= 1
         assert self.synced_events_per_pump >= 1 and self.catchup_events_per_pump >= 1
         assert self.progress_interval_ms >= 1
@@ -304,6 +314,7 @@ class WatchHub:
         # progress is next looked at (a tenth of the interval: not every watcher every turn).
         self._now_ms = 0
         self._next_progress_ms = 0
+        self._node_frames = 0
 
     # ------------------------------------------------------------------ requests
 
@@ -385,6 +396,9 @@ class WatchHub:
         if self.synced_rev is None:
             self.synced_rev = sm.revision
         assert sm.revision >= self.synced_rev, (sm.revision, self.synced_rev)
+        # Frames queued on all watch connections now; each send this pump adds its own (as
+        # if none were written yet: the bound holds whatever the sockets take meanwhile).
+        self._node_frames = sum(self.sink.backlog(c) for c in self._per_conn)
         if sm is not self._sm_seen or sm.compact_revision != self._compact_seen:
             self._cancel_compacted(sm)
             self._sm_seen = sm
@@ -490,6 +504,7 @@ class WatchHub:
         budget = self.limits.catchup_events_per_pump
         backlog = self.sink.backlog
         resume = self.limits.backlog_resume_frames
+        node_max = self.limits.node_backlog_frames_max
         shared = _Shared()
         for _ in range(len(self._catching_up)):
             if budget <= 0:
@@ -497,11 +512,14 @@ class WatchHub:
             w = self._catching_up.popleft()
             if self._watchers.get((w.conn_id, w.watch_id)) is not w or w.synced:
                 continue  # removed (its id maybe reused since), or rejoined, since queued
-            if backlog(w.conn_id) > resume:
+            if backlog(w.conn_id) > resume or self._node_frames >= node_max:
                 self._catching_up.append(w)
                 continue
             if w.next_rev < sm.compact_revision:
                 self._cancel_one(w, sm)
+                continue
+            if w.next_rev > self.synced_rev:
+                self._join_synced(w)  # nothing older left to read
                 continue
             events = sm.events_since(w.next_rev, min(budget, self.limits.synced_events_per_pump))
             budget -= max(1, len(events))
@@ -527,14 +545,16 @@ class WatchHub:
         assert self.synced_rev is not None
         interval = self.limits.progress_interval_ms
         bound = self.limits.backlog_frames_max
+        node_max = self.limits.node_backlog_frames_max
         for w in list(self._progress):
             if not w.synced or now_ms - w.last_sent_ms < interval:
                 continue
-            if self.sink.backlog(w.conn_id) >= bound:
+            if self._node_frames >= node_max or self.sink.backlog(w.conn_id) >= bound:
                 continue
             resp = self._response(w.watch_id, self.synced_rev, progress=True)
             if self._send(w.conn_id, [resp]):
                 w.last_sent_ms = now_ms
+                self._node_frames += 1
 
     # ------------------------------------------------------------------ delivery
 
@@ -544,11 +564,12 @@ class WatchHub:
         backlog stopped it (it is then catching up from the first revision not sent), or the
         watcher is gone (its connection closed, or a revision too large to send)."""
         bound = self.limits.backlog_frames_max
+        node_max = self.limits.node_backlog_frames_max
         step = self.limits.frames_per_send_max
         chunks = plan.chunks
         for i in range(0, len(chunks), step):
             part = chunks[i : i + step]
-            if self.sink.backlog(w.conn_id) >= bound:
+            if self._node_frames >= node_max or self.sink.backlog(w.conn_id) >= bound:
                 # Everything before this part was sent or did not concern w.
                 self._counters.slow_events += 1
                 self._fall_behind(w)
@@ -559,6 +580,7 @@ class WatchHub:
             w.next_rev = part[-1][-1].kv.mod_revision + 1
             w.last_sent_ms = now_ms
             self._counters.events_sent += sum(len(c) for c in part)
+            self._node_frames += len(part)
         if plan.too_large is not None:
             # It cannot be delivered whole, and it is never skipped: the watch ends, loudly.
             resp = self._response(w.watch_id, sm.revision, canceled=True)

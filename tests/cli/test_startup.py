@@ -47,7 +47,19 @@ loaded = sorted(m for m in sys.modules if any(m == b or m.startswith(b + ".") fo
 sys.stdout.write("\\n" + json.dumps(loaded) + "\\n")
 """
 
-LIGHT = ["get", "put", "delete", "cas", "scan", "view", "blocks", "view_log", "status", "batch"]
+LIGHT = [
+    "get",
+    "put",
+    "delete",
+    "cas",
+    "scan",
+    "view",
+    "blocks",
+    "view_log",
+    "status",
+    "batch",
+    "watch",
+]
 # Real arguments for a run that goes through the client and fails fast (nothing listens).
 RUN_ARGS = {
     "get": ["k"],
@@ -60,6 +72,7 @@ RUN_ARGS = {
     "view_log": [],
     "status": [],
     "batch": ["-"],
+    "watch": ["k"],
 }
 
 
