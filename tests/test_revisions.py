@@ -716,3 +716,40 @@ def test_the_machine_agrees_with_a_naive_model_of_every_revision(ops, cut, budge
         sm.apply(sm.applied_through + 1, (encode_command(Command("c", i + 1, "A", op)),))
         model.apply(op, compact_revision)
         _check_against_model(sm, model)
+
+
+class _PrevKvLost(StateMachine):
+    """Planted bug: events lose their prev_kv."""
+
+    def events_since(self, revision: int, limit: int) -> list[Event]:
+        return [Event(e.type, e.kv, None) for e in super().events_since(revision, limit)]
+
+
+class _ReadsOneRevisionEarly(StateMachine):
+    """Planted bug: a read at R answers as of R - 1."""
+
+    def _at(self, key: str, revision: int) -> KeyValue | None:
+        return super()._at(key, max(revision - 1, 1))
+
+
+class _CompactsOneTooMany(StateMachine):
+    """Planted bug: compaction also drops the version the store had at C."""
+
+    def _compact(self, revision: int) -> None:
+        super()._compact(revision)
+        for versions in self._index.values():
+            if len(versions) > 1 and versions[0].mod_revision < revision:
+                del versions[0]
+
+
+@pytest.mark.parametrize("planted", [_PrevKvLost, _ReadsOneRevisionEarly, _CompactsOneTooMany])
+def test_the_model_check_catches_planted_bugs(planted: type[StateMachine]) -> None:
+    ops: list[Op] = [Put("a", b"1"), Put("b", b"1"), Put("a", b"2"), Delete("b"), Compact(3)]
+    sm = planted()
+    model = Model()
+    with pytest.raises(AssertionError):
+        for i, op in enumerate(ops):
+            compact_revision = sm.compact_revision
+            sm.apply(sm.applied_through + 1, (encode_command(Command("c", i + 1, "A", op)),))
+            model.apply(op, compact_revision)
+            _check_against_model(sm, model)
