@@ -753,3 +753,23 @@ def test_the_model_check_catches_planted_bugs(planted: type[StateMachine]) -> No
             sm.apply(sm.applied_through + 1, (encode_command(Command("c", i + 1, "A", op)),))
             model.apply(op, compact_revision)
             _check_against_model(sm, model)
+
+
+def test_a_scan_looks_at_a_bounded_number_of_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("paxosd.statemachine.machine.SCAN_VISITS_MAX", 5)
+    d = Driver()
+    for i in range(8):
+        d.run(Put(f"k{i}", b"v"))  # 2..9
+    d.run(Put("z", b"late"))  # 10
+    # As of revision 2 only k0 existed: the scan passes absent keys and stops at the bound.
+    assert d.run(Scan("", 10, revision=2)) == Rows((Row("k0", b"v", 1, 2, 2),), True, 10)
+    assert d.run(Scan("", 10, revision=10)) == Rows(
+        tuple(Row(f"k{i}", b"v", 1, 2 + i, 2 + i) for i in range(5)), True, 10
+    )
+    # In a transaction the bound is shared by its scans.
+    result = d.run(Txn((), (Scan("", 3), Scan("", 10))))
+    assert isinstance(result, TxnResult)
+    first, second = result.responses
+    assert isinstance(first, Rows) and isinstance(second, Rows)
+    assert (len(first.rows), first.more) == (3, True)
+    assert len(second.rows) <= 2 and second.more

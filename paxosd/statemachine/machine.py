@@ -95,6 +95,8 @@ ENTRY_OVERHEAD_BYTES: Final = 64
 # commands.RESULT_BYTES_MAX even with per-row overhead. A write's answer (a transaction's
 # responses, a prefix delete's prev_kv) shares one budget of this size too.
 PAGE_BYTES_MAX: Final = 4 << 20
+# Keys one scan (or one transaction's scans) may look at, present or not.
+SCAN_VISITS_MAX: Final = 100_000
 # A hard ceiling on the sum of the byte budgets, so a valid state always snapshots under
 # SNAPSHOT_BYTES_MAX.
 _BUDGET_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX - (64 << 20)
@@ -335,7 +337,7 @@ class _Writes:
     own earlier writes. Every staged version carries the command's revision, ``revision``.
     Each key is written at most once (``_duplicate_write`` enforces it for transactions)."""
 
-    __slots__ = ("budget", "history_bytes", "kv_bytes", "revision", "sm", "staged")
+    __slots__ = ("budget", "history_bytes", "kv_bytes", "revision", "sm", "staged", "visits")
 
     def __init__(self, sm: "StateMachine") -> None:
         self.sm = sm
@@ -344,6 +346,7 @@ class _Writes:
         self.kv_bytes = sm._kv_bytes  # the live bytes once the writes are made
         self.history_bytes = 0  # what the writes add to history (superseded, tombstones)
         self.budget = PAGE_BYTES_MAX  # payload bytes left for this command's answer
+        self.visits = SCAN_VISITS_MAX  # keys its scans may still look at
 
     def current(self, key: str) -> KeyValue | None:
         kv = self.staged.get(key)
@@ -805,12 +808,19 @@ class StateMachine:
     ) -> Rows:
         """Rows for ``keys`` (in key order) that ``resolve`` finds present, a page at most:
         ``limit`` rows and PAGE_BYTES_MAX payload bytes (within a transaction, what is left
-        of its answer's budget)."""
+        of its answer's budget). At most SCAN_VISITS_MAX keys are looked at (within a
+        transaction, for all its scans): a scan at an old revision, or after a transaction's
+        deletions, may pass many keys that are absent, and apply must not stall on them."""
         rows: list[Row] = []
         page_bytes = 0
         page_max = PAGE_BYTES_MAX if writes is None else writes.budget
+        visits = SCAN_VISITS_MAX if writes is None else writes.visits
         more = False
         for key in keys:
+            visits -= 1
+            if visits < 0:
+                more = True  # unknown: the keys not visited may hold more rows
+                break
             kv = resolve(key)
             if kv is None:
                 continue
@@ -822,6 +832,7 @@ class StateMachine:
             page_bytes += cost
         if writes is not None:
             writes.budget -= page_bytes
+            writes.visits = max(visits, 0)
         return Rows(rows=tuple(rows), more=more, revision=self.revision)
 
     def _view(self, as_site: str, limit: int) -> Timeline:
