@@ -773,3 +773,22 @@ def test_a_scan_looks_at_a_bounded_number_of_keys(monkeypatch: pytest.MonkeyPatc
     assert isinstance(first, Rows) and isinstance(second, Rows)
     assert (len(first.rows), first.more) == (3, True)
     assert len(second.rows) <= 2 and second.more
+
+
+def test_removing_many_keys_at_once_keeps_the_key_lists_sorted_and_exact():
+    # More keys than the one-at-a-time removal handles: the one-pass path.
+    d = Driver()
+    for i in range(40):
+        d.run(Put(f"p/{i:02d}", b"v"))
+        d.run(Put(f"q/{i:02d}", b"v"))
+    assert d.run(Delete("p/", prefix=True)) == Deleted(1, revision=82, deleted=40)
+    rows = d.run(Scan("", 1000))
+    assert isinstance(rows, Rows) and [r.key for r in rows.rows] == [
+        f"q/{i:02d}" for i in range(40)
+    ]
+    d.run(Put("p/05", b"again"))  # 83
+    d.run(Compact(83))  # the 39 other p/ keys are absent as of 83: they leave the index
+    assert d.sm._hkeys == sorted(d.sm._hkeys) and len(d.sm._hkeys) == 41
+    assert d.sm._keys == sorted(["p/05", *(f"q/{i:02d}" for i in range(40))])
+    restored = StateMachine.restore(d.sm.snapshot())
+    assert (restored._keys, restored._hkeys) == (d.sm._keys, d.sm._hkeys)

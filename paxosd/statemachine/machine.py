@@ -643,6 +643,7 @@ class StateMachine:
         self._kv_bytes = writes.kv_bytes
         self._history_bytes += writes.history_bytes
         index = self._index
+        deleted: list[str] = []
         for key, kv in writes.staged.items():
             versions = index.get(key)
             if versions is None:
@@ -654,10 +655,11 @@ class StateMachine:
                 versions.append(kv)
             if kv.version == 0:
                 assert was_live, f"deletion of absent key {key!r}"
-                del self._keys[bisect.bisect_left(self._keys, key)]
+                deleted.append(key)
             elif not was_live:
                 bisect.insort(self._keys, key)
             self._events.append(kv)
+        _remove_sorted(self._keys, deleted)
 
     def _post(self, post: Post) -> None:
         self._timeline.append(post)
@@ -690,6 +692,7 @@ class StateMachine:
             del events[:i]
             self._events_start = 0
         self.compact_revision = revision
+        gone: list[str] = []
         for key in touched:  # each key's pruning is independent of the others: order-free
             versions = self._index[key]
             n = bisect.bisect_left(versions, revision, key=_mod_revision)
@@ -701,9 +704,10 @@ class StateMachine:
                 self._history_bytes -= _entry_cost(kv)
             if n == len(versions):
                 del self._index[key]
-                del self._hkeys[bisect.bisect_left(self._hkeys, key)]
+                gone.append(key)
             else:
                 del versions[:n]
+        _remove_sorted(self._hkeys, gone)
 
     def _trim_history(self, first_revision: int) -> None:
         """Past the history budget, compact the oldest revisions, one at a time, but never
@@ -996,6 +1000,18 @@ class StateMachine:
         ):
             raise ValueError("session table over its bounds")
         return sm
+
+
+def _remove_sorted(keys: list[str], remove: list[str]) -> None:
+    """Remove ``remove`` (present, distinct, any order) from the sorted list ``keys``: one
+    at a time while they are few, in one pass when many (a prefix delete or a compaction
+    can remove most keys at once; one at a time would be quadratic)."""
+    if len(remove) <= 16:
+        for key in remove:
+            del keys[bisect.bisect_left(keys, key)]
+    else:
+        dropped = set(remove)
+        keys[:] = [k for k in keys if k not in dropped]
 
 
 def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
