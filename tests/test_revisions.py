@@ -716,3 +716,79 @@ def test_the_machine_agrees_with_a_naive_model_of_every_revision(ops, cut, budge
         sm.apply(sm.applied_through + 1, (encode_command(Command("c", i + 1, "A", op)),))
         model.apply(op, compact_revision)
         _check_against_model(sm, model)
+
+
+class _PrevKvLost(StateMachine):
+    """Planted bug: events lose their prev_kv."""
+
+    def events_since(self, revision: int, limit: int) -> list[Event]:
+        return [Event(e.type, e.kv, None) for e in super().events_since(revision, limit)]
+
+
+class _ReadsOneRevisionEarly(StateMachine):
+    """Planted bug: a read at R answers as of R - 1."""
+
+    def _at(self, key: str, revision: int) -> KeyValue | None:
+        return super()._at(key, max(revision - 1, 1))
+
+
+class _CompactsOneTooMany(StateMachine):
+    """Planted bug: compaction also drops the version the store had at C."""
+
+    def _compact(self, revision: int) -> None:
+        super()._compact(revision)
+        for versions in self._index.values():
+            if len(versions) > 1 and versions[0].mod_revision < revision:
+                del versions[0]
+
+
+@pytest.mark.parametrize("planted", [_PrevKvLost, _ReadsOneRevisionEarly, _CompactsOneTooMany])
+def test_the_model_check_catches_planted_bugs(planted: type[StateMachine]) -> None:
+    ops: list[Op] = [Put("a", b"1"), Put("b", b"1"), Put("a", b"2"), Delete("b"), Compact(3)]
+    sm = planted()
+    model = Model()
+    with pytest.raises(AssertionError):
+        for i, op in enumerate(ops):
+            compact_revision = sm.compact_revision
+            sm.apply(sm.applied_through + 1, (encode_command(Command("c", i + 1, "A", op)),))
+            model.apply(op, compact_revision)
+            _check_against_model(sm, model)
+
+
+def test_a_scan_looks_at_a_bounded_number_of_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("paxosd.statemachine.machine.SCAN_VISITS_MAX", 5)
+    d = Driver()
+    for i in range(8):
+        d.run(Put(f"k{i}", b"v"))  # 2..9
+    d.run(Put("z", b"late"))  # 10
+    # As of revision 2 only k0 existed: the scan passes absent keys and stops at the bound.
+    assert d.run(Scan("", 10, revision=2)) == Rows((Row("k0", b"v", 1, 2, 2),), True, 10)
+    assert d.run(Scan("", 10, revision=10)) == Rows(
+        tuple(Row(f"k{i}", b"v", 1, 2 + i, 2 + i) for i in range(5)), True, 10
+    )
+    # In a transaction the bound is shared by its scans.
+    result = d.run(Txn((), (Scan("", 3), Scan("", 10))))
+    assert isinstance(result, TxnResult)
+    first, second = result.responses
+    assert isinstance(first, Rows) and isinstance(second, Rows)
+    assert (len(first.rows), first.more) == (3, True)
+    assert len(second.rows) <= 2 and second.more
+
+
+def test_removing_many_keys_at_once_keeps_the_key_lists_sorted_and_exact():
+    # More keys than the one-at-a-time removal handles: the one-pass path.
+    d = Driver()
+    for i in range(40):
+        d.run(Put(f"p/{i:02d}", b"v"))
+        d.run(Put(f"q/{i:02d}", b"v"))
+    assert d.run(Delete("p/", prefix=True)) == Deleted(1, revision=82, deleted=40)
+    rows = d.run(Scan("", 1000))
+    assert isinstance(rows, Rows) and [r.key for r in rows.rows] == [
+        f"q/{i:02d}" for i in range(40)
+    ]
+    d.run(Put("p/05", b"again"))  # 83
+    d.run(Compact(83))  # the 39 other p/ keys are absent as of 83: they leave the index
+    assert d.sm._hkeys == sorted(d.sm._hkeys) and len(d.sm._hkeys) == 41
+    assert d.sm._keys == sorted(["p/05", *(f"q/{i:02d}" for i in range(40))])
+    restored = StateMachine.restore(d.sm.snapshot())
+    assert (restored._keys, restored._hkeys) == (d.sm._keys, d.sm._hkeys)

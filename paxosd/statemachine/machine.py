@@ -95,6 +95,8 @@ ENTRY_OVERHEAD_BYTES: Final = 64
 # commands.RESULT_BYTES_MAX even with per-row overhead. A write's answer (a transaction's
 # responses, a prefix delete's prev_kv) shares one budget of this size too.
 PAGE_BYTES_MAX: Final = 4 << 20
+# Keys one scan (or one transaction's scans) may look at, present or not.
+SCAN_VISITS_MAX: Final = 100_000
 # A hard ceiling on the sum of the byte budgets, so a valid state always snapshots under
 # SNAPSHOT_BYTES_MAX.
 _BUDGET_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX - (64 << 20)
@@ -335,7 +337,7 @@ class _Writes:
     own earlier writes. Every staged version carries the command's revision, ``revision``.
     Each key is written at most once (``_duplicate_write`` enforces it for transactions)."""
 
-    __slots__ = ("budget", "history_bytes", "kv_bytes", "revision", "sm", "staged")
+    __slots__ = ("budget", "history_bytes", "kv_bytes", "revision", "sm", "staged", "visits")
 
     def __init__(self, sm: "StateMachine") -> None:
         self.sm = sm
@@ -344,6 +346,7 @@ class _Writes:
         self.kv_bytes = sm._kv_bytes  # the live bytes once the writes are made
         self.history_bytes = 0  # what the writes add to history (superseded, tombstones)
         self.budget = PAGE_BYTES_MAX  # payload bytes left for this command's answer
+        self.visits = SCAN_VISITS_MAX  # keys its scans may still look at
 
     def current(self, key: str) -> KeyValue | None:
         kv = self.staged.get(key)
@@ -640,6 +643,7 @@ class StateMachine:
         self._kv_bytes = writes.kv_bytes
         self._history_bytes += writes.history_bytes
         index = self._index
+        deleted: list[str] = []
         for key, kv in writes.staged.items():
             versions = index.get(key)
             if versions is None:
@@ -651,10 +655,11 @@ class StateMachine:
                 versions.append(kv)
             if kv.version == 0:
                 assert was_live, f"deletion of absent key {key!r}"
-                del self._keys[bisect.bisect_left(self._keys, key)]
+                deleted.append(key)
             elif not was_live:
                 bisect.insort(self._keys, key)
             self._events.append(kv)
+        _remove_sorted(self._keys, deleted)
 
     def _post(self, post: Post) -> None:
         self._timeline.append(post)
@@ -687,6 +692,7 @@ class StateMachine:
             del events[:i]
             self._events_start = 0
         self.compact_revision = revision
+        gone: list[str] = []
         for key in touched:  # each key's pruning is independent of the others: order-free
             versions = self._index[key]
             n = bisect.bisect_left(versions, revision, key=_mod_revision)
@@ -698,9 +704,10 @@ class StateMachine:
                 self._history_bytes -= _entry_cost(kv)
             if n == len(versions):
                 del self._index[key]
-                del self._hkeys[bisect.bisect_left(self._hkeys, key)]
+                gone.append(key)
             else:
                 del versions[:n]
+        _remove_sorted(self._hkeys, gone)
 
     def _trim_history(self, first_revision: int) -> None:
         """Past the history budget, compact the oldest revisions, one at a time, but never
@@ -805,12 +812,19 @@ class StateMachine:
     ) -> Rows:
         """Rows for ``keys`` (in key order) that ``resolve`` finds present, a page at most:
         ``limit`` rows and PAGE_BYTES_MAX payload bytes (within a transaction, what is left
-        of its answer's budget)."""
+        of its answer's budget). At most SCAN_VISITS_MAX keys are looked at (within a
+        transaction, for all its scans): a scan at an old revision, or after a transaction's
+        deletions, may pass many keys that are absent, and apply must not stall on them."""
         rows: list[Row] = []
         page_bytes = 0
         page_max = PAGE_BYTES_MAX if writes is None else writes.budget
+        visits = SCAN_VISITS_MAX if writes is None else writes.visits
         more = False
         for key in keys:
+            visits -= 1
+            if visits < 0:
+                more = True  # unknown: the keys not visited may hold more rows
+                break
             kv = resolve(key)
             if kv is None:
                 continue
@@ -822,6 +836,7 @@ class StateMachine:
             page_bytes += cost
         if writes is not None:
             writes.budget -= page_bytes
+            writes.visits = max(visits, 0)
         return Rows(rows=tuple(rows), more=more, revision=self.revision)
 
     def _view(self, as_site: str, limit: int) -> Timeline:
@@ -985,6 +1000,18 @@ class StateMachine:
         ):
             raise ValueError("session table over its bounds")
         return sm
+
+
+def _remove_sorted(keys: list[str], remove: list[str]) -> None:
+    """Remove ``remove`` (present, distinct, any order) from the sorted list ``keys``: one
+    at a time while they are few, in one pass when many (a prefix delete or a compaction
+    can remove most keys at once; one at a time would be quadratic)."""
+    if len(remove) <= 16:
+        for key in remove:
+            del keys[bisect.bisect_left(keys, key)]
+    else:
+        dropped = set(remove)
+        keys[:] = [k for k in keys if k not in dropped]
 
 
 def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
