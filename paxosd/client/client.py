@@ -30,7 +30,14 @@ from paxosd.client.errors import (
     TxnRefusedError,
     UnavailableError,
 )
-from paxosd.client.routing import Address, Backoff, Endpoint, Router, parse_endpoint
+from paxosd.client.routing import (
+    UNAVAILABLE_S,
+    Address,
+    Backoff,
+    Endpoint,
+    Router,
+    parse_endpoint,
+)
 from paxosd.client.txn import cas_result, cas_txn
 from paxosd.net.admin import (
     AdminAnswer,
@@ -458,6 +465,10 @@ class Client:
                 return result
             if reply.status == "bad_request":
                 raise BadRequestError(reply.result.decode(errors="replace"))
+            if reply.status == "unavailable":
+                # This member cannot serve anyone for a while (its disk is full): elsewhere.
+                router.failed(ep, reply.result.decode(errors="replace"), down_s=UNAVAILABLE_S)
+                continue
             # not_leader / busy: follow the hint, or back off and try elsewhere.
             if router.redirect(ep, reply.leader, reply.leader_address, self._connect_quietly):
                 continue

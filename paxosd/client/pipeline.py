@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from paxosd.client.client import ATTEMPT_TIMEOUT_MS, TIMEOUT_MS_DEFAULT, encode, gave_up
 from paxosd.client.connection import CONNECT_TIMEOUT_MS, Lost, open_connection
 from paxosd.client.errors import AuthError, BadRequestError, ClientError
-from paxosd.client.routing import Address, Endpoint, Router
+from paxosd.client.routing import UNAVAILABLE_S, Address, Endpoint, Router
 from paxosd.net.framing import BadFrame, ClientReply, ClientRequest
 from paxosd.net.transport import ClientConnection
 from paxosd.statemachine.commands import BadCommand, Op, Result, decode_result
@@ -175,8 +175,14 @@ class Pipeline(Generic[T]):
             message = reply.result.decode(errors="replace")
             self._done.append((flight.tag, BadRequestError(message)))
             return
-        # not_leader / busy: follow the hint, or back off and try elsewhere.
         now = time.monotonic()
+        if reply.status == "unavailable":
+            # This member cannot serve anyone for a while (its disk is full): elsewhere.
+            message = reply.result.decode(errors="replace")
+            self._router.failed(ep, message, down_s=UNAVAILABLE_S)
+            self._wait(flight, now)
+            return
+        # not_leader / busy: follow the hint, or back off and try elsewhere.
         if self._router.redirect(ep, reply.leader, reply.leader_address, self._connect_first):
             self._dispatch(flight, now)
             return

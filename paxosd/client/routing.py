@@ -39,6 +39,8 @@ HANDSHAKE_DOWN_S = 0.5
 # member cannot take most of a client's time (a pipeline would otherwise pay one blocking
 # attempt per command, round the endpoints, long past every command's deadline).
 CONNECT_DOWN_MAX_S = 2.0
+# A member that answered "unavailable" (its disk is full) is skipped this long.
+UNAVAILABLE_S = 1.0
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 0.5
 

@@ -147,6 +147,12 @@ class StatusReply(_Answer, tag="status", frozen=True):
     watchers: int = 0
     watchers_catching_up: int = 0
     watchers_canceled_compacted: int = 0
+    # The data dir's disk: bytes of the database and its WAL, bytes free on its file
+    # system, and whether a write found it full (the node then neither votes nor answers
+    # commands until space is back; see paxosd/server/diskspace.py).
+    db_bytes: int = 0
+    disk_free_bytes: int = 0
+    disk_full: bool = False
 
 
 class MemberInfo(msgspec.Struct, frozen=True, array_like=True):

@@ -55,9 +55,11 @@ class ClientReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """The answer to ``request_id``.
 
     ``status`` is "ok" (``result`` is the state machine's encoded result), "bad_request"
-    (``result`` is the reason, UTF-8), "not_leader" or "busy". When this node could not serve
-    the command, ``leader`` is the node id it believes leads and ``leader_address`` that
-    leader's client address, when its config names it: where to send the command instead.
+    (``result`` is the reason, UTF-8), "not_leader", "busy", or "unavailable" (this node
+    serves no one for now, e.g. its disk is full; ``result`` says why: ask another). When
+    this node could not serve the command, ``leader`` is the node id it believes leads and
+    ``leader_address`` that leader's client address, when its config names it: where to
+    send the command instead.
     """
 
     request_id: int

@@ -13,6 +13,7 @@ import os
 import queue
 import select
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,6 +65,7 @@ from paxosd.net.transport import ClientServer, PeerTransport
 from paxosd.server.compaction import AutoCompactor
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
 from paxosd.server.digestcheck import DigestHistory, DigestProbe
+from paxosd.server.diskspace import DISK_CHECK_MS, EXIT_STORAGE_FAILED, Space, measure, reexec
 from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
 from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
@@ -78,7 +80,7 @@ from paxosd.statemachine.commands import (
     decode_result,
     encode_command,
 )
-from paxosd.storage.store import StorageError
+from paxosd.storage.store import DiskFull, StorageError
 
 log = structlog.get_logger("paxosd.server.daemon")
 
@@ -185,6 +187,10 @@ class Daemon:
         self._probe: DigestProbe | None = None
         self._next_digest_check_ms = 0
         self.compactor = AutoCompactor(config.compaction, now_ms())
+        # The data dir's disk as last measured (status, metrics), and the write that found
+        # it full, once one has (see _wait_for_space).
+        self._space: Space | None = None
+        self._disk_full: DiskFull | None = None
 
     def serve(self) -> int:
         cfg = self.config
@@ -205,6 +211,30 @@ class Daemon:
             peer_address=f"{self.peers.address[0]}:{self.peers.address[1]}",
             client_address=f"{self.clients.address[0]}:{self.clients.address[1]}",
         )
+        try:
+            self._loop()
+        except DiskFull as e:
+            return self._wait_for_space(e)
+        except StorageError as e:
+            return self._storage_failed(e)
+        self.notifier.notify("STOPPING=1")
+        log.info("stopping", reason="signal")
+        try:
+            self._hand_over_leadership()
+            self._turn()  # finish what is in flight: persist, send, reply
+            self.node.flush_decided()
+        except StorageError as e:
+            return self._storage_failed(e)
+        if self._probe is not None:
+            self._probe.close()
+        self.peers.close()
+        self.clients.close()
+        self.node.storage.close()
+        return 0
+
+    def _loop(self) -> None:
+        """The one endless loop: ends on SIGTERM/SIGINT, or with the StorageError of a
+        write that failed (then nothing that depended on that write has left: see serve)."""
         watchdog_ms = watchdog_interval_ms()
         next_watchdog = 0
         next_tick = now_ms()
@@ -213,7 +243,6 @@ class Daemon:
         for fd in self.peers.waitables() + self.clients.waitables():
             poller.register(fd, select.POLLIN)
         node = self.node
-        # The one endless loop: ends on SIGTERM/SIGINT.
         while not self.stop:
             poller.poll(max(0, next_tick - now_ms()))
             for src, msg in self.peers.drain():
@@ -235,17 +264,143 @@ class Daemon:
                     next_watchdog = t + watchdog_ms
                 self._auto_compact(t)
             self._turn()
-        self.notifier.notify("STOPPING=1")
-        log.info("stopping", reason="signal")
-        self._hand_over_leadership()
-        self._turn()  # finish what is in flight: persist, send, reply
-        self.node.flush_decided()
+
+    # ------------------------------------------------------------------ a failing disk
+
+    def _stop_acknowledging(self) -> None:
+        """A write failed: the core's memory ran ahead of the disk (it made the promise or
+        vote whose write failed), so from now on nothing it says may leave. Replies not yet
+        delivered are dropped (their clients retry; a retry is answered from the session
+        table, exactly once) and the peer port closes, so this node neither votes nor
+        leads. The core is never stepped again in this process."""
+        self.node.replies.clear()
+        self.node.admin_results.clear()
+        self.peers.close()
+
+    def _storage_failed(self, error: StorageError) -> int:
+        """Any storage failure but a full disk (EIO from a write or an fsync): stop for good,
+        in one line. The write is not retried, because after a failed fsync the kernel may
+        have dropped the dirty pages and cleared the error (PostgreSQL's fsync lesson), so a
+        retry that succeeds proves nothing; a restart re-reads and checks what is really on
+        disk. Under systemd, Restart=on-failure does that, and StartLimitBurst stops a disk
+        that keeps failing from flapping."""
+        self._stop_acknowledging()
+        self.notifier.notify("STOPPING=1", f"STATUS=storage failed: {error.problem}")
         if self._probe is not None:
             self._probe.close()
-        self.peers.close()
         self.clients.close()
-        self.node.storage.close()
-        return 0
+        with suppress(StorageError):
+            self.node.storage.close()
+        fatal(
+            f"paxosd: storage failed, stopped without acknowledging anything after it "
+            f"(exit {EXIT_STORAGE_FAILED}): {error}; not retried (after a failed fsync the "
+            "data's state is unknown): check the disk, then restart to recover from it"
+        )
+        return EXIT_STORAGE_FAILED
+
+    def _wait_for_space(self, error: DiskFull) -> int:
+        """A write found the disk full: stop voting and acknowledging at once, say so, answer
+        clients "unavailable" (and status queries truthfully), look at the free space every
+        DISK_CHECK_MS, and once enough is back recover from disk by re-executing this
+        command line (see paxosd/server/diskspace.py for why). Returns only on SIGTERM."""
+        self._stop_acknowledging()
+        self._disk_full = error
+        # Watchers get no more events here: their connections close, and the clients resume
+        # their watches on another member (a watch is resumable from any replica).
+        for conn_id in self.watches.connections():
+            self.watches.drop_connection(conn_id)
+            self.clients.close_connection(conn_id, "disk full: resume the watch elsewhere")
+        data_dir = self.config.data_dir
+        space = self._measure()
+        log.error(
+            "disk_full",
+            data_dir=str(data_dir),
+            free_bytes=space.free_bytes,
+            db_bytes=space.db_bytes,
+            resume_free_bytes=space.resume_bytes,
+            error=error.problem,
+            action="free space on the file system of data_dir (or grow it); this node "
+            "stopped voting and answering, and rejoins by itself once resume_free_bytes "
+            "are free",
+        )
+        status = f"STATUS=disk full: {data_dir} has {space.free_bytes} bytes free; waiting"
+        self.notifier.notify(status)
+        watchdog_ms = watchdog_interval_ms()
+        next_watchdog = 0
+        next_check = now_ms() + DISK_CHECK_MS
+        poller = select.poll()
+        for fd in self.clients.waitables():
+            poller.register(fd, select.POLLIN)
+        while not self.stop:
+            t = now_ms()
+            wake = next_check if watchdog_ms is None else min(next_check, next_watchdog)
+            poller.poll(max(0, wake - t))
+            for conn_id, body in self.clients.drain():
+                self._on_client_disk_full(conn_id, body)
+            t = now_ms()
+            if watchdog_ms is not None and t >= next_watchdog:
+                self.notifier.notify("WATCHDOG=1", status)
+                next_watchdog = t + watchdog_ms
+            if t >= next_check:
+                space = self._measure()
+                if space.free_bytes >= space.resume_bytes:
+                    break
+                next_check = t + DISK_CHECK_MS
+        else:
+            log.info("stopping", reason="signal", disk_full=True)
+            self.clients.close()
+            if self._probe is not None:
+                self._probe.close()
+            with suppress(StorageError):
+                self.node.storage.close()
+            return 0
+        log.warning(
+            "disk_space_back",
+            data_dir=str(data_dir),
+            free_bytes=space.free_bytes,
+            action="restarting this process to recover from disk",
+        )
+        self.notifier.notify("STATUS=disk space back: restarting from disk")
+        self.clients.close()
+        if self._probe is not None:
+            self._probe.close()
+        with suppress(StorageError):
+            self.node.storage.close()
+        reexec()
+
+    def _on_client_disk_full(self, conn_id: int, body: object) -> None:
+        """The client port while the disk is full: commands are "unavailable" (clients go to
+        another member at once), status and members are answered from memory, the rest is
+        Busy. Nothing here writes to the disk."""
+        reason = (
+            f"node {self.config.node_id}: disk full ({self.config.data_dir}); "
+            "not serving until space is freed"
+        )
+        match body:
+            case ClientRequest(request_id=rid):
+                self.clients.reply(conn_id, ClientReply(rid, "unavailable", reason.encode(), None))
+            case QueryRequest(request_id=rid, query=Status()):
+                self.clients.reply(conn_id, QueryReply(rid, self._status()))
+            case QueryRequest(request_id=rid, query=Members()):
+                self.clients.reply(conn_id, QueryReply(rid, self._members()))
+            case QueryRequest(request_id=rid):
+                self.clients.reply(conn_id, QueryReply(rid, Busy(reason)))
+            case WatchCreate():
+                self.clients.close_connection(conn_id, "disk full: watch another member")
+            case WatchCancel():
+                pass  # its watch was dropped with its connection
+            case _:
+                log.warning("unexpected client frame", conn=conn_id, kind=type(body).__name__)
+
+    def _measure(self) -> Space:
+        """Measure the data dir's disk now, and show it in the metrics."""
+        space = self._space = measure(self.config.data_dir)
+        m = self.metrics
+        if m is not None:
+            m.db_bytes.set(space.db_bytes)
+            m.disk_free_bytes.set(space.free_bytes)
+            m.disk_full.set(1 if self._disk_full is not None else 0)
+        return space
 
     def _hand_over_leadership(self) -> None:
         """On SIGTERM a leader hands over first, so a planned restart costs clients a
@@ -462,6 +617,7 @@ class Daemon:
         m.history_bytes.set(sm.history_bytes)
         for peer, s in self.peers.stats().items():
             m.peer_connected.labels(peer=str(peer)).set(1 if s.connected else 0)
+        self._measure()
         if r.is_leader:
             for peer, lag in r.peer_lag().items():
                 m.peer_lag.labels(peer=str(peer)).set(lag)
@@ -688,6 +844,12 @@ class Daemon:
             "watchers_catching_up": watch.catching_up,
             "watchers_canceled_compacted": watch.canceled_compacted,
         }
+        space = self._measure()
+        data["db_bytes"] = space.db_bytes
+        data["disk_free_bytes"] = space.free_bytes
+        if self._disk_full is not None:
+            # The core is frozen: its role and leader are from before the disk filled.
+            data |= {"disk_full": True, "role": "disk-full", "leader": None}
         return StatusReply(**data)
 
     def _members(self) -> MembersReply:
@@ -793,6 +955,10 @@ def run_command(
         raise typer.Exit(1) from None
     try:
         node = Node(cfg, bootstrap=bootstrap, network=peers, lock_fd=lock_fd)
+    except DiskFull as e:
+        peers.close()
+        _wait_for_space_at_start(cfg, e)  # re-executes once there is space
+        raise typer.Exit(0) from None
     except StorageError as e:
         fatal(f"paxosd: {e}")
         raise typer.Exit(1) from None
@@ -805,6 +971,35 @@ def run_command(
     code = daemon.serve()
     log.info("stopped", seconds=round(time.perf_counter() - started, 1))
     raise typer.Exit(code)
+
+
+def _wait_for_space_at_start(cfg: Config, error: DiskFull) -> None:
+    """Recovery itself found the disk full (a restart onto a disk that is still full): wait
+    for space as a running node does (Daemon._wait_for_space), without a client port, then
+    re-execute. Returns only on SIGTERM/SIGINT. Not a crash loop under systemd."""
+    stop: list[bool] = []
+    install_signal_handlers(stop)
+    notifier = Notifier()
+    space = measure(cfg.data_dir)
+    log.error(
+        "disk_full",
+        data_dir=str(cfg.data_dir),
+        free_bytes=space.free_bytes,
+        db_bytes=space.db_bytes,
+        resume_free_bytes=space.resume_bytes,
+        error=error.problem,
+        action="free space on the file system of data_dir (or grow it); this node starts "
+        "by itself once resume_free_bytes are free",
+    )
+    status = f"STATUS=disk full at start: {cfg.data_dir}; waiting for space"
+    notifier.notify(status)
+    while not stop:
+        notifier.notify("WATCHDOG=1", status)
+        time.sleep(DISK_CHECK_MS / 1000)
+        space = measure(cfg.data_dir)
+        if space.free_bytes >= space.resume_bytes:
+            log.warning("disk_space_back", data_dir=str(cfg.data_dir), free_bytes=space.free_bytes)
+            reexec()
 
 
 def _return_freed_memory_to_the_os() -> None:

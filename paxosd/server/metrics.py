@@ -54,6 +54,17 @@ class Metrics:
             buckets=_FSYNC_BUCKETS_S,
             registry=r,
         )
+        self.db_bytes = Gauge(
+            "paxosd_db_bytes", "Bytes of the SQLite database and its WAL", registry=r
+        )
+        self.disk_free_bytes = Gauge(
+            "paxosd_disk_free_bytes", "Bytes free on the data dir's file system", registry=r
+        )
+        self.disk_full = Gauge(
+            "paxosd_disk_full",
+            "1 while a write found the disk full: no votes, no answers until space is back",
+            registry=r,
+        )
         self.requests = Counter(
             "paxosd_client_requests", "Client requests by outcome", ["status"], registry=r
         )

@@ -26,6 +26,12 @@ from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Value
 from paxosd.server.config import Config
+from paxosd.server.diskspace import (
+    TEST_DISK_BYTES_ENV,
+    TEST_DISK_FAULT_ENV,
+    emulated_disk_bytes,
+    injected_fault,
+)
 from paxosd.server.logs import Condition
 from paxosd.server.metrics import Metrics
 from paxosd.server.runner import (
@@ -171,6 +177,10 @@ class _StorageDisk:
 
     def write(self, record: PersistRecord, *, sync: bool) -> None:
         storage = self._node.storage
+        if self._node.disk_fault_injection:
+            fault = injected_fault(storage.path)
+            if fault is not None:
+                raise fault
         if not sync:
             storage.write(record, sync=False)
             return
@@ -238,6 +248,22 @@ class Node:
             durability=config.durability,
             create=bootstrap,
         )
+        # The test-only disk knobs (see paxosd/server/diskspace.py), loud when set.
+        self.disk_fault_injection = bool(os.environ.get(TEST_DISK_FAULT_ENV))
+        if self.disk_fault_injection:
+            self.log.warning(
+                "TEST-ONLY DISK FAULT INJECTION ENABLED: storage writes fail while the named "
+                "file exists; never run it with real data",
+                **{TEST_DISK_FAULT_ENV: os.environ[TEST_DISK_FAULT_ENV]},
+            )
+        emulated = emulated_disk_bytes()
+        if emulated is not None:
+            self.log.warning(
+                "TEST-ONLY SMALL DISK EMULATED: the database may not grow past the size the "
+                "named file gives; never run it with real data",
+                bytes_max=self.storage.limit_bytes(emulated),
+                **{TEST_DISK_BYTES_ENV: os.environ[TEST_DISK_BYTES_ENV]},
+            )
         t0 = time.perf_counter()
         durable = self.storage.load()
         self.recent_results = RecentResults()

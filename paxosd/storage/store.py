@@ -56,6 +56,7 @@ __all__ = [
     "CorruptDatabase",
     "CorruptRecord",
     "DatabaseLocked",
+    "DiskFull",
     "Durability",
     "IdentityMismatch",
     "LogRow",
@@ -141,6 +142,13 @@ class StorageIOError(StorageError):
     """The operating system refused a read or write (permissions, disk full, I/O error)."""
 
 
+class DiskFull(StorageIOError):
+    """A write failed for want of space (SQLITE_FULL: the file system is full, or the
+    database reached its page limit). Unlike an I/O error this is an operating condition the
+    node can wait out: SQLite rolled the failed transaction back, so the file holds exactly
+    the transactions committed before it, and once space is back a restart recovers."""
+
+
 # SQLite primary result codes (https://sqlite.org/rescode.html) that are not corruption.
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_CONSTRAINT = 10, 13, 14, 19
@@ -154,7 +162,9 @@ def _translate(path: Path, doing: str, exc: sqlite3.Error) -> StorageError:
     problem = f"{doing}: {exc}"
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return DatabaseLocked(path, f"{problem} (is another paxosd using this data dir?)")
-    if primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN):
+    if primary == _SQLITE_FULL:
+        return DiskFull(path, problem)
+    if primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN):
         return StorageIOError(path, problem)
     if primary == _SQLITE_CONSTRAINT:
         return StorageError(path, problem)
@@ -651,6 +661,18 @@ class Storage:
             schema_version=version,
             promised=promised,
         )
+
+    def limit_bytes(self, bytes_max: int) -> int:
+        """Cap the database at about ``bytes_max`` (SQLite's ``max_page_count``; never below
+        its current size) and return the cap in bytes. Past it a write fails with DiskFull
+        exactly as on a full file system: tests use it to fill a disk without the
+        privileges to make a small file system."""
+        assert bytes_max > 0
+        with _sqlite_errors(self.path, "cannot set the page limit"):
+            page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = max(1, bytes_max // page_size)
+            got = int(self._conn.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0])
+        return got * page_size
 
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the main file if it can."""
