@@ -415,6 +415,18 @@ def data(
 # ------------------------------------------------------------------------------ the cluster
 
 
+def _size(n: object) -> str:
+    """Bytes for people: 512 B, 3.4 KiB, 12.0 MiB, 1.5 GiB."""
+    if not isinstance(n, int):
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def _ago(ms: object) -> str:
     if not isinstance(ms, int):
         return "-"
@@ -491,6 +503,9 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
                 "watchers": a.get("watchers", 0),
                 "watchers_catching_up": a.get("watchers_catching_up", 0),
                 "watchers_canceled_compacted": a.get("watchers_canceled_compacted", 0),
+                "db_bytes": a.get("db_bytes", 0),
+                "disk_free_bytes": a.get("disk_free_bytes", 0),
+                "disk_full": bool(a.get("disk_full", False)),
             }
         )
     mismatches = digest_mismatches(nodes)
@@ -521,13 +536,15 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """One row per node: role, ballot, decided/applied index, lag, revision, compact
-    revision, digest, last contact.
+    revision, digest, last contact, database size and free disk.
 
     Lag: slots its applied index is behind the leader's decided one. Revision: the store
     revision the node has applied; compacted: the oldest revision its history still holds
     (0: never compacted; older ones cannot be read with --rev). Last contact: how long ago
     the leader last heard from it. Watchers: the watches the node serves, with how many are
-    catching up from history (slow readers) and how many compaction canceled.
+    catching up from history (slow readers) and how many compaction canceled. A node whose
+    disk filled has role "disk-full": it neither votes nor serves until space is freed,
+    then rejoins by itself.
 
     Nodes at the same applied index must have the same digest: a mismatch is printed
     loudly and exits 1. Exit 3 if no node answers.
@@ -535,7 +552,8 @@ def status(
     JSON: {"leader", "nodes": [{"node_id", "address", "role", "ballot", "decided_index",
     "applied_index", "lag", "revision", "compact_revision", "digest",
     "last_contact_ms_ago", "watchers", "watchers_catching_up",
-    "watchers_canceled_compacted"}], "digests_agree",
+    "watchers_canceled_compacted", "db_bytes", "disk_free_bytes", "disk_full"}],
+    "digests_agree",
     "mismatches": [{"applied_index", "digests": {"<node_id>": "<digest>"}}]}; a node that
     does not answer has "role": "unreachable" and "error" instead of the indexes.
 
@@ -569,6 +587,8 @@ def status(
                         "-",
                         _ago(n["last_contact_ms_ago"]),
                         "-",
+                        "-",
+                        "-",
                     ]
                 )
                 continue
@@ -589,6 +609,8 @@ def status(
                     digest,
                     "-" if n["role"] == "leader" else _ago(n["last_contact_ms_ago"]),
                     _watchers(n),
+                    _size(n["db_bytes"]),
+                    _size(n["disk_free_bytes"]) + (" FULL" if n["disk_full"] else ""),
                 ]
             )
         render.text_table(
@@ -606,12 +628,19 @@ def status(
                 "digest",
                 "last contact",
                 "watchers",
+                "db",
+                "disk free",
             ],
             rows,
         )
         for n in out["nodes"]:
             if n["role"] == "unreachable":
                 render.note(f"unreachable: {n['error']}")
+            elif n["disk_full"]:
+                render.note(
+                    f"node {n['node_id']}: disk full: it neither votes nor serves until space "
+                    "is freed on its data dir's file system, then rejoins by itself"
+                )
         if out["leader"] is None:
             render.note(
                 "no leader: writes and linearizable reads fail until one is elected (exit 3)"

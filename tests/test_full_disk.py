@@ -11,9 +11,12 @@ and a restart on a healthy disk recovers and agrees.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +76,24 @@ def _fill(c: LocalCluster, cl: Client, acked: dict[str, bytes]) -> dict[str, Any
     raise AssertionError(f"node {SMALL} never reported a full disk after {PUTS_MAX} puts")
 
 
-def _full_disk_scenario(c: LocalCluster, free_space: Callable[[], None]) -> None:
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        body: bytes = r.read()
+    return body.decode()
+
+
+def _paxosctl_status(c: LocalCluster) -> subprocess.CompletedProcess[str]:
+    endpoints = ",".join(c.endpoint_strings())
+    key = str(c.root / "keys" / "client.key")
+    argv = [sys.executable, "-m", "paxosctl", "status", "--endpoints", endpoints]
+    return subprocess.run(
+        [*argv, "--key-file", key], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def _full_disk_scenario(
+    c: LocalCluster, free_space: Callable[[], None], metrics_port: int | None = None
+) -> None:
     c.up()
     pid = c.pid(SMALL)
     assert pid is not None
@@ -84,6 +104,11 @@ def _full_disk_scenario(c: LocalCluster, free_space: Callable[[], None]) -> None
         # It says so, once, naming its data dir and its free bytes.
         log = wait_for("the disk_full log line", lambda: _log_line(c, SMALL, "disk_full"))
         assert str(c.root / "data" / f"n{SMALL}") in log and "free_bytes" in log
+        shown = _paxosctl_status(c)
+        assert "disk-full" in shown.stdout and "FULL" in shown.stdout, shown
+        assert f"node {SMALL}: disk full" in shown.stderr, shown
+        if metrics_port is not None:
+            wait_for("paxosd_disk_full 1", lambda: "paxosd_disk_full 1.0" in _metrics(metrics_port))
         # The majority has space: the cluster goes on.
         for i in range(PUTS_MAX, PUTS_MAX + 30):
             cl.put(f"k{i:05d}", _value(i))
@@ -110,6 +135,10 @@ def _full_disk_scenario(c: LocalCluster, free_space: Callable[[], None]) -> None
         assert c.pid(SMALL) == pid, "the node was restarted, not re-executed"
         assert _log_line(c, SMALL, "disk_space_back")
         assert all(not r["disk_full"] for r in rows)
+        if metrics_port is not None:
+            wait_for("paxosd_disk_full 0", lambda: "paxosd_disk_full 0.0" in _metrics(metrics_port))
+            body = _metrics(metrics_port)
+            assert "paxosd_db_bytes" in body and "paxosd_disk_free_bytes" in body
         # Nothing acknowledged was lost.
         for key, value in acked.items():
             got = cl.get(key)
@@ -149,10 +178,13 @@ def test_an_emulated_full_disk_stops_the_node_and_space_back_restores_it(
     cap = tmp_path / "disk_bytes"
     db = cluster.root / "data" / f"n{SMALL}" / DB_FILENAME
     cap.write_text(str(db.stat().st_size + 400_000))
+    cfg = cluster.config_path(SMALL)
+    cfg.write_text(cfg.read_text().replace("# metrics_address", "metrics_address"))
     for k in cluster.node_ids():
         env = {TEST_DISK_BYTES_ENV: str(cap)} if k == SMALL else None
         cluster.start(k, env=env)
-    _full_disk_scenario(cluster, lambda: cap.write_text(str(256 << 20)))
+    port = int(re.search(r'metrics_address = "[^"]*:(\d+)"', cfg.read_text())[1])  # type: ignore[index]
+    _full_disk_scenario(cluster, lambda: cap.write_text(str(256 << 20)), port)
 
 
 def test_a_full_tmpfs_stops_the_node_and_freeing_space_restores_it(

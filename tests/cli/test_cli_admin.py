@@ -142,12 +142,17 @@ def test_status_shows_every_node_and_agreeing_digests(cli: Cli) -> None:
             "watchers",
             "watchers_catching_up",
             "watchers_canceled_compacted",
+            "db_bytes",
+            "disk_free_bytes",
+            "disk_full",
         }
         assert n["lag"] >= 0 and n["last_contact_ms_ago"] is not None
         assert n["watchers"] >= n["watchers_catching_up"] >= 0
+        assert n["db_bytes"] > 0 and n["disk_free_bytes"] > 0 and n["disk_full"] is False
     table = cli.ok("status").stdout
     assert "last contact" in table and "leader" in table and "MISMATCH" not in table
     assert "watchers" in table
+    assert "disk free" in table and "FULL" not in table
 
 
 def _fake_status(node_id: int, applied: int, digest: str, role: str = "follower") -> dict[str, Any]:
