@@ -923,6 +923,12 @@ def run_command(
 ) -> None:
     """Run one paxosd member in the foreground (systemd runs this).
 
+    Exit codes: 0 stopped by a signal, 1 cannot start (data dir, database, ports),
+    2 bad config, 74 a write failed with an I/O error (restart on a healthy disk).
+
+    A full disk is not an exit: the member stops voting and answering, waits for
+    space, then restarts itself.
+
     Example: paxosd run --config /etc/paxosd/n1.toml
     """
     try:
