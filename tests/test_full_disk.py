@@ -92,8 +92,15 @@ def _paxosctl_status(c: LocalCluster) -> subprocess.CompletedProcess[str]:
 
 
 def _full_disk_scenario(
-    c: LocalCluster, free_space: Callable[[], None], metrics_port: int | None = None
+    c: LocalCluster,
+    free_space: Callable[[], None],
+    metrics_port: int | None = None,
+    restart_env: dict[str, str] | None = None,
 ) -> None:
+    """Fill node SMALL's disk, check it stops and says so while the others go on, free
+    space, check it comes back by itself and nothing acknowledged was lost. With
+    ``restart_env``, the full node is also stopped (SIGTERM: a clean exit, code 0) and
+    started again (with that env) onto the still-full disk: it waits again, no crash loop."""
     c.up()
     pid = c.pid(SMALL)
     assert pid is not None
@@ -129,6 +136,18 @@ def _full_disk_scenario(
             pytest.raises(UnavailableError, match="disk full"),
         ):
             only_small.put("refused", b"x")
+        if restart_env is not None:
+            proc = localcluster._CHILDREN[pid]
+            assert c.stop(SMALL) and proc.wait(timeout=30) == 0
+            pid = c.start(SMALL, env=restart_env)
+
+            def full_again() -> bool:
+                row = _status_of(c, SMALL)
+                return row is not None and bool(row.get("disk_full"))
+
+            cl.put("restarted", b"x")  # something for the restarted node to write
+            acked["restarted"] = b"x"
+            wait_for(f"node {SMALL} restarted onto a full disk waits again", full_again)
         # Space comes back: the node recovers from disk by itself, in the same process.
         free_space()
         rows = wait_for("the replicas agree again", lambda: _converged(c), bound_s=60)
@@ -181,10 +200,10 @@ def test_an_emulated_full_disk_stops_the_node_and_space_back_restores_it(
     cfg = cluster.config_path(SMALL)
     cfg.write_text(cfg.read_text().replace("# metrics_address", "metrics_address"))
     for k in cluster.node_ids():
-        env = {TEST_DISK_BYTES_ENV: str(cap)} if k == SMALL else None
-        cluster.start(k, env=env)
+        cluster.start(k, env={TEST_DISK_BYTES_ENV: str(cap)} if k == SMALL else None)
     port = int(re.search(r'metrics_address = "[^"]*:(\d+)"', cfg.read_text())[1])  # type: ignore[index]
-    _full_disk_scenario(cluster, lambda: cap.write_text(str(256 << 20)), port)
+    env = {TEST_DISK_BYTES_ENV: str(cap)}
+    _full_disk_scenario(cluster, lambda: cap.write_text(str(256 << 20)), port, env)
 
 
 def test_a_full_tmpfs_stops_the_node_and_freeing_space_restores_it(
