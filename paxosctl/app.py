@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from paxosctl import admin, batch, kv, members, render, social, txn, watch
+from paxosctl import admin, alarm, batch, kv, members, render, social, txn, watch
 from paxosctl.clicklib import (
     Command,
     Context,
@@ -273,6 +273,7 @@ def _root(
 # Command registration: one line per owning module (keep this list sorted). The groups in
 # LAZY are added by RootGroup.
 admin.register(app)
+alarm.register(app)
 batch.register(app)
 members.register(app)
 kv.register(app)

@@ -43,6 +43,7 @@ from paxosd.client.client import (
     UnavailableError,
     check_revision,
 )
+from paxosd.client.errors import NoSpaceError
 from paxosd.client.txn import cas_result, cas_txn
 from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
@@ -59,6 +60,7 @@ from paxosd.statemachine.commands import (
     Get,
     KeyValue,
     Malformed,
+    NoSpace,
     NotFound,
     Op,
     Put,
@@ -197,6 +199,8 @@ def unexpected(result: Result) -> ClientError:
     """A result that does not answer the command sent. Stale/Malformed/Full are the state
     machine refusing it; anything else is a server bug worth reporting verbatim."""
     match result:
+        case NoSpace(size_bytes=size, quota_bytes=quota):
+            return NoSpaceError(size, quota)
         case Full(what=what):
             return UnavailableError(f"the cluster's {what} bound is reached; nothing changed")
         case Malformed(reason=reason):

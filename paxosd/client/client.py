@@ -25,6 +25,7 @@ from paxosd.client.errors import (
     ClientError,
     CompactedError,
     FutureRevisionError,
+    NoSpaceError,
     NotFoundError,
     RefusedError,
     TxnRefusedError,
@@ -68,6 +69,8 @@ from paxosd.net.admin import (
 from paxosd.net.framing import BadFrame, ClientReply, ClientRequest, QueryReply, QueryRequest
 from paxosd.net.transport import ClientConnection
 from paxosd.statemachine.commands import (
+    Alarm,
+    Alarms,
     BadCommand,
     Block,
     Blocks,
@@ -81,6 +84,7 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     Malformed,
+    NoSpace,
     Op,
     Put,
     Result,
@@ -170,6 +174,8 @@ def not_applied(result: Result) -> ClientError:
     """The error for a result that is not the answer asked for: the state machine refused
     the command (a bound reached, a malformed or stale command), or a server bug."""
     match result:
+        case NoSpace(size_bytes=size, quota_bytes=quota):
+            return NoSpaceError(size, quota)
         case Full(what=what):
             return UnavailableError(f"the cluster's {what} bound is reached; nothing changed")
         case Malformed(reason=reason):
@@ -419,8 +425,20 @@ class Client:
 
     def execute(self, op: Op) -> Result:
         """Order ``op`` through the leader and return its result (linearizable: writes go
-        through the log, reads through read-index)."""
-        return self.submit(self.next_command(op), read=is_read(op))
+        through the log, reads through read-index). Raises ``NoSpaceError`` when the store
+        is over its quota and ``op`` would add data."""
+        result = self.submit(self.next_command(op), read=is_read(op))
+        if isinstance(result, NoSpace):
+            raise NoSpaceError(result.size_bytes, result.quota_bytes)
+        return result
+
+    def alarm_disarm(self) -> Alarms:
+        """Clear every member's NOSPACE alarm through the log (etcd's alarm disarm); the
+        leader raises it again if the store is still over its quota."""
+        result = self.execute(Alarm(action="deactivate", alarm="NOSPACE", member=0))
+        if not isinstance(result, Alarms):
+            raise BadRequestError("the server answered the disarm with another result")
+        return result
 
     def submit(self, command: bytes, *, read: bool = False) -> Result:
         """Send ``command`` until a node applies it or the timeout passes. Retries carry the

@@ -41,6 +41,20 @@ class UnavailableError(ClientError):
         self.outcome_unknown = outcome_unknown
 
 
+class NoSpaceError(ClientError):
+    """The store is over its quota and the NOSPACE alarm is raised: a write that adds data
+    was refused and nothing changed (etcd's "database space exceeded"). Delete keys or
+    compact, then disarm (``Client.alarm_disarm``, ``paxosctl alarm disarm``)."""
+
+    def __init__(self, size_bytes: int, quota_bytes: int) -> None:
+        super().__init__(
+            f"NOSPACE: the store is {size_bytes} bytes, over its quota of {quota_bytes} "
+            "bytes; nothing changed (delete keys or compact, then paxosctl alarm disarm)"
+        )
+        self.size_bytes = size_bytes
+        self.quota_bytes = quota_bytes
+
+
 class AuthError(ClientError):
     """The client key was refused (or the endpoint is not a paxosd client port)."""
 
@@ -103,6 +117,7 @@ __all__ = [
     "CompactedError",
     "FutureRevisionError",
     "KeyFileError",
+    "NoSpaceError",
     "NotFoundError",
     "RefusedError",
     "TxnRefusedError",

@@ -114,6 +114,13 @@ class Recovery(msgspec.Struct, frozen=True, array_like=True):
     digest: str
 
 
+class AlarmInfo(msgspec.Struct, frozen=True, array_like=True):
+    """A raised alarm (replicated: every member shows the same) and who raised it."""
+
+    member: int
+    alarm: str
+
+
 class StatusReply(_Answer, tag="status", frozen=True):
     node_id: int
     cluster_id: str
@@ -153,6 +160,11 @@ class StatusReply(_Answer, tag="status", frozen=True):
     db_bytes: int = 0
     disk_free_bytes: int = 0
     disk_full: bool = False
+    # The store's accounted bytes (keys, values, history; the same on every replica at one
+    # applied index), this member's quota for them, and the raised alarms (NOSPACE).
+    store_bytes: int = 0
+    quota_bytes: int = 0
+    alarms: list[AlarmInfo] = []
 
 
 class MemberInfo(msgspec.Struct, frozen=True, array_like=True):
@@ -292,6 +304,7 @@ def to_json(value: Any) -> Any:
 
 __all__ = [
     "AdminAnswer",
+    "AlarmInfo",
     "AdminQuery",
     "BadQuery",
     "Busy",

@@ -38,6 +38,7 @@ from paxosd.server.compaction import (
     CompactionSettings,
     parse_duration_ms,
 )
+from paxosd.statemachine.commands import COMMAND_BYTES_MAX
 
 Durability = Literal["fsync", "unsafe-no-fsync"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -156,6 +157,22 @@ class SnapshotSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """``[limits]``, etcd's --quota-backend-bytes and --max-request-bytes.
+
+    ``quota_bytes`` bounds the store's accounted size (keys, values and history, as the
+    state machine charges them: the same number on every replica, whatever its disk). Past
+    it the leader refuses writes with NOSPACE and raises the NOSPACE alarm through the log.
+    ``max_request_bytes`` bounds one encoded client command, refused before it is proposed;
+    at most the codec's replicated bound COMMAND_BYTES_MAX (1 MiB), which is below etcd's
+    1.5 MiB default: every member must decode every logged command, so raising it is a
+    format change, not a setting."""
+
+    quota_bytes: int = 2 << 30
+    max_request_bytes: int = COMMAND_BYTES_MAX
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -185,6 +202,7 @@ class Config:
     log: LogSettings
     # When the leader proposes compactions of the history (etcd's auto-compaction).
     compaction: CompactionSettings = field(default_factory=CompactionSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     # "new": the [peers] table is the cluster's first membership. "existing": this node joins
     # a running cluster (after `paxosctl member add`); it learns the membership from the log
     # and is not a voter until promoted (etcd's initial-cluster-state).
@@ -237,6 +255,7 @@ class Config:
             "timeouts": _fields(self.timeouts),
             "batching": _fields(self.batching),
             "snapshot": _fields(self.snapshot),
+            "limits": _fields(self.limits),
             "durability": self.durability,
             "log": _fields(self.log),
             "compaction": {
@@ -255,7 +274,9 @@ def _secret_summary(s: Secret) -> dict[str, Any]:
     }
 
 
-def _fields(obj: Timeouts | Batching | SnapshotSettings | LogSettings) -> dict[str, Any]:
+def _fields(
+    obj: Timeouts | Batching | SnapshotSettings | LogSettings | LimitSettings,
+) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
 
@@ -277,6 +298,11 @@ _BATCHING_INTS: Final[tuple[_IntSpec, ...]] = (
     # At most 2 MiB: one slot must fit a peer message (the core's message_bytes_max, 3 MiB).
     ("batch_bytes_max", _B.batch_bytes_max, BATCH_BYTES_MIN, 2 << 20),
     ("slots_in_flight_max", _B.slots_in_flight_max, 1, 10_000),
+)
+_L = LimitSettings()
+_LIMIT_INTS: Final[tuple[_IntSpec, ...]] = (
+    ("quota_bytes", _L.quota_bytes, 1 << 20, 1 << 50),
+    ("max_request_bytes", _L.max_request_bytes, 1024, COMMAND_BYTES_MAX),
 )
 _SNAPSHOT_INTS: Final[tuple[_IntSpec, ...]] = (
     ("snapshot_every_entries", _S.snapshot_every_entries, 1, 100_000_000),
@@ -301,6 +327,7 @@ _TOP_KEYS: Final = frozenset(
         "snapshot",
         "log",
         "compaction",
+        "limits",
     }
 )
 DEFAULT_PEER_KEY_FILE: Final = "keys/peer.key"
@@ -541,6 +568,10 @@ def _read(
 
     compaction = _read_compaction(r, r.table(doc, "compaction"))
 
+    limits_table = r.table(doc, "limits")
+    r.unknown(limits_table, "limits.", frozenset(s[0] for s in _LIMIT_INTS))
+    limits = LimitSettings(*(r.integer(limits_table, "limits.", s) for s in _LIMIT_INTS))
+
     peer_key = _read_key(
         r, doc, base, env, "peer_key_file", DEFAULT_PEER_KEY_FILE, PEER_KEY_CREDENTIAL
     )
@@ -581,6 +612,7 @@ def _read(
         durability=cast(Durability, durability),
         log=log,
         compaction=compaction,
+        limits=limits,
         initial_cluster_state=initial_state,
     )
 

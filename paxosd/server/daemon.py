@@ -73,6 +73,8 @@ from paxosd.server.runner import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
 from paxosd.server.watch import FrameEncoder, WatchHub, WatchLimits
 from paxosd.statemachine.commands import (
+    Alarm,
+    AlarmMember,
     BadCommand,
     Command,
     Compact,
@@ -104,6 +106,11 @@ DIGEST_CHECK_MS = 5000
 AUTO_COMPACT_CONN = -1
 AUTO_COMPACT_CLIENT_ID = "paxosd-auto-compaction"
 AUTO_COMPACT_SITE = "paxosd"
+# The NOSPACE alarm the leader raises through the log (see _check_quota).
+ALARM_CONN = -2
+ALARM_CLIENT_ID = "paxosd-alarm"
+# How often a leader over its quota may propose the alarm again while it is not yet applied.
+ALARM_PROPOSE_MS = 1000
 # How often the watch hub is checked for connections that closed unnoticed (a backstop:
 # ClientServer.closed_connections reports them at once, within its own bound).
 WATCH_SWEEP_MS = 1000
@@ -191,6 +198,10 @@ class Daemon:
         # it full, once one has (see _wait_for_space).
         self._space: Space | None = None
         self._disk_full: DiskFull | None = None
+        # The alarms last seen applied (logged when they change), and when the leader last
+        # proposed NOSPACE.
+        self._alarms_seen: tuple[AlarmMember, ...] = ()
+        self._alarm_proposed_ms = -ALARM_PROPOSE_MS
 
     def serve(self) -> int:
         cfg = self.config
@@ -263,6 +274,7 @@ class Daemon:
                     self.notifier.notify("WATCHDOG=1", f"STATUS={self._status_line()}")
                     next_watchdog = t + watchdog_ms
                 self._auto_compact(t)
+                self._check_quota(t)
             self._turn()
 
     # ------------------------------------------------------------------ a failing disk
@@ -527,6 +539,8 @@ class Daemon:
         self._answer_admin()
         if any(reply.conn_id == AUTO_COMPACT_CONN for reply in node.replies):
             self._compaction_answered()
+        if any(reply.conn_id == ALARM_CONN for reply in node.replies):
+            node.replies[:] = [r for r in node.replies if r.conn_id != ALARM_CONN]
         if node.replies:
             # One write per client connection per turn, whatever it was answered. Every
             # reply carries the header: this node, its promised ballot, the leader it knows.
@@ -558,6 +572,51 @@ class Daemon:
     def _ballot_header(self) -> tuple[int, int]:
         promised = self.node.replica.promised
         return (promised.round, promised.node)
+
+    def _check_quota(self, now: int) -> None:
+        """The leader raises NOSPACE through the log once the store is over its quota (as
+        an etcd member does with an AlarmRequest), so every replica refuses the same writes
+        from the same slot on; then logs alarm changes (every member, as applied)."""
+        node = self.node
+        sm = node.sm
+        quota = self.config.limits.quota_bytes
+        me = self.config.node_id
+        if (
+            node.replica.is_leader
+            and sm.store_bytes > quota
+            and not any(a.member == me and a.alarm == "NOSPACE" for a in sm.alarms)
+            and now - self._alarm_proposed_ms >= ALARM_PROPOSE_MS
+        ):
+            self._alarm_proposed_ms = now
+            command = encode_command(
+                Command(
+                    client_id=ALARM_CLIENT_ID,
+                    seq=sm.applied_through + 1,  # grows across leaders and restarts
+                    site=AUTO_COMPACT_SITE,
+                    op=Alarm(action="activate", alarm="NOSPACE", member=me, quota_bytes=quota),
+                )
+            )
+            node.on_client_command(ALARM_CONN, next(self._admin_tokens), command)
+        alarms = sm.alarms
+        if alarms == self._alarms_seen:
+            return
+        for a in alarms:
+            if a not in self._alarms_seen:
+                log.warning(
+                    "alarm_raised",
+                    alarm=a.alarm,
+                    member=a.member,
+                    store_bytes=sm.store_bytes,
+                    quota_bytes=a.quota_bytes,
+                    action="writes that add data are refused (NOSPACE): delete keys or "
+                    "compact, then paxosctl alarm disarm",
+                )
+        for a in self._alarms_seen:
+            if a not in alarms:
+                log.info("alarm_cleared", alarm=a.alarm, member=a.member)
+        self._alarms_seen = alarms
+        if self.metrics is not None:
+            self.metrics.alarm.labels(alarm="NOSPACE").set(1 if alarms else 0)
 
     def _auto_compact(self, now: int) -> None:
         """Propose a compaction when the [compaction] policy says one is due (leader only):
@@ -618,6 +677,9 @@ class Daemon:
         for peer, s in self.peers.stats().items():
             m.peer_connected.labels(peer=str(peer)).set(1 if s.connected else 0)
         self._measure()
+        m.store_bytes.set(self.node.sm.store_bytes)
+        m.quota_bytes.set(self.config.limits.quota_bytes)
+        m.alarm.labels(alarm="NOSPACE").set(1 if self.node.sm.alarms else 0)
         if r.is_leader:
             for peer, lag in r.peer_lag().items():
                 m.peer_lag.labels(peer=str(peer)).set(lag)

@@ -65,6 +65,15 @@ class Metrics:
             "1 while a write found the disk full: no votes, no answers until space is back",
             registry=r,
         )
+        self.store_bytes = Gauge(
+            "paxosd_store_bytes",
+            "The store's accounted bytes (keys, values, history) that the quota bounds",
+            registry=r,
+        )
+        self.quota_bytes = Gauge("paxosd_quota_bytes", "The store's quota", registry=r)
+        self.alarm = Gauge(
+            "paxosd_alarm", "1 while the alarm is raised (NOSPACE)", ["alarm"], registry=r
+        )
         self.requests = Counter(
             "paxosd_client_requests", "Client requests by outcome", ["status"], registry=r
         )

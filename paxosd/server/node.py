@@ -25,6 +25,7 @@ from paxosd.core.io import AdminResult, ClientCommand, PersistRecord
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import NodeId, Value
+from paxosd.net.admin import AlarmInfo
 from paxosd.server.config import Config
 from paxosd.server.diskspace import (
     TEST_DISK_BYTES_ENV,
@@ -47,8 +48,11 @@ from paxosd.statemachine.commands import (
     Command,
     Found,
     Get,
+    NoSpace,
     Put,
+    Result,
     Written,
+    adds_data,
     decode_command,
     encode_result,
     is_read,
@@ -281,6 +285,7 @@ class Node:
             hooks=_NodeHooks(self),
             address_of=self._client_address_of,
         )
+        self.runner.admit = self._admit
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.
         self.drain()
         self.replayed = self.runner.applied_slots
@@ -336,6 +341,14 @@ class Node:
 
     def on_client_command(self, conn_id: int, request_id: int, command: bytes) -> None:
         """A client's command for the log. Replies come when its slot is applied."""
+        request_max = self.config.limits.max_request_bytes
+        if len(command) > request_max:
+            reason = (
+                f"request is {len(command)} bytes, over max_request_bytes {request_max} "
+                "(config [limits]); nothing was proposed"
+            )
+            self.replies.append(Reply(conn_id, request_id, "bad_request", reason.encode()))
+            return
         if self.planted_bug == "ack_before_durable" and self._ack_early(
             conn_id, request_id, command
         ):
@@ -358,6 +371,23 @@ class Node:
         self.replies.append(Reply(conn_id, request_id, "ok", encode_result(guess)))
         self.replica.step(ClientCommand(command))
         return True
+
+    def _admit(self, cmd: Command) -> Result | None:
+        """The quota, before proposing (etcd's quotaKVServer): a command that may add data
+        while the store is at or over ``quota_bytes``, or while the NOSPACE alarm is raised,
+        is refused with NoSpace at once. A retry of a command already applied goes on to the
+        log, where the session table answers it with its first result."""
+        if not adds_data(cmd.op):
+            return None
+        sm = self.sm
+        quota = self.config.limits.quota_bytes
+        size = sm.store_bytes
+        if size < quota and not sm.alarms:
+            return None
+        last = sm.last_seq(cmd.client_id)
+        if last is not None and cmd.seq <= last:
+            return None
+        return NoSpace(size_bytes=size, quota_bytes=quota)
 
     def stale_read(self, command: bytes) -> tuple[str, bytes]:
         """A read of this replica's applied state, without the log: fast, maybe stale."""
@@ -413,6 +443,9 @@ class Node:
             "revision": self.sm.revision,
             "compact_revision": self.sm.compact_revision,
             "history_bytes": self.sm.history_bytes,
+            "store_bytes": self.sm.store_bytes,
+            "quota_bytes": self.config.limits.quota_bytes,
+            "alarms": [AlarmInfo(a.member, a.alarm) for a in self.sm.alarms],
         }
 
 

@@ -217,6 +217,9 @@ class Runner(Generic[M]):
         self._read_tokens = 0
         # Reads through read-index (no log write) unless the host turns it off.
         self.read_index = True
+        # The host's admission check for commands bound for the log (the daemon's quota):
+        # a result refuses the command before it is proposed, None lets it through.
+        self.admit: Callable[[Command], Result | None] | None = None
         self.replies: list[Reply] = []
         # Outcomes of membership changes and leader transfers, for the host to answer.
         self.admin_results: list[AdminResult] = []
@@ -269,6 +272,11 @@ class Runner(Generic[M]):
             self.reads[self._read_tokens] = PendingRead(conn_id, request_id, cmd.op)
             self.replica.step(ReadIndex(self._read_tokens))
             return cmd
+        if self.admit is not None:
+            refusal = self.admit(cmd)
+            if refusal is not None:
+                self.replies.append(Reply(conn_id, request_id, "ok", encode_result(refusal)))
+                return None
         if len(self.pending) >= PENDING_REQUESTS_MAX:
             self._busy(conn_id, request_id)
             return None

@@ -163,7 +163,24 @@ class Compact(msgspec.Struct, frozen=True, tag=True, array_like=True):
     revision: _Revision
 
 
-Op = Put | Get | Delete | Cas | Scan | Block | Unblock | Blocks | View | Txn | Compact
+ALARMS: Final = ("NOSPACE",)
+ALARM_ACTIONS: Final = ("activate", "deactivate")
+
+
+class Alarm(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Raise or clear a cluster alarm through the log, as etcd's AlarmRequest does, so every
+    replica agrees on it. NOSPACE: the store passed ``quota_bytes`` (the raising member's
+    quota); while it is raised, apply refuses every command that would add data (put, cas,
+    a transaction with a put) with ``NoSpace``; reads, deletes and compaction still work.
+    ``member``: the node that raised it; on "deactivate", 0 clears it for every member."""
+
+    action: str
+    alarm: str = "NOSPACE"
+    member: int = 0
+    quota_bytes: int = 0
+
+
+Op = Put | Get | Delete | Cas | Scan | Block | Unblock | Blocks | View | Txn | Compact | Alarm
 READ_OPS: Final = (Get, Scan, Blocks, View)
 TXN_OPS_MAX: Final = 128  # etcd's --max-txn-ops default
 
@@ -181,6 +198,17 @@ class Command(msgspec.Struct, frozen=True, array_like=True):
 def is_read(op: Op) -> bool:
     """Reads change no state (only session bookkeeping), so a retry may run them again."""
     return isinstance(op, READ_OPS)
+
+
+def adds_data(op: Op) -> bool:
+    """Whether ``op`` may grow the store, so is refused while NOSPACE is raised. etcd's
+    rule: a transaction with a put in either branch counts, whichever branch would run."""
+    match op:
+        case Put() | Cas():
+            return True
+        case Txn(success=success, failure=failure):
+            return any(isinstance(o, Put) for o in (*success, *failure))
+    return False
 
 
 # --------------------------------------------------------------------------------- results
@@ -358,6 +386,29 @@ class Malformed(msgspec.Struct, frozen=True, tag=True, array_like=True):
     reason: str
 
 
+class NoSpace(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Not applied: the store's accounted bytes (keys, values and history) passed its quota
+    and the NOSPACE alarm is raised (etcd's "database space exceeded"). Delete or compact,
+    then disarm the alarm (paxosctl alarm disarm)."""
+
+    size_bytes: int
+    quota_bytes: int
+
+
+class AlarmMember(msgspec.Struct, frozen=True, array_like=True):
+    """One raised alarm: which member raised it, which alarm, and that member's quota."""
+
+    member: int
+    alarm: str
+    quota_bytes: int = 0
+
+
+class Alarms(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The alarms raised after an Alarm command was applied, sorted by member."""
+
+    alarms: tuple[AlarmMember, ...]
+
+
 class Full(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """Not applied: the state machine's bound on ``what`` ("kv", "blocks") was reached."""
 
@@ -382,9 +433,19 @@ Result = (
     | RevisionCompacted
     | FutureRevision
     | TxnRefused
+    | NoSpace
+    | Alarms
 )
 # Results that mean "this command had no effect": a history checker treats them as "fail".
-NOT_APPLIED: Final = (Stale, Malformed, Full, RevisionCompacted, FutureRevision, TxnRefused)
+NOT_APPLIED: Final = (
+    Stale,
+    Malformed,
+    Full,
+    RevisionCompacted,
+    FutureRevision,
+    TxnRefused,
+    NoSpace,
+)
 
 # ---------------------------------------------------------------------------------- events
 
@@ -448,6 +509,13 @@ def validate_command(cmd: Command) -> None:
             _check_txn(compares, success, failure)
         case Compact(revision=revision):
             _check_revision(revision)
+        case Alarm(action=action, alarm=alarm, member=member, quota_bytes=quota):
+            if action not in ALARM_ACTIONS:
+                raise BadCommand(f"alarm action {action!r} is not one of {ALARM_ACTIONS}")
+            if alarm not in ALARMS:
+                raise BadCommand(f"alarm {alarm!r} is not one of {ALARMS}")
+            if not 0 <= member <= SEQ_MAX or not 0 <= quota <= SEQ_MAX:
+                raise BadCommand("alarm member and quota_bytes must be in 0.." + str(SEQ_MAX))
         case _:
             _validate_op(op)
 
@@ -570,6 +638,11 @@ def decode_result(data: bytes) -> Result:
 
 
 __all__ = [
+    "ALARMS",
+    "ALARM_ACTIONS",
+    "Alarm",
+    "AlarmMember",
+    "Alarms",
     "BadCommand",
     "Block",
     "BlockList",
@@ -596,6 +669,7 @@ __all__ = [
     "KeyValue",
     "Malformed",
     "NOT_APPLIED",
+    "NoSpace",
     "NotFound",
     "Op",
     "Post",
@@ -617,6 +691,7 @@ __all__ = [
     "Unblock",
     "View",
     "Written",
+    "adds_data",
     "decode_command",
     "decode_result",
     "encode_command",

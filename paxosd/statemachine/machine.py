@@ -33,12 +33,16 @@ import msgspec
 
 from paxosd.core.membership import is_membership_command
 from paxosd.statemachine.commands import (
+    ALARMS,
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
     SEQ_MAX,
     SITE_BYTES_MAX,
     VALUE_BYTES_MAX,
     VERSION_MAX,
+    Alarm,
+    AlarmMember,
+    Alarms,
     BadCommand,
     Block,
     BlockList,
@@ -60,6 +64,7 @@ from paxosd.statemachine.commands import (
     Get,
     KeyValue,
     Malformed,
+    NoSpace,
     NotFound,
     Op,
     Post,
@@ -79,6 +84,7 @@ from paxosd.statemachine.commands import (
     Unblock,
     View,
     Written,
+    adds_data,
     decode_command,
     decode_result,
     encode_result,
@@ -205,6 +211,8 @@ class _SnapshotState(msgspec.Struct, frozen=True, array_like=True):
     compact_revision: int = 0
     base: tuple[KeyValue, ...] = ()
     events: tuple[KeyValue, ...] = ()
+    # The raised alarms, sorted by member (absent from older snapshots: none raised).
+    alarms: tuple[AlarmMember, ...] = ()
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -459,11 +467,33 @@ class StateMachine:
         # Least recently used first; every command from a client moves it to the end.
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._sessions_bytes = 0
+        # Raised alarms by (member, alarm): replicated (raised and cleared only by Alarm
+        # commands in the log), so every replica refuses the same writes.
+        self._alarms: dict[tuple[int, str], AlarmMember] = {}
 
     @property
     def history_bytes(self) -> int:
         """Bytes charged to history: superseded versions and deletions still retained."""
         return self._history_bytes
+
+    @property
+    def store_bytes(self) -> int:
+        """The store's size for its quota: live keys and values plus history, as charged
+        (payload + ENTRY_OVERHEAD_BYTES per entry). A function of the applied log only, so
+        every replica at one applied index reports the same number, whatever its disk."""
+        return self._kv_bytes + self._history_bytes
+
+    def last_seq(self, client_id: str) -> int | None:
+        """The last seq applied for ``client_id``'s session, or None (no session): a host
+        that refuses commands before proposing them must let retries through, whose answer
+        the session table holds."""
+        session = self._sessions.get(client_id)
+        return None if session is None else session.last_seq
+
+    @property
+    def alarms(self) -> tuple[AlarmMember, ...]:
+        """The raised alarms, sorted by member then alarm."""
+        return tuple(self._alarms[k] for k in sorted(self._alarms))
 
     # ---------------------------------------------------------------------------- apply
 
@@ -530,6 +560,9 @@ class StateMachine:
     # ---------------------------------------------------------------------------- writes
 
     def _write(self, slot: int, cmd: Command) -> Result:
+        if self._alarms and adds_data(cmd.op):
+            quota = max(a.quota_bytes for a in self._alarms.values())
+            return NoSpace(size_bytes=self.store_bytes, quota_bytes=quota)
         match cmd.op:
             case Put(key=key, value=value, prev_kv=prev_kv):
                 writes = _Writes(self)
@@ -577,6 +610,13 @@ class StateMachine:
                     return FutureRevision(revision=self.revision)
                 self._compact(revision)
                 return Compacted(compact_revision=revision, revision=self.revision)
+            case Alarm(action=action, alarm=alarm, member=member, quota_bytes=quota):
+                if action == "activate":
+                    self._alarms.setdefault((member, alarm), AlarmMember(member, alarm, quota))
+                else:
+                    for k in [k for k in self._alarms if k[1] == alarm and member in (0, k[0])]:
+                        del self._alarms[k]
+                return Alarms(alarms=self.alarms)
             case Block(site=site, other=other):
                 if (site, other) in self._blocks:
                     return Changed(changed=False)
@@ -904,6 +944,7 @@ class StateMachine:
             compact_revision=self.compact_revision,
             base=tuple(base),
             events=tuple(self._events[self._events_start :]),
+            alarms=self.alarms,
         )
 
     @classmethod
@@ -942,6 +983,10 @@ class StateMachine:
             _restore_format_1(sm, state)
         else:
             _restore_history(sm, state)
+        for a in state.alarms:
+            if a.alarm not in ALARMS or not 0 <= a.member <= SEQ_MAX or a.quota_bytes < 0:
+                raise ValueError(f"bad alarm in snapshot: {a}")
+            sm._alarms[(a.member, a.alarm)] = a
         if sm._kv_bytes > limits.kv_bytes_max:
             raise ValueError(f"kv holds {sm._kv_bytes} bytes, over {limits.kv_bytes_max}")
         # Apply may leave history over its budget by what the last slot superseded, since it
