@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 from paxosd.statemachine.commands import (
     COMMAND_BYTES_MAX,
+    Alarm,
+    AlarmMember,
+    Alarms,
     BadCommand,
     Block,
     Cas,
@@ -22,6 +25,7 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     KeyValue,
+    NoSpace,
     Put,
     RevisionCompacted,
     Row,
@@ -76,6 +80,8 @@ _VALID_RESULTS = [
     encode_result(RevisionCompacted(3, 1)),
     encode_result(FutureRevision(9)),
     encode_result(TxnRefused("duplicate key")),
+    encode_result(NoSpace(2 << 20, 1 << 20)),
+    encode_result(Alarms((AlarmMember(1, "NOSPACE", 1 << 20),))),
 ]
 
 
@@ -91,6 +97,10 @@ def _snapshot() -> bytes:
     # The key's value at 2 (kept below the compaction: the prev_kv of the event at 4) and at
     # 6, and its two timeline posts.
     assert sm.snapshot().count(b"value") == 4
+    # A raised alarm, so that restore's alarm checks are fuzzed too.
+    raised = Alarm("activate", "NOSPACE", 1, 1 << 20)
+    sm.apply(3, (encode_command(Command("c", 13, "B", raised)),))
+    assert sm.alarms
     return sm.snapshot()
 
 
@@ -213,6 +223,10 @@ def test_oversized_input_is_refused_before_decoding():
         Command("c", 1, "A", Txn((), (), (Get(""),))),
         Command("c", 1, "A", Txn((), (Cas("k", b"n", expect_version=0),))),  # type: ignore[arg-type]
         Command("c", 1, "A", Txn((), (Compact(1),))),  # type: ignore[arg-type]
+        Command("c", 1, "A", Alarm("sound")),
+        Command("c", 1, "A", Alarm("activate", "CORRUPT")),
+        Command("c", 1, "A", Alarm("activate", "NOSPACE", -1)),
+        Command("c", 1, "A", Txn((), (Alarm("activate"),))),  # type: ignore[arg-type]
     ],
 )
 def test_out_of_bounds_commands_are_refused_on_encode_and_on_decode(cmd):

@@ -20,6 +20,7 @@ from paxosd.server.compaction import CompactionSettings
 from paxosd.server.config import (
     Batching,
     ConfigError,
+    LimitSettings,
     LogSettings,
     SnapshotSettings,
     Timeouts,
@@ -387,6 +388,7 @@ def test_the_example_config_validates_and_shows_every_default() -> None:
     assert doc["batching"] == dataclasses.asdict(Batching())
     assert doc["snapshot"] == dataclasses.asdict(SnapshotSettings())
     assert doc["log"] == dataclasses.asdict(LogSettings())
+    assert doc["limits"] == dataclasses.asdict(LimitSettings())
     assert doc["durability"] == "fsync"
     text = example.read_text()
     assert "# metrics_address = " in text  # optional: documented, off by default
