@@ -506,6 +506,9 @@ def status_rows(answers: list[dict[str, Any]]) -> dict[str, Any]:
                 "db_bytes": a.get("db_bytes", 0),
                 "disk_free_bytes": a.get("disk_free_bytes", 0),
                 "disk_full": bool(a.get("disk_full", False)),
+                "store_bytes": a.get("store_bytes", 0),
+                "quota_bytes": a.get("quota_bytes", 0),
+                "alarms": list(a.get("alarms", [])),
             }
         )
     mismatches = digest_mismatches(nodes)
@@ -552,8 +555,8 @@ def status(
     JSON: {"leader", "nodes": [{"node_id", "address", "role", "ballot", "decided_index",
     "applied_index", "lag", "revision", "compact_revision", "digest",
     "last_contact_ms_ago", "watchers", "watchers_catching_up",
-    "watchers_canceled_compacted", "db_bytes", "disk_free_bytes", "disk_full"}],
-    "digests_agree",
+    "watchers_canceled_compacted", "db_bytes", "disk_free_bytes", "disk_full", "store_bytes",
+    "quota_bytes", "alarms": [{"member", "alarm"}]}], "digests_agree",
     "mismatches": [{"applied_index", "digests": {"<node_id>": "<digest>"}}]}; a node that
     does not answer has "role": "unreachable" and "error" instead of the indexes.
 
@@ -641,6 +644,17 @@ def status(
                     f"node {n['node_id']}: disk full: it neither votes nor serves until space "
                     "is freed on its data dir's file system, then rejoins by itself"
                 )
+        raised = {
+            (a["member"], a["alarm"])
+            for n in out["nodes"]
+            if n["role"] != "unreachable"
+            for a in n["alarms"]
+        }
+        for member, alarm in sorted(raised):
+            render.note(
+                f"alarm {alarm} raised by node {member}: writes that add data are refused "
+                "(delete or compact, then paxosctl alarm disarm)"
+            )
         if out["leader"] is None:
             render.note(
                 "no leader: writes and linearizable reads fail until one is elected (exit 3)"

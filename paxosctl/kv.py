@@ -47,6 +47,7 @@ from paxosd.client.errors import NoSpaceError
 from paxosd.client.txn import cas_result, cas_txn
 from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
+    Alarms,
     BlockList,
     CasMismatch,
     Changed,
@@ -186,6 +187,9 @@ def result_line(result: Result) -> str:
             return f"{outcome} ({len(responses)} responses)"
         case Compacted(compact_revision=c):
             return f"compacted revision {c}"
+        case Alarms(alarms=alarms):
+            raised = ", ".join(f"memberID:{a.member} alarm:{a.alarm}" for a in alarms)
+            return f"alarms: {raised}" if alarms else "alarms: none"
         case RevisionCompacted(compact_revision=c, revision=r):
             return f"refused: revision {r} was compacted (oldest readable {c})"
         case FutureRevision(revision=r):

@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "CompactedError": "paxosd.client.errors",
     "FutureRevisionError": "paxosd.client.errors",
     "TxnRefusedError": "paxosd.client.errors",
+    "NoSpaceError": "paxosd.client.errors",
     # Where an answer came from: revision, leader, ballot, node (Client.last_header).
     "Header": "paxosd.client.client",
     # Results of commands.
@@ -72,9 +73,11 @@ _EXPORTS: dict[str, str] = {
     "Txn": "paxosd.statemachine.commands",
     "Compare": "paxosd.statemachine.commands",
     "Compact": "paxosd.statemachine.commands",
+    "Alarms": "paxosd.statemachine.commands",
 }
 
 __all__ = [
+    "Alarms",
     "AuthError",
     "BadRequestError",
     "BlockList",
@@ -97,6 +100,7 @@ __all__ = [
     "Header",
     "KeyFileError",
     "KeyValue",
+    "NoSpaceError",
     "NotFound",
     "NotFoundError",
     "Pipeline",

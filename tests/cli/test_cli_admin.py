@@ -145,10 +145,14 @@ def test_status_shows_every_node_and_agreeing_digests(cli: Cli) -> None:
             "db_bytes",
             "disk_free_bytes",
             "disk_full",
+            "store_bytes",
+            "quota_bytes",
+            "alarms",
         }
         assert n["lag"] >= 0 and n["last_contact_ms_ago"] is not None
         assert n["watchers"] >= n["watchers_catching_up"] >= 0
         assert n["db_bytes"] > 0 and n["disk_free_bytes"] > 0 and n["disk_full"] is False
+        assert n["store_bytes"] >= 0 and n["quota_bytes"] == 2 << 30 and n["alarms"] == []
     table = cli.ok("status").stdout
     assert "last contact" in table and "leader" in table and "MISMATCH" not in table
     assert "watchers" in table
