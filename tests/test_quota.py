@@ -10,6 +10,8 @@ raising the alarm, clearing it) on a real 3-node cluster through paxosctl.
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,11 +138,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             mp.delenv(var, raising=False)
         extra = f"[limits]\nquota_bytes = {QUOTA}\nmax_request_bytes = {REQUEST_MAX}\n"
         c = LocalCluster.create(root, 3, durability="unsafe-no-fsync", extra_config=extra)
+        cfg = c.config_path(1)
+        cfg.write_text(cfg.read_text().replace("# metrics_address", "metrics_address"))
         try:
             c.up()
             yield c
         finally:
             c.down()
+
+
+def _metrics(c: LocalCluster) -> str:
+    port = re.search(r'metrics_address = "[^"]*:(\d+)"', c.config_path(1).read_text())
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=5) as r:
+        body: bytes = r.read()
+    return body.decode()
 
 
 def _ctl(*args: str) -> Result:
@@ -167,6 +179,13 @@ def test_past_the_quota_writes_are_refused_until_space_is_freed_and_the_alarm_di
             lambda: all(a and a[0]["alarm"] == "NOSPACE" for a in _alarms(cl)),
         )
         assert any("alarm_raised" in cluster.logs_tail(k, 200) for k in cluster.node_ids())
+        wait_for(
+            "the NOSPACE metric",
+            lambda: 'paxosd_alarm{alarm="NOSPACE"} 1.0' in _metrics(cluster),
+        )
+        assert "paxosd_store_bytes" in _metrics(cluster)
+        shown = _ctl("status")
+        assert "alarm NOSPACE raised by node" in shown.stderr, shown.output
         listed = _ctl("alarm", "list")
         assert listed.exit_code == 0 and "alarm:NOSPACE" in listed.stdout, listed.output
         refused = _ctl("put", "more", "x")
