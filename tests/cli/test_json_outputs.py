@@ -41,6 +41,8 @@ RECIPES: list[tuple[str, list[str]]] = [
     ("view-log", ["view-log", "--limit", "5"]),
     ("members", ["members"]),
     ("leader", ["leader"]),
+    ("alarm list", ["alarm", "list"]),
+    ("alarm disarm", ["alarm", "disarm"]),
     ("leader transfer", ["leader", "transfer"]),
     ("member add", ["member", "add", "9", "127.0.0.1:1"]),
     ("member promote", ["member", "promote", "9", "--timeout-ms", "500"]),
