@@ -574,7 +574,7 @@ class Daemon:
         return (promised.round, promised.node)
 
     def _check_quota(self, now: int) -> None:
-        """The leader raises NOSPACE through the log once the store is over its quota (as
+        """The leader raises NOSPACE through the log once the store reaches its quota (as
         an etcd member does with an AlarmRequest), so every replica refuses the same writes
         from the same slot on; then logs alarm changes (every member, as applied)."""
         node = self.node
@@ -583,7 +583,7 @@ class Daemon:
         me = self.config.node_id
         if (
             node.replica.is_leader
-            and sm.store_bytes > quota
+            and sm.store_bytes >= quota
             and not any(a.member == me and a.alarm == "NOSPACE" for a in sm.alarms)
             and now - self._alarm_proposed_ms >= ALARM_PROPOSE_MS
         ):
