@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from paxosd.client.client import Client, UnavailableError, statuses_json
+from paxosd.client.pipeline import Pipeline, Session
 from paxosd.lab import localcluster
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.server.diskspace import (
@@ -31,7 +32,7 @@ from paxosd.server.diskspace import (
     TEST_DISK_BYTES_ENV,
     TEST_DISK_FAULT_ENV,
 )
-from paxosd.statemachine.commands import Found
+from paxosd.statemachine.commands import Found, Put, Written
 from paxosd.storage.store import DB_FILENAME
 from tests.waiting import wait_for
 
@@ -136,6 +137,16 @@ def _full_disk_scenario(
             pytest.raises(UnavailableError, match="disk full"),
         ):
             only_small.put("refused", b"x")
+        # A client or pipeline that asks the full node first goes on to the others.
+        others = [a for i, a in enumerate(c.endpoints(), 1) if i != SMALL]
+        with Client([small, *others], c.client_key(), timeout_ms=20_000) as small_first:
+            assert isinstance(small_first.put("small-first", b"x"), Written)
+            acked["small-first"] = b"x"
+        with Pipeline[str]([small, *others], c.client_key(), timeout_ms=20_000) as p:
+            p.submit(Session().next_command(Put(key="piped", value=b"y")), "piped")
+            done = wait_for("the pipelined put", lambda: p.poll(100))
+            assert done[0][0] == "piped" and isinstance(done[0][1], Written), done
+            acked["piped"] = b"y"
         if restart_env is not None:
             proc = localcluster._CHILDREN[pid]
             assert c.stop(SMALL) and proc.wait(timeout=30) == 0
