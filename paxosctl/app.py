@@ -247,7 +247,7 @@ app = typer.Typer(
     "\n  1  not found, CAS mismatch, revision compacted or in the future, digest mismatch"
     " or a violation found"
     "\n  2  usage error"
-    "\n  3  unavailable, or no quorum within --timeout-ms"
+    "\n  3  unavailable, or no quorum within --timeout-ms, or the store over its quota"
     "\n  4  authentication failed (wrong client key)"
     "\n\nErrors are one line on stderr."
     "\n\nConnection and output options (--endpoints, --key-file, --config, --timeout-ms,"
