@@ -1,7 +1,7 @@
 """``paxosctl alarm list / disarm``: the cluster's alarms, as etcdctl's.
 
 NOSPACE is raised through the log by the leader once the store's accounted bytes (keys,
-values and history, the same on every replica) pass its ``[limits] quota_bytes``; while it
+values and history, the same on every replica) reach its ``[limits] quota_bytes``; while it
 is raised, puts, cas and transactions with a put are refused (exit 3, "NOSPACE: ..."), and
 reads, deletes and compaction work. Free space, then disarm.
 """

@@ -161,8 +161,9 @@ class LimitSettings:
     """``[limits]``, etcd's --quota-backend-bytes and --max-request-bytes.
 
     ``quota_bytes`` bounds the store's accounted size (keys, values and history, as the
-    state machine charges them: the same number on every replica, whatever its disk). Past
-    it the leader refuses writes with NOSPACE and raises the NOSPACE alarm through the log.
+    state machine charges them: the same number on every replica, whatever its disk). When
+    the store reaches it the leader raises the NOSPACE alarm through the log, after which
+    writes that add data are refused with NOSPACE.
     ``max_request_bytes`` bounds one encoded client command, refused before it is proposed;
     at most the codec's replicated bound COMMAND_BYTES_MAX (1 MiB), which is below etcd's
     1.5 MiB default: every member must decode every logged command, so raising it is a

@@ -48,7 +48,6 @@ from paxosd.statemachine.commands import (
     Command,
     Found,
     Get,
-    NoSpace,
     Put,
     Result,
     Written,
@@ -373,21 +372,24 @@ class Node:
         return True
 
     def _admit(self, cmd: Command) -> Result | None:
-        """The quota, before proposing (etcd's quotaKVServer): a command that may add data
-        while the store is at or over ``quota_bytes``, or while the NOSPACE alarm is raised,
-        is refused with NoSpace at once. A retry of a command already applied goes on to the
-        log, where the session table answers it with its first result."""
+        """While the NOSPACE alarm is raised (applied here), a command that may add data is
+        refused at once with the NoSpace that apply would give it, rather than spend a slot
+        on it (etcd's quota check before proposing). Only once the alarm is applied: then
+        any earlier slot is applied too, so a retry of a command already in the log finds
+        its answer in the session table (let through, below), and a command ordered after
+        the alarm is refused by apply alike. Refusing as soon as the store reaches the quota,
+        before the alarm is in the log, could tell a retry "nothing changed" about a command
+        that an earlier slot still applies."""
         if not adds_data(cmd.op):
             return None
         sm = self.sm
-        quota = self.config.limits.quota_bytes
-        size = sm.store_bytes
-        if size < quota and not sm.alarms:
+        refusal = sm.nospace()
+        if refusal is None:
             return None
         last = sm.last_seq(cmd.client_id)
         if last is not None and cmd.seq <= last:
             return None
-        return NoSpace(size_bytes=size, quota_bytes=quota)
+        return refusal
 
     def stale_read(self, command: bytes) -> tuple[str, bytes]:
         """A read of this replica's applied state, without the log: fast, maybe stale."""

@@ -490,6 +490,14 @@ class StateMachine:
         session = self._sessions.get(client_id)
         return None if session is None else session.last_seq
 
+    def nospace(self) -> NoSpace | None:
+        """What apply answers a command that adds data while NOSPACE is raised (None: it is
+        not): the store's size and the raising member's quota."""
+        if not self._alarms:
+            return None
+        quota = max(a.quota_bytes for a in self._alarms.values())
+        return NoSpace(size_bytes=self.store_bytes, quota_bytes=quota)
+
     @property
     def alarms(self) -> tuple[AlarmMember, ...]:
         """The raised alarms, sorted by member then alarm."""
@@ -561,8 +569,9 @@ class StateMachine:
 
     def _write(self, slot: int, cmd: Command) -> Result:
         if self._alarms and adds_data(cmd.op):
-            quota = max(a.quota_bytes for a in self._alarms.values())
-            return NoSpace(size_bytes=self.store_bytes, quota_bytes=quota)
+            refusal = self.nospace()
+            assert refusal is not None
+            return refusal
         match cmd.op:
             case Put(key=key, value=value, prev_kv=prev_kv):
                 writes = _Writes(self)
