@@ -1060,7 +1060,9 @@ def _wait_for_space_at_start(cfg: Config, error: DiskFull) -> None:
         "by itself once resume_free_bytes are free",
     )
     status = f"STATUS=disk full at start: {cfg.data_dir}; waiting for space"
-    notifier.notify(status)
+    # READY: waiting is this unit's intended state, not a start that hangs; without it
+    # systemd would kill the unit after TimeoutStartSec and restart it, a slow crash loop.
+    notifier.notify("READY=1", status, f"MAINPID={os.getpid()}")
     while not stop:
         notifier.notify("WATCHDOG=1", status)
         time.sleep(DISK_CHECK_MS / 1000)
