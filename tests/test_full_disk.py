@@ -11,6 +11,7 @@ and a restart on a healthy disk recovers and agrees.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sqlite3
@@ -97,11 +98,13 @@ def _full_disk_scenario(
     free_space: Callable[[], None],
     metrics_port: int | None = None,
     restart_env: dict[str, str] | None = None,
+    before_restart: Callable[[], None] = lambda: None,
 ) -> None:
     """Fill node SMALL's disk, check it stops and says so while the others go on, free
     space, check it comes back by itself and nothing acknowledged was lost. With
-    ``restart_env``, the full node is also stopped (SIGTERM: a clean exit, code 0) and
-    started again (with that env) onto the still-full disk: it waits again, no crash loop."""
+    ``restart_env``, the full node is also stopped (SIGTERM: a clean exit, code 0), then
+    ``before_restart`` runs, and it is started again (with that env) onto the still-full
+    disk: it waits again (same process, another disk_full line), no crash loop."""
     c.up()
     pid = c.pid(SMALL)
     assert pid is not None
@@ -150,15 +153,16 @@ def _full_disk_scenario(
         if restart_env is not None:
             proc = localcluster._CHILDREN[pid]
             assert c.stop(SMALL) and proc.wait(timeout=30) == 0
+            before_restart()
+            seen = _count(c, SMALL, '"event": "disk_full"')
             pid = c.start(SMALL, env=restart_env)
-
-            def full_again() -> bool:
-                row = _status_of(c, SMALL)
-                return row is not None and bool(row.get("disk_full"))
-
             cl.put("restarted", b"x")  # something for the restarted node to write
             acked["restarted"] = b"x"
-            wait_for(f"node {SMALL} restarted onto a full disk waits again", full_again)
+            wait_for(
+                f"node {SMALL} restarted onto a full disk waits again",
+                lambda: _count(c, SMALL, '"event": "disk_full"') > seen,
+            )
+            assert c.pid(SMALL) == pid, "it exited instead of waiting"
         # Space comes back: the node recovers from disk by itself, in the same process.
         free_space()
         rows = wait_for("the replicas agree again", lambda: _converged(c), bound_s=60)
@@ -184,6 +188,10 @@ def _log_line(c: LocalCluster, k: int, event: str) -> str:
         if event in line:
             return line
     return ""
+
+
+def _count(c: LocalCluster, k: int, text: str) -> int:
+    return c.logs_tail(k, 2000).count(text)
 
 
 def _integrity_ok(db: Path) -> None:
@@ -243,7 +251,20 @@ def test_a_full_tmpfs_stops_the_node_and_freeing_space_restores_it(
         free = shutil.disk_usage(data).free
         with filler.open("wb") as out:
             out.write(b"\0" * max(0, free - 300_000))
-        _full_disk_scenario(cluster, filler.unlink)
+
+        def fill_up() -> None:
+            # Not a byte left, and no WAL index (SQLite rebuilds it from the WAL): the
+            # restart's open fails creating it, so the node waits before it recovers.
+            (data / f"{DB_FILENAME}-shm").unlink(missing_ok=True)
+            with contextlib.suppress(OSError), filler.open("ab", buffering=0) as out:
+                while True:
+                    out.write(b"\0" * 4096)
+
+        _full_disk_scenario(cluster, filler.unlink, restart_env={}, before_restart=fill_up)
+        lines = cluster.logs_tail(SMALL, 2000).splitlines()
+        assert any('"disk_full"' in line and "starts by itself" in line for line in lines), (
+            "the restart waited for space before recovering"
+        )
     finally:
         cluster.down()
         subprocess.run(["umount", "-l", str(data)], check=False)

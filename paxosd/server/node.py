@@ -472,6 +472,9 @@ def lock_data_dir(data_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise StorageError(data_dir, "another paxosd process is using this data dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass  # the pid is for people only; a full disk must not stop the start (it waits)
     return fd

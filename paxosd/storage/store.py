@@ -144,14 +144,17 @@ class StorageIOError(StorageError):
 
 class DiskFull(StorageIOError):
     """A write failed for want of space (SQLITE_FULL: the file system is full, or the
-    database reached its page limit). Unlike an I/O error this is an operating condition the
-    node can wait out: SQLite rolled the failed transaction back, so the file holds exactly
-    the transactions committed before it, and once space is back a restart recovers."""
+    database reached its page limit; or SQLITE_IOERR_SHMSIZE: the WAL index could not
+    grow, which is how opening a database on a full disk fails). Unlike an I/O error this
+    is an operating condition the node can wait out: SQLite rolled the failed transaction
+    back, so the file holds exactly the transactions committed before it, and once space
+    is back a restart recovers."""
 
 
 # SQLite primary result codes (https://sqlite.org/rescode.html) that are not corruption.
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_CONSTRAINT = 10, 13, 14, 19
+_SQLITE_IOERR_SHMSIZE = 4874  # an extended code: SQLITE_IOERR | (19 << 8)
 
 
 def _translate(path: Path, doing: str, exc: sqlite3.Error) -> StorageError:
@@ -164,6 +167,10 @@ def _translate(path: Path, doing: str, exc: sqlite3.Error) -> StorageError:
         return DatabaseLocked(path, f"{problem} (is another paxosd using this data dir?)")
     if primary == _SQLITE_FULL:
         return DiskFull(path, problem)
+    if code == _SQLITE_IOERR_SHMSIZE:
+        # Growing the WAL index (the -shm file) failed: ENOSPC in practice. Opening a WAL
+        # database creates it, so a restart onto a full disk fails here, not with FULL.
+        return DiskFull(path, f"{problem} (the WAL index file could not grow: disk full?)")
     if primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN):
         return StorageIOError(path, problem)
     if primary == _SQLITE_CONSTRAINT:
