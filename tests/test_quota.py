@@ -9,6 +9,7 @@ raising the alarm, clearing it) on a real 3-node cluster through paxosctl.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import urllib.request
@@ -23,7 +24,8 @@ from paxosctl.app import app
 from paxosd.client.client import Client, statuses_json
 from paxosd.client.errors import NoSpaceError
 from paxosd.lab.localcluster import LocalCluster
-from paxosd.server.config import ConfigError, load_config
+from paxosd.server.config import ConfigError, LimitSettings, load_config
+from paxosd.server.node import Node
 from paxosd.statemachine.commands import (
     Alarm,
     Alarms,
@@ -47,6 +49,7 @@ from paxosd.statemachine.commands import (
     Result as SmResult,
 )
 from paxosd.statemachine.machine import StateMachine
+from paxosd.tools.initcluster import init_cluster
 from tests.waiting import wait_for
 
 # ------------------------------------------------------------------ the state machine
@@ -226,3 +229,57 @@ def test_a_request_over_max_request_bytes_is_refused_before_it_is_proposed(
         rows = statuses_json(cl)
         assert all(r["applied_index"] == before for r in rows if "error" not in r)
         assert _ctl("get", "big").exit_code == 1
+
+
+# ------------------------------------------------------------------ one node, by hand
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    """A one-member node without a transport, max_request_bytes 64 KiB."""
+    res = init_cluster(tmp_path / "cluster", 1, base_port=24100)
+    cfg = load_config(res.configs[0])
+    cfg = dataclasses.replace(
+        cfg,
+        durability="unsafe-no-fsync",
+        limits=LimitSettings(quota_bytes=1 << 20, max_request_bytes=REQUEST_MAX),
+    )
+    n = Node(cfg, bootstrap=True)
+    wait_for("a one-member cluster elects itself", lambda: _leads(n))
+    yield n
+    n.storage.close()
+
+
+def _leads(n: Node) -> bool:
+    n.on_tick()
+    n.drain()
+    return n.replica.is_leader
+
+
+def _ask(n: Node, seq: int, op: Any, client: str = "c") -> tuple[str, SmResult | bytes, int]:
+    """Submit, drain, and return (status, result, slots decided meanwhile)."""
+    before = n.replica.decided_through
+    n.on_client_command(1, seq, encode_command(Command(client, seq, "s", op)))
+    n.drain()
+    (reply,) = n.replies
+    n.replies.clear()
+    result = decode_result(reply.result) if reply.status == "ok" else reply.result
+    return reply.status, result, n.replica.decided_through - before
+
+
+def test_while_nospace_is_applied_a_node_refuses_new_writes_before_proposing(node: Node) -> None:
+    status, written, slots = _ask(node, 1, Put(key="a", value=b"1"))
+    assert (status, slots) == ("ok", 1) and isinstance(written, Written)
+    _ask(node, 2, Alarm(action="activate", member=1, quota_bytes=10), client="ops")
+    status, refused, slots = _ask(node, 2, Put(key="b", value=b"2"))
+    assert status == "ok" and isinstance(refused, NoSpace) and slots == 0, "not proposed"
+    # A retry of a write the log already applied is answered from the session table.
+    assert _ask(node, 1, Put(key="a", value=b"1")) == ("ok", written, 1)
+    status, deleted, slots = _ask(node, 3, Delete(key="a"))
+    assert isinstance(deleted, Deleted) and deleted.deleted == 1 and slots == 1
+
+
+def test_a_command_over_max_request_bytes_is_refused_and_not_proposed(node: Node) -> None:
+    status, reason, slots = _ask(node, 1, Put(key="big", value=b"x" * REQUEST_MAX))
+    assert status == "bad_request" and slots == 0
+    assert isinstance(reason, bytes) and b"over max_request_bytes 65536" in reason
