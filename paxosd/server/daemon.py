@@ -234,13 +234,19 @@ class Daemon:
             self._hand_over_leadership()
             self._turn()  # finish what is in flight: persist, send, reply
             self.node.flush_decided()
+        except DiskFull as e:
+            # Stopping anyway: nothing after the failed write leaves, the next start
+            # recovers from disk (or waits for space).
+            self._stop_acknowledging()
+            log.error("disk_full", data_dir=str(self.config.data_dir), error=e.problem)
         except StorageError as e:
             return self._storage_failed(e)
         if self._probe is not None:
             self._probe.close()
         self.peers.close()
         self.clients.close()
-        self.node.storage.close()
+        with suppress(StorageError):  # after a full disk: its checkpoint may fail too
+            self.node.storage.close()
         return 0
 
     def _loop(self) -> None:
