@@ -792,3 +792,13 @@ def test_removing_many_keys_at_once_keeps_the_key_lists_sorted_and_exact():
     assert d.sm._keys == sorted(["p/05", *(f"q/{i:02d}" for i in range(40))])
     restored = StateMachine.restore(d.sm.snapshot())
     assert (restored._keys, restored._hkeys) == (d.sm._keys, d.sm._hkeys)
+
+
+def test_every_version_of_a_key_shares_one_key_string_also_after_a_restore():
+    d = Driver()
+    for i in range(3):
+        d.run(Put("k" + "ey" * 20, b"%d" % i))  # a fresh string object in every command
+    d.run(Delete("k" + "ey" * 20))
+    for sm in (d.sm, StateMachine.restore(d.sm.snapshot())):
+        (versions,) = sm._index.values()
+        assert len(versions) == 4 and all(v.key is versions[0].key for v in versions)

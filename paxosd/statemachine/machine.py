@@ -369,6 +369,9 @@ class _Writes:
                 raise _ResultTooLarge
 
     def put(self, key: str, value: bytes, prev_kv: bool) -> Written:
+        versions = self.sm._index.get(key)
+        if versions is not None:
+            key = versions[0].key  # one string per key for all its versions, not one each
         prev = self.current(key)
         key_cost = ENTRY_OVERHEAD_BYTES + len(key.encode("utf-8"))
         if prev is None:
@@ -1149,6 +1152,8 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
         if versions is None:
             index[kv.key] = [kv]
         else:
+            # One string per key for all its versions, as apply keeps it.
+            kv = msgspec.structs.replace(kv, key=versions[0].key)
             versions.append(kv)
         sm._events.append(kv)
     if expected - 1 != max(revision, floor - 1):
