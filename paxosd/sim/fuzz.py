@@ -111,6 +111,7 @@ def fuzz(
     progress: Callable[[FuzzReport], None] | None = None,
     runner_class: type[Runner[StateMachine]] = Runner,
     disk_class: type[SimDisk] = SimDisk,
+    machine_class: type[StateMachine] = StateMachine,
 ) -> FuzzReport:
     assert seeds >= 1 and nodes >= 1
     unknown = set(kinds) - set(KNOWN_KINDS)
@@ -125,6 +126,7 @@ def fuzz(
             bugs=bugs,
             runner_class=runner_class,
             disk_class=disk_class,
+            machine_class=machine_class,
         )
         report.add(r)
         report.wall_seconds = time.perf_counter() - start

@@ -39,7 +39,8 @@ from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
-from paxosd.sim.planted import replica_class
+from paxosd.sim.planted import machine_class, replica_class
+from paxosd.sim.revisions import Recorder
 from paxosd.sim.workload import SimClient, random_op
 from paxosd.statemachine.commands import decode_result, is_read
 from paxosd.statemachine.machine import StateMachine
@@ -75,6 +76,8 @@ class WorldOptions:
     # The core each node runs: Replica, unless a test injects a policy that must be caught
     # (tests/sim/test_elections.py: campaigning without pre-vote).
     replica_class: type[Replica] = Replica
+    # The state machine each node runs (planted bugs go on top of it).
+    machine_class: type[StateMachine] = StateMachine
     # Membership changes (add learner, promote, remove, leader transfer) while faults run.
     reconfig: bool = False
     members_max: int = 6
@@ -148,6 +151,7 @@ class _CrashingDisk:
             # counts this node's own vote is real only once that vote is on disk.
             for d in record.decided:
                 w.checker.on_decided(self._node, d.slot, d.value)
+                w.recorder.on_decided(d.slot, w.now_ms)
             raise _PowerCut
 
 
@@ -160,12 +164,16 @@ class _SimHooks(Hooks):
 
     def decided(self, entries: tuple[DecidedEntry, ...]) -> None:
         checker = self._world.checker
+        recorder = self._world.recorder
         for d in entries:
             checker.on_decided(self._node.id, d.slot, d.value)
+            recorder.on_decided(d.slot, self._world.now_ms)
 
     def restored(self, slot: int) -> None:
         w = self._world
-        w.checker.on_restore(self._node.id, slot, self._node.sm.digest())
+        sm = self._node.sm
+        w.checker.on_restore(self._node.id, slot, sm.digest())
+        w.recorder.on_state(self._node.id, slot, sm.revision, sm.compact_revision)
         w.stats.snapshot_restores += 1
         w.log(f"n{self._node.id} restored snapshot through slot {slot}")
 
@@ -174,7 +182,9 @@ class _SimHooks(Hooks):
         nid = self._node.id
         if w.options.trace_all and membership_of(value) is not None:
             w.log(f"n{nid} applies membership {membership_of(value)}")
-        w.checker.on_applied(nid, slot, value, self._node.sm.digest())
+        sm = self._node.sm
+        w.checker.on_applied(nid, slot, value, sm.digest())
+        w.recorder.on_state(nid, slot, sm.revision, sm.compact_revision)
 
     def snapshotted(self, slot: int) -> None:
         self._world.stats.core_steps += 1
@@ -203,14 +213,19 @@ class World:
         self.now_ms = 0
         # The core each node runs, with the planted bugs (if any) on top.
         self.replica_class = replica_class(options.planted_bugs, options.replica_class)
+        self.machine_class = machine_class(options.planted_bugs, options.machine_class)
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), options.faults)
         self.checker = SafetyChecker()
+        self.recorder = Recorder()
         self.stats = Stats()
         self.trace: deque[str] = deque(maxlen=options.trace_lines_max)
         self.trace_all: list[str] = []
         self._queue: list[tuple[int, int, int, object]] = []
         self._seq = 0
         self._unique = 0
+        # The newest store revision any client has been told: what the workload's past
+        # reads, revision compares and compactions aim near.
+        self.revision_seen = 1
         self.issuing = True
         self.acknowledged: list[bytes] = []
         self.bootstrap = tuple(NodeId(i) for i in range(1, options.nodes + 1))
@@ -248,7 +263,7 @@ class World:
         """A fresh host loop (at start and after a crash) over the node's disk."""
         node.runner = self.options.runner_class(
             replica,
-            StateMachine(),
+            self.machine_class(),
             disk=_CrashingDisk(self, node.id, node.disk),
             network=_SimLink(self, node.id),
             clock=_SimClock(self),
@@ -456,7 +471,9 @@ class World:
                 return
             self._unique += 1
             cmd = c.begin(
-                random_op(self.rng, self._unique), self.now_ms, self.options.op_timeout_ms
+                random_op(self.rng, self._unique, self.revision_seen),
+                self.now_ms,
+                self.options.op_timeout_ms,
             )
             self.checker.submitted.add(cmd)
             c.target = self.rng.choice(list(self.nodes))
@@ -524,6 +541,9 @@ class World:
     def _finish(self, c: SimClient, outcome: str, result: object) -> None:
         if outcome == "ok" and c.op is not None and not is_read(c.op):
             self.acknowledged.append(c.command)
+        revision = getattr(result, "revision", 0)
+        if isinstance(revision, int) and revision > self.revision_seen:
+            self.revision_seen = revision
         c.finish(self.now_ms, outcome, result)
         self.stats.client_ops[outcome] += 1
         if self.issuing:
