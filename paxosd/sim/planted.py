@@ -5,7 +5,8 @@ no trace of them: the daemon has no switch that could turn one on. Core bugs sub
 ``Replica`` (``replica_class`` picks the class for a set of bug names: ``paxosctl simulate
 --plant-bug``, the simulator's options, the scenario and round labs, and the tests' harness);
 state machine bugs subclass ``StateMachine`` (``machine_class``), caught by the revision
-checker (paxosd/sim/revisions.py).
+checker (paxosd/sim/revisions.py); watch bugs subclass ``WatchHub`` (``hub_class``), caught
+by the watch checker (paxosd/sim/watches.py).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from paxosd.core.types import (
     NodeId,
     Value,
 )
+from paxosd.server.watch import WatchHub, _Shared, _Watcher
 from paxosd.statemachine.commands import (
     Delete,
+    Event,
     Put,
     Txn,
     TxnOp,
@@ -135,6 +138,47 @@ def machine_class(
     return type("Planted" + "".join(m.__name__ for m in mixins), (*mixins, base), {})
 
 
+class HubSkipsEvent(WatchHub):
+    """A batch of several revisions for one watcher loses its first event."""
+
+    def select(self, w: _Watcher, events: Iterable[Event], shared: _Shared) -> list[Event]:
+        out = super().select(w, events, shared)
+        if len(out) >= 2 and out[0].revision != out[-1].revision:
+            return out[1:]
+        return out
+
+
+class HubEarlyProgress(WatchHub):
+    """Progress notifications go to watchers that are still catching up, with the revision
+    the caught-up ones have reached (so before the events in between)."""
+
+    def _pump_progress(self, now_ms: int) -> None:
+        assert self.synced_rev is not None
+        for w in list(self._watchers.values()):
+            if not w.progress_notify or now_ms - w.last_sent_ms < self.limits.progress_interval_ms:
+                continue
+            if self.sink.backlog(w.conn_id) >= self.limits.backlog_frames_max:
+                continue
+            resp = self._response(w.watch_id, self.synced_rev, progress=True)
+            if self._send(w.conn_id, [resp]):
+                w.last_sent_ms = now_ms
+
+
+PLANTED_HUBS: dict[str, type[WatchHub]] = {
+    "hub_skips_event": HubSkipsEvent,
+    "hub_early_progress": HubEarlyProgress,
+}
+
+
+def hub_class(bugs: frozenset[str], base: type[WatchHub] = WatchHub) -> type[WatchHub]:
+    """``base`` with every watch hub bug in ``bugs`` planted."""
+    mine = sorted(b for b in bugs if b in PLANTED_HUBS)
+    if not mine:
+        return base
+    mixins = tuple(PLANTED_HUBS[b] for b in mine)
+    return type("Planted" + "".join(m.__name__ for m in mixins), (*mixins, base), {})
+
+
 PLANTED: dict[str, type[Replica]] = {
     "amnesia_on_restart": AmnesiaOnRestart,
     "ignore_phase1_values": IgnorePhase1Values,
@@ -143,7 +187,7 @@ PLANTED: dict[str, type[Replica]] = {
     "stale_reads": StaleReads,
     "phase1_ignores_new_membership": Phase1IgnoresNewMembership,
 }
-PLANTED_BUGS = frozenset(PLANTED) | frozenset(PLANTED_MACHINES)
+PLANTED_BUGS = frozenset(PLANTED) | frozenset(PLANTED_MACHINES) | frozenset(PLANTED_HUBS)
 
 
 def replica_class(bugs: frozenset[str], base: type[Replica] = Replica) -> type[Replica]:

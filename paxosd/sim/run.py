@@ -15,7 +15,7 @@ import msgspec
 
 from paxosd.core.types import NodeId
 from paxosd.server.runner import Runner
-from paxosd.sim import linearizability, revisions
+from paxosd.sim import linearizability, revisions, watches
 from paxosd.sim.checker import Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.linearizability import Operation
@@ -59,6 +59,10 @@ class SeedResult:
     # "ok" once the revision checker passed (paxosd/sim/revisions.py), else "not-checked".
     revisions: str = "not-checked"
     revision_figures: RevisionReport | None = None
+    # "ok" once the watch checker passed (paxosd/sim/watches.py), else "not-checked".
+    watch: str = "not-checked"
+    watch_events: int = 0
+    watch_stats: Counter[str] = field(default_factory=Counter)
     snapshot_restores: int = 0
     trace: list[str] = field(default_factory=list)
 
@@ -153,6 +157,8 @@ def run_seed(
     violation: Violation | None = None
     verdict = "not-checked"
     revisions_verdict = "not-checked"
+    watch_verdict = "not-checked"
+    watch_events = 0
     figures: RevisionReport | None = None
     converged_at: int | None = None
     try:
@@ -169,10 +175,13 @@ def run_seed(
             _check_durability(world)
             _final_reads(world)
             verdict = _check_linearizable(world)
-            _, figures = revisions.check(
+            rp, figures = revisions.check(
                 world.checker.decided, [c.history for c in world.clients], world.recorder
             )
             revisions_verdict = "ok"
+            if world.watches is not None:
+                watch_events = _check_watches(world, rp)
+                watch_verdict = "ok"
         except AssertionError as e:
             # A core invariant assert fired: in the daemon this crashes the process, here it
             # is the earliest evidence of the bug.
@@ -206,6 +215,9 @@ def run_seed(
         trace=world.trace_all,
         revisions=revisions_verdict,
         revision_figures=figures,
+        watch=watch_verdict,
+        watch_events=watch_events,
+        watch_stats=world.watches.final_stats() if world.watches is not None else Counter(),
     )
 
 
@@ -236,6 +248,21 @@ def _final_reads(world: World) -> None:
         last = reader.history[-1] if reader.history else None
         if reader.busy or last is None or last.outcome != "ok":
             raise Violation("convergence", f"final read of {key!r} did not complete after healing")
+
+
+# How long the healed cluster has to bring every watcher up to the final revision.
+WATCH_CATCH_UP_MS = 5000
+
+
+def _check_watches(world: World, rp: revisions.Replay) -> int:
+    """Give the watchers a bounded time to catch up on the healed cluster, then check every
+    stream against the model's events (paxosd/sim/watches.py)."""
+    driver = world.watches
+    assert driver is not None
+    final = rp.store.revision
+    driver.heal()
+    world.run_until(world.now_ms + WATCH_CATCH_UP_MS, lambda: driver.caught_up(final))
+    return watches.check(driver.watchers, rp, final)
 
 
 def _check_durability(world: World) -> None:

@@ -45,7 +45,7 @@ SITES = ("s1", "s2", "s3")
 TXN_SPACE_SHARE = 0.35
 # Past revisions asked for: up to this far behind the newest revision a client has seen.
 REVISION_LAG_MAX = 8
-COMPACT_SHARE = 0.03
+COMPACT_SHARE = 0.06
 
 
 def random_op(rng: random.Random, unique: int, recent_revision: int = 1) -> Op:
@@ -86,7 +86,7 @@ def _revision_op(rng: random.Random, unique: int, recent: int) -> Op:
     value = f"v{unique}".encode()
     r = rng.random()
     if r < COMPACT_SHARE:
-        return Compact(revision=max(1, recent - rng.randint(0, 3 * REVISION_LAG_MAX)))
+        return Compact(revision=max(1, recent - rng.randint(0, REVISION_LAG_MAX)))
     if r < 0.40:
         return _random_txn(rng, unique, recent)
     if r < 0.55:

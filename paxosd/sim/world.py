@@ -41,6 +41,7 @@ from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
 from paxosd.sim.planted import machine_class, replica_class
 from paxosd.sim.revisions import Recorder
+from paxosd.sim.watches import WatchDriver
 from paxosd.sim.workload import SimClient, random_op
 from paxosd.statemachine.commands import decode_result, is_read
 from paxosd.statemachine.machine import StateMachine
@@ -82,6 +83,10 @@ class WorldOptions:
     reconfig: bool = False
     members_max: int = 6
     thrifty_accepts: bool = False
+    # Simulated watchers (paxosd/sim/watches.py); 0: no watch hubs at all.
+    watchers: int = 4
+    # The faulty phase the watchers' creations and slow spells are spread over.
+    watch_window_ms: int = 3000
     trace_lines_max: int = 200
     trace_all: bool = False
 
@@ -175,6 +180,8 @@ class _SimHooks(Hooks):
         w.checker.on_restore(self._node.id, slot, sm.digest())
         w.recorder.on_state(self._node.id, slot, sm.revision, sm.compact_revision)
         w.stats.snapshot_restores += 1
+        if w.watches is not None:
+            w.watches.restored.add(self._node.id)
         w.log(f"n{self._node.id} restored snapshot through slot {slot}")
 
     def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
@@ -232,6 +239,11 @@ class World:
         self.configs: dict[NodeId, CoreConfig] = {}
         self.nodes: dict[NodeId, SimNode] = {}
         self._admin_tokens = 0
+        self.watches = (
+            WatchDriver(self, options.watchers, options.watch_window_ms)
+            if options.watchers
+            else None
+        )
         for m in self.bootstrap:
             self.add_node(m)
         self.clients = [
@@ -258,6 +270,8 @@ class World:
             node, self.replica_class(self.configs[nid], random.Random(self.rng.getrandbits(64)))
         )
         self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
+        if self.watches is not None:
+            self.watches.start_node(nid)
 
     def _start_runner(self, node: SimNode, replica: Replica) -> None:
         """A fresh host loop (at start and after a crash) over the node's disk."""
@@ -398,6 +412,8 @@ class World:
             self.stats.admin["ok" if res.ok else "unknown" if res.unknown else "refused"] += 1
             self.log(f"n{node.id} admin #{res.token}: {'ok' if res.ok else res.detail}")
         runner.admin_results.clear()
+        if self.watches is not None and not crashed:
+            self.watches.after_turn(node)
         if crashed:
             self.crash(node.id, "crash-mid-ready")
             share = self.options.power_cut_share
@@ -432,6 +448,8 @@ class World:
         if lost:
             self.stats.faults["unsynced-writes-lost"] += lost
         self.stats.faults[why] += 1
+        if self.watches is not None:
+            self.watches.crash_node(nid)
         self.log(f"n{nid} CRASH ({why}); durable promised={node.disk.state.promised}")
 
     def restart(self, nid: NodeId) -> None:
@@ -452,6 +470,8 @@ class World:
         )
         self.checker.applied_through[nid] = 0
         node.up = True
+        if self.watches is not None:
+            self.watches.start_node(nid)
         self.stats.faults["restart"] += 1
         self.log(f"n{nid} RESTART from promised={durable.promised} decided={len(durable.decided)}")
         self._drive(node)
