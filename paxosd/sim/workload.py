@@ -119,7 +119,9 @@ def _random_compare(rng: random.Random, unique: int, recent: int) -> Compare:
     return Compare(key=key, target=target, op=op, number=_past(rng, recent))
 
 
-def _random_branch(rng: random.Random, unique: int, ops_max: int, tag: str) -> list[TxnOp]:
+def _random_branch(
+    rng: random.Random, unique: int, recent: int, ops_max: int, tag: str
+) -> list[TxnOp]:
     """Reads and writes in a random order. Writes touch distinct keys (a prefix delete's
     prefix shares no key with another write), so the branch is valid under etcd's rule."""
     free = list(TXN_KEYS)
@@ -136,8 +138,10 @@ def _random_branch(rng: random.Random, unique: int, ops_max: int, tag: str) -> l
             # Every unwritten key under "t/" is still free: delete them all at once.
             ops.append(Delete(key="t/", prefix=True, prev_kv=rng.random() < 0.5))
             free = [k for k in free if not k.startswith("t/")]
-        elif r < 0.85:
+        elif r < 0.80:
             ops.append(Get(key=rng.choice(TXN_KEYS)))
+        elif r < 0.85:
+            ops.append(Get(key=rng.choice(TXN_KEYS), revision=_past(rng, recent)))
         else:
             ops.append(Scan(prefix=rng.choice(("", *TXN_PREFIXES)), limit=rng.randint(1, 4)))
     return ops
@@ -145,8 +149,8 @@ def _random_branch(rng: random.Random, unique: int, ops_max: int, tag: str) -> l
 
 def _random_txn(rng: random.Random, unique: int, recent: int) -> Txn:
     compares = tuple(_random_compare(rng, unique, recent) for _ in range(rng.randint(0, 2)))
-    success = _random_branch(rng, unique, 4, "s")
-    failure = _random_branch(rng, unique, 3, "f") if rng.random() < 0.7 else []
+    success = _random_branch(rng, unique, recent, 4, "s")
+    failure = _random_branch(rng, unique, recent, 3, "f") if rng.random() < 0.7 else []
     if rng.random() < 0.05:
         # A key written twice: refused whichever branch is taken.
         key = rng.choice(TXN_KEYS)

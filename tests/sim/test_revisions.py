@@ -89,9 +89,12 @@ def test_reads_at_a_revision_and_compaction_follow_etcd() -> None:
     assert s.apply(Compact(3)) == Compacted(compact_revision=3, revision=4)
     # The state as of the compaction revision stays readable; below it is gone.
     assert s.apply(Get("a", revision=3)) == Found(b"2", 2, 2, 3, revision=4)
-    assert s.apply(Get("a", revision=2)) == RevisionCompacted(compact_revision=3, revision=4)
-    assert s.apply(Scan("", 10, revision=2)) == RevisionCompacted(3, 4)
-    assert s.apply(Compact(3)) == RevisionCompacted(compact_revision=3, revision=4)
+    # A refusal names the revision asked for (a future one: the store's).
+    assert s.apply(Get("a", revision=2)) == RevisionCompacted(compact_revision=3, revision=2)
+    assert s.apply(Scan("", 10, revision=1)) == RevisionCompacted(3, 1)
+    assert s.apply(Compact(3)) == RevisionCompacted(compact_revision=3, revision=3)
+    in_txn = Txn(compares=(), success=(Put("c", b"1"), Get("a", revision=2)))
+    assert s.apply(in_txn) == RevisionCompacted(compact_revision=3, revision=2)
     assert s.revision == 4  # compaction never moves the revision
 
 
