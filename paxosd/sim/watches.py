@@ -35,6 +35,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from paxosd.core.types import NodeId
@@ -157,7 +158,7 @@ class WatchDriver:
         self.stats: Counter[str] = Counter()
         self.watchers = [self._new_watcher(i, safety_ms) for i in range(watchers)]
         for w in self.watchers:
-            world.at(w.create_at_ms, lambda w=w: self.create(w))
+            world.at(w.create_at_ms, partial(self.create, w))
 
     def _new_watcher(self, i: int, safety_ms: int) -> SimWatcher:
         rng = self.rng
@@ -212,7 +213,7 @@ class WatchDriver:
         self.world.log(f"w{w.index} lost its connection to n{w.node} ({why})")
         w.conn_id = 0
         w.node = None
-        self.world.at(self.world.now_ms + self.rng.randint(10, 150), lambda: self.create(w))
+        self.world.at(self.world.now_ms + self.rng.randint(10, 150), partial(self.create, w))
 
     def after_turn(self, node: SimNode) -> None:
         """The daemon pumps its hub after every loop turn; so does the simulator."""
@@ -235,7 +236,7 @@ class WatchDriver:
         if node is not None:
             up = [n for n in up if n.id == node]
         if not up:
-            world.at(world.now_ms + 50, lambda: self.create(w, node))
+            world.at(world.now_ms + 50, partial(self.create, w, node))
             return
         target = self.rng.choice(up)
         if not w.segments:
@@ -283,7 +284,7 @@ class WatchDriver:
             seg.needed = seg.next_revision() if seg.start else 0
             w.segments.append(Segment(start=resp.compact_revision))
             self.world.log(f"w{w.index} canceled: compacted at {resp.compact_revision}")
-            self.world.at(self.world.now_ms + self.rng.randint(10, 100), lambda: self.create(w))
+            self.world.at(self.world.now_ms + self.rng.randint(10, 100), partial(self.create, w))
             return
         if resp.events:
             self.stats["events"] += len(resp.events)
