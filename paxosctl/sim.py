@@ -28,7 +28,11 @@ network (drop, dup, delay/reorder, partitions), disk (crash loses what was not
 durable) and clock, with concurrent clients; after every step it checks
 agreement, validity and the applied prefix, then heals every fault and checks
 convergence, durability of acknowledged writes and linearizability of the
-client history. One seed replays one run exactly.
+client history. The revisions checker replays the decided log through a
+reference model of etcd's data model (transactions, revisions, history,
+compaction) and holds every answer and read to it; the watch checker holds
+every simulated watcher's stream (across crashes, restarts and a slow
+reader) to the model's events. One seed replays one run exactly.
 
 Examples:
 
@@ -322,6 +326,8 @@ def _print_report(r: FuzzReport) -> None:
             ["converged after healing", f"{r.converged}/{r.seeds_run}"],
             ["snapshot restores", r.snapshot_restores],
             ["linearizability", ", ".join(f"{k} {v}" for k, v in r.linearizability.items())],
+            ["revisions", ", ".join(f"{k} {v}" for k, v in r.revisions.items())],
+            ["watch", ", ".join(f"{k} {v}" for k, v in r.watch.items())],
             ["violations", r.violations],
         ],
     )
@@ -351,6 +357,8 @@ def _one_seed(
                 "client_ops": dict(r.client_ops),
                 "faults": dict(r.faults),
                 "linearizability": r.linearizability,
+                "revisions": r.revisions,
+                "watch": r.watch,
                 "converged_ms_after_heal": r.converged_ms,
                 "trace": r.trace if trace else r.trace_tail,
             }
@@ -362,7 +370,7 @@ def _one_seed(
         render.rich_line(
             f"seed {seed}: {status}; {r.decided_slots} slots decided, "
             f"ops {dict(r.client_ops)}, faults {dict(r.faults)}, "
-            f"linearizability {r.linearizability}",
+            f"linearizability {r.linearizability}, revisions {r.revisions}, watch {r.watch}",
             markup=False,
         )
     raise typer.Exit(render.EXIT_FAILED_CHECK if r.violation else render.EXIT_OK)

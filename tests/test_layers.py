@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "server": {"server", "storage", "statemachine", "net", "core"},
     "client": {"client", "net", "statemachine", "core"},
     "tools": {"tools", "server", "storage", "statemachine", "core"},
-    "sim": {"sim", "server", "statemachine", "core"},
+    # The simulator drives the server's WatchHub, whose requests and responses are net frames.
+    "sim": {"sim", "server", "statemachine", "net", "core"},
     "lab": {"lab", "client", "tools", "server", "storage", "statemachine", "net", "core", "sim"},
 }
 

@@ -44,6 +44,11 @@ class FuzzReport:
     converged: int = 0
     snapshot_restores: int = 0
     linearizability: Counter[str] = field(default_factory=Counter)
+    # The revision checker's and the watch checker's verdicts per seed, and what they saw.
+    revisions: Counter[str] = field(default_factory=Counter)
+    watch: Counter[str] = field(default_factory=Counter)
+    revision_figures: Counter[str] = field(default_factory=Counter)
+    watch_figures: Counter[str] = field(default_factory=Counter)
     failures: list[SeedResult] = field(default_factory=list)
 
     @property
@@ -60,6 +65,19 @@ class FuzzReport:
             self.fault_detail[k] += n
             self.faults[_KIND_OF.get(k, k)] += n
         self.linearizability[r.linearizability] += 1
+        self.revisions[r.revisions] += 1
+        self.watch[r.watch] += 1
+        f = r.revision_figures
+        if f is not None:
+            self.revision_figures.update(
+                writes_checked=f.writes_checked,
+                reads_checked=f.reads_checked,
+                revisions=f.revision - 1,
+                events=f.events,
+                seeds_with_compaction=int(f.compact_revision > 0),
+            )
+        self.watch_figures.update(r.watch_stats)
+        self.watch_figures["events_checked"] += r.watch_events
         self.snapshot_restores += r.snapshot_restores
         if r.converged_ms is not None:
             self.converged += 1
@@ -84,6 +102,10 @@ class FuzzReport:
             "converged_seeds": self.converged,
             "snapshot_restores": self.snapshot_restores,
             "linearizability": dict(sorted(self.linearizability.items())),
+            "revisions": dict(sorted(self.revisions.items())),
+            "revisions_checked": dict(sorted(self.revision_figures.items())),
+            "watch": dict(sorted(self.watch.items())),
+            "watch_checked": dict(sorted(self.watch_figures.items())),
             "violations": [
                 {
                     "seed": f.seed,
@@ -111,6 +133,7 @@ def fuzz(
     progress: Callable[[FuzzReport], None] | None = None,
     runner_class: type[Runner[StateMachine]] = Runner,
     disk_class: type[SimDisk] = SimDisk,
+    machine_class: type[StateMachine] = StateMachine,
 ) -> FuzzReport:
     assert seeds >= 1 and nodes >= 1
     unknown = set(kinds) - set(KNOWN_KINDS)
@@ -125,6 +148,7 @@ def fuzz(
             bugs=bugs,
             runner_class=runner_class,
             disk_class=disk_class,
+            machine_class=machine_class,
         )
         report.add(r)
         report.wall_seconds = time.perf_counter() - start

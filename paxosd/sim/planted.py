@@ -1,14 +1,19 @@
 """Known bugs, planted on purpose so tests can show that the simulator's checkers catch them.
 
-Each bug is a ``Replica`` subclass that overrides one small method of the core, so the core
-itself holds no trace of them: the daemon's code has no switch that could turn one on.
-``replica_class`` picks the class for a set of bug names (``paxosctl simulate --plant-bug``,
-the simulator's options, the scenario and round labs, and the tests' harness).
+Each bug is a subclass that overrides one small method of the real code, so that code holds
+no trace of them: the daemon has no switch that could turn one on. Core bugs subclass
+``Replica`` (``replica_class`` picks the class for a set of bug names: ``paxosctl simulate
+--plant-bug``, the simulator's options, the scenario and round labs, and the tests' harness);
+state machine bugs subclass ``StateMachine`` (``machine_class``), caught by the revision
+checker (paxosd/sim/revisions.py); watch bugs subclass ``WatchHub`` (``hub_class``), caught
+by the watch checker (paxosd/sim/watches.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from msgspec.structs import replace
 
 from paxosd.core.io import DurableState, ReadReady
 from paxosd.core.messages import Accept, Promise
@@ -22,6 +27,17 @@ from paxosd.core.types import (
     NodeId,
     Value,
 )
+from paxosd.server.watch import WatchHub, _Shared, _Watcher
+from paxosd.statemachine.commands import (
+    Delete,
+    Event,
+    Put,
+    Txn,
+    TxnOp,
+    decode_command,
+    encode_command,
+)
+from paxosd.statemachine.machine import StateMachine
 
 
 class AmnesiaOnRestart(Replica):
@@ -81,6 +97,88 @@ class Phase1IgnoresNewMembership(Replica):
         return []
 
 
+class TxnAppliedHalf(StateMachine):
+    """A transaction's branch applies its reads and only its first write; the rest of its
+    writes are lost (every replica alike, so digests agree: only the model sees it)."""
+
+    def apply(self, slot: int, value: tuple[bytes, ...]) -> list[tuple[str, int, bytes]]:
+        return super().apply(slot, tuple(_first_write_only(raw) for raw in value))
+
+
+def _first_write_only(raw: bytes) -> bytes:
+    try:
+        cmd = decode_command(raw)
+    except ValueError:
+        return raw  # not a client command (a membership change, or garbage)
+    if not isinstance(cmd.op, Txn):
+        return raw
+
+    def cut(branch: tuple[TxnOp, ...]) -> tuple[TxnOp, ...]:
+        writes = [op for op in branch if isinstance(op, Put | Delete)]
+        return tuple(op for op in branch if not isinstance(op, Put | Delete) or op is writes[0])
+
+    txn = cmd.op
+    op = replace(txn, success=cut(txn.success), failure=cut(txn.failure))
+    return encode_command(replace(cmd, op=op))
+
+
+PLANTED_MACHINES: dict[str, type[StateMachine]] = {
+    "txn_applied_half": TxnAppliedHalf,
+}
+
+
+def machine_class(
+    bugs: frozenset[str], base: type[StateMachine] = StateMachine
+) -> type[StateMachine]:
+    """``base`` with every state machine bug in ``bugs`` planted."""
+    mine = sorted(b for b in bugs if b in PLANTED_MACHINES)
+    if not mine:
+        return base
+    mixins = tuple(PLANTED_MACHINES[b] for b in mine)
+    return type("Planted" + "".join(m.__name__ for m in mixins), (*mixins, base), {})
+
+
+class HubSkipsEvent(WatchHub):
+    """A batch of several revisions for one watcher loses its first event."""
+
+    def select(self, w: _Watcher, events: Iterable[Event], shared: _Shared) -> list[Event]:
+        out = super().select(w, events, shared)
+        if len(out) >= 2 and out[0].revision != out[-1].revision:
+            return out[1:]
+        return out
+
+
+class HubEarlyProgress(WatchHub):
+    """Progress notifications go to watchers that are still catching up, with the revision
+    the caught-up ones have reached (so before the events in between)."""
+
+    def _pump_progress(self, now_ms: int) -> None:
+        assert self.synced_rev is not None
+        for w in list(self._watchers.values()):
+            if not w.progress_notify or now_ms - w.last_sent_ms < self.limits.progress_interval_ms:
+                continue
+            if self.sink.backlog(w.conn_id) >= self.limits.backlog_frames_max:
+                continue
+            resp = self._response(w.watch_id, self.synced_rev, progress=True)
+            if self._send(w.conn_id, [resp]):
+                w.last_sent_ms = now_ms
+
+
+PLANTED_HUBS: dict[str, type[WatchHub]] = {
+    "hub_skips_event": HubSkipsEvent,
+    "hub_early_progress": HubEarlyProgress,
+}
+
+
+def hub_class(bugs: frozenset[str], base: type[WatchHub] = WatchHub) -> type[WatchHub]:
+    """``base`` with every watch hub bug in ``bugs`` planted."""
+    mine = sorted(b for b in bugs if b in PLANTED_HUBS)
+    if not mine:
+        return base
+    mixins = tuple(PLANTED_HUBS[b] for b in mine)
+    return type("Planted" + "".join(m.__name__ for m in mixins), (*mixins, base), {})
+
+
 PLANTED: dict[str, type[Replica]] = {
     "amnesia_on_restart": AmnesiaOnRestart,
     "ignore_phase1_values": IgnorePhase1Values,
@@ -89,14 +187,15 @@ PLANTED: dict[str, type[Replica]] = {
     "stale_reads": StaleReads,
     "phase1_ignores_new_membership": Phase1IgnoresNewMembership,
 }
-PLANTED_BUGS = frozenset(PLANTED)
+PLANTED_BUGS = frozenset(PLANTED) | frozenset(PLANTED_MACHINES) | frozenset(PLANTED_HUBS)
 
 
 def replica_class(bugs: frozenset[str], base: type[Replica] = Replica) -> type[Replica]:
-    """``base`` with every bug in ``bugs`` planted (``base`` itself when there is none)."""
+    """``base`` with every core bug in ``bugs`` planted (``base`` itself when there is none)."""
     unknown = bugs - PLANTED_BUGS
     assert not unknown, f"unknown planted bugs {sorted(unknown)}"
-    if not bugs:
+    core = sorted(b for b in bugs if b in PLANTED)
+    if not core:
         return base
-    mixins = tuple(PLANTED[b] for b in sorted(bugs))
+    mixins = tuple(PLANTED[b] for b in core)
     return type("Planted" + "".join(m.__name__ for m in mixins), (*mixins, base), {})

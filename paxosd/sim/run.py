@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+
+import msgspec
 
 from paxosd.core.types import NodeId
 from paxosd.server.runner import Runner
-from paxosd.sim import linearizability
+from paxosd.sim import linearizability, revisions, watches
 from paxosd.sim.checker import Violation
 from paxosd.sim.disk import SimDisk
+from paxosd.sim.linearizability import Operation
 from paxosd.sim.network import NetworkFaults
+from paxosd.sim.revisions import RevisionReport
 from paxosd.sim.workload import KEYS, SimClient
 from paxosd.sim.world import World, WorldOptions
-from paxosd.statemachine.commands import Get
+from paxosd.statemachine.commands import (
+    Block,
+    Blocks,
+    Cas,
+    Delete,
+    Get,
+    Put,
+    Rows,
+    Scan,
+    Unblock,
+    View,
+)
 from paxosd.statemachine.machine import StateMachine
 
 FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
@@ -41,6 +56,13 @@ class SeedResult:
     faults: Counter[str]
     linearizability: str
     converged_ms: int | None = None
+    # "ok" once the revision checker passed (paxosd/sim/revisions.py), else "not-checked".
+    revisions: str = "not-checked"
+    revision_figures: RevisionReport | None = None
+    # "ok" once the watch checker passed (paxosd/sim/watches.py), else "not-checked".
+    watch: str = "not-checked"
+    watch_events: int = 0
+    watch_stats: Counter[str] = field(default_factory=Counter)
     snapshot_restores: int = 0
     trace: list[str] = field(default_factory=list)
 
@@ -118,20 +140,26 @@ def run_seed(
     trace: bool = False,
     runner_class: type[Runner[StateMachine]] = Runner,
     disk_class: type[SimDisk] = SimDisk,
+    machine_class: type[StateMachine] = StateMachine,
 ) -> SeedResult:
     """Run one seed and check it. Never raises for a protocol failure: it is reported.
 
-    ``runner_class`` and ``disk_class``: the host loop and disk each replica runs (tests plant
-    broken ones to show the checks catch them)."""
+    ``runner_class``, ``disk_class`` and ``machine_class``: the host loop, disk and state
+    machine each replica runs (tests plant broken ones to show the checks catch them)."""
     rng = random.Random(seed)
     opts = _options(rng, nodes, kinds, bugs)
     opts.trace_all = trace
     opts.runner_class = runner_class
     opts.disk_class = disk_class
+    opts.machine_class = machine_class
     world = World(rng.getrandbits(64), opts)
     _plan_faults(world, rng, kinds, safety_ms)
     violation: Violation | None = None
     verdict = "not-checked"
+    revisions_verdict = "not-checked"
+    watch_verdict = "not-checked"
+    watch_events = 0
+    figures: RevisionReport | None = None
     converged_at: int | None = None
     try:
         try:
@@ -147,6 +175,13 @@ def run_seed(
             _check_durability(world)
             _final_reads(world)
             verdict = _check_linearizable(world)
+            rp, figures = revisions.check(
+                world.checker.decided, [c.history for c in world.clients], world.recorder
+            )
+            revisions_verdict = "ok"
+            if world.watches is not None:
+                watch_events = _check_watches(world, rp)
+                watch_verdict = "ok"
         except AssertionError as e:
             # A core invariant assert fired: in the daemon this crashes the process, here it
             # is the earliest evidence of the bug.
@@ -178,6 +213,11 @@ def run_seed(
         converged_ms=converged_at,
         snapshot_restores=world.stats.snapshot_restores,
         trace=world.trace_all,
+        revisions=revisions_verdict,
+        revision_figures=figures,
+        watch=watch_verdict,
+        watch_events=watch_events,
+        watch_stats=world.watches.final_stats() if world.watches is not None else Counter(),
     )
 
 
@@ -210,6 +250,21 @@ def _final_reads(world: World) -> None:
             raise Violation("convergence", f"final read of {key!r} did not complete after healing")
 
 
+# How long the healed cluster has to bring every watcher up to the final revision.
+WATCH_CATCH_UP_MS = 5000
+
+
+def _check_watches(world: World, rp: revisions.Replay) -> int:
+    """Give the watchers a bounded time to catch up on the healed cluster, then check every
+    stream against the model's events (paxosd/sim/watches.py)."""
+    driver = world.watches
+    assert driver is not None
+    final = rp.store.revision
+    driver.heal()
+    world.run_until(world.now_ms + WATCH_CATCH_UP_MS, lambda: driver.caught_up(final))
+    return watches.check(driver.watchers, rp, final)
+
+
 def _check_durability(world: World) -> None:
     """Every acknowledged command sits in a decided slot that every replica now holds, after
     whatever crashes the seed made."""
@@ -225,8 +280,39 @@ def _check_durability(world: World) -> None:
             )
 
 
+# Operations the per-key models of paxosd/sim/linearizability.py know.
+_REGISTER_OPS = (Put, Get, Delete, Cas, Scan, Block, Unblock, Blocks, View)
+
+
+def _register_history(world: World) -> list[Operation]:
+    """What the per-key register model covers: operations on ``KEYS`` (the transactions and
+    revision operations on ``TXN_KEYS`` are the revision checker's), with each scan's rows
+    cut to ``KEYS``. ``KEYS`` sort first, so a scan's page always holds every one of them
+    that its limit allows."""
+    ops: list[Operation] = []
+    for c in world.clients:
+        for o in c.history:
+            match o.op:
+                case Put(key=k) | Get(key=k) | Delete(key=k) if k not in KEYS:
+                    continue
+                case Get(revision=r) if r:
+                    continue
+                case Scan(prefix="", revision=0):
+                    if isinstance(o.result, Rows):
+                        kept = tuple(r for r in o.result.rows if r.key in KEYS)
+                        more = o.result.more and len(kept) == len(o.result.rows)
+                        cut = msgspec.structs.replace(o.result, rows=kept, more=more)
+                        o = replace(o, result=cut)
+                case Scan():
+                    continue
+                case _ if not isinstance(o.op, _REGISTER_OPS):
+                    continue
+            ops.append(o)
+    return ops
+
+
 def _check_linearizable(world: World) -> str:
-    history = [op for c in world.clients for op in c.history]
+    history = _register_history(world)
     result = linearizability.check(history)
     if result.verdict == "violation":
         raise Violation("linearizability", f"{result.partition}: {result.explanation}")

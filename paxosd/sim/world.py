@@ -39,7 +39,9 @@ from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.network import NetworkFaults, SimNetwork
-from paxosd.sim.planted import replica_class
+from paxosd.sim.planted import machine_class, replica_class
+from paxosd.sim.revisions import Recorder
+from paxosd.sim.watches import WatchDriver
 from paxosd.sim.workload import SimClient, random_op
 from paxosd.statemachine.commands import decode_result, is_read
 from paxosd.statemachine.machine import StateMachine
@@ -75,10 +77,16 @@ class WorldOptions:
     # The core each node runs: Replica, unless a test injects a policy that must be caught
     # (tests/sim/test_elections.py: campaigning without pre-vote).
     replica_class: type[Replica] = Replica
+    # The state machine each node runs (planted bugs go on top of it).
+    machine_class: type[StateMachine] = StateMachine
     # Membership changes (add learner, promote, remove, leader transfer) while faults run.
     reconfig: bool = False
     members_max: int = 6
     thrifty_accepts: bool = False
+    # Simulated watchers (paxosd/sim/watches.py); 0: no watch hubs at all.
+    watchers: int = 4
+    # The faulty phase the watchers' creations and slow spells are spread over.
+    watch_window_ms: int = 3000
     trace_lines_max: int = 200
     trace_all: bool = False
 
@@ -148,6 +156,7 @@ class _CrashingDisk:
             # counts this node's own vote is real only once that vote is on disk.
             for d in record.decided:
                 w.checker.on_decided(self._node, d.slot, d.value)
+                w.recorder.on_decided(d.slot, w.now_ms)
             raise _PowerCut
 
 
@@ -160,13 +169,19 @@ class _SimHooks(Hooks):
 
     def decided(self, entries: tuple[DecidedEntry, ...]) -> None:
         checker = self._world.checker
+        recorder = self._world.recorder
         for d in entries:
             checker.on_decided(self._node.id, d.slot, d.value)
+            recorder.on_decided(d.slot, self._world.now_ms)
 
     def restored(self, slot: int) -> None:
         w = self._world
-        w.checker.on_restore(self._node.id, slot, self._node.sm.digest())
+        sm = self._node.sm
+        w.checker.on_restore(self._node.id, slot, sm.digest())
+        w.recorder.on_state(self._node.id, slot, sm.revision, sm.compact_revision)
         w.stats.snapshot_restores += 1
+        if w.watches is not None:
+            w.watches.restored.add(self._node.id)
         w.log(f"n{self._node.id} restored snapshot through slot {slot}")
 
     def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
@@ -174,7 +189,9 @@ class _SimHooks(Hooks):
         nid = self._node.id
         if w.options.trace_all and membership_of(value) is not None:
             w.log(f"n{nid} applies membership {membership_of(value)}")
-        w.checker.on_applied(nid, slot, value, self._node.sm.digest())
+        sm = self._node.sm
+        w.checker.on_applied(nid, slot, value, sm.digest())
+        w.recorder.on_state(nid, slot, sm.revision, sm.compact_revision)
 
     def snapshotted(self, slot: int) -> None:
         self._world.stats.core_steps += 1
@@ -203,20 +220,30 @@ class World:
         self.now_ms = 0
         # The core each node runs, with the planted bugs (if any) on top.
         self.replica_class = replica_class(options.planted_bugs, options.replica_class)
+        self.machine_class = machine_class(options.planted_bugs, options.machine_class)
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), options.faults)
         self.checker = SafetyChecker()
+        self.recorder = Recorder()
         self.stats = Stats()
         self.trace: deque[str] = deque(maxlen=options.trace_lines_max)
         self.trace_all: list[str] = []
         self._queue: list[tuple[int, int, int, object]] = []
         self._seq = 0
         self._unique = 0
+        # The newest store revision any client has been told: what the workload's past
+        # reads, revision compares and compactions aim near.
+        self.revision_seen = 1
         self.issuing = True
         self.acknowledged: list[bytes] = []
         self.bootstrap = tuple(NodeId(i) for i in range(1, options.nodes + 1))
         self.configs: dict[NodeId, CoreConfig] = {}
         self.nodes: dict[NodeId, SimNode] = {}
         self._admin_tokens = 0
+        self.watches = (
+            WatchDriver(self, options.watchers, options.watch_window_ms)
+            if options.watchers
+            else None
+        )
         for m in self.bootstrap:
             self.add_node(m)
         self.clients = [
@@ -243,12 +270,14 @@ class World:
             node, self.replica_class(self.configs[nid], random.Random(self.rng.getrandbits(64)))
         )
         self._schedule(self.rng.randint(0, opts.tick_ms), _TICK, nid)
+        if self.watches is not None:
+            self.watches.start_node(nid)
 
     def _start_runner(self, node: SimNode, replica: Replica) -> None:
         """A fresh host loop (at start and after a crash) over the node's disk."""
         node.runner = self.options.runner_class(
             replica,
-            StateMachine(),
+            self.machine_class(),
             disk=_CrashingDisk(self, node.id, node.disk),
             network=_SimLink(self, node.id),
             clock=_SimClock(self),
@@ -383,6 +412,8 @@ class World:
             self.stats.admin["ok" if res.ok else "unknown" if res.unknown else "refused"] += 1
             self.log(f"n{node.id} admin #{res.token}: {'ok' if res.ok else res.detail}")
         runner.admin_results.clear()
+        if self.watches is not None and not crashed:
+            self.watches.after_turn(node)
         if crashed:
             self.crash(node.id, "crash-mid-ready")
             share = self.options.power_cut_share
@@ -417,6 +448,8 @@ class World:
         if lost:
             self.stats.faults["unsynced-writes-lost"] += lost
         self.stats.faults[why] += 1
+        if self.watches is not None:
+            self.watches.crash_node(nid)
         self.log(f"n{nid} CRASH ({why}); durable promised={node.disk.state.promised}")
 
     def restart(self, nid: NodeId) -> None:
@@ -437,6 +470,8 @@ class World:
         )
         self.checker.applied_through[nid] = 0
         node.up = True
+        if self.watches is not None:
+            self.watches.start_node(nid)
         self.stats.faults["restart"] += 1
         self.log(f"n{nid} RESTART from promised={durable.promised} decided={len(durable.decided)}")
         self._drive(node)
@@ -456,7 +491,9 @@ class World:
                 return
             self._unique += 1
             cmd = c.begin(
-                random_op(self.rng, self._unique), self.now_ms, self.options.op_timeout_ms
+                random_op(self.rng, self._unique, self.revision_seen),
+                self.now_ms,
+                self.options.op_timeout_ms,
             )
             self.checker.submitted.add(cmd)
             c.target = self.rng.choice(list(self.nodes))
@@ -524,6 +561,9 @@ class World:
     def _finish(self, c: SimClient, outcome: str, result: object) -> None:
         if outcome == "ok" and c.op is not None and not is_read(c.op):
             self.acknowledged.append(c.command)
+        revision = getattr(result, "revision", 0)
+        if isinstance(revision, int) and revision > self.revision_seen:
+            self.revision_seen = revision
         c.finish(self.now_ms, outcome, result)
         self.stats.client_ops[outcome] += 1
         if self.issuing:

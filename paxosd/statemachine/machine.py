@@ -659,6 +659,9 @@ class StateMachine:
                     return refusal
         writes = _Writes(self)
         responses: list[TxnResponse] = []
+        # The revision each answer reflects, as etcd's per-op headers in a txn: the txn's own
+        # once it has written something, the store's before (mvcc's storeTxnWrite).
+        seen: list[int] = []
         try:
             for op in ops:
                 match op:
@@ -670,6 +673,7 @@ class StateMachine:
                         responses.append(writes.get(key, revision))
                     case Scan(prefix=prefix, limit=limit, revision=revision):
                         responses.append(writes.scan(prefix, limit, revision))
+                seen.append(writes.revision if writes.staged else self.revision)
         except _ResultTooLarge:
             return Full(what="result")
         if writes.kv_bytes > self.limits.kv_bytes_max:
@@ -679,12 +683,13 @@ class StateMachine:
         for op in ops:
             if isinstance(op, Put):
                 self._post(Post(slot=slot, site=site, key=op.key, value=op.value))
-        # Every answer in the transaction reflects the store after it, as etcd's header does.
-        revision = self.revision
         return TxnResult(
             succeeded=succeeded,
-            responses=tuple(msgspec.structs.replace(r, revision=revision) for r in responses),
-            revision=revision,
+            responses=tuple(
+                msgspec.structs.replace(r, revision=rev)
+                for r, rev in zip(responses, seen, strict=True)
+            ),
+            revision=self.revision,
         )
 
     def _install(self, writes: _Writes) -> None:
