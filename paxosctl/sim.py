@@ -334,7 +334,9 @@ def _print_report(r: FuzzReport) -> None:
     for f in r.failures[:10]:
         assert f.violation is not None
         render.error(f"seed {f.seed}: {f.violation}")
-        render.rich_note(f"  replay: {replay_command(f.seed, r.nodes, r.kinds)}", markup=False)
+        render.rich_note(
+            f"  replay: {replay_command(f.seed, r.nodes, r.kinds, r.bugs)}", markup=False
+        )
         for line in f.trace_tail[-15:]:
             render.rich_note(f"  {line}", markup=False)
 

@@ -33,6 +33,8 @@ _KIND_OF = {
 class FuzzReport:
     nodes: int
     kinds: tuple[str, ...]
+    # The planted bugs of the run (test only), so that a replay command plants them too.
+    bugs: frozenset[str] = frozenset()
     seeds_run: int = 0
     wall_seconds: float = 0.0
     simulated_ms: int = 0
@@ -111,16 +113,20 @@ class FuzzReport:
                     "seed": f.seed,
                     "property": f.violation.prop if f.violation else None,
                     "detail": f.violation.detail if f.violation else None,
-                    "replay": replay_command(f.seed, self.nodes, self.kinds),
+                    "replay": replay_command(f.seed, self.nodes, self.kinds, self.bugs),
                 }
                 for f in self.failures
             ],
         }
 
 
-def replay_command(seed: int, nodes: int, kinds: tuple[str, ...]) -> str:
+def replay_command(
+    seed: int, nodes: int, kinds: tuple[str, ...], bugs: frozenset[str] = frozenset()
+) -> str:
     faults = "" if set(kinds) == set(FAULT_KINDS) else f" --faults {','.join(kinds)}"
-    return f"paxosctl simulate --seed {seed} --nodes {nodes}{faults} --trace"
+    # --plant-bug takes one bug; a run with several planted cannot be replayed from the CLI.
+    planted = f" --plant-bug {next(iter(bugs))}" if len(bugs) == 1 else ""
+    return f"paxosctl simulate --seed {seed} --nodes {nodes}{faults}{planted} --trace"
 
 
 def fuzz(
@@ -138,7 +144,7 @@ def fuzz(
     assert seeds >= 1 and nodes >= 1
     unknown = set(kinds) - set(KNOWN_KINDS)
     assert not unknown, f"unknown fault kinds {sorted(unknown)}"
-    report = FuzzReport(nodes=nodes, kinds=kinds)
+    report = FuzzReport(nodes=nodes, kinds=kinds, bugs=bugs)
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
         r = run_seed(

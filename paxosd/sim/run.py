@@ -56,10 +56,12 @@ class SeedResult:
     faults: Counter[str]
     linearizability: str
     converged_ms: int | None = None
-    # "ok" once the revision checker passed (paxosd/sim/revisions.py), else "not-checked".
+    # "ok" once the revision checker passed (paxosd/sim/revisions.py), "violation" when it
+    # failed, else "not-checked".
     revisions: str = "not-checked"
     revision_figures: RevisionReport | None = None
-    # "ok" once the watch checker passed (paxosd/sim/watches.py), else "not-checked".
+    # "ok" once the watch checker passed (paxosd/sim/watches.py), "violation" when it
+    # failed, else "not-checked".
     watch: str = "not-checked"
     watch_events: int = 0
     watch_stats: Counter[str] = field(default_factory=Counter)
@@ -189,6 +191,10 @@ def run_seed(
     except Violation as v:
         violation = v
         world.log(f"VIOLATION {v}")
+        if v.prop == revisions.PROPERTY:
+            revisions_verdict = "violation"
+        elif v.prop == watches.PROPERTY:
+            watch_verdict = "violation"
     n = world.network.counters
     faults = Counter(world.stats.faults)
     for outcome, count in world.stats.admin.items():

@@ -138,6 +138,18 @@ def test_the_revision_and_watch_checkers_catch_their_planted_bugs(bug: str, node
     assert violation is not None and violation.prop == CHECKER_BUGS[bug], str(violation)
 
 
+def test_a_checker_violation_names_its_checker_and_its_replay_plants_the_bug() -> None:
+    bug = frozenset({"hub_skips_event"})
+    report = fuzz(CHECKER_BUG_SEED_BOUND, 3, bugs=bug, stop_at_first=True)
+    failure = report.failures[-1]
+    assert (failure.watch, failure.revisions) == ("violation", "ok")
+    violations = report.to_json()["violations"]
+    assert isinstance(violations, list)
+    assert violations[0]["replay"] == (
+        f"paxosctl simulate --seed {failure.seed} --nodes 3 --plant-bug hub_skips_event --trace"
+    )
+
+
 def test_a_violation_report_names_the_seed_the_property_and_the_trace_tail() -> None:
     r = run_seed(0, nodes=3, bugs=frozenset({"apply_before_decided"}))
     assert r.violation is not None
