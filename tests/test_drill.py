@@ -16,7 +16,6 @@ import pytest
 from typer.testing import CliRunner
 
 from paxosctl.app import app
-from paxosd.client.client import Client
 from paxosd.lab.drill import (
     FAULT_GAP_S,
     RECONFIG_OPS,
@@ -45,7 +44,6 @@ from paxosd.sim.linearizability import Operation
 from paxosd.statemachine.commands import Command, Delete, Get, Put, Written, encode_command
 
 FAST_FAULT_GAP_S = (0.3, 0.8)
-HAS_WATCH = hasattr(Client, "watch_prefix")
 
 
 def _assert_clean(report: dict[str, Any]) -> None:
@@ -88,8 +86,6 @@ def test_short_drill_with_kill_pause_and_partition_finds_no_violation(tmp_path: 
     assert el["follower_faults_with_an_election"] == []
     # The watch and txn checks ran, on every watcher, with both txn branches taken.
     w = report["watch"]
-    if not HAS_WATCH:
-        return
     assert w["checked"], w
     assert [x["name"].split()[0] for x in w["watchers"]] == ["leader", "follower", "roaming"]
     assert all(x["to"] == w["history"]["end"] and x["events"] > 0 for x in w["watchers"])
@@ -97,7 +93,6 @@ def test_short_drill_with_kill_pause_and_partition_finds_no_violation(tmp_path: 
     assert w["txns"]["succeeded"] > 0 and w["txns"]["failed_compare"] > 0, w["txns"]
 
 
-@pytest.mark.skipif(not HAS_WATCH, reason="the client has no watches yet")
 def test_drill_catches_a_watcher_that_drops_an_event(tmp_path: Path) -> None:
     """The planted client-side loss: the leader's watcher drops its 20th event. The stream
     check must name it; nothing else may fail."""

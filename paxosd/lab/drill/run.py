@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from paxosd.client.client import Client, ClientError
+from paxosd.client.client import ClientError
 from paxosd.lab.drill.checks import (
     KV,
     BlockSet,
@@ -242,9 +242,6 @@ class _Drill:
 
     def _start_watchers(self) -> None:
         """The start mark, then the three watchers from its revision (see watchers.py)."""
-        if not hasattr(Client, "watch_prefix"):
-            self.watch_notes.append("no watch checks: this client has no watches")
-            return
         try:
             self.watch_start = self._mark(b"start")
         except ClientError as e:

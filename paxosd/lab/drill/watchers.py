@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable
+from typing import Final
 
 from paxosd.client.client import Client
+from paxosd.client.errors import CompactedError
+from paxosd.client.watch import Watch, WatchBatch
 from paxosd.lab.drill.nodes import Nodes
 from paxosd.lab.drill.streams import Change, Stream
 from paxosd.statemachine.commands import Event
@@ -35,25 +36,14 @@ REFERENCE_TIMEOUT_S: Final = 120.0
 WATCH_TIMEOUT_MS: Final = 3000
 
 
-class WatchHandle(Protocol):
-    """What the drill needs of the client's watch (``Client.watch_prefix``): iterate its
-    batches, cancel it from another thread, close it."""
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-    def cancel(self) -> None: ...
-
-
-def open_watch(client: Client, prefix: str, start_revision: int) -> WatchHandle:
+def open_watch(client: Client, prefix: str, start_revision: int) -> Watch:
     """The client's prefix watch from ``start_revision``."""
-    handle: WatchHandle = client.watch_prefix(prefix, start_revision=start_revision)  # type: ignore[attr-defined]
-    return handle
+    return client.watch_prefix(prefix, start_revision=start_revision)
 
 
-def events_of(batch: Any) -> Iterable[Event]:
-    """A batch's events (a batch with none is a progress notification or news)."""
-    events: Iterable[Event] = getattr(batch, "events", ())
-    return events
+def events_of(batch: WatchBatch) -> Iterable[Event]:
+    """A batch's events (a batch with none is a progress notification)."""
+    return batch.events
 
 
 class DrillWatcher:
@@ -83,7 +73,7 @@ class DrillWatcher:
         self._end: int | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._current: WatchHandle | None = None
+        self._current: Watch | None = None
         self._on: int | None = None  # the node of the current watch
         self.thread = threading.Thread(target=self._run, name=f"drill-watch-{name}", daemon=True)
 
@@ -154,19 +144,19 @@ class DrillWatcher:
                         and self._faults_seen() != self._faults_at_create
                     ):
                         break
-                if isinstance(w, AbstractContextManager):
-                    w.__exit__(None, None, None)
+                w.close()
+            except CompactedError as e:  # the history it needs is gone: nothing to resume
+                self.stream.errors.append(f"node {node}: {e}")
+                return
             except Exception as e:  # recorded; the watch is created again at last + 1
                 self.stream.errors.append(f"node {node}: {type(e).__name__}: {e}")
-                if "ompact" in type(e).__name__:
-                    return  # the history it needs is gone: nothing to resume
                 self._stop.wait(RETRY_PAUSE_S)
             finally:
                 with self._lock:
                     self._current = None
                 client.close()
 
-    def _take(self, batch: Any) -> None:
+    def _take(self, batch: WatchBatch) -> None:
         for ev in events_of(batch):
             self._received += 1
             if self._received == self._drop_nth:
