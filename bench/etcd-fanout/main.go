@@ -249,7 +249,7 @@ func runWatch(ep, putEp string, watchers, conns int, rate, warmup, duration floa
 	}
 	cpu0 := cpu(pid)
 	var pwg sync.WaitGroup
-	var perrs int64
+	var perrs, acked int64
 	var maxRev int64
 	for g := 0; g < 16; g++ {
 		pwg.Add(1)
@@ -266,6 +266,7 @@ func runWatch(ep, putEp string, watchers, conns int, rate, warmup, duration floa
 					atomic.AddInt64(&perrs, 1)
 					continue
 				}
+				atomic.AddInt64(&acked, 1)
 				i := r.Header.Revision - rev0
 				if i >= 0 && int(i) < slots {
 					atomic.StoreInt64(&acks[i], now)
@@ -280,6 +281,7 @@ func runWatch(ep, putEp string, watchers, conns int, rate, warmup, duration floa
 		}(g)
 	}
 	pwg.Wait()
+	putSeconds := float64(mono()-begin) / 1e9
 	cpu1 := cpu(pid)
 	atomic.StoreInt64(&lastRev, atomic.LoadInt64(&maxRev))
 	atomic.StoreInt32(&done, 1)
@@ -299,7 +301,8 @@ func runWatch(ep, putEp string, watchers, conns int, rate, warmup, duration floa
 		"expected_in_window": int64(rate*duration) * int64(watchers), "delivered_in_window": counted,
 		"received_total": received, "before_ack": early, "put_errors": perrs,
 		"rss_mb_before": rssBefore, "rss_mb_after": rssAfter, "rss_peak_mb": rssPeak,
-		"cpu_s": cpu1 - cpu0, "n": len(lat)}
+		"cpu_s": cpu1 - cpu0, "n": len(lat),
+		"puts_per_s_achieved": float64(atomic.LoadInt64(&acked)) / putSeconds}
 	for k, v := range summary(lat) {
 		out[k] = v
 	}

@@ -194,6 +194,7 @@ def compare_watch(spec: WatchBenchSpec, *, rounds: int, on: str, say: SayFn) -> 
                         "rss_mb_after": node["rss_mb_after"],
                         "rss_peak_mb": node["rss_peak_mb"],
                         "node_cores": node["cores"],
+                        "puts_per_s_achieved": rep["puts"]["per_s_achieved"],
                         "receiver_busiest_cores": rep["receivers"]["busiest_cores"],
                         "watchers_behind_at_end": ev["watchers_behind_at_end"],
                     }
@@ -213,6 +214,7 @@ def compare_watch(spec: WatchBenchSpec, *, rounds: int, on: str, say: SayFn) -> 
                     "rss_mb_after": rec.get("rss_mb_after"),
                     "rss_peak_mb": rec.get("rss_peak_mb"),
                     "node_cores": None if cpu is None else round(cpu / total_s, 2),
+                    "puts_per_s_achieved": rec.get("puts_per_s_achieved"),
                 }
             )
     med = {
