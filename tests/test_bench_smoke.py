@@ -295,7 +295,7 @@ def test_local_txn_bench_counts_only_successful_txns() -> None:
     assert r["ops"] > 0 and r["errors_total"] == 0, r["errors"]
 
 
-def test_watch_bench_delivers_every_event_to_every_watcher() -> None:
+def test_fanout_bench_delivers_every_event_to_every_watcher() -> None:
     # A small shape the machine keeps up with: every event of the window reaches every
     # watcher (the delivered count is of events whose put was acknowledged in the window).
     r = paxosctl_json(
@@ -322,6 +322,6 @@ def test_watch_bench_delivers_every_event_to_every_watcher() -> None:
     assert r["node"]["rss_mb_after"] > 0 and r["node"]["cpu_s"] is not None
 
 
-def test_watch_bench_refuses_more_connections_than_watchers() -> None:
+def test_fanout_bench_refuses_more_connections_than_watchers() -> None:
     done = paxosctl("bench", "fanout", "--watchers", "2", "--connections", "3")
     assert done.returncode == 2 and "connections" in done.stderr
