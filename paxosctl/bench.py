@@ -576,7 +576,7 @@ def _compare_txn(spec: LoadSpec, rounds: int, conns: int | None, json_out: bool)
         with _status() as say:
             report = compare_txn(spec, rounds=rounds, conns=conns, say=say)
     except EtcdUnavailable as e:
-        render.error(f"no etcd comparison: {e}")
+        render.error(f"etcd comparison skipped: {e}")
         raise typer.Exit(render.EXIT_UNAVAILABLE) from None
     except BenchError as e:
         render.error(str(e))
@@ -667,7 +667,7 @@ def fanout(
             else:
                 report = run_local_watch_bench(spec, nodes=nodes, on=on, say=say)
     except EtcdUnavailable as e:
-        render.error(f"no etcd comparison: {e}")
+        render.error(f"etcd comparison skipped: {e}")
         raise typer.Exit(render.EXIT_UNAVAILABLE) from None
     except BenchError as e:
         render.error(str(e))
