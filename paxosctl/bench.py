@@ -53,6 +53,8 @@ Examples:
 
   paxosctl bench --compare-etcd --op put --clients 64 --duration 8 --rounds 2
 
+  paxosctl bench --local --op txn --clients 64 --duration 10
+
   paxosctl bench --endpoints 10.0.0.1:7101,10.0.0.2:7102 --key-file client.key --op mixed
 
   paxosctl bench storage --restart-entries 1000000
@@ -168,7 +170,7 @@ def _print_kv(r: dict[str, Any]) -> None:
         ],
         ["errors", errors],
     ]
-    if w["op"] != "put":
+    if w["op"] in ("get", "mixed"):
         rows.append(["get misses", f"{r['get_misses']:,}"])
     srv = r["server"]
     if srv["nodes"]:
@@ -237,7 +239,13 @@ def bench(
     ] = 1.0,
     value_size: Annotated[int, typer.Option(min=1, max=512 << 10, help="Value bytes.")] = 100,
     keys: Annotated[int, typer.Option(min=1, max=10_000_000, help="Keys, uniform.")] = 10_000,
-    op: Annotated[str, typer.Option(help="put | get (linearizable) | mixed.")] = "put",
+    op: Annotated[
+        str,
+        typer.Option(
+            help="put | get (linearizable) | mixed | txn (a compare on one key, then a put of "
+            "it and of a second key: one command)."
+        ),
+    ] = "put",
     read_ratio: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="With --op mixed: share of gets.")
     ] = 0.5,
@@ -313,7 +321,7 @@ def bench(
             value_bytes=value_size,
             keys=keys,
             read_ratio=read_ratio,
-            prefill=prefill if prefill is not None else op != "put",
+            prefill=prefill if prefill is not None else op in ("get", "mixed"),
             processes=processes,
             timeout_ms=timeout_ms,
         )
@@ -325,6 +333,9 @@ def bench(
         if endpoints is not None:
             render.error("--compare-etcd starts its own clusters; drop --endpoints")
             raise typer.Exit(render.EXIT_USAGE)
+        if spec.op == "txn":
+            _compare_txn(spec, rounds, etcd_conns, json_out)
+            return
         from paxosctl import bench_etcd
 
         bench_etcd.run(
@@ -555,6 +566,174 @@ def cli(
     )
     before, after = report["load_average_before"][0], report["load_average_after"][0]
     render.rich_note(f"load average (1 min): {before} before, {after} after", markup=False)
+
+
+def _compare_txn(spec: LoadSpec, rounds: int, conns: int | None, json_out: bool) -> None:
+    from paxosd.lab.bench_etcd import EtcdUnavailable
+    from paxosd.lab.bench_fanout_etcd import compare_txn
+
+    try:
+        with _status() as say:
+            report = compare_txn(spec, rounds=rounds, conns=conns, say=say)
+    except EtcdUnavailable as e:
+        render.error(f"etcd comparison skipped: {e}")
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    except BenchError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    if json_out:
+        render.emit_json(report)
+        return
+    render.table(
+        f"txn, {spec.clients} clients (2 puts under a compare), rounds alternating",
+        ["system", "ops/s per round", "p50 ms", "p99 ms", "median ops/s"],
+        [
+            [
+                name,
+                " / ".join(f"{x['ops_s']:,.0f}" for x in rows),
+                " / ".join(_fmt(x["p50_ms"]) for x in rows),
+                " / ".join(_fmt(x["p99_ms"]) for x in rows),
+                _fmt(report["median_ops_s"][name], 0),
+            ]
+            for name, rows in report["rounds"].items()
+        ],
+    )
+    render.rich_line(f"paxosd / etcd (medians): {_fmt(report['paxosd_over_etcd'])}", markup=False)
+
+
+@app.command("fanout")
+def fanout(
+    watchers: Annotated[int, typer.Option(min=1, max=10_000, help="Watchers on one node.")] = 1000,
+    connections: Annotated[
+        int, typer.Option(min=1, max=1000, help="Connections the watchers are spread over.")
+    ] = 10,
+    processes: Annotated[
+        int, typer.Option(min=1, max=64, help="Receiver processes (<= connections).")
+    ] = 2,
+    rate: Annotated[
+        float, typer.Option(min=0.1, max=100_000, help="Puts per second on the watched prefix.")
+    ] = 1000.0,
+    duration: Annotated[float, typer.Option(min=0.5, max=3600, help="Measured seconds.")] = 10.0,
+    warmup: Annotated[float, typer.Option(min=0, max=600, help="Seconds before measuring.")] = 2.0,
+    on: Annotated[str, typer.Option(help="The watched node: leader | follower.")] = "follower",
+    nodes: Annotated[int, typer.Option(min=3, max=9, help="Members of the local cluster.")] = 3,
+    compare_etcd: Annotated[
+        bool,
+        typer.Option(
+            "--compare-etcd",
+            help="Also run the same fan-out on a local etcd 3.4 (its Go client), alternately.",
+        ),
+    ] = False,
+    rounds: Annotated[
+        int, typer.Option(min=1, max=20, help="With --compare-etcd: interleaved rounds.")
+    ] = 2,
+    json_out: JsonOpt = False,
+) -> None:
+    """Watch fan-out on a fresh durable local cluster: --watchers prefix watchers on one
+    node (--on), spread over --connections connections (many watches per connection), and
+    --rate puts/s on their prefix through the leader (open loop). Reports events delivered
+    per second against the number asked for (watchers x rate), the delay from each put's
+    acknowledgement to each event (p50/p90/p99/max, one host clock), watchers still behind
+    at the end, and the watched node's RSS and CPU.
+
+    Example: paxosctl bench fanout --watchers 1000 --rate 1000 --duration 10 --compare-etcd
+    """
+    from paxosd.lab.bench_fanout import WatchBenchSpec, run_local_watch_bench
+
+    if on not in ("leader", "follower"):
+        render.error("--on is leader or follower")
+        raise typer.Exit(render.EXIT_USAGE)
+    try:
+        spec = WatchBenchSpec(
+            watchers=watchers,
+            connections=connections,
+            processes=min(processes, connections),
+            rate=rate,
+            duration_s=duration,
+            warmup_s=warmup,
+        )
+    except ValueError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_USAGE) from None
+    _quiet_logs()
+    from paxosd.lab.bench_etcd import EtcdUnavailable
+
+    try:
+        with _status() as say:
+            if compare_etcd:
+                from paxosd.lab.bench_fanout_etcd import compare_watch
+
+                report = compare_watch(spec, rounds=rounds, on=on, say=say)
+            else:
+                report = run_local_watch_bench(spec, nodes=nodes, on=on, say=say)
+    except EtcdUnavailable as e:
+        render.error(f"etcd comparison skipped: {e}")
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    except BenchError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    report |= {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host()}
+    if json_out:
+        render.emit_json(report)
+        return
+    if compare_etcd:
+        render.table(
+            f"watch fan-out: {watchers} watchers on a {on} over {connections} connections, "
+            f"{rate:g} puts/s (rounds alternating)",
+            ["system", "events/s", "share delivered", "p50 ms", "p99 ms", "RSS MB", "cores"],
+            [
+                [
+                    name,
+                    " / ".join(f"{x['delivered_per_s']:,}" for x in rows),
+                    " / ".join(_fmt(x["delivered_share"]) for x in rows),
+                    " / ".join(_fmt(x["p50_ms"]) for x in rows),
+                    " / ".join(_fmt(x["p99_ms"]) for x in rows),
+                    " / ".join(_fmt(x["rss_mb_after"], 1) for x in rows),
+                    " / ".join(_fmt(x["node_cores"]) for x in rows),
+                ]
+                for name, rows in report["rounds"].items()
+            ],
+        )
+        ratios = report["paxosd_over_etcd"]
+        render.rich_line(
+            "paxosd / etcd (medians): " + ", ".join(f"{k} {_fmt(v)}" for k, v in ratios.items()),
+            markup=False,
+        )
+        return
+    ev, lat, node = report["events"], report["latency_ms"], report["node"]
+    render.table(
+        f"watch fan-out: {watchers} watchers on {report['target']['watch_node']} over "
+        f"{connections} connections, {rate:g} puts/s, {duration:g} s",
+        ["", ""],
+        [
+            [
+                "events",
+                f"{ev['delivered_in_window']:,} of {ev['expected_in_window']:,} asked "
+                f"({ev['delivered_per_s']:,}/s); {ev['watchers_behind_at_end']} watchers "
+                f"behind at the end",
+            ],
+            [
+                "delay ms (put ack -> event)",
+                f"p50 {_fmt(lat['p50'])}  p90 {_fmt(lat['p90'])}  p99 {_fmt(lat['p99'])}  "
+                f"max {_fmt(lat['max'])}",
+            ],
+            [
+                "puts",
+                f"{report['puts']['acknowledged']:,} acknowledged, "
+                f"{report['puts']['errors']} errors",
+            ],
+            [
+                "receivers",
+                f"{report['receivers']['processes']} processes, busiest "
+                f"{_fmt(report['receivers']['busiest_cores'])} of a core (near 1: they limit)",
+            ],
+            [
+                "watched node",
+                f"RSS {_fmt(node['rss_mb_before'], 1)} -> {_fmt(node['rss_mb_after'], 1)} MB "
+                f"(peak {_fmt(node['rss_peak_mb'], 1)}), {_fmt(node['cores'])} cores",
+            ],
+        ],
+    )
 
 
 @app.command("transport")

@@ -36,12 +36,20 @@ from paxosd.server.logs import configure_logging
 HELP = f"""Recovery drill: a concurrent workload under faults, then every check.
 
 Without a subcommand: starts a fresh local cluster in a temporary folder (or uses a running
-one with --endpoints), runs --clients workers doing put/get/cas/delete/block/unblock with
-unique values for --duration seconds while injecting --faults on a seeded schedule, heals,
-waits for the replicas to converge and checks: a final linearizable read of every key, the
-history's linearizability (the simulator's checker), every acknowledged write in the decided
-log, no command applied twice, equal digests at equal applied indexes, equal state on every
-replica. Reports ops by outcome, faults by kind and per restart the time to the first
+one with --endpoints), runs --clients workers doing put/get/cas/delete/block/unblock and
+transactions (compares, then two puts, a delete, a read; on their own keys) with unique values
+for --duration seconds while injecting --faults on a seeded schedule, heals, waits for the
+replicas to converge and checks: a final linearizable read of every key, the history's
+linearizability (the simulator's checker), every acknowledged write in the decided log, no
+command applied twice, equal digests at equal applied indexes, equal state on every replica.
+Three watchers follow every drill key meanwhile (one pinned to the first leader, one to a
+follower, one that re-creates its watch at last+1 on the next node after each fault); at
+the end a fresh watch reads the history from the drill's first revision on a follower, and
+the drill checks that every acknowledged write is in it at its revision, that each txn is
+there whole at one revision (compares true before it, reads see its writes) or not at all
+(a compare false), and that each watcher's stream is exactly that history over the
+revisions it covered: in order, nothing missed, nothing twice. Reports ops by outcome,
+faults by kind and per restart the time to the first
 successful write and to catch up, and elections per fault: each fault is classed by whom it
 hit (kill/leader, pause/follower, ...), and the leader changes seen (polling every node's
 status) until the next fault are charged to it; a follower-only fault should cost none.
@@ -170,6 +178,15 @@ def drill(
     seed: Annotated[
         int | None, typer.Option(help="Fault schedule and workload seed (default: random).")
     ] = None,
+    txns: Annotated[
+        bool, typer.Option("--txns/--no-txns", help="Transactions in the op mix.")
+    ] = True,
+    watchers: Annotated[
+        bool,
+        typer.Option(
+            "--watchers/--no-watchers", help="Watch the drill's keys and check the streams."
+        ),
+    ] = True,
     json_out: JsonOpt = False,
     keep: KeepOpt = None,
     endpoints: EndpointsOpt = None,
@@ -184,6 +201,8 @@ def drill(
         clients=clients,
         faults=parse_faults(faults),
         seed=chosen_seed,
+        txns=txns,
+        watchers=watchers,
     )
     target: Nodes | None = None
     try:
@@ -196,6 +215,8 @@ def drill(
                 clients=clients,
                 faults=spec.faults,
                 seed=chosen_seed,
+                txns=txns,
+                watchers=watchers,
             )
         spec.validate(endpoints=target is not None)
         _logs_to_stderr()
@@ -326,6 +347,7 @@ def _print_report(r: dict[str, Any]) -> None:
         + ("" if log["complete"] else f", gaps {log['gaps']} (durability checks skipped)"),
         markup=False,
     )
+    _print_watch(r.get("watch"))
     if r["violations"]:
         render.rich_line(f"[red]{len(r['violations'])} violation(s):[/red]", markup=True)
         for v in r["violations"]:
@@ -335,6 +357,37 @@ def _print_report(r: dict[str, Any]) -> None:
         render.rich_line("0 violations", markup=False)
         if r["kept"]:
             render.rich_line(f"kept: {r['folder']}", markup=False)
+
+
+def _print_watch(w: dict[str, Any] | None) -> None:
+    if not w:
+        return
+    for note in w.get("notes", []):
+        render.rich_line(note, markup=False)
+    if not w.get("checked"):
+        return
+    h, t = w["history"], w["txns"]
+    render.rich_line(
+        f"history: {h['events']} events, revisions {h['start']}..{h['end']} (read on "
+        f"n{w['history_node']}); txns: {t['total']}, {t['succeeded']} succeeded, "
+        f"{t['failed_compare']} took the failure branch, {t['unknown']} unknown",
+        markup=False,
+    )
+    render.table(
+        "watchers (each stream checked against the history)",
+        ["watcher", "events", "revisions", "watches", "nodes", "errors"],
+        [
+            [
+                x["name"],
+                x["events"],
+                f"{x['from']}..{x['to']}",
+                x["watches"],
+                ",".join(f"n{k}" for k in x["nodes"]),
+                x["errors"],
+            ]
+            for x in w["watchers"]
+        ],
+    )
 
 
 @app.command("race")

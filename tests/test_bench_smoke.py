@@ -269,3 +269,59 @@ def test_thread_per_client_generator_reports_the_same_shape(tmp_path: Path) -> N
     assert r["ops"] > 0 and r["errors_total"] == 0 and r["get_misses"] == 0
     assert r["generator"]["clients_per_process"] == [2]
     assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["max"]
+
+
+# ------------------------------------------------------------------------------ txn and watch
+
+
+def test_txn_op_compares_then_writes_two_different_keys() -> None:
+    from paxosd.lab.bench import make_op
+    from paxosd.statemachine.commands import Put, Txn
+
+    rnd = random.Random(1)
+    for _ in range(200):
+        op, read = make_op(LoadSpec(op="txn", keys=2), rnd, b"v")
+        assert isinstance(op, Txn) and not read
+        assert len(op.compares) == 1 and op.compares[0].target == "mod"
+        keys = [p.key for p in op.success if isinstance(p, Put)]
+        assert len(keys) == 2 and keys[0] != keys[1]
+
+
+def test_local_txn_bench_counts_only_successful_txns() -> None:
+    r = paxosctl_json(
+        "bench", "--local", "--op", "txn", "--clients", "4", "--warmup", "0.5", "--duration", "2"
+    )
+    assert r["workload"]["op"] == "txn" and r["workload"]["prefill"] is False
+    assert r["ops"] > 0 and r["errors_total"] == 0, r["errors"]
+
+
+def test_fanout_bench_delivers_every_event_to_every_watcher() -> None:
+    # A small shape the machine keeps up with: every event of the window reaches every
+    # watcher (the delivered count is of events whose put was acknowledged in the window).
+    r = paxosctl_json(
+        "bench",
+        "fanout",
+        "--watchers",
+        "20",
+        "--connections",
+        "2",
+        "--rate",
+        "50",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "2",
+    )
+    assert r["bench"] == "fanout" and r["target"]["watch_node"].endswith("follower")
+    ev = r["events"]
+    assert ev["watchers_behind_at_end"] == 0 and ev["receiver_errors"] == []
+    assert ev["received_total"] == 20 * r["puts"]["acknowledged"]
+    assert ev["delivered_in_window"] > 0 and ev["delivered_in_window"] % 20 == 0
+    lat = r["latency_ms"]
+    assert 0 <= lat["p50"] <= lat["p99"] <= lat["max"]
+    assert r["node"]["rss_mb_after"] > 0 and r["node"]["cpu_s"] is not None
+
+
+def test_fanout_bench_refuses_more_connections_than_watchers() -> None:
+    done = paxosctl("bench", "fanout", "--watchers", "2", "--connections", "3")
+    assert done.returncode == 2 and "connections" in done.stderr

@@ -84,6 +84,24 @@ def test_short_drill_with_kill_pause_and_partition_finds_no_violation(tmp_path: 
         if cls.endswith("/follower"):  # a follower fault in a healthy cluster
             assert f["elections"] == 0, el
     assert el["follower_faults_with_an_election"] == []
+    # The watch and txn checks ran, on every watcher, with both txn branches taken.
+    w = report["watch"]
+    assert w["checked"], w
+    assert [x["name"].split()[0] for x in w["watchers"]] == ["leader", "follower", "roaming"]
+    assert all(x["to"] == w["history"]["end"] and x["events"] > 0 for x in w["watchers"])
+    assert w["watchers"][2]["watches"] >= 2  # the roaming one moved after a fault
+    assert w["txns"]["succeeded"] > 0 and w["txns"]["failed_compare"] > 0, w["txns"]
+
+
+def test_drill_catches_a_watcher_that_drops_an_event(tmp_path: Path) -> None:
+    """The planted client-side loss: the leader's watcher drops its 20th event. The stream
+    check must name it; nothing else may fail."""
+    spec = DrillSpec(nodes=3, duration_s=3, clients=2, faults=(), seed=2, plant_watch_drop=20)
+    report = run_drill(spec, parent_dir=tmp_path)
+    violations = report["violations"]
+    assert [v["kind"] for v in violations] == ["watch"], violations
+    assert violations[0]["message"].startswith("leader n") and "missed" in violations[0]["message"]
+    assert report["kept"]
 
 
 def test_drill_catches_a_write_acknowledged_before_it_is_decided(tmp_path: Path) -> None:

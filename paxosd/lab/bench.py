@@ -41,11 +41,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
-from paxosd.statemachine.commands import Get, NotFound, Op, Put, Written
+from paxosd.statemachine.commands import (
+    SEQ_MAX,
+    Compare,
+    Get,
+    NotFound,
+    Op,
+    Put,
+    Txn,
+    TxnResult,
+    Written,
+)
 
 Address = tuple[str, int]
-OpKind = Literal["put", "get", "mixed"]
-OP_KINDS: Final = ("put", "get", "mixed")
+OpKind = Literal["put", "get", "mixed", "txn"]
+OP_KINDS: Final = ("put", "get", "mixed", "txn")
 
 CLIENTS_MAX: Final = 1024
 PROCESSES_MAX: Final = 64
@@ -288,6 +298,39 @@ def _error_kind(e: BaseException) -> str:
     return type(e).__name__
 
 
+def txn_op(k1: str, k2: str, value: bytes) -> Txn:
+    """``--op txn``: etcd's usual guarded update of two keys — if k1's mod revision is below
+    a bound (always true, so every txn writes and the figure is the write path's), put both
+    keys; else read k1. One command, one slot, one revision for both keys."""
+    return Txn(
+        compares=(Compare(key=k1, target="mod", op="<", number=SEQ_MAX),),
+        success=(Put(key=k1, value=value), Put(key=k2, value=value)),
+        failure=(Get(key=k1),),
+    )
+
+
+def make_op(spec: LoadSpec, rnd: random.Random, value: bytes) -> tuple[Op, bool]:
+    """The next request of a client: (op, whether it is a read)."""
+    i = rnd.randrange(spec.keys)
+    k = key_name(i)
+    if spec.op == "txn":
+        # Two different keys: a txn that writes one key twice is refused (etcd's rule).
+        j = (i + 1 + rnd.randrange(max(1, spec.keys - 1))) % spec.keys
+        return txn_op(k, key_name(j), value), False
+    read = spec.op == "get" or (spec.op == "mixed" and rnd.random() < spec.read_ratio)
+    return (Get(key=k) if read else Put(key=k, value=value)), read
+
+
+def answered_as_asked(result: object, read: bool) -> bool:
+    """A read may find nothing (counted as a miss); a put must be Written, a txn must have
+    taken its success branch."""
+    if read:
+        return True
+    if isinstance(result, TxnResult):
+        return result.succeeded
+    return isinstance(result, Written)
+
+
 def _run_client(
     client: Any,
     spec: LoadSpec,
@@ -301,11 +344,8 @@ def _run_client(
     from paxosd.client.client import AuthError
 
     clock = time.monotonic_ns
-    keys, op_kind, ratio = spec.keys, spec.op, spec.read_ratio
     while True:
-        k = key_name(rnd.randrange(keys))
-        read = op_kind == "get" or (op_kind == "mixed" and rnd.random() < ratio)
-        op: Op = Get(key=k) if read else Put(key=k, value=value)
+        op, read = make_op(spec, rnd, value)
         t0 = clock()
         if t0 >= t_end_ns:
             return
@@ -327,18 +367,12 @@ def _run_client(
             continue
         if read and isinstance(result, NotFound):
             stats.misses += 1
-        elif not read and not isinstance(result, Written):
+        elif not answered_as_asked(result, read):
             kind = f"unexpected_{type(result).__name__}"
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
             continue
         stats.ok += 1
         stats.hist.record((t1 - t0) // 1000)
-
-
-def _next_op(spec: LoadSpec, rnd: random.Random, value: bytes) -> tuple[Op, bool]:
-    k = key_name(rnd.randrange(spec.keys))
-    read = spec.op == "get" or (spec.op == "mixed" and rnd.random() < spec.read_ratio)
-    return (Get(key=k) if read else Put(key=k, value=value)), read
 
 
 def _run_pipelined(
@@ -370,7 +404,7 @@ def _run_pipelined(
         t0 = clock()
         if t0 >= t_end_ns:
             return False
-        op, reads[j] = _next_op(spec, rnds[j], value)
+        op, reads[j] = make_op(spec, rnds[j], value)
         started[j] = t0
         pipe.submit(sessions[j].next_command(op), j, lane=j, read=reads[j])
         return True
@@ -398,7 +432,7 @@ def _run_pipelined(
                         s.misses += 1
                         s.ok += 1
                         s.hist.record((t1 - started[j]) // 1000)
-                    elif not reads[j] and not isinstance(result, Written):
+                    elif not answered_as_asked(result, reads[j]):
                         kind = f"unexpected_{type(result).__name__}"
                         s.errors[kind] = s.errors.get(kind, 0) + 1
                     else:

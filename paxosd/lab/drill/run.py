@@ -29,7 +29,7 @@ from paxosd.lab.drill.checks import (
 from paxosd.lab.drill.collect import LogCollector
 from paxosd.lab.drill.elections import LeaderWatch
 from paxosd.lab.drill.faults import FaultInjector, set_partition
-from paxosd.lab.drill.nodes import Nodes, closing_all, node_status
+from paxosd.lab.drill.nodes import Nodes, closing_all, find_leader, node_status
 from paxosd.lab.drill.reconfig import ADMIN_WAIT_S
 from paxosd.lab.drill.report import build_report, restart_figures
 from paxosd.lab.drill.spec import (
@@ -41,6 +41,8 @@ from paxosd.lab.drill.spec import (
     DrillSpec,
     ProgressFn,
 )
+from paxosd.lab.drill.streams import check_all
+from paxosd.lab.drill.watchers import DrillWatcher, read_history
 from paxosd.lab.drill.workload import (
     HISTORY_OPS_MAX,
     WORKER_PAUSE_S,
@@ -52,8 +54,11 @@ from paxosd.lab.drill.workload import (
 )
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.sim import linearizability
+from paxosd.statemachine.commands import Put, Written
 
 PROGRESS_S: Final = 0.5
+# After the end mark, how long the watchers have to deliver it.
+WATCH_FINISH_S: Final = 60.0
 
 
 def run_drill(
@@ -116,7 +121,10 @@ class _Drill:
         self.root = root
         self.say = say
         self.history = History()
-        self.workload = Workload(run_id, spec.epoch_s)
+        self.workload = Workload(run_id, spec.epoch_s, txns=spec.txns)
+        self.watchers: list[DrillWatcher] = []
+        self.watch_start = 0  # the start mark's revision (0: no watch checks)
+        self.watch_notes: list[str] = []
         self.stop_workers = threading.Event()
         self.worker_errors: list[str] = []
         rng = random.Random(spec.seed)
@@ -179,6 +187,8 @@ class _Drill:
                 default=0,
             )
         collector = LogCollector(nodes, start + 1)
+        if spec.watchers:
+            self._start_watchers()
         threads = [
             threading.Thread(target=collector.run, name="drill-log", daemon=True),
             threading.Thread(target=self.leader_watch.run, name="drill-leaders", daemon=True),
@@ -200,6 +210,8 @@ class _Drill:
             end = started_ms + spec.duration_s * 1000
             while self.history.now_ms() < end and any(w.is_alive() for w in workers):
                 self._progress("running")
+                for watcher in self.watchers:
+                    watcher.tick()
                 time.sleep(min(PROGRESS_S, max(0.0, (end - self.history.now_ms()) / 1000)))
         finally:
             # Heal first, then stop the workers: their last ops see a healed cluster.
@@ -214,6 +226,108 @@ class _Drill:
             watch_thread.join(10)
         run_ms = self.history.now_ms() - started_ms
         return self._check(collector, run_ms)
+
+    def _mark(self, value: bytes) -> int:
+        """Put the drill's mark; its revision (0: the cluster reports no revisions)."""
+        with self.nodes.client(
+            timeout_ms=3 * self.spec.op_timeout_ms,
+            # A client id per mark: a second client under one id would start at seq 1 again
+            # and get the first mark's answer back from the session table.
+            client_id=f"{self.run_id}-mark-{value.decode()}",
+        ) as c:
+            result = c.execute(Put(key=self.workload.mark_key, value=value))
+        if not isinstance(result, Written):
+            raise ClientError(f"the drill's mark was answered {type(result).__name__}")
+        return result.revision
+
+    def _start_watchers(self) -> None:
+        """The start mark, then the three watchers from its revision (see watchers.py)."""
+        try:
+            self.watch_start = self._mark(b"start")
+        except ClientError as e:
+            self.watch_notes.append(f"no watch checks: the start mark failed: {e}")
+            return
+        if not self.watch_start:
+            self.watch_notes.append("no watch checks: the cluster reports no revisions")
+            return
+        with closing_all(self.nodes.node_clients()) as clients:
+            leader = find_leader(clients)
+        ids = self.nodes.ids
+        leader = ids[0] if leader is None else leader
+        follower = next(k for k in ids if k != leader)
+        spec, root, start = self.spec, self.workload.root, self.watch_start
+
+        def rotate(n: int) -> int:
+            now = self.nodes.ids  # the members change under the reconfig fault
+            return now[n % len(now)]
+
+        self.watchers = [
+            DrillWatcher(
+                f"leader n{leader}",
+                self.nodes,
+                root,
+                start,
+                lambda _n: leader,
+                pinned=True,
+                drop_nth=spec.plant_watch_drop,
+            ),
+            DrillWatcher(
+                f"follower n{follower}", self.nodes, root, start, lambda _n: follower, pinned=True
+            ),
+            DrillWatcher(
+                "roaming",
+                self.nodes,
+                root,
+                start,
+                rotate,
+                pinned=False,
+                faults_seen=lambda: len(self.injector.events),
+            ),
+        ]
+        for w in self.watchers:
+            w.start()
+
+    def _check_watches(self, leader: int | None) -> tuple[list[Violation], dict[str, Any]]:
+        """The end mark, the watchers' last events, the reference history read with a
+        fresh watch on a node other than the leader, then the checks of streams.py."""
+        info: dict[str, Any] = {"checked": False, "notes": self.watch_notes}
+        if not self.watchers:
+            for w in self.watchers:
+                w.stop()
+            return [], info
+        try:
+            end = self._mark(b"end")
+        except ClientError as e:
+            for w in self.watchers:
+                w.stop()
+            return [Violation("watch", f"the end mark failed: {e}")], info
+        for w in self.watchers:
+            w.finish(end)
+        deadline = time.monotonic() + WATCH_FINISH_S
+        for w in self.watchers:
+            w.thread.join(max(0.0, deadline - time.monotonic()))
+        for w in self.watchers:
+            w.stop()
+            w.thread.join(5)
+        ids = self.nodes.ids
+        node = next((k for k in reversed(ids) if k != leader), ids[0])
+        try:
+            with closing_all(self.nodes.node_clients(timeout_ms=5000)) as clients:
+                reference = read_history(clients[node], self.workload.root, self.watch_start, end)
+        except (ClientError, OSError, TimeoutError) as e:
+            return [Violation("watch-history", f"could not read the history on n{node}: {e}")], info
+        violations, figures = check_all(
+            reference,
+            self.watch_start,
+            end,
+            [w.stream for w in self.watchers],
+            self.history.entries(),
+            self.workload,
+        )
+        info.update(figures)
+        info["checked"] = True
+        info["history_node"] = node
+        return violations, info
 
     def _heal_all(self) -> None:
         cluster = self.nodes.cluster
@@ -278,6 +392,10 @@ class _Drill:
         lin_s = time.perf_counter() - t0
         if lin.verdict == "violation":
             violations.append(Violation("linearizability", lin.explanation))
+        leader = next((k for k, s in conv.rows.items() if s.get("role") == "leader"), None)
+        self._progress("checking", "watch streams and transactions against the history")
+        watch_violations, watch_info = self._check_watches(leader)
+        violations += watch_violations
         for err in self.worker_errors:
             violations.append(Violation("harness", err))
         if self.injector.crashed:
@@ -286,7 +404,7 @@ class _Drill:
         history_path = self.root / "history.jsonl"
         write_history(history_path, entries)
         self._progress("done")
-        return build_report(
+        report = build_report(
             spec=spec,
             nodes=nodes,
             workload=self.workload,
@@ -301,3 +419,5 @@ class _Drill:
             violations=violations,
             history_path=history_path,
         )
+        report["watch"] = watch_info
+        return report

@@ -33,10 +33,14 @@ PARTITION_S: Final = (0.5, 4.0)
 # loaded machine made the collector miss slots).
 SNAPSHOT_EVERY_ENTRIES: Final = 1000
 LOG_RETAIN_ENTRIES: Final = 5000
+# No automatic compaction: the watch checks read the whole history from the drill's first
+# revision at the end (the history's byte budget still bounds it).
 DRILL_NODE_CONFIG: Final = (
     "[snapshot]\n"
     f"snapshot_every_entries = {SNAPSHOT_EVERY_ENTRIES}\n"
     f"log_retain_entries = {LOG_RETAIN_ENTRIES}\n"
+    "[compaction]\n"
+    'mode = "off"\n'
 )
 
 
@@ -61,6 +65,12 @@ class DrillSpec:
     # Extra environment for the daemons: how a test plants a bug (PAXOSD_TEST_PLANT_BUG).
     node_env: tuple[tuple[str, str], ...] = ()
     converge_timeout_s: float = CONVERGE_TIMEOUT_S
+    # Transactions in the op mix, and the three watchers whose streams are checked.
+    txns: bool = True
+    watchers: bool = True
+    # Test only: the leader's watcher drops its Nth event (1-based; 0: none) before it
+    # records it, to prove that the watch check can fail. Not reachable from paxosctl.
+    plant_watch_drop: int = 0
 
     def validate(self, *, endpoints: bool = False) -> None:
         if not NODES_MIN <= self.nodes <= NODES_MAX:

@@ -23,6 +23,7 @@ from paxosd.statemachine.commands import (
     Block,
     Cas,
     CasMismatch,
+    Compare,
     Delete,
     Deleted,
     Found,
@@ -31,6 +32,9 @@ from paxosd.statemachine.commands import (
     Op,
     Put,
     Result,
+    Txn,
+    TxnOp,
+    TxnResult,
     Unblock,
     Written,
     decode_command,
@@ -44,6 +48,11 @@ OLD_KEY_READ_FRACTION: Final = 0.06  # gets of earlier epochs' keys: durability 
 HISTORY_OPS_MAX: Final = 3_000_000  # workers stop issuing past this (memory bound)
 # After an operation that failed at once (every node refused), a worker pauses this long.
 WORKER_PAUSE_S: Final = 0.05
+# Transactions: a share of every worker's ops, on their own keys (TXN_KEYS_PER_EPOCH per
+# epoch, under Workload.txn_prefix) so that the register checker's keys keep their meaning
+# (it does not model a txn) and the txn check sees only txns on its keys.
+TXN_FRACTION: Final = 0.12
+TXN_KEYS_PER_EPOCH: Final = 4
 
 Outcome = Literal["ok", "fail", "unknown"]
 
@@ -138,9 +147,16 @@ class Workload:
     history stays short (the checker's search is exponential in the worst case) while
     old keys keep being read now and then, so a write lost to a later fault still shows."""
 
-    def __init__(self, run_id: str, epoch_s: float) -> None:
+    def __init__(self, run_id: str, epoch_s: float, *, txns: bool = True) -> None:
         self.run_id = run_id
-        self.prefix = f"drill/{run_id}/"
+        # Every key the drill writes starts with ``root`` (what its watchers watch): the
+        # register keys under ``prefix``, the txn keys under ``txn_prefix`` and the start and
+        # end marks. run_id has a fixed length, so no other drill's root starts with ours.
+        self.root = f"drill/{run_id}"
+        self.prefix = f"{self.root}/"
+        self.txn_prefix = f"{self.root}.t/"
+        self.mark_key = f"{self.root}.mark"
+        self.txns = txns
         self.site_prefix = f"d{run_id}"
         self.epoch_s = epoch_s
         self._top_epoch = 0
@@ -148,6 +164,9 @@ class Workload:
 
     def key(self, epoch: int, j: int) -> str:
         return f"{self.prefix}e{epoch}/k{j}"
+
+    def txn_key(self, epoch: int, j: int) -> str:
+        return f"{self.txn_prefix}e{epoch}/k{j}"
 
     def pairs(self, epoch: int) -> tuple[tuple[str, str], tuple[str, str]]:
         a, b = f"{self.site_prefix}e{epoch}a", f"{self.site_prefix}e{epoch}b"
@@ -179,6 +198,8 @@ class Workload:
         value: bytes,
         seen: Mapping[str, tuple[bytes | None, int]],
     ) -> Op:
+        if self.txns and rng.random() < TXN_FRACTION:
+            return self.next_txn(rng, epoch, value, seen)
         if epoch > 0 and rng.random() < OLD_KEY_READ_FRACTION:
             return Get(key=self.key(rng.randrange(epoch), rng.randrange(KEYS_PER_EPOCH)))
         key = self.key(epoch, rng.randrange(KEYS_PER_EPOCH))
@@ -198,9 +219,56 @@ class Workload:
         site, other = rng.choice(self.pairs(epoch))
         return Block(site=site, other=other) if r < 0.90 else Unblock(site=site, other=other)
 
+    def next_txn(
+        self,
+        rng: random.Random,
+        epoch: int,
+        value: bytes,
+        seen: Mapping[str, tuple[bytes | None, int]],
+    ) -> Txn:
+        """A 2- or 3-key transaction on this epoch's txn keys: one or two compares aimed at
+        what this worker last saw (so both branches are taken often), success puts two keys
+        with unique values (``value`` + "/a", "/b"), sometimes deletes a third, and reads the
+        first back (it must see its own write); failure reads the compared keys."""
+        a, b, c = (self.txn_key(epoch, j) for j in rng.sample(range(TXN_KEYS_PER_EPOCH), 3))
+        compares = [_aimed_compare(rng, a, seen.get(a, (None, 0)))]
+        if rng.random() < 0.3:
+            compares.append(_aimed_compare(rng, b, seen.get(b, (None, 0))))
+        success: list[TxnOp] = [Put(key=a, value=value + b"/a"), Put(key=b, value=value + b"/b")]
+        if rng.random() < 0.25:
+            success.append(Delete(key=c))
+        success.append(Get(key=a))
+        return Txn(
+            compares=tuple(compares),
+            success=tuple(success),
+            failure=(Get(key=a), Get(key=b)),
+        )
+
+
+def _aimed_compare(rng: random.Random, key: str, last: tuple[bytes | None, int]) -> Compare:
+    value, version = last
+    r = rng.random()
+    if value is not None and r < 0.35:
+        return Compare(key=key, target="value", op="=", value=value)
+    if r < 0.75:
+        return Compare(key=key, target="version", op="=", number=version)
+    if r < 0.9:
+        return Compare(key=key, target="version", op="<", number=version + 1)
+    return Compare(key=key, target="mod", op=">", number=0)
+
 
 def remember(seen: dict[str, tuple[bytes | None, int]], op: Op, result: Result) -> None:
-    """A worker's last observation per key, to aim its CASes."""
+    """A worker's last observation per key, to aim its CASes (and its txns' compares)."""
+    if isinstance(op, Txn) and isinstance(result, TxnResult):
+        branch = op.success if result.succeeded else op.failure
+        for sub, res in zip(branch, result.responses, strict=False):
+            if not isinstance(sub, Put):  # a put's answer does not carry the value
+                remember(seen, sub, res)
+            else:
+                match res:
+                    case Written(version=ver):
+                        seen[sub.key] = (sub.value, ver)
+        return
     match op, result:
         case ((Put(key=k, value=v) | Cas(key=k, new=v)), Written(version=ver)):
             seen[k] = (v, ver)
