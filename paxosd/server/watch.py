@@ -12,7 +12,8 @@ The four guarantees, and where each one is kept:
 - unique: the cursor only moves forward, past what was sent.
 - complete: a watcher is fed from the history in revision order from its cursor, with no
   revision skipped: either with the shared "synced" batch (``_pump_synced``, every caught-up
-  watcher at once) or, while it is behind, from its own cursor (``_pump_catching_up``).
+  watcher at once) or, while it is behind, from its own cursor (``_pump_catching_up``, one
+  history read for a batch of such watchers).
 - resumable: a watch created again with ``start_revision`` = last delivered + 1, on any node,
   continues the same projection of the same log.
 
@@ -163,6 +164,8 @@ class WatchLimits:
     # catching up together: each loop turn does a bounded amount of watch work.
     synced_events_per_pump: int = 5000
     catchup_events_per_pump: int = 2000
+    # Watchers catching up that one pump serves from that one read (etcd: 512 a sync).
+    catchup_watchers_per_pump: int = 512
     # A caught-up watcher that asked for progress notifications and was sent nothing for this
     # long gets an empty response with the revision it is complete through (etcd: 10 minutes
     # by default, --experimental-watch-progress-notify-interval).
@@ -176,6 +179,7 @@ class WatchLimits:
         assert self.node_backlog_frames_max >= 1
         assert self.frames_per_send_max >= 1
         assert self.synced_events_per_pump >= 1 and self.catchup_events_per_pump >= 1
+        assert self.catchup_watchers_per_pump >= 1
         assert self.progress_interval_ms >= 1
 
     @property
@@ -498,40 +502,63 @@ class WatchHub:
         return out
 
     def _pump_catching_up(self, sm: History, now_ms: int) -> None:
-        """Feed watchers that are behind from their own cursors, round-robin, within the
-        per-pump budget; one that reaches the synced batch joins it."""
+        """Feed watchers that are behind, as etcd's ``syncWatchers`` does: take up to
+        ``catchup_watchers_per_pump`` of them whose connections have room (round-robin), read
+        the history once from the lowest of their cursors (within the per-pump budget), and
+        hand each its share. Watchers at one cursor with one key and the same options share
+        one plan. One that reaches the synced batch joins it.
+
+        Reading once for the batch is what lets many watchers that fell behind together (a
+        burst on a prefix with a thousand watchers) catch up together: read per watcher, the
+        budget bought one watcher's events per pump and the rest waited their turn."""
         assert self.synced_rev is not None
-        budget = self.limits.catchup_events_per_pump
+        limits = self.limits
         backlog = self.sink.backlog
-        resume = self.limits.backlog_resume_frames
-        node_max = self.limits.node_backlog_frames_max
-        shared = _Shared()
+        resume = limits.backlog_resume_frames
+        node_max = limits.node_backlog_frames_max
+        ready: list[_Watcher] = []
         for _ in range(len(self._catching_up)):
-            if budget <= 0:
+            if len(ready) >= limits.catchup_watchers_per_pump:
                 break
             w = self._catching_up.popleft()
             if self._watchers.get((w.conn_id, w.watch_id)) is not w or w.synced:
                 continue  # removed (its id maybe reused since), or rejoined, since queued
-            if backlog(w.conn_id) > resume or self._node_frames >= node_max:
-                self._catching_up.append(w)
-                continue
             if w.next_rev < sm.compact_revision:
                 self._cancel_one(w, sm)
                 continue
             if w.next_rev > self.synced_rev:
                 self._join_synced(w)  # nothing older left to read
                 continue
-            events = sm.events_since(w.next_rev, min(budget, self.limits.synced_events_per_pump))
-            budget -= max(1, len(events))
-            upto = [ev for ev in events if ev.kv.mod_revision <= self.synced_rev]
-            scanned = upto[-1].kv.mod_revision if upto else w.next_rev - 1
-            if len(upto) < len(events) or not events:
-                scanned = self.synced_rev  # the whole rest up to the synced batch was read
-            mine = self.select(w, upto, shared)
-            if mine and not self._deliver(w, self._plan(mine, sm, shared), sm, now_ms):
+            if backlog(w.conn_id) > resume or self._node_frames >= node_max:
+                self._catching_up.append(w)
+                continue
+            ready.append(w)
+        if not ready:
+            return
+        start = min(w.next_rev for w in ready)
+        budget = min(limits.catchup_events_per_pump, limits.synced_events_per_pump)
+        events = sm.events_since(start, budget)
+        upto = [ev for ev in events if ev.kv.mod_revision <= self.synced_rev]
+        scanned = upto[-1].kv.mod_revision if upto else start - 1
+        if len(upto) < len(events) or not events:
+            scanned = self.synced_rev  # the whole rest up to the synced batch was read
+        shared = _Shared()
+        plans: dict[tuple[int, bool, str, bool, bool, bool], _Plan] = {}
+        for w in ready:
+            if self._watchers.get((w.conn_id, w.watch_id)) is not w:
+                continue  # its connection went while an earlier watcher was served
+            options = (w.next_rev, w.prefix, w.key, w.prev_kv, w.want_put, w.want_delete)
+            plan = plans.get(options)
+            if plan is None:
+                plan = plans[options] = self._plan(self.select(w, upto, shared), sm, shared)
+            if (plan.chunks or plan.too_large is not None) and not self._deliver(
+                w, plan, sm, now_ms
+            ):
                 if self._watchers.get((w.conn_id, w.watch_id)) is w:
                     self._catching_up.append(w)
                 continue
+            # Everything up to ``scanned`` that concerns w was sent (a watcher whose cursor
+            # is above it keeps its cursor: nothing was read for it yet).
             w.next_rev = max(w.next_rev, scanned + 1)
             if w.next_rev > self.synced_rev:
                 self._join_synced(w)
