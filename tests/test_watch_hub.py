@@ -637,3 +637,31 @@ def test_the_real_state_machine_history_with_txns_and_prefix_deletes_is_delivere
             break
     check_stream(sink.responses(3, 1)[1:], truth, "", prefix=True, start=middle)
     assert sink.responses(3, 2)[-1].compact_revision == middle
+
+
+def test_a_thousand_watchers_that_fell_behind_together_catch_up_together() -> None:
+    # 1,000 watchers of one prefix on 10 connections whose readers stall during a burst all
+    # fall behind. Once the readers read again, one history read per pump serves a batch of
+    # them: they are all caught up within a few dozen pumps. Read per watcher (each pump's
+    # budget spent on one watcher's events), the same drain took over a thousand pumps.
+    hub, sink, store = hub_with()
+    for conn in range(10):
+        for watch_id in range(100):
+            hub.create(conn, WatchCreate(watch_id, "p/", prefix=True), store, HEADER)
+    sink.take(None)  # the created responses
+    for i in range(3000):
+        store.put(f"p/{i % 50}", b"%d" % i)
+        if i % 10 == 9:
+            hub.pump(store, i, HEADER)  # nobody reads during the burst
+    assert hub.stats().catching_up == 1000
+    pumps = 0
+    while hub.stats().catching_up:
+        assert pumps < 100, f"{hub.stats().catching_up} watchers still behind after 100 pumps"
+        sink.take(None)  # the readers keep up from now on
+        hub.pump(store, 10_000 + pumps, HEADER)
+        pumps += 1
+    sink.take(None)
+    for conn in (0, 9):
+        for watch_id in (0, 99):
+            stream = [r for r in sink.read[conn] if r.watch_id == watch_id and not r.created]
+            check_stream(stream, store.history, "p/", prefix=True, start=2)
