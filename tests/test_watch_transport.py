@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paxosd.core.types import NodeId
-from paxosd.net.framing import WatchCreate, WatchResponse, client_codec
+from paxosd.net.framing import ClientReply, WatchCancel, WatchCreate, WatchResponse, client_codec
 from paxosd.net.transport import ClientConnection, ClientServer, TransportLimits
 from paxosd.server.daemon import ClientSink
 from paxosd.server.watch import FrameEncoder, WatchHub, WatchLimits
@@ -147,6 +147,81 @@ def test_the_sink_closes_a_connection_rather_than_let_its_queue_drop_a_frame(
         wait_for("the client sees the end", ended)
     finally:
         client.close()
+
+
+def test_ordinary_replies_close_a_connection_with_watches_rather_than_drop_a_frame(
+    server: ClientServer, key: bytes
+) -> None:
+    hub = WatchHub(ClientSink(server), node=1)
+    client = ClientConnection.connect(server.address, client_key=key, client_id=8)
+    try:
+        client.send(WatchCreate(1, "k"))
+        conn_id, body = first_frame(server)
+        assert isinstance(body, WatchCreate)
+        hub.create(conn_id, body, FakeStore(), HEADER)
+        # Replies to its other requests, never read: the queue fills with ordinary frames,
+        # no watch frame among them, and must close rather than drop the created response
+        # or anything after it.
+        big = ClientReply(1, "ok", b"x" * 60_000, None)
+        sent = 0
+        while sent < 10_000 and server.is_open(conn_id):
+            server.reply_many([(conn_id, big)] * 10)
+            sent += 10
+        assert sent < 10_000, "the queue never filled"
+        assert server.stats().dropped_queue_full == 0
+        assert not server.is_open(conn_id)
+    finally:
+        client.close()
+
+
+def test_a_connection_without_watches_still_drops_its_oldest_reply(
+    server: ClientServer, key: bytes
+) -> None:
+    # The control: the transport's own policy is unchanged for connections without watches
+    # (so the test above can tell the two apart).
+    client = ClientConnection.connect(server.address, client_key=key, client_id=9)
+    try:
+        client.send(WatchCancel(1))
+        conn_id, _ = first_frame(server)
+        big = ClientReply(1, "ok", b"x" * 60_000, None)
+        sent = 0
+        while sent < 10_000 and server.stats().dropped_queue_full == 0:
+            server.reply_many([(conn_id, big)] * 10)
+            sent += 10
+        assert server.stats().dropped_queue_full > 0 and server.is_open(conn_id)
+    finally:
+        client.close()
+
+
+def test_the_sink_keeps_no_encoded_events_after_a_pump(server: ClientServer, key: bytes) -> None:
+    sink = ClientSink(server)
+    hub = WatchHub(sink, node=1)
+    store = FakeStore()
+    client = ClientConnection.connect(server.address, client_key=key, client_id=10)
+    try:
+        client.send(WatchCreate(1, "k", prefix=True))
+        conn_id, body = first_frame(server)
+        assert isinstance(body, WatchCreate)
+        hub.create(conn_id, body, store, HEADER)
+        for i in range(20):
+            store.put(f"k{i}", os.urandom(256 << 10))
+            hub.pump(store, i, HEADER)
+            # The frames went to the transport; the sink holds none of their events.
+            assert sink.encoder.cached_bytes == 0 and not sink.encoder._cache
+        assert hub.stats().events_sent == 20
+    finally:
+        client.close()
+
+
+def test_the_frame_cache_is_bounded_by_bytes_without_an_end_of_pump() -> None:
+    encoder = FrameEncoder(1, cache_bytes_max=1 << 20)
+    for rev in range(2, 40):
+        events = (Event("PUT", KeyValue("k", os.urandom(300 << 10), 2, rev, 1)),)
+        encoder.frame(WatchResponse(1, events=events, revision=rev))
+        assert encoder.cached_bytes <= 1 << 20
+    assert 0 < len(encoder._cache) <= 3
+    encoder.clear()
+    assert encoder.cached_bytes == 0 and not encoder._cache
 
 
 kvs = st.builds(KeyValue, st.text(max_size=8), st.binary(max_size=16), ints, ints, ints, ints)

@@ -388,6 +388,9 @@ class _Channel(Generic[B]):
         self.send_lock = threading.Lock()
         # The tail of a record the socket did not take; the writer sends it before anything.
         self.unsent = b""
+        # Close rather than drop a frame when the send queue is full (a client connection
+        # that holds watches: a dropped frame would be a silent gap in a stream). Loop only.
+        self.keep_every_frame = False
 
     def start(self) -> bool:
         """Mark the channel live; False (and nothing started) if it closed already."""
@@ -1401,6 +1404,15 @@ class ClientServer(_Endpoint[ClientBody]):
         channel = self._channels.get(conn_id)
         return channel is not None and not channel.closed.is_set()
 
+    def keep_every_frame(self, conn_id: int) -> None:
+        """From now on ``conn_id`` is closed, with a logged reason, where its full send queue
+        would drop a frame, whichever reply filled it: for a connection that carries a
+        watch, whose client resumes after a close but cannot see a dropped frame. For
+        good: the flag is not worth the bookkeeping of clearing it with the last watch."""
+        channel = self._channels.get(conn_id)
+        if channel is not None:
+            channel.keep_every_frame = True
+
     def close_connection(self, conn_id: int, reason: str) -> None:
         """Close one client connection, logging ``reason`` (a client that does not read
         what it asked for: closing it is loud, dropping its frames would be silent)."""
@@ -1461,10 +1473,20 @@ class ClientServer(_Endpoint[ClientBody]):
             entry[1].append(frame)
             queued += 1
         for channel, queued_frames in touched.values():
-            if not queued_frames or channel.write_now(queued_frames):
-                continue
             queue = channel.queue
             assert queue is not None, "client connections are two-way"
+            if channel.keep_every_frame and (
+                len(queue) + (1 if channel.unsent else 0) + len(queued_frames) > queue.frames_max
+            ):
+                queued -= len(queued_frames)
+                channel.close(
+                    "the client does not read its replies (a connection with watches is "
+                    "closed rather than lose a frame)",
+                    bad_peer=True,
+                )
+                continue
+            if not queued_frames or channel.write_now(queued_frames):
+                continue
             for frame in queued_frames:
                 queue.put(frame)
             channel.flush()

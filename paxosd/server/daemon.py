@@ -123,7 +123,12 @@ class ClientSink:
     suffer. The hub stops sending at its backlog bound, far below the queue's; should a
     connection still reach the queue's bound (a client that sends requests and never reads
     the answers), it is closed with a logged reason: the client sees the end and resumes
-    its watches, where a dropped frame would have been a silent gap."""
+    its watches, where a dropped frame would have been a silent gap. That holds for the
+    connection's ordinary replies too: the first watch response marks the connection
+    "keep every frame" in the transport, which then closes it rather than drop any frame.
+
+    The encoding cache lives for one pump (``end_pump``): the hub shares events tuples
+    only within a pump, and kept longer they would be revisions long sent."""
 
     def __init__(self, clients: ClientServer) -> None:
         self.clients = clients
@@ -134,6 +139,7 @@ class ClientSink:
         clients = self.clients
         if not clients.is_open(conn_id):
             return False
+        clients.keep_every_frame(conn_id)
         if clients.backlog(conn_id) + len(responses) > self.frames_max:
             clients.close_connection(conn_id, "the client does not read its watch responses")
             return False
@@ -145,6 +151,9 @@ class ClientSink:
 
     def backlog(self, conn_id: int) -> int:
         return self.clients.backlog(conn_id)
+
+    def end_pump(self) -> None:
+        self.encoder.clear()
 
 
 class Daemon:

@@ -69,21 +69,49 @@ class FrameEncoder:
 
     The hub hands every watcher of one key or prefix (with the same options) the same tuple
     of events; a sink that encodes responses one by one would encode those events once per
-    watcher. This keeps the encoding of the last ``cache_max`` tuples by identity (holding
-    the tuple, so an id is never reused while it is cached).
+    watcher. This keeps the encoding of recent tuples by identity (holding the tuple, so an
+    id is never reused while it is cached).
+
+    Tuples are shared only within one pump, so the sink calls ``clear`` at the end of each
+    (``WatchHub.pump`` tells it): kept longer, the cache would hold revisions that were sent
+    long ago, up to ``cache_max`` of them of up to a frame each (a GiB), outside every bound
+    the hub keeps. ``cache_bytes_max`` bounds it within a pump too (and for a user that
+    never clears): past it the oldest entries go, which only costs a re-encoding.
     """
 
-    def __init__(self, src: int, cache_max: int = 256) -> None:
+    def __init__(self, src: int, cache_max: int = 256, cache_bytes_max: int = 16 << 20) -> None:
+        assert cache_max >= 1 and cache_bytes_max >= 1
         self.src = src
         self.cache_max = cache_max
+        self.cache_bytes_max = cache_bytes_max
         self._cache: dict[int, tuple[tuple[Event, ...], msgspec.Raw]] = {}
+        self._cached_bytes = 0
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of encoded events the cache holds (the events themselves come on top)."""
+        return self._cached_bytes
+
+    def clear(self) -> None:
+        """Forget every cached encoding (and let go of its events)."""
+        self._cache.clear()
+        self._cached_bytes = 0
 
     def frame(self, r: WatchResponse) -> bytes:
         hit = self._cache.get(id(r.events))
         if hit is None or hit[0] is not r.events:
-            if len(self._cache) >= self.cache_max:
-                self._cache.pop(next(iter(self._cache)))
-            hit = self._cache[id(r.events)] = (r.events, msgspec.Raw(_encoder.encode(r.events)))
+            if hit is not None:  # an id reused by a new tuple: the old entry goes first
+                self._evict(id(r.events))
+            raw = msgspec.Raw(_encoder.encode(r.events))
+            hit = (r.events, raw)
+            if r.events:
+                while self._cache and (
+                    len(self._cache) >= self.cache_max
+                    or self._cached_bytes + len(raw) > self.cache_bytes_max
+                ):
+                    self._evict(next(iter(self._cache)))
+                self._cache[id(r.events)] = hit
+                self._cached_bytes += len(raw)
         wire = _WireResponse(
             r.watch_id,
             hit[1],
@@ -98,6 +126,10 @@ class FrameEncoder:
             r.ballot_node,
         )
         return _encoder.encode(Envelope(self.src, wire))
+
+    def _evict(self, key: int) -> None:
+        _, raw = self._cache.pop(key)
+        self._cached_bytes -= len(raw)
 
 
 class History(Protocol):
@@ -116,7 +148,8 @@ class History(Protocol):
 
 class WatchSink(Protocol):
     """Where the hub's responses go: one client connection each (the daemon's ClientServer,
-    or the simulator's recorder)."""
+    or the simulator's recorder). A sink may also define ``end_pump()``, called after each
+    pump (see ``_end_pump``); it is not part of the protocol so that sinks without it fit."""
 
     def send(self, conn_id: int, responses: list[WatchResponse]) -> bool:
         """Queue ``responses`` on ``conn_id`` in order; False when the connection is gone
@@ -126,6 +159,15 @@ class WatchSink(Protocol):
     def backlog(self, conn_id: int) -> int:
         """Frames queued for ``conn_id`` and not yet written to its socket."""
         ...
+
+
+def _end_pump(sink: WatchSink) -> None:
+    """Tell ``sink`` that a pump is over, if it wants to know: a sink may define
+    ``end_pump()`` to let go of what it shares between the responses of one pump (the
+    daemon's drops its encoding cache). Optional, so a sink of two methods still fits."""
+    end = getattr(sink, "end_pump", None)
+    if end is not None:
+        end()
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +430,14 @@ class WatchHub:
 
     def pump(self, sm: History, now_ms: int, header: tuple[int, int]) -> None:
         """One turn of delivery with the node's current state machine (see the module
-        docstring): compaction cancels, the synced batch, catch-up, then progress."""
+        docstring): compaction cancels, the synced batch, catch-up, then progress. The sink
+        hears of the end of each (``end_pump``, when it has one)."""
+        try:
+            self._pump(sm, now_ms, header)
+        finally:
+            _end_pump(self.sink)
+
+    def _pump(self, sm: History, now_ms: int, header: tuple[int, int]) -> None:
         self._header = header
         self._now_ms = now_ms
         if not self._watchers:
