@@ -4,13 +4,17 @@ a batch. The failover itself runs against real processes in tests/test_watch_clu
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from paxosctl.watch import event_json, print_batch
-from paxosd.client.errors import BadRequestError, CompactedError
+from paxosd.client.errors import BadRequestError, CompactedError, UnavailableError
+from paxosd.client.routing import Endpoint, Router
 from paxosd.client.watch import Watch, WatchBatch, WatchCanceledError
 from paxosd.net.framing import WatchResponse
 from paxosd.statemachine.commands import Event, KeyValue
+from tests.waiting import wait_for
 
 KEY = b"k" * 32
 
@@ -66,17 +70,155 @@ def test_progress_never_goes_below_what_was_delivered() -> None:
 def test_a_compacted_cancel_raises_with_the_compaction_revision() -> None:
     w = watch(start=3)
     feed(w, WatchResponse(1, revision=50, created=True))
+    feed(w, WatchResponse(1, canceled=True, compact_revision=40, reason="compacted"))
     with pytest.raises(CompactedError) as e:
-        feed(w, WatchResponse(1, canceled=True, compact_revision=40, reason="compacted"))
+        w.next_batch(0)
     assert e.value.compact_revision == 40 and e.value.revision == 3
     assert "oldest revision kept is 40" in str(e.value)
     assert w.done
+    assert w.next_batch(0) is None  # raised once; then simply done
 
 
-def test_a_refused_watch_raises_with_the_servers_reason() -> None:
-    w = watch()
-    with pytest.raises(WatchCanceledError, match="too many watchers"):
-        feed(w, WatchResponse(1, created=True, canceled=True, reason="too many watchers"))
+class FakeConn:
+    """A connection whose reads return the given lists of responses, one list per read."""
+
+    def __init__(self, node: int, reads: list[list[WatchResponse]]) -> None:
+        self.server_node = node
+        self.reads = reads
+        self.closed = False
+
+    def recv(self, timeout_ms: int) -> list[WatchResponse]:
+        return self.reads.pop(0) if self.reads else []
+
+    def send(self, *bodies: object) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def members(monkeypatch: pytest.MonkeyPatch, conns: dict[int, list[FakeConn]]) -> Watch:
+    """A watch over endpoints 127.0.0.1:1, :2, ... whose connections are ``conns[port]`` in
+    turn (member ``port`` is node ``port``)."""
+
+    def connect(router: Router, ep: Endpoint, key: bytes, conn_id: int, **kw: int) -> FakeConn:
+        conn = conns[ep.address[1]].pop(0)
+        router.connected(ep, conn.server_node)
+        return conn
+
+    monkeypatch.setattr("paxosd.client.watch.open_connection", connect)
+    return Watch([("127.0.0.1", port) for port in sorted(conns)], KEY, "k", prefix=True)
+
+
+@pytest.mark.parametrize(
+    "cancel",
+    [
+        WatchResponse(1, canceled=True, compact_revision=20, reason="compacted"),
+        WatchResponse(1, canceled=True, reason="the events of revision 13 are too large"),
+    ],
+)
+def test_events_read_with_the_cancel_are_all_iterated_before_it_raises(
+    monkeypatch: pytest.MonkeyPatch, cancel: WatchResponse
+) -> None:
+    w = members(
+        monkeypatch,
+        {
+            1: [
+                FakeConn(
+                    1,
+                    [
+                        [WatchResponse(1, created=True, revision=9)],
+                        # One read: two batches, then the cancel.
+                        [
+                            WatchResponse(1, events=(put("k", 10), put("k", 11)), revision=12),
+                            WatchResponse(1, events=(put("k", 12),), revision=12),
+                            cancel,
+                        ],
+                    ],
+                )
+            ]
+        },
+    )
+    seen: list[list[int]] = []
+    with pytest.raises((CompactedError, WatchCanceledError)) as e:
+        for batch in w:
+            seen.append([ev.kv.mod_revision for ev in batch.events])
+    assert seen == [[10, 11], [12]]
+    assert w.next_revision == 13
+    if isinstance(e.value, CompactedError):
+        assert e.value.revision == 13  # what the caller saw, and nothing it did not
+
+
+def test_a_member_that_refuses_the_watch_is_left_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    full = WatchResponse(1, created=True, canceled=True, reason="too many watchers on this node")
+    w = members(
+        monkeypatch,
+        {
+            1: [FakeConn(1, [[full]])],
+            2: [FakeConn(2, [[WatchResponse(1, created=True, revision=4, node=2)]])],
+        },
+    )
+    w2 = w._router.endpoints[1]
+    # Node 1 answers first (round-robin from the first endpoint), refuses; node 2 serves.
+    assert w.wait_created(5000) == 4
+    assert w.reconnects == 1 and w._node == 2 and w2.node_id == 2
+    assert "too many watchers on this node" in (w._router.endpoints[0].problem or "")
+    assert not w.done
+
+
+def test_a_watch_every_member_refuses_ends_with_their_reasons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full(node: int) -> FakeConn:
+        reason = f"too many watchers on node {node}"
+        return FakeConn(node, [[WatchResponse(1, created=True, canceled=True, reason=reason)]])
+
+    w = members(monkeypatch, {1: [full(1)], 2: [full(2)]})
+    with pytest.raises(WatchCanceledError, match="every member refused") as e:
+        w.wait_created(5000)
+    assert "node 1" in e.value.reason and "node 2" in e.value.reason
+    assert w.done
+
+
+def test_next_batch_returns_none_within_its_wait_while_no_member_answers() -> None:
+    # A member that accepts TCP connections and never answers the handshake (the kernel
+    # completes the connection from the listen backlog; nobody accepts).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        w = Watch([silent.getsockname()], KEY, "k", timeout_ms=10_000)
+        try:
+            # Not UnavailableError after the watch's whole timeout: None after its own wait.
+            assert w.next_batch(200) is None
+            assert w.next_batch(200) is None
+            assert not w.done
+        finally:
+            w.close()
+
+
+def test_the_unavailable_deadline_runs_across_short_waits() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        w = Watch([silent.getsockname()], KEY, "k", timeout_ms=1000)
+
+        def unavailable() -> bool:
+            try:
+                assert w.next_batch(100) is None
+            except UnavailableError as e:
+                assert "could not reach any member within 1000 ms" in str(e)
+                return True
+            return False
+
+        try:
+            wait_for("the watch gives up after its timeout", unavailable)
+        finally:
+            w.close()
 
 
 @pytest.mark.parametrize(

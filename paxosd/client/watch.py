@@ -20,14 +20,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from paxosd.client.connection import Lost, open_connection
+from paxosd.client.connection import CONNECT_TIMEOUT_MS, Lost, open_connection
 from paxosd.client.errors import (
     BadRequestError,
     ClientError,
     CompactedError,
     UnavailableError,
 )
-from paxosd.client.routing import Address, Backoff, Router
+from paxosd.client.routing import DOWN_S, Address, Backoff, Endpoint, Router
 from paxosd.net.admin import Members
 from paxosd.net.framing import BadFrame, QueryRequest, WatchCreate, WatchResponse
 from paxosd.net.transport import ClientConnection
@@ -45,11 +45,15 @@ _WATCH_ID = 1
 PING_AFTER_MS = 10_000
 PING_TIMEOUT_MS = 5_000
 _PING_ID = 1
+# A member that refused to create the watch (a bound of its own, such as its number of
+# watchers) is skipped this long while the watch tries the others.
+REFUSED_DOWN_S = 1.0
 
 
 class WatchCanceledError(ClientError):
-    """The server ended the watch for a reason other than compaction (too many watchers,
-    a revision too large to send); ``reason`` is the server's words."""
+    """The server ended the watch for a reason other than compaction (a revision too large
+    to send; every member refused to create it, e.g. each has too many watchers);
+    ``reason`` is the server's words."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"the watch was canceled by the server: {reason}")
@@ -78,7 +82,12 @@ class Watch:
     ``cancel()`` (from any thread) ends the iteration. A compaction that overtakes the watch
     raises ``CompactedError`` with the compaction revision (resume from there with a new
     watch, after re-reading the state). ``UnavailableError`` when no member could be reached
-    for ``timeout_ms`` in a row.
+    for ``timeout_ms`` in a row. Either error comes only after every batch that arrived
+    before it was returned, so ``next_revision`` in it is exactly what the caller saw.
+
+    A member that refuses to create the watch for a reason of its own (too many watchers on
+    it) is left for the next endpoint, as a member that is down; only when every endpoint
+    refused in a row does the refusal end the watch (``WatchCanceledError``).
     """
 
     def __init__(
@@ -121,6 +130,15 @@ class Watch:
         self._conn: ClientConnection | None = None
         self._node = 0
         self._pending: deque[WatchBatch] = deque()
+        # What ended the watch, raised once the batches that came before it were taken.
+        self._error: ClientError | None = None
+        # The endpoint of the current connection, and the refusals to create the watch since
+        # the last member that created it: endpoint name -> the member's reason.
+        self._ep: Endpoint | None = None
+        self._refusals: dict[str, str] = {}
+        # Since when no member could be reached (None while connected): the UnavailableError
+        # deadline runs across next_batch calls, each of which waits only what it was given.
+        self._unreachable_since: float | None = None
         self._lock = threading.Lock()
         self._canceled = threading.Event()
         self._done = False
@@ -144,6 +162,7 @@ class Watch:
         see ``done``). Raises CompactedError, WatchCanceledError, UnavailableError."""
         deadline = time.monotonic() + timeout_ms / 1000
         while not self._pending:
+            self._raise_error()
             if self._canceled.is_set():
                 self._finish()
                 return None
@@ -161,6 +180,7 @@ class Watch:
         change the watch will not report. UnavailableError after ``timeout_ms``."""
         deadline = time.monotonic() + timeout_ms / 1000
         while self.created_revision is None:
+            self._raise_error()
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0 or self._done:
                 raise UnavailableError(f"the watch was not created within {timeout_ms} ms")
@@ -192,6 +212,17 @@ class Watch:
 
     # ------------------------------------------------------------------ internals
 
+    def _raise_error(self) -> None:
+        """Raise what ended the watch, once (then the watch is simply done)."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _end(self, error: ClientError) -> None:
+        """The watch ended with ``error``: raised after the batches already pending."""
+        self._finish()
+        self._error = error
+
     def _finish(self) -> None:
         if self._done:
             return
@@ -204,7 +235,7 @@ class Watch:
 
     def _receive(self, wait_ms: int) -> None:
         """Read what arrives within ``wait_ms`` (connecting first if needed) into pending."""
-        conn = self._conn if self._conn is not None else self._connect()
+        conn = self._conn if self._conn is not None else self._connect(wait_ms)
         if conn is None:
             return
         try:
@@ -223,6 +254,8 @@ class Watch:
             self._lost(f"connection lost: {e}" if str(e) else "connection lost")
             return
         for body in bodies:
+            if self._conn is not conn or self._done:
+                break  # the watch left this connection (refused, or ended): the rest is old
             if isinstance(body, WatchResponse) and body.watch_id == _WATCH_ID:
                 self._on_response(body)
 
@@ -230,16 +263,22 @@ class Watch:
         if r.canceled:
             if self._canceled.is_set():
                 return
-            self._finish()
             if r.compact_revision:
-                raise CompactedError(
-                    f"the watch needs revision {self.next_revision}, compacted: the oldest "
-                    f"revision kept is {r.compact_revision}",
-                    r.compact_revision,
-                    self.next_revision or 0,
+                self._end(
+                    CompactedError(
+                        f"the watch needs revision {self.next_revision}, compacted: the "
+                        f"oldest revision kept is {r.compact_revision}",
+                        r.compact_revision,
+                        self.next_revision or 0,
+                    )
                 )
-            raise WatchCanceledError(r.reason or "no reason given")
+            elif r.created:
+                self._refused(r.reason or "no reason given")
+            else:
+                self._end(WatchCanceledError(r.reason or "no reason given"))
+            return
         if r.created:
+            self._refusals.clear()
             if self.created_revision is None:
                 self.created_revision = r.revision
             if self.next_revision is None:
@@ -264,19 +303,44 @@ class Watch:
         # the responses of at most one read chunk.
         self._pending.append(batch)
 
-    def _connect(self) -> ClientConnection | None:
-        """Connect to any member and create the watch from ``next_revision``; None when no
-        member answered this time (the caller's loop tries again). UnavailableError once
-        none answered for ``timeout_ms``."""
+    def _refused(self, reason: str) -> None:
+        """The member refused to create the watch ("created" and "canceled" at once). Its
+        bounds are its own (watchers per node), and the client checked the request before
+        sending it, so try the others; a refusal from every endpoint in a row ends it."""
+        ep = self._ep
+        name = ep.name if ep is not None else f"node {self._node}"
+        self._refusals[name] = reason
+        if all(e.name in self._refusals for e in self._router.endpoints):
+            refusals = "; ".join(f"{n}: {why}" for n, why in self._refusals.items())
+            self._end(WatchCanceledError(f"every member refused the watch ({refusals})"))
+            return
+        self._lost(f"refused the watch: {reason}", down_s=REFUSED_DOWN_S)
+
+    def _connect(self, wait_ms: int) -> ClientConnection | None:
+        """Connect to any member within ``wait_ms`` and create the watch from
+        ``next_revision``; None when no member answered in that time (the caller's loop tries
+        again). UnavailableError once none answered for ``timeout_ms`` in a row, counted
+        across calls (``_unreachable_since``)."""
         router = self._router
-        deadline = time.monotonic() + self.timeout_ms / 1000
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        deadline = self._unreachable_since + self.timeout_ms / 1000
+        wait_until = min(deadline, now + max(1, wait_ms) / 1000)
         backoff = Backoff()
         router.forget_refusals()
         while not self._canceled.is_set():
             ep = router.pick()
-            if ep is not None:
+            left_ms = int((wait_until - time.monotonic()) * 1000)
+            if ep is not None and left_ms > 0:
                 try:
-                    conn = open_connection(router, ep, self._key, self._conn_id)
+                    conn = open_connection(
+                        router,
+                        ep,
+                        self._key,
+                        self._conn_id,
+                        timeout_ms=min(CONNECT_TIMEOUT_MS, left_ms),
+                    )
                     conn.send(self._create())
                 except Lost:
                     ep = None
@@ -290,6 +354,8 @@ class Watch:
                         self._finish()
                         return None
                     self._node = conn.server_node
+                    self._ep = ep
+                    self._unreachable_since = None
                     self._heard_at, self._pinged_at = time.monotonic(), None
                     return conn
             if not self.created_revision and router.all_refused():
@@ -298,12 +364,15 @@ class Watch:
                 raise UnavailableError(
                     f"every endpoint refused the connection ({router.problems()})"
                 )
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise UnavailableError(
                     f"the watch could not reach any member within {self.timeout_ms} ms "
                     f"({router.problems()})"
                 )
-            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+            if now >= wait_until:
+                return None  # the caller's wait is over; the deadline runs on
+            time.sleep(min(backoff.next(), wait_until - now))
         return None
 
     def _create(self) -> WatchCreate:
@@ -317,7 +386,7 @@ class Watch:
             filters=self.filters,
         )
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, *, down_s: float = DOWN_S) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
@@ -326,7 +395,7 @@ class Watch:
             return
         for ep in self._router.endpoints:
             if ep.node_id == self._node:
-                self._router.failed(ep, reason)
+                self._router.failed(ep, reason, down_s=down_s)
         self.reconnects += 1
 
 
