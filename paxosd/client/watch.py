@@ -149,9 +149,11 @@ class Watch:
         return self
 
     def __next__(self) -> WatchBatch:
-        # Endless by request: a watch waits for changes; every wait inside is bounded.
+        # Endless by request: a watch waits for changes; every wait inside is bounded. The
+        # iteration has no deadline of its own, so a connection attempt gets its full time
+        # (a handshake on a busy member may take longer than one slice).
         while True:
-            batch = self.next_batch(WAIT_SLICE_MS)
+            batch = self._next_batch(WAIT_SLICE_MS, CONNECT_TIMEOUT_MS)
             if batch is not None:
                 return batch
             if self._done:
@@ -159,7 +161,16 @@ class Watch:
 
     def next_batch(self, timeout_ms: int) -> WatchBatch | None:
         """The next batch, or None if none came within ``timeout_ms`` (or the watch ended:
-        see ``done``). Raises CompactedError, WatchCanceledError, UnavailableError."""
+        see ``done``). Raises CompactedError, WatchCanceledError, UnavailableError.
+
+        A connection attempt (after a failover) gets no more than what is left of
+        ``timeout_ms``: a caller that waits less than a handshake takes keeps getting None
+        until UnavailableError, so wait at least a second when the watch may need one."""
+        return self._next_batch(timeout_ms, None)
+
+    def _next_batch(self, timeout_ms: int, connect_ms: int | None) -> WatchBatch | None:
+        """``next_batch``; ``connect_ms``: what a connection attempt may take (None: what
+        is left of the wait)."""
         deadline = time.monotonic() + timeout_ms / 1000
         while not self._pending:
             self._raise_error()
@@ -171,7 +182,9 @@ class Watch:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 return None
-            self._receive(min(left_ms, WAIT_SLICE_MS))
+            self._receive(
+                min(left_ms, WAIT_SLICE_MS), left_ms if connect_ms is None else connect_ms
+            )
         return self._pending.popleft()
 
     def wait_created(self, timeout_ms: int) -> int:
@@ -184,7 +197,7 @@ class Watch:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0 or self._done:
                 raise UnavailableError(f"the watch was not created within {timeout_ms} ms")
-            self._receive(min(left_ms, WAIT_SLICE_MS))
+            self._receive(min(left_ms, WAIT_SLICE_MS), left_ms)
         return self.created_revision
 
     @property
@@ -233,9 +246,10 @@ class Watch:
             # The watch is the connection's only one: closing it cancels it on the server.
             conn.close()
 
-    def _receive(self, wait_ms: int) -> None:
-        """Read what arrives within ``wait_ms`` (connecting first if needed) into pending."""
-        conn = self._conn if self._conn is not None else self._connect(wait_ms)
+    def _receive(self, wait_ms: int, connect_ms: int) -> None:
+        """Read what arrives within ``wait_ms`` into pending, connecting first if needed
+        (within ``connect_ms``)."""
+        conn = self._conn if self._conn is not None else self._connect(connect_ms)
         if conn is None:
             return
         try:
