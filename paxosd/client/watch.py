@@ -82,8 +82,9 @@ class Watch:
     ``cancel()`` (from any thread) ends the iteration. A compaction that overtakes the watch
     raises ``CompactedError`` with the compaction revision (resume from there with a new
     watch, after re-reading the state). ``UnavailableError`` when no member could be reached
-    for ``timeout_ms`` in a row. Either error comes only after every batch that arrived
-    before it was returned, so ``next_revision`` in it is exactly what the caller saw.
+    for ``timeout_ms`` in a row. An error comes only after every batch that arrived before
+    it was returned, so a CompactedError's ``revision`` (the first one still needed) counts
+    exactly what the caller was given.
 
     A member that refuses to create the watch for a reason of its own (too many watchers on
     it) is left for the next endpoint, as a member that is down; only when every endpoint
