@@ -3,6 +3,10 @@ or nothing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from paxosd.statemachine.commands import (
@@ -271,3 +275,51 @@ def test_cas_keeps_its_semantics_with_revisions_filled():
     assert d.run(Cas("k", b"z", expect_version=2)) == Written(3, revision=5)
     assert d.run(Cas("new", b"z", expect_version=0)) == Written(1, revision=6)
     assert d.run(Cas("gone", b"z", expect_value=b"")) == CasMismatch(None, 0, revision=6)
+
+
+@pytest.mark.parametrize(
+    ("branch", "named"),
+    [
+        # The first put in operation order that breaks the rule is the one named (etcd checks
+        # the puts in order, each against the earlier puts and every delete of the branch).
+        ((*(Put(f"k/{i}", b"v") for i in range(8)), Delete("k/", prefix=True)), "k/0"),
+        ((Put("b", b"1"), Put("a", b"1"), Delete("", prefix=True)), "b"),
+        ((Put("a", b"1"), Put("b", b"1"), Put("b", b"2"), Delete("a")), "a"),
+        ((Put("x", b"1"), Put("b", b"1"), Put("b", b"2"), Delete("a")), "b"),
+    ],
+)
+def test_a_refused_branch_names_the_first_put_that_breaks_the_rule(
+    branch: tuple[TxnOp, ...], named: str
+) -> None:
+    result = _store().run(Txn((), branch))
+    assert result == TxnRefused(f"duplicate key given in txn request: {named!r}")
+
+
+_REFUSAL_SCRIPT = """
+import hashlib
+from paxosd.statemachine.commands import Command, Delete, Put, Txn, encode_command
+from paxosd.statemachine.commands import decode_result
+from paxosd.statemachine.machine import StateMachine
+sm = StateMachine()
+ops = tuple(Put(f"k/{i}", b"v") for i in range(8)) + (Delete("k/", prefix=True),)
+out = sm.apply(1, (encode_command(Command("c1", 1, "s", Txn((), ops))),))
+print(decode_result(out[0][2]).reason, hashlib.sha256(sm.snapshot()).hexdigest())
+"""
+
+
+def test_a_refusal_and_the_snapshot_keeping_it_do_not_depend_on_the_hash_seed() -> None:
+    # The reason is kept in the session table, so in snapshots: replicas with different
+    # string hash seeds must keep the same bytes.
+    answers = set()
+    for seed in ("1", "2", "3", "4", "5"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", _REFUSAL_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        answers.add(run.stdout)
+    assert len(answers) == 1, f"different answers under different hash seeds: {answers}"
+    assert answers.pop().startswith("duplicate key given in txn request: 'k/0' ")

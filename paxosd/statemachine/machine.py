@@ -292,18 +292,18 @@ def _compare(c: Compare, kv: KeyValue | None) -> bool:
 
 def _duplicate_write(ops: tuple[TxnOp, ...]) -> str | None:
     """etcd's rule for one branch: a key may be put once, and not both put and deleted
-    (deleting it twice is fine). Returns the reason when the branch breaks it."""
+    (deleting it twice is fine). Returns the reason when the branch breaks it, naming the
+    first put in operation order that breaks it (etcd's checkIntervals order): the reason is
+    kept in the session table and snapshots, so it must not depend on set iteration order."""
+    deletes = [op for op in ops if isinstance(op, Delete)]
     puts: set[str] = set()
     for op in ops:
         if isinstance(op, Put):
-            if op.key in puts:
+            if op.key in puts or any(
+                d.key == op.key or (d.prefix and op.key.startswith(d.key)) for d in deletes
+            ):
                 return f"duplicate key given in txn request: {op.key!r}"
             puts.add(op.key)
-    for op in ops:
-        if isinstance(op, Delete):
-            for key in puts:
-                if key == op.key or (op.prefix and key.startswith(op.key)):
-                    return f"duplicate key given in txn request: {key!r}"
     return None
 
 
