@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paxosd.statemachine.commands import (
+    SEQ_MAX,
+    VERSION_MAX,
     Block,
     BlockPair,
     Cas,
@@ -802,3 +804,104 @@ def test_every_version_of_a_key_shares_one_key_string_also_after_a_restore():
     for sm in (d.sm, StateMachine.restore(d.sm.snapshot())):
         (versions,) = sm._index.values()
         assert len(versions) == 4 and all(v.key is versions[0].key for v in versions)
+
+
+# ------------------------------------------------------- the last revision and version
+
+
+_LAST = SEQ_MAX - 1  # the last revision (and VERSION_MAX - 1 the last version) apply makes
+
+
+def test_restore_refuses_a_revision_or_version_that_apply_could_not_make():
+    # Such a store would overflow on its next write: a revision of 2**63 encodes in no
+    # answer and no snapshot, and a version past VERSION_MAX stopped apply with an assert.
+    last_version = VERSION_MAX - 1
+    for change in [
+        {
+            "revision": 1,
+            "compact_revision": 1,
+            "base": (kv("a", b"1", 1, 1, VERSION_MAX),),
+            "events": (),
+        },
+        {
+            "base": (kv("a", b"1", 2, 2, last_version), kv("b", b"1", 3, 3, 1)),
+            "events": (kv("a", b"2", 2, 4, VERSION_MAX), gone("b", 5), kv("b", b"2", 6, 6, 1)),
+        },
+        {
+            "revision": SEQ_MAX,
+            "compact_revision": SEQ_MAX,
+            "base": (kv("a", b"1", 2, 2, 1),),
+            "events": (kv("a", b"2", 2, SEQ_MAX, 2),),
+        },
+    ]:
+        with pytest.raises(BadSnapshot, match="past|outside"):
+            StateMachine.restore(_format_2(**change))
+    format_1 = _SnapshotState(
+        format=1,
+        applied_through=1,
+        chain=bytes(32),
+        limits=Limits(),
+        kv=(_KvEntry("a", b"1", VERSION_MAX),),
+        blocks=(),
+        timeline=(),
+        sessions=(),
+    )
+    with pytest.raises(BadSnapshot):
+        StateMachine.restore(_seal(_snapshot_encoder.encode(format_1)))
+
+
+def test_a_write_past_the_last_version_is_refused_and_changes_nothing():
+    last_version = VERSION_MAX - 1
+    sm = StateMachine.restore(
+        _format_2(
+            revision=4,
+            compact_revision=4,
+            base=(kv("a", b"1", 2, 2, last_version - 1), kv("b", b"1", 3, 3, 1)),
+            events=(kv("a", b"2", 2, 4, last_version),),
+        )
+    )
+    d = Driver(sm)
+    snapshot = sm.snapshot()
+    for op in [
+        Put("a", b"3"),
+        Cas("a", b"3", expect_version=last_version),
+        Txn((), (Put("b", b"2"), Put("a", b"3"))),
+    ]:
+        assert d.run(op) == Full(what="version")
+    assert d.run(Get("a")) == Found(b"2", last_version, 2, 4, revision=4)
+    assert sm.revision == 4
+    assert sm.events_since(4, 10) == StateMachine.restore(snapshot).events_since(4, 10)
+    # Other keys still take writes, and a delete then a put starts the key again at 1.
+    assert d.run(Put("b", b"2")) == Written(2, revision=5)
+    assert d.run(Delete("a")) == Deleted(last_version, revision=6, deleted=1)
+    assert d.run(Put("a", b"new")) == Written(1, revision=7)
+    StateMachine.restore(sm.snapshot())
+
+
+def test_a_write_past_the_last_revision_is_refused_and_the_store_still_snapshots():
+    sm = StateMachine.restore(
+        _format_2(
+            revision=_LAST,
+            compact_revision=_LAST,
+            base=(kv("a", b"1", 2, 2, 1),),
+            events=(kv("a", b"2", 2, _LAST, 2),),
+        )
+    )
+    d = Driver(sm)
+    for op in [
+        Put("b", b"1"),
+        Put("a", b"3"),
+        Delete("a"),
+        Delete("", prefix=True),
+        Cas("a", b"3", expect_version=2),
+        Txn((), (Get("a"), Put("b", b"1"))),
+    ]:
+        assert d.run(op) == Full(what="revision")
+    # What changes no key still answers: reads, a delete of an absent key, a txn that only
+    # reads, a compaction.
+    assert d.run(Get("a")) == Found(b"2", 2, 2, _LAST, revision=_LAST)
+    assert d.run(Delete("zz")) == Deleted(0, revision=_LAST, deleted=0)
+    assert d.run(Txn((), (Get("b"),))) == TxnResult(True, (NotFound(revision=_LAST),), _LAST)
+    assert sm.revision == _LAST
+    restored = StateMachine.restore(sm.snapshot())
+    assert restored.digest() == sm.digest()

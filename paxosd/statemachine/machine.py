@@ -114,6 +114,12 @@ _SLOT_BYTES_MAX: Final = 16 << 20
 _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
 # The first revision a change can have: a fresh store is at revision 1 and holds nothing.
 _FIRST_CHANGE: Final = 2
+# The last revision and version apply makes, one below what the wire and snapshots carry, so
+# that revision + 1 (a watch's next revision) still encodes. A write past them is refused, and
+# restore refuses a state past them: every state apply reaches restores, and every restored
+# state applies without overflow.
+_REVISION_LAST: Final = SEQ_MAX - 1
+_VERSION_LAST: Final = VERSION_MAX - 1
 
 _mod_revision: Final = attrgetter("mod_revision")
 # Stands in for a compacted event until the event list's compacted prefix is trimmed.
@@ -339,6 +345,16 @@ class _ResultTooLarge(Exception):
     """A write's answer would not fit its byte budget; the write is refused whole."""
 
 
+class _Exhausted(Exception):
+    """A write would take the store's revision or a key's version past its last value: the
+    command is refused whole, as ``Full(what)``. Raised only while a write is staged or at its
+    commit, before the store changed (the callers change nothing else before commit)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 class _Writes:
     """The writes of one command, staged so that the command takes effect whole or not at
     all: a transaction checks every bound before the store changes, and its reads see its
@@ -373,6 +389,8 @@ class _Writes:
         if versions is not None:
             key = versions[0].key  # one string per key for all its versions, not one each
         prev = self.current(key)
+        if prev is not None and prev.version >= _VERSION_LAST:
+            raise _Exhausted("version")
         key_cost = ENTRY_OVERHEAD_BYTES + len(key.encode("utf-8"))
         if prev is None:
             new = KeyValue(key, value, self.revision, self.revision, 1)
@@ -428,6 +446,8 @@ class _Writes:
     def commit(self) -> None:
         """Make the staged writes the store's: one new revision for all of them."""
         if self.staged:
+            if self.revision > _REVISION_LAST:
+                raise _Exhausted("revision")
             self.sm._install(self)
 
 
@@ -550,7 +570,11 @@ class StateMachine:
             encoded = encode_result(self._read(cmd.op))
             self._remember(cid, seq, None)
         else:
-            encoded = encode_result(self._write(slot, cmd))
+            try:
+                result = self._write(slot, cmd)
+            except _Exhausted as e:
+                result = Full(what=e.what)
+            encoded = encode_result(result)
             self._remember(cid, seq, encoded)
         return (cid, seq, encoded)
 
@@ -1087,7 +1111,7 @@ def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
         _valid_text("key", e.key, KEY_BYTES_MAX)
         if prior is not None and e.key <= prior:
             raise ValueError(f"kv keys not strictly sorted at {e.key!r}")
-        if len(e.value) > VALUE_BYTES_MAX or not 1 <= e.version <= VERSION_MAX:
+        if len(e.value) > VALUE_BYTES_MAX or not 1 <= e.version <= _VERSION_LAST:
             raise ValueError(f"kv entry {e.key!r} out of bounds")
         kv = KeyValue(e.key, e.value, 1, 1, e.version)
         sm._index[e.key] = [kv]
@@ -1114,7 +1138,9 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
     if state.kv:
         raise ValueError("a format-2 snapshot keeps its keys in base and events, not kv")
     revision, compact = state.revision, state.compact_revision
-    if not 1 <= revision <= SEQ_MAX or not 0 <= compact <= revision:
+    if not 1 <= revision <= _REVISION_LAST:
+        raise ValueError(f"revision {revision} is outside 1..{_REVISION_LAST}")
+    if not 0 <= compact <= revision:
         raise ValueError(f"revision {revision} / compact_revision {compact} out of order")
     sm.revision, sm.compact_revision = revision, compact
     floor = max(compact, _FIRST_CHANGE)
@@ -1126,6 +1152,8 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
             raise ValueError(f"base version of {kv.key!r} outside the compacted range")
         if kv.version < 1:
             raise ValueError(f"base version of {kv.key!r} is a deletion")
+        if kv.version > _VERSION_LAST:
+            raise ValueError(f"base version of {kv.key!r} is past {_VERSION_LAST}")
         if prior_key is not None and kv.key <= prior_key:
             raise ValueError(f"base keys not strictly sorted at {kv.key!r}")
         index[kv.key] = [kv]
@@ -1152,6 +1180,10 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
             assert prev is not None
             if kv.version != prev.version + 1 or kv.create_revision != prev.create_revision:
                 raise ValueError(f"version of {kv.key!r} at {kv.mod_revision} is inconsistent")
+            if kv.version > _VERSION_LAST:
+                raise ValueError(
+                    f"version of {kv.key!r} at {kv.mod_revision} is past {_VERSION_LAST}"
+                )
         elif kv.version != 1 or kv.create_revision != kv.mod_revision:
             raise ValueError(f"creation of {kv.key!r} at {kv.mod_revision} is inconsistent")
         if versions is None:
