@@ -758,14 +758,17 @@ class StateMachine:
         """etcd's compaction at ``revision``: versions older than it are dropped, except each
         key's newest one below it when that is a value, not a deletion: it is the key as of
         ``revision`` when nothing changed it at ``revision``, and the prev_kv of the event
-        that did. Only the keys the compacted events touched can hold something to drop, so
-        this costs O(events compacted), not O(keys)."""
+        that did. Only the keys the compacted events touched can hold something to drop,
+        and of those only the ones an update or a deletion touched: a creation (version 1)
+        supersedes nothing but a deletion, whose own event is compacted too. So this costs
+        O(events compacted) and a pruning per updated or deleted key, not O(keys)."""
         assert self.compact_revision < revision <= self.revision
         events = self._events
         i = self._events_start
         touched: set[str] = set()
-        while i < len(events) and events[i].mod_revision < revision:
-            touched.add(events[i].key)
+        while i < len(events) and (kv := events[i]).mod_revision < revision:
+            if kv.version != 1:
+                touched.add(kv.key)
             events[i] = _COMPACTED  # frees the version now; the slot goes in a bulk trim
             i += 1
         self._events_start = i
@@ -791,15 +794,39 @@ class StateMachine:
         _remove_sorted(self._hkeys, gone)
 
     def _trim_history(self, first_revision: int) -> None:
-        """Past the history budget, compact the oldest revisions, one at a time, but never
-        past ``first_revision``, the first revision of the slot being applied: its events
-        stay deliverable. A function of the applied log only, so every replica trims alike."""
-        budget = self.limits.history_bytes_max
-        while self._history_bytes > budget and self.compact_revision < first_revision:
-            start = self._events_start
-            oldest = self._events[start].mod_revision if start < len(self._events) else None
-            target = first_revision if oldest is None else min(oldest + 1, first_revision)
-            self._compact(max(target, self.compact_revision + 1))
+        """Past the history budget, compact the oldest revisions: at the oldest revision
+        that brings history within its budget, but never past ``first_revision``, the first
+        revision of the slot being applied (its events stay deliverable). A function of the
+        applied log only, so every replica trims alike. The target is found first and
+        compacted in one pass: compacting one revision at a time cost a pass over the key
+        list per revision, seconds for one slot after a bulk load."""
+        over = self._history_bytes > self.limits.history_bytes_max
+        if over and self.compact_revision < first_revision:
+            self._compact(self._trim_target(first_revision))
+
+    def _trim_target(self, first_revision: int) -> int:
+        """The oldest revision C (compact_revision < C <= first_revision) whose compaction
+        brings history within its budget, else ``first_revision``: the revision that
+        compacting one revision at a time stops at. Compacting past an event frees the value
+        it superseded and, for a deletion, the event itself; a creation (version 1) frees
+        nothing (what it superseded is a deletion, which frees itself). Each charged history
+        entry is freed by exactly one event, so the freed bytes add up event by event."""
+        excess = self._history_bytes - self.limits.history_bytes_max
+        events, index = self._events, self._index
+        i, end = self._events_start, len(events)
+        target = first_revision
+        while excess > 0 and i < end and (revision := events[i].mod_revision) < first_revision:
+            while i < end and (kv := events[i]).mod_revision == revision:
+                if kv.version != 1:
+                    versions = index[kv.key]
+                    n = bisect.bisect_left(versions, revision, key=_mod_revision)
+                    if n > 0 and (prev := versions[n - 1]).version > 0:
+                        excess -= _entry_cost(prev)
+                    if kv.version == 0:
+                        excess -= _entry_cost(kv)
+                i += 1
+            target = revision + 1
+        return target if excess <= 0 else first_revision
 
     def events_since(self, revision: int, limit: int) -> list[Event]:
         """The changes with revision >= ``revision`` in revision order: at least ``limit``
@@ -1090,14 +1117,22 @@ class StateMachine:
 
 def _remove_sorted(keys: list[str], remove: list[str]) -> None:
     """Remove ``remove`` (present, distinct, any order) from the sorted list ``keys``: one
-    at a time while they are few, in one pass when many (a prefix delete or a compaction
-    can remove most keys at once; one at a time would be quadratic)."""
+    at a time while they are few, else by copying the runs of keys between them (a prefix
+    delete or a compaction can remove most keys at once; one at a time would be quadratic).
+    The runs are list slices, copied at C speed: a removal costs a bisect per removed key
+    and one copy of the list, not a Python step per key kept."""
     if len(remove) <= 16:
         for key in remove:
             del keys[bisect.bisect_left(keys, key)]
-    else:
-        dropped = set(remove)
-        keys[:] = [k for k in keys if k not in dropped]
+        return
+    kept: list[str] = []
+    start = 0
+    for key in sorted(remove):
+        at = bisect.bisect_left(keys, key, start)
+        kept += keys[start:at]
+        start = at + 1
+    kept += keys[start:]
+    keys[:] = kept
 
 
 def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
