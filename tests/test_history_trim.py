@@ -172,6 +172,22 @@ def test_a_slot_that_trims_many_revisions_compacts_once_and_rebuilds_the_key_lis
     assert sm.snapshot() == reference.sm.snapshot()
 
 
+def test_an_explicit_compaction_of_a_big_range_is_one_pass_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sm = StateMachine()
+    feed = _Feeder(sm)
+    for g in range(100):
+        keys = tuple(Put(f"d/{g:05d}/{j:02d}", b"v") for j in range(17))
+        feed.slot([Txn((), keys), Delete(f"d/{g:05d}/", prefix=True)])
+    feed.slot([Put("stays", b"v")])
+    keys_in_index = len(sm._hkeys)
+    counts = _counting(monkeypatch, sm)
+    feed.slot([Compact(sm.revision)])
+    assert sm.compact_revision == sm.revision and sm._hkeys == ["stays"]
+    assert counts == {"compactions": 1, "rebuilds": 1, "keys_rebuilt": keys_in_index}
+
+
 def test_the_work_count_catches_a_trim_one_revision_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
