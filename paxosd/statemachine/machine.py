@@ -799,7 +799,7 @@ class StateMachine:
         revision of the slot being applied (its events stay deliverable). A function of the
         applied log only, so every replica trims alike. The target is found first and
         compacted in one pass: compacting one revision at a time cost a pass over the key
-        list per revision, seconds for one slot after a bulk load."""
+        list per revision, seconds for one slot after many small revisions."""
         over = self._history_bytes > self.limits.history_bytes_max
         if over and self.compact_revision < first_revision:
             self._compact(self._trim_target(first_revision))
