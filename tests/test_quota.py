@@ -219,7 +219,13 @@ def test_past_the_quota_writes_are_refused_until_space_is_freed_and_the_alarm_di
 def test_a_request_over_max_request_bytes_is_refused_before_it_is_proposed(
     cluster: LocalCluster,
 ) -> None:
-    before = statuses_json(cluster.client())[0]["applied_index"]
+    def settled() -> int | None:
+        # Every member at one applied index (the cluster's own start-up slots included).
+        rows = statuses_json(cluster.client())
+        indexes = {r["applied_index"] for r in rows if "error" not in r}
+        return indexes.pop() if len(indexes) == 1 and len(rows) == 3 else None
+
+    before = wait_for("every member applies the same slots", settled)
     big = _ctl("put", "big", "x" * (REQUEST_MAX + 1000))
     assert big.exit_code == 2 and "over max_request_bytes" in big.stderr, big.output
     # The value cap is the codec's, checked by the client before anything is sent.

@@ -76,6 +76,11 @@ RECIPES: list[tuple[str, list[str]]] = [
     ("bench cli", ["bench", "cli", "--runs", "1"]),
     ("bench watch", ["bench", "watch", "--watchers", "10", "--events", "10"]),
     ("bench history", ["bench", "history", "--puts", "200", "--keys", "10", "--rounds", "1"]),
+    (
+        "bench fanout",
+        ["bench", "fanout", "--watchers", "4", "--connections", "2", "--rate", "20"]
+        + ["--duration", "1", "--warmup", "0"],
+    ),
     ("drill", ["drill", "--duration", "1", "--faults", "none", "--clients", "1"]),
     ("drill race", ["drill", "race", "--rounds", "1"]),
     ("batch", ["batch", "-"]),
