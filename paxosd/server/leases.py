@@ -8,7 +8,8 @@ runner's Clock), never in apply and never a deadline a client wrote:
   confirmed, by a read-index round, that this node still leads (so a deposed leader cannot
   promise time), and the lease's deadline becomes *the time the request arrived* + TTL.
 - A new leader first gets a ``LeaseTakeover`` under its ballot decided and applied (so every
-  older slot is applied before it answers anything). From then on only expiries and
+  older slot is applied before it answers anything); it proposes one once any lease exists,
+  and answers "busy" to keep-alives until then. From then on only expiries and
   checkpoints naming its ballot apply: a deposed leader's expiry that is decided anyway is
   refused by apply.
 - The takeover checkpoints every lease that had no checkpoint at its full TTL. A lease with a
@@ -72,6 +73,7 @@ class LeaseView(Protocol):
 
     def take_lease_changes(self) -> list[int]: ...
     def lease_ids(self) -> list[int]: ...
+    def lease_count(self) -> int: ...
     def lease_ttl(self, lease_id: int) -> int | None: ...
     def lease_remaining_ms(self, lease_id: int) -> int: ...
     def lease_keys(self, lease_id: int) -> list[str]: ...
@@ -242,10 +244,12 @@ class LeaseKeeper:
         until the lease's checkpoint is cleared through the log)."""
         sm = _sm(runner)
         now = runner.clock.now_ms()
-        if not self.ready or not runner.replica.is_leader:
+        if not runner.replica.is_leader:
             return "busy"
         ttl = sm.lease_ttl(op.lease_id)
         lease_id = op.lease_id
+        if ttl is not None and not self.ready:
+            return "busy"  # our takeover is on its way
         if ttl is None or self.expire_at.get(lease_id, now + 1) <= now:
             # Gone, or expired on our clock (its revoke is on its way).
             return LeaseNotFound(id=lease_id, revision=sm.revision)
@@ -412,7 +416,8 @@ class LeaseKeeper:
             if now - prop.since_ms > retry:  # lost: try again
                 self._answered(runner, token, "lost", b"")
         if not self.ready:
-            if self._takeover_token is None:
+            # Only once there are leases: a cluster without leases logs no takeover.
+            if self._takeover_token is None and _sm(runner).lease_count():
                 r, n = self.ballot
                 self._takeover_token = self._propose(
                     runner, "takeover", (), LeaseTakeover(ballot_round=r, ballot_node=n)

@@ -825,6 +825,9 @@ class StateMachine:
     def lease_ids(self) -> list[int]:
         return sorted(self._leases)
 
+    def lease_count(self) -> int:
+        return len(self._leases)
+
     def lease_ttl(self, lease_id: int) -> int | None:
         """The lease's granted TTL in seconds, None when it does not exist."""
         lease = self._leases.get(lease_id)
