@@ -371,6 +371,7 @@ def kv_lines(kv: KeyValue) -> tuple[str, str]:
 
 
 def _written(params: dict[str, Any], result: Result) -> Answer:
+    check_revision(result)  # a lease that does not exist: LeaseNotFoundError, exit 1
     if not isinstance(result, Written):
         raise unexpected(result)
     lines = [result_line(result)]
@@ -384,7 +385,12 @@ def _written(params: dict[str, Any], result: Result) -> Answer:
 
 
 PUT = Spec(
-    build=lambda p: Put(key=p["key"], value=arg_bytes(p["value"]), prev_kv=bool(p.get("prev_kv"))),
+    build=lambda p: Put(
+        key=p["key"],
+        value=arg_bytes(p["value"]),
+        prev_kv=bool(p.get("prev_kv")),
+        lease=int(p.get("lease") or 0),
+    ),
     answer=_written,
     writes=lambda p: "key " + p["key"],
 )
@@ -395,6 +401,16 @@ def put(
     key: KeyArg,
     value: ValueArg,
     prev_kv: PrevKvOpt = False,
+    lease: Annotated[
+        int,
+        typer.Option(
+            "--lease",
+            min=0,
+            metavar="ID",
+            help="Attach the key to this lease (see `paxosctl lease`): deleted when the "
+            "lease is revoked or expires. Exit 1 if the lease does not exist.",
+        ),
+    ] = 0,
     site: SiteOpt = None,
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
@@ -413,7 +429,7 @@ def put(
 
     Example: paxosctl put greeting hello --site paris
     """
-    params = {"key": key, "value": value, "prev_kv": prev_kv}
+    params = {"key": key, "value": value, "prev_kv": prev_kv, "lease": lease}
     answer = execute(
         PUT,
         params,
