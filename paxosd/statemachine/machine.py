@@ -1195,13 +1195,15 @@ class StateMachine:
 
         While the store is at revision 1 (no change since it was created or restored from a
         format-1 snapshot) it is the bare chain, as before revisions existed, so a backup
-        made then still verifies against its recorded digest."""
-        if self.revision == 1 and self.compact_revision <= 1:
+        made then still verifies against its recorded digest. Lease state (how many, and
+        the ballot that took them over) counts too once any lease was ever granted."""
+        leases = bool(self._leases) or self.lease_ballot != (0, 0)
+        if self.revision == 1 and self.compact_revision <= 1 and not leases:
             return self._chain.hex()
         h = hashlib.sha256(self._chain)
         h.update(self.revision.to_bytes(8, "big"))
         h.update(self.compact_revision.to_bytes(8, "big"))
-        if self._leases or self.lease_ballot != (0, 0):
+        if leases:
             h.update(len(self._leases).to_bytes(8, "big"))
             h.update(self.lease_ballot[0].to_bytes(8, "big"))
             h.update(self.lease_ballot[1].to_bytes(8, "big"))
