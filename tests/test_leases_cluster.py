@@ -138,3 +138,31 @@ def test_keep_alives_across_a_leader_kill_keep_the_lease(cluster: LocalCluster) 
             cluster.start(old)
     with cluster.client() as c, pytest.raises(NotFoundError):
         c.get("lease-failover/a")  # the context manager revoked it on exit
+
+
+def test_leases_and_their_keys_survive_a_full_cluster_restart(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        granted = c.lease_grant(600)
+        c.put("lease-restart/a", b"1", lease=granted.id)
+    cluster.down()
+    cluster.up()
+    with cluster.client() as c:
+        found = c.get("lease-restart/a")
+        assert isinstance(found, Found) and found.lease == granted.id
+        assert granted.id in c.leases()
+        # The new leader took the lease over: keep-alives work again, and a revoke deletes.
+        assert wait_for("a keep-alive after the restart", lambda: _kept(c, granted.id)) == 600
+        assert c.lease_revoke(granted.id).deleted == 1
+        with pytest.raises(NotFoundError):
+            c.get("lease-restart/a")
+
+
+def _kept(c: object, lease_id: int) -> int:
+    from paxosd.client.client import Client
+    from paxosd.client.errors import UnavailableError
+
+    assert isinstance(c, Client)
+    try:
+        return c.lease_keep_alive_once(lease_id)
+    except UnavailableError:
+        return 0
