@@ -186,6 +186,7 @@ class LeaseKeeper:
         self._tokens = itertools.count(1)
         self._seq = 0
         self._next_checkpoint_ms = 0
+        self._next_takeover_ms = 0
         self._buckets: OrderedDict[int, _Bucket] = OrderedDict()
         self.stats = LeaseStats()
 
@@ -295,6 +296,8 @@ class LeaseKeeper:
         changed = sm.take_lease_changes()
         for lease_id in changed:
             self.anchor[lease_id] = now
+        if len(self.anchor) > 2 * sm.lease_count() + 1000:  # revoked leases' anchors
+            self.anchor = {i: t for i, t in self.anchor.items() if sm.lease_ttl(i) is not None}
         if runner.replies and any(r.conn_id == LEASE_CONN for r in runner.replies):
             mine = [r for r in runner.replies if r.conn_id == LEASE_CONN]
             runner.replies[:] = [r for r in runner.replies if r.conn_id != LEASE_CONN]
@@ -312,6 +315,10 @@ class LeaseKeeper:
         if not self.ready:
             if sm.lease_ballot == ballot:
                 self._take_over(sm, now)
+            return
+        if sm.lease_ballot != ballot:
+            # A newer leader's takeover is applied: our expiries would be refused anyway.
+            self._step_down(runner)
             return
         for lease_id in changed:
             ttl = sm.lease_ttl(lease_id)
@@ -417,7 +424,12 @@ class LeaseKeeper:
                 self._answered(runner, token, "lost", b"")
         if not self.ready:
             # Only once there are leases: a cluster without leases logs no takeover.
-            if self._takeover_token is None and _sm(runner).lease_count():
+            if (
+                self._takeover_token is None
+                and now >= self._next_takeover_ms
+                and _sm(runner).lease_count()
+            ):
+                self._next_takeover_ms = now + retry
                 r, n = self.ballot
                 self._takeover_token = self._propose(
                     runner, "takeover", (), LeaseTakeover(ballot_round=r, ballot_node=n)
