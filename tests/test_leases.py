@@ -176,6 +176,13 @@ def test_the_minimum_ttl_is_one_and_a_half_election_timeouts() -> None:
     keeper = LeaseKeeper(LeaseSettings(election_timeout_ms=2000), node_id=1)
     grant = Command("c", 1, "s", LeaseGrant(ttl=1))
     assert keeper.grant_command(grant).op == LeaseGrant(ttl=1, min_ttl=3)
+    # The daemon refuses before proposing, with the reason; apply refuses too (min_ttl).
+    refused = keeper.request(None, 1, LeaseGrant(ttl=2))  # type: ignore[arg-type]
+    assert isinstance(refused, LeaseRefused)
+    assert refused.reason == (
+        "lease TTL 2 s is below the minimum 3 s (1.5 election timeouts of 2000 ms)"
+    )
+    assert keeper.request(None, 1, LeaseGrant(ttl=3)) is None  # type: ignore[arg-type]
 
 
 def test_keep_alives_per_connection_are_rate_bounded() -> None:
