@@ -60,6 +60,14 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     KeyValue,
+    LeaseGranted,
+    LeaseInfo,
+    LeaseKept,
+    LeaseList,
+    LeaseNotFound,
+    LeaseRefused,
+    LeaseRevoked,
+    LeaseTakenOver,
     Malformed,
     NoSpace,
     NotFound,
@@ -196,6 +204,22 @@ def result_line(result: Result) -> str:
             return f"refused: a future revision (the store is at {r})"
         case TxnRefused(reason=reason):
             return f"refused: {show_text(reason)}"
+        case LeaseGranted(id=lease_id, ttl=ttl):
+            return f"lease {lease_id} granted with TTL({ttl}s)"
+        case LeaseRevoked(id=lease_id, deleted=n):
+            return f"lease {lease_id} revoked ({n} keys deleted)"
+        case LeaseNotFound(id=lease_id):
+            return f"lease {lease_id} not found"
+        case LeaseRefused(reason=reason):
+            return f"refused: {show_text(reason)}"
+        case LeaseKept(id=lease_id, ttl=ttl):
+            return f"lease {lease_id} keepalived with TTL({ttl})"
+        case LeaseInfo(id=lease_id, ttl=ttl, granted_ttl=granted):
+            return f"lease {lease_id} granted with TTL({granted}s), remaining({ttl}s)"
+        case LeaseList(ids=ids):
+            return f"found {len(ids)} leases"
+        case LeaseTakenOver(leases=n):
+            return f"OK ({n} leases)"
     return str(unexpected(result))
 
 
