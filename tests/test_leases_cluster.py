@@ -67,6 +67,15 @@ def test_grant_attach_ttl_list_revoke_and_typed_errors(cluster: LocalCluster) ->
         with pytest.raises(LeaseNotFoundError):
             c.lease_revoke(granted.id)
         c.lease_revoke(granted.id + 1000)
+        # The Lease object: refresh, remaining_ttl, keys, revoke.
+        lease = c.lease(60)
+        c.put("lease-api/c", b"1", lease=lease.id)
+        assert lease.refresh() == 60
+        assert 0 < lease.remaining_ttl <= 60 and lease.keys == ["lease-api/c"]
+        lease.revoke()
+        assert lease.remaining_ttl == -1
+        with pytest.raises(NotFoundError):
+            c.get("lease-api/c")
 
 
 def test_a_lease_left_alone_expires_and_a_watch_sees_its_keys_deleted_at_one_revision(
