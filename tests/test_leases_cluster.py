@@ -128,7 +128,7 @@ def _leader(cluster: LocalCluster) -> int:
 
 
 def test_keep_alives_across_a_leader_kill_keep_the_lease(cluster: LocalCluster) -> None:
-    ttl = 3
+    ttl = 5
     old = _leader(cluster)
     with cluster.client() as c, c.lease(ttl) as lease:
         c.put("lease-failover/a", b"1", lease=lease.id)

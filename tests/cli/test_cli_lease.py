@@ -61,7 +61,8 @@ def test_lease_errors_are_one_line_with_their_exit_codes(cli: Cli) -> None:
 
 
 def test_streaming_keep_alive_prints_one_json_object_per_line_until_ctrl_c(cli: Cli) -> None:
-    lease_id = cli.json("lease", "grant", "3")["id"]
+    # Long enough to outlast paxosctl's start on a loaded machine before its first keep-alive.
+    lease_id = cli.json("lease", "grant", "9")["id"]
     env = {**os.environ, "PAXOSD_LOCAL_DIR": str(cli.cluster.root)}
     paxosctl = str(Path(sys.executable).parent / "paxosctl")
     proc = subprocess.Popen(
@@ -82,11 +83,11 @@ def test_streaming_keep_alive_prints_one_json_object_per_line_until_ctrl_c(cli: 
             return len(lines) >= 2
 
         wait_for("two keep-alives", two_lines)
-        assert [json.loads(line) for line in lines] == [{"id": lease_id, "ttl": 3}] * 2
+        assert [json.loads(line) for line in lines] == [{"id": lease_id, "ttl": 9}] * 2
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
-        assert all(json.loads(line) == {"id": lease_id, "ttl": 3} for line in out.splitlines())
+        assert all(json.loads(line) == {"id": lease_id, "ttl": 9} for line in out.splitlines())
     finally:
         if proc.poll() is None:
             proc.kill()
