@@ -57,7 +57,8 @@ class SeedResult:
     faults: Counter[str]
     linearizability: str
     converged_ms: int | None = None
-    # "ok" once the lease checker passed (paxosd/sim/leases.py), else "not-checked".
+    # "ok" once the lease checker passed (paxosd/sim/leases.py), "violation" when it failed,
+    # else "not-checked".
     leases: str = "not-checked"
     lease_report: LeaseReport | None = None
     # "ok" once the revision checker passed (paxosd/sim/revisions.py), "violation" when it
@@ -213,6 +214,8 @@ def run_seed(
             revisions_verdict = "violation"
         elif v.prop == watches.PROPERTY:
             watch_verdict = "violation"
+        elif v.prop.startswith("lease-"):
+            lease_verdict = "violation"
     n = world.network.counters
     faults = Counter(world.stats.faults)
     for outcome, count in world.stats.admin.items():
