@@ -36,6 +36,14 @@ from paxosd.statemachine.commands import (
     Compare,
     Delete,
     Get,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseLeases,
+    LeaseRevoke,
+    LeaseTakeover,
+    LeaseTimeToLive,
     Op,
     Put,
     Scan,
@@ -73,8 +81,9 @@ def describe(op: Op) -> tuple[str, str]:
     """An operation as its paxosctl command line (op name, safe text); a transaction as
     ``txn if COMPARES then OPS else OPS`` (its ops separated by ;)."""
     match op:
-        case Put(key=k, value=v, prev_kv=prev_kv):
+        case Put(key=k, value=v, prev_kv=prev_kv, lease=lease):
             text = f"put {quote(show_text(k))} {quote(show(v))}"
+            text += _flag(lease > 0, f"--lease {lease}")
             return "put", text + _flag(prev_kv, "--prev-kv")
         case Get(key=k, revision=rev):
             return "get", f"get {quote(show_text(k))}" + _flag(rev > 0, f"--rev {rev}")
@@ -107,6 +116,25 @@ def describe(op: Op) -> tuple[str, str]:
             return "blocks", "blocks" if s is None else f"blocks --site {quote(show_text(s))}"
         case View(as_site=s, limit=limit):
             return "view", f"view --as {quote(show_text(s))} --limit {limit}"
+        case LeaseGrant(ttl=ttl, lease_id=lease_id):
+            return "lease grant", f"lease grant {ttl}" + _flag(lease_id > 0, f"--id {lease_id}")
+        case LeaseRevoke(lease_id=lease_id):
+            return "lease revoke", f"lease revoke {lease_id}"
+        case LeaseKeepAlive(lease_id=lease_id):
+            return "lease keep-alive", f"lease keep-alive {lease_id} --once"
+        case LeaseTimeToLive(lease_id=lease_id, keys=keys):
+            return "lease ttl", f"lease ttl {lease_id}" + _flag(keys, "--keys")
+        case LeaseLeases():
+            return "lease list", "lease list"
+        # The leader's own lease commands (no paxosctl line: the daemon proposes them).
+        case LeaseExpire(lease_id=lease_id, ballot_round=r, ballot_node=n):
+            return "lease expire", f"(leader {r}.{n}) expire lease {lease_id}"
+        case LeaseTakeover(ballot_round=r, ballot_node=n):
+            return "lease takeover", f"(leader {r}.{n}) take the leases over"
+        case LeaseCheckpoint(ballot_round=r, ballot_node=n, leases=items):
+            shown = ", ".join(f"{i}: {ms} ms" for i, ms in items[:5])
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+            return "lease checkpoint", f"(leader {r}.{n}) checkpoint {shown}{more}"
     raise AssertionError(f"unknown operation {op!r}")
 
 

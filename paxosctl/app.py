@@ -83,6 +83,11 @@ LAZY: dict[str, Lazy] = {
     "drill": Lazy(
         "paxosctl.drill", "Recovery drill: a concurrent workload under faults, then every check."
     ),
+    "lease": Lazy(
+        "paxosctl.lease",
+        "Leases: keys that vanish when their owner stops keeping them alive (etcd's leases).",
+        "Keys",
+    ),
     "snapshot": Lazy(
         "paxosctl.snapshot",
         "Take a snapshot now on every node (or --node N); `snapshot save FILE` writes a backup.",

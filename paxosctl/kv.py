@@ -60,6 +60,14 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     KeyValue,
+    LeaseGranted,
+    LeaseInfo,
+    LeaseKept,
+    LeaseList,
+    LeaseNotFound,
+    LeaseRefused,
+    LeaseRevoked,
+    LeaseTakenOver,
     Malformed,
     NoSpace,
     NotFound,
@@ -196,6 +204,22 @@ def result_line(result: Result) -> str:
             return f"refused: a future revision (the store is at {r})"
         case TxnRefused(reason=reason):
             return f"refused: {show_text(reason)}"
+        case LeaseGranted(id=lease_id, ttl=ttl):
+            return f"lease {lease_id} granted with TTL({ttl}s)"
+        case LeaseRevoked(id=lease_id, deleted=n):
+            return f"lease {lease_id} revoked ({n} keys deleted)"
+        case LeaseNotFound(id=lease_id):
+            return f"lease {lease_id} not found"
+        case LeaseRefused(reason=reason):
+            return f"refused: {show_text(reason)}"
+        case LeaseKept(id=lease_id, ttl=ttl):
+            return f"lease {lease_id} keepalived with TTL({ttl})"
+        case LeaseInfo(id=lease_id, ttl=ttl, granted_ttl=granted):
+            return f"lease {lease_id} granted with TTL({granted}s), remaining({ttl}s)"
+        case LeaseList(ids=ids):
+            return f"found {len(ids)} leases"
+        case LeaseTakenOver(leases=n):
+            return f"OK ({n} leases)"
     return str(unexpected(result))
 
 
@@ -371,6 +395,7 @@ def kv_lines(kv: KeyValue) -> tuple[str, str]:
 
 
 def _written(params: dict[str, Any], result: Result) -> Answer:
+    check_revision(result)  # a lease that does not exist: LeaseNotFoundError, exit 1
     if not isinstance(result, Written):
         raise unexpected(result)
     lines = [result_line(result)]
@@ -384,7 +409,12 @@ def _written(params: dict[str, Any], result: Result) -> Answer:
 
 
 PUT = Spec(
-    build=lambda p: Put(key=p["key"], value=arg_bytes(p["value"]), prev_kv=bool(p.get("prev_kv"))),
+    build=lambda p: Put(
+        key=p["key"],
+        value=arg_bytes(p["value"]),
+        prev_kv=bool(p.get("prev_kv")),
+        lease=int(p.get("lease") or 0),
+    ),
     answer=_written,
     writes=lambda p: "key " + p["key"],
 )
@@ -395,6 +425,16 @@ def put(
     key: KeyArg,
     value: ValueArg,
     prev_kv: PrevKvOpt = False,
+    lease: Annotated[
+        int,
+        typer.Option(
+            "--lease",
+            min=0,
+            metavar="ID",
+            help="Attach the key to this lease (see `paxosctl lease`): deleted when the "
+            "lease is revoked or expires. Exit 1 if the lease does not exist.",
+        ),
+    ] = 0,
     site: SiteOpt = None,
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
@@ -413,7 +453,7 @@ def put(
 
     Example: paxosctl put greeting hello --site paris
     """
-    params = {"key": key, "value": value, "prev_kv": prev_kv}
+    params = {"key": key, "value": value, "prev_kv": prev_kv, "lease": lease}
     answer = execute(
         PUT,
         params,

@@ -328,6 +328,11 @@ def _print_report(r: FuzzReport) -> None:
             ["linearizability", ", ".join(f"{k} {v}" for k, v in r.linearizability.items())],
             ["revisions", ", ".join(f"{k} {v}" for k, v in r.revisions.items())],
             ["watch", ", ".join(f"{k} {v}" for k, v in r.watch.items())],
+            ["leases", ", ".join(f"{k} {v}" for k, v in r.leases.items())],
+            [
+                "lease figures",
+                ", ".join(f"{k} {v}" for k, v in j["lease_figures"].items()),  # type: ignore[attr-defined]
+            ],
             ["violations", r.violations],
         ],
     )
@@ -361,6 +366,7 @@ def _one_seed(
                 "linearizability": r.linearizability,
                 "revisions": r.revisions,
                 "watch": r.watch,
+                "leases": r.leases,
                 "converged_ms_after_heal": r.converged_ms,
                 "trace": r.trace if trace else r.trace_tail,
             }
@@ -372,7 +378,8 @@ def _one_seed(
         render.rich_line(
             f"seed {seed}: {status}; {r.decided_slots} slots decided, "
             f"ops {dict(r.client_ops)}, faults {dict(r.faults)}, "
-            f"linearizability {r.linearizability}, revisions {r.revisions}, watch {r.watch}",
+            f"linearizability {r.linearizability}, revisions {r.revisions}, watch {r.watch}, "
+            f"leases {r.leases}",
             markup=False,
         )
     raise typer.Exit(render.EXIT_FAILED_CHECK if r.violation else render.EXIT_OK)

@@ -44,6 +44,13 @@ _EXPORTS: dict[str, str] = {
     "CompactedError": "paxosd.client.errors",
     "FutureRevisionError": "paxosd.client.errors",
     "TxnRefusedError": "paxosd.client.errors",
+    "LeaseNotFoundError": "paxosd.client.errors",
+    "LeaseRefusedError": "paxosd.client.errors",
+    # Leases: Client.lease(ttl) returns a Lease; lease_grant / lease_time_to_live results.
+    "Lease": "paxosd.client.lease",
+    "LeaseGranted": "paxosd.statemachine.commands",
+    "LeaseInfo": "paxosd.statemachine.commands",
+    "LeaseRevoked": "paxosd.statemachine.commands",
     "NoSpaceError": "paxosd.client.errors",
     # Where an answer came from: revision, leader, ballot, node (Client.last_header).
     "Header": "paxosd.client.client",
@@ -100,6 +107,12 @@ __all__ = [
     "Header",
     "KeyFileError",
     "KeyValue",
+    "Lease",
+    "LeaseGranted",
+    "LeaseInfo",
+    "LeaseNotFoundError",
+    "LeaseRefusedError",
+    "LeaseRevoked",
     "NoSpaceError",
     "NotFound",
     "NotFoundError",
@@ -137,11 +150,14 @@ if TYPE_CHECKING:
         CompactedError,
         FutureRevisionError,
         KeyFileError,
+        LeaseNotFoundError,
+        LeaseRefusedError,
         NotFoundError,
         RefusedError,
         TxnRefusedError,
         UnavailableError,
     )
+    from paxosd.client.lease import Lease
     from paxosd.client.pipeline import Pipeline, Session
     from paxosd.client.routing import parse_endpoint
     from paxosd.client.watch import Watch, WatchBatch, WatchCanceledError
@@ -159,6 +175,9 @@ if TYPE_CHECKING:
         Found,
         Get,
         KeyValue,
+        LeaseGranted,
+        LeaseInfo,
+        LeaseRevoked,
         NotFound,
         Post,
         Put,

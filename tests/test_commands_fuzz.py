@@ -25,6 +25,21 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     KeyValue,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseInfo,
+    LeaseKeepAlive,
+    LeaseKept,
+    LeaseLeases,
+    LeaseList,
+    LeaseNotFound,
+    LeaseRefused,
+    LeaseRevoke,
+    LeaseRevoked,
+    LeaseTakeover,
+    LeaseTimeToLive,
     NoSpace,
     Put,
     RevisionCompacted,
@@ -67,6 +82,13 @@ _VALID_COMMANDS = [
     ),
     encode_command(Command("c", 10, "B", Compact(3))),
     encode_command(Command("c", 11, "B", Delete("key", prev_kv=True))),
+    encode_command(Command("c", 13, "B", LeaseGrant(5, lease_id=7))),
+    encode_command(Command("c", 14, "B", LeaseKeepAlive(7))),
+    encode_command(Command("c", 15, "B", LeaseTimeToLive(7, keys=True))),
+    encode_command(Command("c", 16, "B", LeaseCheckpoint(1, 2, ((7, 1500),)))),
+    encode_command(Command("c", 17, "B", LeaseExpire(7, 1, 2))),
+    encode_command(Command("c", 18, "B", LeaseRevoke(7))),
+    encode_command(Command("c", 19, "B", LeaseLeases())),
 ]
 _KV = KeyValue("a", b"1", 2, 3, 2)
 _VALID_RESULTS = [
@@ -82,12 +104,19 @@ _VALID_RESULTS = [
     encode_result(TxnRefused("duplicate key")),
     encode_result(NoSpace(2 << 20, 1 << 20)),
     encode_result(Alarms((AlarmMember(1, "NOSPACE", 1 << 20),))),
+    encode_result(LeaseGranted(7, 5, 3)),
+    encode_result(LeaseInfo(7, 3, 5, ("a", "b"), 4)),
+    encode_result(LeaseRevoked(7, 2, 5)),
+    encode_result(LeaseList((1, 7), 5)),
+    encode_result(LeaseKept(7, 5)),
+    encode_result(LeaseNotFound(7, 5)),
+    encode_result(LeaseRefused("below the minimum")),
 ]
 
 
 def _snapshot() -> bytes:
     sm = StateMachine()
-    out = sm.apply(1, tuple(_VALID_COMMANDS))
+    out = sm.apply(1, tuple(_VALID_COMMANDS[:12]))
     txn = decode_result(out[9][2])
     assert isinstance(txn, TxnResult) and txn.succeeded
     sm.apply(2, (encode_command(Command("c", 12, "B", Put("key", b"value"))),))
@@ -97,9 +126,20 @@ def _snapshot() -> bytes:
     # The key's value at 2 (kept below the compaction: the prev_kv of the event at 4) and at
     # 6, and its two timeline posts.
     assert sm.snapshot().count(b"value") == 4
+    # Format 3: a lease with a checkpoint and a key attached to it.
+    sm.apply(
+        3,
+        (
+            encode_command(Command("c", 13, "B", LeaseGrant(5, lease_id=7))),
+            encode_command(Command("c", 14, "B", Put("leased", b"x", lease=7))),
+            encode_command(Command("c", 15, "B", LeaseTakeover(1, 2))),
+            encode_command(Command("c", 16, "B", LeaseCheckpoint(1, 2, ((7, 1500),)))),
+        ),
+    )
+    assert sm.lease_keys(7) == ["leased"] and sm.lease_remaining_ms(7) == 1500
     # A raised alarm, so that restore's alarm checks are fuzzed too.
     raised = Alarm("activate", "NOSPACE", 1, 1 << 20)
-    sm.apply(3, (encode_command(Command("c", 13, "B", raised)),))
+    sm.apply(4, (encode_command(Command("c", 17, "B", raised)),))
     assert sm.alarms
     return sm.snapshot()
 

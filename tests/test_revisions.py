@@ -511,7 +511,7 @@ def test_format_2_restore_validates_every_field():
     assert sm.events_since(4, 10)[1] == Event("DELETE", gone("b", 5), kv("b", b"1", 3, 3, 1))
     events = (kv("a", b"2", 2, 4, 2), gone("b", 5), kv("b", b"2", 6, 6, 1))
     bad_changes: list[dict[str, object]] = [
-        {"format": 3},
+        {"format": 4},
         {"kv": (_KvEntry("a", b"1", 1),)},
         {"revision": 0},
         {"revision": 7},  # history ends at 6

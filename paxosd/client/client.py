@@ -25,6 +25,8 @@ from paxosd.client.errors import (
     ClientError,
     CompactedError,
     FutureRevisionError,
+    LeaseNotFoundError,
+    LeaseRefusedError,
     NoSpaceError,
     NotFoundError,
     RefusedError,
@@ -83,6 +85,18 @@ from paxosd.statemachine.commands import (
     Full,
     FutureRevision,
     Get,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseInfo,
+    LeaseKeepAlive,
+    LeaseKept,
+    LeaseLeases,
+    LeaseList,
+    LeaseNotFound,
+    LeaseRefused,
+    LeaseRevoke,
+    LeaseRevoked,
+    LeaseTimeToLive,
     Malformed,
     NoSpace,
     Op,
@@ -104,6 +118,7 @@ from paxosd.statemachine.commands import (
 from paxosd.statemachine.commands import NotFound as NotFoundResult
 
 if TYPE_CHECKING:
+    from paxosd.client.lease import Lease
     from paxosd.client.watch import Watch
 
 TIMEOUT_MS_DEFAULT = 5000
@@ -167,6 +182,12 @@ def revision_error(result: Result, asked: int) -> ClientError | None:
             return FutureRevisionError(message, asked or current, current)
         case TxnRefused(reason=reason):
             return TxnRefusedError(f"transaction refused: {reason}")
+        case LeaseNotFound(id=lease_id):
+            return LeaseNotFoundError(f"lease {lease_id} not found", lease_id)
+        case LeaseRefused(reason=reason):
+            return LeaseRefusedError(f"lease refused: {reason}")
+        case Full(what="leases" | "lease keys" as what):
+            return LeaseRefusedError(f"lease refused: the cluster's bound on {what} is reached")
     return None
 
 
@@ -269,10 +290,70 @@ class Client:
 
     # ------------------------------------------------------------------ key-value
 
-    def put(self, key: str, value: bytes, *, prev_kv: bool = False) -> Result:
+    def clone(self) -> Client:
+        """A new client on the same endpoints and key, with its own session (for another
+        thread: one client serves one thread)."""
+        addresses = [ep.address for ep in self._router.endpoints]
+        return Client(addresses, self._key, site=self.site, timeout_ms=self.timeout_ms)
+
+    def put(self, key: str, value: bytes, *, prev_kv: bool = False, lease: int = 0) -> Result:
         """Set ``key`` to ``value``; returns ``Written(version, revision)``, with ``prev`` (the
-        key before, None if it was absent) when ``prev_kv``."""
-        return self.execute(Put(key=key, value=value, prev_kv=prev_kv))
+        key before, None if it was absent) when ``prev_kv``. ``lease``: attach the key to
+        that lease (``LeaseNotFoundError`` if it does not exist); without one, a key loses
+        the lease it had (as in etcd)."""
+        return check_revision(self.execute(Put(key=key, value=value, prev_kv=prev_kv, lease=lease)))
+
+    # ------------------------------------------------------------------ leases
+
+    def lease_grant(self, ttl: int, lease_id: int = 0) -> LeaseGranted:
+        """Grant a lease of ``ttl`` seconds (``lease_id`` 0: the cluster picks the id).
+        Returns ``LeaseGranted(id, ttl)``. Raises ``LeaseRefusedError`` for a TTL below the
+        cluster's minimum (1.5 election timeouts) or an id already taken.
+
+        Example: ``lease = client.lease_grant(10); client.put("k", b"v", lease=lease.id)``"""
+        result = check_revision(self.execute(LeaseGrant(ttl=ttl, lease_id=lease_id)))
+        if not isinstance(result, LeaseGranted):
+            raise BadRequestError(f"lease grant answered with {type(result).__name__}")
+        return result
+
+    def lease_revoke(self, lease_id: int) -> LeaseRevoked:
+        """Revoke the lease: every key attached to it is deleted, at one revision.
+        Raises ``LeaseNotFoundError`` if it does not exist."""
+        result = check_revision(self.execute(LeaseRevoke(lease_id=lease_id)))
+        if not isinstance(result, LeaseRevoked):
+            raise BadRequestError(f"lease revoke answered with {type(result).__name__}")
+        return result
+
+    def lease_keep_alive_once(self, lease_id: int) -> int:
+        """One keep-alive, answered by the leader (never logged): the lease has its full TTL
+        again from when the leader received it. Returns that TTL in seconds."""
+        result = check_revision(self.execute(LeaseKeepAlive(lease_id=lease_id)))
+        if not isinstance(result, LeaseKept):
+            raise BadRequestError(f"keep-alive answered with {type(result).__name__}")
+        return result.ttl
+
+    def lease_time_to_live(self, lease_id: int, keys: bool = False) -> LeaseInfo:
+        """``LeaseInfo(id, ttl, granted_ttl, keys)``: the seconds the leader still gives the
+        lease, its granted TTL, and its keys when ``keys``."""
+        result = check_revision(self.execute(LeaseTimeToLive(lease_id=lease_id, keys=keys)))
+        if not isinstance(result, LeaseInfo):
+            raise BadRequestError(f"lease ttl answered with {type(result).__name__}")
+        return result
+
+    def leases(self) -> list[int]:
+        """Every lease id, sorted."""
+        result = check_revision(self.execute(LeaseLeases()))
+        if not isinstance(result, LeaseList):
+            raise BadRequestError(f"lease list answered with {type(result).__name__}")
+        return list(result.ids)
+
+    def lease(self, ttl: int, lease_id: int = 0) -> Lease:
+        """Grant a lease and return it as a ``Lease``: ``with client.lease(10) as lease:``
+        keeps it alive from a background thread (every TTL/3) and revokes it on exit."""
+        from paxosd.client.lease import Lease
+
+        granted = self.lease_grant(ttl, lease_id)
+        return Lease(self, granted.id, granted.ttl)
 
     def get(self, key: str, *, stale: bool = False, revision: int = 0) -> Result:
         """``Found(value, version, create_revision, mod_revision, lease, revision)``; raises

@@ -19,6 +19,15 @@ class NotFoundError(ClientError):
     """The key is absent (a read, or a delete that found nothing to delete)."""
 
 
+class LeaseNotFoundError(NotFoundError):
+    """The lease does not exist: never granted, revoked, or expired (etcd: "requested lease
+    not found"). ``lease_id`` names it."""
+
+    def __init__(self, message: str, lease_id: int) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+
+
 class CasMismatchError(ClientError):
     """A compare-and-swap whose expectation did not hold; nothing changed. ``result`` holds
     the key's current value and version, so the caller can retry with the new expectation."""
@@ -92,6 +101,11 @@ class FutureRevisionError(ClientError):
         self.current = current
 
 
+class LeaseRefusedError(BadRequestError):
+    """A lease request the cluster refused as asked (a TTL below the cluster's minimum, an
+    id already taken, too many leases or keys on one lease); nothing changed."""
+
+
 class TxnRefusedError(BadRequestError):
     """A transaction the state machine refused as a whole, with its reason (e.g. a branch
     writing one key twice); nothing changed, and sending it again cannot succeed."""
@@ -117,6 +131,8 @@ __all__ = [
     "CompactedError",
     "FutureRevisionError",
     "KeyFileError",
+    "LeaseNotFoundError",
+    "LeaseRefusedError",
     "NoSpaceError",
     "NotFoundError",
     "RefusedError",

@@ -41,12 +41,16 @@ from paxosd.core.io import (
 from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import DecidedEntry, NodeId, Snapshot, Value
+from paxosd.server.leases import LeaseKeeper, LeaseSettings
 from paxosd.statemachine.commands import (
+    LEASE_LEADER_OPS,
     BadCommand,
     Command,
+    LeaseGrant,
     Op,
     Result,
     decode_command,
+    encode_command,
     encode_result,
     is_read,
 )
@@ -138,6 +142,8 @@ class PendingRead:
     op: Op
     # The confirmed read index + 1; 0 until the core has confirmed leadership.
     confirmed: int = 0
+    # When it arrived (the runner's clock): a keep-alive's lease runs from here.
+    receipt_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,10 @@ class Hooks:
 
     def handled(self, ready: Ready) -> None:
         """One Ready was carried out completely (before ``advance``)."""
+
+    def proposed(self, command: bytes) -> None:
+        """The host itself proposed ``command`` (the lease keeper's takeovers, expiries and
+        checkpoints, a grant re-encoded with the minimum TTL)."""
 
 
 def _no_address(node: NodeId | None) -> bytes:
@@ -234,6 +244,13 @@ class Runner(Generic[M]):
         # Commands applied since the last snapshot: the log kept in memory and on disk grows
         # with commands, not slots (a slot holds up to batch_commands_max of them).
         self.commands_since_snapshot = int(snapshots.every_commands * phase)
+        # Lease time on this node (paxosd/server/leases.py); a host may swap in another.
+        # (None for a machine without leases: the core tests' recorder.)
+        self.leases: LeaseKeeper | None = None
+        if hasattr(sm, "take_lease_changes"):
+            self.leases = LeaseKeeper(
+                LeaseSettings(replica.config.election_timeout_ms_max), int(replica.config.node_id)
+            )
 
     # ------------------------------------------------------------------ inputs
 
@@ -251,6 +268,8 @@ class Runner(Generic[M]):
         now = self.clock.now_ms()
         self.replica.step(Tick(now))
         self._expire_pending(now)
+        if self.leases is not None:
+            self.leases.tick(self)
 
     def on_client_command(
         self, conn_id: int, request_id: int, command: bytes, *, via_log: bool = False
@@ -263,13 +282,30 @@ class Runner(Generic[M]):
         except BadCommand as e:
             self.replies.append(Reply(conn_id, request_id, "bad_request", str(e).encode()))
             return None
-        if self.read_index and not via_log and is_read(cmd.op):
+        lease_leader_op = isinstance(cmd.op, LEASE_LEADER_OPS)
+        if self.leases is not None and (lease_leader_op or isinstance(cmd.op, LeaseGrant)):
+            answer = self.leases.request(self, conn_id, cmd.op)
+            if answer == "busy":
+                self._busy(conn_id, request_id)
+                return None
+            if answer is not None:
+                assert not isinstance(answer, str)
+                self.replies.append(Reply(conn_id, request_id, "ok", encode_result(answer)))
+                return None
+            if isinstance(cmd.op, LeaseGrant):
+                cmd = self.leases.grant_command(cmd)
+                command = encode_command(cmd)
+                self.hooks.proposed(command)
+        if lease_leader_op or (self.read_index and not via_log and is_read(cmd.op)):
+            # Keep-alives and time-to-live are the leader's, on its clock: never the log.
             # Linearizable without a log write: the core confirms leadership first.
             if len(self.reads) >= PENDING_REQUESTS_MAX:
                 self._busy(conn_id, request_id)
                 return None
             self._read_tokens += 1
-            self.reads[self._read_tokens] = PendingRead(conn_id, request_id, cmd.op)
+            self.reads[self._read_tokens] = PendingRead(
+                conn_id, request_id, cmd.op, receipt_ms=self.clock.now_ms()
+            )
             self.replica.step(ReadIndex(self._read_tokens))
             return cmd
         if self.admit is not None:
@@ -301,6 +337,8 @@ class Runner(Generic[M]):
         if self._leading and not r.is_leader:
             self._redirect_pending()
         self._leading = r.is_leader
+        if self.leases is not None:
+            self.leases.after_drain(self)
 
     def handle(self, rd: Ready) -> None:
         """One Ready: early messages, persist, messages, apply, reads, admin, redirects."""
@@ -398,7 +436,17 @@ class Runner(Generic[M]):
         for token, rd in list(self.reads.items()):
             if rd.confirmed and rd.confirmed - 1 <= applied:
                 del self.reads[token]
-                result = encode_result(self.sm.query(rd.op))
+                op = rd.op
+                if isinstance(op, LEASE_LEADER_OPS) and self.leases is not None:
+                    answer = self.leases.serve(self, rd.conn_id, rd.request_id, op, rd.receipt_ms)
+                    if answer is None:
+                        continue  # parked until its lease's checkpoint is cleared
+                    if isinstance(answer, str):
+                        self._busy(rd.conn_id, rd.request_id)
+                        continue
+                    result = encode_result(answer)
+                else:
+                    result = encode_result(self.sm.query(op))
                 self.replies.append(Reply(rd.conn_id, rd.request_id, "ok", result))
 
     def _redirect_pending(self) -> None:

@@ -51,6 +51,9 @@ class FuzzReport:
     watch: Counter[str] = field(default_factory=Counter)
     revision_figures: Counter[str] = field(default_factory=Counter)
     watch_figures: Counter[str] = field(default_factory=Counter)
+    leases: Counter[str] = field(default_factory=Counter)
+    lease_figures: Counter[str] = field(default_factory=Counter)
+    lease_worst_overrun_ets: float = 0.0
     failures: list[SeedResult] = field(default_factory=list)
 
     @property
@@ -80,6 +83,18 @@ class FuzzReport:
             )
         self.watch_figures.update(r.watch_stats)
         self.watch_figures["events_checked"] += r.watch_events
+        self.leases[r.leases] += 1
+        lr = r.lease_report
+        if lr is not None:
+            self.lease_figures.update(
+                leases=lr.leases,
+                keepalives_acked=lr.keepalives_acked,
+                expired=lr.expired,
+                revoked_by_client=lr.revoked_by_client,
+                leader_pauses=lr.pauses,
+                stale_expiries_refused=lr.stale_expiries_refused,
+            )
+            self.lease_worst_overrun_ets = max(self.lease_worst_overrun_ets, lr.worst_overrun_ets)
         self.snapshot_restores += r.snapshot_restores
         if r.converged_ms is not None:
             self.converged += 1
@@ -108,6 +123,9 @@ class FuzzReport:
             "revisions_checked": dict(sorted(self.revision_figures.items())),
             "watch": dict(sorted(self.watch.items())),
             "watch_checked": dict(sorted(self.watch_figures.items())),
+            "leases": dict(sorted(self.leases.items())),
+            "lease_figures": dict(sorted(self.lease_figures.items()))
+            | {"worst_overrun_election_timeouts": round(self.lease_worst_overrun_ets, 2)},
             "violations": [
                 {
                     "seed": f.seed,

@@ -11,7 +11,8 @@ by the watch checker (paxosd/sim/watches.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from msgspec.structs import replace
 
@@ -27,11 +28,15 @@ from paxosd.core.types import (
     NodeId,
     Value,
 )
+from paxosd.server.leases import LeaseKeeper, LeaseSettings, LeaseView
+from paxosd.server.runner import Runner
 from paxosd.server.watch import WatchHub, _Shared, _Watcher
 from paxosd.statemachine.commands import (
     Delete,
     Event,
+    LeaseExpire,
     Put,
+    Result,
     Txn,
     TxnOp,
     decode_command,
@@ -122,8 +127,81 @@ def _first_write_only(raw: bytes) -> bytes:
     return encode_command(replace(cmd, op=op))
 
 
+# ------------------------------------------------------------------ lease bugs
+# Planted in the lease keeper (paxosd/server/leases.py) or the state machine's lease apply,
+# for the simulator's lease checker (paxosd/sim/leases.py).
+
+
+class WallClockDeadline(LeaseKeeper):
+    """The leader expires a lease at a deadline the client wrote from its own wall clock
+    (PySyncObj's TTLs): a client whose clock is behind gets its lease expired early.
+    ``client_skew_ms`` maps a connection to its client's clock skew (the simulator sets it)."""
+
+    client_skew_ms: Callable[[int], int] = staticmethod(lambda conn_id: 0)
+
+    def keep_alive_deadline(self, conn_id: int, receipt_ms: int, ttl_ms: int) -> int:
+        return receipt_ms + self.client_skew_ms(conn_id) + ttl_ms
+
+
+class NewLeaderDoesNotExtend(LeaseKeeper):
+    """A new leader counts each lease from when it first saw it granted, as if the keep-alives
+    the old leader answered never happened (no extension on promotion)."""
+
+    def __init__(self, settings: LeaseSettings, node_id: int) -> None:
+        super().__init__(settings, node_id)
+        self.first_seen: dict[int, int] = {}
+
+    def after_drain(self, runner: Runner[Any]) -> None:
+        now = runner.clock.now_ms()
+        for lease_id in runner.sm.lease_ids():
+            self.first_seen.setdefault(lease_id, now)
+        super().after_drain(runner)
+
+    def _adopt(self, sm: LeaseView, lease_id: int, now: int) -> None:
+        ttl = sm.lease_ttl(lease_id)
+        assert ttl is not None
+        deadline = self.first_seen.get(lease_id, now) + ttl * 1000
+        self.deadline[lease_id] = deadline
+        self._set_expiry(lease_id, deadline)
+
+
+class TakeoverRenewsFullTtl(LeaseKeeper):
+    """etcd #9888: every new leader gives each lease its full TTL from its own election,
+    ignoring the log's checkpoint, so frequent elections renew leases forever."""
+
+    def _adopt(self, sm: LeaseView, lease_id: int, now: int) -> None:
+        ttl = sm.lease_ttl(lease_id)
+        assert ttl is not None
+        self.deadline[lease_id] = now + ttl * 1000
+        self._set_expiry(lease_id, now + ttl * 1000 + self.settings.grace_ms)
+
+
+class StaleRevokeApplied(StateMachine):
+    """Apply revokes a lease on an expiry from any ballot, a deposed leader's included."""
+
+    def _lease_write(self, op: Any) -> Result:
+        if isinstance(op, LeaseExpire):
+            return self._revoke(op.lease_id)
+        return super()._lease_write(op)
+
+
+LEASE_KEEPER_BUGS: dict[str, type[LeaseKeeper]] = {
+    "lease_wall_clock_deadline": WallClockDeadline,
+    "lease_new_leader_does_not_extend": NewLeaderDoesNotExtend,
+    "lease_takeover_renews_full_ttl": TakeoverRenewsFullTtl,
+}
+
+
+def keeper_class(bugs: frozenset[str]) -> type[LeaseKeeper] | None:
+    """The planted lease keeper among ``bugs`` (None: the runner's own)."""
+    found = [LEASE_KEEPER_BUGS[b] for b in sorted(bugs) if b in LEASE_KEEPER_BUGS]
+    assert len(found) <= 1, "one planted lease keeper at a time"
+    return found[0] if found else None
+
+
 PLANTED_MACHINES: dict[str, type[StateMachine]] = {
     "txn_applied_half": TxnAppliedHalf,
+    "lease_stale_revoke_applied": StaleRevokeApplied,
 }
 
 
@@ -187,7 +265,12 @@ PLANTED: dict[str, type[Replica]] = {
     "stale_reads": StaleReads,
     "phase1_ignores_new_membership": Phase1IgnoresNewMembership,
 }
-PLANTED_BUGS = frozenset(PLANTED) | frozenset(PLANTED_MACHINES) | frozenset(PLANTED_HUBS)
+PLANTED_BUGS = (
+    frozenset(PLANTED)
+    | frozenset(PLANTED_MACHINES)
+    | frozenset(PLANTED_HUBS)
+    | frozenset(LEASE_KEEPER_BUGS)
+)
 
 
 def replica_class(bugs: frozenset[str], base: type[Replica] = Replica) -> type[Replica]:

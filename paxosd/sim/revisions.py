@@ -58,6 +58,20 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     KeyValue,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseKeepAlive,
+    LeaseLeases,
+    LeaseList,
+    LeaseNotFound,
+    LeaseRefused,
+    LeaseRevoke,
+    LeaseRevoked,
+    LeaseTakenOver,
+    LeaseTakeover,
+    LeaseTimeToLive,
     Malformed,
     NotFound,
     Op,
@@ -113,6 +127,13 @@ class ReferenceStore:
         self._versions: dict[str, list[tuple[int, KeyValue | None]]] = {}
         self._names: list[str] = []  # every key that ever existed, sorted
         self._sessions: dict[str, tuple[int, Result | None]] = {}
+        # Leases, as far as they touch keys and revisions (time is the keeper's): each
+        # lease's keys and last checkpoint, the ballot that took them over, the next id.
+        self._leases: dict[int, set[str]] = {}
+        self._lease_ttl: dict[int, int] = {}
+        self._lease_checkpoint: dict[int, int] = {}
+        self._lease_ballot = (0, 0)
+        self._next_lease_id = 1
 
     # ------------------------------------------------------------------ reads at a revision
 
@@ -152,6 +173,12 @@ class ReferenceStore:
             case Blocks(site=site):
                 pairs = sorted(p for p in at.blocks if site is None or p[0] == site)
                 return BlockList(pairs=tuple(BlockPair(s, o) for s, o in pairs))
+            case LeaseLeases():
+                return LeaseList(ids=tuple(sorted(self._leases)), revision=at.revision)
+            case LeaseKeepAlive(lease_id=lid) | LeaseTimeToLive(lease_id=lid):
+                if lid not in self._leases:
+                    return LeaseNotFound(id=lid, revision=at.revision)
+                return None  # the leader's clock answers these
         return None
 
     def _scan(self, prefix: str, limit: int, as_of: int, revision: int) -> Rows:
@@ -191,6 +218,13 @@ class ReferenceStore:
         return out
 
     def _set(self, key: str, kv: KeyValue | None, prev: KeyValue | None, revision: int) -> None:
+        old = prev.lease if prev is not None else 0
+        new_lease = kv.lease if kv is not None else 0
+        if old != new_lease:
+            if old in self._leases:
+                self._leases[old].discard(key)
+            if new_lease:
+                self._leases[new_lease].add(key)
         if key not in self._versions:
             self._versions[key] = []
             bisect.insort(self._names, key)
@@ -201,7 +235,9 @@ class ReferenceStore:
         else:
             self.events.append(Event(type="PUT", kv=kv, prev_kv=prev))
 
-    def _put(self, key: str, value: bytes, revision: int) -> tuple[KeyValue, KeyValue | None]:
+    def _put(
+        self, key: str, value: bytes, revision: int, lease: int = 0
+    ) -> tuple[KeyValue, KeyValue | None]:
         prev = self.current(key)
         kv = KeyValue(
             key=key,
@@ -209,6 +245,7 @@ class ReferenceStore:
             create_revision=prev.create_revision if prev is not None else revision,
             mod_revision=revision,
             version=prev.version + 1 if prev is not None else 1,
+            lease=lease,
         )
         self._set(key, kv, prev, revision)
         return kv, prev
@@ -251,6 +288,9 @@ class ReferenceStore:
         succeeded = all(self._compare(c) for c in txn.compares)
         branch = txn.success if succeeded else txn.failure
         for op in branch:
+            if isinstance(op, Put) and op.lease and op.lease not in self._leases:
+                return LeaseNotFound(id=op.lease, revision=self.revision)
+        for op in branch:
             # etcd fails the whole transaction when one of its reads names a revision it
             # cannot serve, before anything is written.
             if isinstance(op, Get | Scan) and op.revision:
@@ -275,8 +315,8 @@ class ReferenceStore:
         changes; DeleteRange returns beginRev + 1 if it or an earlier op changed a key)."""
         new = begin + 1
         match op:
-            case Put(key=key, value=value, prev_kv=want_prev):
-                kv, prev = self._put(key, value, new)
+            case Put(key=key, value=value, prev_kv=want_prev, lease=lease):
+                kv, prev = self._put(key, value, new, lease)
                 return Written(version=kv.version, revision=new, prev=prev if want_prev else None)
             case Delete():
                 removed = self._delete(op, new)
@@ -294,8 +334,10 @@ class ReferenceStore:
             return self.read(op, self.state())
         new = self.revision + 1
         match op:
-            case Put(key=key, value=value, prev_kv=want_prev):
-                kv, prev = self._put(key, value, new)
+            case Put(key=key, value=value, prev_kv=want_prev, lease=lease):
+                if lease and lease not in self._leases:
+                    return LeaseNotFound(id=lease, revision=self.revision)
+                kv, prev = self._put(key, value, new, lease)
                 self.revision = new
                 return Written(version=kv.version, revision=new, prev=prev if want_prev else None)
             case Delete():
@@ -333,7 +375,64 @@ class ReferenceStore:
                 changed = (site, other) in self.blocks
                 self.blocks = self.blocks - {(site, other)}
                 return Changed(changed=changed)
+            case LeaseGrant() | LeaseRevoke() | LeaseExpire() | LeaseTakeover() | LeaseCheckpoint():
+                return self._lease(op)
         raise AssertionError(f"the reference model does not know {type(op).__name__}")
+
+    def _lease(
+        self, op: LeaseGrant | LeaseRevoke | LeaseExpire | LeaseTakeover | LeaseCheckpoint
+    ) -> Result:
+        """etcd's lease rules as they touch the store: a revoke (or an expiry under the
+        newest takeover's ballot) deletes the lease's keys at one new revision."""
+        match op:
+            case LeaseGrant(ttl=ttl, lease_id=lid, min_ttl=min_ttl):
+                if ttl < min_ttl or lid in self._leases:
+                    return LeaseRefused(reason="")
+                if lid == 0:
+                    while self._next_lease_id in self._leases:
+                        self._next_lease_id += 1
+                    lid = self._next_lease_id
+                    self._next_lease_id += 1
+                self._leases[lid] = set()
+                self._lease_ttl[lid] = ttl
+                self._lease_checkpoint[lid] = 0
+                return LeaseGranted(id=lid, ttl=ttl, revision=self.revision)
+            case LeaseExpire(lease_id=lid, ballot_round=r, ballot_node=n) if (
+                r,
+                n,
+            ) != self._lease_ballot:
+                return LeaseRefused(reason="")
+            case LeaseRevoke(lease_id=lid) | LeaseExpire(lease_id=lid):
+                keys = self._leases.get(lid)
+                if keys is None:
+                    return LeaseNotFound(id=lid, revision=self.revision)
+                new = self.revision + 1
+                attached = sorted(keys)
+                for key in attached:
+                    self._set(key, None, self.current(key), new)
+                if attached:
+                    self.revision = new
+                deleted = len(attached)
+                del self._leases[lid], self._lease_ttl[lid], self._lease_checkpoint[lid]
+                return LeaseRevoked(id=lid, deleted=deleted, revision=self.revision)
+            case LeaseTakeover(ballot_round=r, ballot_node=n):
+                if (r, n) <= self._lease_ballot:
+                    return LeaseRefused(reason="")
+                self._lease_ballot = (r, n)
+                clean = [i for i, cp in self._lease_checkpoint.items() if cp == 0]
+                for i in clean:
+                    self._lease_checkpoint[i] = self._lease_ttl[i] * 1000
+                return LeaseTakenOver(leases=len(clean))
+            case LeaseCheckpoint(ballot_round=r, ballot_node=n, leases=items):
+                if (r, n) != self._lease_ballot:
+                    return LeaseRefused(reason="")
+                touched = 0
+                for lid, remaining in items:
+                    if lid in self._lease_checkpoint:
+                        self._lease_checkpoint[lid] = min(remaining, self._lease_ttl[lid] * 1000)
+                        touched += 1
+                return LeaseTakenOver(leases=touched)
+        raise AssertionError(f"not a lease write: {op!r}")
 
     def apply_command(self, raw: bytes) -> tuple[str, int, Result | None]:
         """One decided command with the exactly-once session rules: a retry of the session's
@@ -540,6 +639,8 @@ def _comparable(result: Result | None) -> Result | None:
         return TxnRefused(reason="")
     if isinstance(result, Malformed):
         return Malformed(reason="")
+    if isinstance(result, LeaseRefused):
+        return LeaseRefused(reason="")
     return result
 
 

@@ -18,6 +18,7 @@ from paxosd.server.runner import Runner
 from paxosd.sim import linearizability, revisions, watches
 from paxosd.sim.checker import Violation
 from paxosd.sim.disk import SimDisk
+from paxosd.sim.leases import LeaseReport
 from paxosd.sim.linearizability import Operation
 from paxosd.sim.network import NetworkFaults
 from paxosd.sim.revisions import RevisionReport
@@ -56,6 +57,10 @@ class SeedResult:
     faults: Counter[str]
     linearizability: str
     converged_ms: int | None = None
+    # "ok" once the lease checker passed (paxosd/sim/leases.py), "violation" when it failed,
+    # else "not-checked".
+    leases: str = "not-checked"
+    lease_report: LeaseReport | None = None
     # "ok" once the revision checker passed (paxosd/sim/revisions.py), "violation" when it
     # failed, else "not-checked".
     revisions: str = "not-checked"
@@ -143,6 +148,7 @@ def run_seed(
     runner_class: type[Runner[StateMachine]] = Runner,
     disk_class: type[SimDisk] = SimDisk,
     machine_class: type[StateMachine] = StateMachine,
+    lease_clients: int | None = None,
 ) -> SeedResult:
     """Run one seed and check it. Never raises for a protocol failure: it is reported.
 
@@ -154,6 +160,10 @@ def run_seed(
     opts.runner_class = runner_class
     opts.disk_class = disk_class
     opts.machine_class = machine_class
+    if lease_clients is not None:  # 0: the schedules of before lease clients existed
+        opts.lease_clients = lease_clients
+    # Its own stream, so that seeds keep their fault plans: half the seeds pause the leader.
+    opts.lease_pause = random.Random(seed * 31 + 7).random() < 0.5
     world = World(rng.getrandbits(64), opts)
     _plan_faults(world, rng, kinds, safety_ms)
     violation: Violation | None = None
@@ -161,12 +171,16 @@ def run_seed(
     revisions_verdict = "not-checked"
     watch_verdict = "not-checked"
     watch_events = 0
+    lease_verdict = "not-checked"
+    lease_report: LeaseReport | None = None
     figures: RevisionReport | None = None
     converged_at: int | None = None
     try:
         try:
             world.run_until(safety_ms)
             _heal(world)
+            if world.leases is not None:
+                world.leases.heal_ms = world.now_ms
             world.run_until(safety_ms + 500)
             world.issuing = False
             deadline = world.now_ms + converge_ms_max
@@ -177,6 +191,11 @@ def run_seed(
             _check_durability(world)
             _final_reads(world)
             verdict = _check_linearizable(world)
+            if world.leases is not None:
+                # First: waiting out the leases writes their revokes, which the revision and
+                # watch checks below must see in the log they replay.
+                lease_report = world.leases.finish()
+                lease_verdict = "ok"
             rp, figures = revisions.check(
                 world.checker.decided, [c.history for c in world.clients], world.recorder
             )
@@ -195,6 +214,8 @@ def run_seed(
             revisions_verdict = "violation"
         elif v.prop == watches.PROPERTY:
             watch_verdict = "violation"
+        elif v.prop.startswith("lease-"):
+            lease_verdict = "violation"
     n = world.network.counters
     faults = Counter(world.stats.faults)
     for outcome, count in world.stats.admin.items():
@@ -217,6 +238,8 @@ def run_seed(
         faults=faults,
         linearizability=verdict,
         converged_ms=converged_at,
+        leases=lease_verdict,
+        lease_report=lease_report,
         snapshot_restores=world.stats.snapshot_restores,
         trace=world.trace_all,
         revisions=revisions_verdict,

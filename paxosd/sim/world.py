@@ -38,6 +38,7 @@ from paxosd.core.types import ZERO_BALLOT, DecidedEntry, Membership, NodeId, Val
 from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
+from paxosd.sim.leases import LEASE_CLIENT_CONN, LeaseDriver
 from paxosd.sim.network import NetworkFaults, SimNetwork
 from paxosd.sim.planted import machine_class, replica_class
 from paxosd.sim.revisions import Recorder
@@ -89,6 +90,11 @@ class WorldOptions:
     watch_window_ms: int = 3000
     trace_lines_max: int = 200
     trace_all: bool = False
+    # Lease clients (paxosd/sim/leases.py); 0: none. ``lease_pause``: pause the leader once
+    # past the TTL (the stale-leader fault).
+    lease_clients: int = 3
+    lease_pause: bool = False
+    lease_window_ms: int = 3000
 
 
 class _PowerCut(Exception):
@@ -103,6 +109,8 @@ class SimNode:
     # connection id in it is the client's index, its request id the command's seq.
     runner: Runner[StateMachine] = field(init=False)
     up: bool = True
+    # A paused process (SIGSTOP, a long GC): no ticks, no messages, its memory kept.
+    paused: bool = False
 
     @property
     def replica(self) -> Replica:
@@ -180,6 +188,8 @@ class _SimHooks(Hooks):
         w.checker.on_restore(self._node.id, slot, sm.digest())
         w.recorder.on_state(self._node.id, slot, sm.revision, sm.compact_revision)
         w.stats.snapshot_restores += 1
+        if w.leases is not None:
+            w.leases.restored(self._node)
         if w.watches is not None:
             w.watches.restored.add(self._node.id)
         w.log(f"n{self._node.id} restored snapshot through slot {slot}")
@@ -192,6 +202,11 @@ class _SimHooks(Hooks):
         sm = self._node.sm
         w.checker.on_applied(nid, slot, value, sm.digest())
         w.recorder.on_state(nid, slot, sm.revision, sm.compact_revision)
+        if w.leases is not None:
+            w.leases.applied(self._node)
+
+    def proposed(self, command: bytes) -> None:
+        self._world.checker.submitted.add(command)
 
     def snapshotted(self, slot: int) -> None:
         self._world.stats.core_steps += 1
@@ -239,6 +254,11 @@ class World:
         self.configs: dict[NodeId, CoreConfig] = {}
         self.nodes: dict[NodeId, SimNode] = {}
         self._admin_tokens = 0
+        self.leases: LeaseDriver | None = None
+        if options.lease_clients:
+            self.leases = LeaseDriver(
+                self, options.lease_clients, options.lease_window_ms, options.lease_pause
+            )
         self.watches = (
             WatchDriver(self, options.watchers, options.watch_window_ms)
             if options.watchers
@@ -285,6 +305,8 @@ class World:
             hooks=_SimHooks(self, node),
             address_of=lambda leader: b"" if leader is None else str(leader).encode(),
         )
+        if self.leases is not None:
+            self.leases.install(node)
 
     def membership(self) -> Membership:
         """The latest membership any up replica has decided (what convergence is judged by)."""
@@ -381,14 +403,14 @@ class World:
 
     def _tick(self, nid: NodeId) -> None:
         node = self.nodes[nid]
-        if node.up:
+        if node.up and not node.paused:
             self.stats.core_steps += 1
             self._drive(node, node.runner.tick)
         self._schedule(self.options.tick_ms, _TICK, nid)
 
     def _deliver(self, dst: NodeId, src: NodeId, msg: Message) -> None:
         node = self.nodes[dst]
-        if node.up:
+        if node.up and not node.paused:
             self._step(node, Received(src, msg))
 
     def _drive(self, node: SimNode, first: Callable[[], object] | None = None) -> None:
@@ -404,6 +426,9 @@ class World:
         except _PowerCut:
             crashed = True
         for reply in runner.replies:
+            if reply.conn_id >= LEASE_CLIENT_CONN and self.leases is not None:
+                self.leases.on_reply(node.id, reply)
+                continue
             self._reply_to_client(
                 node.id, reply.conn_id, reply.request_id, reply.status, reply.result
             )
@@ -442,6 +467,7 @@ class World:
         if not node.up:
             return
         node.up = False
+        node.paused = False
         # A power cut: every write since the last sync is lost (the runner's memory too;
         # restart builds a new one).
         lost = node.disk.power_cut()
@@ -519,7 +545,7 @@ class World:
 
     def _client_send(self, nid: NodeId, ci: int, seq: int, attempt: int, cmd: bytes) -> None:
         node = self.nodes[nid]
-        if not node.up:
+        if not node.up or node.paused:
             return
         c = self.clients[ci]
         # Half the reads skip the log (read-index), so both paths face every fault.

@@ -43,11 +43,14 @@ class BadCommand(ValueError):
 
 class Put(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """Set ``key`` to ``value``; a new key starts at version 1. Also a post on the timeline.
-    ``prev_kv``: the answer carries the key as it was before (None if it was absent)."""
+    ``prev_kv``: the answer carries the key as it was before (None if it was absent).
+    ``lease``: attach the key to that lease (0: none; a put without a lease detaches the key
+    from the one it had, as in etcd), so the lease's revoke or expiry deletes it."""
 
     key: str
     value: bytes
     prev_kv: bool = False
+    lease: int = 0
 
 
 class Get(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -180,8 +183,108 @@ class Alarm(msgspec.Struct, frozen=True, tag=True, array_like=True):
     quota_bytes: int = 0
 
 
-Op = Put | Get | Delete | Cas | Scan | Block | Unblock | Blocks | View | Txn | Compact | Alarm
-READ_OPS: Final = (Get, Scan, Blocks, View)
+# ---------------------------------------------------------------------------- leases
+# etcd's leases on our log. Grant, revoke, expiry and checkpoints are log commands, so every
+# replica deletes a lease's keys at one revision; keep-alives and time-to-live are answered by
+# the leader from its monotonic clock (paxosd/server/leases.py) and never enter the log.
+LEASE_ID_MAX: Final = (1 << 63) - 1
+LEASE_TTL_S_MAX: Final = 9_000_000_000  # etcd's MaxLeaseTTL (about 285 years)
+LEASES_MAX: Final = 100_000  # leases the cluster holds at once
+LEASE_KEYS_MAX: Final = 10_000  # keys attached to one lease
+LEASE_CHECKPOINTS_MAX: Final = 1000  # leases one checkpoint command names
+
+_LeaseId = Annotated[int, msgspec.Meta(ge=0, le=LEASE_ID_MAX)]
+
+
+class LeaseGrant(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Create lease ``lease_id`` (0: the state machine picks the next free id) that lives
+    ``ttl`` seconds past its last keep-alive. ``min_ttl``: the smallest TTL the proposing
+    daemon allows (tied to its election timeout); carried so that apply refuses below it."""
+
+    ttl: int
+    lease_id: _LeaseId = 0
+    min_ttl: int = 1
+
+
+class LeaseRevoke(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Delete lease ``lease_id`` and every key attached to it, all at one revision."""
+
+    lease_id: _LeaseId
+
+
+class LeaseExpire(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The leader's revoke of an expired lease, proposed under ballot (``ballot_round``,
+    ``ballot_node``). Applied only if that ballot is the newest that took the leases over
+    (``LeaseTakeover``): a deposed leader's expiry, decided anyway, changes nothing."""
+
+    lease_id: _LeaseId
+    ballot_round: int
+    ballot_node: int
+
+
+class LeaseTakeover(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A new leader takes the leases over under its ballot: from here on only its expiries
+    and checkpoints apply, and every lease not checkpointed yet is checkpointed at its full
+    TTL (so the next leader counts its time from here, not from its own election)."""
+
+    ballot_round: int
+    ballot_node: int
+
+
+class LeaseCheckpoint(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """etcd's lease checkpoint: the remaining milliseconds of each lease as the leader of
+    ballot (``ballot_round``, ``ballot_node``) counts them; 0 clears a checkpoint (a
+    keep-alive arrived: the lease is back to its full TTL)."""
+
+    ballot_round: int
+    ballot_node: int
+    leases: tuple[tuple[int, int], ...]
+
+
+class LeaseKeepAlive(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Renew ``lease_id`` to its full TTL. Answered by the leader, never logged."""
+
+    lease_id: _LeaseId
+
+
+class LeaseTimeToLive(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The lease's remaining and granted TTL (and its keys when ``keys``)."""
+
+    lease_id: _LeaseId
+    keys: bool = False
+
+
+class LeaseLeases(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Every lease id, sorted."""
+
+
+LEASE_LOG_OPS: Final = (LeaseGrant, LeaseRevoke, LeaseExpire, LeaseTakeover, LeaseCheckpoint)
+# Answered by the leader's lease keeper (with the monotonic remaining time), not the log.
+LEASE_LEADER_OPS: Final = (LeaseKeepAlive, LeaseTimeToLive)
+
+Op = (
+    Put
+    | Get
+    | Delete
+    | Cas
+    | Scan
+    | Block
+    | Unblock
+    | Blocks
+    | View
+    | Txn
+    | Compact
+    | Alarm
+    | LeaseGrant
+    | LeaseRevoke
+    | LeaseExpire
+    | LeaseTakeover
+    | LeaseCheckpoint
+    | LeaseKeepAlive
+    | LeaseTimeToLive
+    | LeaseLeases
+)
+READ_OPS: Final = (Get, Scan, Blocks, View, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases)
 TXN_OPS_MAX: Final = 128  # etcd's --max-txn-ops default
 
 
@@ -202,9 +305,10 @@ def is_read(op: Op) -> bool:
 
 def adds_data(op: Op) -> bool:
     """Whether ``op`` may grow the store, so is refused while NOSPACE is raised. etcd's
-    rule: a transaction with a put in either branch counts, whichever branch would run."""
+    rule: a transaction with a put in either branch counts, whichever branch would run; a
+    lease grant too (etcd's capped applier refuses LeaseGrant)."""
     match op:
-        case Put() | Cas():
+        case Put() | Cas() | LeaseGrant():
             return True
         case Txn(success=success, failure=failure):
             return any(isinstance(o, Put) for o in (*success, *failure))
@@ -338,6 +442,68 @@ class TxnRefused(msgspec.Struct, frozen=True, tag=True, array_like=True):
     reason: str
 
 
+class LeaseGranted(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A lease exists now: its id and TTL in seconds (``revision``: the store's, unchanged)."""
+
+    id: int
+    ttl: int
+    revision: _Revision = 0
+
+
+class LeaseRevoked(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The lease is gone: ``deleted`` keys were deleted at ``revision`` (the unchanged
+    store revision when it had none)."""
+
+    id: int
+    deleted: int
+    revision: _Revision = 0
+
+
+class LeaseNotFound(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """No such lease (never granted, revoked or expired): etcd's "requested lease not found"."""
+
+    id: int
+    revision: _Revision = 0
+
+
+class LeaseRefused(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Not applied: a TTL below the minimum, an id already taken, too many leases or keys on
+    one lease, or an expiry or checkpoint from a leader that was deposed."""
+
+    reason: str
+
+
+class LeaseKept(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A keep-alive's answer: the lease has ``ttl`` seconds again."""
+
+    id: int
+    ttl: int
+
+
+class LeaseInfo(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Time-to-live: ``ttl`` seconds remain (as the leader counts; rounded down),
+    ``granted_ttl`` was asked at grant, ``keys`` are attached (when asked, sorted)."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: tuple[str, ...] = ()
+    revision: _Revision = 0
+
+
+class LeaseList(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Every lease id, sorted."""
+
+    ids: tuple[int, ...]
+    revision: _Revision = 0
+
+
+class LeaseTakenOver(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A takeover or checkpoint took effect (``leases``: how many it touched)."""
+
+    leases: int
+
+
 class Changed(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """Block/unblock result: whether the relation changed. It reveals the prior state, which
     is what makes block/unblock checkable for linearizability."""
@@ -435,6 +601,14 @@ Result = (
     | TxnRefused
     | NoSpace
     | Alarms
+    | LeaseGranted
+    | LeaseRevoked
+    | LeaseNotFound
+    | LeaseRefused
+    | LeaseKept
+    | LeaseInfo
+    | LeaseList
+    | LeaseTakenOver
 )
 # Results that mean "this command had no effect": a history checker treats them as "fail".
 NOT_APPLIED: Final = (
@@ -445,6 +619,8 @@ NOT_APPLIED: Final = (
     FutureRevision,
     TxnRefused,
     NoSpace,
+    LeaseNotFound,
+    LeaseRefused,
 )
 
 # ---------------------------------------------------------------------------------- events
@@ -522,9 +698,10 @@ def validate_command(cmd: Command) -> None:
 
 def _validate_op(op: Op) -> None:
     match op:
-        case Put(key=key, value=value):
+        case Put(key=key, value=value, lease=lease):
             _check_text("key", key, KEY_BYTES_MAX)
             _check_value("value", value)
+            _check_lease_id(lease)
         case Get(key=key, revision=revision):
             _check_text("key", key, KEY_BYTES_MAX)
             _check_revision(revision)
@@ -554,8 +731,49 @@ def _validate_op(op: Op) -> None:
         case View(as_site=as_site, limit=limit):
             _check_text("as_site", as_site, SITE_BYTES_MAX)
             _check_limit(limit, VIEW_LIMIT_MAX)
+        case LeaseGrant(ttl=ttl, lease_id=lease_id, min_ttl=min_ttl):
+            if not 1 <= min_ttl <= LEASE_TTL_S_MAX:
+                raise BadCommand(f"min_ttl {min_ttl} is outside 1..{LEASE_TTL_S_MAX}")
+            if not 1 <= ttl <= LEASE_TTL_S_MAX:
+                raise BadCommand(f"lease TTL {ttl} s is outside 1..{LEASE_TTL_S_MAX}")
+            _check_lease_id(lease_id)
+        case (
+            LeaseRevoke(lease_id=lease_id)
+            | LeaseKeepAlive(lease_id=lease_id)
+            | LeaseTimeToLive(lease_id=lease_id)
+        ):
+            _check_lease_id(lease_id)
+            if lease_id == 0:
+                raise BadCommand("lease id 0 names no lease")
+        case LeaseExpire(lease_id=lease_id, ballot_round=r, ballot_node=n):
+            _check_lease_id(lease_id)
+            _check_ballot(r, n)
+        case LeaseTakeover(ballot_round=r, ballot_node=n):
+            _check_ballot(r, n)
+        case LeaseCheckpoint(ballot_round=r, ballot_node=n, leases=leases):
+            _check_ballot(r, n)
+            if not 1 <= len(leases) <= LEASE_CHECKPOINTS_MAX:
+                raise BadCommand(f"a checkpoint names 1..{LEASE_CHECKPOINTS_MAX} leases")
+            for pair in leases:
+                if len(pair) != 2:
+                    raise BadCommand("a checkpoint entry is (lease id, remaining ms)")
+                _check_lease_id(pair[0])
+                if not 0 <= pair[1] <= LEASE_TTL_S_MAX * 1000:
+                    raise BadCommand(f"remaining {pair[1]} ms is out of range")
+        case LeaseLeases():
+            pass
         case _:
             raise BadCommand(f"unknown operation {type(op).__name__}")
+
+
+def _check_lease_id(lease_id: int) -> None:
+    if not 0 <= lease_id <= LEASE_ID_MAX:
+        raise BadCommand(f"lease id {lease_id} is outside 0..{LEASE_ID_MAX}")
+
+
+def _check_ballot(ballot_round: int, ballot_node: int) -> None:
+    if not (0 <= ballot_round <= SEQ_MAX and 0 <= ballot_node <= SEQ_MAX):
+        raise BadCommand("ballot out of range")
 
 
 def _check_revision(revision: int) -> None:
@@ -667,6 +885,28 @@ __all__ = [
     "FutureRevision",
     "Get",
     "KeyValue",
+    "LEASES_MAX",
+    "LEASE_CHECKPOINTS_MAX",
+    "LEASE_KEYS_MAX",
+    "LEASE_LEADER_OPS",
+    "LEASE_LOG_OPS",
+    "LEASE_TTL_S_MAX",
+    "LeaseCheckpoint",
+    "LeaseExpire",
+    "LeaseGrant",
+    "LeaseGranted",
+    "LeaseInfo",
+    "LeaseKeepAlive",
+    "LeaseKept",
+    "LeaseLeases",
+    "LeaseList",
+    "LeaseNotFound",
+    "LeaseRefused",
+    "LeaseRevoke",
+    "LeaseRevoked",
+    "LeaseTakenOver",
+    "LeaseTakeover",
+    "LeaseTimeToLive",
     "Malformed",
     "NOT_APPLIED",
     "NoSpace",

@@ -36,6 +36,10 @@ from paxosd.statemachine.commands import (
     ALARMS,
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
+    LEASE_ID_MAX,
+    LEASE_KEYS_MAX,
+    LEASE_TTL_S_MAX,
+    LEASES_MAX,
     SEQ_MAX,
     SITE_BYTES_MAX,
     VALUE_BYTES_MAX,
@@ -63,6 +67,21 @@ from paxosd.statemachine.commands import (
     FutureRevision,
     Get,
     KeyValue,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseInfo,
+    LeaseKeepAlive,
+    LeaseLeases,
+    LeaseList,
+    LeaseNotFound,
+    LeaseRefused,
+    LeaseRevoke,
+    LeaseRevoked,
+    LeaseTakenOver,
+    LeaseTakeover,
+    LeaseTimeToLive,
     Malformed,
     NoSpace,
     NotFound,
@@ -91,8 +110,9 @@ from paxosd.statemachine.commands import (
     is_read,
 )
 
-SNAPSHOT_FORMAT: Final = 2
-SNAPSHOT_FORMATS: Final = (1, 2)  # format 1: before revisions and history (old data dirs)
+SNAPSHOT_FORMAT: Final = 3
+# format 1: before revisions and history; format 2: before leases (old data dirs)
+SNAPSHOT_FORMATS: Final = (1, 2, 3)
 SNAPSHOT_BYTES_MAX: Final = 1 << 30  # checked before decoding a snapshot from disk or a peer
 # Bytes charged per stored entry on top of its payload, so that many tiny entries cannot
 # slip past the byte budgets (and so the budgets also bound the snapshot's encoded size).
@@ -193,6 +213,25 @@ class _SessionEntry(msgspec.Struct, frozen=True, array_like=True):
     result: bytes | None
 
 
+class _LeaseEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A lease in a snapshot; its keys are the live keys whose ``lease`` names it."""
+
+    id: int
+    ttl: int
+    remaining_ms: int
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A lease as the log knows it: its TTL in seconds, its keys, and ``remaining_ms``, the
+    last checkpoint of its remaining time (0: none since it was granted or kept alive, so it
+    has its full TTL). Time itself is the leader's (paxosd/server/leases.py), never apply's."""
+
+    ttl: int
+    remaining_ms: int = 0
+    keys: set[str] | None = None
+
+
 class _SnapshotState(msgspec.Struct, frozen=True, array_like=True):
     """The encoded state. ``sessions`` is in least-recently-used-first order, which is what
     lets a restored replica evict exactly like the others.
@@ -219,6 +258,10 @@ class _SnapshotState(msgspec.Struct, frozen=True, array_like=True):
     events: tuple[KeyValue, ...] = ()
     # The raised alarms, sorted by member (absent from older snapshots: none raised).
     alarms: tuple[AlarmMember, ...] = ()
+    # Format 3: leases (sorted by id), the ballot that took them over, the next id to pick.
+    leases: tuple[_LeaseEntry, ...] = ()
+    lease_ballot: tuple[int, int] = (0, 0)
+    next_lease_id: int = 1
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -384,7 +427,7 @@ class _Writes:
             if self.budget < 0:
                 raise _ResultTooLarge
 
-    def put(self, key: str, value: bytes, prev_kv: bool) -> Written:
+    def put(self, key: str, value: bytes, prev_kv: bool, lease: int = 0) -> Written:
         versions = self.sm._index.get(key)
         if versions is not None:
             key = versions[0].key  # one string per key for all its versions, not one each
@@ -393,10 +436,10 @@ class _Writes:
             raise _Exhausted("version")
         key_cost = ENTRY_OVERHEAD_BYTES + len(key.encode("utf-8"))
         if prev is None:
-            new = KeyValue(key, value, self.revision, self.revision, 1)
+            new = KeyValue(key, value, self.revision, self.revision, 1, lease)
         else:
             assert prev.version < VERSION_MAX, f"key {key!r} version overflow"
-            new = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1)
+            new = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1, lease)
             self.kv_bytes -= key_cost + len(prev.value)
             self.history_bytes += key_cost + len(prev.value)
         self.kv_bytes += key_cost + len(value)
@@ -493,6 +536,15 @@ class StateMachine:
         # Raised alarms by (member, alarm): replicated (raised and cleared only by Alarm
         # commands in the log), so every replica refuses the same writes.
         self._alarms: dict[tuple[int, str], AlarmMember] = {}
+        self._leases: dict[int, _Lease] = {}
+        # The newest ballot that took the leases over (LeaseTakeover): only its expiries and
+        # checkpoints apply.
+        self.lease_ballot: tuple[int, int] = (0, 0)
+        self._next_lease_id = 1
+        # Not replicated state: the leases whose logged time (grant, takeover, checkpoint)
+        # changed since the host last asked (take_lease_changes). The host's lease keeper
+        # notes *when* it saw each change on its own clock; apply itself knows no time.
+        self._lease_changes: list[int] = []
 
     @property
     def history_bytes(self) -> int:
@@ -600,9 +652,12 @@ class StateMachine:
             assert refusal is not None
             return refusal
         match cmd.op:
-            case Put(key=key, value=value, prev_kv=prev_kv):
+            case Put(key=key, value=value, prev_kv=prev_kv, lease=lease):
+                lease_refusal = self._refuse_lease_puts(((key, lease),))
+                if lease_refusal is not None:
+                    return lease_refusal
                 writes = _Writes(self)
-                written = writes.put(key, value, prev_kv)
+                written = writes.put(key, value, prev_kv, lease)
                 if writes.kv_bytes > self.limits.kv_bytes_max:
                     return Full(what="kv")
                 writes.commit()
@@ -665,7 +720,133 @@ class StateMachine:
                     return Changed(changed=False)
                 self._blocks.remove((site, other))
                 return Changed(changed=True)
+            case LeaseGrant() | LeaseRevoke() | LeaseExpire() | LeaseTakeover() | LeaseCheckpoint():
+                return self._lease_write(cmd.op)
         raise AssertionError(f"not a write: {cmd.op!r}")
+
+    # --------------------------------------------------------------------------- leases
+
+    def _refuse_lease_puts(self, puts: Iterable[tuple[str, int]]) -> Result | None:
+        """A put naming a lease that does not exist is refused (etcd: "lease not found"), and
+        so is one that would attach more than LEASE_KEYS_MAX keys to one lease."""
+        added: dict[int, int] = {}
+        for key, lease_id in puts:
+            if lease_id == 0:
+                continue
+            lease = self._leases.get(lease_id)
+            if lease is None:
+                return LeaseNotFound(id=lease_id, revision=self.revision)
+            live = self._live(key)
+            if live is None or live.lease != lease_id:
+                added[lease_id] = added.get(lease_id, 0) + 1
+                if len(lease.keys or ()) + added[lease_id] > LEASE_KEYS_MAX:
+                    return Full(what="lease keys")
+        return None
+
+    def _lease_write(
+        self, op: LeaseGrant | LeaseRevoke | LeaseExpire | LeaseTakeover | LeaseCheckpoint
+    ) -> Result:
+        leases = self._leases
+        match op:
+            case LeaseGrant(ttl=ttl, lease_id=lease_id, min_ttl=min_ttl):
+                if ttl < min_ttl:
+                    return LeaseRefused(
+                        reason=f"lease TTL {ttl} s is below the minimum {min_ttl} s "
+                        "(1.5 election timeouts, as etcd: a shorter lease could expire in "
+                        "an ordinary leader election)"
+                    )
+                if lease_id in leases:
+                    return LeaseRefused(reason=f"lease {lease_id} already exists")
+                if len(leases) >= LEASES_MAX:
+                    return Full(what="leases")
+                if lease_id == 0:
+                    while self._next_lease_id in leases:
+                        self._next_lease_id += 1
+                    lease_id = self._next_lease_id
+                    self._next_lease_id = 1 if lease_id >= LEASE_ID_MAX else lease_id + 1
+                leases[lease_id] = _Lease(ttl=ttl)
+                self._lease_changes.append(lease_id)
+                return LeaseGranted(id=lease_id, ttl=ttl, revision=self.revision)
+            case LeaseRevoke(lease_id=lease_id):
+                return self._revoke(lease_id)
+            case LeaseExpire(lease_id=lease_id, ballot_round=r, ballot_node=n):
+                if (r, n) != self.lease_ballot:
+                    return LeaseRefused(
+                        reason=f"expiry proposed under ballot {r}.{n}, but the leases were "
+                        f"taken over under {self.lease_ballot[0]}.{self.lease_ballot[1]}"
+                    )
+                return self._revoke(lease_id)
+            case LeaseTakeover(ballot_round=r, ballot_node=n):
+                if (r, n) <= self.lease_ballot:
+                    return LeaseRefused(reason=f"takeover under an older ballot {r}.{n}")
+                self.lease_ballot = (r, n)
+                touched = 0
+                for lease_id in sorted(leases):
+                    lease = leases[lease_id]
+                    if lease.remaining_ms == 0:
+                        lease.remaining_ms = lease.ttl * 1000
+                        self._lease_changes.append(lease_id)
+                        touched += 1
+                return LeaseTakenOver(leases=touched)
+            case LeaseCheckpoint(ballot_round=r, ballot_node=n, leases=items):
+                if (r, n) != self.lease_ballot:
+                    return LeaseRefused(reason=f"checkpoint from a deposed leader {r}.{n}")
+                touched = 0
+                for lease_id, remaining_ms in items:
+                    found = leases.get(lease_id)
+                    if found is None:
+                        continue
+                    found.remaining_ms = min(remaining_ms, found.ttl * 1000)
+                    self._lease_changes.append(lease_id)
+                    touched += 1
+                return LeaseTakenOver(leases=touched)
+        raise AssertionError(f"not a lease write: {op!r}")
+
+    def _revoke(self, lease_id: int) -> Result:
+        """Delete the lease and all its keys in one revision, so every watcher sees each
+        key's DELETE at the same revision on every replica."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return LeaseNotFound(id=lease_id, revision=self.revision)
+        deleted = 0
+        if lease.keys:
+            writes = _Writes(self)
+            for key in sorted(lease.keys):
+                deleted += writes.delete(key, False, False).deleted
+            writes.commit()
+        del self._leases[lease_id]
+        return LeaseRevoked(id=lease_id, deleted=deleted, revision=self.revision)
+
+    def take_lease_changes(self) -> list[int]:
+        """The leases whose logged time changed since the last call (for the host's keeper)."""
+        changes, self._lease_changes = self._lease_changes, []
+        return changes
+
+    def lease_ids(self) -> list[int]:
+        return sorted(self._leases)
+
+    def lease_count(self) -> int:
+        return len(self._leases)
+
+    def lease_ttl(self, lease_id: int) -> int | None:
+        """The lease's granted TTL in seconds, None when it does not exist."""
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.ttl
+
+    def lease_remaining_ms(self, lease_id: int) -> int:
+        """The lease's last checkpoint of remaining time (0: none, the full TTL)."""
+        lease = self._leases.get(lease_id)
+        return 0 if lease is None else lease.remaining_ms
+
+    def last_change(self, key: str) -> KeyValue | None:
+        """The key's newest retained version, a deletion's tombstone included (for checkers:
+        at which revision a key went)."""
+        versions = self._index.get(key)
+        return versions[-1] if versions else None
+
+    def lease_keys(self, lease_id: int) -> list[str]:
+        lease = self._leases.get(lease_id)
+        return sorted(lease.keys) if lease is not None and lease.keys else []
 
     def _txn(self, slot: int, site: str, txn: Txn) -> Result:
         """etcd's transaction, all or nothing: every refusal is decided before the store
@@ -676,6 +857,9 @@ class StateMachine:
                 return TxnRefused(reason=reason)
         succeeded = all(_compare(c, self._live(c.key)) for c in txn.compares)
         ops = txn.success if succeeded else txn.failure
+        refusal = self._refuse_lease_puts((op.key, op.lease) for op in ops if isinstance(op, Put))
+        if refusal is not None:
+            return refusal
         for op in ops:
             if isinstance(op, Get | Scan) and op.revision != 0:
                 refusal = self._refuse_revision(op.revision)
@@ -689,8 +873,8 @@ class StateMachine:
         try:
             for op in ops:
                 match op:
-                    case Put(key=key, value=value, prev_kv=prev_kv):
-                        responses.append(writes.put(key, value, prev_kv))
+                    case Put(key=key, value=value, prev_kv=prev_kv, lease=lease):
+                        responses.append(writes.put(key, value, prev_kv, lease))
                     case Delete(key=key, prefix=prefix, prev_kv=prev_kv):
                         responses.append(writes.delete(key, prefix, prev_kv))
                     case Get(key=key, revision=revision):
@@ -727,13 +911,18 @@ class StateMachine:
         deleted: list[str] = []
         for key, kv in writes.staged.items():
             versions = index.get(key)
+            old_lease = 0
             if versions is None:
                 index[key] = [kv]
                 bisect.insort(self._hkeys, key)
                 was_live = False
             else:
                 was_live = versions[-1].version > 0
+                if was_live:
+                    old_lease = versions[-1].lease
                 versions.append(kv)
+            if old_lease != kv.lease:
+                self._move_lease(key, old_lease, kv.lease)
             if kv.version == 0:
                 assert was_live, f"deletion of absent key {key!r}"
                 deleted.append(key)
@@ -741,6 +930,19 @@ class StateMachine:
                 bisect.insort(self._keys, key)
             self._events.append(kv)
         _remove_sorted(self._keys, deleted)
+
+    def _move_lease(self, key: str, old: int, new: int) -> None:
+        """Detach ``key`` from lease ``old`` and attach it to ``new`` (0: none)."""
+        if old:
+            lease = self._leases.get(old)
+            if lease is not None and lease.keys is not None:
+                lease.keys.discard(key)
+        if new:
+            lease = self._leases.get(new)
+            assert lease is not None, f"key {key!r} attached to a missing lease {new}"
+            if lease.keys is None:
+                lease.keys = set()
+            lease.keys.add(key)
 
     def _post(self, post: Post) -> None:
         self._timeline.append(post)
@@ -909,6 +1111,25 @@ class StateMachine:
                 return BlockList(pairs=tuple(BlockPair(site=s, other=o) for s, o in pairs))
             case View(as_site=as_site, limit=limit):
                 return self._view(as_site, limit)
+            case LeaseTimeToLive(lease_id=lease_id, keys=keys):
+                lease = self._leases.get(lease_id)
+                if lease is None:
+                    return LeaseNotFound(id=lease_id, revision=self.revision)
+                # Without the leader's clock, the log's own view: the last checkpoint.
+                remaining = lease.remaining_ms // 1000 if lease.remaining_ms else lease.ttl
+                return LeaseInfo(
+                    id=lease_id,
+                    ttl=remaining,
+                    granted_ttl=lease.ttl,
+                    keys=tuple(self.lease_keys(lease_id)) if keys else (),
+                    revision=self.revision,
+                )
+            case LeaseLeases():
+                return LeaseList(ids=tuple(sorted(self._leases)), revision=self.revision)
+            case LeaseKeepAlive(lease_id=lease_id):
+                if lease_id not in self._leases:
+                    return LeaseNotFound(id=lease_id, revision=self.revision)
+                return LeaseRefused(reason="keep-alives are answered by the leader, not the log")
         raise AssertionError(f"not a read: {op!r}")
 
     def _scan_rows(
@@ -974,12 +1195,18 @@ class StateMachine:
 
         While the store is at revision 1 (no change since it was created or restored from a
         format-1 snapshot) it is the bare chain, as before revisions existed, so a backup
-        made then still verifies against its recorded digest."""
-        if self.revision == 1 and self.compact_revision <= 1:
+        made then still verifies against its recorded digest. Lease state (how many, and
+        the ballot that took them over) counts too once any lease was ever granted."""
+        leases = bool(self._leases) or self.lease_ballot != (0, 0)
+        if self.revision == 1 and self.compact_revision <= 1 and not leases:
             return self._chain.hex()
         h = hashlib.sha256(self._chain)
         h.update(self.revision.to_bytes(8, "big"))
         h.update(self.compact_revision.to_bytes(8, "big"))
+        if leases:
+            h.update(len(self._leases).to_bytes(8, "big"))
+            h.update(self.lease_ballot[0].to_bytes(8, "big"))
+            h.update(self.lease_ballot[1].to_bytes(8, "big"))
         return h.hexdigest()
 
     def snapshot(self) -> bytes:
@@ -1013,6 +1240,12 @@ class StateMachine:
             base=tuple(base),
             events=tuple(self._events[self._events_start :]),
             alarms=self.alarms,
+            leases=tuple(
+                _LeaseEntry(i, self._leases[i].ttl, self._leases[i].remaining_ms)
+                for i in sorted(self._leases)
+            ),
+            lease_ballot=self.lease_ballot,
+            next_lease_id=self._next_lease_id,
         )
 
     @classmethod
@@ -1050,6 +1283,7 @@ class StateMachine:
         if state.format == 1:
             _restore_format_1(sm, state)
         else:
+            _restore_leases(sm, state)
             _restore_history(sm, state)
         for a in state.alarms:
             if a.alarm not in ALARMS or not 0 <= a.member <= SEQ_MAX or a.quota_bytes < 0:
@@ -1157,12 +1391,38 @@ def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
     sm.compact_revision = 1 if state.kv else 0
 
 
-def _valid_kv(kv: KeyValue) -> None:
+def _restore_leases(sm: StateMachine, state: _SnapshotState) -> None:
+    """Format 3's leases (format 2 has none: its defaults)."""
+    if state.format < 3 and (state.leases or state.lease_ballot != (0, 0)):
+        raise ValueError(f"a format-{state.format} snapshot has no leases")
+    prior = 0
+    for e in state.leases:
+        if not prior < e.id <= LEASE_ID_MAX:
+            raise ValueError(f"lease {e.id} out of range or not strictly sorted")
+        if not 1 <= e.ttl <= LEASE_TTL_S_MAX or not 0 <= e.remaining_ms <= e.ttl * 1000:
+            raise ValueError(f"lease {e.id}: TTL {e.ttl} / remaining {e.remaining_ms} invalid")
+        sm._leases[e.id] = _Lease(ttl=e.ttl, remaining_ms=e.remaining_ms)
+        prior = e.id
+    if len(sm._leases) > LEASES_MAX:
+        raise ValueError(f"{len(sm._leases)} leases, over {LEASES_MAX}")
+    r, n = state.lease_ballot
+    if not (0 <= r <= SEQ_MAX and 0 <= n <= SEQ_MAX):
+        raise ValueError("lease ballot out of range")
+    if not 1 <= state.next_lease_id <= LEASE_ID_MAX:
+        raise ValueError(f"next lease id {state.next_lease_id} out of range")
+    sm.lease_ballot = (r, n)
+    sm._next_lease_id = state.next_lease_id
+    sm._lease_changes = sorted(sm._leases)
+
+
+def _valid_kv(kv: KeyValue, format: int) -> None:
     _valid_text("key", kv.key, KEY_BYTES_MAX)
     if len(kv.value) > VALUE_BYTES_MAX:
         raise ValueError(f"key {kv.key!r}: value of {len(kv.value)} bytes")
-    if kv.lease != 0:
-        raise ValueError(f"key {kv.key!r}: lease {kv.lease} (leases do not exist yet)")
+    if format < 3 and kv.lease != 0:
+        raise ValueError(f"key {kv.key!r}: lease {kv.lease} in a format-{format} snapshot")
+    if not 0 <= kv.lease <= LEASE_ID_MAX:
+        raise ValueError(f"key {kv.key!r}: lease {kv.lease} out of range")
     if not 0 <= kv.version <= VERSION_MAX:
         raise ValueError(f"key {kv.key!r}: version {kv.version} out of range")
 
@@ -1182,7 +1442,7 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
     index = sm._index
     prior_key: str | None = None
     for kv in state.base:
-        _valid_kv(kv)
+        _valid_kv(kv, state.format)
         if compact < 1 or not 1 <= kv.create_revision <= kv.mod_revision < floor:
             raise ValueError(f"base version of {kv.key!r} outside the compacted range")
         if kv.version < 1:
@@ -1196,7 +1456,7 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
     expected = floor  # the revision the next event must have (or the one before it)
     seen_in_revision: set[str] = set()
     for kv in state.events:
-        _valid_kv(kv)
+        _valid_kv(kv, state.format)
         if kv.mod_revision == expected:
             expected += 1
             seen_in_revision = set()
@@ -1237,6 +1497,15 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
         if last.version > 0:
             sm._keys.append(key)
             sm._kv_bytes += _entry_cost(last)
+            if last.lease:
+                lease = sm._leases.get(last.lease)
+                if lease is None:
+                    raise ValueError(f"key {key!r} is attached to a missing lease {last.lease}")
+                if lease.keys is None:
+                    lease.keys = set()
+                lease.keys.add(key)
+                if len(lease.keys) > LEASE_KEYS_MAX:
+                    raise ValueError(f"lease {last.lease} has over {LEASE_KEYS_MAX} keys")
         for kv in versions:
             if kv is not last or kv.version == 0:
                 sm._history_bytes += _entry_cost(kv)

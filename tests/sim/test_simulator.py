@@ -108,7 +108,10 @@ BUG_SEED_BOUND = 200
 # misses, then that laggard campaigning: the random fuzzer did not find it in 500 seeds (with
 # "reconfig"), so a scripted interleaving guards it instead:
 # tests/core/test_membership.py::test_a_candidate_that_missed_membership_changes_asks_the_new_voters
-SIM_FOUND_BUGS = PLANTED_BUGS - {"phase1_ignores_new_membership"}
+# "lease_takeover_renews_full_ttl" (etcd #9888) needs leadership to move faster than TTL + an
+# election timeout for many TTLs, which the fuzzer's faults do not do: a scripted run of
+# repeated leader changes guards it (tests/sim/test_leases.py).
+SIM_FOUND_BUGS = PLANTED_BUGS - {"phase1_ignores_new_membership", "lease_takeover_renews_full_ttl"}
 
 
 @pytest.mark.parametrize("bug", sorted(SIM_FOUND_BUGS))
@@ -241,6 +244,7 @@ def test_a_crash_between_a_decided_write_and_its_report_is_no_false_alarm(
     # (a false "applied-prefix"). The simulated disk now reports what such a write made durable.
     # The seeds were found again, with the disk's report removed, after the workload changed.
     kinds = frozenset({*FAULT_KINDS, "reconfig"})
-    r = run_seed(seed, nodes=nodes, kinds=kinds)
+    # Lease clients change every seed's schedule: these interleavings were found without them.
+    r = run_seed(seed, nodes=nodes, kinds=kinds, lease_clients=0)
     assert r.violation is None, replay_command(seed, nodes, tuple(sorted(kinds)))
     assert r.faults.get("crash-mid-ready", 0) > 0, "the seed no longer crashes mid-Ready"

@@ -1,0 +1,131 @@
+"""Leases from the client's side: etcd's ``Lease`` API and a self-refreshing lease object.
+
+A lease is granted with a TTL in seconds; keys put with ``lease=lease.id`` are deleted when the
+lease is revoked or expires (all at one revision, so a watcher sees their DELETEs together).
+The cluster's leader counts the TTL on its monotonic clock from the last keep-alive it
+received; nothing here sends a deadline.
+
+``Lease`` as a context manager keeps itself alive from a background thread every TTL/3 (as
+etcd's client does) and revokes the lease on exit::
+
+    with client.lease(10) as lease:
+        client.put("services/api/n1", b"10.0.0.1:8080", lease=lease.id)
+        ...  # the key lives while this block runs (and the process does)
+
+The keep-alive thread talks through its own ``Client`` (a client is not shared between
+threads), on the same endpoints and key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING
+
+from paxosd.client.errors import ClientError, LeaseNotFoundError
+
+if TYPE_CHECKING:
+    from paxosd.client.client import Client
+
+# A keep-alive that failed is tried again this often (seconds) until the lease's TTL is gone.
+RETRY_S = 0.5
+
+
+class Lease:
+    """A granted lease: ``id``, ``ttl`` (granted, seconds), ``remaining_ttl`` and ``keys``
+    asked of the leader, ``refresh()`` (one keep-alive), ``revoke()``.
+
+    As a context manager it keeps itself alive every ``ttl``/3 seconds from a daemon thread
+    and revokes on exit. ``lost`` is set once a keep-alive learned the lease is gone (it
+    expired: every key attached to it was deleted); the thread then stops.
+
+    Example::
+
+        with client.lease(10) as lease:
+            client.put("workers/w1", b"busy", lease=lease.id)
+            do_work()
+    """
+
+    def __init__(self, client: Client, lease_id: int, ttl: int) -> None:
+        self._client = client
+        self.id = lease_id
+        self.ttl = ttl
+        self.lost = threading.Event()
+        self.last_error: ClientError | None = None
+        self.keepalives = 0  # answered by the background thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> int:
+        """One keep-alive now; returns the TTL the lease has again (seconds). Raises
+        ``LeaseNotFoundError`` if it is gone."""
+        return self._client.lease_keep_alive_once(self.id)
+
+    def revoke(self) -> None:
+        """Revoke the lease now: its keys are deleted. Revoking a lease that is gone is not
+        an error here (the keys are gone either way)."""
+        self.stop_keepalive()
+        with contextlib.suppress(LeaseNotFoundError):
+            self._client.lease_revoke(self.id)
+
+    @property
+    def remaining_ttl(self) -> int:
+        """Seconds the leader still gives the lease (-1 when it is gone, as etcd says)."""
+        try:
+            return self._client.lease_time_to_live(self.id).ttl
+        except LeaseNotFoundError:
+            return -1
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys attached to the lease now."""
+        return list(self._client.lease_time_to_live(self.id, keys=True).keys)
+
+    # ------------------------------------------------------------------ keeping alive
+
+    def start_keepalive(self) -> None:
+        """Keep the lease alive from a daemon thread every TTL/3 until ``stop_keepalive``."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"paxosd-lease-{self.id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop_keepalive(self) -> None:
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self._client.timeout_ms / 1000 + 1)
+
+    def _run(self) -> None:
+        keeper = self._client.clone()
+        interval = max(0.1, self.ttl / 3)
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    keeper.lease_keep_alive_once(self.id)
+                    self.keepalives += 1
+                    interval = max(0.1, self.ttl / 3)
+                    self.last_error = None
+                except LeaseNotFoundError as e:
+                    self.last_error = e
+                    self.lost.set()
+                    return
+                except ClientError as e:
+                    self.last_error = e  # unavailable for now: try again soon
+                    interval = RETRY_S
+        finally:
+            keeper.close()
+
+    def __enter__(self) -> Lease:
+        self.start_keepalive()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_keepalive()
+        self.revoke()
+
+
+__all__ = ["Lease"]
