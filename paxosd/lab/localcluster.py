@@ -45,8 +45,16 @@ def _ports_free(host: str, ports: list[int]) -> bool:
     return True
 
 
-# One cluster's ports: base+K (peers), base+100+K (clients), base+200+K (metrics).
+# One cluster's ports: base+K (peers), base+100+K (clients), base+200+K (metrics),
+# base+250+K (etcd's v3 API, when asked for).
 RANGE_PORTS = 300
+ETCD_PORT_OFFSET = 250
+
+
+def etcd_address(host: str, base_port: int, node_id: int) -> str:
+    return f"{host}:{base_port + ETCD_PORT_OFFSET + node_id}"
+
+
 RANDOM_BASE_MIN = 10000
 
 
@@ -102,12 +110,14 @@ class LocalCluster:
         restore: Path | None = None,
         restore_nodes: Collection[int] | None = None,
         databases: bool = True,
+        etcd: bool = False,
     ) -> LocalCluster:
         """Write configs, keys and bootstrapped (empty) databases under ``root``.
 
         ``restore``: a backup file (paxosctl snapshot save) that seeds the databases of
         ``restore_nodes`` (default: every node) instead; any other node is bootstrapped
         empty and catches up by snapshot. Restore at least a majority (see paxosd.tools.restore).
+        ``etcd``: every node also serves etcd's v3 API on ``etcd_address(k)`` (loopback).
         ``databases=False`` writes configs and keys only (the caller runs paxosd restore).
         Without ``restore``, a node that already has a database keeps it; with it, an existing
         database of a node to restore is refused before anything is written.
@@ -140,6 +150,8 @@ class LocalCluster:
                 )
             if extra_config:
                 text += "\n" + extra_config
+            if etcd:
+                text += f'\n[etcd]\nlisten = "{etcd_address("127.0.0.1", base, k)}"\n'
             cfg.write_text(text)
             db = root / "data" / f"n{k}" / DB_FILENAME
             if db.exists() or not databases:
@@ -173,6 +185,10 @@ class LocalCluster:
             "endpoints": [str(a) for a in self.endpoint_strings()],
             "client_key_file": str(self.root / "keys" / "client.key"),
         }
+
+    def etcd_endpoints(self) -> list[str]:
+        """Where each node's etcd listener is, when the cluster was created with ``etcd``."""
+        return [etcd_address(self.host, self.base_port, k) for k in self.node_ids()]
 
     def endpoint_strings(self) -> list[str]:
         return [str(client_address(self.host, self.base_port, k)) for k in self.node_ids()]

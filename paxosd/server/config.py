@@ -180,6 +180,25 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """``[etcd]``: the optional etcd v3 gRPC listener (``paxosd etcd-gateway``, started by
+    ``paxosd run`` beside the node). Off unless ``listen`` is set. TLS as etcd's
+    ``--cert-file --key-file --trusted-ca-file``: with a CA, clients must present a
+    certificate it signed (etcd's ``--client-cert-auth``). Without TLS only a loopback
+    address is accepted, unless ``allow_insecure`` says the operator means it."""
+
+    listen: Address | None = None
+    allow_insecure: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    trusted_ca_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A validated config. Paths are absolute; ``peers`` is sorted by node id and includes
     this node (its entry is the address its peer listener binds)."""
@@ -208,6 +227,7 @@ class Config:
     # a running cluster (after `paxosctl member add`); it learns the membership from the log
     # and is not a voter until promoted (etcd's initial-cluster-state).
     initial_cluster_state: str = "new"
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
 
     @property
     def members(self) -> tuple[NodeId, ...]:
@@ -329,6 +349,7 @@ _TOP_KEYS: Final = frozenset(
         "log",
         "compaction",
         "limits",
+        "etcd",
     }
 )
 DEFAULT_PEER_KEY_FILE: Final = "keys/peer.key"
@@ -568,6 +589,7 @@ def _read(
     )
 
     compaction = _read_compaction(r, r.table(doc, "compaction"))
+    etcd = _read_etcd(r, r.table(doc, "etcd"), base)
 
     limits_table = r.table(doc, "limits")
     r.unknown(limits_table, "limits.", frozenset(s[0] for s in _LIMIT_INTS))
@@ -615,7 +637,40 @@ def _read(
         compaction=compaction,
         limits=limits,
         initial_cluster_state=initial_state,
+        etcd=etcd,
     )
+
+
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _read_etcd(r: _Reader, table: Mapping[str, Any], base: Path) -> EtcdSettings:
+    """``[etcd]``: listen, allow_insecure, cert_file, key_file, trusted_ca_file."""
+    files = ("cert_file", "key_file", "trusted_ca_file")
+    r.unknown(table, "etcd.", frozenset({"listen", "allow_insecure", *files}))
+    listen = r.address("etcd.listen", table["listen"]) if "listen" in table else None
+    insecure = table.get("allow_insecure", False)
+    if not isinstance(insecure, bool):
+        r.problem("etcd.allow_insecure", f"expected true or false, got {_toml_type(insecure)}")
+        insecure = False
+    paths: dict[str, Path | None] = {}
+    for key in files:
+        text = r.string(table, key, "") if key in table else ""
+        paths[key] = _absolute(base / text) if text else None
+    cert, key_path, ca = paths["cert_file"], paths["key_file"], paths["trusted_ca_file"]
+    if (cert is None) != (key_path is None):
+        r.problem("etcd.cert_file", "cert_file and key_file go together (both or neither)")
+    if ca is not None and cert is None:
+        r.problem(
+            "etcd.trusted_ca_file", "client certificates need TLS: set cert_file and key_file"
+        )
+    if listen is not None and cert is None and not insecure and listen.host not in LOOPBACK_HOSTS:
+        r.problem(
+            "etcd.listen",
+            f"without TLS (cert_file, key_file) the listener binds only to loopback; "
+            f"got {listen} (write allow_insecure = true to mean it)",
+        )
+    return EtcdSettings(listen, insecure, cert, key_path, ca)
 
 
 def _read_compaction(r: _Reader, table: Mapping[str, Any]) -> CompactionSettings:

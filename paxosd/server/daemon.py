@@ -12,6 +12,8 @@ import itertools
 import os
 import queue
 import select
+import subprocess
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -1050,8 +1052,17 @@ def run_command(
     except OSError as e:
         fatal(f"paxosd: cannot listen: {e}")
         raise typer.Exit(1) from None
+    gateway = _start_etcd_gateway(cfg)
     started = time.perf_counter()
-    code = daemon.serve()
+    try:
+        code = daemon.serve()
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            try:
+                gateway.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
     log.info("stopped", seconds=round(time.perf_counter() - started, 1))
     raise typer.Exit(code)
 
@@ -1085,6 +1096,18 @@ def _wait_for_space_at_start(cfg: Config, error: DiskFull) -> None:
         if space.free_bytes >= space.resume_bytes:
             log.warning("disk_space_back", data_dir=str(cfg.data_dir), free_bytes=space.free_bytes)
             reexec()
+
+
+def _start_etcd_gateway(cfg: Config) -> subprocess.Popen[bytes] | None:
+    """With ``[etcd] listen``, the etcd v3 listener runs as a child process
+    (``paxosd etcd-gateway``): its gRPC threads never share this loop's interpreter lock,
+    and it reaches the node through the client port like any client. It exits with us."""
+    if cfg.etcd.listen is None:
+        return None
+    env = dict(os.environ, PAXOSD_ETCD_PARENT=str(os.getpid()))
+    args = [sys.executable, "-m", "paxosd", "etcd-gateway", "--config", str(cfg.source)]
+    log.info("starting the etcd listener", address=str(cfg.etcd.listen))
+    return subprocess.Popen(args, env=env)
 
 
 def _return_freed_memory_to_the_os() -> None:
