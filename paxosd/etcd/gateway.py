@@ -523,8 +523,10 @@ class KVService(rpc_pb2_grpc.KVServicer):
         )
         assert isinstance(result, TxnResult)
         header = self.b.header(h)
+        # etcd's responses inside a transaction carry only the revision in their header.
+        inner = rpc_pb2.ResponseHeader(revision=result.revision)
         plans = success if result.succeeded else failure
-        responses = [p.answer(r, header) for p, r in zip(plans, result.responses, strict=True)]
+        responses = [p.answer(r, inner) for p, r in zip(plans, result.responses, strict=True)]
         return rpc_pb2.TxnResponse(header=header, succeeded=result.succeeded, responses=responses)
 
     @_aborting
@@ -844,11 +846,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     def Snapshot(  # noqa: N802
         self, request: rpc_pb2.SnapshotRequest, context: grpc.ServicerContext
     ) -> Iterator[rpc_pb2.SnapshotResponse]:
-        """This node's snapshot as a paxosd backup file (``paxosd restore`` reads it; etcd's
-        ``snapshot restore`` cannot: it is not a bbolt database)."""
+        """This node's snapshot as a paxosd backup file in the shape etcdctl checks (padded
+        to 512 bytes, then a sha256): ``paxosd restore`` reads it; etcd's ``snapshot
+        restore`` cannot (it is not a bbolt database)."""
         from paxosd.storage.backup import (
             SnapshotStreamError,
             encode_backup,
+            etcd_wrap,
             fetch_snapshot,
             header_for,
         )
@@ -865,7 +869,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             fetched = fetch_snapshot(ask)
         except (SnapshotStreamError, ClientError) as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"etcdserver: snapshot: {e}")
-        blob = encode_backup(header_for(fetched), fetched.state)
+        blob = etcd_wrap(encode_backup(header_for(fetched), fetched.state))
         step = 1 << 20
         for at in range(0, len(blob), step):
             part = blob[at : at + step]

@@ -61,7 +61,7 @@ def build_server(cfg: Config) -> tuple[object, int]:
         endpoints,
         cfg.client_key.reveal(),
         Identity(cluster_number(cfg.cluster_id), int(me)),
-        etcd_urls={int(me): f"{scheme}://{etcd.listen}"},
+        etcd_urls={**etcd.client_urls, int(me): f"{scheme}://{etcd.listen}"},
     )
     db = cfg.data_dir / "paxosd.sqlite3"
 

@@ -152,6 +152,10 @@ class LocalCluster:
                 text += "\n" + extra_config
             if etcd:
                 text += f'\n[etcd]\nlisten = "{etcd_address("127.0.0.1", base, k)}"\n'
+                text += "\n[etcd.client_urls]\n" + "".join(
+                    f'{n} = "http://{etcd_address("127.0.0.1", base, n)}"\n'
+                    for n in range(1, nodes + 1)
+                )
             cfg.write_text(text)
             db = root / "data" / f"n{k}" / DB_FILENAME
             if db.exists() or not databases:

@@ -192,6 +192,9 @@ class EtcdSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     trusted_ca_file: Path | None = None
+    # Every member's etcd client URL by node id (``[etcd.client_urls]``), for MemberList
+    # (etcd clients learn the other members' endpoints from it); this node's own is implied.
+    client_urls: dict[int, str] = field(default_factory=dict)
 
     @property
     def tls(self) -> bool:
@@ -647,7 +650,19 @@ LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 def _read_etcd(r: _Reader, table: Mapping[str, Any], base: Path) -> EtcdSettings:
     """``[etcd]``: listen, allow_insecure, cert_file, key_file, trusted_ca_file."""
     files = ("cert_file", "key_file", "trusted_ca_file")
-    r.unknown(table, "etcd.", frozenset({"listen", "allow_insecure", *files}))
+    r.unknown(table, "etcd.", frozenset({"listen", "allow_insecure", "client_urls", *files}))
+    urls: dict[int, str] = {}
+    raw_urls = table.get("client_urls", {})
+    if not isinstance(raw_urls, dict):
+        r.problem("etcd.client_urls", f"expected a table, got {_toml_type(raw_urls)}")
+        raw_urls = {}
+    for k, v in raw_urls.items():
+        if not k.isdigit() or not 1 <= int(k) <= NODE_ID_MAX:
+            r.problem(f"etcd.client_urls.{k}", "keys are node ids")
+        elif not isinstance(v, str) or not v.startswith(("http://", "https://")):
+            r.problem(f"etcd.client_urls.{k}", 'expected a URL "http(s)://host:port"')
+        else:
+            urls[int(k)] = v
     listen = r.address("etcd.listen", table["listen"]) if "listen" in table else None
     insecure = table.get("allow_insecure", False)
     if not isinstance(insecure, bool):
@@ -670,7 +685,7 @@ def _read_etcd(r: _Reader, table: Mapping[str, Any], base: Path) -> EtcdSettings
             f"without TLS (cert_file, key_file) the listener binds only to loopback; "
             f"got {listen} (write allow_insecure = true to mean it)",
         )
-    return EtcdSettings(listen, insecure, cert, key_path, ca)
+    return EtcdSettings(listen, insecure, cert, key_path, ca, urls)
 
 
 def _read_compaction(r: _Reader, table: Mapping[str, Any]) -> CompactionSettings:
