@@ -22,6 +22,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -494,7 +495,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found")
             guard = Compare(key=key, target="mod", op="=", number=found.mod_revision)
             put = Put(key=key, value=found.value, prev_kv=request.prev_kv)
-            result, h = self.b.call(lambda c, g=guard, p=put: c.txn([g], [p]))
+            txn: Callable[[Client], TxnResult] = partial(_txn_of, [guard], [put])
+            result, h = self.b.call(txn)
             if result.succeeded:
                 return put_response(request, result.responses[0], self.b.header(h))
         raise Abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: the key kept changing; retry")
@@ -540,6 +542,10 @@ class KVService(rpc_pb2_grpc.KVServicer):
             )
         result, h = self.b.call(lambda c: c.compact(request.revision))
         return rpc_pb2.CompactionResponse(header=self.b.header(h, result.revision))
+
+
+def _txn_of(compares: list[Compare], success: list[TxnOp], c: Client) -> TxnResult:
+    return c.txn(compares, success)
 
 
 def _checked(result: Result, revision: int) -> Result:

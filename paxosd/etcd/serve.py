@@ -79,10 +79,18 @@ def build_server(cfg: Config) -> tuple[object, int]:
             ("grpc.max_send_message_length", 16 << 20),
         ],
     )
-    rpc_pb2_grpc.add_KVServicer_to_server(KVService(backend), server)
-    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(backend), server)
-    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(backend, db_size), server)
-    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(backend), server)
+    rpc_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
+        KVService(backend), server
+    )
+    rpc_pb2_grpc.add_WatchServicer_to_server(  # type: ignore[no-untyped-call]
+        WatchService(backend), server
+    )
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(  # type: ignore[no-untyped-call]
+        MaintenanceService(backend, db_size), server
+    )
+    rpc_pb2_grpc.add_ClusterServicer_to_server(  # type: ignore[no-untyped-call]
+        ClusterService(backend), server
+    )
     address = f"{etcd.listen.host}:{etcd.listen.port}"
     if etcd.tls:
         creds = grpc.ssl_server_credentials(
