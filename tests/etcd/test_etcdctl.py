@@ -28,9 +28,9 @@ if not os.path.exists(ETCDCTL):
 FIXTURE = Path(__file__).parent / "fixtures" / "etcd34_session.json"
 
 
-def answers(endpoint: str) -> bool:
+def answers(endpoint: str, flags: list[str]) -> bool:
     p = subprocess.run(
-        [ETCDCTL, "--endpoints", endpoint, "get", "probe"],
+        [ETCDCTL, "--endpoints", endpoint, *flags, "get", "probe"],
         capture_output=True,
         env={"ETCDCTL_API": "3"},
         timeout=30,
@@ -45,7 +45,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     try:
         c.wait_ready()
         for ep in c.etcd_endpoints():
-            wait_for(f"the etcd listener at {ep} answers", lambda ep=ep: answers(ep))
+            flags = c.etcdctl_flags()
+            wait_for(f"the etcd listener at {ep} answers", lambda ep=ep: answers(ep, flags))
         yield c
     finally:
         c.down()
@@ -56,7 +57,9 @@ def test_the_session_prints_what_etcd_prints(cluster: LocalCluster, tmp_path: Pa
     assert [e["args"] for e in expected] == [list(s.args) for s in STEPS], (
         "the session changed: re-record the fixture with record_etcd_session.py"
     )
-    got = run_session(cluster.etcd_endpoints(), tmp_path)
+    flags = cluster.etcdctl_flags()
+    assert flags, "the cluster's listeners use TLS with client certificates"
+    got = run_session(cluster.etcd_endpoints(), tmp_path, flags=flags)
     for want, have in zip(expected, got, strict=True):
         assert have == want, f"etcdctl {' '.join(want['args'])}"
     # etcdctl's snapshot file is a paxosd backup (padded and hashed as etcdctl checks).
@@ -79,9 +82,10 @@ def test_every_member_serves_it_and_clients_fail_over(cluster: LocalCluster) -> 
     client given every endpoint still gets its answers."""
     env = {"ETCDCTL_API": "3"}
     eps = cluster.etcd_endpoints()
+    flags = cluster.etcdctl_flags()
     for i, ep in enumerate(eps):
         p = subprocess.run(
-            [ETCDCTL, "--endpoints", ep, "put", f"via{i}", "x"],
+            [ETCDCTL, "--endpoints", ep, *flags, "put", f"via{i}", "x"],
             capture_output=True,
             text=True,
             env=env,
@@ -93,7 +97,16 @@ def test_every_member_serves_it_and_clients_fail_over(cluster: LocalCluster) -> 
     cluster.stop(follower)
     try:
         p = subprocess.run(
-            [ETCDCTL, "--endpoints", ",".join(eps), "get", "via", "--prefix", "--keys-only"],
+            [
+                ETCDCTL,
+                "--endpoints",
+                ",".join(eps),
+                *flags,
+                "get",
+                "via",
+                "--prefix",
+                "--keys-only",
+            ],
             capture_output=True,
             text=True,
             env=env,
@@ -103,3 +116,21 @@ def test_every_member_serves_it_and_clients_fail_over(cluster: LocalCluster) -> 
         assert p.stdout.split() == ["via0", "via1", "via2"]
     finally:
         cluster.start(follower)
+
+
+def test_tls_wants_a_client_certificate(cluster: LocalCluster) -> None:
+    """As etcd with --client-cert-auth: a client without a certificate signed by the cluster
+    CA is refused; plain gRPC is refused too."""
+    ca = [f for f in cluster.etcdctl_flags() if f.startswith("--cacert")]
+    ep = cluster.etcd_endpoints()[0]
+    for flags in (ca, []):
+        p = subprocess.run(
+            [ETCDCTL, "--endpoints", ep, *flags, "--dial-timeout=1s", "get", "k"],
+            capture_output=True,
+            text=True,
+            env={"ETCDCTL_API": "3"},
+            timeout=30,
+        )
+        assert p.returncode != 0 and p.stdout == "", (flags, p.stdout)
+    for f in (cluster.root / "keys" / "etcd").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f

@@ -22,7 +22,7 @@ R = rpc_pb2.RangeRequest
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("grpc") / "c", 3, etcd=True)
+    c = LocalCluster.create(tmp_path_factory.mktemp("grpc") / "c", 3, etcd=True, etcd_tls=False)
     c.up()
     try:
         c.wait_ready()
