@@ -44,8 +44,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c.up()
     try:
         c.wait_ready()
+        flags = c.etcdctl_flags()
         for ep in c.etcd_endpoints():
-            flags = c.etcdctl_flags()
             wait_for(f"the etcd listener at {ep} answers", lambda ep=ep: answers(ep, flags))
         yield c
     finally:
