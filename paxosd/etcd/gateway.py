@@ -66,6 +66,9 @@ from paxosd.statemachine.commands import (
 ETCD_VERSION = "3.4.0"
 # Watches one Watch stream may hold open (each holds a connection and a thread).
 WATCHES_PER_STREAM_MAX = 64
+# Watch streams open at once. Each holds one of the server's worker threads for its life, so
+# this stays well below serve.WORKERS: unary calls always find a free worker.
+WATCH_STREAMS_MAX = 32
 # Responses queued for one Watch stream before its watchers wait for the client to read.
 STREAM_QUEUE_MAX = 256
 # How many times a read-modify-write put (ignore_value) retries when the key moved under it.
@@ -222,6 +225,7 @@ class Backend:
         self.etcd_urls = etcd_urls or {}
         self.timeout_ms = timeout_ms
         self._local = threading.local()
+        self.watch_streams = threading.BoundedSemaphore(WATCH_STREAMS_MAX)
         self._clients: list[Client] = []
         self._lock = threading.Lock()
 
@@ -749,6 +753,20 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         self.b = backend
 
     def Watch(  # noqa: N802
+        self, request_iterator: Iterator[rpc_pb2.WatchRequest], context: grpc.ServicerContext
+    ) -> Iterator[rpc_pb2.WatchResponse]:
+        if not self.b.watch_streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"etcdserver: too many watch streams (at most {WATCH_STREAMS_MAX}); "
+                "put several watches on one stream",
+            )
+        try:
+            yield from self._serve(request_iterator, context)
+        finally:
+            self.b.watch_streams.release()
+
+    def _serve(
         self, request_iterator: Iterator[rpc_pb2.WatchRequest], context: grpc.ServicerContext
     ) -> Iterator[rpc_pb2.WatchResponse]:
         stream = _Stream(self.b)

@@ -20,7 +20,8 @@ from paxosd.server.logs import bind_node, configure_logging, fatal
 log = structlog.get_logger("paxosd.etcd")
 
 # gRPC worker threads: each holds one paxosd client connection; a unary call occupies one
-# for its round trip, a Watch stream one for its life. Bounded, as every queue here.
+# for its round trip, a Watch stream one for its life (gateway.WATCH_STREAMS_MAX of them at
+# most, so unary calls always find a worker). Bounded, as every queue here.
 WORKERS = 64
 # Concurrent RPCs beyond the workers are refused with RESOURCE_EXHAUSTED, not queued forever.
 RPCS_MAX = 1024

@@ -258,3 +258,25 @@ def test_a_bad_request_closes_nothing(kvs: list[rpc_pb2_grpc.KVStub]) -> None:
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "UTF-8" in e.value.details()
     assert put(kv, "still", "fine").header.revision > 1
+
+
+def test_watch_streams_are_bounded_and_unary_calls_still_run(
+    cluster: LocalCluster, kvs: list[rpc_pb2_grpc.KVStub]
+) -> None:
+    from paxosd.etcd.gateway import WATCH_STREAMS_MAX
+
+    ch = channel(cluster, 2)
+    streams = []
+    for _ in range(WATCH_STREAMS_MAX):
+        requests, responses = watch_stream(ch)
+        requests.put(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"b")))
+        assert next(responses).created
+        streams.append((requests, responses))
+    requests, responses = watch_stream(ch)
+    with pytest.raises(grpc.RpcError) as e:
+        next(responses)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rpc_pb2_grpc.KVStub(ch).Range(R(key=b"b"), timeout=10).header.revision > 1
+    for requests, responses in streams:
+        requests.put(None)
+        responses.cancel()
