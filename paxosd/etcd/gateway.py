@@ -311,9 +311,18 @@ _COMPARE_OPS = {
 }
 
 
+R_NONE, R_ASCEND, R_DESCEND = (
+    rpc_pb2.RangeRequest.NONE,
+    rpc_pb2.RangeRequest.ASCEND,
+    rpc_pb2.RangeRequest.DESCEND,
+)
+
+
 def range_op(req: rpc_pb2.RangeRequest) -> tuple[Get | Scan, KeyRange]:
     if req.revision < 0:
         raise BadRequestError("revision must not be negative")
+    if req.sort_target not in _SORT_KEYS or req.sort_order not in (R_NONE, R_ASCEND, R_DESCEND):
+        raise BadRequestError(f"unknown sort target {req.sort_target} or order {req.sort_order}")
     kr = key_range(req.key, req.range_end)
     if kr.single:
         return Get(key=kr.lo, revision=req.revision), kr
@@ -405,6 +414,8 @@ def txn_compare(c: rpc_pb2.Compare) -> Compare:
     if c.range_end:
         unsupported("a transaction compare over a key range")
     key = _text(c.key, "key")
+    if c.target not in _COMPARE_TARGETS or c.result not in _COMPARE_OPS:
+        raise BadRequestError(f"unknown compare target {c.target} or result {c.result}")
     target = _COMPARE_TARGETS[c.target]
     op = _COMPARE_OPS[c.result]
     if target == "value":
@@ -612,9 +623,13 @@ class _Stream:
             kr = key_range(req.key, req.range_end)
             if not kr.single and not (kr.hi is None and kr.lo == kr.prefix):
                 raise BadRequestError("paxosd watches one key, a prefix or every key")
-            filters = [
-                "PUT" if f == rpc_pb2.WatchCreateRequest.NOPUT else "DELETE" for f in req.filters
-            ]
+            names = {
+                rpc_pb2.WatchCreateRequest.NOPUT: "PUT",
+                rpc_pb2.WatchCreateRequest.NODELETE: "DELETE",
+            }
+            if any(f not in names for f in req.filters):
+                raise BadRequestError("unknown watch filter")
+            filters = [names[f] for f in req.filters]
             watch = Watch(
                 self.b.endpoints,
                 self.b.client_key,

@@ -89,7 +89,7 @@ def run_go(
 def server_cpu_us(rec: dict[str, Any]) -> float:
     cpu = rec.get("cpu", {}).get("procs_cpu_s", {})
     total = sum(v for k, v in cpu.items() if k != "loadgen(self)" and v is not None)
-    return 1e6 * total / max(1, rec["n"])
+    return float(1e6 * total / max(1, int(rec["n"])))
 
 
 def main() -> None:
