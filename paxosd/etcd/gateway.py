@@ -52,7 +52,9 @@ from paxosd.statemachine.commands import (
     Get,
     KeyValue,
     NotFound,
+    Op,
     Put,
+    Range,
     Result,
     Row,
     Rows,
@@ -73,6 +75,11 @@ WATCH_STREAMS_MAX = 32
 STREAM_QUEUE_MAX = 256
 # How many times a read-modify-write put (ignore_value) retries when the key moved under it.
 IGNORE_VALUE_RETRIES = 16
+# A Range reads its keys in pages of SCAN_LIMIT_MAX at one revision; at most this many pages
+# (and RANGE_BYTES_MAX of keys and values) per request, past which the answer is cut with
+# ``more`` set and ``count`` counts what was read.
+RANGE_PAGES_MAX = 100
+RANGE_BYTES_MAX = 12 << 20
 # How long a watch waits for the node to confirm its creation.
 WATCH_CREATE_MS = 5000
 
@@ -114,7 +121,7 @@ class KeyRange:
     single: bool
 
     def holds(self, key: str) -> bool:
-        return key >= self.lo and (self.hi is None or key < self.hi)
+        return key.startswith(self.prefix) and key >= self.lo and (self.hi is None or key < self.hi)
 
 
 def _text(raw: bytes, what: str) -> str:
@@ -478,11 +485,45 @@ class KVService(rpc_pb2_grpc.KVServicer):
             op, kr = range_op(request)
         except BadRequestError as e:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: {e}") from None
-        if request.serializable:
-            result, h = self.b.call(lambda c: _checked(c.stale_read(op), request.revision))
-        else:
-            result, h = self.b.call(lambda c: _checked(c.execute(op), request.revision))
+        if kr.single:
+            result, h = self._read(op, request.revision, request.serializable)
+            return range_response(request, kr, result, self.b.header(h))
+        rows, cut, h = self._pages(kr, request.revision, request.serializable)
+        result = Rows(rows=tuple(rows), more=cut, revision=h.revision if h else 0)
         return range_response(request, kr, result, self.b.header(h))
+
+    def _read(self, op: Op, revision: int, serializable: bool) -> tuple[Result, Header | None]:
+        if serializable:
+            return self.b.call(lambda c: _checked(c.stale_read(op), revision))
+        return self.b.call(lambda c: _checked(c.execute(op), revision))
+
+    def _pages(
+        self, kr: KeyRange, revision: int, serializable: bool
+    ) -> tuple[list[Row], bool, Header | None]:
+        """Every row of the range, page after page at the first page's revision (so the
+        pages are one consistent read): ``(rows, cut, header of the first page)``."""
+        rows: list[Row] = []
+        cursor = kr.lo
+        first: Header | None = None
+        size = 0
+        for _ in range(RANGE_PAGES_MAX):
+            op = Range(start=cursor, end=kr.hi or "", limit=SCAN_LIMIT_MAX, revision=revision)
+            result, h = self._read(op, revision, serializable)
+            if not isinstance(result, Rows):
+                raise Abort(grpc.StatusCode.INTERNAL, f"unexpected answer {type(result).__name__}")
+            if first is None:
+                first = h
+                # Later pages read as of the first one (asked for "now": its revision).
+                revision = revision or result.revision
+            held = [r for r in result.rows if kr.holds(r.key)]
+            rows += held
+            size += sum(len(r.key) + len(r.value) for r in held)
+            if len(held) < len(result.rows) or not result.more or not result.rows:
+                return rows, False, first
+            if size > RANGE_BYTES_MAX:
+                break
+            cursor = result.rows[-1].key + "\0"
+        return rows, True, first
 
     @_aborting
     def Put(self, request: rpc_pb2.PutRequest, context: Any) -> rpc_pb2.PutResponse:  # noqa: N802

@@ -280,3 +280,22 @@ def test_watch_streams_are_bounded_and_unary_calls_still_run(
     for requests, responses in streams:
         requests.put(None)
         responses.cancel()
+
+
+def test_a_range_over_more_than_one_page(kvs: list[rpc_pb2_grpc.KVStub]) -> None:
+    """1,280 keys (over SCAN_LIMIT_MAX): read in pages at one revision, counted whole."""
+    kv = kvs[0]
+    for t in range(10):
+        ops = [
+            rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=f"big/{t:02}{i:03}".encode()))
+            for i in range(128)
+        ]
+        assert kv.Txn(rpc_pb2.TxnRequest(success=ops), timeout=10).succeeded
+    whole = dict(key=b"big/", range_end=b"big0")
+    resp = kv.Range(R(**whole), timeout=30)
+    assert resp.count == 1280 and len(resp.kvs) == 1280 and not resp.more
+    assert keys(resp) == sorted(keys(resp))
+    resp = kv.Range(R(**whole, limit=5, sort_order=R.DESCEND), timeout=30)
+    assert resp.count == 1280 and resp.more and keys(resp)[0] == "big/09127"
+    resp = kv.Range(R(key=b"big/05", range_end=b"big/06", count_only=True), timeout=30)
+    assert resp.count == 128
