@@ -147,9 +147,9 @@ def gateway_command(
     parent = int(os.environ.get(PARENT_ENV, "0") or 0)
     # Ends on a signal, or when the node that started it is gone (a kill -9 of the node
     # must not leave its listener answering for nobody).
-    while not stop.wait(0.5):
+    while not stop.wait(0.1):
         if parent and os.getppid() != parent:
             break
-    server.stop(grace=1).wait()  # type: ignore[attr-defined]
+    server.stop(grace=0.5).wait()  # type: ignore[attr-defined]
     log.info("etcd listener stopped")
     sys.exit(0)

@@ -299,3 +299,19 @@ def test_a_range_over_more_than_one_page(kvs: list[rpc_pb2_grpc.KVStub]) -> None
     assert resp.count == 1280 and resp.more and keys(resp)[0] == "big/09127"
     resp = kv.Range(R(key=b"big/05", range_end=b"big/06", count_only=True), timeout=30)
     assert resp.count == 128
+
+
+def test_a_listener_that_dies_is_started_again(
+    cluster: LocalCluster, kvs: list[rpc_pb2_grpc.KVStub]
+) -> None:
+    import os
+    import signal
+
+    from paxosd.lab.etcd_api_sitting import children
+
+    node = cluster.pid(3)
+    assert node is not None
+    (gateway,) = children(node)
+    os.kill(gateway, signal.SIGKILL)
+    wait_for("a new listener process", lambda: children(node) not in ([], [gateway]))
+    wait_for("node 3's listener answers again", lambda: answering(cluster.etcd_endpoints()[2]))
