@@ -34,6 +34,7 @@ from paxosd.client.errors import (
     ClientError,
     CompactedError,
     FutureRevisionError,
+    NoSpaceError,
     NotFoundError,
     RefusedError,
     TxnRefusedError,
@@ -187,6 +188,8 @@ def status_of(e: ClientError) -> tuple[grpc.StatusCode, str]:
     """etcd's gRPC status for a client error, with etcd's words where clientv3 matches them
     (``etcdserver: mvcc: required revision has been compacted`` is how clients recognise a
     compaction)."""
+    if isinstance(e, NoSpaceError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"
     if isinstance(e, CompactedError):
         return (
             grpc.StatusCode.OUT_OF_RANGE,
@@ -878,6 +881,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             raftTerm=term,
             raftAppliedIndex=s.applied_index,
             isLearner=s.node_id in s.learners,
+            errors=[f"memberID:{a.member} alarm:{a.alarm}" for a in s.alarms],
         )
 
     @_aborting
@@ -902,9 +906,32 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     @_aborting
     def Alarm(self, request: rpc_pb2.AlarmRequest, context: Any) -> rpc_pb2.AlarmResponse:  # noqa: N802
-        if request.action != rpc_pb2.AlarmRequest.GET:
-            unsupported("raising or clearing alarms")
-        return rpc_pb2.AlarmResponse(header=self.b.header())
+        """paxosd's replicated alarms (NOSPACE, raised by the leader when the store passes a
+        member's quota). GET lists them; DEACTIVATE of NOSPACE is paxosd's disarm (the
+        leader raises it again if the store is still over quota); ACTIVATE is refused: the
+        quota raises it."""
+        nospace = rpc_pb2.NOSPACE
+        if request.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            if request.alarm not in (nospace, rpc_pb2.NONE):
+                unsupported(f"alarm type {request.alarm}")
+            self.b.call(lambda c: c.alarm_disarm())
+        elif request.action != rpc_pb2.AlarmRequest.GET:
+            unsupported("raising alarms by hand (the quota raises NOSPACE)")
+        return rpc_pb2.AlarmResponse(header=self.b.header(), alarms=self._alarms(request))
+
+    def _alarms(self, request: rpc_pb2.AlarmRequest | None = None) -> list[rpc_pb2.AlarmMember]:
+        s = self._status()
+        out = []
+        for a in s.alarms:
+            if a.alarm != "NOSPACE":
+                continue
+            if request is not None and request.action == rpc_pb2.AlarmRequest.GET:
+                if request.memberID and request.memberID != a.member:
+                    continue
+                if request.alarm not in (rpc_pb2.NONE, rpc_pb2.NOSPACE):
+                    continue
+            out.append(rpc_pb2.AlarmMember(memberID=a.member, alarm=rpc_pb2.NOSPACE))
+        return out
 
     @_aborting
     def Defragment(  # noqa: N802

@@ -49,6 +49,7 @@ STEPS: tuple[Step, ...] = (
     Step(("compact", "3")),
     Step(("get", "foo", "--rev=2")),
     Step(("get", "foo", "--rev=99")),
+    Step(("alarm", "list")),
     Step(("member", "list"), sort_lines=True),
     Step(("endpoint", "status"), sort_lines=True),
     Step(("endpoint", "health"), sort_lines=True),
