@@ -5,6 +5,7 @@ under the same names as paxosd's own modules, and one process can hold only one 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -16,7 +17,9 @@ import pytest
 from paxosd.lab.localcluster import LocalCluster
 from tests.waiting import wait_for
 
-pytest.importorskip("pyetcd", reason="etcd-sdk-python is not installed (the test extra has it)")
+# Looked for, not imported: importing it here would clash with paxosd's own modules.
+if importlib.util.find_spec("pyetcd") is None:
+    pytest.skip("etcd-sdk-python is not installed (the test extra has it)", allow_module_level=True)
 
 SCRIPT = """
 import json, sys
