@@ -633,6 +633,7 @@ def test_etcd_listener_is_off_by_default(tmp_path) -> None:  # type: ignore[no-u
         ('listen = "127.0.0.1:2379"\nallow_insecure = "yes"\n', "expected true or false"),
         ('listen = "127.0.0.1:2379"\nport = 1\n', "unknown key"),
         ('listen = "127.0.0.1:2379"\nclient_urls = { x = "http://a:1" }\n', "keys are node ids"),
+        ('listen = "127.0.0.1:2379"\nprocesses = 0\n', "must be between 1 and 16"),
     ],
 )
 def test_etcd_table_problems(tmp_path, table: str, problem: str) -> None:  # type: ignore[no-untyped-def]

@@ -76,6 +76,9 @@ def build_server(cfg: Config) -> tuple[object, int]:
         futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="etcd-rpc"),
         maximum_concurrent_rpcs=RPCS_MAX,
         options=[
+            # [etcd] processes: several gateways bind the one port; the kernel spreads
+            # connections over them.
+            ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", 16 << 20),
         ],

@@ -38,7 +38,7 @@ SHAPES: tuple[tuple[str, str, int, int], ...] = (
 
 
 def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (a node's etcd gateway)."""
+    """The live processes whose parent is ``pid`` (a node's etcd gateways)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -47,7 +47,8 @@ def children(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":  # a zombie is gone, only not yet reaped
             out.append(int(entry.name))
     return out
 
@@ -118,8 +119,8 @@ def main() -> None:
             pid = px.pid(k)
             assert pid is not None
             pids[f"paxosd-n{k}"] = pid
-            for child in children(pid):
-                pids[f"gateway-n{k}"] = child
+            for i, child in enumerate(children(pid)):
+                pids[f"gateway-n{k}.{i}"] = child
             members.append({"name": f"n{k}", "pid": pid, "client_url": f"http://{ep}"})
         px_json = tmp / "paxosd.json"
         px_json.write_text(json.dumps({"members": members}))

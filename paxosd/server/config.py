@@ -179,6 +179,10 @@ class LogSettings:
     format: LogFormat = "auto"
 
 
+ETCD_PROCESSES_DEFAULT: Final = 2
+ETCD_PROCESSES_MAX: Final = 16
+
+
 @dataclass(frozen=True, slots=True)
 class EtcdSettings:
     """``[etcd]``: the optional etcd v3 gRPC listener (``paxosd etcd-gateway``, started by
@@ -195,6 +199,9 @@ class EtcdSettings:
     # Every member's etcd client URL by node id (``[etcd.client_urls]``), for MemberList
     # (etcd clients learn the other members' endpoints from it); this node's own is implied.
     client_urls: dict[int, str] = field(default_factory=dict)
+    # Gateway processes serving the one port (SO_REUSEPORT: the kernel spreads connections
+    # over them); each has its own interpreter lock, so more use more cores.
+    processes: int = ETCD_PROCESSES_DEFAULT
 
     @property
     def tls(self) -> bool:
@@ -650,7 +657,12 @@ LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 def _read_etcd(r: _Reader, table: Mapping[str, Any], base: Path) -> EtcdSettings:
     """``[etcd]``: listen, allow_insecure, cert_file, key_file, trusted_ca_file."""
     files = ("cert_file", "key_file", "trusted_ca_file")
-    r.unknown(table, "etcd.", frozenset({"listen", "allow_insecure", "client_urls", *files}))
+    r.unknown(
+        table, "etcd.", frozenset({"listen", "allow_insecure", "client_urls", "processes", *files})
+    )
+    processes = r.integer(
+        table, "etcd.", ("processes", ETCD_PROCESSES_DEFAULT, 1, ETCD_PROCESSES_MAX)
+    )
     urls: dict[int, str] = {}
     raw_urls = table.get("client_urls", {})
     if not isinstance(raw_urls, dict):
@@ -685,7 +697,7 @@ def _read_etcd(r: _Reader, table: Mapping[str, Any], base: Path) -> EtcdSettings
             f"without TLS (cert_file, key_file) the listener binds only to loopback; "
             f"got {listen} (write allow_insecure = true to mean it)",
         )
-    return EtcdSettings(listen, insecure, cert, key_path, ca, urls)
+    return EtcdSettings(listen, insecure, cert, key_path, ca, urls, processes)
 
 
 def _read_compaction(r: _Reader, table: Mapping[str, Any]) -> CompactionSettings:

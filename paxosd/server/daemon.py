@@ -1114,47 +1114,56 @@ def _wait_for_space_at_start(cfg: Config, error: DiskFull) -> None:
 
 
 class EtcdGateway:
-    """With ``[etcd] listen``, etcd's v3 listener runs as a child process (``paxosd
-    etcd-gateway``): its gRPC threads never share this loop's interpreter lock, and it
-    reaches the node through the client port like any client. It exits when we do (it
-    watches our pid); if it exits first (a crash, its port taken), it is started again at
-    most once every GATEWAY_RESTART_MS, with a warning. A node that stops serving (disk
-    full, storage failed) stops it too, so that etcd clients fail over at once."""
+    """With ``[etcd] listen``, etcd's v3 listener runs as ``[etcd] processes`` child
+    processes (``paxosd etcd-gateway``) on one port (SO_REUSEPORT): their gRPC threads never
+    share this loop's interpreter lock, and they reach the node through the client port like
+    any client. They exit when we do (each watches our pid); one that exits first (a crash,
+    its port taken) is started again at most once every GATEWAY_RESTART_MS, with a warning.
+    A node that stops serving (disk full, storage failed) stops them too, so that etcd
+    clients fail over at once."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.next_start_ms = 0
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * cfg.etcd.processes
+        self.next_start_ms = [0] * cfg.etcd.processes
         self.restarts = 0
 
-    def start(self, now: int) -> None:
+    def _spawn(self, i: int, now: int) -> None:
         env = dict(os.environ, PAXOSD_ETCD_PARENT=str(os.getpid()))
         args = [sys.executable, "-m", "paxosd", "etcd-gateway", "--config", str(self.cfg.source)]
-        self.proc = subprocess.Popen(args, env=env)
-        self.next_start_ms = now + GATEWAY_RESTART_MS
-        log.info("etcd listener started", address=str(self.cfg.etcd.listen), pid=self.proc.pid)
+        proc = subprocess.Popen(args, env=env)
+        self.procs[i] = proc
+        self.next_start_ms[i] = now + GATEWAY_RESTART_MS
+        log.info("etcd listener started", address=str(self.cfg.etcd.listen), pid=proc.pid)
+
+    def start(self, now: int) -> None:
+        for i in range(len(self.procs)):
+            self._spawn(i, now)
 
     def check(self, now: int) -> None:
-        """Start it again if it exited (not more often than GATEWAY_RESTART_MS)."""
-        if self.proc is None or self.proc.poll() is None or now < self.next_start_ms:
-            return
-        log.warning("etcd listener exited; starting it again", code=self.proc.returncode)
-        self.restarts += 1
-        self.start(now)
+        """Start again any that exited (each not more often than GATEWAY_RESTART_MS)."""
+        for i, proc in enumerate(self.procs):
+            if proc is None or proc.poll() is None or now < self.next_start_ms[i]:
+                continue
+            log.warning("etcd listener exited; starting it again", code=proc.returncode)
+            self.restarts += 1
+            self._spawn(i, now)
 
     def stop(self) -> None:
-        """Ask it to stop (it finishes in-flight calls meanwhile); ``join`` waits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        """Ask them to stop (they finish in-flight calls meanwhile); ``join`` waits."""
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
 
     def join(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(timeout=GATEWAY_STOP_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=GATEWAY_STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _return_freed_memory_to_the_os() -> None:
