@@ -294,6 +294,13 @@ class Config:
                 "retention": self.compaction.retention,
                 "interval_ms": self.compaction.check_interval_ms,
             },
+            "etcd": {
+                "listen": None if self.etcd.listen is None else str(self.etcd.listen),
+                "tls": self.etcd.tls,
+                "client_cert_auth": self.etcd.trusted_ca_file is not None,
+                "allow_insecure": self.etcd.allow_insecure,
+                "processes": self.etcd.processes,
+            },
         }
 
 

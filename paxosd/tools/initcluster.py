@@ -330,5 +330,18 @@ def _describe(file: Path, c: Config) -> str:
             f"{b.slots_in_flight_max} slots in flight",
             f"  snapshot every {sn.snapshot_every_entries} entries, retain {sn.log_retain_entries}",
             f"  log: {c.log.level}, {c.log.format}",
+            f"  etcd API: {_etcd_line(c)}",
         ]
     )
+
+
+def _etcd_line(c: Config) -> str:
+    e = c.etcd
+    if e.listen is None:
+        return "off"
+    if e.tls:
+        auth = "client certificates" if e.trusted_ca_file else "no client certificates"
+        security = f"TLS ({e.cert_file}; {auth})"
+    else:
+        security = "no TLS" + (" (allow_insecure)" if e.allow_insecure else ", loopback only")
+    return f"{e.listen}, {security}, {e.processes} processes"
