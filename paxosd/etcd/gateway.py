@@ -1041,7 +1041,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         member_id = max((m.ID for m in current), default=0) + 1
         leader = self._leader()
         self.b.call(lambda c: c.change_member("add", member_id, address, node=leader))
-        members = self._members()
+        members = self._members(leader)  # the leader has decided it; a follower may lag
         added = next(
             (m for m in members if member_id == m.ID),
             rpc_pb2.Member(ID=member_id, peerURLs=[request.peerURLs[0]], isLearner=True),
@@ -1054,7 +1054,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberRemoveResponse:
         leader = self._leader()
         self.b.call(lambda c: c.change_member("remove", request.ID, node=leader))
-        return rpc_pb2.MemberRemoveResponse(header=self.b.header(), members=self._members())
+        members = self._members(leader)
+        return rpc_pb2.MemberRemoveResponse(header=self.b.header(), members=members)
 
     @_aborting
     def MemberPromote(  # noqa: N802
@@ -1062,7 +1063,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberPromoteResponse:
         leader = self._leader()
         self.b.call(lambda c: c.change_member("promote", request.ID, node=leader))
-        return rpc_pb2.MemberPromoteResponse(header=self.b.header(), members=self._members())
+        members = self._members(leader)
+        return rpc_pb2.MemberPromoteResponse(header=self.b.header(), members=members)
 
     @_aborting
     def MemberUpdate(  # noqa: N802

@@ -46,7 +46,12 @@ def test_add_promote_remove_through_etcds_cluster_service(cluster: LocalCluster)
     url = f"http://{cluster.peer_address(k)}"
     added = cl.MemberAdd(rpc_pb2.MemberAddRequest(peerURLs=[url], isLearner=True), timeout=10)
     assert k == added.member.ID and added.member.isLearner
-    assert members(cl) == {1: False, 2: False, 3: False, k: True}
+    assert {m.ID: m.isLearner for m in added.members} == {1: False, 2: False, 3: False, k: True}
+    # MemberList is the answering member's view (as etcd 3.4's): a follower's may lag.
+    wait_for(
+        "the follower lists the learner",
+        lambda: members(cl) == {1: False, 2: False, 3: False, k: True},
+    )
     cluster.start(k)
 
     def promoted() -> bool:
@@ -58,7 +63,10 @@ def test_add_promote_remove_through_etcds_cluster_service(cluster: LocalCluster)
         return True
 
     wait_for("the learner is promoted", promoted)
-    assert members(cl) == {1: False, 2: False, 3: False, k: False}
+    wait_for(
+        "the follower lists it as a voter",
+        lambda: members(cl) == {1: False, 2: False, 3: False, k: False},
+    )
     removed = cl.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=k), timeout=10)
     assert sorted(m.ID for m in removed.members) == [1, 2, 3]
     cluster.remove_node(k)
