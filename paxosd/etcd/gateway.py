@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from paxosd.client.client import Client, Header
+from paxosd.client.client import Client, Header, result_revision
 from paxosd.client.errors import (
     AuthError,
     BadRequestError,
@@ -43,9 +43,11 @@ from paxosd.client.errors import (
 from paxosd.client.routing import Address
 from paxosd.client.watch import Watch, WatchCanceledError
 from paxosd.etcd.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from paxosd.net.admin import ReadStale, StaleRead
 from paxosd.statemachine.commands import (
     KEY_BYTES_MAX,
     SCAN_LIMIT_MAX,
+    BadCommand,
     Compare,
     Delete,
     Deleted,
@@ -63,6 +65,7 @@ from paxosd.statemachine.commands import (
     TxnOp,
     TxnResult,
     Written,
+    decode_result,
 )
 
 # The version Status reports: etcdctl and clientv3 read it as a 3.4 server's.
@@ -497,7 +500,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     def _read(self, op: Op, revision: int, serializable: bool) -> tuple[Result, Header | None]:
         if serializable:
-            return self.b.call(lambda c: _checked(c.stale_read(op), revision))
+            me = self.b.identity.member_id
+            (result, header), _ = self.b.call(lambda c: local_read(c, op, me))
+            return _checked_or_abort(result, revision), header
         return self.b.call(lambda c: _checked(c.execute(op), revision))
 
     def _pages(
@@ -601,6 +606,33 @@ class KVService(rpc_pb2_grpc.KVServicer):
             )
         result, h = self.b.call(lambda c: c.compact(request.revision))
         return rpc_pb2.CompactionResponse(header=self.b.header(h, result.revision))
+
+
+def local_read(c: Client, op: Op, node: int) -> tuple[Result, Header]:
+    """etcd's serializable read: ``node``'s own applied state (this gateway's node), with no
+    round to the leader, so it answers even without a quorum."""
+    answer = c.ask(ReadStale(c.next_command(op)), node=node)
+    if not isinstance(answer, StaleRead) or answer.node_id != node:
+        raise BadRequestError("the local node did not answer the serializable read")
+    try:
+        result = decode_result(answer.result)
+    except BadCommand as e:
+        raise BadRequestError(f"undecodable result from the node: {e}") from None
+    header = Header(
+        revision=result_revision(result),
+        leader=answer.leader,
+        ballot=f"{answer.ballot_round}.{answer.ballot_node}",
+        node=answer.node_id,
+    )
+    return result, header
+
+
+def _checked_or_abort(result: Result, revision: int) -> Result:
+    try:
+        return _checked(result, revision)
+    except ClientError as e:
+        code, message = status_of(e)
+        raise Abort(code, message) from None
 
 
 def _txn_of(compares: list[Compare], success: list[TxnOp], c: Client) -> TxnResult:

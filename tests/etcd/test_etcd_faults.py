@@ -157,3 +157,30 @@ def test_the_order_check_can_fail() -> None:
     assert len(order_problems([first, second], [])) == 1
     assert len(order_problems([first], [Read(revision=8, sent=1.5)])) == 1
     assert order_problems([second], [Read(revision=8, sent=3.5)]) == []
+
+
+def test_serializable_reads_are_the_members_own_even_without_a_quorum(
+    cluster: LocalCluster,
+) -> None:
+    """As etcd's: a serializable Range is answered by the member asked, from what it has
+    applied, with no round to the leader; with its peers stopped it still answers, and a
+    linearizable Range fails (no quorum to confirm it)."""
+    kv = kv_of(cluster, 1)
+    wait_for("node 1's listener answers", lambda: answering(cluster, 1))
+    put = kv.Put(rpc_pb2.PutRequest(key=b"s/k", value=b"v"), timeout=10)
+    wait_for(
+        "node 1 applied the put",
+        lambda: kv.Range(rpc_pb2.RangeRequest(key=b"s/k", serializable=True), timeout=10).count,
+    )
+    others = [k for k in cluster.node_ids() if k != 1]
+    for k in others:
+        cluster.stop(k)
+    try:
+        got = kv.Range(rpc_pb2.RangeRequest(key=b"s/k", serializable=True), timeout=10)
+        assert [(x.value, x.mod_revision) for x in got.kvs] == [(b"v", put.header.revision)]
+        with pytest.raises(grpc.RpcError) as e:
+            kv.Range(rpc_pb2.RangeRequest(key=b"s/k"), timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        for k in others:
+            cluster.start(k)
