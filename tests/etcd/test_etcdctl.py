@@ -25,6 +25,15 @@ if not os.path.exists(ETCDCTL):
         allow_module_level=True,
     )
 
+_version = subprocess.run(
+    [ETCDCTL, "version"], capture_output=True, text=True, env={"ETCDCTL_API": "3"}, timeout=30
+).stdout
+if "etcdctl version: 3.4." not in _version:
+    pytest.skip(
+        f"the fixture is etcdctl 3.4's output; {ETCDCTL} is {_version.splitlines()[:1]}",
+        allow_module_level=True,
+    )
+
 FIXTURE = Path(__file__).parent / "fixtures" / "etcd34_session.json"
 
 
