@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def main() -> None:
     finally:
         px.down()
         subprocess.run([*script, "stop", "--base", str(etcd_base), "--clean"], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(
         "\n| shape | etcd ops/s | paxosd ops/s | paxosd/etcd | etcd CPU us/op | paxosd CPU us/op |"
     )
