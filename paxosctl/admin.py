@@ -46,6 +46,7 @@ from paxosd.statemachine.commands import (
     LeaseTimeToLive,
     Op,
     Put,
+    Range,
     Scan,
     Txn,
     Unblock,
@@ -108,6 +109,9 @@ def describe(op: Op) -> tuple[str, str]:
         case Scan(prefix=prefix, limit=limit, revision=rev):
             text = f"scan --prefix {quote(show_text(prefix))} --limit {limit}"
             return "scan", text + _flag(rev > 0, f"--rev {rev}")
+        case Range(start=start, end=end, limit=limit, revision=rev):
+            text = f"range {quote(show_text(start))} {quote(show_text(end))} --limit {limit}"
+            return "range", text + _flag(rev > 0, f"--rev {rev}")
         case Block(site=s, other=o):
             return "block", f"block {quote(show_text(s))} {quote(show_text(o))}"
         case Unblock(site=s, other=o):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shlex
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -48,11 +50,24 @@ def up(
         Path | None,
         typer.Option("--restore", help="Seed every node of a NEW cluster from this backup file."),
     ] = None,
+    etcd: Annotated[
+        bool,
+        typer.Option(
+            "--etcd",
+            help="A new cluster also serves etcd's v3 API on every node, with TLS files "
+            "generated (needs pip install 'paxosd[etcd]'); prints the etcdctl command line.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create (first time) and start a local cluster; waits until it has a leader.
 
+    JSON: {"dir", "nodes", "endpoints", "leader"}, and with --etcd "etcd_endpoints" and
+    "etcdctl" (the command line's words).
+
     Example: paxosctl cluster up --nodes 5
+
+    Example: paxosctl cluster up --etcd
 
     Example: paxosctl cluster up --dir /tmp/restored --restore backup.pxb
     """
@@ -65,9 +80,15 @@ def up(
         if nodes is not None and cluster.nodes != nodes:
             render.error(f"{root} holds {cluster.nodes} nodes; `cluster down --clean` first")
             raise typer.Exit(render.EXIT_USAGE)
+        if etcd and not cluster.serves_etcd():
+            render.error(f"{root} holds a cluster without --etcd; `cluster down --clean` first")
+            raise typer.Exit(render.EXIT_USAGE)
     else:
+        if etcd and importlib.util.find_spec("grpc") is None:
+            render.error("--etcd needs the etcd extra: pip install 'paxosd[etcd]'")
+            raise typer.Exit(render.EXIT_USAGE)
         try:
-            cluster = LocalCluster.create(root, nodes or 3, restore=restore)
+            cluster = LocalCluster.create(root, nodes or 3, restore=restore, etcd=etcd)
         except (BackupError, RestoreError) as e:
             render.error(str(e))
             raise typer.Exit(render.EXIT_FAILED_CHECK) from None
@@ -82,6 +103,14 @@ def up(
         "endpoints": cluster.endpoint_strings(),
         "leader": leader["node_id"],
     }
+    etcdctl: list[str] = []
+    if cluster.serves_etcd():
+        etcdctl = [
+            "etcdctl",
+            f"--endpoints={','.join(cluster.etcd_endpoints())}",
+            *cluster.etcdctl_flags(),
+        ]
+        info |= {"etcd_endpoints": cluster.etcd_endpoints(), "etcdctl": etcdctl}
     if json_out:
         render.emit_json(info)
         return
@@ -91,6 +120,10 @@ def up(
         "try: paxosctl put k v && paxosctl get k",
         markup=False,
     )
+    if etcdctl:
+        render.stdout.print(
+            f"etcd: {' '.join(shlex.quote(w) for w in etcdctl)} get k", markup=False
+        )
 
 
 @app.command()

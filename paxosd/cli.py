@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from paxosd.etcd.serve import gateway_command
 from paxosd.server.daemon import run_command
 from paxosd.tools.bootstrap import bootstrap_command
 from paxosd.tools.forcenew import force_new_cluster_command
@@ -30,6 +31,7 @@ def _root() -> None:
 # Subcommand registration: one line per owning module (keep this list sorted).
 app.command("bootstrap")(bootstrap_command)
 app.command("check-config")(check_config_command)
+app.command("etcd-gateway")(gateway_command)
 app.command("force-new-cluster")(force_new_cluster_command)
 app.command("init")(init_command)
 app.command("inspect")(inspect_cmd)

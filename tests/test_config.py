@@ -602,3 +602,69 @@ def test_bad_compaction_settings_name_the_key(
 ) -> None:
     problems = problems_of(write_config(conf_dir, base_doc() | {"compaction": table}))
     assert any(words in p for p in problems), problems
+
+
+# ------------------------------------------------------------------------------ [etcd]
+
+
+def _etcd_config(tmp_path, table: str):  # type: ignore[no-untyped-def]
+    from paxosd.tools.initcluster import init_cluster
+
+    init_cluster(tmp_path, 1, base_port=7100, cluster_id="c", force=True)
+    cfg = tmp_path / "n1.toml"
+    cfg.write_text(cfg.read_text() + "\n[etcd]\n" + table)
+    return cfg
+
+
+def test_etcd_listener_is_off_by_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from paxosd.server.config import load_config
+    from paxosd.tools.initcluster import init_cluster
+
+    init_cluster(tmp_path, 1, base_port=7100, cluster_id="c", force=True)
+    assert load_config(tmp_path / "n1.toml").etcd.listen is None
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('listen = "0.0.0.0:2379"\n', "binds only to loopback"),
+        ('listen = "127.0.0.1:2379"\ncert_file = "a.crt"\n', "cert_file and key_file go together"),
+        ('listen = "127.0.0.1:2379"\ntrusted_ca_file = "ca.crt"\n', "client certificates need TLS"),
+        ('listen = "127.0.0.1:2379"\nallow_insecure = "yes"\n', "expected true or false"),
+        ('listen = "127.0.0.1:2379"\nport = 1\n', "unknown key"),
+        ('listen = "127.0.0.1:2379"\nclient_urls = { x = "http://a:1" }\n', "keys are node ids"),
+        ('listen = "127.0.0.1:2379"\nprocesses = 0\n', "must be between 1 and 16"),
+    ],
+)
+def test_etcd_table_problems(tmp_path, table: str, problem: str) -> None:  # type: ignore[no-untyped-def]
+    from paxosd.server.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(_etcd_config(tmp_path, table))
+    assert problem in str(e.value)
+
+
+def test_etcd_insecure_elsewhere_only_when_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from paxosd.server.config import load_config
+
+    cfg = load_config(_etcd_config(tmp_path, 'listen = "0.0.0.0:2379"\nallow_insecure = true\n'))
+    assert cfg.etcd.listen is not None and cfg.etcd.allow_insecure and not cfg.etcd.tls
+
+
+def test_init_etcd_writes_tls_files_0600_and_a_valid_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from paxosd.server.config import load_config
+    from paxosd.tools.initcluster import init_cluster
+
+    init_cluster(tmp_path, 3, base_port=7100, cluster_id="c", force=True, etcd=True)
+    tls = tmp_path / "keys" / "etcd"
+    names = sorted(p.name for p in tls.iterdir())
+    assert names == sorted(
+        ["ca.crt", "ca.key", "client.crt", "client.key"]
+        + [f"n{k}.{x}" for k in (1, 2, 3) for x in ("crt", "key")]
+    )
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in tls.iterdir())
+    assert tls.stat().st_mode & 0o777 == 0o700
+    cfg = load_config(tmp_path / "n2.toml")
+    assert cfg.etcd.tls and cfg.etcd.trusted_ca_file == tls / "ca.crt"
+    assert str(cfg.etcd.listen) == "127.0.0.1:7352"
+    assert cfg.etcd.client_urls[3] == "https://127.0.0.1:7353"

@@ -13,7 +13,18 @@ from pathlib import Path
 import paxosd
 
 ROOT = Path(paxosd.__file__).parent
-LAYERS = ("core", "statemachine", "storage", "net", "server", "client", "tools", "sim", "lab")
+LAYERS = (
+    "core",
+    "statemachine",
+    "storage",
+    "net",
+    "server",
+    "client",
+    "etcd",
+    "tools",
+    "sim",
+    "lab",
+)
 
 # For each layer, the paxosd layers it may import (itself included). Anything else is refused.
 ALLOWED: dict[str, set[str]] = {
@@ -24,10 +35,24 @@ ALLOWED: dict[str, set[str]] = {
     "net": {"net", "statemachine", "core"},
     "server": {"server", "storage", "statemachine", "net", "core"},
     "client": {"client", "net", "statemachine", "core"},
+    # The etcd front end is a client of the cluster; it reads the node's config (server) and
+    # packs a snapshot stream as a backup file (storage).
+    "etcd": {"etcd", "client", "net", "statemachine", "core", "server", "storage"},
     "tools": {"tools", "server", "storage", "statemachine", "core"},
     # The simulator drives the server's WatchHub, whose requests and responses are net frames.
     "sim": {"sim", "server", "statemachine", "net", "core"},
-    "lab": {"lab", "client", "tools", "server", "storage", "statemachine", "net", "core", "sim"},
+    "lab": {
+        "lab",
+        "etcd",
+        "client",
+        "tools",
+        "server",
+        "storage",
+        "statemachine",
+        "net",
+        "core",
+        "sim",
+    },
 }
 
 

@@ -483,3 +483,34 @@ def test_replicas_fed_the_same_stream_agree_even_across_snapshot_restore(stream,
         assert a.apply(slot, tuple(batch)) == b.apply(slot, tuple(batch))
     assert a.digest() == b.digest()
     assert a.snapshot() == b.snapshot()
+
+
+def test_range_reads_a_key_range_in_pages_now_and_in_the_past() -> None:
+    """Range: the keys in [start, end) (end empty: no upper bound), a page at most, also as
+    of a past revision; an etcd reader pages on from its last key at the first revision."""
+    from paxosd.statemachine.commands import Range, RevisionCompacted
+
+    d = Driver()
+    sm = d.sm
+    for k in ["a", "b", "b1", "c", "d"]:
+        d.run(Put(k, b"old"))
+    then = sm.revision
+    d.run(Put("b", b"new"))
+    d.run(Put("bb", b"new"))
+    rows = sm.query(Range(start="b", end="c", limit=10))
+    assert isinstance(rows, Rows)
+    assert [(r.key, r.value) for r in rows.rows] == [("b", b"new"), ("b1", b"old"), ("bb", b"new")]
+    past = sm.query(Range(start="b", end="c", limit=10, revision=then))
+    assert isinstance(past, Rows)
+    assert [(r.key, r.value) for r in past.rows] == [("b", b"old"), ("b1", b"old")]
+    page = sm.query(Range(start="a", end="", limit=2))
+    assert isinstance(page, Rows) and page.more and [r.key for r in page.rows] == ["a", "b"]
+    rest = sm.query(Range(start="b\0", end="", limit=10, revision=page.revision))
+    assert isinstance(rest, Rows) and not rest.more
+    assert [r.key for r in rest.rows] == ["b1", "bb", "c", "d"]
+    empty = sm.query(Range(start="c", end="b", limit=10))
+    assert isinstance(empty, Rows) and empty.rows == ()
+    # Through the log too (a read applied in a slot), and refused past the compaction.
+    assert d.run(Range(start="c", end="", limit=1)) == sm.query(Range(start="c", end="", limit=1))
+    d.run(Compact(sm.revision))
+    assert isinstance(d.run(Range(start="a", end="", limit=1, revision=then)), RevisionCompacted)

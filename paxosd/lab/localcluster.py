@@ -24,7 +24,13 @@ from paxosd.client.connection import read_key_file
 from paxosd.client.localdir import MANIFEST
 from paxosd.storage.backup import read_backup
 from paxosd.storage.store import DB_FILENAME, Storage
-from paxosd.tools.initcluster import client_address, init_cluster, peer_address, render_config
+from paxosd.tools.initcluster import (
+    client_address,
+    etcd_address,
+    init_cluster,
+    peer_address,
+    render_config,
+)
 from paxosd.tools.restore import RestoreError, restore_into
 
 START_TIMEOUT_S = 20.0
@@ -45,8 +51,11 @@ def _ports_free(host: str, ports: list[int]) -> bool:
     return True
 
 
-# One cluster's ports: base+K (peers), base+100+K (clients), base+200+K (metrics).
+# One cluster's ports: base+K (peers), base+100+K (clients), base+200+K (metrics),
+# base+250+K (etcd's v3 API, when asked for).
 RANGE_PORTS = 300
+
+
 RANDOM_BASE_MIN = 10000
 
 
@@ -59,7 +68,8 @@ def _ephemeral_low() -> int:
 
 
 def pick_base_port(nodes: int, host: str = "127.0.0.1", preferred: int = 7100) -> int:
-    """A base port whose peer and client ports (base+K, base+100+K) are all free now."""
+    """A base port whose peer, client and etcd ports (base+K, base+100+K, base+250+K) are
+    all free now."""
     # Random ranges after the preferred one, so clusters created at the same moment by
     # different processes (parallel test runs) rarely race for the same ports. All below the
     # kernel's ephemeral range: a port in it can be taken by any outgoing connection on the
@@ -71,9 +81,7 @@ def pick_base_port(nodes: int, host: str = "127.0.0.1", preferred: int = 7100) -
         RANDOM_BASE_MIN + RANGE_PORTS * rng.randrange(slots) for _ in range(100)
     ]
     for base in candidates:
-        ports = [base + k for k in range(1, nodes + 1)] + [
-            base + 100 + k for k in range(1, nodes + 1)
-        ]
+        ports = [base + off + k for off in (0, 100, 250) for k in range(1, nodes + 1)]
         if _ports_free(host, ports):
             return base
     raise RuntimeError("no free range of ports found on loopback")
@@ -102,12 +110,16 @@ class LocalCluster:
         restore: Path | None = None,
         restore_nodes: Collection[int] | None = None,
         databases: bool = True,
+        etcd: bool = False,
+        etcd_tls: bool = True,
     ) -> LocalCluster:
         """Write configs, keys and bootstrapped (empty) databases under ``root``.
 
         ``restore``: a backup file (paxosctl snapshot save) that seeds the databases of
         ``restore_nodes`` (default: every node) instead; any other node is bootstrapped
         empty and catches up by snapshot. Restore at least a majority (see paxosd.tools.restore).
+        ``etcd``: every node also serves etcd's v3 API on ``etcd_endpoints()``, with TLS files
+        in keys/etcd/ unless ``etcd_tls`` is False (then plain gRPC on loopback).
         ``databases=False`` writes configs and keys only (the caller runs paxosd restore).
         Without ``restore``, a node that already has a database keeps it; with it, an existing
         database of a node to restore is refused before anything is written.
@@ -130,7 +142,15 @@ class LocalCluster:
                     raise RestoreError(f"{db} exists: restore into a new cluster's folder")
         root.mkdir(parents=True, exist_ok=True)
         base = base_port if base_port is not None else pick_base_port(nodes)
-        init_cluster(root, nodes, base_port=base, cluster_id="local", force=True)
+        init_cluster(
+            root,
+            nodes,
+            base_port=base,
+            cluster_id="local",
+            force=True,
+            etcd=etcd,
+            etcd_tls=etcd_tls,
+        )
         for k in range(1, nodes + 1):
             cfg = root / f"n{k}.toml"
             text = cfg.read_text()
@@ -173,6 +193,25 @@ class LocalCluster:
             "endpoints": [str(a) for a in self.endpoint_strings()],
             "client_key_file": str(self.root / "keys" / "client.key"),
         }
+
+    def etcd_endpoints(self) -> list[str]:
+        """Where each node's etcd listener is, when the cluster was created with ``etcd``."""
+        return [str(etcd_address(self.host, self.base_port, k)) for k in self.node_ids()]
+
+    def serves_etcd(self) -> bool:
+        """Whether the nodes' configs have an etcd listener (created with ``etcd``)."""
+        return "\n[etcd]\n" in self.config_path(1).read_text()
+
+    def etcdctl_flags(self) -> list[str]:
+        """etcdctl's certificate flags for this cluster's listeners (none without TLS)."""
+        tls = self.root / "keys" / "etcd"
+        if not (tls / "ca.crt").exists():
+            return []
+        return [
+            f"--cacert={tls / 'ca.crt'}",
+            f"--cert={tls / 'client.crt'}",
+            f"--key={tls / 'client.key'}",
+        ]
 
     def endpoint_strings(self) -> list[str]:
         return [str(client_address(self.host, self.base_port, k)) for k in self.node_ids()]

@@ -179,6 +179,35 @@ class LogSettings:
     format: LogFormat = "auto"
 
 
+ETCD_PROCESSES_DEFAULT: Final = 2
+ETCD_PROCESSES_MAX: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """``[etcd]``: the optional etcd v3 gRPC listener (``paxosd etcd-gateway``, started by
+    ``paxosd run`` beside the node). Off unless ``listen`` is set. TLS as etcd's
+    ``--cert-file --key-file --trusted-ca-file``: with a CA, clients must present a
+    certificate it signed (etcd's ``--client-cert-auth``). Without TLS only a loopback
+    address is accepted, unless ``allow_insecure`` says the operator means it."""
+
+    listen: Address | None = None
+    allow_insecure: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    trusted_ca_file: Path | None = None
+    # Every member's etcd client URL by node id (``[etcd.client_urls]``), for MemberList
+    # (etcd clients learn the other members' endpoints from it); this node's own is implied.
+    client_urls: dict[int, str] = field(default_factory=dict)
+    # Gateway processes serving the one port (SO_REUSEPORT: the kernel spreads connections
+    # over them); each has its own interpreter lock, so more use more cores.
+    processes: int = ETCD_PROCESSES_DEFAULT
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A validated config. Paths are absolute; ``peers`` is sorted by node id and includes
@@ -208,6 +237,7 @@ class Config:
     # a running cluster (after `paxosctl member add`); it learns the membership from the log
     # and is not a voter until promoted (etcd's initial-cluster-state).
     initial_cluster_state: str = "new"
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
 
     @property
     def members(self) -> tuple[NodeId, ...]:
@@ -263,6 +293,13 @@ class Config:
                 "mode": self.compaction.mode,
                 "retention": self.compaction.retention,
                 "interval_ms": self.compaction.check_interval_ms,
+            },
+            "etcd": {
+                "listen": None if self.etcd.listen is None else str(self.etcd.listen),
+                "tls": self.etcd.tls,
+                "client_cert_auth": self.etcd.trusted_ca_file is not None,
+                "allow_insecure": self.etcd.allow_insecure,
+                "processes": self.etcd.processes,
             },
         }
 
@@ -329,6 +366,7 @@ _TOP_KEYS: Final = frozenset(
         "log",
         "compaction",
         "limits",
+        "etcd",
     }
 )
 DEFAULT_PEER_KEY_FILE: Final = "keys/peer.key"
@@ -568,6 +606,7 @@ def _read(
     )
 
     compaction = _read_compaction(r, r.table(doc, "compaction"))
+    etcd = _read_etcd(r, r.table(doc, "etcd"), base)
 
     limits_table = r.table(doc, "limits")
     r.unknown(limits_table, "limits.", frozenset(s[0] for s in _LIMIT_INTS))
@@ -615,7 +654,57 @@ def _read(
         compaction=compaction,
         limits=limits,
         initial_cluster_state=initial_state,
+        etcd=etcd,
     )
+
+
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _read_etcd(r: _Reader, table: Mapping[str, Any], base: Path) -> EtcdSettings:
+    """``[etcd]``: listen, allow_insecure, cert_file, key_file, trusted_ca_file."""
+    files = ("cert_file", "key_file", "trusted_ca_file")
+    r.unknown(
+        table, "etcd.", frozenset({"listen", "allow_insecure", "client_urls", "processes", *files})
+    )
+    processes = r.integer(
+        table, "etcd.", ("processes", ETCD_PROCESSES_DEFAULT, 1, ETCD_PROCESSES_MAX)
+    )
+    urls: dict[int, str] = {}
+    raw_urls = table.get("client_urls", {})
+    if not isinstance(raw_urls, dict):
+        r.problem("etcd.client_urls", f"expected a table, got {_toml_type(raw_urls)}")
+        raw_urls = {}
+    for k, v in raw_urls.items():
+        if not k.isdigit() or not 1 <= int(k) <= NODE_ID_MAX:
+            r.problem(f"etcd.client_urls.{k}", "keys are node ids")
+        elif not isinstance(v, str) or not v.startswith(("http://", "https://")):
+            r.problem(f"etcd.client_urls.{k}", 'expected a URL "http(s)://host:port"')
+        else:
+            urls[int(k)] = v
+    listen = r.address("etcd.listen", table["listen"]) if "listen" in table else None
+    insecure = table.get("allow_insecure", False)
+    if not isinstance(insecure, bool):
+        r.problem("etcd.allow_insecure", f"expected true or false, got {_toml_type(insecure)}")
+        insecure = False
+    paths: dict[str, Path | None] = {}
+    for key in files:
+        text = r.string(table, key, "") if key in table else ""
+        paths[key] = _absolute(base / text) if text else None
+    cert, key_path, ca = paths["cert_file"], paths["key_file"], paths["trusted_ca_file"]
+    if (cert is None) != (key_path is None):
+        r.problem("etcd.cert_file", "cert_file and key_file go together (both or neither)")
+    if ca is not None and cert is None:
+        r.problem(
+            "etcd.trusted_ca_file", "client certificates need TLS: set cert_file and key_file"
+        )
+    if listen is not None and cert is None and not insecure and listen.host not in LOOPBACK_HOSTS:
+        r.problem(
+            "etcd.listen",
+            f"without TLS (cert_file, key_file) the listener binds only to loopback; "
+            f"got {listen} (write allow_insecure = true to mean it)",
+        )
+    return EtcdSettings(listen, insecure, cert, key_path, ca, urls, processes)
 
 
 def _read_compaction(r: _Reader, table: Mapping[str, Any]) -> CompactionSettings:

@@ -8,10 +8,13 @@ wedged loop is visible to systemd's watchdog.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import itertools
 import os
 import queue
 import select
+import subprocess
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -91,6 +94,9 @@ VIEW_LOG_ROWS_MAX = 1000
 ADMIN_WAITING_MAX = 64
 # How often the loop looks for lasting problems to report (see Daemon._check_health).
 HEALTH_CHECK_MS = 100
+# The etcd listener's child process: restarted at most this often; waited for this long at stop.
+GATEWAY_RESTART_MS = 2000
+GATEWAY_STOP_S = 5
 # No leader for this many election timeouts is a lost quorum: one timeout passes before any
 # election starts, so a single timeout would warn on every ordinary start and leader change.
 NO_LEADER_ELECTION_TIMEOUTS = 2
@@ -211,6 +217,7 @@ class Daemon:
         # proposed NOSPACE.
         self._alarms_seen: tuple[AlarmMember, ...] = ()
         self._alarm_proposed_ms = -ALARM_PROPOSE_MS
+        self.gateway = EtcdGateway(config) if config.etcd.listen is not None else None
 
     def serve(self) -> int:
         cfg = self.config
@@ -222,6 +229,8 @@ class Daemon:
             }
         )
         self.clients.start()
+        if self.gateway is not None:
+            self.gateway.start(now_ms())
         self._probe = DigestProbe(self.config.client_key.reveal())
         self._sync_peers()
         install_signal_handlers(self.stop)
@@ -239,6 +248,7 @@ class Daemon:
             return self._storage_failed(e)
         self.notifier.notify("STOPPING=1")
         log.info("stopping", reason="signal")
+        self._stop_gateway(wait=False)
         try:
             self._hand_over_leadership()
             self._turn()  # finish what is in flight: persist, send, reply
@@ -252,11 +262,18 @@ class Daemon:
             return self._storage_failed(e)
         if self._probe is not None:
             self._probe.close()
+        self._stop_gateway()
         self.peers.close()
         self.clients.close()
         with suppress(StorageError):  # after a full disk: its checkpoint may fail too
             self.node.storage.close()
         return 0
+
+    def _stop_gateway(self, *, wait: bool = True) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            if wait:
+                self.gateway.join()
 
     def _loop(self) -> None:
         """The one endless loop: ends on SIGTERM/SIGINT, or with the StorageError of a
@@ -285,6 +302,8 @@ class Daemon:
                 if t >= self._next_health_ms:
                     self._check_health(t)
                     self._next_health_ms = t + HEALTH_CHECK_MS
+                    if self.gateway is not None:
+                        self.gateway.check(t)
                 if watchdog_ms is not None and t >= next_watchdog:
                     self.notifier.notify("WATCHDOG=1", f"STATUS={self._status_line()}")
                     next_watchdog = t + watchdog_ms
@@ -303,6 +322,7 @@ class Daemon:
         self.node.replies.clear()
         self.node.admin_results.clear()
         self.peers.close()
+        self._stop_gateway()
 
     def _storage_failed(self, error: StorageError) -> int:
         """Any storage failure but a full disk (EIO from a write or an fsync): stop for good,
@@ -1050,6 +1070,12 @@ def run_command(
     except OSError as e:
         fatal(f"paxosd: cannot listen: {e}")
         raise typer.Exit(1) from None
+    if cfg.etcd.listen is not None and importlib.util.find_spec("grpc") is None:
+        fatal(
+            f"paxosd: {cfg.source}: [etcd] listen is set but grpcio is not installed: "
+            "pip install 'paxosd[etcd]'"
+        )
+        raise typer.Exit(2)
     started = time.perf_counter()
     code = daemon.serve()
     log.info("stopped", seconds=round(time.perf_counter() - started, 1))
@@ -1085,6 +1111,59 @@ def _wait_for_space_at_start(cfg: Config, error: DiskFull) -> None:
         if space.free_bytes >= space.resume_bytes:
             log.warning("disk_space_back", data_dir=str(cfg.data_dir), free_bytes=space.free_bytes)
             reexec()
+
+
+class EtcdGateway:
+    """With ``[etcd] listen``, etcd's v3 listener runs as ``[etcd] processes`` child
+    processes (``paxosd etcd-gateway``) on one port (SO_REUSEPORT): their gRPC threads never
+    share this loop's interpreter lock, and they reach the node through the client port like
+    any client. They exit when we do (each watches our pid); one that exits first (a crash,
+    its port taken) is started again at most once every GATEWAY_RESTART_MS, with a warning.
+    A node that stops serving (disk full, storage failed) stops them too, so that etcd
+    clients fail over at once."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * cfg.etcd.processes
+        self.next_start_ms = [0] * cfg.etcd.processes
+        self.restarts = 0
+
+    def _spawn(self, i: int, now: int) -> None:
+        env = dict(os.environ, PAXOSD_ETCD_PARENT=str(os.getpid()))
+        args = [sys.executable, "-m", "paxosd", "etcd-gateway", "--config", str(self.cfg.source)]
+        proc = subprocess.Popen(args, env=env)
+        self.procs[i] = proc
+        self.next_start_ms[i] = now + GATEWAY_RESTART_MS
+        log.info("etcd listener started", address=str(self.cfg.etcd.listen), pid=proc.pid)
+
+    def start(self, now: int) -> None:
+        for i in range(len(self.procs)):
+            self._spawn(i, now)
+
+    def check(self, now: int) -> None:
+        """Start again any that exited (each not more often than GATEWAY_RESTART_MS)."""
+        for i, proc in enumerate(self.procs):
+            if proc is None or proc.poll() is None or now < self.next_start_ms[i]:
+                continue
+            log.warning("etcd listener exited; starting it again", code=proc.returncode)
+            self.restarts += 1
+            self._spawn(i, now)
+
+    def stop(self) -> None:
+        """Ask them to stop (they finish in-flight calls meanwhile); ``join`` waits."""
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+
+    def join(self) -> None:
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=GATEWAY_STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _return_freed_memory_to_the_os() -> None:

@@ -96,6 +96,18 @@ class Scan(msgspec.Struct, frozen=True, tag=True, array_like=True):
     revision: _Revision = 0
 
 
+class Range(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The keys in ``[start, end)`` in key order (``end`` empty: every key from ``start``
+    on), as of ``revision`` (0: now), a page at most (``limit`` rows; ``Rows.more`` if cut).
+    etcd's Range with an arbitrary end; a reader pages on by starting after its last key, at
+    the first page's revision. Answered with ``Rows``."""
+
+    start: str
+    end: str
+    limit: int
+    revision: _Revision = 0
+
+
 class Block(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """``site`` blocks ``other``: ``other``'s view leaves out ``site``'s posts."""
 
@@ -268,6 +280,7 @@ Op = (
     | Delete
     | Cas
     | Scan
+    | Range
     | Block
     | Unblock
     | Blocks
@@ -284,7 +297,7 @@ Op = (
     | LeaseTimeToLive
     | LeaseLeases
 )
-READ_OPS: Final = (Get, Scan, Blocks, View, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases)
+READ_OPS: Final = (Get, Scan, Range, Blocks, View, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases)
 TXN_OPS_MAX: Final = 128  # etcd's --max-txn-ops default
 
 
@@ -720,6 +733,11 @@ def _validate_op(op: Op) -> None:
             _check_text("prefix", prefix, KEY_BYTES_MAX, empty_ok=True)
             _check_limit(limit, SCAN_LIMIT_MAX)
             _check_revision(revision)
+        case Range(start=start, end=end, limit=limit, revision=revision):
+            _check_text("start", start, KEY_BYTES_MAX, empty_ok=True)
+            _check_text("end", end, KEY_BYTES_MAX, empty_ok=True)
+            _check_limit(limit, SCAN_LIMIT_MAX)
+            _check_revision(revision)
         case Block(site=site, other=other) | Unblock(site=site, other=other):
             _check_text("site", site, SITE_BYTES_MAX)
             _check_text("other", other, SITE_BYTES_MAX)
@@ -917,6 +935,7 @@ __all__ = [
     "RESULT_BYTES_MAX",
     "Result",
     "RevisionCompacted",
+    "Range",
     "Row",
     "Rows",
     "Scan",

@@ -88,6 +88,7 @@ from paxosd.statemachine.commands import (
     Op,
     Post,
     Put,
+    Range,
     Result,
     RevisionCompacted,
     Row,
@@ -382,6 +383,12 @@ def _prefixed(keys: list[str], prefix: str) -> Iterator[str]:
     """The keys of a sorted list that start with ``prefix``, in order."""
     start = bisect.bisect_left(keys, prefix)
     return itertools.takewhile(lambda k: k.startswith(prefix), itertools.islice(keys, start, None))
+
+
+def _between(keys: list[str], start: str, end: str) -> Iterator[str]:
+    """The keys of a sorted list in ``[start, end)`` (``end`` empty: no upper bound)."""
+    rest = itertools.islice(keys, bisect.bisect_left(keys, start), None)
+    return rest if not end else itertools.takewhile(lambda k: k < end, rest)
 
 
 class _ResultTooLarge(Exception):
@@ -1105,6 +1112,15 @@ class StateMachine:
                     return refusal
                 return self._scan_rows(
                     _prefixed(self._hkeys, prefix), lambda k: self._at(k, revision), limit
+                )
+            case Range(start=start, end=end, limit=limit, revision=revision):
+                if revision == 0:
+                    return self._scan_rows(_between(self._keys, start, end), self._live, limit)
+                refusal = self._refuse_revision(revision)
+                if refusal is not None:
+                    return refusal
+                return self._scan_rows(
+                    _between(self._hkeys, start, end), lambda k: self._at(k, revision), limit
                 )
             case Blocks(site=site):
                 pairs = sorted(p for p in self._blocks if site is None or p[0] == site)

@@ -169,6 +169,28 @@ def encode_backup(header: BackupHeader, state: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
+# etcd's snapshot stream (and so ``etcdctl snapshot save``'s file) is a database whose size
+# is a multiple of this, followed by the sha256 of it; etcdctl refuses any other shape.
+ETCD_SNAPSHOT_ALIGN: Final = 512
+
+
+def etcd_wrap(backup: bytes) -> bytes:
+    """A backup file's bytes in the shape of etcd's snapshot stream: zero-padded to a
+    multiple of 512 bytes, then the sha256 of the padded bytes. decode_backup reads both."""
+    padded = backup + bytes(-len(backup) % ETCD_SNAPSHOT_ALIGN)
+    return padded + hashlib.sha256(padded).digest()
+
+
+def is_etcd_wrapped(data: bytes, backup_bytes: int) -> bool:
+    """Whether ``data`` is exactly ``etcd_wrap`` of its first ``backup_bytes`` bytes."""
+    padded = backup_bytes + (-backup_bytes % ETCD_SNAPSHOT_ALIGN)
+    return (
+        len(data) == padded + _CHECKSUM_BYTES
+        and not any(data[backup_bytes:padded])
+        and hashlib.sha256(data[:padded]).digest() == data[padded:]
+    )
+
+
 def decode_backup(data: bytes, *, path: Path | str = "<memory>") -> Backup:
     """Parse and check a backup's bytes. Raises BackupError (a subclass naming the problem)
     for any input that is not a whole, unaltered backup, and nothing else."""
@@ -205,6 +227,9 @@ def decode_backup(data: bytes, *, path: Path | str = "<memory>") -> Backup:
         raise BackupTruncated(
             path, f"file is {size} bytes, its header says {expected}: the copy was cut short"
         )
+    if size > expected and is_etcd_wrapped(data, expected):
+        data = data[:expected]
+        size = expected
     if size > expected:
         raise BadBackupHeader(path, f"{size - expected} unexpected bytes after the checksum")
     body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]

@@ -39,6 +39,7 @@ KEY_BYTES: Final = 32
 BASE_PORT_DEFAULT: Final = 7100
 CLIENT_PORT_OFFSET: Final = 100
 METRICS_PORT_OFFSET: Final = 200
+ETCD_PORT_OFFSET: Final = 250
 
 
 class InitError(Exception):
@@ -59,6 +60,39 @@ def peer_address(host: str, base_port: int, node_id: int) -> Address:
 
 def client_address(host: str, base_port: int, node_id: int) -> Address:
     return Address(host, base_port + CLIENT_PORT_OFFSET + node_id)
+
+
+def etcd_address(host: str, base_port: int, node_id: int) -> Address:
+    return Address(host, base_port + ETCD_PORT_OFFSET + node_id)
+
+
+def render_etcd(node_id: int, hosts: tuple[str, ...], base_port: int, tls: bool) -> str:
+    """The ``[etcd]`` table of one node: its listener, TLS files (paths relative to the
+    config), and every member's etcd URL for MemberList."""
+    listen = etcd_address(hosts[node_id - 1], base_port, node_id)
+    scheme = "https" if tls else "http"
+    urls = "\n".join(
+        f'{k} = "{scheme}://{etcd_address(h, base_port, k)}"' for k, h in enumerate(hosts, 1)
+    )
+    files = (
+        f'cert_file = "keys/etcd/n{node_id}.crt"\n'
+        f'key_file = "keys/etcd/n{node_id}.key"\n'
+        'trusted_ca_file = "keys/etcd/ca.crt"\n'
+        if tls
+        else ""
+    )
+    return f"""
+# etcd's v3 gRPC API (pip install 'paxosd[etcd]'): etcdctl --endpoints {listen}{
+        " --cacert keys/etcd/ca.crt --cert keys/etcd/client.crt --key keys/etcd/client.key"
+        if tls
+        else ""
+    }
+[etcd]
+listen = "{listen}"
+{files}
+[etcd.client_urls]
+{urls}
+"""
 
 
 def render_config(
@@ -112,11 +146,16 @@ def init_cluster(
     cluster_id: str | None = None,
     data_root: str = "data",
     force: bool = False,
+    etcd: bool = False,
+    etcd_tls: bool = True,
 ) -> InitResult:
     """Write configs, keys and data dirs for an ``nodes``-member cluster under ``out_dir``.
 
     ``hosts`` is one host for all nodes (a local cluster) or one per node. Refuses to replace
     an existing config or key unless ``force``; never deletes or empties a data dir.
+    ``etcd``: every node also serves etcd's v3 API on BASE+250+K; with ``etcd_tls`` (the
+    default) a cluster CA, a certificate per node and a client certificate are written to
+    keys/etcd/ and clients must present a certificate (without it, only loopback hosts).
     :raises InitError: on bad arguments or files in the way.
     """
     if not 1 <= nodes <= MEMBERS_MAX:
@@ -128,7 +167,7 @@ def init_cluster(
     for h in hosts:
         if isinstance(parse_address(f"{h}:1" if ":" not in h else f"[{h}]:1"), str):
             raise InitError(f"--host {h!r} is not a host name or IP address")
-    port_top = base_port + METRICS_PORT_OFFSET + nodes
+    port_top = base_port + (ETCD_PORT_OFFSET if etcd else METRICS_PORT_OFFSET) + nodes
     if base_port < 1 or port_top > 65535:
         raise InitError(
             f"--base-port {base_port}: node ports would leave 1..65535 (highest: {port_top})"
@@ -154,6 +193,10 @@ def init_cluster(
     os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask, and exist_ok skips it
     _write_atomically(peer_key, secrets.token_hex(KEY_BYTES) + "\n", 0o600)
     _write_atomically(client_key, secrets.token_hex(KEY_BYTES) + "\n", 0o600)
+    if etcd and etcd_tls:
+        from paxosd.tools.etcdtls import write_tls_files
+
+        write_tls_files(keys_dir / "etcd", hosts, cluster_id)
 
     created: list[Path] = []
     for k, config in enumerate(configs, start=1):
@@ -165,6 +208,8 @@ def init_cluster(
                 os.chmod(path, 0o700)
                 created.append(path)
         text = render_config(k, hosts, base_port, cluster_id, data_dir)
+        if etcd:
+            text += render_etcd(k, hosts, base_port, etcd_tls)
         _write_atomically(config, text, 0o644)
     return InitResult(configs, peer_key, client_key, tuple(created))
 
@@ -211,6 +256,13 @@ def init_command(
         ),
     ] = "data",
     force: Annotated[bool, typer.Option(help="Replace existing configs and keys.")] = False,
+    etcd: Annotated[
+        bool,
+        typer.Option(
+            help="Also serve etcd's v3 API on BASE+250+K, with TLS files in keys/etcd/ (a "
+            "cluster CA, a certificate per node, a client certificate for etcdctl)."
+        ),
+    ] = False,
 ) -> None:
     """Write a cluster's configs (nK.toml), keys (keys/, mode 0600) and data dirs.
 
@@ -218,13 +270,15 @@ def init_command(
     """
     hosts = tuple(host) if host else ("127.0.0.1",)
     try:
-        result = init_cluster(out, nodes, base_port, hosts, cluster_id, data_root, force)
+        result = init_cluster(out, nodes, base_port, hosts, cluster_id, data_root, force, etcd=etcd)
     except (InitError, OSError) as e:
         typer.echo(f"paxosd init: {e}", err=True)
         raise typer.Exit(1) from None
     for path in result.configs:
         typer.echo(f"wrote {path}")
     typer.echo(f"wrote {result.peer_key} and {result.client_key} (mode 0600; keep them secret)")
+    if etcd:
+        typer.echo(f"wrote TLS files for the etcd listener in {result.peer_key.parent / 'etcd'}")
     for path in result.data_dirs_created:
         typer.echo(f"created {path}")
     typer.echo(f"check a node: paxosd check-config {result.configs[0]}")
@@ -276,5 +330,18 @@ def _describe(file: Path, c: Config) -> str:
             f"{b.slots_in_flight_max} slots in flight",
             f"  snapshot every {sn.snapshot_every_entries} entries, retain {sn.log_retain_entries}",
             f"  log: {c.log.level}, {c.log.format}",
+            f"  etcd API: {_etcd_line(c)}",
         ]
     )
+
+
+def _etcd_line(c: Config) -> str:
+    e = c.etcd
+    if e.listen is None:
+        return "off"
+    if e.tls:
+        auth = "client certificates" if e.trusted_ca_file else "no client certificates"
+        security = f"TLS ({e.cert_file}; {auth})"
+    else:
+        security = "no TLS" + (" (allow_insecure)" if e.allow_insecure else ", loopback only")
+    return f"{e.listen}, {security}, {e.processes} processes"

@@ -1,0 +1,93 @@
+"""A Python etcd client nobody here wrote, from PyPI, that works with current protobuf:
+``etcd-sdk-python`` (module ``pyetcd``, a maintained fork of python-etcd3), against a local
+cluster's etcd listeners. It runs in a subprocess: it registers etcd's protobuf messages
+under the same names as paxosd's own modules, and one process can hold only one of them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from paxosd.lab.localcluster import LocalCluster
+from tests.waiting import wait_for
+
+# Looked for, not imported: importing it here would clash with paxosd's own modules.
+if importlib.util.find_spec("pyetcd") is None:
+    pytest.skip("etcd-sdk-python is not installed (the test extra has it)", allow_module_level=True)
+
+SCRIPT = """
+import json, sys
+import pyetcd
+host, port = sys.argv[1], int(sys.argv[2])
+c = pyetcd.client(host=host, port=port)
+out = {}
+first = c.put("/app/a", "1").header.revision
+c.put("/app/b", "2")
+value, meta = c.get("/app/a")
+out["get"] = [value.decode(), meta.version, meta.mod_revision == first]
+out["prefix"] = sorted(m.key.decode() for _, m in c.get_prefix("/app/"))
+ok, _ = c.transaction(
+    compare=[c.transactions.value("/app/a") == "1"],
+    success=[c.transactions.put("/app/c", "3")],
+    failure=[],
+)
+out["txn"] = ok
+ok, _ = c.transaction(
+    compare=[c.transactions.version("/app/a") > 5],
+    success=[c.transactions.put("/app/d", "4")],
+    failure=[c.transactions.get("/app/a")],
+)
+out["txn_else"] = ok
+events, cancel = c.watch_prefix("/app/", start_revision=first)
+out["watch"] = [(e.key.decode(), e.value.decode()) for _, e in zip(range(3), events)]
+cancel()
+out["status"] = [c.status().version, c.status().leader.id in [m.id for m in c.members]]
+out["deleted"] = c.delete_prefix("/app/").deleted
+out["after"] = list(c.get_prefix("/app/"))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster.create(tmp_path_factory.mktemp("pyetcd") / "c", 3, etcd=True, etcd_tls=False)
+    c.up()
+    try:
+        c.wait_ready()
+        yield c
+    finally:
+        c.down()
+
+
+def listening(endpoint: str) -> bool:
+    host, port = endpoint.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_pyetcd_session_on_a_follower(cluster: LocalCluster) -> None:
+    leader = int(cluster.wait_ready()["node_id"])
+    follower = next(k for k in cluster.node_ids() if k != leader)
+    ep = cluster.etcd_endpoints()[follower - 1]
+    wait_for(f"{ep} listens", lambda: listening(ep))
+    host, port = ep.rsplit(":", 1)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, host, port], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["get"] == ["1", 1, True]
+    assert out["prefix"] == ["/app/a", "/app/b"]
+    assert out["txn"] is True and out["txn_else"] is False
+    assert out["watch"] == [["/app/a", "1"], ["/app/b", "2"], ["/app/c", "3"]]
+    assert out["status"] == ["3.4.0", True]
+    assert out["deleted"] == 3 and out["after"] == []
