@@ -122,7 +122,7 @@ def test_every_answer_names_the_node_its_ballot_and_the_leader(cluster: LocalClu
 
 def test_a_redirect_carries_the_header_too() -> None:
     from paxosd.server.daemon import _client_reply
-    from paxosd.server.runner import Reply
+    from paxosd.server.replies import Reply
 
     ok = _client_reply(Reply(1, 7, "ok", b"r"), (2, 5, 1, 1))
     assert (ok.node, ok.ballot_round, ok.ballot_node, ok.leader) == (2, 5, 1, 1)

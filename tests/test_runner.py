@@ -14,7 +14,8 @@ from paxosd.core.io import Campaign, DurableState, PersistRecord, Received
 from paxosd.core.messages import Accepted, Message, Promise
 from paxosd.core.replica import Replica
 from paxosd.core.types import ZERO_BALLOT, NodeId
-from paxosd.server.runner import Reply, Runner, SnapshotPolicy
+from paxosd.server.replies import Reply
+from paxosd.server.runner import Runner, SnapshotPolicy
 from paxosd.sim.disk import SimDisk
 from paxosd.statemachine.commands import Command, Get, Put, encode_command
 from paxosd.statemachine.machine import StateMachine

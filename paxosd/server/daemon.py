@@ -72,7 +72,7 @@ from paxosd.server.diskspace import DISK_CHECK_MS, EXIT_STORAGE_FAILED, Space, m
 from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
 from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
-from paxosd.server.runner import Reply
+from paxosd.server.replies import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
 from paxosd.server.watch import FrameEncoder, WatchHub, WatchLimits
 from paxosd.statemachine.commands import (

@@ -40,6 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
+from paxosd.server.replies import Reply
 from paxosd.statemachine.commands import (
     LEASE_CHECKPOINTS_MAX,
     BadCommand,
@@ -348,8 +349,6 @@ class LeaseKeeper:
         are redirected like any command this node can no longer order."""
         leader = runner.replica.leader_hint
         where = runner.address_of(leader)
-        from paxosd.server.runner import Reply
-
         for parked in self._parked.values():
             for p in parked:
                 runner.replies.append(Reply(p.conn_id, p.request_id, "not_leader", where, leader))
@@ -392,8 +391,6 @@ class LeaseKeeper:
                 if at is not None:
                     heapq.heappush(self._heap, (at, lease_id))
         if prop.kind == "reset":
-            from paxosd.server.runner import Reply
-
             for lease_id in prop.ids:
                 parked = self._parked.pop(lease_id, [])
                 self._parked_count -= len(parked)

@@ -35,10 +35,10 @@ from paxosd.server.diskspace import (
 )
 from paxosd.server.logs import Condition
 from paxosd.server.metrics import Metrics
+from paxosd.server.replies import Reply
 from paxosd.server.runner import (
     Hooks,
     Network,
-    Reply,
     Runner,
     SnapshotPolicy,
     Waiter,

@@ -42,6 +42,7 @@ from paxosd.core.messages import Message
 from paxosd.core.replica import Replica
 from paxosd.core.types import DecidedEntry, NodeId, Snapshot, Value
 from paxosd.server.leases import LeaseKeeper, LeaseSettings
+from paxosd.server.replies import Reply
 from paxosd.statemachine.commands import (
     LEASE_LEADER_OPS,
     BadCommand,
@@ -118,19 +119,6 @@ class Waiter:
     conn_id: int
     request_id: int
     since_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An answer for the host to deliver: ``status`` "ok" with the encoded ``result``, or a
-    refusal ("not_leader", "busy", "bad_request") with ``leader`` as a hint and ``result``
-    the leader's client address when known."""
-
-    conn_id: int
-    request_id: int
-    status: str
-    result: bytes
-    leader: NodeId | None = None
 
 
 @dataclass(slots=True)

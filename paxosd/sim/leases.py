@@ -48,7 +48,7 @@ from paxosd.statemachine.commands import (
 )
 
 if TYPE_CHECKING:
-    from paxosd.server.runner import Reply
+    from paxosd.server.replies import Reply
     from paxosd.sim.world import SimNode, World
 
 LEASE_CLIENT_CONN = 10_000
