@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from paxosctl import admin, alarm, batch, kv, members, render, social, txn, watch
+from paxosctl import admin, alarm, batch, kv, members, recipes, render, social, txn, watch
 from paxosctl.clicklib import (
     Command,
     Context,
@@ -282,6 +282,7 @@ alarm.register(app)
 batch.register(app)
 members.register(app)
 kv.register(app)
+recipes.register(app)
 social.register(app)
 txn.register(app)
 watch.register(app)

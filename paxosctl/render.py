@@ -69,7 +69,7 @@ def line(text: str, *, flush: bool = False) -> None:
     """One line for people on stdout, written literally (values never become markup). The
     text is already safe (paxosctl.kv.show/show_text escaped its control characters), so
     it is written as it is, without loading rich for it. ``flush`` for a stream a reader
-    follows live (``watch``)."""
+    follows live (``watch``, ``elect``) or a line it waits for (``lock``'s key)."""
     sys.stdout.write(text + "\n")
     if flush:
         sys.stdout.flush()

@@ -11,13 +11,15 @@ paxosctl's exit codes) can tell "the key is absent" from "the cluster is unavail
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from paxosd.client.connection import Lost, open_connection
+from paxosd.client.connection import Lost, open_connection, read_key_file
 from paxosd.client.errors import (
     AuthError,
     BadRequestError,
@@ -33,6 +35,7 @@ from paxosd.client.errors import (
     TxnRefusedError,
     UnavailableError,
 )
+from paxosd.client.localdir import cluster_from_config
 from paxosd.client.routing import (
     UNAVAILABLE_S,
     Address,
@@ -119,6 +122,7 @@ from paxosd.statemachine.commands import NotFound as NotFoundResult
 
 if TYPE_CHECKING:
     from paxosd.client.lease import Lease
+    from paxosd.client.recipes import Election, Lock
     from paxosd.client.watch import Watch
 
 TIMEOUT_MS_DEFAULT = 5000
@@ -245,11 +249,33 @@ def gave_up(
 
 
 class Client:
-    """A connection to a cluster. Not thread-safe: use one per thread.
+    """A connection to a cluster: leader discovery, fail-over, exactly-once retries.
 
-    :param endpoints: client addresses ``(host, port)`` of the members (any subset works;
-        all is best: the client learns the leader's address from a redirect).
-    :param client_key: the cluster's client key bytes.
+    Example::
+
+        from paxosd import Client
+
+        with Client(["10.0.0.1:7201", "10.0.0.2:7202"], key_file="client.key") as c:
+            c.put("config", b"v1")
+            print(c.get("config").value, c.last_header.revision)
+
+        with Client.from_config("/etc/paxosd/n1.toml") as c:  # or a local cluster's folder
+            print(c.scan("config").rows)
+
+    Thread-safe: every call (``put``, ``get``, ``txn``, ``status``, ...) holds the client's
+    one lock while it talks to the cluster, so threads may share one ``Client``; their
+    requests go one at a time over its connections (use a ``Pipeline``, or one client per
+    thread, for throughput). ``last_header`` is the header of the last answer any thread
+    got. The exceptions: ``next_command`` followed by ``submit`` is two calls, so a thread
+    that makes commands itself must hold ``client.lock`` around the pair (the cluster's
+    session table refuses a seq older than the newest one it applied). Watches, leases'
+    keep-alive threads and the recipes' waits use connections of their own.
+
+    :param endpoints: client addresses of the members, ``(host, port)`` or ``"host:port"``
+        (any subset works; all is best: the client learns the leader's address from a
+        redirect).
+    :param client_key: the cluster's client key bytes (or give ``key_file``).
+    :param key_file: a file holding the client key in hex, readable by its owner only.
     :param site: the origin site recorded with every write (the timeline's author).
     :param timeout_ms: how long one call may take before it raises ``UnavailableError``.
     :param client_id: this client's session id; give the same id (and keep the object) to
@@ -258,14 +284,23 @@ class Client:
 
     def __init__(
         self,
-        endpoints: Sequence[Address],
-        client_key: bytes,
+        endpoints: Sequence[Address | str],
+        client_key: bytes | None = None,
         *,
+        key_file: str | os.PathLike[str] | None = None,
         site: str = "local",
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         client_id: str | None = None,
     ) -> None:
-        self._router = Router(endpoints)
+        if (client_key is None) == (key_file is None):
+            raise BadRequestError("give exactly one of client_key / key_file")
+        if client_key is None:
+            assert key_file is not None
+            client_key = read_key_file(key_file)
+        addresses = [parse_endpoint(e) if isinstance(e, str) else e for e in endpoints]
+        if not addresses:
+            raise BadRequestError("no endpoints given")
+        self._router = Router(addresses)
         self._conns: dict[int, ClientConnection] = {}  # id(endpoint) -> its connection
         self._key = client_key
         self.site = site
@@ -274,13 +309,35 @@ class Client:
         self._conn_id = secrets.randbelow(1 << 31)
         self._seq = 0
         self._request_ids = itertools.count(1)
+        # Held by every call that talks to the cluster (reentrant: a call may make another).
+        self.lock = threading.RLock()
         # The header of the last answer a command or a stale read got (None before the first).
         self.last_header: Header | None = None
 
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> Client:
+        """A client for the cluster ``path`` describes: a node's paxosd TOML (its
+        ``client_address``, the ``[clients]`` table and ``client_key_file``), a local
+        cluster's folder or its ``cluster.json`` (``paxosctl cluster up``); None: the local
+        cluster of ``$PAXOSD_LOCAL_DIR``. ``kwargs`` go to ``Client`` (site, timeout_ms, ...).
+
+        Example::
+
+            with Client.from_config("/etc/paxosd/n1.toml", timeout_ms=2000) as c:
+                c.put("k", b"v")
+        """
+        endpoints, key_file = cluster_from_config(path)
+        return cls(endpoints, key_file=key_file, **kwargs)
+
     def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        with self.lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -497,18 +554,68 @@ class Client:
             filters=filters,
         )
 
+    # ------------------------------------------------------------------ recipes
+
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: int | None = 60,
+        lease: int | None = None,
+        timeout_s: float | None = None,
+        value: bytes = b"",
+        on_lost: Callable[[str], None] | None = None,
+    ) -> Lock:
+        """A distributed lock named ``name`` on a lease of ``ttl`` seconds (or your own
+        ``lease``); use it as a context manager, which gives the ``LockToken``::
+
+            with client.lock("jobs/nightly", ttl=10) as token:
+                run(fencing_token=token.revision)
+
+        Waiters queue by revision and each watches only its predecessor. See
+        ``paxosd.client.recipes.Lock`` (timeouts, how a holder learns it lost the lock)."""
+        from paxosd.client.recipes import Lock
+
+        return Lock(
+            self, name, ttl=ttl, lease=lease, timeout_s=timeout_s, value=value, on_lost=on_lost
+        )
+
+    def election(
+        self,
+        name: str,
+        *,
+        ttl: int | None = 60,
+        lease: int | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> Election:
+        """A leader election named ``name``: ``campaign(value)`` blocks until this candidate
+        leads, ``proclaim``, ``resign``, ``leader()``, ``observe()``::
+
+            e = client.election("service/leader", ttl=10)
+            e.campaign(b"host-a")
+            ...
+            e.resign()
+
+        See ``paxosd.client.recipes.Election``."""
+        from paxosd.client.recipes import Election
+
+        return Election(self, name, ttl=ttl, lease=lease, on_lost=on_lost)
+
     # ------------------------------------------------------------------ the protocol
 
     def next_command(self, op: Op) -> bytes:
-        """Encode ``op`` with a fresh seq; pass the bytes to ``submit`` (and again on retry)."""
-        self._seq += 1
-        return encode(self.client_id, self._seq, self.site, op)
+        """Encode ``op`` with a fresh seq; pass the bytes to ``submit`` (and again on retry).
+        From several threads, hold ``client.lock`` around the pair (see the class)."""
+        with self.lock:
+            self._seq += 1
+            return encode(self.client_id, self._seq, self.site, op)
 
     def execute(self, op: Op) -> Result:
         """Order ``op`` through the leader and return its result (linearizable: writes go
         through the log, reads through read-index). Raises ``NoSpaceError`` when the store
         is over its quota and ``op`` would add data."""
-        result = self.submit(self.next_command(op), read=is_read(op))
+        with self.lock:
+            result = self.submit(self.next_command(op), read=is_read(op))
         if isinstance(result, NoSpace):
             raise NoSpaceError(result.size_bytes, result.quota_bytes)
         return result
@@ -525,6 +632,10 @@ class Client:
         """Send ``command`` until a node applies it or the timeout passes. Retries carry the
         same bytes, so the same (client_id, seq): applied at most once. ``read`` only
         changes what a failure says (a read's outcome is never unknown)."""
+        with self.lock:
+            return self._submit(command, read=read)
+
+    def _submit(self, command: bytes, *, read: bool) -> Result:
         router = self._router
         deadline = time.monotonic() + self.timeout_ms / 1000
         backoff = Backoff()
@@ -589,6 +700,10 @@ class Client:
         a caller can say how stale the answer may be."""
         if not is_read(op):
             raise BadRequestError("only reads may be stale")
+        with self.lock:
+            return self._stale_read_at(op)
+
+    def _stale_read_at(self, op: Op) -> tuple[Result, dict[str, Any]]:
         answer = self._ask(ReadStale(self.next_command(op)), StaleRead, "the stale read")
         try:
             result = decode_result(answer.result)
@@ -675,6 +790,12 @@ class Client:
 
     def _ask(self, query: AdminQuery, kind: type[A], what: str, *, node: int | None = None) -> A:
         """Ask one member (``node``, or the first that answers) and check the answer's type."""
+        with self.lock:
+            return self._ask_locked(query, kind, what, node=node)
+
+    def _ask_locked(
+        self, query: AdminQuery, kind: type[A], what: str, *, node: int | None = None
+    ) -> A:
         router = self._router
         deadline = time.monotonic() + self.timeout_ms / 1000
         router.forget_refusals()
@@ -716,11 +837,12 @@ class Client:
     def _ask_each(self, query: AdminQuery, kind: type[A]) -> list[tuple[str, A | str]]:
         """Ask every endpoint once; one that does not answer gets the reason instead."""
         out: list[tuple[str, A | str]] = []
-        for ep in list(self._router.endpoints):
-            try:
-                out.append((ep.name, self._ask_one(ep, query, kind, ATTEMPT_TIMEOUT_MS)))
-            except Lost as e:
-                out.append((ep.name, ep.problem or str(e)))
+        with self.lock:
+            for ep in list(self._router.endpoints):
+                try:
+                    out.append((ep.name, self._ask_one(ep, query, kind, ATTEMPT_TIMEOUT_MS)))
+                except Lost as e:
+                    out.append((ep.name, ep.problem or str(e)))
         return out
 
     def _ask_one(self, ep: Endpoint, query: AdminQuery, kind: type[A], wait_ms: int) -> A:

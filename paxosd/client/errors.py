@@ -11,11 +11,32 @@ from __future__ import annotations
 from paxosd.statemachine.commands import CasMismatch
 
 
-class ClientError(Exception):
-    """Base of every error this client raises; ``str(e)`` is one line meant for people."""
+class PaxosdError(Exception):
+    """Base of every error the client raises (``except PaxosdError`` catches them all);
+    ``str(e)`` is one line meant for people.
+
+    The hierarchy, by what a caller can do about it::
+
+        PaxosdError (= ClientError)
+        |- NotFoundError            the key is absent
+        |  `- LeaseNotFoundError    the lease expired or was revoked
+        |- CompareFailedError       a condition did not hold; nothing changed
+        |  `- CasMismatchError
+        |- CompactedError           the revision's history is gone
+        |- FutureRevisionError
+        |- UnavailableError         no quorum in time (``outcome_unknown`` for a write)
+        |- AuthError                wrong client key
+        |- BadRequestError          the request itself is wrong (KeyFileError, TxnRefusedError)
+        |- RefusedError             an admin change declined
+        `- the recipes' LockLostError, LockTimeoutError, NotLeaderError (paxosd.client.recipes)
+    """
 
 
-class NotFoundError(ClientError):
+# The older name of the base, kept so that existing ``except ClientError`` still works.
+ClientError = PaxosdError
+
+
+class NotFoundError(PaxosdError):
     """The key is absent (a read, or a delete that found nothing to delete)."""
 
 
@@ -28,7 +49,13 @@ class LeaseNotFoundError(NotFoundError):
         self.lease_id = lease_id
 
 
-class CasMismatchError(ClientError):
+class CompareFailedError(PaxosdError):
+    """A conditional write whose condition did not hold; nothing changed. Raised by the
+    helpers that turn a failed transaction into an error (``cas``, a recipe's ``proclaim``);
+    ``Client.txn`` itself returns ``succeeded=False`` instead, as etcd does."""
+
+
+class CasMismatchError(CompareFailedError):
     """A compare-and-swap whose expectation did not hold; nothing changed. ``result`` holds
     the key's current value and version, so the caller can retry with the new expectation."""
 
@@ -37,7 +64,7 @@ class CasMismatchError(ClientError):
         self.result = result
 
 
-class UnavailableError(ClientError):
+class UnavailableError(PaxosdError):
     """No node answered in time, or none could reach a quorum.
 
     ``outcome_unknown`` is True when a write was sent and no answer came back: it may still
@@ -50,7 +77,7 @@ class UnavailableError(ClientError):
         self.outcome_unknown = outcome_unknown
 
 
-class NoSpaceError(ClientError):
+class NoSpaceError(PaxosdError):
     """The store is over its quota and the NOSPACE alarm is raised: a write that adds data
     was refused and nothing changed (etcd's "database space exceeded"). Delete keys or
     compact, then disarm (``Client.alarm_disarm``, ``paxosctl alarm disarm``)."""
@@ -64,11 +91,11 @@ class NoSpaceError(ClientError):
         self.quota_bytes = quota_bytes
 
 
-class AuthError(ClientError):
+class AuthError(PaxosdError):
     """The client key was refused (or the endpoint is not a paxosd client port)."""
 
 
-class BadRequestError(ClientError):
+class BadRequestError(PaxosdError):
     """The request itself is wrong (bad endpoint, bad arguments, a refused command):
     retrying it unchanged cannot succeed."""
 
@@ -78,7 +105,7 @@ class KeyFileError(BadRequestError):
     others (a key others can read is already compromised: refused, as ssh does)."""
 
 
-class CompactedError(ClientError):
+class CompactedError(PaxosdError):
     """The revision asked for is older than the cluster's compaction point: its history is
     gone (etcd: "mvcc: required revision has been compacted"). ``compact_revision`` is the
     oldest revision still readable, where a reader or a watch can resume from; ``revision``
@@ -90,7 +117,7 @@ class CompactedError(ClientError):
         self.revision = revision
 
 
-class FutureRevisionError(ClientError):
+class FutureRevisionError(PaxosdError):
     """The revision asked for is newer than the store's current revision (etcd: "mvcc:
     required revision is a future revision"): nothing was read or compacted. ``revision``
     is the one asked for, ``current`` the store's revision when known (0 otherwise)."""
@@ -111,7 +138,7 @@ class TxnRefusedError(BadRequestError):
     writing one key twice); nothing changed, and sending it again cannot succeed."""
 
 
-class RefusedError(ClientError):
+class RefusedError(PaxosdError):
     """An administrative request the cluster understood and declined, with its reason
     (e.g. "node 4 is already a member"). Nothing changed. ``not_leader``: the member asked
     does not lead; ``leader`` is the one it believes does (None during an election)."""
@@ -128,6 +155,7 @@ __all__ = [
     "BadRequestError",
     "CasMismatchError",
     "ClientError",
+    "CompareFailedError",
     "CompactedError",
     "FutureRevisionError",
     "KeyFileError",
@@ -135,6 +163,7 @@ __all__ = [
     "LeaseRefusedError",
     "NoSpaceError",
     "NotFoundError",
+    "PaxosdError",
     "RefusedError",
     "TxnRefusedError",
     "UnavailableError",
