@@ -267,7 +267,7 @@ class Client:
     requests go one at a time over its connections (use a ``Pipeline``, or one client per
     thread, for throughput). ``last_header`` is the header of the last answer any thread
     got. The exceptions: ``next_command`` followed by ``submit`` is two calls, so a thread
-    that makes commands itself must hold ``client.lock`` around the pair (the cluster's
+    that makes commands itself must hold ``client.thread_lock`` around the pair (the cluster's
     session table refuses a seq older than the newest one it applied). Watches, leases'
     keep-alive threads and the recipes' waits use connections of their own.
 
@@ -310,7 +310,7 @@ class Client:
         self._seq = 0
         self._request_ids = itertools.count(1)
         # Held by every call that talks to the cluster (reentrant: a call may make another).
-        self.lock = threading.RLock()
+        self.thread_lock = threading.RLock()
         # The header of the last answer a command or a stale read got (None before the first).
         self.last_header: Header | None = None
 
@@ -334,7 +334,7 @@ class Client:
         return cls(endpoints, key_file=key_file, **kwargs)
 
     def close(self) -> None:
-        with self.lock:
+        with self.thread_lock:
             for conn in self._conns.values():
                 conn.close()
             self._conns.clear()
@@ -605,8 +605,8 @@ class Client:
 
     def next_command(self, op: Op) -> bytes:
         """Encode ``op`` with a fresh seq; pass the bytes to ``submit`` (and again on retry).
-        From several threads, hold ``client.lock`` around the pair (see the class)."""
-        with self.lock:
+        From several threads, hold ``client.thread_lock`` around the pair (see the class)."""
+        with self.thread_lock:
             self._seq += 1
             return encode(self.client_id, self._seq, self.site, op)
 
@@ -614,7 +614,7 @@ class Client:
         """Order ``op`` through the leader and return its result (linearizable: writes go
         through the log, reads through read-index). Raises ``NoSpaceError`` when the store
         is over its quota and ``op`` would add data."""
-        with self.lock:
+        with self.thread_lock:
             result = self.submit(self.next_command(op), read=is_read(op))
         if isinstance(result, NoSpace):
             raise NoSpaceError(result.size_bytes, result.quota_bytes)
@@ -632,7 +632,7 @@ class Client:
         """Send ``command`` until a node applies it or the timeout passes. Retries carry the
         same bytes, so the same (client_id, seq): applied at most once. ``read`` only
         changes what a failure says (a read's outcome is never unknown)."""
-        with self.lock:
+        with self.thread_lock:
             return self._submit(command, read=read)
 
     def _submit(self, command: bytes, *, read: bool) -> Result:
@@ -700,7 +700,7 @@ class Client:
         a caller can say how stale the answer may be."""
         if not is_read(op):
             raise BadRequestError("only reads may be stale")
-        with self.lock:
+        with self.thread_lock:
             return self._stale_read_at(op)
 
     def _stale_read_at(self, op: Op) -> tuple[Result, dict[str, Any]]:
@@ -790,7 +790,7 @@ class Client:
 
     def _ask(self, query: AdminQuery, kind: type[A], what: str, *, node: int | None = None) -> A:
         """Ask one member (``node``, or the first that answers) and check the answer's type."""
-        with self.lock:
+        with self.thread_lock:
             return self._ask_locked(query, kind, what, node=node)
 
     def _ask_locked(
@@ -837,7 +837,7 @@ class Client:
     def _ask_each(self, query: AdminQuery, kind: type[A]) -> list[tuple[str, A | str]]:
         """Ask every endpoint once; one that does not answer gets the reason instead."""
         out: list[tuple[str, A | str]] = []
-        with self.lock:
+        with self.thread_lock:
             for ep in list(self._router.endpoints):
                 try:
                     out.append((ep.name, self._ask_one(ep, query, kind, ATTEMPT_TIMEOUT_MS)))
