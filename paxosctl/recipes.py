@@ -45,8 +45,8 @@ NameArg = Annotated[
 ]
 
 
-class _Stop(Exception):
-    """SIGTERM or SIGHUP arrived: release and leave, as after Ctrl-C."""
+class _Stop(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: release and leave, exactly as after Ctrl-C."""
 
 
 @contextmanager
@@ -90,7 +90,7 @@ def _run_holding(cmd: list[str], env: dict[str, str], lost: threading.Event) -> 
                     child.kill()
                     child.wait()
                 raise Failed("the lock was lost (its lease expired); the command was stopped")
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:
         # Ctrl-C reached CMD too (same process group); give it the grace to finish.
         if child.poll() is None:
             child.terminate()
@@ -157,8 +157,10 @@ def lock(
             while not token.lost.wait(POLL_S):
                 pass
             raise Failed(f"the lock was lost: {held.lost_reason()}")
-        except (KeyboardInterrupt, _Stop):
-            return
+        except KeyboardInterrupt:
+            if command:
+                raise  # CMD was interrupted: exit 130, as a shell would
+            return  # holding until Ctrl-C is how this mode ends
         finally:
             held.release()
 
@@ -230,7 +232,7 @@ def elect(
                 raise problem[0]
             if candidate is not None and candidate.lost.is_set():
                 raise Failed(f"the candidacy was lost: {candidate.lost_reason()}")
-        except (KeyboardInterrupt, _Stop):
+        except KeyboardInterrupt:
             return
         finally:
             stop.set()

@@ -94,3 +94,31 @@ def test_the_readme_python_section_runs_as_written(
     with cluster.client() as c:
         counter = c.get("counter")
         assert isinstance(counter, Found) and (counter.value, counter.version) == (b"1", 1)
+
+
+def readme_registry_example() -> str:
+    """The Python section's block with the registry, the watch and the lock."""
+    text = README.read_text()
+    section = text[text.index("\n## Python\n") : text.index("\n## Locks and elections\n")]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if ".lock(" in b]
+    assert len(blocks) == 1, "the README's Python section has no (or two) lock examples"
+    return str(blocks[0])
+
+
+def test_the_readme_registry_watch_and_lock_example_runs_as_written(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAXOSD_LOCAL_DIR", str(cluster.root))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = compile(readme_registry_example(), "README.md:python-registry", "exec")
+        exec(code, {})  # noqa: S102
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "PUT services/api/node-a 10.0.0.1:8080"
+    assert re.fullmatch(r"fenced write: True with token \d+", lines[1]), lines
+    with cluster.client() as c:
+        last = c.get("reports/nightly")
+        assert isinstance(last, Found) and last.value == b"node-a"
+        # The lease was revoked when its block ended: the registration and the lock are gone.
+        assert c.scan("services/").rows == ()  # type: ignore[union-attr]
+        assert c.scan("jobs/nightly/").rows == ()  # type: ignore[union-attr]

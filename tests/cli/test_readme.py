@@ -36,6 +36,8 @@ RUN_SKIPS: dict[str, str] = {
     "paxosctl member remove 1": "shrinks the cluster the later README blocks run on",
     "paxosctl drill": "each starts its own cluster for minutes; tests/test_drill.py runs drills",
     "paxosctl watch": "waits for changes; tests/test_watch_cluster.py runs watches",
+    "paxosctl lock backups --ttl 10": "holds the lock until Ctrl-C (test_cli_recipes runs it)",
+    "paxosctl elect": "campaigns or observes until Ctrl-C (test_cli_recipes runs it)",
 }
 # Long runs made short; the line is otherwise run as written.
 SHORTER = {"--seeds 2000": "--seeds 3", "seq 20000": "seq 200"}
