@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from paxosd.client.errors import (
     BadRequestError,
@@ -62,6 +62,8 @@ from paxosd.statemachine.commands import (
 
 if TYPE_CHECKING:
     from paxosd.client.client import Client
+
+T = TypeVar("T")
 
 # One scan page holds the whole queue (see the module docstring).
 CONTENDERS_MAX: Final = SCAN_LIMIT_MAX
@@ -351,7 +353,7 @@ class _Queue:
         finally:
             watch.close()
 
-    def _retry(self, call: Callable[[], Any], deadline: float | None) -> Any:
+    def _retry(self, call: Callable[[], T], deadline: float | None) -> T:
         """``call()``, again while the cluster is unavailable and time and the session
         last (a leader change takes an election timeout or two)."""
         while True:
