@@ -333,6 +333,13 @@ class Client:
         endpoints, key_file = cluster_from_config(path)
         return cls(endpoints, key_file=key_file, **kwargs)
 
+    def clone(self, **kwargs: Any) -> Client:
+        """A new client to the same cluster with the same key (and connections of its own);
+        ``kwargs`` replace ``site``, ``timeout_ms`` or ``client_id``."""
+        options: dict[str, Any] = {"site": self.site, "timeout_ms": self.timeout_ms} | kwargs
+        endpoints = [ep.address for ep in self._router.endpoints]
+        return Client(endpoints, self._key, **options)
+
     def close(self) -> None:
         with self.thread_lock:
             for conn in self._conns.values():

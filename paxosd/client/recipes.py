@@ -170,10 +170,15 @@ class _Session:
             self.lease = 0
             self.name = secrets.token_hex(8)
         else:
+            asked = time.monotonic()
             granted = _lease_api(client).lease_grant(ttl_s)
             self.lease = int(granted.id)
             self.name = f"{self.lease:x}"
-            self._acked = time.monotonic()
+            # The lease lives at least a TTL from when it was asked for (its keep-alives too).
+            self._acked = asked
+            # Keep-alives go over a client of their own, with a third of the TTL per call, so
+            # that neither a slow call of the caller's nor one lost attempt uses up the TTL.
+            self._keeper = client.clone(timeout_ms=max(200, ttl_s * 1000 // 3))
             self._thread = threading.Thread(
                 target=self._keep_alive, name=f"lease-{self.name}", daemon=True
             )
@@ -182,10 +187,11 @@ class _Session:
     def _keep_alive(self) -> None:
         assert self.ttl_s is not None
         period_s = max(0.05, self.ttl_s / 3)
-        while not self._stop.wait(period_s):
+        wait_s = period_s
+        while not self._stop.wait(wait_s):
             sent = time.monotonic()
             try:
-                answer = _lease_api(self.client).lease_keep_alive_once(self.lease)
+                answer = _lease_api(self._keeper).lease_keep_alive_once(self.lease)
             except LeaseNotFoundError:
                 self._lose(f"lease {self.name} expired or was revoked")
                 return
@@ -195,7 +201,9 @@ class _Session:
                         f"no keep-alive of lease {self.name} acknowledged for {self.ttl_s} s"
                     )
                     return
+                wait_s = period_s / 4  # try again soon: the TTL is running out
                 continue
+            wait_s = period_s
             if int(getattr(answer, "ttl", 1)) <= 0:
                 self._lose(f"lease {self.name} expired")
                 return
@@ -220,6 +228,7 @@ class _Session:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            self._keeper.close()
             if not self.lost.is_set():
                 # Gone already, or unreachable: then it expires within its TTL.
                 with contextlib.suppress(LeaseNotFoundError, UnavailableError):
