@@ -447,8 +447,8 @@ def _bench_lock(
         f"{_fmt(lat['p50'])} ms, p90 {_fmt(lat['p90'])} ms, p99 {_fmt(lat['p99'])} ms",
         markup=False,
     )
-    for e in report["errors"]:
-        render.rich_note(f"error: {e}", markup=False)
+    for problem in report["errors"]:
+        render.rich_note(f"error: {problem}", markup=False)
 
 
 def _run_remote(
