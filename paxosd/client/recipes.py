@@ -126,7 +126,9 @@ class Leader:
 
 def _lease_api(client: Client) -> Any:
     """The client's lease calls (``lease_grant``, ``lease_keep_alive_once``,
-    ``lease_revoke``)."""
+    ``lease_revoke``); a clear error where this client has none."""
+    if not hasattr(client, "lease_grant"):
+        raise BadRequestError("this client has no leases: give ttl=None (no lease) or a lease")
     return client
 
 

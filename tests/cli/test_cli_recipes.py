@@ -66,19 +66,23 @@ class Proc:
         return [json.loads(x) for x in list(self.lines) if x.startswith("{")]
 
     def wait(self) -> int:
-        code = wait_for("the process ends", lambda: self.popen.poll() is not None or None)
-        del code
+        wait_for("the process ends", lambda: self.popen.poll() is not None)
+        self._finish()
+        return int(self.popen.returncode)
+
+    def _finish(self) -> None:
         for r in self._readers:
             r.join()
-        return int(self.popen.returncode)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
 
     def kill_group(self) -> None:
         """SIGKILL the process and its CMD (its own process group)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
-        for r in self._readers:
-            r.join()
+        self._finish()
 
 
 @pytest.fixture
@@ -87,12 +91,12 @@ def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []
     yield started
     for p in started:
-        if p.popen.poll() is None:
+        if p.popen.poll() is None or not p.popen.stdout or not p.popen.stdout.closed:
             p.kill_group()
 
 
 def queue_length(cli: Cli, name: str) -> int:
-    return len(cli.json("scan", name + "/")["rows"])
+    return len(cli.json("scan", "--prefix", name + "/")["rows"])
 
 
 def test_lock_runs_cmd_with_the_fencing_token_and_exits_with_its_code(cli: Cli) -> None:
@@ -107,7 +111,7 @@ def test_lock_runs_cmd_with_the_fencing_token_and_exits_with_its_code(cli: Cli) 
     assert done.returncode == 7, done.stderr
     key, revision, echoed = done.stdout.splitlines()
     assert key.startswith("cmd-lock/") and echoed == f"{key} {revision}"
-    assert cli.json("scan", "cmd-lock/")["rows"] == []  # released when CMD ended
+    assert cli.json("scan", "--prefix", "cmd-lock/")["rows"] == []  # released when CMD ended
     bad = cli.run("lock", "cmd-lock", "--", "/nonexistent/cmd")
     assert bad.exit_code == 2 and "cannot run /nonexistent/cmd" in bad.output
 
