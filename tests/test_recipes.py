@@ -33,6 +33,7 @@ from paxosd.client.errors import (
 from paxosd.client.recipes import (
     Leader,
     Lock,
+    LockLostError,
     LockTimeoutError,
     LockToken,
     NoLeaderError,
@@ -375,3 +376,22 @@ def test_an_election_hands_over_and_observers_see_each_leader_in_order(
     watcher.join()
     assert [x.value for x in seen] == [b"a", b"a2", b"b"]
     assert seen[0].revision == seen[1].revision < seen[2].revision  # a's token, then b's
+
+
+def test_a_holder_learns_that_its_lease_is_gone(client: Client) -> None:
+    """Revoking the holder's lease from elsewhere (as an expiry does) deletes its key; the
+    holder's keep-alive finds the lease gone: ``lost`` is set, ``on_lost`` says why and
+    ``check()`` raises. Releasing afterwards is harmless."""
+    reasons: list[str] = []
+    lock = client.lock("jobs/revoked", ttl=3, on_lost=reasons.append)
+    with lock as token:
+        assert lock.is_held() and not token.lost.is_set()
+        with client.clone() as other:
+            other.lease_revoke(token.lease)  # type: ignore[attr-defined]
+        wait_for("the holder learns its lease is gone", token.lost.is_set)
+        assert reasons and str(token.lease and f"{token.lease:x}") in reasons[0]
+        with pytest.raises(LockLostError):
+            token.check()
+        assert not lock.is_held()
+    with pytest.raises(NotFoundError):
+        client.get(token.key)

@@ -141,6 +141,16 @@ def test_a_sigkilled_holder_frees_the_lock_within_the_ttl_and_the_bound(
     assert ran["token"] == second["revision"] > first["revision"]
 
 
+def test_a_holder_whose_lease_is_lost_stops_cmd_and_exits_1(cli: Cli, procs: list[Proc]) -> None:
+    holder = Proc(cli, "lock", "lost-lock", "--ttl", "3", "--json", "--", "sleep", "1000")
+    procs.append(holder)
+    held = wait_for("the holder holds", lambda: holder.json_lines())[0]
+    with cli.cluster.client() as c:
+        c.lease_revoke(held["lease"])  # type: ignore[attr-defined]  # as an expiry would
+    assert holder.wait() == 1
+    assert any("lock was lost" in line for line in holder.err), holder.err
+
+
 INCREMENT = """
 import os, sys
 from paxosd import Client, Found
