@@ -206,7 +206,8 @@ class _Session:
                 wait_s = period_s / 4  # try again soon: the TTL is running out
                 continue
             wait_s = period_s
-            if int(getattr(answer, "ttl", 1)) <= 0:
+            ttl_s = answer if isinstance(answer, int) else getattr(answer, "ttl", 1)
+            if int(ttl_s) <= 0:  # etcd answers a keep-alive of a lease it lost with TTL 0
                 self._lose(f"lease {self.name} expired")
                 return
             self._acked = sent  # the lease lives at least TTL from when this one was sent
