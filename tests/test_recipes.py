@@ -395,3 +395,15 @@ def test_a_holder_learns_that_its_lease_is_gone(client: Client) -> None:
         assert not lock.is_held()
     with pytest.raises(NotFoundError):
         client.get(token.key)
+
+
+def test_the_lock_bench_reports_round_trips_with_no_error(cluster: LocalCluster) -> None:
+    """A smoke of ``paxosctl bench --op lock``'s engine: the report's shape, never its speed."""
+    from paxosd.lab.bench_lock import LockSpec, run_lock_bench
+
+    spec = LockSpec(contenders=3, duration_s=1.0, warmup_s=0.0, ttl_s=3, name="bench/smoke")
+    report = run_lock_bench(spec, cluster.endpoints(), cluster.client_key())
+    assert report["errors"] == []
+    assert report["round_trips"] > 0 and report["acquire_ms"]["p50"] is not None
+    with cluster.client() as c:
+        assert c.scan("bench/smoke/").rows == ()  # type: ignore[union-attr]
