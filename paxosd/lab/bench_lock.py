@@ -64,42 +64,55 @@ def run_lock_bench(spec: LockSpec, endpoints: Sequence[Address], key: bytes) -> 
     counted = [0]
     errors: list[str] = []
 
+    def record(e: BaseException) -> None:
+        with guard:
+            errors.append(f"{type(e).__name__}: {e}")
+
     def contender() -> None:
-        with Client(endpoints, key, timeout_ms=spec.timeout_ms) as c:
-            lease = c.lease_grant(spec.ttl_s).id  # type: ignore[attr-defined]
-            keeper = threading.Event()
+        try:
+            with Client(endpoints, key, timeout_ms=spec.timeout_ms) as c:
+                lease = c.lease_grant(spec.ttl_s).id  # type: ignore[attr-defined]
+                try:
+                    loop(c, lease)
+                finally:
+                    c.lease_revoke(lease)  # type: ignore[attr-defined]
+        except Exception as e:  # reported, not raised: the other contenders finish
+            record(e)
 
-            def keep_alive() -> None:
-                while not keeper.wait(spec.ttl_s / 3):
-                    c.lease_keep_alive_once(lease)  # type: ignore[attr-defined]
+    def loop(c: Client, lease: int) -> None:
+        keeper = threading.Event()
 
-            kt = threading.Thread(target=keep_alive, daemon=True)
-            kt.start()
+        def keep_alive() -> None:
             try:
-                while time.monotonic() < stop_at:
-                    asked = time.monotonic()
-                    lock = c.lock(spec.name, ttl=None, lease=lease)
-                    token = lock.acquire()
-                    held = time.monotonic()
-                    with guard:
-                        if token.revision <= last_token[0]:
-                            errors.append(
-                                f"token {token.revision} after token {last_token[0]}: "
-                                "two holders at once"
-                            )
-                        last_token[0] = token.revision
-                    lock.release()
-                    if asked >= measure_from and time.monotonic() <= stop_at:
-                        with guard:
-                            counted[0] += 1
-                            latencies_ms.append((held - asked) * 1000)
-            except Exception as e:  # reported, not raised: the other contenders finish
+                with c.clone() as k:
+                    while not keeper.wait(spec.ttl_s / 3):
+                        k.lease_keep_alive_once(lease)  # type: ignore[attr-defined]
+            except Exception as e:
+                record(e)
+
+        kt = threading.Thread(target=keep_alive, daemon=True)
+        kt.start()
+        try:
+            while time.monotonic() < stop_at:
+                asked = time.monotonic()
+                lock = c.lock(spec.name, ttl=None, lease=lease)
+                token = lock.acquire()
+                held = time.monotonic()
                 with guard:
-                    errors.append(f"{type(e).__name__}: {e}")
-            finally:
-                keeper.set()
-                kt.join()
-                c.lease_revoke(lease)  # type: ignore[attr-defined]
+                    if token.revision <= last_token[0]:
+                        errors.append(
+                            f"token {token.revision} after token {last_token[0]}: "
+                            "two holders at once"
+                        )
+                    last_token[0] = token.revision
+                lock.release()
+                if asked >= measure_from and time.monotonic() <= stop_at:
+                    with guard:
+                        counted[0] += 1
+                        latencies_ms.append((held - asked) * 1000)
+        finally:
+            keeper.set()
+            kt.join()
 
     threads = [threading.Thread(target=contender) for _ in range(spec.contenders)]
     for t in threads:
