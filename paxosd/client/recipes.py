@@ -265,7 +265,7 @@ class _Queue:
         self._canceled = threading.Event()
         self.key = ""
         self.revision = 0
-        # Every key this contender waited on, in order (a test checks there is no herd).
+        # Every key the last wait watched, in order (a test checks there is no herd).
         self.watched: list[str] = []
 
     @property
@@ -295,6 +295,7 @@ class _Queue:
             self._session = _Session(self.client, self._ttl_s, self._lease, self._on_lost)
         session = self._session
         self.key = self.prefix + session.name
+        self.watched = []  # this wait's only: at most one entry per contender ahead
         queue = Scan(prefix=self.prefix, limit=CONTENDERS_MAX)
         # Retried as a whole while the cluster is unavailable: a first attempt that was
         # applied makes the compare fail the second time, and the failure branch then reads
