@@ -295,7 +295,7 @@ class _Queue:
             self._session = _Session(self.client, self._ttl_s, self._lease, self._on_lost)
         session = self._session
         self.key = self.prefix + session.name
-        self.watched = []  # this wait's only: at most one entry per contender ahead
+        self.watched = []  # this wait's only: one entry per predecessor it waited on
         queue = Scan(prefix=self.prefix, limit=CONTENDERS_MAX)
         # Retried as a whole while the cluster is unavailable: a first attempt that was
         # applied makes the compare fail the second time, and the failure branch then reads
