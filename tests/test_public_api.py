@@ -61,8 +61,8 @@ def test_importing_the_core_or_the_server_does_not_load_the_client_or_crypto() -
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = LocalCluster.create(tmp_path_factory.mktemp("api") / "c", 3)
-    c.up()
     try:
+        c.up()  # a cluster that never got ready is stopped too: its nodes must not outlive us
         yield c
     finally:
         c.down()

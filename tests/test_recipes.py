@@ -53,8 +53,8 @@ needs_leases = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = LocalCluster.create(tmp_path_factory.mktemp("recipes"), 3, durability="unsafe-no-fsync")
-    c.up()
     try:
+        c.up()  # a cluster that never got ready is stopped too: its nodes must not outlive us
         yield c
     finally:
         c.down()
