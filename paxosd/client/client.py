@@ -334,8 +334,9 @@ class Client:
         return cls(endpoints, key_file=key_file, **kwargs)
 
     def clone(self, **kwargs: Any) -> Client:
-        """A new client to the same cluster with the same key (and connections of its own);
-        ``kwargs`` replace ``site``, ``timeout_ms`` or ``client_id``."""
+        """A new client to the same cluster with the same key, with its own session and
+        connections (e.g. for a keep-alive thread that must not wait behind this client's
+        calls); ``kwargs`` replace ``site``, ``timeout_ms`` or ``client_id``."""
         options: dict[str, Any] = {"site": self.site, "timeout_ms": self.timeout_ms} | kwargs
         endpoints = [ep.address for ep in self._router.endpoints]
         return Client(endpoints, self._key, **options)
@@ -353,12 +354,6 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------ key-value
-
-    def clone(self) -> Client:
-        """A new client on the same endpoints and key, with its own session (for another
-        thread: one client serves one thread)."""
-        addresses = [ep.address for ep in self._router.endpoints]
-        return Client(addresses, self._key, site=self.site, timeout_ms=self.timeout_ms)
 
     def put(self, key: str, value: bytes, *, prev_kv: bool = False, lease: int = 0) -> Result:
         """Set ``key`` to ``value``; returns ``Written(version, revision)``, with ``prev`` (the
