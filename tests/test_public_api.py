@@ -16,7 +16,6 @@ import pytest
 import paxosd
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.statemachine.commands import Found
-from tests.test_recipes import needs_leases
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -106,7 +105,6 @@ def readme_registry_example() -> str:
     return str(blocks[0])
 
 
-@needs_leases
 def test_the_readme_registry_watch_and_lock_example_runs_as_written(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,11 +45,6 @@ from paxosd.lab.localcluster import LocalCluster
 from paxosd.statemachine.commands import Found, Rows
 from tests.waiting import wait_for
 
-# Until the client has leases, the tests of what a lease adds wait (skipped, saying so).
-needs_leases = pytest.mark.skipif(
-    not hasattr(Client, "lease_grant"), reason="the client has no leases yet"
-)
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
@@ -384,7 +379,6 @@ def test_an_election_hands_over_and_observers_see_each_leader_in_order(
     assert seen[0].revision == seen[1].revision < seen[2].revision  # a's token, then b's
 
 
-@needs_leases
 def test_a_holder_learns_that_its_lease_is_gone(client: Client) -> None:
     """Revoking the holder's lease from elsewhere (as an expiry does) deletes its key; the
     holder's keep-alive finds the lease gone: ``lost`` is set, ``on_lost`` says why and
@@ -405,7 +399,6 @@ def test_a_holder_learns_that_its_lease_is_gone(client: Client) -> None:
         client.get(token.key)
 
 
-@needs_leases
 def test_the_lock_bench_reports_round_trips_with_no_error(cluster: LocalCluster) -> None:
     """A smoke of ``paxosctl bench --op lock``'s engine: the report's shape, never its speed."""
     from paxosd.lab.bench_lock import LockSpec, run_lock_bench

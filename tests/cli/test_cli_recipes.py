@@ -23,7 +23,7 @@ from typing import IO, Any
 import pytest
 
 from tests.cli.conftest import Cli
-from tests.test_recipes import Turn, needs_leases, serialization_violations
+from tests.test_recipes import Turn, serialization_violations
 from tests.waiting import wait_for
 
 # A short lease, so a dead holder's lock comes free soon.
@@ -100,7 +100,6 @@ def queue_length(cli: Cli, name: str) -> int:
     return len(cli.json("scan", "--prefix", name + "/")["rows"])
 
 
-@needs_leases
 def test_lock_runs_cmd_with_the_fencing_token_and_exits_with_its_code(cli: Cli) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "paxosctl", "lock", "cmd-lock", "--ttl", "5", "--",
@@ -118,7 +117,6 @@ def test_lock_runs_cmd_with_the_fencing_token_and_exits_with_its_code(cli: Cli) 
     assert bad.exit_code == 2 and "cannot run /nonexistent/cmd" in bad.output
 
 
-@needs_leases
 def test_a_sigkilled_holder_frees_the_lock_within_the_ttl_and_the_bound(
     cli: Cli, procs: list[Proc]
 ) -> None:
@@ -144,7 +142,6 @@ def test_a_sigkilled_holder_frees_the_lock_within_the_ttl_and_the_bound(
     assert ran["token"] == second["revision"] > first["revision"]
 
 
-@needs_leases
 def test_a_holder_whose_lease_is_lost_stops_cmd_and_exits_1(cli: Cli, procs: list[Proc]) -> None:
     holder = Proc(cli, "lock", "lost-lock", "--ttl", "3", "--json", "--", "sleep", "1000")
     procs.append(holder)
@@ -173,7 +170,6 @@ with Client.from_config(timeout_ms=10_000) as c:
 """
 
 
-@needs_leases
 def test_processes_contending_for_a_lock_are_serialized_by_fencing_token(
     cli: Cli, procs: list[Proc]
 ) -> None:
@@ -199,7 +195,6 @@ def leader_of(cli: Cli) -> int:
     return int(cli.json("leader")["leader"])
 
 
-@needs_leases
 def test_lock_and_elect_sessions_carry_on_across_a_leader_kill(cli: Cli, procs: list[Proc]) -> None:
     holder = Proc(cli, "lock", "ha-lock", "--ttl", "10", "--json")
     candidate_a = Proc(cli, "elect", "ha-elect", "node-a", "--ttl", "10", "--json")

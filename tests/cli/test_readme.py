@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from paxosctl.app import RootGroup, command
-from paxosd.client.client import Client
 from tests.cli.conftest import CONVERGE_TIMEOUT_S, Cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -40,8 +39,6 @@ RUN_SKIPS: dict[str, str] = {
     "paxosctl lock backups --ttl 10": "holds the lock until Ctrl-C (test_cli_recipes runs it)",
     "paxosctl elect": "campaigns or observes until Ctrl-C (test_cli_recipes runs it)",
 }
-if not hasattr(Client, "lease_grant"):  # a lock is on a lease: it runs once leases exist
-    RUN_SKIPS["paxosctl lock backups -- "] = "the client has no leases yet"
 # Long runs made short; the line is otherwise run as written.
 SHORTER = {"--seeds 2000": "--seeds 3", "seq 20000": "seq 200"}
 
