@@ -99,7 +99,8 @@ def test_the_readme_python_section_runs_as_written(
 def readme_registry_example() -> str:
     """The Python section's block with the registry, the watch and the lock."""
     text = README.read_text()
-    section = text[text.index("\n## Python\n") : text.index("\n## Locks and elections\n")]
+    start = text.index("\n## Python\n")
+    section = text[start : text.index("\n## ", start + 1)]
     blocks = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if ".lock(" in b]
     assert len(blocks) == 1, "the README's Python section has no (or two) lock examples"
     return str(blocks[0])
