@@ -38,6 +38,7 @@ RUN_SKIPS: dict[str, str] = {
     "paxosctl watch": "waits for changes; tests/test_watch_cluster.py runs watches",
     "paxosctl lock backups --ttl 10": "holds the lock until Ctrl-C (test_cli_recipes runs it)",
     "paxosctl elect": "campaigns or observes until Ctrl-C (test_cli_recipes runs it)",
+    "paxosctl cluster up --etcd": "a second local cluster; tests/etcd/test_etcdctl.py starts one",
 }
 # Long runs made short; the line is otherwise run as written.
 SHORTER = {"--seeds 2000": "--seeds 3", "seq 20000": "seq 200"}
