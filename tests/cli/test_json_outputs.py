@@ -29,6 +29,7 @@ RECIPES: list[tuple[str, list[str]]] = [
     ("scan", ["scan"]),
     ("txn", ["txn"]),
     ("watch", ["watch", "jk", "--rev", "1", "--count", "1"]),
+    ("lock", ["lock", "jl", "--ttl", "5", "--", "true"]),
     ("compact", ["compact", "1"]),
     ("lease grant", ["lease", "grant", "60", "--id", "4242"]),
     ("lease keep-alive", ["lease", "keep-alive", "4242", "--once"]),
@@ -92,6 +93,9 @@ RECIPES: list[tuple[str, list[str]]] = [
 ]
 # Standard input of each recipe (batch's commands by default).
 STDIN = {"txn": 'version("jk") = "0"\n\nput jk v\n\nget jk\n'}
+# Commands that print JSON lines until interrupted (no way to end them after one document):
+# their JSON lines are read by the tests named here.
+STREAMS_UNTIL_INTERRUPTED = {"elect": "tests/cli/test_cli_recipes.py"}
 # A learner that never runs cannot catch up: promote refuses it (and must say so in JSON or
 # print nothing on stdout).
 MAY_FAIL = {"member promote"}
@@ -106,12 +110,14 @@ def json_commands() -> set[str]:
 
 
 def test_every_json_command_has_a_recipe() -> None:
-    assert json_commands() == {name for name, _ in RECIPES}
+    assert json_commands() == {name for name, _ in RECIPES} | set(STREAMS_UNTIL_INTERRUPTED)
 
 
 def run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    # --json goes before a "--" (what follows it is another command's, as in `lock -- CMD`).
+    cut = args.index("--") if "--" in args else len(args)
     return subprocess.run(
-        [sys.executable, "-m", "paxosctl", *args, "--json"],
+        [sys.executable, "-m", "paxosctl", *args[:cut], "--json", *args[cut:]],
         capture_output=True,
         text=True,
         input=stdin,
