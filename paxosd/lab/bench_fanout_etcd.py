@@ -1,7 +1,7 @@
 """The etcd side of ``paxosctl bench --compare-etcd --op txn`` and ``paxosctl bench fanout
 --compare-etcd``: the same shapes on a 3-member etcd 3.4 through its own Go client.
 
-The generator is ``etcd-fanout`` (``bench/etcd-fanout/main.go`` in this repository, built by
+The generator is ``etcd-fanout`` (``paxosd/lab/etcd_fanout/main.go`` in this repository, built by
 its ``build.sh`` from Debian's packages into /tmp, or ``$ETCD_FANOUT``): a closed-loop 2-key
 txn load with a compare, and a watch fan-out (W watchers on one member over M gRPC
 connections, an open-loop put rate through the leader, latency from each put's
@@ -32,7 +32,7 @@ SayFn = Callable[[str], None]
 
 
 def find_fanout(say: SayFn) -> Path:
-    """``$ETCD_FANOUT``, else /tmp/etcd-fanout, built with bench/etcd-fanout/build.sh."""
+    """``$ETCD_FANOUT``, else /tmp/etcd-fanout, built with paxosd/lab/etcd_fanout/build.sh."""
     named = os.environ.get(FANOUT_ENV)
     if named:
         if not os.access(named, os.X_OK):
@@ -40,7 +40,7 @@ def find_fanout(say: SayFn) -> Path:
         return Path(named)
     if os.access(FANOUT_DEFAULT, os.X_OK):
         return FANOUT_DEFAULT
-    script = Path(__file__).resolve().parents[2] / "bench" / "etcd-fanout" / "build.sh"
+    script = Path(__file__).resolve().parent / "etcd_fanout" / "build.sh"
     if not script.is_file():
         raise EtcdUnavailable(f"no {FANOUT_DEFAULT} and no {script} to build it")
     say(f"building {FANOUT_DEFAULT} with {script}")
