@@ -339,15 +339,14 @@ def test_metrics_endpoint_reports_role_indexes_and_latency(tmp_path: Path) -> No
                 cl.put(f"m{i}", b"v")
             # The gauges are refreshed once a second: poll until they show the five puts
             # (and the five events the watch was sent).
-            port = base + 200 + 1
-            deadline = time.monotonic() + 20
-            while True:
-                url = f"http://127.0.0.1:{port}/metrics"
+            url = f"http://127.0.0.1:{base + 200 + 1}/metrics"
+
+            def refreshed() -> str | None:
                 body = urllib.request.urlopen(url, timeout=5).read().decode()
                 done = "paxosd_applied_index 5.0" in body and "watch_events_sent_total 5.0" in body
-                if done or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+                return body if done else None
+
+            body = wait_for("the metrics show the five puts and their events", refreshed)
     finally:
         c.down()
     assert "paxosd_watchers 1.0" in body

@@ -27,6 +27,7 @@ from paxosd.sim import linearizability
 from paxosd.statemachine.commands import Get, Put
 from paxosd.tools.initcluster import client_address
 from tests.cli.conftest import CONVERGE_TIMEOUT_S, Cli
+from tests.waiting import wait_for
 
 # Node ids a test may ever use: the workload's clients know all their client addresses from
 # the start, because an original member's config names only the original members' client
@@ -75,14 +76,15 @@ def _ok_when_led(cli: Cli, *args: str) -> None:
     """``cli.ok(*args)`` once there is a leader: a node restarted by the test before may
     still start an election (more often on a busy machine), and "no leader right now" is
     answered before anything is proposed, so asking again is safe."""
-    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-    while True:
+
+    def done() -> bool:
         result = cli.run(*args)
         if result.exit_code == 0:
-            return
+            return True
         assert result.exit_code == 3 and "no leader" in result.output, (args, result.output)
-        assert time.monotonic() < deadline, (args, result.output)
-        time.sleep(0.1)
+        return False
+
+    wait_for(f"{' '.join(args)} with a leader", done, CONVERGE_TIMEOUT_S)
 
 
 def _add_and_promote(cli: Cli) -> int:
@@ -146,11 +148,12 @@ class _Load:
         """Until the workers have completed ``n`` more operations (a condition, not a pause:
         on a loaded machine half a second may hold no write at all)."""
         target = len(self.history) + n
-        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-        while len(self.history) < target:
+
+        def reached() -> bool:
             assert not self.errors, self.errors
-            assert time.monotonic() < deadline, f"workload stalled at {len(self.history)} ops"
-            time.sleep(0.02)
+            return len(self.history) >= target
+
+        wait_for(f"{n} more workload ops", reached, CONVERGE_TIMEOUT_S)
 
     def check(self) -> None:
         """Read every key once more (into the history), then judge the whole history."""
