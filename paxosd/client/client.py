@@ -411,8 +411,9 @@ class Client:
         keeps it alive from a background thread (every TTL/3) and revokes it on exit."""
         from paxosd.client.lease import Lease
 
+        asked = time.monotonic()
         granted = self.lease_grant(ttl, lease_id)
-        return Lease(self, granted.id, granted.ttl)
+        return Lease(self, granted.id, granted.ttl, alive_since=asked)
 
     def get(self, key: str, *, stale: bool = False, revision: int = 0) -> Result:
         """``Found(value, version, create_revision, mod_revision, lease, revision)``; raises

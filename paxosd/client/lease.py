@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from paxosd.client.errors import ClientError, LeaseNotFoundError
@@ -27,17 +29,16 @@ from paxosd.client.errors import ClientError, LeaseNotFoundError
 if TYPE_CHECKING:
     from paxosd.client.client import Client
 
-# A keep-alive that failed is tried again this often (seconds) until the lease's TTL is gone.
-RETRY_S = 0.5
-
 
 class Lease:
     """A granted lease: ``id``, ``ttl`` (granted, seconds), ``remaining_ttl`` and ``keys``
     asked of the leader, ``refresh()`` (one keep-alive), ``revoke()``.
 
     As a context manager it keeps itself alive every ``ttl``/3 seconds from a daemon thread
-    and revokes on exit. ``lost`` is set once a keep-alive learned the lease is gone (it
-    expired: every key attached to it was deleted); the thread then stops.
+    and revokes on exit. ``lost`` is set (with ``reason``, and ``on_lost(reason)`` called
+    from the keep-alive thread) once the lease is known gone or may be: the leader says it
+    is gone, or no keep-alive was acknowledged for a whole TTL (the leader may have expired
+    it meanwhile). The thread then stops: from then on nothing may be claimed on the lease.
 
     Example::
 
@@ -46,13 +47,26 @@ class Lease:
             do_work()
     """
 
-    def __init__(self, client: Client, lease_id: int, ttl: int) -> None:
+    def __init__(
+        self,
+        client: Client,
+        lease_id: int,
+        ttl: int,
+        *,
+        on_lost: Callable[[str], None] | None = None,
+        alive_since: float | None = None,
+    ) -> None:
+        """``alive_since``: a ``time.monotonic()`` from which the lease surely lives a TTL
+        (when its grant was asked); now when not given."""
         self._client = client
         self.id = lease_id
         self.ttl = ttl
         self.lost = threading.Event()
+        self.reason = ""
         self.last_error: ClientError | None = None
         self.keepalives = 0  # answered by the background thread
+        self._on_lost = on_lost
+        self._acked = time.monotonic() if alive_since is None else alive_since
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -89,7 +103,7 @@ class Lease:
             return
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run, name=f"paxosd-lease-{self.id}", daemon=True
+            target=self._run, name=f"paxosd-lease-{self.id:x}", daemon=True
         )
         self._thread.start()
 
@@ -100,24 +114,46 @@ class Lease:
             thread.join(timeout=self._client.timeout_ms / 1000 + 1)
 
     def _run(self) -> None:
-        keeper = self._client.clone()
-        interval = max(0.1, self.ttl / 3)
+        # Its own client (a client is not shared between threads), with a third of the TTL
+        # per call, so that neither a slow call nor one lost attempt uses up the TTL.
+        keeper = self._client.clone(timeout_ms=max(200, self.ttl * 1000 // 3))
+        period = max(0.05, self.ttl / 3)
+        wait = period
         try:
-            while not self._stop.wait(interval):
+            while not self._stop.wait(wait):
+                sent = time.monotonic()
                 try:
-                    keeper.lease_keep_alive_once(self.id)
-                    self.keepalives += 1
-                    interval = max(0.1, self.ttl / 3)
-                    self.last_error = None
+                    ttl = keeper.lease_keep_alive_once(self.id)
                 except LeaseNotFoundError as e:
                     self.last_error = e
-                    self.lost.set()
+                    self._lose(f"lease {self.id:x} expired or was revoked")
                     return
                 except ClientError as e:
-                    self.last_error = e  # unavailable for now: try again soon
-                    interval = RETRY_S
+                    self.last_error = e
+                    if time.monotonic() - self._acked >= self.ttl:
+                        self._lose(
+                            f"no keep-alive of lease {self.id:x} acknowledged for {self.ttl} s"
+                        )
+                        return
+                    wait = period / 4  # unavailable for now: try again soon, the TTL runs
+                    continue
+                if ttl <= 0:  # etcd answers a keep-alive of a lease it lost with TTL 0
+                    self._lose(f"lease {self.id:x} expired")
+                    return
+                self.keepalives += 1
+                self.last_error = None
+                self._acked = sent  # the lease lives at least a TTL from when this was sent
+                wait = period
         finally:
             keeper.close()
+
+    def _lose(self, reason: str) -> None:
+        if self.lost.is_set() or self._stop.is_set():
+            return
+        self.reason = reason
+        self.lost.set()
+        if self._on_lost is not None:
+            self._on_lost(reason)
 
     def __enter__(self) -> Lease:
         self.start_keepalive()

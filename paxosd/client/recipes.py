@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from paxosd.client.errors import (
     BadRequestError,
@@ -47,6 +47,7 @@ from paxosd.client.errors import (
     PaxosdError,
     UnavailableError,
 )
+from paxosd.client.lease import Lease
 from paxosd.client.txn import create
 from paxosd.statemachine.commands import (
     SCAN_LIMIT_MAX,
@@ -124,31 +125,15 @@ class Leader:
     mod_revision: int
 
 
-def _lease_api(client: Client) -> Any:
-    """The client's lease calls (``lease_grant``, ``lease_keep_alive_once``,
-    ``lease_revoke``); a clear error where this client has none."""
-    if not hasattr(client, "lease_grant"):
-        raise BadRequestError("this client has no leases: give ttl=None (no lease) or a lease")
-    return client
-
-
-def _put(key: str, value: bytes, lease: int) -> Put:
-    """A put attached to ``lease`` (0: none)."""
-    fields: dict[str, Any] = {"key": key, "value": value}
-    if lease:
-        fields["lease"] = lease
-    return Put(**fields)
-
-
 class _Session:
-    """The lease a contender's key lives on, kept alive by a thread of its own when this
-    session granted it (etcd's concurrency.Session).
+    """The lease a contender's key lives on (etcd's concurrency.Session): a ``Lease`` this
+    session granted and keeps alive, or a lease id of the caller's (who keeps it alive), or
+    none (``ttl_s`` None: the key stays until deleted, so a crashed holder keeps the lock
+    forever; for tests and for callers that manage expiry themselves).
 
-    ``lost`` is set when the cluster says the lease is gone, or when no keep-alive was
-    acknowledged for a whole TTL: the leader may have expired it, so from then on this
-    session cannot claim to hold anything. ``ttl_s`` None: no lease at all (the key stays
-    until deleted; a crashed holder then keeps the lock forever; for tests and for callers
-    that manage expiry themselves)."""
+    ``lost`` is the kept lease's: set when the cluster says the lease is gone, or when no
+    keep-alive was acknowledged for a whole TTL (see ``Lease``); from then on this session
+    cannot claim to hold anything."""
 
     def __init__(
         self,
@@ -158,67 +143,27 @@ class _Session:
         on_lost: Callable[[str], None] | None,
     ) -> None:
         self.client = client
-        self.ttl_s = ttl_s
-        self.lost = threading.Event()
-        self.reason = ""
-        self._on_lost = on_lost
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.owned = lease is None and ttl_s is not None
+        self._kept: Lease | None = None
         if lease is not None:
             self.lease = lease
             self.name = f"{lease:x}"
+            self.lost = threading.Event()
         elif ttl_s is None:
             self.lease = 0
             self.name = secrets.token_hex(8)
+            self.lost = threading.Event()
         else:
             asked = time.monotonic()
-            granted = _lease_api(client).lease_grant(ttl_s)
-            self.lease = int(granted.id)
-            self.name = f"{self.lease:x}"
-            # The lease lives at least a TTL from when it was asked for (its keep-alives too).
-            self._acked = asked
-            # Keep-alives go over a client of their own, with a third of the TTL per call, so
-            # that neither a slow call of the caller's nor one lost attempt uses up the TTL.
-            self._keeper = client.clone(timeout_ms=max(200, ttl_s * 1000 // 3))
-            self._thread = threading.Thread(
-                target=self._keep_alive, name=f"lease-{self.name}", daemon=True
-            )
-            self._thread.start()
+            granted = client.lease_grant(ttl_s)
+            self._kept = Lease(client, granted.id, granted.ttl, on_lost=on_lost, alive_since=asked)
+            self._kept.start_keepalive()
+            self.lease = granted.id
+            self.name = f"{granted.id:x}"
+            self.lost = self._kept.lost
 
-    def _keep_alive(self) -> None:
-        assert self.ttl_s is not None
-        period_s = max(0.05, self.ttl_s / 3)
-        wait_s = period_s
-        while not self._stop.wait(wait_s):
-            sent = time.monotonic()
-            try:
-                answer = _lease_api(self._keeper).lease_keep_alive_once(self.lease)
-            except LeaseNotFoundError:
-                self._lose(f"lease {self.name} expired or was revoked")
-                return
-            except PaxosdError:
-                if time.monotonic() - self._acked >= self.ttl_s:
-                    self._lose(
-                        f"no keep-alive of lease {self.name} acknowledged for {self.ttl_s} s"
-                    )
-                    return
-                wait_s = period_s / 4  # try again soon: the TTL is running out
-                continue
-            wait_s = period_s
-            ttl_s = answer if isinstance(answer, int) else getattr(answer, "ttl", 1)
-            if int(ttl_s) <= 0:  # etcd answers a keep-alive of a lease it lost with TTL 0
-                self._lose(f"lease {self.name} expired")
-                return
-            self._acked = sent  # the lease lives at least TTL from when this one was sent
-
-    def _lose(self, reason: str) -> None:
-        if self.lost.is_set() or self._stop.is_set():
-            return
-        self.reason = reason
-        self.lost.set()
-        if self._on_lost is not None:
-            self._on_lost(reason)
+    @property
+    def reason(self) -> str:
+        return self._kept.reason if self._kept is not None else ""
 
     def check(self, what: str) -> None:
         if self.lost.is_set():
@@ -227,15 +172,14 @@ class _Session:
     def close(self) -> None:
         """Stop keeping the lease alive; revoke it when this session granted it (its keys go
         with it at once, rather than a TTL later)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            self._keeper.close()
-            if not self.lost.is_set():
-                # Gone already, or unreachable: then it expires within its TTL.
-                with contextlib.suppress(LeaseNotFoundError, UnavailableError):
-                    _lease_api(self.client).lease_revoke(self.lease)
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        kept.stop_keepalive()
+        if not kept.lost.is_set():
+            # Gone already, or unreachable: then it expires within its TTL.
+            with contextlib.suppress(LeaseNotFoundError, UnavailableError):
+                self.client.lease_revoke(kept.id)
 
 
 class _Queue:
@@ -303,7 +247,7 @@ class _Queue:
         result = self._retry(
             lambda: self.client.txn(
                 compare=[create(self.key) == 0],
-                success=[_put(self.key, value, session.lease), queue],
+                success=[Put(key=self.key, value=value, lease=session.lease), queue],
                 failure=[Get(key=self.key), queue],
             ),
             deadline,
@@ -538,7 +482,7 @@ class Election(_Queue):
             raise NotLeaderError(f"{self.name}: not a candidate (campaign first)")
         result: TxnResult = self.client.txn(
             compare=[create(self.key) == self.revision],
-            success=[_put(self.key, data, self._session.lease)],
+            success=[Put(key=self.key, value=data, lease=self._session.lease)],
         )
         if not result.succeeded:
             raise NotLeaderError(f"{self.name}: {self.key} is no longer ours")

@@ -1,0 +1,92 @@
+"""The client's ``Lease`` keep-alive rules, against a scripted client: a lease the leader
+says is gone, or one no keep-alive was acknowledged for during a whole TTL, is ``lost`` (with
+its reason, and ``on_lost`` called); acknowledged keep-alives keep it. Locks and elections
+hold their keys on this same ``Lease``, so these rules are theirs too."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from paxosd.client.errors import LeaseNotFoundError, UnavailableError
+from paxosd.client.lease import Lease
+
+BOUND_S = 30.0
+
+
+class ScriptedClient:
+    """Answers each keep-alive with the next outcome of ``answer()``."""
+
+    timeout_ms = 1000
+
+    def __init__(self, answer: Callable[[int, int], int]) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.closed = threading.Event()
+
+    def clone(self, **_: object) -> ScriptedClient:
+        return self
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def lease_keep_alive_once(self, lease_id: int) -> int:
+        self.calls += 1
+        return self.answer(self.calls, lease_id)
+
+
+def keep(answer: Callable[[int, int], int], ttl: int = 1) -> tuple[Lease, list[str]]:
+    said: list[str] = []
+    lease = Lease(ScriptedClient(answer), 0x2A, ttl, on_lost=said.append)  # type: ignore[arg-type]
+    lease.start_keepalive()
+    return lease, said
+
+
+def test_a_lease_the_leader_says_is_gone_is_lost() -> None:
+    def answer(n: int, lease_id: int) -> int:
+        if n < 3:
+            return 1
+        raise LeaseNotFoundError("requested lease not found", lease_id)
+
+    lease, said = keep(answer)
+    assert lease.lost.wait(BOUND_S)
+    assert lease.keepalives == 2
+    assert said == ["lease 2a expired or was revoked"] and lease.reason == said[0]
+    lease.stop_keepalive()
+
+
+def test_no_keep_alive_acknowledged_for_a_whole_ttl_is_a_lost_lease() -> None:
+    def answer(n: int, lease_id: int) -> int:
+        raise UnavailableError("no member answers")
+
+    lease, said = keep(answer)
+    assert lease.lost.wait(BOUND_S)
+    assert said == ["no keep-alive of lease 2a acknowledged for 1 s"]
+    assert isinstance(lease.last_error, UnavailableError)
+    lease.stop_keepalive()
+
+
+def test_a_keep_alive_answered_with_ttl_zero_is_a_lost_lease() -> None:
+    lease, said = keep(lambda n, _: 1 if n == 1 else 0)
+    assert lease.lost.wait(BOUND_S)
+    assert said == ["lease 2a expired"]
+    lease.stop_keepalive()
+
+
+def test_acknowledged_keep_alives_keep_the_lease_through_short_outages() -> None:
+    # Unavailable every other call: each gap between acknowledgements (~1.3 s) is well
+    # under the TTL (3 s), so the lease is never lost.
+    done = threading.Event()
+
+    def answer(n: int, lease_id: int) -> int:
+        if n >= 6:
+            done.set()
+        if n % 2:
+            raise UnavailableError("a leader change")
+        return 3
+
+    lease, said = keep(answer, ttl=3)
+    assert done.wait(BOUND_S)
+    lease.stop_keepalive()
+    assert not lease.lost.is_set() and said == []
+    assert lease.keepalives >= 2
