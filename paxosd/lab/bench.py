@@ -827,6 +827,12 @@ def run_load(
                         total_s=total_s,
                     )
                 )
+            if cpu0 and not cpu1:
+                # The last result came in before this loop woke for the end of the window
+                # (a short run on a busy machine): take the end sample now, a little late,
+                # rather than report no CPU figures at all.
+                cpu1 = {n: proc_cpu_s(p) for n, p in all_pids.items()}
+                mach1 = machine_cpu()
             rss = {n: proc_rss_mb(p) for n, p in servers.items()}
             results = [w.result for w in workers if w.result is not None]
     finally:
