@@ -31,6 +31,9 @@ def test_short_etcd_drill_with_kill_pause_and_partition_finds_no_violation(
     report = run_drill(spec, parent_dir=tmp_path)
     assert report["violations"] == [], report["violations"]
     assert set(report["faults"]["by_kind"]) == {"kill", "pause", "partition"}
+    # This seed's schedule pauses a node together with its listeners (a frozen endpoint).
+    pauses = [e["detail"] for e in report["faults"]["events"] if e["kind"] == "pause"]
+    assert any("with its etcd listeners" in d for d in pauses), pauses
     assert report["linearizability"]["verdict"] == "ok"
     assert report["log"]["complete"]
     etcd = report["etcd"]
