@@ -53,6 +53,7 @@ faults by kind and per restart the time to the first
 successful write and to catch up, and elections per fault: each fault is classed by whom it
 hit (kill/leader, pause/follower, ...), and the leader changes seen (polling every node's
 status) until the next fault are charged to it; a follower-only fault should cost none.
+--etcd: every node serves etcd's v3 API too; half the workers (at least one) go through it.
 Exit 1 on any violation; the folder with history.jsonl,
 report.json and the node logs is then kept and named.
 
@@ -75,6 +76,8 @@ Examples:
   paxosctl drill --nodes 5 --duration 600 --faults kill,pause,partition,restart,killall
 
   paxosctl drill --duration 60 --faults kill,reconfig
+
+  paxosctl drill --etcd --duration 120 --faults kill,pause,partition,restart
 
   paxosctl drill --endpoints 10.0.0.1:7201,10.0.0.2:7202,10.0.0.3:7203 --key-file client.key \\
       --faults partition --duration 120
@@ -187,6 +190,14 @@ def drill(
             "--watchers/--no-watchers", help="Watch the drill's keys and check the streams."
         ),
     ] = True,
+    etcd: Annotated[
+        bool,
+        typer.Option(
+            "--etcd",
+            help="Give every node an etcd listener and send half the workers through etcd's "
+            "API (needs grpcio; not with --endpoints).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     keep: KeepOpt = None,
     endpoints: EndpointsOpt = None,
@@ -203,6 +214,7 @@ def drill(
         seed=chosen_seed,
         txns=txns,
         watchers=watchers,
+        etcd=etcd,
     )
     target: Nodes | None = None
     try:
@@ -217,6 +229,7 @@ def drill(
                 seed=chosen_seed,
                 txns=txns,
                 watchers=watchers,
+                etcd=etcd,
             )
         spec.validate(endpoints=target is not None)
         _logs_to_stderr()
@@ -263,6 +276,20 @@ def _print_report(r: dict[str, Any]) -> None:
         + [["total", ops["ok"], ops["fail"], ops["unknown"]]],
     )
     render.rich_line(f"{ops['total']} ops, {ops['per_second']} ops/s", markup=False)
+    et = r.get("etcd")
+    if et:
+        kinds = ", ".join(
+            f"{k} " + "/".join(f"{n} {o}" for o, n in sorted(v.items()))
+            for k, v in et["by_kind"].items()
+        )
+        workers = ", ".join(
+            f"{cid.rsplit('-', 1)[-1]} {w['via']}" for cid, w in et["workers"].items()
+        )
+        render.rich_line(
+            f"through etcd: {et['ops']} ops (ok {et['ok']}, fail {et['fail']}, unknown "
+            f"{et['unknown']}; {kinds}), {et['failovers']} fail-overs; workers: {workers}",
+            markup=False,
+        )
     f = r["faults"]
     render.rich_line(
         "faults: "

@@ -41,7 +41,18 @@ from paxosd.lab.drill import (
 from paxosd.lab.localcluster import LocalCluster
 from paxosd.server.node import PLANT_BUG_ENV
 from paxosd.sim.linearizability import Operation
-from paxosd.statemachine.commands import Command, Delete, Get, Put, Written, encode_command
+from paxosd.statemachine.commands import (
+    Cas,
+    Command,
+    Compare,
+    Delete,
+    Get,
+    Op,
+    Put,
+    Txn,
+    Written,
+    encode_command,
+)
 
 FAST_FAULT_GAP_S = (0.3, 0.8)
 
@@ -174,7 +185,7 @@ def workload() -> Workload:
     return Workload("t0", 5.0)
 
 
-def _cmd(client: str, seq: int, op: Put | Delete | Get) -> bytes:
+def _cmd(client: str, seq: int, op: Op) -> bytes:
     return encode_command(Command(client_id=client, seq=seq, site="s", op=op))
 
 
@@ -234,6 +245,72 @@ def test_log_check_ignores_other_clients_keys(workload: Workload) -> None:
     assert violations == [] and info["drill_commands"] == 0
 
 
+def _etcd_swap_log(key: str) -> LogCopy:
+    """What the gateway decides for an etcd put of v1, then a txn "mod = 5 ? put v2 : get"."""
+    swap = Txn(
+        compares=(Compare(key=key, target="mod", op="=", number=5),),
+        success=(Put(key=key, value=b"v2", prev_kv=True),),
+        failure=(Get(key=key),),
+    )
+    return LogCopy(
+        start=1,
+        next_slot=3,
+        slots={
+            1: (_cmd("gw1", 1, Put(key=key, value=b"v1", prev_kv=True)),),
+            2: (_cmd("gw2", 7, swap),),
+        },
+    )
+
+
+def _etcd(op: Op, result: Written) -> Entry:
+    return Entry(Operation("e", op, 0, 1, "ok", result), 0, via="etcd")
+
+
+def test_log_check_replays_an_etcd_swap_as_the_cas_it_was_recorded_as(workload: Workload) -> None:
+    key = workload.key(0, 0)
+    entries = [
+        _etcd(Put(key=key, value=b"v1"), Written(version=1, revision=5)),
+        _etcd(Cas(key=key, new=b"v2", expect_value=b"v1"), Written(version=2, revision=6)),
+    ]
+    holds_v2 = {1: ({key: (b"v2", 2)}, set[tuple[str, str]]())}
+    violations, _ = check_log(_etcd_swap_log(key), entries, workload, holds_v2)
+    assert violations == []
+    # The replay applied the swap: a replica that did not is found.
+    holds_v1 = {1: ({key: (b"v1", 1)}, set[tuple[str, str]]())}
+    violations, _ = check_log(_etcd_swap_log(key), entries, workload, holds_v1)
+    assert [v.kind for v in violations] == ["exactly-once"]
+
+
+def test_log_check_finds_a_register_txn_no_etcd_worker_sent(workload: Workload) -> None:
+    key = workload.key(0, 0)
+    entries = [_etcd(Put(key=key, value=b"v1"), Written(version=1, revision=5))]
+    replicas = {1: ({key: (b"v2", 2)}, set[tuple[str, str]]())}
+    violations, _ = check_log(_etcd_swap_log(key), entries, workload, replicas)
+    assert violations and violations[0].kind == "exactly-once"
+    assert "no etcd worker sent" in violations[0].message
+
+
+def test_log_check_finds_an_etcd_put_acknowledged_but_not_decided(workload: Workload) -> None:
+    key = workload.key(0, 0)
+    entries = [
+        _etcd(Put(key=key, value=b"v1"), Written(version=1, revision=5)),
+        _etcd(Cas(key=key, new=b"v2", expect_value=b"v1"), Written(version=2, revision=6)),
+        _etcd(Put(key=key, value=b"v3"), Written(version=3, revision=7)),
+    ]
+    replicas = {1: ({key: (b"v2", 2)}, set[tuple[str, str]]())}
+    violations, _ = check_log(_etcd_swap_log(key), entries, workload, replicas)
+    assert [v.kind for v in violations] == ["lost-write"]
+    assert "through etcd" in violations[0].message and "v3" in violations[0].message
+
+
+def test_etcd_drill_needs_its_own_cluster() -> None:
+    with pytest.raises(DrillUsageError, match="--etcd needs the drill's own cluster"):
+        DrillSpec(etcd=True, faults=("partition",)).validate(endpoints=True)
+    assert DrillSpec(clients=1, etcd=True).etcd_workers == 1
+    assert DrillSpec(clients=5, etcd=True).etcd_workers == 2
+    assert DrillSpec(clients=5).etcd_workers == 0
+
+
 def _rows(*nodes: tuple[int, int, str]) -> Convergence:
     rows = {k: {"applied_index": a, "digest": d, "role": "follower"} for k, a, d in nodes}
     return Convergence(False, rows, "")
@@ -256,6 +333,8 @@ def test_history_lines_round_trip() -> None:
     assert entry_from_json(entry_to_json(e)) == e
     ok = _ok_put("c", 2, "k", b"\xff\x00", 4)
     assert entry_from_json(entry_to_json(ok)) == ok
+    through_etcd = _etcd(Put(key="k", value=b"v"), Written(version=1, revision=3))
+    assert entry_from_json(entry_to_json(through_etcd)) == through_etcd
 
 
 # ----------------------------------------------------------------------- the CI drill

@@ -29,6 +29,8 @@ RPCS_MAX = 1024
 MESSAGE_BYTES_MAX = 2 << 20
 # Set by `paxosd run` to its pid: the gateway it started exits when that process is gone.
 PARENT_ENV = "PAXOSD_ETCD_PARENT"
+# In-flight calls get this long to finish when the listener stops.
+STOP_GRACE_S = 0.5
 
 
 def _read(path: Path | None) -> bytes:
@@ -134,6 +136,12 @@ def gateway_command(
     except ImportError:
         fatal("paxosd etcd-gateway: grpcio is not installed: pip install 'paxosd[etcd]'")
         raise typer.Exit(2) from None
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if parent and os.getppid() != parent:
+        # The node that started us was killed while we were starting (importing grpc takes
+        # seconds on a loaded host): do not bind its port for nobody.
+        fatal("paxosd etcd-gateway: the node that started this listener is gone")
+        raise typer.Exit(3)
     try:
         server, port = build_server(cfg)
     except (OSError, RuntimeError) as e:
@@ -147,12 +155,22 @@ def gateway_command(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()  # type: ignore[attr-defined]
     log.info("etcd listener serving", address=str(cfg.etcd.listen), tls=cfg.etcd.tls)
-    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
     # Ends on a signal, or when the node that started it is gone (a kill -9 of the node
     # must not leave its listener answering for nobody).
+    orphaned = False
     while not stop.wait(0.1):
         if parent and os.getppid() != parent:
+            orphaned = True
             break
-    server.stop(grace=0.5).wait()  # type: ignore[attr-defined]
+    server.stop(grace=STOP_GRACE_S).wait()  # type: ignore[attr-defined]
+    if orphaned:
+        # Our node was killed. A gRPC worker still waiting in a call (for the cluster's
+        # answer, up to the client's timeout) would keep this process alive that long after
+        # its node: a normal exit joins those threads. Their calls are already cancelled
+        # (UNAVAILABLE, an unknown outcome for the caller) and nothing here is on disk.
+        log.warning("etcd listener stopped: its node is gone")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     log.info("etcd listener stopped")
     sys.exit(0)

@@ -33,6 +33,7 @@ from paxosd.statemachine.commands import (
     Put,
     Rows,
     Scan,
+    Txn,
     Unblock,
     Written,
     decode_command,
@@ -117,7 +118,21 @@ def check_log(
                 return k.startswith(workload.prefix)
             case Block(site=s) | Unblock(site=s):
                 return workload.is_drill_site(s)
+            case Txn():
+                return any(k.startswith(workload.prefix) for k in _txn_keys(cmd.op))
         return False
+
+    # The etcd workers' compare-and-swap transactions on the register keys, as the Cas each
+    # was recorded as (found by the unique value it puts): what the replay below applies.
+    decoded, untranslated = _etcd_txns_as_cas(decoded, entries, in_scope)
+    for cmd in untranslated[:5]:
+        violations.append(
+            Violation(
+                "exactly-once",
+                f"{cmd.client_id} seq {cmd.seq}: a transaction on the drill's register keys "
+                f"that no etcd worker sent: {cmd.op!r}",
+            )
+        )
 
     # 1. One value, one command: a value under two (client, seq) pairs was submitted twice
     #    as different commands, which the session table cannot deduplicate.
@@ -142,24 +157,34 @@ def check_log(
             )
 
     # 2. Every acknowledged write is in the decided log (only checkable when every slot
-    #    since the drill began was copied).
+    #    since the drill began was copied). A paxosd worker's by its (client, seq); an etcd
+    #    worker's put or swap by its unique value (the gateway's client and seq are its own).
     complete = not log.gaps
     in_log = set(bytes_of)
     lost = 0
     if complete:
         for e in entries:
             o = e.operation
-            if o.outcome != "ok" or is_read(o.op) or e.seq == 0:
+            if o.outcome != "ok" or is_read(o.op):
                 continue
-            if not isinstance(o.result, Written | Deleted | Changed | CasMismatch):
+            if e.via == "etcd":
+                match o.op, o.result:
+                    case ((Put(value=v) | Cas(new=v)), Written()):
+                        missing = v not in by_value
+                    case _:
+                        continue  # a delete or a failed swap: no unique value to find
+            elif e.seq == 0 or not isinstance(o.result, Written | Deleted | Changed | CasMismatch):
                 continue
-            if (o.client_id, e.seq) not in in_log:
+            else:
+                missing = (o.client_id, e.seq) not in in_log
+            if missing:
                 lost += 1
                 if lost <= 5:
+                    where = "through etcd " if e.via == "etcd" else f"seq {e.seq}: "
                     violations.append(
                         Violation(
                             "lost-write",
-                            f"{o.client_id} seq {e.seq}: {o.op!r} was acknowledged "
+                            f"{o.client_id} {where}{o.op!r} was acknowledged "
                             f"({o.result!r}) at {o.complete_ms} ms but is in no decided slot",
                         )
                     )
@@ -191,6 +216,36 @@ def check_log(
         "complete": complete,
     }
     return violations, info
+
+
+def _txn_keys(txn: Txn) -> list[str]:
+    return [c.key for c in txn.compares] + [
+        op.key if not isinstance(op, Scan) else op.prefix for op in (*txn.success, *txn.failure)
+    ]
+
+
+def _etcd_txns_as_cas(
+    decoded: list[Command], entries: Sequence[Entry], in_scope: Callable[[Command], bool]
+) -> tuple[list[Command], list[Command]]:
+    """Replace each decided transaction on the register keys by the Cas its etcd worker
+    recorded (the one that puts the same unique value); returns the commands and the
+    in-scope transactions no worker's entry accounts for."""
+    cas_of: dict[bytes, Cas] = {}
+    for e in entries:
+        if e.via == "etcd" and isinstance(e.operation.op, Cas):
+            cas_of[e.operation.op.new] = e.operation.op
+    out: list[Command] = []
+    untranslated: list[Command] = []
+    for cmd in decoded:
+        if isinstance(cmd.op, Txn) and in_scope(cmd):
+            puts = [op.value for op in cmd.op.success if isinstance(op, Put)]
+            cas = cas_of.get(puts[0]) if len(puts) == 1 else None
+            if cas is None:
+                untranslated.append(cmd)
+                continue
+            cmd = msgspec.structs.replace(cmd, op=cas)
+        out.append(cmd)
+    return out, untranslated
 
 
 def _diff_state(kv: KV, blocks: BlockSet, r_kv: KV, r_blocks: BlockSet) -> str:

@@ -4,6 +4,7 @@ fault undone before the next, and a watcher per restarted node for the recovery 
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -17,9 +18,14 @@ from paxosd.client.client import Client, ClientError, UnavailableError
 from paxosd.lab.drill.nodes import Nodes, closing_all, cluster_view, node_status
 from paxosd.lab.drill.reconfig import Reconfig
 from paxosd.lab.drill.spec import KILL_DOWN_S, KILLALL_DOWN_S, PARTITION_S, PAUSE_S, DrillSpec
+from paxosd.lab.etcd_api_sitting import children
 
 SNAPSHOT_BEFORE_KILL_FRACTION: Final = 0.3
 LEADER_VICTIM_FRACTION: Final = 0.5
+# With --etcd, the share of pauses that stop the node's etcd listeners too: the member as a
+# whole, as a paused etcd process is, so the etcd workers meet a frozen endpoint. The other
+# pauses stop the daemon alone, whose listeners go on answering through the other nodes.
+PAUSE_LISTENERS_FRACTION: Final = 0.5
 CATCH_UP_TIMEOUT_S: Final = 60.0
 READY_TIMEOUT_S: Final = 30.0
 POLL_S: Final = 0.05
@@ -210,11 +216,21 @@ class FaultInjector:
         assert cluster is not None, f"fault {kind} needs processes this drill started"
         if kind == "pause":
             victims, leader = self._victims(clients, ids, 1)
-            ev = self._event("pause", victims, "(leader)" if leader in victims else "", leader)
+            notes = ["(leader)"] if leader in victims else []
+            listeners: list[int] = []
+            if self.spec.etcd and self.rng.random() < PAUSE_LISTENERS_FRACTION:
+                pid = cluster.pid(victims[0])
+                listeners = [] if pid is None else children(pid)
+                notes.append("with its etcd listeners")
+            ev = self._event("pause", victims, " ".join(notes), leader)
             try:
                 cluster.signal(victims[0], signal.SIGSTOP)
+                for child in listeners:
+                    _signal_child(child, signal.SIGSTOP)
                 self._sleep(PAUSE_S)
             finally:
+                for child in listeners:
+                    _signal_child(child, signal.SIGCONT)
                 cluster.signal(victims[0], signal.SIGCONT)
                 ev.end_ms = self._clock()
             return
@@ -321,6 +337,12 @@ class FaultInjector:
                     ev.caught_up_ms = self._clock()
                     return
                 time.sleep(POLL_S)
+
+
+def _signal_child(pid: int, sig: signal.Signals) -> None:
+    """Signal a node's listener process, which may have exited meanwhile."""
+    with suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def set_partition(clients: Mapping[int, Client], a: int, b: int, on: bool) -> None:

@@ -12,6 +12,8 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,6 +59,8 @@ from paxosd.sim import linearizability
 from paxosd.statemachine.commands import Put, Written
 
 PROGRESS_S: Final = 0.5
+# How long the etcd listeners have to accept connections once their nodes are ready.
+ETCD_READY_S: Final = 60.0
 # After the end mark, how long the watchers have to deliver it.
 WATCH_FINISH_S: Final = 60.0
 
@@ -90,6 +94,8 @@ def run_drill(
                 root / "cluster",
                 spec.nodes,
                 extra_config=DRILL_NODE_CONFIG,
+                etcd=spec.etcd,
+                etcd_tls=False,  # the listeners bind loopback only
             )
             env = dict(spec.node_env)
             for k in cluster.node_ids():
@@ -99,7 +105,18 @@ def run_drill(
             except ClientError as e:
                 raise DrillError(f"local cluster did not start: {e}; logs in {root}") from None
             nodes = Nodes.of_cluster(cluster, env)
-        report = _Drill(spec, nodes, run_id, root, say).run()
+        etcd_addresses: list[str] = []
+        if spec.etcd and cluster is not None:
+            from paxosd.lab.drill.etcdload import wait_listeners
+
+            etcd_addresses = cluster.etcd_endpoints()
+            late = wait_listeners(etcd_addresses, ETCD_READY_S)
+            if late:
+                raise DrillError(
+                    f"the etcd listener(s) at {', '.join(late)} did not accept connections; "
+                    f"logs in {root}"
+                )
+        report = _Drill(spec, nodes, run_id, root, say, etcd_addresses).run()
         report["folder"] = str(root)
         report["kept"] = bool(report["violations"]) or keep
         (root / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -113,7 +130,13 @@ def run_drill(
 
 class _Drill:
     def __init__(
-        self, spec: DrillSpec, nodes: Nodes, run_id: str, root: Path, say: ProgressFn
+        self,
+        spec: DrillSpec,
+        nodes: Nodes,
+        run_id: str,
+        root: Path,
+        say: ProgressFn,
+        etcd_addresses: Sequence[str] = (),
     ) -> None:
         self.spec = spec
         self.nodes = nodes
@@ -133,6 +156,16 @@ class _Drill:
             nodes.spare_ids = 2  # an add and a replace's add before the workers reconnect
         self.worker_seeds = [rng.getrandbits(64) for _ in range(spec.clients)]
         self.leader_watch = LeaderWatch(nodes, self.history.now_ms)
+        self.etcd_addresses = list(etcd_addresses)
+        # Worker client id -> the front end it goes through; the etcd workers' request kinds
+        # by outcome, and their fail-overs (for the report).
+        first_etcd = spec.clients - spec.etcd_workers
+        self.worker_via = {
+            self._worker_id(i): "etcd" if i >= first_etcd else "paxosd" for i in range(spec.clients)
+        }
+        self.etcd_kinds: Counter[tuple[str, str]] = Counter()
+        self.etcd_failovers = 0
+        self._etcd_lock = threading.Lock()
 
     def _progress(self, phase: str, message: str = "") -> None:
         self.say(
@@ -146,10 +179,16 @@ class _Drill:
             )
         )
 
+    def _worker_id(self, i: int) -> str:
+        return f"{self.run_id}-w{i}"
+
     def _worker(self, i: int) -> None:
+        if self.worker_via[self._worker_id(i)] == "etcd":
+            self._etcd_worker(i)
+            return
         rng = random.Random(self.worker_seeds[i])
         seen: dict[str, tuple[bytes | None, int]] = {}
-        cid = f"{self.run_id}-w{i}"
+        cid = self._worker_id(i)
         generation = self.nodes.generation
         c = self.nodes.client(timeout_ms=self.spec.op_timeout_ms, client_id=cid)
         try:
@@ -178,6 +217,51 @@ class _Drill:
             self.worker_errors.append(f"worker {i}: {type(e).__name__}: {e}")
         finally:
             c.close()
+
+    def _etcd_worker(self, i: int) -> None:
+        """A worker that goes through the etcd API (see etcdload.py). It keeps the initial
+        members' listeners: under the reconfig fault, nodes added later are not among them."""
+        from paxosd.lab.drill.etcdload import (
+            EtcdEndpoints,
+            next_etcd_op,
+            remember_etcd,
+            run_etcd_op,
+        )
+
+        rng = random.Random(self.worker_seeds[i])
+        seen: dict[str, tuple[bytes | None, int, int]] = {}
+        cid = self._worker_id(i)
+        planted = (
+            self.spec.plant_etcd_phantom_put
+            if i == self.spec.clients - self.spec.etcd_workers
+            else 0
+        )
+        eps = EtcdEndpoints(self.etcd_addresses, first=i)
+        timeout_s = self.spec.op_timeout_ms / 1000
+        try:
+            n = puts = 0
+            while not self.stop_workers.is_set() and len(self.history) < HISTORY_OPS_MAX:
+                n += 1
+                epoch = self.workload.epoch_at(self.history.now_ms())
+                planned = next_etcd_op(rng, self.workload, epoch, f"{cid}/{n}".encode(), seen)
+                phantom = False
+                if planned.kind == "put":
+                    puts += 1
+                    phantom = puts == planted
+                e, mod = run_etcd_op(eps, planned, self.history, cid, timeout_s, phantom=phantom)
+                self.history.add(e)
+                with self._etcd_lock:
+                    self.etcd_kinds[(planned.kind, e.operation.outcome)] += 1
+                if e.operation.result is not None:
+                    remember_etcd(seen, planned.op, e.operation.result, mod)
+                elif e.operation.outcome == "fail":
+                    self.stop_workers.wait(WORKER_PAUSE_S)
+        except Exception as e:  # a worker bug must end the drill's claims, not hide
+            self.worker_errors.append(f"etcd worker {i}: {type(e).__name__}: {e}")
+        finally:
+            with self._etcd_lock:
+                self.etcd_failovers += eps.failovers
+            eps.close()
 
     def run(self) -> dict[str, Any]:
         spec, nodes = self.spec, self.nodes
@@ -420,4 +504,11 @@ class _Drill:
             history_path=history_path,
         )
         report["watch"] = watch_info
+        report["etcd"] = None
+        if spec.etcd:
+            from paxosd.lab.drill.etcdload import etcd_report
+
+            report["etcd"] = etcd_report(
+                entries, self.worker_via, self.etcd_kinds, self.etcd_failovers, self.etcd_addresses
+            )
         return report

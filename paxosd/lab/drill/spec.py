@@ -5,6 +5,7 @@ that stop a drill before it runs, and the progress reports it sends while it run
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -71,6 +72,17 @@ class DrillSpec:
     # Test only: the leader's watcher drops its Nth event (1-based; 0: none) before it
     # records it, to prove that the watch check can fail. Not reachable from paxosctl.
     plant_watch_drop: int = 0
+    # Every node also serves the etcd API (loopback, no TLS) and etcd_workers of the
+    # workers go through it (see etcdload.py).
+    etcd: bool = False
+    # Test only: the first etcd worker records its Nth put (1-based; 0: none) as
+    # acknowledged without sending it, to prove that the etcd path feeds the checks.
+    plant_etcd_phantom_put: int = 0
+
+    @property
+    def etcd_workers(self) -> int:
+        """Half the workers (at least one) go through the etcd API with --etcd."""
+        return max(1, self.clients // 2) if self.etcd else 0
 
     def validate(self, *, endpoints: bool = False) -> None:
         if not NODES_MIN <= self.nodes <= NODES_MAX:
@@ -91,6 +103,13 @@ class DrillSpec:
                     f"on a running cluster (--endpoints) the drill owns no processes, so it can "
                     f"only cause {','.join(sorted(ENDPOINT_FAULTS))}; drop {','.join(impossible)}"
                 )
+        if self.etcd and endpoints:
+            raise DrillUsageError(
+                "--etcd needs the drill's own cluster (its nodes get an etcd listener each); "
+                "drop --endpoints"
+            )
+        if self.etcd and importlib.util.find_spec("grpc") is None:
+            raise DrillUsageError("--etcd needs grpcio: pip install 'paxosd[etcd]'")
         lo, hi = self.fault_gap_s
         if not 0 < lo <= hi:
             raise DrillUsageError("fault gap must be 0 < min <= max")

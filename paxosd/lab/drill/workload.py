@@ -60,11 +60,14 @@ Outcome = Literal["ok", "fail", "unknown"]
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One operation as a worker saw it, plus what the checks need beyond the checker's
-    Operation: the (client_id, seq) it was submitted as, and the error text."""
+    Operation: the (client_id, seq) it was submitted as, the error text, and the front end
+    it went through (``via`` "etcd": the etcd API, whose (client, seq) is the gateway's and
+    unknown to the drill, so seq is 0 and the log check finds it by its unique value)."""
 
     operation: Operation
     seq: int
     error: str = ""
+    via: str = "paxosd"
 
 
 class History:
@@ -111,6 +114,7 @@ def entry_to_json(e: Entry) -> dict[str, Any]:
         "result": None if o.result is None else msgspec.to_builtins(o.result),
         "text": f"{o.op!r} -> {o.result!r}" if o.outcome == "ok" else f"{o.op!r} -> {o.outcome}",
         "error": e.error,
+        "via": e.via,
     }
 
 
@@ -124,7 +128,9 @@ def entry_from_json(obj: Mapping[str, Any]) -> Entry:
         outcome=obj["outcome"],
         result=None if result is None else msgspec.convert(result, type=Result),
     )
-    return Entry(op, int(obj.get("seq", 0)), str(obj.get("error", "")))
+    return Entry(
+        op, int(obj.get("seq", 0)), str(obj.get("error", "")), str(obj.get("via", "paxosd"))
+    )
 
 
 def write_history(path: Path, entries: Iterable[Entry]) -> int:
