@@ -52,7 +52,10 @@ class Stubs:
 
 
 def _answering(ep: str) -> Stubs | None:
-    ch = grpc.insecure_channel(ep)
+    return _answering_on(grpc.insecure_channel(ep))
+
+
+def _answering_on(ch: Any) -> Stubs | None:
     kv = rpc_pb2_grpc.KVStub(ch)
     try:
         kv.Range(R(key=b"probe"), timeout=5)
@@ -261,3 +264,65 @@ def test_an_election_campaign_proclaim_leader_observe_and_resign(stubs: list[Stu
     s.election.Resign(E.ResignRequest(leader=leader_a), timeout=10)
     for lease_id in (a, b):
         s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=10)
+
+
+def test_long_lived_calls_are_bounded_per_connection(cluster: LocalCluster) -> None:
+    """KeepAlive streams (as Observe streams and waiting Locks) hold a worker each: one
+    connection gets HELD_CALLS_PER_PEER_MAX of them, the next is RESOURCE_EXHAUSTED, and
+    another connection still gets its own."""
+    from paxosd.etcd.coordination import HELD_CALLS_PER_PEER_MAX
+
+    ep = cluster.etcd_endpoints()[0]
+
+    def connection() -> Stubs:
+        # Its own TCP connection (gRPC shares one between channels to a target by default).
+        ch = grpc.insecure_channel(ep, options=[("grpc.use_local_subchannel_pool", 1)])
+        stubs = _answering_on(ch)
+        assert stubs is not None
+        return stubs
+
+    one = connection()
+    lease_id = grant(one, 60)
+    streams = []
+    try:
+        for _ in range(HELD_CALLS_PER_PEER_MAX):
+            requests, responses = keepalive_stream(one)
+            requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+            assert next(responses).TTL == 60
+            streams.append((requests, responses))
+        requests, responses = keepalive_stream(one)
+        requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+        with pytest.raises(grpc.RpcError) as e:
+            next(responses)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        other = connection()
+        requests, responses = keepalive_stream(other)
+        requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+        assert next(responses).TTL == 60
+        streams.append((requests, responses))
+    finally:
+        for requests, responses in streams:
+            requests.put(None)
+            responses.cancel()
+    one.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=10)
+
+
+def test_a_campaign_ends_when_its_lease_is_revoked(stubs: list[Stubs]) -> None:
+    s = stubs[2]
+    a, b = grant(s, 60), grant(s, 60)
+    s.election.Campaign(E.CampaignRequest(name=b"ended", lease=a, value=b"a"), timeout=20)
+    waiting: Future[Any] = s.election.Campaign.future(
+        E.CampaignRequest(name=b"ended", lease=b, value=b"b")
+    )
+    wait_for("the second candidate's key is in the queue", lambda: get(s, f"ended/{b:x}"))
+    s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=b), timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        waiting.result(timeout=30)
+    assert (e.value.code(), e.value.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "etcdserver: requested lease not found",
+    )
+    leader = s.election.Leader(E.LeaderRequest(name=b"ended"), timeout=10).kv
+    assert (leader.value, leader.lease) == (b"a", a)
+    s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=a), timeout=10)
+    assert error(s.election.Leader, E.LeaderRequest(name=b"ended"))[1] == "election: no leader"
