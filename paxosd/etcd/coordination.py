@@ -360,7 +360,12 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         self, request: v3lock_pb2.UnlockRequest, context: Any
     ) -> v3lock_pb2.UnlockResponse:
         """Deletes the key (etcd's Unlock is a plain delete: a key already gone is fine)."""
-        key = _name(request.key, "lock key")
+        try:
+            key = _text(request.key, "lock key")
+        except ClientError as e:
+            raise _mapped(e) from None
+        if not key:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: the lock key is empty")
         try:
             _, h = self.b.call(lambda c: c.delete(key))
         except Abort as e:
