@@ -326,3 +326,21 @@ def test_a_campaign_ends_when_its_lease_is_revoked(stubs: list[Stubs]) -> None:
     assert (leader.value, leader.lease) == (b"a", a)
     s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=a), timeout=10)
     assert error(s.election.Leader, E.LeaderRequest(name=b"ended"))[1] == "election: no leader"
+
+
+def test_a_python_lock_and_an_etcd_lock_on_one_name_exclude_each_other(
+    cluster: LocalCluster, stubs: list[Stubs]
+) -> None:
+    """One key layout: a lock held with paxosd's recipe blocks etcd's Lock on that name."""
+    s = stubs[0]
+    lease_id = grant(s, 60)
+    with cluster.client() as c, c.lock("mixed", ttl=30) as token:
+        waiting: Future[Any] = s.lock.Lock.future(
+            v3lock_pb2.LockRequest(name=b"mixed", lease=lease_id)
+        )
+        wait_for("the etcd contender's key is in the queue", lambda: get(s, f"mixed/{lease_id:x}"))
+        assert not waiting.done(), "etcd's Lock returned while paxosd's recipe held the lock"
+        assert get(s, token.key)[0].create_revision == token.revision
+    got = waiting.result(timeout=30)
+    assert got.key == f"mixed/{lease_id:x}".encode()
+    s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=10)
