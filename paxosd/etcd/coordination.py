@@ -23,6 +23,7 @@ RPC is cancelled or its deadline passes, or when its lease is gone (asked every
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
@@ -65,6 +66,11 @@ HELD_CALLS_MAX: Final = 24
 HELD_CALLS_PER_PEER_MAX: Final = 16
 # Distinct leases one KeepAlive stream renews (clientv3 puts all of a client's on one).
 KEEPALIVE_LEASES_MAX: Final = 10_000
+# Threads (each with its own paxosd client) that renew the leases of every KeepAlive stream of
+# this gateway: a stream of many leases is not one round trip after another.
+KEEPALIVE_WORKERS: Final = 8
+# Keep-alives one stream has asked and not had answered; past it, its reader waits.
+KEEPALIVE_IN_FLIGHT_MAX: Final = 256
 # How often a waiting Lock or Campaign asks whether its lease still exists.
 LEASE_POLL_S: Final = 1.0
 # etcd's words (clientv3/concurrency and v3election), which its clients match.
@@ -120,6 +126,50 @@ def _abort_in_stream(context: grpc.ServicerContext, e: Abort) -> None:
 
 # ---------------------------------------------------------------------------------- Lease
 
+_Answer = rpc_pb2.LeaseKeepAliveResponse | Abort
+
+
+class KeepAlivePool:
+    """The KEEPALIVE_WORKERS threads that renew leases for every KeepAlive stream (started
+    on first use). A stream hands a lease id and where to put the answer; each stream has at
+    most KEEPALIVE_IN_FLIGHT_MAX ids handed and not answered, so the queue is bounded too."""
+
+    def __init__(self, backend: Backend, workers: int = KEEPALIVE_WORKERS) -> None:
+        self.b = backend
+        self.workers = workers
+        self._jobs: queue.Queue[tuple[int, Callable[[_Answer], None]]] = queue.Queue(
+            HELD_CALLS_MAX * KEEPALIVE_IN_FLIGHT_MAX
+        )
+        self._lock = threading.Lock()
+        self._started = False
+
+    def renew(self, lease_id: int, answer: Callable[[_Answer], None]) -> None:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for i in range(self.workers):
+                    threading.Thread(
+                        target=self._run, name=f"etcd-keepalive-{i}", daemon=True
+                    ).start()
+        self._jobs.put((lease_id, answer))
+
+    def _run(self) -> None:
+        while True:
+            lease_id, answer = self._jobs.get()
+            answer(self._renew(lease_id))
+
+    def _renew(self, lease_id: int) -> _Answer:
+        c = self.b.client()  # this worker thread's own
+        try:
+            ttl = c.lease_keep_alive_once(lease_id) if lease_id > 0 else 0
+        except LeaseNotFoundError:
+            ttl = 0
+        except ClientError as e:
+            return _mapped(e)
+        return rpc_pb2.LeaseKeepAliveResponse(
+            header=self.b.header(c.last_header), ID=lease_id, TTL=ttl
+        )
+
 
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
     """Grant, revoke, keep-alive, time-to-live and list, each one paxosd lease request."""
@@ -127,6 +177,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     def __init__(self, backend: Backend, held: HeldCalls) -> None:
         self.b = backend
         self.held = held
+        self.pool = KeepAlivePool(backend)
 
     @_aborting
     def LeaseGrant(  # noqa: N802
@@ -193,38 +244,75 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         request_iterator: Iterator[rpc_pb2.LeaseKeepAliveRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[rpc_pb2.LeaseKeepAliveResponse]:
-        """One answer per request, in order, on the leader's clock. A lease that does not
-        exist is answered with TTL 0 (etcd's way: the client then knows it expired); past
+        """One answer per request, on the leader's clock, renewed by the gateway's
+        keep-alive workers (so answers to different leases may come in another order than
+        asked, which etcd clients allow: each names its lease). A lease that does not exist is
+        answered with TTL 0 (etcd's way: the client then knows it expired); past
         KEEPALIVE_LEASES_MAX distinct leases the stream is ended with RESOURCE_EXHAUSTED."""
         try:
             with self.held.hold(context):
-                yield from self._keep_alive(request_iterator)
+                yield from self._keep_alive(request_iterator, context.is_active)
         except Abort as e:
             _abort_in_stream(context, e)
 
     def _keep_alive(
-        self, requests: Iterator[rpc_pb2.LeaseKeepAliveRequest]
+        self,
+        requests: Iterator[rpc_pb2.LeaseKeepAliveRequest],
+        active: Callable[[], bool] = lambda: True,
     ) -> Iterator[rpc_pb2.LeaseKeepAliveResponse]:
-        c = self.b.client()
-        seen: set[int] = set()
-        for req in requests:
-            if req.ID not in seen:
-                if len(seen) >= KEEPALIVE_LEASES_MAX:
-                    raise Abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"etcdserver: at most {KEEPALIVE_LEASES_MAX} leases per keep-alive "
-                        "stream; open another stream",
-                    )
-                seen.add(req.ID)
+        # Answers, an Abort, or None once the reader has handed its last request. Bounded by
+        # the window: at most KEEPALIVE_IN_FLIGHT_MAX answers, plus one Abort and one None.
+        out: queue.Queue[_Answer | None] = queue.Queue()
+        window = threading.BoundedSemaphore(KEEPALIVE_IN_FLIGHT_MAX)
+        closed = threading.Event()
+        handed = [0]
+
+        def read() -> None:
+            seen: set[int] = set()
             try:
-                ttl = c.lease_keep_alive_once(req.ID) if req.ID > 0 else 0
-            except LeaseNotFoundError:
-                ttl = 0
-            except ClientError as e:
-                raise _mapped(e) from None
-            yield rpc_pb2.LeaseKeepAliveResponse(
-                header=self.b.header(c.last_header), ID=req.ID, TTL=ttl
-            )
+                for req in requests:
+                    if req.ID not in seen:
+                        if len(seen) >= KEEPALIVE_LEASES_MAX:
+                            out.put(
+                                Abort(
+                                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"etcdserver: at most {KEEPALIVE_LEASES_MAX} leases per "
+                                    "keep-alive stream; open another stream",
+                                )
+                            )
+                            return
+                        seen.add(req.ID)
+                    while not window.acquire(timeout=0.2):
+                        if closed.is_set():
+                            return
+                    handed[0] += 1
+                    self.pool.renew(req.ID, out.put)
+            except grpc.RpcError:
+                pass  # the client went away
+            finally:
+                out.put(None)
+
+        threading.Thread(target=read, name="etcd-keepalive-stream", daemon=True).start()
+        answered = 0
+        read_all = False
+        try:
+            while not (read_all and answered == handed[0]):
+                try:
+                    item = out.get(timeout=0.5)
+                except queue.Empty:
+                    if not active():
+                        return
+                    continue
+                if item is None:
+                    read_all = True
+                    continue
+                if isinstance(item, Abort):
+                    raise item
+                window.release()
+                answered += 1
+                yield item
+        finally:
+            closed.set()
 
 
 # ---------------------------------------------------------------------------------- waits

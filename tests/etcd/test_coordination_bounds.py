@@ -16,6 +16,7 @@ from paxosd.etcd import coordination  # noqa: E402
 from paxosd.etcd.coordination import HeldCalls, LeaseService  # noqa: E402
 from paxosd.etcd.gateway import Abort, lease_refusal, status_of  # noqa: E402
 from paxosd.etcd.proto import rpc_pb2  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 
 class _Context:
@@ -87,16 +88,50 @@ def test_a_keepalive_stream_renews_a_bounded_number_of_leases(
     monkeypatch.setattr(coordination, "KEEPALIVE_LEASES_MAX", 3)
     service = LeaseService(_any(FakeBackend(FakeClient({1, 2, 3}))), HeldCalls())
     answers = list(service._keep_alive(_requests([1, 2, 3, 1, 2])))
-    assert [(a.ID, a.TTL) for a in answers] == [(1, 10), (2, 10), (3, 10), (1, 10), (2, 10)]
-    stream = service._keep_alive(_requests([1, 2, 99, 4]))
-    assert [(a.ID, a.TTL) for a in (next(stream), next(stream), next(stream))] == [
-        (1, 10),
-        (2, 10),
-        (99, 0),  # etcd answers a lease that is gone with TTL 0
-    ]
-    with pytest.raises(Abort) as e:
-        next(stream)  # a fourth distinct lease
+    assert sorted((a.ID, a.TTL) for a in answers) == [(1, 10), (1, 10), (2, 10), (2, 10), (3, 10)]
+    got: list[tuple[int, int]] = []
+    with pytest.raises(Abort) as e:  # the fourth distinct lease
+        for a in service._keep_alive(_requests([1, 2, 99, 4, 1])):
+            got.append((a.ID, a.TTL))
     assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # etcd answers a lease that is gone with TTL 0; nothing past the refused one is renewed.
+    assert set(got) <= {(1, 10), (2, 10), (99, 0)}
+
+
+def test_a_keepalive_stream_has_a_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted: with a window of 2 and workers that do not answer yet, the reader hands two
+    keep-alives and waits; once answers flow every request is answered."""
+    import threading
+
+    monkeypatch.setattr(coordination, "KEEPALIVE_IN_FLIGHT_MAX", 2)
+    gate = threading.Event()
+    asked: list[int] = []
+
+    class SlowClient(FakeClient):
+        def lease_keep_alive_once(self, lease_id: int) -> int:
+            asked.append(lease_id)
+            gate.wait(30)
+            return super().lease_keep_alive_once(lease_id)
+
+    service = LeaseService(_any(FakeBackend(SlowClient({1, 2, 3, 4, 5}))), HeldCalls())
+    pulled: list[int] = []
+
+    def requests() -> Iterator[rpc_pb2.LeaseKeepAliveRequest]:
+        for i in [1, 2, 3, 4, 5]:
+            pulled.append(i)
+            yield rpc_pb2.LeaseKeepAliveRequest(ID=i)
+
+    stream = service._keep_alive(requests())
+    answers: list[Any] = []
+    reader = threading.Thread(target=lambda: answers.extend(stream))
+    reader.start()
+    wait_for("two keep-alives are in flight", lambda: len(asked) == 2)
+    wait_for("the third request is read", lambda: len(pulled) >= 3)
+    # The window holds the third back: not handed to a worker, no fourth read.
+    assert (len(asked), len(pulled), service.pool._jobs.qsize()) == (2, 3, 0)
+    gate.set()
+    reader.join(30)
+    assert sorted(a.ID for a in answers) == [1, 2, 3, 4, 5]
 
 
 def test_lease_errors_in_etcds_words() -> None:
