@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import grpc
+import structlog
 
 from paxosd.client.client import Client
 from paxosd.client.errors import ClientError, LeaseNotFoundError
@@ -60,6 +61,8 @@ from paxosd.etcd.proto import (
     v3lock_pb2_grpc,
 )
 from paxosd.statemachine.commands import LEASE_ID_MAX, LEASE_TTL_S_MAX
+
+log = structlog.get_logger("paxosd.etcd")
 
 # Calls that hold a worker for long (see the module docstring): in all, and per connection.
 HELD_CALLS_MAX: Final = 24
@@ -156,7 +159,15 @@ class KeepAlivePool:
     def _run(self) -> None:
         while True:
             lease_id, answer = self._jobs.get()
-            answer(self._renew(lease_id))
+            try:
+                result = self._renew(lease_id)
+            except Exception:  # a bug here must not cost the gateway a worker
+                log.exception("keep-alive failed", lease=lease_id)
+                result = Abort(
+                    grpc.StatusCode.INTERNAL,
+                    "etcdserver: keep-alive failed (see the gateway's log)",
+                )
+            answer(result)
 
     def _renew(self, lease_id: int) -> _Answer:
         c = self.b.client()  # this worker thread's own
