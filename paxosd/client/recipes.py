@@ -54,6 +54,7 @@ from paxosd.statemachine.commands import (
     Delete,
     Found,
     Get,
+    KeyValue,
     Put,
     Row,
     Rows,
@@ -116,13 +117,16 @@ class LockToken:
 @dataclass(frozen=True, slots=True)
 class Leader:
     """An election's leader: its ``key``, ``value`` (what it proclaimed), ``revision`` (its
-    key's create_revision: the leadership's fencing token) and ``mod_revision`` (the last
-    proclaim)."""
+    key's create_revision: the leadership's fencing token), ``mod_revision`` (the last
+    proclaim), and the key's ``version`` and ``lease`` (0 where not read: a candidate's own
+    answer from ``campaign``)."""
 
     key: str
     value: bytes
     revision: int
     mod_revision: int
+    version: int = 0
+    lease: int = 0
 
 
 class _Session:
@@ -454,6 +458,18 @@ class Election(_Queue):
         super().__init__(client, name, ttl_s=ttl, lease=lease, on_lost=on_lost)
         self.value = b""
 
+    @classmethod
+    def resume(cls, client: Client, name: str, key: str, revision: int, lease: int) -> Election:
+        """The candidate that holds ``key`` (created at ``revision``, on ``lease``), as a
+        ``campaign`` elsewhere left it, for ``proclaim`` and ``resign`` (etcd's
+        ResumeElection: how a stateless server acts for a leader it answered earlier). The
+        lease stays the caller's to keep alive."""
+        election = cls(client, name, ttl=None, lease=lease)
+        election._session = _Session(client, None, lease, None)
+        election.key = key
+        election.revision = revision
+        return election
+
     def campaign(self, value: bytes | str, timeout_s: float | None = None) -> Leader:
         """Stand with ``value`` and wait until this candidate leads; the leadership. A
         candidate already in the queue (the same lease) proclaims the new value. Raises
@@ -523,7 +539,7 @@ class Election(_Queue):
             assert isinstance(rows, Rows)
             if rows.more:
                 raise BadRequestError(f"{self.name} has over {CONTENDERS_MAX} contenders")
-            queue = {r.key: (r.create_revision, r.mod_revision, r.value) for r in rows.rows}
+            queue = {r.key: _leader_of(r) for r in rows.rows}
             try:
                 yield from self._follow(queue, rows.revision, stop, shown)
             except CompactedError:
@@ -531,7 +547,7 @@ class Election(_Queue):
 
     def _follow(
         self,
-        queue: dict[str, tuple[int, int, bytes]],
+        queue: dict[str, Leader],
         revision: int,
         stop: threading.Event,
         shown: list[Leader | None],
@@ -551,18 +567,21 @@ class Election(_Queue):
                     if e.type == "DELETE":
                         queue.pop(e.kv.key, None)
                     else:
-                        queue[e.kv.key] = (e.kv.create_revision, e.kv.mod_revision, e.kv.value)
+                        queue[e.kv.key] = _leader_of(e.kv)
+
+
+def _leader_of(kv: Row | KeyValue) -> Leader:
+    return Leader(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
 
 
 def _oldest(rows: Rows) -> Leader | None:
-    return _oldest_of({r.key: (r.create_revision, r.mod_revision, r.value) for r in rows.rows})
+    return _oldest_of({r.key: _leader_of(r) for r in rows.rows})
 
 
-def _oldest_of(queue: dict[str, tuple[int, int, bytes]]) -> Leader | None:
+def _oldest_of(queue: dict[str, Leader]) -> Leader | None:
     if not queue:
         return None
-    key, (created, modified, value) = min(queue.items(), key=lambda kv: kv[1][0])
-    return Leader(key, value, created, modified)
+    return min(queue.values(), key=lambda leader: leader.revision)
 
 
 __all__ = [

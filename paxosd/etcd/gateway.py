@@ -34,6 +34,8 @@ from paxosd.client.errors import (
     ClientError,
     CompactedError,
     FutureRevisionError,
+    LeaseNotFoundError,
+    LeaseRefusedError,
     NoSpaceError,
     NotFoundError,
     RefusedError,
@@ -211,9 +213,31 @@ def status_of(e: ClientError) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, f"etcdserver: the gateway cannot reach its node ({e})"
     if isinstance(e, RefusedError):
         return grpc.StatusCode.FAILED_PRECONDITION, f"etcdserver: {e}"
+    if isinstance(e, LeaseNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, LEASE_NOT_FOUND
+    if isinstance(e, LeaseRefusedError):
+        return lease_refusal(e)
     if isinstance(e, NotFoundError):
         return grpc.StatusCode.NOT_FOUND, f"etcdserver: {e}"
     return grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: {e}"
+
+
+# etcd's words for a lease that does not exist (clientv3 matches them: rpctypes.ErrLeaseNotFound).
+LEASE_NOT_FOUND = "etcdserver: requested lease not found"
+
+
+def lease_refusal(e: LeaseRefusedError) -> tuple[grpc.StatusCode, str]:
+    """etcd's status for a lease the cluster refused. The state machine's reasons are
+    worded by paxosd (paxosd/statemachine/machine.py); the one etcd has its own words for,
+    an id already taken, is recognised by them."""
+    text = str(e)
+    if "already exists" in text:
+        return grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists"
+    if "bound on" in text:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcdserver: {text}"
+    # A TTL below the cluster's minimum: etcd raises such a TTL to its minimum instead; paxosd
+    # refuses it (README "Using etcd tools"), with the minimum in the message.
+    return grpc.StatusCode.OUT_OF_RANGE, f"etcdserver: {text}"
 
 
 def unsupported(what: str) -> NoReturn:
@@ -416,10 +440,15 @@ def put_response(
 
 
 def check_put(req: rpc_pb2.PutRequest) -> str:
-    """The key of a put paxosd can carry; leases do not exist here yet, so any lease id is
-    one etcd would not find either."""
-    if req.lease != 0:
-        raise Abort(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+    """The key of a put paxosd can carry, refusing what etcd refuses: a lease with
+    ignore_lease, a value with ignore_value, a negative lease id (paxosd's ids are 63-bit:
+    no such lease exists)."""
+    if req.ignore_lease and req.lease != 0:
+        raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: lease is provided")
+    if req.ignore_value and req.value:
+        raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: value is provided")
+    if req.lease < 0:
+        raise Abort(grpc.StatusCode.NOT_FOUND, LEASE_NOT_FOUND)
     return _text(req.key, "key")
 
 
@@ -469,7 +498,7 @@ def txn_plan(r: rpc_pb2.RequestOp) -> _Planned:
             unsupported("ignore_value or ignore_lease inside a transaction")
         key = check_put(rp)
         return _Planned(
-            Put(key=key, value=rp.value, prev_kv=rp.prev_kv),
+            Put(key=key, value=rp.value, prev_kv=rp.prev_kv, lease=rp.lease),
             lambda res, h: rpc_pb2.ResponseOp(response_put=put_response(rp, res, h)),
         )
     if which == "request_delete_range":
@@ -539,26 +568,27 @@ class KVService(rpc_pb2_grpc.KVServicer):
             key = check_put(request)
         except BadRequestError as e:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: {e}") from None
-        if request.ignore_value:
-            return self._put_keeping_value(request, key)
-        if request.ignore_lease:
-            # Every key's lease is 0 here, so keeping it is a put, on a key that must exist.
-            found, _ = self.b.call(lambda c: c.execute(Get(key=key)))
-            if not isinstance(found, Found):
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found")
-        value = request.value
-        result, h = self.b.call(lambda c: c.put(key, value, prev_kv=request.prev_kv))
+        if request.ignore_value or request.ignore_lease:
+            return self._put_keeping(request, key)
+        value, lease = request.value, request.lease
+        result, h = self.b.call(lambda c: c.put(key, value, prev_kv=request.prev_kv, lease=lease))
         return put_response(request, result, self.b.header(h))
 
-    def _put_keeping_value(self, request: rpc_pb2.PutRequest, key: str) -> rpc_pb2.PutResponse:
-        """ignore_value: write the key's current value again, atomically: a transaction
-        guarded by the mod revision read, retried if the key moved in between."""
+    def _put_keeping(self, request: rpc_pb2.PutRequest, key: str) -> rpc_pb2.PutResponse:
+        """ignore_value / ignore_lease: write the key again keeping its current value and/or
+        lease, atomically: a transaction guarded by the mod revision read, retried if the key
+        moved in between (a put carries its lease, so keeping it means naming it again)."""
         for _ in range(IGNORE_VALUE_RETRIES):
             found, _ = self.b.call(lambda c: c.execute(Get(key=key)))
             if not isinstance(found, Found):
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found")
             guard = Compare(key=key, target="mod", op="=", number=found.mod_revision)
-            put = Put(key=key, value=found.value, prev_kv=request.prev_kv)
+            put = Put(
+                key=key,
+                value=found.value if request.ignore_value else request.value,
+                prev_kv=request.prev_kv,
+                lease=found.lease if request.ignore_lease else request.lease,
+            )
             txn: Callable[[Client], TxnResult] = partial(_txn_of, [guard], [put])
             result, h = self.b.call(txn)
             if result.succeeded:

@@ -21,7 +21,9 @@ log = structlog.get_logger("paxosd.etcd")
 
 # gRPC worker threads: each holds one paxosd client connection; a unary call occupies one
 # for its round trip, a Watch stream one for its life (gateway.WATCH_STREAMS_MAX of them at
-# most, so unary calls always find a worker). Bounded, as every queue here.
+# most), and so does a waiting Lock or Campaign, a KeepAlive or an Observe stream
+# (coordination.HELD_CALLS_MAX of them at most), so unary calls always find a worker.
+# Bounded, as every queue here.
 WORKERS = 64
 # Concurrent RPCs beyond the workers are refused with RESOURCE_EXHAUSTED, not queued forever.
 RPCS_MAX = 1024
@@ -42,6 +44,12 @@ def build_server(cfg: Config) -> tuple[object, int]:
     """The gRPC server for ``cfg`` (not started) and the port it bound."""
     import grpc
 
+    from paxosd.etcd.coordination import (
+        ElectionService,
+        HeldCalls,
+        LeaseService,
+        LockService,
+    )
     from paxosd.etcd.gateway import (
         Backend,
         ClusterService,
@@ -51,7 +59,7 @@ def build_server(cfg: Config) -> tuple[object, int]:
         WatchService,
         cluster_number,
     )
-    from paxosd.etcd.proto import rpc_pb2_grpc
+    from paxosd.etcd.proto import rpc_pb2_grpc, v3election_pb2_grpc, v3lock_pb2_grpc
 
     etcd = cfg.etcd
     assert etcd.listen is not None
@@ -96,6 +104,16 @@ def build_server(cfg: Config) -> tuple[object, int]:
     )
     rpc_pb2_grpc.add_ClusterServicer_to_server(  # type: ignore[no-untyped-call]
         ClusterService(backend), server
+    )
+    held = HeldCalls()
+    rpc_pb2_grpc.add_LeaseServicer_to_server(  # type: ignore[no-untyped-call]
+        LeaseService(backend, held), server
+    )
+    v3lock_pb2_grpc.add_LockServicer_to_server(  # type: ignore[no-untyped-call]
+        LockService(backend, held), server
+    )
+    v3election_pb2_grpc.add_ElectionServicer_to_server(  # type: ignore[no-untyped-call]
+        ElectionService(backend, held), server
     )
     address = f"{etcd.listen.host}:{etcd.listen.port}"
     if etcd.tls:

@@ -143,3 +143,15 @@ def test_tls_wants_a_client_certificate(cluster: LocalCluster) -> None:
         assert p.returncode != 0 and p.stdout == "", (flags, p.stdout)
     for f in (cluster.root / "keys" / "etcd").iterdir():
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_the_comparison_sees_a_wrong_lock_revision_or_another_lease() -> None:
+    """Planted: the lock step's revision is compared, and only the session's own lease id
+    is normalised (a keep-alive answering for another lease would differ)."""
+    step = next(s for s in STEPS if s.args[0] == "lock")
+    expected = json.loads(FIXTURE.read_text())[STEPS.index(step)]["stdout"]
+    assert normalise(step, expected.replace(" 10\n", " 11\n")) != expected
+    keep = next(s for s in STEPS if s.args[:3] == ("lease", "keep-alive", "--once"))
+    ours = "lease 0000000000000001 keepalived with TTL(60)\n"
+    assert normalise(keep, ours, "0000000000000001") == "lease LEASE keepalived with TTL(60)\n"
+    assert normalise(keep, ours, "0000000000000002") != "lease LEASE keepalived with TTL(60)\n"

@@ -13,7 +13,19 @@ pytest.importorskip("grpc_tools", reason="grpcio-tools is not installed (the tes
 
 ROOT = Path(__file__).parents[2]
 PROTO = ROOT / "paxosd" / "etcd" / "proto"
-GENERATED = ("kv_pb2.py", "kv_pb2.pyi", "rpc_pb2.py", "rpc_pb2.pyi", "rpc_pb2_grpc.py")
+GENERATED = (
+    "kv_pb2.py",
+    "kv_pb2.pyi",
+    "rpc_pb2.py",
+    "rpc_pb2.pyi",
+    "rpc_pb2_grpc.py",
+    "v3lock_pb2.py",
+    "v3lock_pb2.pyi",
+    "v3lock_pb2_grpc.py",
+    "v3election_pb2.py",
+    "v3election_pb2.pyi",
+    "v3election_pb2_grpc.py",
+)
 
 
 def test_generated_modules_are_current(tmp_path: Path) -> None:
@@ -30,6 +42,8 @@ def test_generated_modules_are_current(tmp_path: Path) -> None:
             f"--grpc_python_out={tmp_path}",
             "paxosd/etcd/proto/kv.proto",
             "paxosd/etcd/proto/rpc.proto",
+            "paxosd/etcd/proto/v3lock.proto",
+            "paxosd/etcd/proto/v3election.proto",
         ],
         cwd=ROOT,
         check=True,
@@ -53,3 +67,19 @@ def test_field_numbers_are_etcds() -> None:
     assert rpc_pb2.Compare.DESCRIPTOR.fields_by_name["range_end"].number == 64
     assert kv_pb2.KeyValue.DESCRIPTOR.fields_by_name["value"].number == 5
     assert rpc_pb2.DESCRIPTOR.services_by_name["KV"].full_name == "etcdserverpb.KV"
+
+
+def test_lock_and_election_are_etcds() -> None:
+    """etcdctl lock and elect call these services by their full names, with these fields."""
+    from paxosd.etcd.proto import v3election_pb2, v3lock_pb2
+
+    assert v3lock_pb2.DESCRIPTOR.services_by_name["Lock"].full_name == "v3lockpb.Lock"
+    assert (
+        v3election_pb2.DESCRIPTOR.services_by_name["Election"].full_name == "v3electionpb.Election"
+    )
+    f = v3election_pb2.LeaderKey.DESCRIPTOR.fields_by_name
+    assert (f["name"].number, f["key"].number, f["rev"].number, f["lease"].number) == (1, 2, 3, 4)
+    assert v3election_pb2.CampaignRequest.DESCRIPTOR.fields_by_name["value"].number == 3
+    assert v3election_pb2.LeaderResponse.DESCRIPTOR.fields_by_name["kv"].number == 2
+    assert v3lock_pb2.LockRequest.DESCRIPTOR.fields_by_name["lease"].number == 2
+    assert v3lock_pb2.LockResponse.DESCRIPTOR.fields_by_name["key"].number == 2

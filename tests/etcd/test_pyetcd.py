@@ -54,6 +54,33 @@ print(json.dumps(out))
 """
 
 
+# Leases and python-etcd3's lock (a key under /locks/ on a lease, taken with a transaction
+# and kept alive through the KeepAlive stream).
+LEASE_SCRIPT = """
+import json, sys
+import pyetcd
+host, port = sys.argv[1], int(sys.argv[2])
+c = pyetcd.client(host=host, port=port)
+out = {}
+lease = c.lease(30)
+c.put("/svc/n1", "up", lease=lease)
+_, meta = c.get("/svc/n1")
+out["attached"] = meta.lease_id == lease.id
+out["ttl"] = [lease.granted_ttl, 0 < lease.remaining_ttl <= 30, [k.decode() for k in lease.keys]]
+out["refresh"] = [r.TTL for r in lease.refresh()]
+lock = c.lock("job", ttl=30)
+out["lock"] = [lock.acquire(timeout=10), lock.is_acquired()]
+other = c.lock("job", ttl=30)
+out["other"] = other.acquire(timeout=1)
+lock.release()
+out["other_after"] = other.acquire(timeout=10)
+other.release()
+lease.revoke()
+out["after"] = list(c.get_prefix("/svc/"))
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = LocalCluster.create(tmp_path_factory.mktemp("pyetcd") / "c", 3, etcd=True, etcd_tls=False)
@@ -91,3 +118,20 @@ def test_pyetcd_session_on_a_follower(cluster: LocalCluster) -> None:
     assert out["watch"] == [["/app/a", "1"], ["/app/b", "2"], ["/app/c", "3"]]
     assert out["status"] == ["3.4.0", True]
     assert out["deleted"] == 3 and out["after"] == []
+
+
+def test_pyetcd_leases_and_lock(cluster: LocalCluster) -> None:
+    ep = cluster.etcd_endpoints()[0]
+    wait_for(f"{ep} listens", lambda: listening(ep))
+    host, port = ep.rsplit(":", 1)
+    p = subprocess.run(
+        [sys.executable, "-c", LEASE_SCRIPT, host, port], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["attached"] is True
+    assert out["ttl"] == [30, True, ["/svc/n1"]]
+    assert out["refresh"] == [30]
+    assert out["lock"] == [True, True]
+    assert out["other"] is False and out["other_after"] is True
+    assert out["after"] == []

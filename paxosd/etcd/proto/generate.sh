@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 python3 -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-  paxosd/etcd/proto/kv.proto paxosd/etcd/proto/rpc.proto
+  paxosd/etcd/proto/kv.proto paxosd/etcd/proto/rpc.proto \
+  paxosd/etcd/proto/v3lock.proto paxosd/etcd/proto/v3election.proto
 # kv.proto has no service: its empty gRPC module is not kept.
 rm -f paxosd/etcd/proto/kv_pb2_grpc.py
