@@ -332,8 +332,151 @@ def _us_ms(us: object) -> float | None:
 
 __all__ = [
     "LeaseBenchSpec",
+    "compare_leases",
+    "find_etcd_lease_bench",
     "grant_registrations",
     "parse_etcd_result",
+    "run_etcd_lease_bench",
     "run_lease_bench",
     "run_local_lease_bench",
 ]
+
+
+def find_etcd_lease_bench(say: SayFn) -> Path:
+    """``$ETCD_LEASES``, else /tmp/etcd-lease-bench, built with paxosd/lab/etcd_leases/build.sh."""
+    import subprocess
+
+    from paxosd.lab.bench_etcd import EtcdUnavailable
+
+    named = os.environ.get(ETCD_LEASES_ENV)
+    if named:
+        if not os.access(named, os.X_OK):
+            raise EtcdUnavailable(f"${ETCD_LEASES_ENV}={named} is not an executable file")
+        return Path(named)
+    if os.access(ETCD_LEASES_DEFAULT, os.X_OK):
+        return ETCD_LEASES_DEFAULT
+    script = Path(__file__).resolve().parent / "etcd_leases" / "build.sh"
+    say(f"building {ETCD_LEASES_DEFAULT} with {script}")
+    try:
+        done = subprocess.run(
+            ["bash", str(script)],
+            env=os.environ | {"BIN_DIR": str(ETCD_LEASES_DEFAULT.parent)},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise EtcdUnavailable(f"{script} did not finish in 1200 s") from None
+    if done.returncode != 0 or not os.access(ETCD_LEASES_DEFAULT, os.X_OK):
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise EtcdUnavailable(f"building etcd-lease-bench failed: {tail[0]}")
+    return ETCD_LEASES_DEFAULT
+
+
+def run_etcd_lease_bench(
+    tool: Path, etcd: str, load: LoadSpec, spec: LeaseBenchSpec, *, conns: int | None = None
+) -> dict[str, Any]:
+    """The same two runs on a fresh 3-member etcd, through its Go client, against its leader."""
+    import subprocess
+
+    from paxosd.lab.bench_etcd import EtcdCluster
+
+    with tempfile.TemporaryDirectory(prefix="paxosd-etcd-leases-") as tmp:
+        cluster = EtcdCluster(etcd, Path(tmp))
+        try:
+            leader = cluster.start()
+            pids = ",".join(str(p) for p in cluster.pids().values())
+            cmd = [
+                str(tool),
+                *("--endpoints", leader.client_url, "--pids", pids),
+                *("--clients", str(load.clients), "--conns", str(conns or load.clients)),
+                *("--duration", f"{load.duration_s:g}", "--warmup", f"{load.warmup_s:g}"),
+                *("--keys", str(load.keys), "--value-size", str(load.value_bytes)),
+                *("--leases", str(spec.leases), "--ttl", str(spec.ttl_s)),
+                *("--keepers", str(spec.keeper_lanes)),
+            ]
+            limit = 2 * (load.warmup_s + load.duration_s) + spec.ttl_s + 360
+            load_before = _loadavg()
+            try:
+                done = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=limit, check=False
+                )
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"etcd-lease-bench did not finish in {limit:.0f} s") from None
+        finally:
+            cluster.stop()
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise BenchError(f"etcd-lease-bench exited with code {done.returncode}: {tail[0]}")
+    try:
+        rec = parse_etcd_result(done.stdout)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    rec["load_average_before"] = load_before
+    rec["load_average_after"] = _loadavg()
+    return rec
+
+
+def _median(xs: Sequence[float | None]) -> float | None:
+    import statistics
+
+    got = [x for x in xs if x is not None]
+    return round(statistics.median(got), 3) if got else None
+
+
+def compare_leases(
+    load: LoadSpec,
+    spec: LeaseBenchSpec,
+    *,
+    rounds: int,
+    nodes: int = 3,
+    conns: int | None = None,
+    say: SayFn | None = None,
+) -> dict[str, Any]:
+    """paxosd (``run_local_lease_bench``) and etcd, alternately, ``rounds`` times each (the
+    order flips every round so neither always runs first); medians and ratios."""
+    from paxosd.lab.bench_etcd import find_etcd
+
+    tell = say or (lambda _m: None)
+    etcd = find_etcd()
+    tool = find_etcd_lease_bench(tell)
+    rows: dict[str, list[dict[str, Any]]] = {"paxosd": [], "etcd": []}
+    for r in range(1, rounds + 1):
+        order = ("etcd", "paxosd") if r % 2 else ("paxosd", "etcd")
+        for system in order:
+            tell(f"round {r}/{rounds}: {system}")
+            if system == "paxosd":
+                rows["paxosd"].append(run_local_lease_bench(load, spec, nodes=nodes, say=tell))
+            else:
+                rows["etcd"].append(run_etcd_lease_bench(tool, etcd, load, spec, conns=conns))
+
+    def med(system: str, get: Callable[[dict[str, Any]], float | None]) -> float | None:
+        return _median([get(x) for x in rows[system]])
+
+    summary = {
+        system: {
+            "p99_ms_without_leases": med(
+                system, lambda x: x["without_leases"]["latency_ms"]["p99"]
+            ),
+            "p99_ms_with_leases": med(system, lambda x: x["with_leases"]["latency_ms"]["p99"]),
+            "p99_ratio": med(system, lambda x: x["p99_ratio"]),
+            "ops_s_without_leases": med(system, lambda x: x["without_leases"]["ops_s"]),
+            "ops_s_with_leases": med(system, lambda x: x["with_leases"]["ops_s"]),
+            "keepalives_acked_per_s": med(
+                system, lambda x: x["keepalives"]["acked_per_s_during_load"]
+            ),
+            "leases_lost": sum(int(x["leases_lost"]) for x in rows[system]),
+        }
+        for system in rows
+    }
+    return {
+        "bench": "compare-etcd-leases",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "leases": spec.leases,
+        "lease_ttl_s": spec.ttl_s,
+        "clients": load.clients,
+        "rounds": rows,
+        "medians": summary,
+        "p99_aim": P99_AIM,
+    }
