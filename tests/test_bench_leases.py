@@ -132,3 +132,34 @@ def test_spec_bounds() -> None:
         LeaseBenchSpec(leases=0)
     with pytest.raises(ValueError):
         LeaseBenchSpec(ttl_s=1)
+
+
+class RecordingPipe:
+    """Takes the keeper's submissions without sending them."""
+
+    def __init__(self) -> None:
+        self.lanes: list[int] = []
+
+    def submit(self, command: bytes, tag: int, lane: int = 0, *, read: bool = False) -> None:
+        self.lanes.append(lane)
+
+
+def test_keepalives_are_paced_below_the_leaders_per_connection_limit() -> None:
+    """However many leases are due at once (after a stall), the keeper sends at most
+    KEEPALIVES_PER_SECOND_PER_LANE per connection per second (a tenth of a second's burst),
+    the lanes in turn: above the leader's limit it would answer "busy" and the retries could
+    keep the connection over it."""
+    from paxosd.client.keepalives import KEEPALIVES_PER_SECOND_PER_LANE
+
+    keeper = KeepAlives([("127.0.0.1", 1)], b"k" * 32, 3, lanes=4)
+    for i in range(1, 10_001):
+        keeper.add(i, alive_since=1000.0)
+    keeper._take_added(1000.0)
+    pipe = RecordingPipe()
+    keeper._send_due(pipe, 1001.0)  # type: ignore[arg-type]  # everything is due
+    burst = 4 * KEEPALIVES_PER_SECOND_PER_LANE // 10
+    assert len(pipe.lanes) == burst
+    keeper._send_due(pipe, 1001.05)  # type: ignore[arg-type]
+    assert burst + burst // 2 - 1 <= len(pipe.lanes) <= burst + burst // 2  # float rounding
+    per_lane = [pipe.lanes.count(lane) for lane in range(4)]
+    assert max(per_lane) - min(per_lane) <= 1

@@ -6,8 +6,8 @@ registry, or a proxy holding a lease per backend, holds thousands; etcd's client
 lease's keep-alive over one gRPC stream. ``KeepAlives`` does the same over a ``Pipeline``:
 every lease's keep-alive goes out every TTL/3, the leases' turns spread evenly over that
 period (so the leader sees a steady rate, not a burst every TTL/3), from one thread, over
-``lanes`` connections per member (each connection is under the leader's per-connection
-keep-alive rate limit: README "Leases")::
+``lanes`` connections per member, each paced below the leader's per-connection keep-alive
+limit (README "Leases": 2,000 per second; more are answered "busy")::
 
     keeper = KeepAlives(endpoints, client_key, ttl=10)
     for lease_id in granted:
@@ -39,6 +39,12 @@ KEEPALIVES_LEASES_MAX: Final = 1_000_000
 # At most this many keep-alives in flight: a leader that answers slowly slows the keeper
 # instead of growing its queue.
 KEEPALIVES_IN_FLIGHT_MAX: Final = 4096
+# Keep-alives sent per second per connection, at most: under the leader's 2,000 (README
+# "Leases"). Above it the leader answers "busy", the answers come back as retries, and after
+# a stall (a starved machine, a failover) the retries alone could keep a connection over the
+# limit for good, failing every keep-alive on it. ``lanes`` x this is the keeper's ceiling:
+# 10,000 leases at TTL 10 s ask 3,000 per second.
+KEEPALIVES_PER_SECOND_PER_LANE: Final = 1500
 # Answer times kept for the percentiles (a ring: the latest ones).
 LATENCIES_KEPT: Final = 100_000
 
@@ -104,6 +110,10 @@ class KeepAlives:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._rate = lanes * KEEPALIVES_PER_SECOND_PER_LANE
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        self._next_lane = 0
         self.cpu_s = 0.0  # the keeper thread's CPU time
 
     def add(self, lease_id: int, alive_since: float | None = None) -> None:
@@ -165,8 +175,10 @@ class KeepAlives:
                 self._take_added(now)
                 self._send_due(pipe, now)
                 wait_ms = 50
-                if self._due:
-                    wait_ms = max(0, min(wait_ms, int((self._due[0][0] - now) * 1000)))
+                if self._due and len(self._sent_at) < KEEPALIVES_IN_FLIGHT_MAX:
+                    # Due now and paced: the next token comes within a few milliseconds.
+                    due_ms = int((self._due[0][0] - now) * 1000)
+                    wait_ms = max(2 if self._tokens < 1 else 0, min(wait_ms, due_ms))
                 for lease_id, result in pipe.poll(wait_ms):
                     self._answered(lease_id, result, time.monotonic())
         except BaseException as e:  # reported by stop(): a keeper that died keeps nothing
@@ -177,7 +189,16 @@ class KeepAlives:
 
     def _send_due(self, pipe: Pipeline[int], now: float) -> None:
         due = self._due
-        while due and due[0][0] <= now and len(self._sent_at) < KEEPALIVES_IN_FLIGHT_MAX:
+        # A token bucket over all lanes (a tenth of a second's worth at most): lanes are
+        # taken in turn, so each gets a lanes-th of the rate.
+        self._tokens = min(self._rate / 10, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        while (
+            due
+            and due[0][0] <= now
+            and self._tokens >= 1
+            and len(self._sent_at) < KEEPALIVES_IN_FLIGHT_MAX
+        ):
             _, lease_id = heapq.heappop(due)
             if lease_id in self.lost or lease_id in self._sent_at:
                 continue
@@ -187,7 +208,9 @@ class KeepAlives:
                 continue
             command = self._sessions[lease_id].next_command(LeaseKeepAlive(lease_id=lease_id))
             self._sent_at[lease_id] = now
-            pipe.submit(command, lease_id, lane=lease_id % self.lanes)
+            pipe.submit(command, lease_id, lane=self._next_lane)
+            self._next_lane = (self._next_lane + 1) % self.lanes
+            self._tokens -= 1
             self.stats.sent += 1
 
     def _answered(self, lease_id: int, result: object, now: float) -> None:
@@ -223,4 +246,9 @@ class KeepAlives:
             self.stats.lost += 1
 
 
-__all__ = ["KEEPALIVES_LEASES_MAX", "KeepAliveStats", "KeepAlives"]
+__all__ = [
+    "KEEPALIVES_LEASES_MAX",
+    "KEEPALIVES_PER_SECOND_PER_LANE",
+    "KeepAliveStats",
+    "KeepAlives",
+]

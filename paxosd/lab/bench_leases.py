@@ -89,7 +89,7 @@ def grant_registrations(
                 if isinstance(result, Written) and i in granted:
                     done.append((granted[i], asked[i]))
                 else:
-                    kind = type(result).__name__
+                    kind = str(result) if isinstance(result, ClientError) else "unexpected answer"
                     errors[kind] = errors.get(kind, 0) + 1
                 sessions.pop(i, None)
     finally:
@@ -144,7 +144,7 @@ def run_lease_bench(
     if len(regs) < spec.leases:
         raise BenchError(
             f"only {len(regs):,} of {spec.leases:,} registrations made: "
-            + ", ".join(f"{k} x{n}" for k, n in sorted(grant_errors.items()))
+            + "; ".join(f"{k} ({n} times)" for k, n in sorted(grant_errors.items()))
         )
     keeper = KeepAlives(endpoints, key, spec.ttl_s, lanes=spec.keeper_lanes)
     for lease_id, asked in regs:
