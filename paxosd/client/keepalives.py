@@ -164,8 +164,10 @@ class KeepAlives:
 
     def _run(self) -> None:
         started_cpu = time.thread_time()
-        # A third of the period per keep-alive: a lost attempt leaves time for two more.
-        timeout_ms = max(200, int(self.period_s * 1000 / 3))
+        # A period per keep-alive (the Pipeline tries other members within it): one given up
+        # sooner is sent again while the leader may still be working through the first,
+        # which is what a starved leader can least afford; two periods still leave a third.
+        timeout_ms = max(200, int(self.period_s * 1000))
         pipe: Pipeline[int] = Pipeline(
             self._endpoints, self._key, lanes=self.lanes, timeout_ms=timeout_ms
         )

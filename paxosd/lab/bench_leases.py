@@ -60,11 +60,15 @@ class LeaseBenchSpec:
 
 
 def grant_registrations(
-    endpoints: Sequence[Address], key: bytes, spec: LeaseBenchSpec
+    endpoints: Sequence[Address],
+    key: bytes,
+    spec: LeaseBenchSpec,
+    on_registered: Callable[[int, float], None] | None = None,
 ) -> tuple[list[tuple[int, float]], dict[str, int]]:
-    """Grant ``spec.leases`` leases and put one key on each, GRANTS_IN_FLIGHT at a time.
-    Returns ``(lease id, when its grant was asked)`` of each registration, and the errors by
-    kind (a registration that failed is left out)."""
+    """Grant ``spec.leases`` leases and put one key on each, GRANTS_IN_FLIGHT at a time;
+    ``on_registered(lease id, when its grant was asked)`` as each is made (a service keeps
+    its lease alive from its registration on). Returns those pairs, and the errors by kind
+    (a registration that failed is left out)."""
     pipe: Pipeline[int] = Pipeline(endpoints, key, lanes=4, timeout_ms=GRANT_TIMEOUT_MS)
     sessions: dict[int, Session] = {}
     asked: dict[int, float] = {}
@@ -88,6 +92,8 @@ def grant_registrations(
                     continue
                 if isinstance(result, Written) and i in granted:
                     done.append((granted[i], asked[i]))
+                    if on_registered is not None:
+                        on_registered(granted[i], asked[i])
                 else:
                     kind = str(result) if isinstance(result, ClientError) else "unexpected answer"
                     errors[kind] = errors.get(kind, 0) + 1
@@ -137,23 +143,22 @@ def run_lease_bench(
     load_before = _loadavg()
     tell(f"put load without leases: {load.clients} clients, {load.duration_s:g} s")
     alone = run_load(load, endpoints, key, server_pids=server_pids)
-    tell(f"granting {spec.leases:,} leases with a key each")
-    t0 = time.monotonic()
-    regs, grant_errors = grant_registrations(endpoints, key, spec)
-    grant_s = time.monotonic() - t0
-    if len(regs) < spec.leases:
-        raise BenchError(
-            f"only {len(regs):,} of {spec.leases:,} registrations made: "
-            + "; ".join(f"{k} ({n} times)" for k, n in sorted(grant_errors.items()))
-        )
+    tell(f"granting {spec.leases:,} leases with a key each, keeping each alive once made")
     keeper = KeepAlives(endpoints, key, spec.ttl_s, lanes=spec.keeper_lanes)
-    for lease_id, asked in regs:
-        keeper.add(lease_id, alive_since=asked)
     kept_from = time.monotonic()
     keeper.start()
     try:
+        regs, grant_errors = grant_registrations(
+            endpoints, key, spec, lambda lease_id, asked: keeper.add(lease_id, asked)
+        )
+        grant_s = time.monotonic() - kept_from
+        if len(regs) < spec.leases:
+            raise BenchError(
+                f"only {len(regs):,} of {spec.leases:,} registrations made: "
+                + "; ".join(f"{k} ({n} times)" for k, n in sorted(grant_errors.items()))
+            )
         # One whole period first: every lease has had its first keep-alive before measuring.
-        first_round_end = kept_from + keeper.period_s
+        first_round_end = time.monotonic() + keeper.period_s
         tell(f"keeping {spec.leases:,} leases alive every {keeper.period_s:.2f} s")
         while time.monotonic() < first_round_end and not keeper.lost:
             time.sleep(0.1)
@@ -318,6 +323,7 @@ def parse_etcd_result(output: str) -> dict[str, Any]:
                 "max_gap_s": float(ka["max_gap_s"]),
             },
             "leases_lost": int(rec["leases_lost"]),
+            "registrations": {"seconds": rec.get("registrations_s")},
             "errors": [str(e) for e in rec.get("errors") or []][:10],
         }
     except (KeyError, TypeError, ValueError) as e:

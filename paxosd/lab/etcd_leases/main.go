@@ -214,11 +214,50 @@ func main() {
 	// 1. The put load alone.
 	res.WithoutLeases = putLoad(putClis, *clients, *keys, value, *warmup, *duration, pids)
 
-	// 2. Registrations: a lease and a key each, 256 at a time.
+	// 2. Registrations: a lease and a key each, 256 at a time, each kept alive from its
+	// registration on (a service keeps its lease alive once registered).
 	keepClis := newClients(eps, *keepers)
 	ids := make([]clientv3.LeaseID, *leases)
-	granted := make([]time.Time, *leases)
+	period := time.Duration(*ttl) * time.Second / 3
+	var acked, late, failed int64
+	var maxGapNs int64
+	ctx, stopKeeping := context.WithCancel(context.Background())
+	var kwg sync.WaitGroup
+	// clientv3 sends a lease's first keep-alive when KeepAlive is called, then one every
+	// TTL/3 after each answer. Lease i's first goes at its slot, i/N of a period after the
+	// registrations began, or at once if it was registered later than that: spread evenly
+	// over TTL/3 as paxosd's keeper does, so the leader sees a steady rate, not bursts.
+	keep := func(i int, id clientv3.LeaseID, slot time.Time, granted time.Time) {
+		defer kwg.Done()
+		time.Sleep(time.Until(slot))
+		ch, err := keepClis[i%len(keepClis)].KeepAlive(ctx, id)
+		if err != nil {
+			fail(err)
+			atomic.AddInt64(&failed, 1)
+			return
+		}
+		last := granted
+		for range ch {
+			now := time.Now()
+			gap := now.Sub(last)
+			last = now
+			atomic.AddInt64(&acked, 1)
+			if gap > time.Duration(*ttl)*time.Second/2 {
+				atomic.AddInt64(&late, 1)
+			}
+			for {
+				m := atomic.LoadInt64(&maxGapNs)
+				if int64(gap) <= m || atomic.CompareAndSwapInt64(&maxGapNs, m, int64(gap)) {
+					break
+				}
+			}
+		}
+		if ctx.Err() == nil {
+			atomic.AddInt64(&failed, 1) // the channel closed while the lease was kept
+		}
+	}
 	t0 := time.Now()
+	step := period / time.Duration(*leases)
 	var next int64 = -1
 	var wg sync.WaitGroup
 	for w := 0; w < 256; w++ {
@@ -231,70 +270,28 @@ func main() {
 					return
 				}
 				cli := keepClis[i%len(keepClis)]
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				granted[i] = time.Now()
-				g, err := cli.Grant(ctx, int64(*ttl))
+				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				asked := time.Now()
+				g, err := cli.Grant(rctx, int64(*ttl))
 				if err == nil {
 					ids[i] = g.ID
-					_, err = cli.Put(ctx, fmt.Sprintf("bench/registry/%06d", i), "10.0.0.1:8080",
+					_, err = cli.Put(rctx, fmt.Sprintf("bench/registry/%06d", i), "10.0.0.1:8080",
 						clientv3.WithLease(g.ID))
 				}
 				cancel()
 				if err != nil {
 					fail(err)
 				}
+				if ids[i] != 0 {
+					kwg.Add(1)
+					go keep(i, ids[i], t0.Add(time.Duration(i)*step), asked)
+				}
 			}
 		}()
 	}
 	wg.Wait()
 	res.RegistrationsS = time.Since(t0).Seconds()
-
-	// Keep every lease alive; count acknowledgements, late ones and closed channels.
-	period := time.Duration(*ttl) * time.Second / 3
-	var acked, late, failed int64
-	var maxGapNs int64
-	ctx, stopKeeping := context.WithCancel(context.Background())
-	var kwg sync.WaitGroup
-	// The leases' first keep-alives spread evenly over one period, as paxosd's keeper does
-	// (clientv3 sends a lease's first keep-alive when KeepAlive is called, then one every
-	// TTL/3 after each answer): the leader sees a steady rate, not a burst every TTL/3.
-	step := period / time.Duration(len(ids))
-	spreadFrom := time.Now()
-	for i, id := range ids {
-		time.Sleep(time.Until(spreadFrom.Add(time.Duration(i) * step)))
-		if id == 0 {
-			continue
-		}
-		ch, err := keepClis[i%len(keepClis)].KeepAlive(ctx, id)
-		if err != nil {
-			fail(err)
-			atomic.AddInt64(&failed, 1)
-			continue
-		}
-		kwg.Add(1)
-		go func(last time.Time) {
-			defer kwg.Done()
-			for range ch {
-				now := time.Now()
-				gap := now.Sub(last)
-				last = now
-				atomic.AddInt64(&acked, 1)
-				if gap > time.Duration(*ttl)*time.Second/2 {
-					atomic.AddInt64(&late, 1)
-				}
-				for {
-					m := atomic.LoadInt64(&maxGapNs)
-					if int64(gap) <= m || atomic.CompareAndSwapInt64(&maxGapNs, m, int64(gap)) {
-						break
-					}
-				}
-			}
-			if ctx.Err() == nil {
-				atomic.AddInt64(&failed, 1) // the channel closed while the lease was kept
-			}
-		}(granted[i])
-	}
-	time.Sleep(time.Until(spreadFrom.Add(period))) // every lease has had its first keep-alive
+	time.Sleep(period) // every lease has had its first keep-alive
 	a0, l0, f0 := atomic.LoadInt64(&acked), atomic.LoadInt64(&late), atomic.LoadInt64(&failed)
 	m0 := time.Now()
 	res.WithLeases = putLoad(putClis, *clients, *keys, value, *warmup, *duration, pids)
