@@ -45,6 +45,14 @@ trip, so the report can say "ops per fsync".
 --rounds times with a fresh local paxosd cluster, and prints both and the ratio. Without
 etcd or the generator it does nothing and exits 3.
 
+--leases N (with --op put): the put load alone, then beside N leases (a key attached to
+each, like service registrations) kept alive every TTL/3 from --keepers connections per
+member, turns spread evenly; reports put p50/p99/p99.9 and throughput of both runs and the
+p99 ratio (the aim: at most 1.2), keep-alives acknowledged per second against those asked,
+late (more than TTL/2 after the lease's previous one) and failed, leases lost (must be 0),
+and server CPU. With --compare-etcd, etcd does the same through clientv3's KeepAlive
+(etcd-lease-bench, built from paxosd/lab/etcd_leases or $ETCD_LEASES), alternating.
+
 --op lock: --clients contenders (16 is the figure to quote) each acquire and release one
 lock in a closed loop, each on a lease of its own kept alive (etcd's concurrency.Session);
 reports lock round trips per second and acquire latency, and checks that the fencing
@@ -61,6 +69,10 @@ Examples:
   paxosctl bench --compare-etcd --op put --clients 64 --duration 8 --rounds 2
 
   paxosctl bench --local --op txn --clients 64 --duration 10
+
+  paxosctl bench --local --op put --clients 64 --leases 10000 --lease-ttl 10
+
+  paxosctl bench --compare-etcd --op put --clients 64 --leases 10000 --rounds 2
 
   paxosctl bench --endpoints 10.0.0.1:7101,10.0.0.2:7102 --key-file client.key --op mixed
 
@@ -312,9 +324,37 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    leases: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100_000,
+            help="With --op put: also run the load beside this many leases kept alive "
+            "(a key each) and compare the two runs.",
+        ),
+    ] = 0,
+    lease_ttl: Annotated[
+        int, typer.Option("--lease-ttl", min=2, max=3600, help="With --leases: TTL, seconds.")
+    ] = 10,
+    keepers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="With --leases: keep-alive connections per member (or clients)."
+        ),
+    ] = 4,
     json_out: JsonOpt = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
+        return
+    if leases:
+        if op != "put":
+            render.error("--leases goes with --op put")
+            raise typer.Exit(render.EXIT_USAGE)
+        _bench_leases(
+            clients, duration, warmup, value_size, keys, processes, timeout_ms, local, nodes,
+            d, keep, endpoints, key_file, compare_etcd, rounds, etcd_conns,
+            (leases, lease_ttl, keepers), json_out,
+        )  # fmt: skip
         return
     if op == "lock":
         _quiet_logs()
@@ -449,6 +489,160 @@ def _bench_lock(
     )
     for problem in report["errors"]:
         render.rich_note(f"error: {problem}", markup=False)
+
+
+def _bench_leases(
+    clients: int,
+    duration: float,
+    warmup: float,
+    value_size: int,
+    keys: int,
+    processes: int,
+    timeout_ms: int,
+    local: bool,
+    nodes: int,
+    d: Path | None,
+    keep: bool,
+    endpoints: str | None,
+    key_file: Path | None,
+    compare_etcd: bool,
+    rounds: int,
+    etcd_conns: int | None,
+    lease_args: tuple[int, int, int],
+    json_out: bool,
+) -> None:
+    """``--leases N``: the put load alone and beside N leases kept alive
+    (paxosd.lab.bench_leases), on a fresh local cluster, the named one, or (--compare-etcd)
+    alternately with etcd."""
+    from paxosd.lab.bench_etcd import EtcdUnavailable
+    from paxosd.lab.bench_leases import (
+        LeaseBenchSpec,
+        compare_leases,
+        run_lease_bench,
+        run_local_lease_bench,
+    )
+
+    n, ttl, keepers = lease_args
+    try:
+        load = LoadSpec(
+            op="put",
+            clients=clients,
+            duration_s=duration,
+            warmup_s=warmup,
+            value_bytes=value_size,
+            keys=keys,
+            processes=processes,
+            timeout_ms=timeout_ms,
+        )
+        spec = LeaseBenchSpec(leases=n, ttl_s=ttl, keeper_lanes=keepers)
+    except ValueError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_USAGE) from None
+    _quiet_logs()
+    try:
+        with _status() as say:
+            if compare_etcd:
+                if endpoints is not None:
+                    render.error("--compare-etcd starts its own clusters; drop --endpoints")
+                    raise typer.Exit(render.EXIT_USAGE)
+                report = compare_leases(
+                    load, spec, rounds=rounds, nodes=nodes, conns=etcd_conns, say=say
+                )
+            elif local:
+                report = run_local_lease_bench(load, spec, nodes=nodes, parent_dir=d, keep=keep)
+            else:
+                target = resolve(endpoints, key_file)
+                report = run_lease_bench(load, spec, target.endpoints, target.key, say=say)
+                report["target"] = {"kind": "endpoints", "source": target.source}
+    except ConnectError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_USAGE) from None
+    except EtcdUnavailable as e:
+        render.error(f"etcd comparison skipped: {e}")
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    except (BenchError, ClientError, OSError) as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    report["host"] = _host()
+    if json_out:
+        render.emit_json(report)
+        return
+    if compare_etcd:
+        _print_lease_compare(report)
+    else:
+        _print_leases(report)
+
+
+def _print_leases(r: dict[str, Any]) -> None:
+    w, ka = r["workload"], r["keepalives"]
+    a, b = r["without_leases"], r["with_leases"]
+
+    def lat(x: dict[str, Any]) -> str:
+        m = x["latency_ms"]
+        return f"p50 {_fmt(m['p50'])}  p99 {_fmt(m['p99'])}  p99.9 {_fmt(m['p99_9'])}"
+
+    def cores(x: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in x["server_cores"].items()) or "-"
+
+    render.rich_line(
+        f"paxosd bench: put, {w['clients']} clients, {w['duration_s']:g} s, alone and beside "
+        f"{w['leases']:,} leases of {w['lease_ttl_s']} s kept alive every "
+        f"{w['lease_ttl_s'] / 3:.2f} s",
+        markup=False,
+    )
+    verdict = "within" if r["p99_within_aim"] else "NOT within"
+    render.table(
+        None,
+        ["figure", "without leases", "with leases"],
+        [
+            ["puts/s", f"{a['ops_s']:,.0f}", f"{b['ops_s']:,.0f}"],
+            ["put latency ms", lat(a), lat(b)],
+            ["put errors", a["errors"], b["errors"]],
+            [
+                "server CPU s per 1,000 puts",
+                _fmt(a["server_cpu_s_per_1000_ops"], 3),
+                _fmt(b["server_cpu_s_per_1000_ops"], 3),
+            ],
+            ["server cores", cores(a), cores(b)],
+        ],
+    )
+    render.rich_line(
+        f"put p99 with/without leases: {_fmt(r['p99_ratio'])} ({verdict} the aim of "
+        f"{r['p99_aim']:g})",
+        markup=False,
+    )
+    render.rich_line(
+        f"keep-alives: {_fmt(ka['acked_per_s_during_load'], 0)}/s acknowledged during the "
+        f"load of {_fmt(ka['asked_per_s'], 0)}/s asked; late {ka['late_during_load']}, failed "
+        f"{ka['failed_during_load']}; answer p50 {_fmt(ka['answer_ms']['p50'])} ms, p99 "
+        f"{_fmt(ka['answer_ms']['p99'])} ms; keeper CPU {_fmt(ka['keeper_cpu_s'])} s over "
+        f"{ka['kept_s']:g} s",
+        markup=False,
+    )
+    render.rich_line(f"leases lost: {r['leases_lost']}", markup=False)
+
+
+def _print_lease_compare(r: dict[str, Any]) -> None:
+    m = r["medians"]
+    render.table(
+        f"put p99 beside {r['leases']:,} leases of {r['lease_ttl_s']} s, {r['clients']} "
+        "clients (medians over rounds, alternating)",
+        ["system", "p99 ms alone", "p99 ms with leases", "ratio", "puts/s alone",
+         "puts/s with", "keep-alives/s", "leases lost"],
+        [
+            [
+                name,
+                _fmt(x["p99_ms_without_leases"]),
+                _fmt(x["p99_ms_with_leases"]),
+                _fmt(x["p99_ratio"]),
+                _fmt(x["ops_s_without_leases"], 0),
+                _fmt(x["ops_s_with_leases"], 0),
+                _fmt(x["keepalives_acked_per_s"], 0),
+                x["leases_lost"],
+            ]
+            for name, x in m.items()
+        ],
+    )  # fmt: skip
 
 
 def _run_remote(

@@ -175,3 +175,51 @@ def _kept(c: object, lease_id: int) -> int:
         return c.lease_keep_alive_once(lease_id)
     except UnavailableError:
         return 0
+
+
+def _checkpointed(cluster: LocalCluster, lease_ids: set[int]) -> set[int]:
+    """The leases among ``lease_ids`` that a decided checkpoint in the log names."""
+    from paxosd.statemachine.commands import BadCommand, LeaseCheckpoint, decode_command
+
+    named: set[int] = set()
+    with cluster.client() as c:
+        slot = 1
+        for _ in range(10_000):  # bounded: one page a round
+            page = c.view_log(slot, limit=200)
+            rows = [r for r in page.rows if r.kind == "decided" and r.slot >= slot]
+            if not rows:
+                return named
+            for row in rows:
+                for value in row.value:
+                    try:
+                        op = decode_command(value).op
+                    except BadCommand:
+                        continue  # a no-op or a member change
+                    if isinstance(op, LeaseCheckpoint):
+                        named |= {i for i, _ in op.leases} & lease_ids
+            slot = rows[-1].slot + 1
+    return named
+
+
+def test_a_lease_kept_alive_every_third_of_its_ttl_writes_no_checkpoint(
+    cluster: LocalCluster,
+) -> None:
+    """A lease of TTL 9 s is checkpointed after TTL/2 = 4.5 s without a keep-alive (more
+    than 2 election timeouts): one kept alive every 3 s never is, one left alone is (the
+    control: the log scan sees checkpoints)."""
+    from paxosd.client.keepalives import KeepAlives
+
+    ttl = 9
+    with cluster.client() as c:
+        kept, alone = c.lease_grant(ttl).id, c.lease_grant(ttl).id
+    keeper = KeepAlives(cluster.endpoints(), cluster.client_key(), ttl, lanes=1)
+    keeper.add(kept)
+    with keeper:
+        wait_for(
+            "the lease left alone checkpointed",
+            lambda: alone in _checkpointed(cluster, {alone}),
+        )
+        # Three keep-alives: past 6 s, longer than the old 2-election-timeout rule waited.
+        wait_for("three keep-alives", lambda: keeper.stats.acked >= 3)
+        assert _checkpointed(cluster, {kept}) == set()
+    assert not keeper.lost and keeper.stats.failed == 0

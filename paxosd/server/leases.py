@@ -24,7 +24,8 @@ leader extends a lease from *its* election only if the lease had no checkpoint, 
 takeover checkpoints it, so the next leader counts from that checkpoint's anchor, not from its
 own election. With no keep-alives after time k, a lease is revoked by
 k + TTL + checkpoint_after + (failover) + grace + (one commit): README "Leases" states it as
-TTL + 5 x election timeout when leaders come and go within an election timeout.
+TTL + 5 x election timeout when leaders come and go within an election timeout (plus
+TTL/2 - 2 election timeouts for a TTL over 4 election timeouts: ``checkpoint_after_ms_for``).
 
 Why no early expiry: every acknowledged keep-alive arrived before any later leader's ballot won
 (read-index), so a new leader's takeover time (unchecked leases) or the anchor of a checkpoint
@@ -119,8 +120,19 @@ class LeaseSettings:
 
     @property
     def checkpoint_after_ms(self) -> int:
-        """A lease with no keep-alive for this long gets its remaining time checkpointed."""
+        """A lease with no keep-alive for this long gets its remaining time checkpointed
+        (a lease of a long TTL waits longer: ``checkpoint_after_ms_for``)."""
         return 2 * self.election_timeout_ms
+
+    def checkpoint_after_ms_for(self, ttl_s: int) -> int:
+        """The quiet spell after which a lease of ``ttl_s`` is checkpointed: 2 election
+        timeouts, or half its TTL if that is longer. A client keeps a lease alive every TTL/3
+        (etcd's and ours), so a lease that is kept alive is never checkpointed and writes
+        nothing to the log; at 2 election timeouts, a lease of TTL 10 s kept alive every
+        3.3 s was checkpointed and then cleared through the log on every keep-alive. The
+        cost: with leaders changing, a lease left alone is revoked up to TTL/2 - 2 election
+        timeouts later than it would be (README "Leases": the bound)."""
+        return max(self.checkpoint_after_ms, ttl_s * 500)
 
     @property
     def retry_ms(self) -> int:
@@ -474,15 +486,16 @@ class LeaseKeeper:
 
     def _propose_checkpoints(self, runner: Runner[Any], sm: LeaseView, now: int) -> None:
         """Checkpoint each lease without a checkpoint whose last keep-alive is older than
-        checkpoint_after_ms, at the time its deadline leaves (no grace): a next leader counts
-        from there instead of granting its full TTL again."""
-        after = self.settings.checkpoint_after_ms
+        ``checkpoint_after_ms_for`` its TTL, at the time its deadline leaves (no grace): a
+        next leader counts from there instead of granting its full TTL again."""
         due: list[tuple[int, int]] = []
         for lease_id, deadline in self.deadline.items():
             if lease_id in self._checkpointing or lease_id in self._resetting:
                 continue
-            if sm.lease_remaining_ms(lease_id) != 0 or sm.lease_ttl(lease_id) is None:
+            ttl = sm.lease_ttl(lease_id)
+            if ttl is None or sm.lease_remaining_ms(lease_id) != 0:
                 continue
+            after = self.settings.checkpoint_after_ms_for(ttl)
             if now - self.last_ack.get(lease_id, self.anchor.get(lease_id, now)) < after:
                 continue
             due.append((lease_id, max(1, deadline - now)))
