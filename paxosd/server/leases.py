@@ -24,8 +24,9 @@ leader extends a lease from *its* election only if the lease had no checkpoint, 
 takeover checkpoints it, so the next leader counts from that checkpoint's anchor, not from its
 own election. With no keep-alives after time k, a lease is revoked by
 k + TTL + checkpoint_after + (failover) + grace + (one commit): README "Leases" states it as
-TTL + 5 x election timeout when leaders come and go within an election timeout (plus
-TTL/2 - 2 election timeouts for a TTL over 4 election timeouts: ``checkpoint_after_ms_for``).
+TTL + 5 x election timeout when leaders come and go within an election timeout, plus up to
+6 more for a lease whose TTL is long enough to wait longer for its checkpoint
+(``checkpoint_after_ms_for``): TTL + 11 x election timeout at most.
 
 Why no early expiry: every acknowledged keep-alive arrived before any later leader's ballot won
 (read-index), so a new leader's takeover time (unchecked leases) or the anchor of a checkpoint
@@ -97,6 +98,11 @@ PARKED_MAX: Final = 10_000
 EXPIRIES_IN_FLIGHT_MAX: Final = 256
 
 
+# The longest quiet spell, in election timeouts, before a lease's remaining time is
+# checkpointed through the log (LeaseSettings.checkpoint_after_ms_for).
+CHECKPOINT_WAIT_ETS: Final = 8
+
+
 def min_ttl_s(election_timeout_ms: int) -> int:
     """etcd's minimum TTL: 1.5 election timeouts (rounded up to whole seconds). Anything
     shorter could expire during an ordinary leader election."""
@@ -125,14 +131,16 @@ class LeaseSettings:
         return 2 * self.election_timeout_ms
 
     def checkpoint_after_ms_for(self, ttl_s: int) -> int:
-        """The quiet spell after which a lease of ``ttl_s`` is checkpointed: 2 election
-        timeouts, or half its TTL if that is longer. A client keeps a lease alive every TTL/3
-        (etcd's and ours), so a lease that is kept alive is never checkpointed and writes
-        nothing to the log; at 2 election timeouts, a lease of TTL 10 s kept alive every
-        3.3 s was checkpointed and then cleared through the log on every keep-alive. The
-        cost: with leaders changing, a lease left alone is revoked up to TTL/2 - 2 election
-        timeouts later than it would be (README "Leases": the bound)."""
-        return max(self.checkpoint_after_ms, ttl_s * 500)
+        """The quiet spell after which a lease of ``ttl_s`` is checkpointed: half its TTL,
+        but at least 2 and at most ``CHECKPOINT_WAIT_ETS`` election timeouts. A client keeps a
+        lease alive every TTL/3 (etcd's and ours), so a lease kept alive with a TTL up to
+        1.5 x CHECKPOINT_WAIT_ETS election timeouts (14.4 s with the default timeouts) is never
+        checkpointed and writes nothing to the log; at 2 election timeouts, a lease of TTL
+        10 s kept alive every 3.3 s was checkpointed and then cleared through the log on
+        every keep-alive. The cap keeps the bound of the form TTL + k x election timeout
+        (README "Leases": k = 3 + CHECKPOINT_WAIT_ETS at most), whatever the TTL."""
+        et = self.election_timeout_ms
+        return max(self.checkpoint_after_ms, min(ttl_s * 500, CHECKPOINT_WAIT_ETS * et))
 
     @property
     def retry_ms(self) -> int:
