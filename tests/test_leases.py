@@ -7,6 +7,7 @@ import pytest
 
 import paxosd.statemachine.machine as machine
 from paxosd.server.leases import (
+    CHECKPOINT_WAIT_ETS,
     KEEPALIVES_PER_SECOND_PER_CONN,
     LeaseKeeper,
     LeaseSettings,
@@ -191,3 +192,14 @@ def test_keep_alives_per_connection_are_rate_bounded() -> None:
     assert allowed == KEEPALIVES_PER_SECOND_PER_CONN
     assert keeper._allow(8, 0)  # another connection has its own budget
     assert keeper._allow(7, 1000)  # and a second later there is room again
+
+
+def test_the_checkpoint_wait_is_half_the_ttl_between_2_and_8_election_timeouts() -> None:
+    s = LeaseSettings(election_timeout_ms=600)
+    assert s.checkpoint_after_ms_for(1) == 1200  # 2 election timeouts at least
+    assert s.checkpoint_after_ms_for(6) == 3000  # half the TTL
+    # Capped, so the bound stays TTL + (3 + 8) election timeouts for any TTL; a lease kept
+    # alive every TTL/3 up to 14 s is never checkpointed.
+    assert s.checkpoint_after_ms_for(10) == 8 * 600 == CHECKPOINT_WAIT_ETS * 600
+    assert s.checkpoint_after_ms_for(3600) == 4800
+    assert all(s.checkpoint_after_ms_for(t) > t * 1000 // 3 for t in range(1, 15))
