@@ -80,6 +80,9 @@ LEASE_POLL_S: Final = 1.0
 NOT_LEADER: Final = "election: not leader"
 NO_LEADER: Final = "election: no leader"
 MISSING_LEADER_KEY: Final = '"leader" field must be provided'
+# etcd's Mutex when its own key is gone after the wait (clientv3/concurrency ErrSessionExpired).
+SESSION_EXPIRED: Final = "mutex: session is expired"
+CANCELED: Final = "etcdserver: the request was canceled"
 
 
 class HeldCalls:
@@ -390,24 +393,39 @@ def _name(raw: bytes, what: str) -> str:
     return name
 
 
+def _on_end(context: grpc.ServicerContext, fn: Callable[[], None]) -> None:
+    """Call ``fn`` when the RPC ends, or now if it has ended already: gRPC's add_callback
+    registers nothing for an RPC that is over (it returns False), and a wait nobody ends
+    holds its worker, its held-call slot and, once won, the lock for a caller who is gone."""
+    if not context.add_callback(fn):
+        fn()
+
+
 def _wait(
     context: grpc.ServicerContext,
     c: Client,
     lease_id: int,
     cancel: Callable[[], None],
     wait: Callable[[float | None], Leader | str],
+    undo: Callable[[], None],
 ) -> Leader | str:
     """Run a Lock's or Campaign's wait, ended early by the RPC's cancel or deadline or by
-    the lease's end; each end answered with etcd's status."""
+    the lease's end; each end answered with etcd's status. A wait won when the RPC is
+    already over is undone (``undo``: unlock, resign): its caller never learns the key, so
+    nobody would give it back, and on a lease the caller keeps alive it would stay forever."""
     watch = _LeaseWatch(c, lease_id, cancel)
-    context.add_callback(cancel)
+    _on_end(context, cancel)
     try:
-        return wait(context.time_remaining())
-    except (LockTimeoutError, LockLostError):
+        got = wait(context.time_remaining())
+    except (LockTimeoutError, LockLostError) as e:
         if watch.gone.is_set() or not _lease_exists(c, lease_id):
             raise Abort(grpc.StatusCode.NOT_FOUND, LEASE_NOT_FOUND) from None
         if not context.is_active():
-            raise Abort(grpc.StatusCode.CANCELLED, "etcdserver: the request was canceled") from None
+            raise Abort(grpc.StatusCode.CANCELLED, CANCELED) from None
+        if isinstance(e, LockLostError):
+            # Our key was deleted while the lease lives (an Unlock or delete from elsewhere):
+            # etcd's Mutex finds its key gone and says the session expired.
+            raise Abort(grpc.StatusCode.UNKNOWN, SESSION_EXPIRED) from None
         raise Abort(
             grpc.StatusCode.DEADLINE_EXCEEDED, "etcdserver: context deadline exceeded"
         ) from None
@@ -415,6 +433,11 @@ def _wait(
         raise _mapped(e) from None
     finally:
         watch.stop()
+    if not context.is_active():
+        with contextlib.suppress(ClientError):  # else the lease's end removes the key
+            undo()
+        raise Abort(grpc.StatusCode.CANCELLED, CANCELED)
+    return got
 
 
 def _lease_exists(c: Client, lease_id: int) -> bool:
@@ -450,7 +473,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             def acquire(timeout_s: float | None) -> str:
                 return lock.acquire(timeout_s).key
 
-            key = _wait(context, c, lease_id, lock.cancel, acquire)
+            key = _wait(context, c, lease_id, lock.cancel, acquire, lock.release)
             assert isinstance(key, str)
             return v3lock_pb2.LockResponse(header=self.b.header(c.last_header), key=key.encode())
 
@@ -512,7 +535,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             def campaign(timeout_s: float | None) -> Leader:
                 return election.campaign(value, timeout_s)
 
-            leader = _wait(context, c, lease_id, election.cancel, campaign)
+            leader = _wait(context, c, lease_id, election.cancel, campaign, election.resign)
             assert isinstance(leader, Leader)
             return v3election_pb2.CampaignResponse(
                 header=self.b.header(c.last_header),
@@ -581,7 +604,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             name = _name(request.name, "election name")
             with self.held.hold(context):
                 stop = threading.Event()
-                context.add_callback(stop.set)
+                _on_end(context, stop.set)
                 c = self.b.client()
                 try:
                     for leader in Election(c, name, ttl=None).observe(stop=stop):
