@@ -143,13 +143,17 @@ class KeepAlivePool:
     def __init__(self, backend: Backend, workers: int = KEEPALIVE_WORKERS) -> None:
         self.b = backend
         self.workers = workers
-        self._jobs: queue.Queue[tuple[int, Callable[[_Answer], None]]] = queue.Queue(
-            HELD_CALLS_MAX * KEEPALIVE_IN_FLIGHT_MAX
+        self._jobs: queue.Queue[tuple[int, Callable[[_Answer], None], threading.Event]] = (
+            queue.Queue(HELD_CALLS_MAX * KEEPALIVE_IN_FLIGHT_MAX)
         )
         self._lock = threading.Lock()
         self._started = False
 
-    def renew(self, lease_id: int, answer: Callable[[_Answer], None]) -> None:
+    def renew(
+        self, lease_id: int, answer: Callable[[_Answer], None], closed: threading.Event
+    ) -> None:
+        """Renew ``lease_id`` and ``answer`` with the result, unless the stream that asked
+        is ``closed`` by the time a worker gets to it."""
         with self._lock:
             if not self._started:
                 self._started = True
@@ -157,11 +161,15 @@ class KeepAlivePool:
                     threading.Thread(
                         target=self._run, name=f"etcd-keepalive-{i}", daemon=True
                     ).start()
-        self._jobs.put((lease_id, answer))
+        self._jobs.put((lease_id, answer, closed))
 
     def _run(self) -> None:
         while True:
-            lease_id, answer = self._jobs.get()
+            lease_id, answer, closed = self._jobs.get()
+            if closed.is_set():
+                # Nobody reads the answer, and its client may have ended the stream to let
+                # the lease lapse; renewing anyway would also delay the open streams'.
+                continue
             try:
                 result = self._renew(lease_id)
             except Exception:  # a bug here must not cost the gateway a worker
@@ -300,7 +308,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                         if closed.is_set():
                             return
                     handed[0] += 1
-                    self.pool.renew(req.ID, out.put)
+                    self.pool.renew(req.ID, out.put, closed)
             except grpc.RpcError:
                 pass  # the client went away
             finally:
