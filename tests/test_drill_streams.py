@@ -218,3 +218,30 @@ def test_an_unknown_txn_may_be_applied_or_not_but_not_half() -> None:
     assert check_all(none, 10, 14, [], entries[:3], W)[0] == []
     half = [c for c in ref if c.value != b"t/a"]
     assert "txn" in kinds(check_all(half, 10, 14, [], entries, W)[0])
+
+
+def etcd_read(key: str, result: Result) -> Entry:
+    return Entry(Operation("e1", Get(key=key), 1, 2, "ok", result), 0, via="etcd")
+
+
+def test_an_etcd_read_is_the_historys_state_at_its_header_revision() -> None:
+    """An etcd client takes a Range's header revision as the moment of its answer (it
+    watches from revision + 1 next): a value from one moment under the header of another
+    is an answer the register check cannot see, as it compares values only."""
+    ref, entries = scenario()
+    at_12 = Found(value=b"c1/1", version=1, create_revision=11, mod_revision=11, revision=12)
+    right = [
+        etcd_read(K, at_12),
+        etcd_read(K, NotFound(revision=13)),
+        etcd_read(K, NotFound(revision=10)),
+    ]
+    violations, _ = check_all(ref, 10, 14, [], entries + right, W)
+    assert violations == []
+    # The value of revision 11 answered with the header of 13 (K was deleted at 13): a
+    # watch from 14 would never show the delete.
+    late_header = Found(value=b"c1/1", version=1, create_revision=11, mod_revision=11, revision=13)
+    # Absent, with the header of a revision at which K held a value.
+    absent_at_12 = NotFound(revision=12)
+    for wrong in (late_header, absent_at_12):
+        violations, _ = check_all(ref, 10, 14, [], [*entries, etcd_read(K, wrong)], W)
+        assert [v.kind for v in violations] == ["etcd-read"], (wrong, violations)

@@ -379,6 +379,35 @@ def test_an_election_hands_over_and_observers_see_each_leader_in_order(
     assert seen[0].revision == seen[1].revision < seen[2].revision  # a's token, then b's
 
 
+def test_an_observer_sees_every_proclaimed_value_even_when_it_reads_late(
+    client: Client,
+) -> None:
+    """Proclaims made while the observer is not reading reach it in one watch batch; each is
+    still reported (etcd's Observe reports every PUT of the leader key), not only the last."""
+    a = client.election("svc/late", ttl=None)
+    a.campaign(b"v0")
+    stop = threading.Event()
+    observing = client.election("svc/late", ttl=None).observe(stop=stop)
+    assert next(observing).value == b"v0"
+    for v in (b"v1", b"v2", b"v3"):
+        a.proclaim(v)  # the observer reads nothing meanwhile
+    seen: list[bytes] = []
+
+    def read() -> None:
+        for leader in observing:
+            seen.append(leader.value)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        wait_for("the last proclaim observed", lambda: b"v3" in seen)
+    finally:
+        stop.set()
+        reader.join()
+        a.resign()
+    assert seen == [b"v1", b"v2", b"v3"]
+
+
 def test_a_holder_learns_that_its_lease_is_gone(client: Client) -> None:
     """Revoking the holder's lease from elsewhere (as an expiry does) deletes its key; the
     holder's keep-alive finds the lease gone: ``lost`` is set, ``on_lost`` says why and

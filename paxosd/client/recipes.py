@@ -553,21 +553,32 @@ class Election(_Queue):
         shown: list[Leader | None],
     ) -> Iterator[Leader]:
         with self.client.watch(self.prefix, prefix=True, start_revision=revision + 1) as watch:
+            yield from _shown_if_new(queue, shown)
             while True:
-                leader = _oldest_of(queue)
-                if leader is not None and leader != shown[0]:
-                    shown[0] = leader
-                    yield leader
                 batch = None
                 while batch is None:
                     if stop.is_set():
                         return
                     batch = watch.next_batch(WAIT_SLICE_MS)
-                for e in batch.events:
+                # One step per revision, not per batch: a batch holds every change since the
+                # last read, and a proclaim it overtakes is still one the observer must see.
+                events = batch.events
+                for i, e in enumerate(events):
                     if e.type == "DELETE":
                         queue.pop(e.kv.key, None)
                     else:
                         queue[e.kv.key] = _leader_of(e.kv)
+                    if i + 1 < len(events) and events[i + 1].revision == e.revision:
+                        continue  # one transaction's changes are one step
+                    yield from _shown_if_new(queue, shown)
+
+
+def _shown_if_new(queue: dict[str, Leader], shown: list[Leader | None]) -> Iterator[Leader]:
+    """The queue's leader if it is not the one shown last (then it becomes that one)."""
+    leader = _oldest_of(queue)
+    if leader is not None and leader != shown[0]:
+        shown[0] = leader
+        yield leader
 
 
 def _leader_of(kv: Row | KeyValue) -> Leader:

@@ -80,6 +80,9 @@ LEASE_POLL_S: Final = 1.0
 NOT_LEADER: Final = "election: not leader"
 NO_LEADER: Final = "election: no leader"
 MISSING_LEADER_KEY: Final = '"leader" field must be provided'
+# etcd's Mutex when its own key is gone after the wait (clientv3/concurrency ErrSessionExpired).
+SESSION_EXPIRED: Final = "mutex: session is expired"
+CANCELED: Final = "etcdserver: the request was canceled"
 
 
 class HeldCalls:
@@ -140,13 +143,17 @@ class KeepAlivePool:
     def __init__(self, backend: Backend, workers: int = KEEPALIVE_WORKERS) -> None:
         self.b = backend
         self.workers = workers
-        self._jobs: queue.Queue[tuple[int, Callable[[_Answer], None]]] = queue.Queue(
-            HELD_CALLS_MAX * KEEPALIVE_IN_FLIGHT_MAX
+        self._jobs: queue.Queue[tuple[int, Callable[[_Answer], None], threading.Event]] = (
+            queue.Queue(HELD_CALLS_MAX * KEEPALIVE_IN_FLIGHT_MAX)
         )
         self._lock = threading.Lock()
         self._started = False
 
-    def renew(self, lease_id: int, answer: Callable[[_Answer], None]) -> None:
+    def renew(
+        self, lease_id: int, answer: Callable[[_Answer], None], closed: threading.Event
+    ) -> None:
+        """Renew ``lease_id`` and ``answer`` with the result, unless the stream that asked
+        is ``closed`` by the time a worker gets to it."""
         with self._lock:
             if not self._started:
                 self._started = True
@@ -154,11 +161,15 @@ class KeepAlivePool:
                     threading.Thread(
                         target=self._run, name=f"etcd-keepalive-{i}", daemon=True
                     ).start()
-        self._jobs.put((lease_id, answer))
+        self._jobs.put((lease_id, answer, closed))
 
     def _run(self) -> None:
         while True:
-            lease_id, answer = self._jobs.get()
+            lease_id, answer, closed = self._jobs.get()
+            if closed.is_set():
+                # Nobody reads the answer, and its client may have ended the stream to let
+                # the lease lapse; renewing anyway would also delay the open streams'.
+                continue
             try:
                 result = self._renew(lease_id)
             except Exception:  # a bug here must not cost the gateway a worker
@@ -297,7 +308,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                         if closed.is_set():
                             return
                     handed[0] += 1
-                    self.pool.renew(req.ID, out.put)
+                    self.pool.renew(req.ID, out.put, closed)
             except grpc.RpcError:
                 pass  # the client went away
             finally:
@@ -390,24 +401,39 @@ def _name(raw: bytes, what: str) -> str:
     return name
 
 
+def _on_end(context: grpc.ServicerContext, fn: Callable[[], None]) -> None:
+    """Call ``fn`` when the RPC ends, or now if it has ended already: gRPC's add_callback
+    registers nothing for an RPC that is over (it returns False), and a wait nobody ends
+    holds its worker, its held-call slot and, once won, the lock for a caller who is gone."""
+    if not context.add_callback(fn):
+        fn()
+
+
 def _wait(
     context: grpc.ServicerContext,
     c: Client,
     lease_id: int,
     cancel: Callable[[], None],
     wait: Callable[[float | None], Leader | str],
+    undo: Callable[[], None],
 ) -> Leader | str:
     """Run a Lock's or Campaign's wait, ended early by the RPC's cancel or deadline or by
-    the lease's end; each end answered with etcd's status."""
+    the lease's end; each end answered with etcd's status. A wait won when the RPC is
+    already over is undone (``undo``: unlock, resign): its caller never learns the key, so
+    nobody would give it back, and on a lease the caller keeps alive it would stay forever."""
     watch = _LeaseWatch(c, lease_id, cancel)
-    context.add_callback(cancel)
+    _on_end(context, cancel)
     try:
-        return wait(context.time_remaining())
-    except (LockTimeoutError, LockLostError):
+        got = wait(context.time_remaining())
+    except (LockTimeoutError, LockLostError) as e:
         if watch.gone.is_set() or not _lease_exists(c, lease_id):
             raise Abort(grpc.StatusCode.NOT_FOUND, LEASE_NOT_FOUND) from None
         if not context.is_active():
-            raise Abort(grpc.StatusCode.CANCELLED, "etcdserver: the request was canceled") from None
+            raise Abort(grpc.StatusCode.CANCELLED, CANCELED) from None
+        if isinstance(e, LockLostError):
+            # Our key was deleted while the lease lives (an Unlock or delete from elsewhere):
+            # etcd's Mutex finds its key gone and says the session expired.
+            raise Abort(grpc.StatusCode.UNKNOWN, SESSION_EXPIRED) from None
         raise Abort(
             grpc.StatusCode.DEADLINE_EXCEEDED, "etcdserver: context deadline exceeded"
         ) from None
@@ -415,6 +441,11 @@ def _wait(
         raise _mapped(e) from None
     finally:
         watch.stop()
+    if not context.is_active():
+        with contextlib.suppress(ClientError):  # else the lease's end removes the key
+            undo()
+        raise Abort(grpc.StatusCode.CANCELLED, CANCELED)
+    return got
 
 
 def _lease_exists(c: Client, lease_id: int) -> bool:
@@ -450,7 +481,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             def acquire(timeout_s: float | None) -> str:
                 return lock.acquire(timeout_s).key
 
-            key = _wait(context, c, lease_id, lock.cancel, acquire)
+            key = _wait(context, c, lease_id, lock.cancel, acquire, lock.release)
             assert isinstance(key, str)
             return v3lock_pb2.LockResponse(header=self.b.header(c.last_header), key=key.encode())
 
@@ -512,7 +543,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             def campaign(timeout_s: float | None) -> Leader:
                 return election.campaign(value, timeout_s)
 
-            leader = _wait(context, c, lease_id, election.cancel, campaign)
+            leader = _wait(context, c, lease_id, election.cancel, campaign, election.resign)
             assert isinstance(leader, Leader)
             return v3election_pb2.CampaignResponse(
                 header=self.b.header(c.last_header),
@@ -581,7 +612,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             name = _name(request.name, "election name")
             with self.held.hold(context):
                 stop = threading.Event()
-                context.add_callback(stop.set)
+                _on_end(context, stop.set)
                 c = self.b.client()
                 try:
                     for leader in Election(c, name, ttl=None).observe(stop=stop):

@@ -149,3 +149,36 @@ def test_lease_errors_in_etcds_words() -> None:
     assert code == grpc.StatusCode.OUT_OF_RANGE and "below the minimum 2 s" in message
     full = LeaseRefusedError("lease refused: the cluster's bound on leases is reached")
     assert status_of(full)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_keepalives_of_a_closed_stream_are_not_sent() -> None:
+    """A stream that ended (its client cancelled it, to let its leases lapse) may have up
+    to KEEPALIVE_IN_FLIGHT_MAX keep-alives queued on the shared workers: they are dropped,
+    not renewed, so they neither extend a lease its client gave up nor delay the renewals
+    of the streams still open."""
+    import threading
+
+    gate = threading.Event()
+    asked: list[int] = []
+
+    class GatedClient(FakeClient):
+        def lease_keep_alive_once(self, lease_id: int) -> int:
+            asked.append(lease_id)
+            gate.wait(30)
+            return super().lease_keep_alive_once(lease_id)
+
+    pool = coordination.KeepAlivePool(_any(FakeBackend(GatedClient({1, 2, 3}))), workers=1)
+    answered: list[int] = []
+    open_stream, closed_stream = threading.Event(), threading.Event()
+
+    def answer(a: Any) -> None:
+        answered.append(a.ID)
+
+    pool.renew(1, answer, open_stream)
+    wait_for("the worker renews lease 1", lambda: asked == [1])
+    pool.renew(2, answer, closed_stream)  # queued behind 1; its stream then ends
+    pool.renew(3, answer, open_stream)
+    closed_stream.set()
+    gate.set()
+    wait_for("lease 3 is answered", lambda: 3 in answered)
+    assert asked == [1, 3] and answered == [1, 3]

@@ -343,3 +343,56 @@ def test_a_python_lock_and_an_etcd_lock_on_one_name_exclude_each_other(
     got = waiting.result(timeout=30)
     assert got.key == f"mixed/{lease_id:x}".encode()
     s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=10)
+
+
+def test_held_call_slots_come_back_when_calls_are_cancelled(cluster: LocalCluster) -> None:
+    """Cancelled Observe streams and cancelled waiting Locks give their held-call slots back
+    (else a client that cancels is refused for good once it has cancelled 16), and a
+    cancelled Lock leaves no key behind."""
+    from paxosd.etcd.coordination import HELD_CALLS_PER_PEER_MAX
+
+    ep = cluster.etcd_endpoints()[0]
+    ch = grpc.insecure_channel(ep, options=[("grpc.use_local_subchannel_pool", 1)])
+    one = wait_for("a connection of its own", lambda: _answering_on(ch))
+    holder, waiter = grant(one, 60), grant(one, 60)
+    one.election.Campaign(E.CampaignRequest(name=b"slots", lease=holder, value=b"h"), timeout=20)
+    held = one.lock.Lock(v3lock_pb2.LockRequest(name=b"slots-lock", lease=holder), timeout=20)
+    for _ in range(2):  # twice the bound in all: the first round's slots must come back
+        observes = []
+        for _ in range(HELD_CALLS_PER_PEER_MAX // 2):
+            stream = one.election.Observe(E.LeaderRequest(name=b"slots"), timeout=60)
+            assert next(stream).kv.value == b"h"
+            observes.append(stream)
+        locks: list[Future[Any]] = []
+        for _ in range(HELD_CALLS_PER_PEER_MAX - len(observes)):
+            locks.append(
+                one.lock.Lock.future(v3lock_pb2.LockRequest(name=b"slots-lock", lease=waiter))
+            )
+        wait_for("the waiter queued", lambda: get(one, f"slots-lock/{waiter:x}"))
+        for stream in observes:
+            stream.cancel()
+        for f in locks:
+            f.cancel()
+        wait_for("cancelled Locks leave no key", lambda: not get(one, f"slots-lock/{waiter:x}"))
+
+        def slots_free() -> bool:
+            # Every slot of this connection is back: as many KeepAlive streams as the bound.
+            streams = [keepalive_stream(one) for _ in range(HELD_CALLS_PER_PEER_MAX)]
+            try:
+                for requests, responses in streams:
+                    requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=holder))
+                    next(responses)
+                return True
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                return False
+            finally:
+                for requests, responses in streams:
+                    requests.put(None)
+                    responses.cancel()
+
+        wait_for("the held-call slots are back", slots_free)
+    one.lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), timeout=10)
+    for lease_id in (holder, waiter):
+        one.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=10)
+    ch.close()

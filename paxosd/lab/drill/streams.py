@@ -249,6 +249,30 @@ def _read_matches(res: object, state: Change | None) -> bool:
     return False
 
 
+def check_etcd_reads(history: History, entries: Iterable[Entry]) -> list[Violation]:
+    """Each acknowledged read through the etcd API is the history's state of its key at the
+    header revision it answered with. An etcd client takes that revision as the moment of
+    the answer (a Get, then a Watch from revision + 1, is how it follows a key): a value
+    from another moment loses or repeats changes for it, and the register check cannot see
+    that, as it compares values and versions only."""
+    problems: list[str] = []
+    for e in entries:
+        o = e.operation
+        if e.via != "etcd" or o.outcome != "ok" or not isinstance(o.op, Get):
+            continue
+        rev = o.result.revision if isinstance(o.result, Found | NotFound) else 0
+        if rev < history.start:
+            continue  # no revision to judge (or one before the history: cannot happen)
+        state = history.state(o.op.key, rev)
+        if not _read_matches(o.result, state):
+            had = state.describe() if state is not None else "absent"
+            problems.append(
+                f"{o.client_id}: {o.op!r} answered {o.result!r}, the history at that "
+                f"revision: {had}"
+            )
+    return _limited("etcd-read", problems)
+
+
 def check_txns(history: History, entries: Iterable[Entry]) -> list[Violation]:
     """All or nothing at one revision, compares and reads right (see the module's doc)."""
     problems: list[str] = []
@@ -374,6 +398,7 @@ def check_all(
     history, violations = check_reference(reference, start, end)
     violations += check_writes(history, entries, workload)
     violations += check_txns(history, entries)
+    violations += check_etcd_reads(history, entries)
     for s in streams:
         violations += check_stream(s, history)
         if s.last < end:
