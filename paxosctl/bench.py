@@ -1309,7 +1309,8 @@ def _print_bigstate(r: dict[str, Any]) -> None:
         f"  p99 {_fmt(lat['p99'])}  p99.9 {_fmt(lat['p99_9'])}  max {_fmt(lat['max'])} ms, "
         f"errors {run['errors_total']}",
         f"elections:   {r['elections']}",
-        f"state:       store {st['store_bytes'] / 1e6:,.1f} MB, "
+        f"state:       data {st['data_bytes'] / 1e6:,.1f} MB, store {st['store_bytes'] / 1e6:,.1f}"
+        f" MB (history {st['history_bytes'] / 1e6:,.1f} MB), "
         f"database {st['db_bytes'] / 1e6:,.1f} MB",
     ]
     for name, n in r["nodes"].items():
@@ -1321,13 +1322,15 @@ def _print_bigstate(r: dict[str, Any]) -> None:
         )
     ss, rs, nm = r["snapshot_save"], r["restart"], r["new_member"]
     out += [
-        f"snapshot save: {ss['state_bytes'] / 1e6:,.1f} MB in {ss['seconds']} s = "
+        f"snapshot save: FAILED after {ss['seconds']} s: {ss['error']}"
+        if "error" in ss
+        else f"snapshot save: {ss['state_bytes'] / 1e6:,.1f} MB in {ss['seconds']} s = "
         f"{_fmt(ss['mb_per_s'], 1)} MB/s",
         f"restart ({rs['signal']} of n{rs['node']}): serves a read after {rs['serve_s']} s, "
         f"caught up after {rs['caught_up_s']} s",
         f"new member n{nm['node']}: caught up in {nm['seconds']} s, "
         + (
-            f"by snapshot, {_fmt(nm['mb_per_s'], 1)} MB/s of snapshot"
+            f"by snapshot ({nm['snapshot_bytes'] / 1e6:,.1f} MB), {_fmt(nm['mb_per_s'], 1)} MB/s"
             if nm["by_snapshot"]
             else "from the log (no snapshot transfer)"
         ),

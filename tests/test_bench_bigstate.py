@@ -63,6 +63,7 @@ def test_state_memory_and_disk_are_multiples_of_the_store(
 ) -> None:
     r, _ = sitting
     # 300 keys x 256 bytes are in the store (history on top).
+    assert r["state"]["data_bytes"] == 300 * (9 + 256)
     assert r["state"]["store_bytes"] >= 300 * 256
     assert sorted(r["nodes"]) == ["n1", "n2", "n3"]
     assert [n["role"] for n in r["nodes"].values()].count("leader") == 1
@@ -81,10 +82,11 @@ def test_restart_save_and_transfer_are_timed(sitting: tuple[dict[str, Any], str]
     rs = r["restart"]
     assert r["nodes"][f"n{rs['node']}"]["role"] == "follower"
     assert 0 < rs["serve_s"] <= rs["caught_up_s"]
+    assert "error" not in r["snapshot_save"], r["snapshot_save"]
     assert r["snapshot_save"]["state_bytes"] > 0 and r["snapshot_save"]["mb_per_s"] > 0
     nm = r["new_member"]
     assert nm["node"] == 4 and nm["by_snapshot"], "the log it needed was compacted"
-    assert nm["mb_per_s"] > 0
+    assert nm["snapshot_bytes"] > 0 and nm["mb_per_s"] > 0
     for phase in ("load:", "run:", "snapshot save:", "restart:", "new member:"):
         assert phase in stderr
 
