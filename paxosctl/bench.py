@@ -1308,7 +1308,8 @@ def _print_bigstate(r: dict[str, Any]) -> None:
         f"puts:        {run['ops_per_s']:,.0f}/s  p50 {_fmt(lat['p50'])}  p90 {_fmt(lat['p90'])}"
         f"  p99 {_fmt(lat['p99'])}  p99.9 {_fmt(lat['p99_9'])}  max {_fmt(lat['max'])} ms, "
         f"errors {run['errors_total']}",
-        f"elections:   {r['elections']}",
+        f"elections:   {r['elections']} in the load and run, "
+        f"{r['elections_whole_sitting']} in the whole sitting",
         f"state:       data {st['data_bytes'] / 1e6:,.1f} MB, store {st['store_bytes'] / 1e6:,.1f}"
         f" MB (history {st['history_bytes'] / 1e6:,.1f} MB), "
         f"database {st['db_bytes'] / 1e6:,.1f} MB",

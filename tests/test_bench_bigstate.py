@@ -80,7 +80,8 @@ def test_state_memory_and_disk_are_multiples_of_the_store(
 def test_restart_save_and_transfer_are_timed(sitting: tuple[dict[str, Any], str]) -> None:
     r, stderr = sitting
     rs = r["restart"]
-    assert r["nodes"][f"n{rs['node']}"]["role"] == "follower"
+    assert rs["node"] in (1, 2, 3)
+    assert r["elections_whole_sitting"] >= r["elections"]
     assert 0 < rs["serve_s"] <= rs["caught_up_s"]
     assert "error" not in r["snapshot_save"], r["snapshot_save"]
     assert r["snapshot_save"]["state_bytes"] > 0 and r["snapshot_save"]["mb_per_s"] > 0

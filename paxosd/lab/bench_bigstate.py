@@ -298,9 +298,10 @@ def _snapshot_save(cluster: LocalCluster, out: Path) -> dict[str, Any]:
     }
 
 
-def _restart(cluster: LocalCluster, k: int, how: RestartSignal, say: Say) -> dict[str, Any]:
-    """Stop follower ``k`` (SIGKILL or SIGTERM), start it; time to serve and to catch up."""
-    _leader_id, target = _leader(cluster)
+def _restart(cluster: LocalCluster, how: RestartSignal, say: Say) -> dict[str, Any]:
+    """Stop a follower (SIGKILL or SIGTERM), start it; time to serve and to catch up."""
+    leader, target = _leader(cluster)
+    k = next(n for n in cluster.node_ids() if n != leader)  # chosen now: leaders move
     if how == "kill":
         cluster.kill(k)
     else:
@@ -505,9 +506,14 @@ def _sitting(
     say("snapshot save: paxosctl snapshot save of the live cluster")
     out["snapshot_save"] = _snapshot_save(cluster, root / "backup.pxb")
     (root / "backup.pxb").unlink(missing_ok=True)
-    follower = next(k for k in cluster.node_ids() if k != leader)
     sampler.phase = "restart"
-    out["restart"] = _restart(cluster, follower, spec.restart_signal, say)
+    out["restart"] = _restart(cluster, spec.restart_signal, say)
     sampler.phase = "new-member"
     out["new_member"] = _add_member(cluster, spec.extra_config(), say)
+    sampler.sample()
+    # Elections in the whole sitting: the save, the restart and the transfer load the
+    # nodes too (a leader busy serving a snapshot may miss its heartbeats).
+    out["elections_whole_sitting"] = max(
+        0, max((len(s.ballots) for s in sampler.seen.values()), default=1) - 1
+    )
     return out
