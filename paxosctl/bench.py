@@ -1308,7 +1308,7 @@ def _print_bigstate(r: dict[str, Any]) -> None:
         f"puts:        {run['ops_per_s']:,.0f}/s  p50 {_fmt(lat['p50'])}  p90 {_fmt(lat['p90'])}"
         f"  p99 {_fmt(lat['p99'])}  p99.9 {_fmt(lat['p99_9'])}  max {_fmt(lat['max'])} ms, "
         f"errors {run['errors_total']}",
-        f"elections:   {r['elections']} in the load and run, "
+        f"elections:   {r['elections']} in the load and run (ballot round +{r['ballot_rounds']}), "
         f"{r['elections_whole_sitting']} in the whole sitting",
         f"state:       data {st['data_bytes'] / 1e6:,.1f} MB, store {st['store_bytes'] / 1e6:,.1f}"
         f" MB (history {st['history_bytes'] / 1e6:,.1f} MB), "
@@ -1327,9 +1327,13 @@ def _print_bigstate(r: dict[str, Any]) -> None:
         if "error" in ss
         else f"snapshot save: {ss['state_bytes'] / 1e6:,.1f} MB in {ss['seconds']} s = "
         f"{_fmt(ss['mb_per_s'], 1)} MB/s",
-        f"restart ({rs['signal']} of n{rs['node']}): serves a read after {rs['serve_s']} s, "
-        f"caught up after {rs['caught_up_s']} s",
-        f"new member n{nm['node']}: caught up in {nm['seconds']} s, "
+        f"restart: FAILED: {rs['error']}"
+        if "error" in rs
+        else f"restart ({rs['signal']} of n{rs['node']}): serves a read after {rs['serve_s']} s,"
+        f" caught up after {rs['caught_up_s']} s",
+        f"new member: FAILED: {nm['error']}"
+        if "error" in nm
+        else f"new member n{nm['node']}: caught up in {nm['seconds']} s, "
         + (
             f"by snapshot ({nm['snapshot_bytes'] / 1e6:,.1f} MB), {_fmt(nm['mb_per_s'], 1)} MB/s"
             if nm["by_snapshot"]

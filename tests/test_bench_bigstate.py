@@ -82,6 +82,7 @@ def test_restart_save_and_transfer_are_timed(sitting: tuple[dict[str, Any], str]
     rs = r["restart"]
     assert rs["node"] in (1, 2, 3)
     assert r["elections_whole_sitting"] >= r["elections"]
+    assert r["ballot_rounds"] >= r["elections"]
     assert 0 < rs["serve_s"] <= rs["caught_up_s"]
     assert "error" not in r["snapshot_save"], r["snapshot_save"]
     assert r["snapshot_save"]["state_bytes"] > 0 and r["snapshot_save"]["mb_per_s"] > 0
@@ -97,3 +98,23 @@ def test_bigstate_refuses_an_unknown_restart_signal(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "kill or term" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_text_report_names_every_figure_and_a_failed_phase(
+    sitting: tuple[dict[str, Any], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from paxosctl.bench import _print_bigstate
+
+    r, _ = sitting
+    _print_bigstate(r)
+    text = capsys.readouterr().out
+    for word in ("load:", "p99.9", "elections:", "RSS peak", "snapshot save:", "by snapshot"):
+        assert word in text
+    failed = r | {
+        "restart": {"error": "node 2 did not answer"},
+        "snapshot_save": {"seconds": 15.0, "error": "exit 3: no node answered", "mb_per_s": None},
+    }
+    _print_bigstate(failed)
+    text = capsys.readouterr().out
+    assert "restart: FAILED: node 2 did not answer" in text
+    assert "snapshot save: FAILED after 15.0 s" in text

@@ -23,6 +23,7 @@ that passes is a BenchError naming what did not happen. Nothing here asserts a s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -230,6 +231,12 @@ def _wait(what: str, probe: Callable[[], bool], bound_s: float, poll_s: float = 
     return time.monotonic() - t0
 
 
+def _rounds(ballots: dict[int, list[str]]) -> int:
+    """How far the ballot round advanced across ``ballots`` ("round.node" strings)."""
+    rounds = [int(b.split(".")[0]) for seen in ballots.values() for b in seen]
+    return max(rounds) - min(rounds) if rounds else 0
+
+
 def _leader(cluster: LocalCluster) -> tuple[int, int]:
     """(leader's node id, its applied index), asking until one answers (bounded)."""
     found: list[tuple[int, int]] = []
@@ -298,6 +305,29 @@ def _snapshot_save(cluster: LocalCluster, out: Path) -> dict[str, Any]:
     }
 
 
+def _wait_unlocked(cluster: LocalCluster, k: int) -> None:
+    """Until node ``k``'s data dir lock is free. A process of a few GB that was SIGKILLed
+    no longer looks like the node (its command line is gone with its memory) while the
+    kernel is still freeing that memory, and its files, the lock among them, close last: a
+    start in that window fails with "another paxosd process is using this data dir"."""
+    path = cluster.root / "data" / f"n{k}" / "paxosd.lock"
+
+    def free() -> bool:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # closing releases the lock if it was taken
+        return True
+
+    _wait(f"node {k}'s data dir lock to be released after it stopped", free, START_TIMEOUT_S)
+
+
 def _restart(cluster: LocalCluster, how: RestartSignal, say: Say) -> dict[str, Any]:
     """Stop a follower (SIGKILL or SIGTERM), start it; time to serve and to catch up."""
     leader, target = _leader(cluster)
@@ -307,6 +337,7 @@ def _restart(cluster: LocalCluster, how: RestartSignal, say: Say) -> dict[str, A
     else:
         cluster.signal(k, signal.SIGTERM)
         _wait(f"node {k} to exit on SIGTERM", lambda: cluster.pid(k) is None, START_TIMEOUT_S)
+    _wait_unlocked(cluster, k)
     say(f"restart: node {k} stopped ({how}), starting it; leader applied {target}")
     t0 = time.monotonic()
     cluster.start(k)
@@ -491,6 +522,9 @@ def _sitting(
             "generator_may_be_bottleneck": kv["generator"]["may_be_bottleneck"],
         },
         "elections": max(0, max((len(b) for b in ballots.values()), default=1) - 1),
+        # Sampling every SAMPLE_INTERVAL_S can miss a leader that lasted less; the ballot
+        # rounds cannot: every campaign, won or not, takes a higher round.
+        "ballot_rounds": _rounds(ballots),
         "ballots_seen": {f"n{k}": b for k, b in ballots.items()},
         "state": {
             # What was loaded (keys and values), what the store accounts (with the history
@@ -506,10 +540,20 @@ def _sitting(
     say("snapshot save: paxosctl snapshot save of the live cluster")
     out["snapshot_save"] = _snapshot_save(cluster, root / "backup.pxb")
     (root / "backup.pxb").unlink(missing_ok=True)
+    # A phase that fails is reported as that phase's figure (what stopped it), and the
+    # sitting goes on: the figures before it were dear to get.
     sampler.phase = "restart"
-    out["restart"] = _restart(cluster, spec.restart_signal, say)
+    try:
+        out["restart"] = _restart(cluster, spec.restart_signal, say)
+    except BenchError as e:
+        say(f"restart: FAILED: {e}")
+        out["restart"] = {"error": str(e)}
     sampler.phase = "new-member"
-    out["new_member"] = _add_member(cluster, spec.extra_config(), say)
+    try:
+        out["new_member"] = _add_member(cluster, spec.extra_config(), say)
+    except BenchError as e:
+        say(f"new member: FAILED: {e}")
+        out["new_member"] = {"error": str(e)}
     sampler.sample()
     # Elections in the whole sitting: the save, the restart and the transfer load the
     # nodes too (a leader busy serving a snapshot may miss its heartbeats).
