@@ -104,6 +104,8 @@ def test_vacuum_text_report_and_missing_database(tmp_path: Path) -> None:
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "no database here" in err
     assert not (empty / "paxosd.lock").exists(), "a refused vacuum leaves nothing behind"
+    code, out, err = invoke("--data-dir", str(tmp_path / "absent"))
+    assert code == 1 and out == "" and "no such directory" in err
 
 
 def test_vacuum_refuses_while_the_node_runs(tmp_path: Path) -> None:

@@ -31,7 +31,6 @@ from paxosd.storage.store import (
 from paxosd.tools.inspect import state_digest
 
 EXIT_FAILED = 1  # no database, a damaged one, or the digest changed
-EXIT_USAGE = 2
 EXIT_RUNNING = 3  # the daemon (or another tool) holds the data dir
 
 
@@ -126,7 +125,7 @@ def vacuum_command(
     Example: systemctl stop paxosd@n2 && paxosd vacuum --data-dir /var/lib/paxosd/n2
     """
     if not data_dir.is_dir():
-        _fail(f"{data_dir}: not a directory", EXIT_USAGE)
+        _fail(f"{data_dir}: no such directory", EXIT_FAILED)
     try:
         report = vacuum_data_dir(data_dir, verify=verify)
     except DataDirBusy as e:
