@@ -52,7 +52,7 @@ def test_load_and_run_are_reported_with_the_whole_latency_tail(
 ) -> None:
     r, _ = sitting
     assert r["load"]["keys"] == 300 and r["load"]["puts_per_s"] > 0
-    assert r["load"]["errors"] == {}
+    assert r["load"]["errors"] == {} and r["load"]["loaded"] == 300
     assert r["run"]["ops"] > 0 and r["run"]["errors_total"] == 0
     lat = r["run"]["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
