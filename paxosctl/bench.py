@@ -7,6 +7,7 @@ only on a TTY, so ``--json`` output and logs stay clean.
 from __future__ import annotations
 
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -1204,3 +1205,140 @@ def history(
     if "reference_puts_per_s" in r:
         line += f", reference {r['reference_puts_per_s']:,} puts/s, ratio {r['throughput_ratio']}"
     render.rich_line(line, markup=False)
+
+
+# ---------------------------------------------------------------------------------- bigstate
+
+
+@app.command("bigstate")
+def bigstate(
+    keys: Annotated[
+        int, typer.Option(min=1, max=10_000_000, help="Keys loaded, then put over.")
+    ] = 10_000,
+    value_size: Annotated[int, typer.Option(min=1, max=512 << 10, help="Value bytes.")] = 1024,
+    duration: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Seconds of puts after the load.")
+    ] = 60.0,
+    clients: Annotated[int, typer.Option(min=1, max=1024, help="Concurrent clients.")] = 64,
+    restart_signal: Annotated[
+        str, typer.Option("--restart-signal", help="How the follower is stopped: kill | term.")
+    ] = "kill",
+    snapshot_every_entries: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=100_000_000,
+            help="The nodes' [snapshot] snapshot_every_entries (default: the daemon's).",
+            show_default=False,
+        ),
+    ] = None,
+    log_retain_entries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=100_000_000,
+            help="The nodes' [snapshot] log_retain_entries (default: the daemon's).",
+            show_default=False,
+        ),
+    ] = None,
+    d: DirOpt = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the cluster's folder.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """What big state costs: a fresh durable 3-node local cluster with the default snapshot
+    settings is loaded with --keys keys of --value-size bytes (pipelined puts; the load
+    rate), then --clients clients put over the same keys for --duration seconds through
+    snapshot cycles. Reports elections (ballot changes seen in the nodes' status) and
+    snapshots taken per node; put throughput and latency p50/p90/p99/p99.9/max; the store's
+    size, each daemon's RSS (peak, end) and data dir bytes as multiples of it; a `paxosctl
+    snapshot save` of the live cluster in MB/s; a follower stopped (--restart-signal) and
+    started: seconds until it answers a linearizable read and until it has caught up; a
+    fourth node added as a learner: its catch-up by snapshot transfer in MB/s.
+
+    Progress lines go to stderr. Exit 3 if the cluster does not start or a node does not
+    catch up within a generous bound.
+
+    Example: paxosctl bench bigstate --keys 100000 --value-size 1024 --duration 60 --json
+    """
+    from paxosd.lab.bench_bigstate import BigStateSpec, run_bigstate
+
+    try:
+        spec = BigStateSpec(
+            keys=keys,
+            value_bytes=value_size,
+            duration_s=duration,
+            clients=clients,
+            restart_signal="term" if restart_signal == "term" else "kill",
+            snapshot_every_entries=snapshot_every_entries,
+            log_retain_entries=log_retain_entries,
+        )
+    except ValueError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_USAGE) from None
+    if restart_signal not in ("kill", "term"):
+        render.error("--restart-signal must be kill or term")
+        raise typer.Exit(render.EXIT_USAGE)
+    _quiet_logs()
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        render.note(f"[{time.monotonic() - t0:6.1f} s] {msg}")
+        sys.stderr.flush()
+
+    try:
+        report = run_bigstate(spec, parent_dir=d, say=say, keep=keep)
+    except BenchError as e:
+        render.error(str(e))
+        raise typer.Exit(render.EXIT_UNAVAILABLE) from None
+    report["host"] = _host()
+    if json_out:
+        render.emit_json(report)
+        return
+    _print_bigstate(report)
+
+
+def _print_bigstate(r: dict[str, Any]) -> None:
+    load, run, st = r["load"], r["run"], r["state"]
+    lat = run["latency_ms"]
+    out = [
+        f"big state: {r['keys']:,} keys x {r['value_bytes']} bytes, {r['duration_s']:.0f} s of "
+        f"puts by {r['clients']} clients (load average {r['load_average'][0]:.2f})",
+        f"load:        {_fmt(load.get('puts_per_s'), 0)} puts/s ({_fmt(load.get('mb_per_s'))} "
+        f"MB/s), {load.get('seconds')} s, errors {sum(load.get('errors', {}).values())}",
+        f"puts:        {run['ops_per_s']:,.0f}/s  p50 {_fmt(lat['p50'])}  p90 {_fmt(lat['p90'])}"
+        f"  p99 {_fmt(lat['p99'])}  p99.9 {_fmt(lat['p99_9'])}  max {_fmt(lat['max'])} ms, "
+        f"errors {run['errors_total']}",
+        f"elections:   {r['elections']} in the load and run (ballot round +{r['ballot_rounds']}), "
+        f"{r['elections_whole_sitting']} in the whole sitting",
+        f"state:       data {st['data_bytes'] / 1e6:,.1f} MB, store {st['store_bytes'] / 1e6:,.1f}"
+        f" MB (history {st['history_bytes'] / 1e6:,.1f} MB), "
+        f"database {st['db_bytes'] / 1e6:,.1f} MB",
+    ]
+    for name, n in r["nodes"].items():
+        out.append(
+            f"{name} {n['role']:<9} RSS peak {_fmt(n['rss_peak_mb'], 0)} MB "
+            f"({_fmt(n['rss_peak_x'])}x), end {_fmt(n['rss_end_mb'], 0)} MB "
+            f"({_fmt(n['rss_end_x'])}x); disk {n['disk_bytes'] / 1e6:,.0f} MB "
+            f"({_fmt(n['disk_x'])}x); snapshots {n['snapshots_taken']}"
+        )
+    ss, rs, nm = r["snapshot_save"], r["restart"], r["new_member"]
+    out += [
+        f"snapshot save: FAILED after {ss['seconds']} s: {ss['error']}"
+        if "error" in ss
+        else f"snapshot save: {ss['state_bytes'] / 1e6:,.1f} MB in {ss['seconds']} s = "
+        f"{_fmt(ss['mb_per_s'], 1)} MB/s",
+        f"restart: FAILED: {rs['error']}"
+        if "error" in rs
+        else f"restart ({rs['signal']} of n{rs['node']}): serves a read after {rs['serve_s']} s,"
+        f" caught up after {rs['caught_up_s']} s",
+        f"new member: FAILED: {nm['error']}"
+        if "error" in nm
+        else f"new member n{nm['node']}: caught up in {nm['seconds']} s, "
+        + (
+            f"by snapshot ({nm['snapshot_bytes'] / 1e6:,.1f} MB), {_fmt(nm['mb_per_s'], 1)} MB/s"
+            if nm["by_snapshot"]
+            else "from the log (no snapshot transfer)"
+        ),
+    ]
+    for text in out:
+        render.line(text)

@@ -14,6 +14,7 @@ from paxosd.tools.forcenew import force_new_cluster_command
 from paxosd.tools.initcluster import check_config_command, init_command
 from paxosd.tools.inspect import inspect_cmd
 from paxosd.tools.restore import restore_command
+from paxosd.tools.vacuum import vacuum_command
 
 app = typer.Typer(
     name="paxosd",
@@ -37,6 +38,7 @@ app.command("init")(init_command)
 app.command("inspect")(inspect_cmd)
 app.command("restore")(restore_command)
 app.command("run")(run_command)
+app.command("vacuum")(vacuum_command)
 
 
 def main() -> None:

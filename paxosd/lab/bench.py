@@ -478,6 +478,11 @@ def _prefill_pipelined(
                 if isinstance(result, ClientError):  # reported, the run goes on
                     kind = f"prefill_{_error_kind(result)}"
                     errors[kind] = errors.get(kind, 0) + 1
+                elif not answered_as_asked(result, read=False):
+                    # Refused by the state machine (e.g. Full at the kv bytes limit): the
+                    # key is not loaded, and a load rate must not count it as loaded.
+                    kind = f"prefill_unexpected_{type(result).__name__}"
+                    errors[kind] = errors.get(kind, 0) + 1
                 if not start(j):
                     active -= 1
     finally:
@@ -487,10 +492,14 @@ def _prefill_pipelined(
 def _prefill(client: Any, keys: Sequence[int], value: bytes, errors: dict[str, int]) -> None:
     for i in keys:
         try:
-            client.submit(client.next_command(Put(key=key_name(i), value=value)))
+            result = client.submit(client.next_command(Put(key=key_name(i), value=value)))
         except Exception as e:  # a prefill error is reported, the run goes on
             kind = f"prefill_{_error_kind(e)}"
             errors[kind] = errors.get(kind, 0) + 1
+        else:
+            if not answered_as_asked(result, read=False):  # refused: not loaded
+                kind = f"prefill_unexpected_{type(result).__name__}"
+                errors[kind] = errors.get(kind, 0) + 1
 
 
 def _send_result(
@@ -774,7 +783,8 @@ def run_load(
             ready_timeout_s = _WORKER_START_TIMEOUT_S + (
                 spec.keys / spec.clients * spec.timeout_ms / 1000 if spec.prefill else 0.0
             )
-            ready_deadline = time.monotonic() + ready_timeout_s
+            t_ready0 = time.monotonic()
+            ready_deadline = t_ready0 + ready_timeout_s
             while not all(w.ready for w in workers):
                 left = ready_deadline - time.monotonic()
                 if left <= 0:
@@ -784,6 +794,9 @@ def run_load(
                 except queue.Empty:
                     continue
                 _absorb(workers, i, m)
+            # Worker start-up (well under a second) is in it: next to a prefill worth timing
+            # it is noise.
+            prefill_s = time.monotonic() - t_ready0
             t_start_ns = time.monotonic_ns() + int(_START_DELAY_S * 1e9)
             for w in workers:
                 assert w.proc.stdin is not None
@@ -837,7 +850,21 @@ def run_load(
             results = [w.result for w in workers if w.result is not None]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return _report(spec, list(endpoints), results, servers, cpu0, cpu1, mach0, mach1, rss)
+    report = _report(spec, list(endpoints), results, servers, cpu0, cpu1, mach0, mach1, rss)
+    if spec.prefill:
+        report["prefill"] = {
+            "keys": spec.keys,
+            "seconds": round(prefill_s, 2),
+            # Every put answered, refused ones too (see "errors" and "loaded").
+            "puts_per_s": round(spec.keys / prefill_s, 1) if prefill_s > 0 else None,
+            "mb_per_s": round(spec.keys * spec.value_bytes / 1e6 / prefill_s, 2)
+            if prefill_s > 0
+            else None,
+            "errors": {k: n for k, n in report["errors"].items() if k.startswith("prefill_")},
+        }
+        refused = sum(report["prefill"]["errors"].values())
+        report["prefill"]["loaded"] = spec.keys - refused  # at least: a timeout may have landed
+    return report
 
 
 def _absorb(workers: list[_Worker], i: int, m: dict[str, Any]) -> None:

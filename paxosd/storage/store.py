@@ -66,9 +66,11 @@ __all__ = [
     "StorageError",
     "StorageIOError",
     "StorageMeta",
+    "VacuumStats",
     "WalTruncated",
     "decode_value",
     "encode_value",
+    "vacuum_database",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -1106,6 +1108,66 @@ def _raise_corrupt_row(path: Path, table: str, slot: int, exc: Exception) -> NoR
 def data_dir_db_path(data_dir: Path) -> Path:
     """The database file of the node whose data dir is ``data_dir``."""
     return Path(data_dir) / DB_FILENAME
+
+
+@dataclass(frozen=True, slots=True)
+class VacuumStats:
+    """What ``vacuum_database`` did: file bytes (database + WAL) and free pages around it."""
+
+    bytes_before: int
+    bytes_after: int
+    page_size: int
+    free_pages_before: int
+    free_pages_after: int
+    seconds: float
+
+
+def vacuum_database(path: Path, *, clock: Callable[[], float]) -> VacuumStats:
+    """Rewrite the database without its free pages (SQLite's VACUUM), offline.
+
+    Why: compaction deletes log rows and old snapshots, but SQLite keeps the pages they held
+    as free pages inside the file, for reuse; the file never shrinks by itself. VACUUM copies
+    the live content into a fresh temporary database and writes it back in ONE transaction
+    through the WAL, so a crash midway leaves the old content (the uncommitted frames are
+    ignored) or the new (replayed from the WAL on the next open): nothing is lost either way.
+    It needs free space of about the new file's size twice (the temporary copy, in SQLite's
+    temporary directory, and the WAL). The caller holds the data dir's lock: this must never
+    run beside the daemon. The file is validated first (quick_check, schema version): a
+    damaged database is not rewritten. ``clock``: seconds, for the timing only.
+
+    :raises NotInitialized: there is no database at ``path``.
+    :raises StorageError: validation, SQLite or the file system refused.
+    """
+    if not path.exists():
+        raise NotInitialized(path, "no database here")
+    if _validate(path) is None:
+        raise NotInitialized(path, "the database holds no tables")
+    before = db_file_bytes(path)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        with _sqlite_errors(path, "cannot vacuum the database"):
+            _set_pragmas(conn, path, "fsync")
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            free_before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            t0 = clock()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            # Into the main file, and the WAL back to zero bytes: the space is returned now.
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
+                raise StorageError(path, "the checkpoint after VACUUM was blocked by a reader")
+            seconds = clock() - t0
+            free_after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    finally:
+        conn.close()
+    return VacuumStats(
+        bytes_before=before,
+        bytes_after=db_file_bytes(path),
+        page_size=page_size,
+        free_pages_before=free_before,
+        free_pages_after=free_after,
+        seconds=seconds,
+    )
 
 
 def db_file_bytes(path: Path) -> int:

@@ -50,7 +50,7 @@ def _preview(value: Value) -> str:
     return " | ".join(parts) + (f" | +{more} more" if more > 0 else "")
 
 
-def _digest(storage: Storage) -> dict[str, Any]:
+def state_digest(storage: Storage) -> dict[str, Any]:
     """Rebuild the state machine the way recovery does (snapshot, then the decided slots
     after it, in order, up to the first gap) and report its digest."""
     state = storage.load()
@@ -194,7 +194,7 @@ def inspect_cmd(
                 )
                 _print_log([_row_dict(r) for r in rows], as_json)
                 return
-            info = _meta_dict(storage.meta()) | _digest(storage)
+            info = _meta_dict(storage.meta()) | state_digest(storage)
     except StorageError as exc:
         typer.echo(f"paxosd inspect: {exc}", err=True)
         raise typer.Exit(code=1) from None
