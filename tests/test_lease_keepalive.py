@@ -90,3 +90,32 @@ def test_acknowledged_keep_alives_keep_the_lease_through_short_outages() -> None
     lease.stop_keepalive()
     assert not lease.lost.is_set() and said == []
     assert lease.keepalives >= 2
+
+
+class _Pipe:
+    """Takes the keeper's submissions without sending them."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def submit(self, command: bytes, tag: int, lane: int = 0, *, read: bool = False) -> None:
+        self.sent.append(tag)
+
+
+def test_keepalives_count_a_lease_from_the_send_of_its_acknowledged_keep_alive() -> None:
+    """The leader counts the TTL from when the keep-alive reached it, which may be as early
+    as its send: an answer that comes back late (a slow lane, a retry on another member) must
+    not make the keeper believe the lease lives a TTL from the answer."""
+    from paxosd.client.keepalives import KeepAlives
+    from paxosd.statemachine.commands import LeaseKept
+
+    keeper = KeepAlives([("127.0.0.1", 1)], b"k" * 32, ttl=10, lanes=1)
+    keeper.add(7, alive_since=0.0)
+    keeper._take_added(0.0)
+    pipe = _Pipe()
+    keeper._send_due(pipe, 1.0)  # type: ignore[arg-type]  # sent at 1.0
+    assert pipe.sent == [7]
+    keeper._answered(7, LeaseKept(id=7, ttl=10), 4.0)  # answered 3 s later
+    # The leader may have received it at 1.0, so the lease may be gone from 11.0 on.
+    keeper._send_due(pipe, 11.5)  # type: ignore[arg-type]
+    assert 7 in keeper.lost and pipe.sent == [7]

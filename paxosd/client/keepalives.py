@@ -103,8 +103,10 @@ class KeepAlives:
         self._guard = threading.Lock()
         self._added: list[int] = []
         self._sessions: dict[int, Session] = {}
-        self._acked_at: dict[int, float] = {}  # when the lease's last ack came
-        self._alive_since: dict[int, float] = {}  # the lease lives a TTL from this
+        self._acked_at: dict[int, float] = {}  # when the lease's last ack came (for stats)
+        # The lease lives a TTL from this: its grant's ask, then the send of its last
+        # acknowledged keep-alive (the "lost" rule counts from here, never from an answer).
+        self._alive_since: dict[int, float] = {}
         self._sent_at: dict[int, float] = {}
         self._due: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -204,7 +206,7 @@ class KeepAlives:
             _, lease_id = heapq.heappop(due)
             if lease_id in self.lost or lease_id in self._sent_at:
                 continue
-            if now - self._acked_at[lease_id] >= self.ttl:
+            if now - self._alive_since[lease_id] >= self.ttl:
                 self._lose(lease_id, f"no keep-alive of lease {lease_id:x} acknowledged for "
                            f"{self.ttl} s")  # fmt: skip
                 continue
@@ -224,6 +226,9 @@ class KeepAlives:
             if gap > self.ttl / 2:
                 self.stats.late += 1
             self._acked_at[lease_id] = now
+            # The leader counts the TTL from when the keep-alive reached it, as early as its
+            # send: the answer's arrival is no lower bound.
+            self._alive_since[lease_id] = max(self._alive_since[lease_id], sent)
             lat = self.stats.latencies_ms
             if len(lat) >= LATENCIES_KEPT:
                 lat[self.stats.acked % LATENCIES_KEPT] = (now - sent) * 1000
