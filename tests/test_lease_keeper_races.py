@@ -11,9 +11,11 @@ from paxosd.server.replies import Reply
 from paxosd.statemachine.commands import (
     Command,
     LeaseCheckpoint,
+    LeaseExpire,
     LeaseGrant,
     LeaseKeepAlive,
     LeaseKept,
+    LeaseRevoke,
     decode_command,
     encode_command,
 )
@@ -95,10 +97,13 @@ class Cluster:
         """Every node's keeper after a drain, as the runner calls it (the changes of the
         shared log are seen by each node at once)."""
         changes = self.sm.take_lease_changes()
+        gone = self.sm.take_lease_revocations()
         for keeper, runner in self.nodes.values():
             self.sm._lease_changes = list(changes)
+            self.sm._lease_revocations = list(gone)
             keeper.after_drain(runner)
         self.sm._lease_changes = []
+        self.sm._lease_revocations = []
 
     def client(self, op: object) -> None:
         self.seq += 1
@@ -164,3 +169,53 @@ def test_a_checkpoint_given_up_but_decided_later_does_not_shorten_an_acknowledge
     new_leader = c.nodes[2][0]
     assert new_leader.ready
     assert new_leader.deadline[5] >= receipt + 10_000
+
+
+def _granted_and_kept(c: Cluster, receipt: int) -> None:
+    """Lease 5 (TTL 10 s) granted, taken over by node 1 and kept alive at ``receipt``."""
+    c.lead(1, 1)
+    c.client(LeaseGrant(ttl=10, lease_id=5, min_ttl=1))
+    c.at(10)
+    c.decide_all(1)  # the takeover
+    assert c.keep_alive(1, 5, receipt) is None  # parked until the takeover's checkpoint clears
+    c.at(receipt + 10)
+    c.decide_all(1)
+    assert c.nodes[1][1].replies.pop().status == "ok"
+
+
+def test_a_lease_revoked_and_granted_again_under_its_id_gets_a_fresh_ttl() -> None:
+    """etcd lets a client choose the lease id: revoked, then granted again under the same
+    id, the new lease lives its TTL from its grant, not what was left of the old one."""
+    c = Cluster()
+    _granted_and_kept(c, 100)  # the old lease would run out at 10,100
+    c.at(5000)
+    c.client(LeaseRevoke(5))
+    c.at(9000)
+    c.client(LeaseGrant(ttl=10, lease_id=5, min_ttl=1))
+    keeper = c.nodes[1][0]
+    assert keeper.deadline[5] >= 9000 + 10_000
+    proposed = c.nodes[1][1].proposed
+    for ms in range(9000, 18_000, 100):
+        c.at(ms)
+        ops = [decode_command(raw).op for raw in proposed.values()]
+        assert not [op for op in ops if isinstance(op, LeaseExpire)], ms  # not before its TTL
+
+
+def test_the_leader_forgets_the_leases_that_are_gone() -> None:
+    """An expired or revoked lease leaves nothing in the leader's tables (they would grow
+    with every lease ever granted during a term), and a lease granted again under its id is
+    kept alive like any new one."""
+    c = Cluster()
+    _granted_and_kept(c, 100)
+    decided = []
+    for ms in range(200, 12_000, 100):
+        c.at(ms)
+        decided += [c.decide(1, t) for t in sorted(c.nodes[1][1].proposed)]
+    assert isinstance(decided[-1], LeaseExpire) and c.sm.lease_ttl(5) is None
+    keeper = c.nodes[1][0]
+    c.client(LeaseGrant(ttl=10, lease_id=6, min_ttl=1))
+    c.client(LeaseRevoke(6))
+    tables = (keeper.deadline, keeper.expire_at, keeper.last_ack, keeper.anchor)
+    assert [t for t in tables if 5 in t or 6 in t] == []
+    c.client(LeaseGrant(ttl=10, lease_id=5, min_ttl=1))
+    assert isinstance(c.keep_alive(1, 5, c.clock.now), LeaseKept)

@@ -75,6 +75,7 @@ class LeaseView(Protocol):
     lease_ballot: tuple[int, int]
 
     def take_lease_changes(self) -> list[int]: ...
+    def take_lease_revocations(self) -> list[int]: ...
     def lease_ids(self) -> list[int]: ...
     def lease_count(self) -> int: ...
     def lease_ttl(self, lease_id: int) -> int | None: ...
@@ -322,6 +323,10 @@ class LeaseKeeper:
         out of the replies, and follow leadership changes."""
         sm = _sm(runner)
         now = runner.clock.now_ms()
+        # Revocations first: a lease revoked and granted again under its id in one drain
+        # is a new lease (its grant is among the changes).
+        for lease_id in sm.take_lease_revocations():
+            self._forget(lease_id)
         changed = sm.take_lease_changes()
         for lease_id in changed:
             self.anchor[lease_id] = now
