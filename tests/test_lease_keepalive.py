@@ -186,3 +186,20 @@ def test_a_lease_is_lost_no_later_than_ttl_after_its_last_acknowledged_send(
     assert said == ["no keep-alive of lease 2a acknowledged for 3 s"]
     (sent,) = acked
     assert calls and all(end <= sent + 3 for _, end in calls), (sent, calls)
+
+
+def test_keepalives_lose_a_lease_at_its_ttl_even_while_its_keep_alive_is_in_flight() -> None:
+    """A keep-alive still unanswered a TTL after the last acknowledged send: the leader may
+    have expired the lease already, so it is lost now, not when that call gives up."""
+    from paxosd.client.keepalives import KeepAlives
+
+    keeper = KeepAlives([("127.0.0.1", 1)], b"k" * 32, ttl=10, lanes=1)
+    keeper.add(7, alive_since=0.0)
+    keeper._take_added(0.0)
+    pipe = _Pipe()
+    keeper._send_due(pipe, 9.0)  # type: ignore[arg-type]  # in flight from 9.0
+    assert pipe.sent == [7] and 7 not in keeper.lost
+    keeper._send_due(pipe, 9.9)  # type: ignore[arg-type]
+    assert 7 not in keeper.lost
+    keeper._send_due(pipe, 10.0)  # type: ignore[arg-type]
+    assert keeper.lost == {7: "no keep-alive of lease 7 acknowledged for 10 s"}
