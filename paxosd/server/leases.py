@@ -135,7 +135,7 @@ class LeaseSettings:
         """The quiet spell after which a lease of ``ttl_s`` is checkpointed: half its TTL,
         but at least 2 and at most ``CHECKPOINT_WAIT_ETS`` election timeouts. A client keeps a
         lease alive every TTL/3 (etcd's and ours), so a lease kept alive with a TTL up to
-        1.5 x CHECKPOINT_WAIT_ETS election timeouts (14.4 s with the default timeouts) is never
+        3 x CHECKPOINT_WAIT_ETS election timeouts (14.4 s with the default 600 ms) is never
         checkpointed and writes nothing to the log; at 2 election timeouts, a lease of TTL
         10 s kept alive every 3.3 s was checkpointed and then cleared through the log on
         every keep-alive. The cap keeps the bound of the form TTL + k x election timeout
