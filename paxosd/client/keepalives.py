@@ -103,10 +103,15 @@ class KeepAlives:
         self._guard = threading.Lock()
         self._added: list[int] = []
         self._sessions: dict[int, Session] = {}
-        self._acked_at: dict[int, float] = {}  # when the lease's last ack came
-        self._alive_since: dict[int, float] = {}  # the lease lives a TTL from this
+        self._acked_at: dict[int, float] = {}  # when the lease's last ack came (for stats)
+        # The lease lives a TTL from this: its grant's ask, then the send of its last
+        # acknowledged keep-alive (the "lost" rule counts from here, never from an answer).
+        self._alive_since: dict[int, float] = {}
         self._sent_at: dict[int, float] = {}
         self._due: list[tuple[float, int]] = []
+        # (alive_since + ttl, lease): when each lease is lost unless acknowledged again, in
+        # flight or not (stale entries, from before a later acknowledgement, are skipped).
+        self._ends: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -161,6 +166,7 @@ class KeepAlives:
             self._sessions[lease_id] = Session(site=self._site)
             self._acked_at.setdefault(lease_id, self._alive_since[lease_id])
             heapq.heappush(self._due, (now + i * step, lease_id))
+            heapq.heappush(self._ends, (self._alive_since[lease_id] + self.ttl, lease_id))
 
     def _run(self) -> None:
         started_cpu = time.thread_time()
@@ -190,6 +196,12 @@ class KeepAlives:
             self.cpu_s = time.thread_time() - started_cpu
 
     def _send_due(self, pipe: Pipeline[int], now: float) -> None:
+        ends = self._ends
+        while ends and ends[0][0] <= now:
+            end, lease_id = heapq.heappop(ends)
+            if end == self._alive_since[lease_id] + self.ttl:
+                self._lose(lease_id, f"no keep-alive of lease {lease_id:x} acknowledged for "
+                           f"{self.ttl} s")  # fmt: skip
         due = self._due
         # A token bucket over all lanes (a tenth of a second's worth at most): lanes are
         # taken in turn, so each gets a lanes-th of the rate.
@@ -204,7 +216,7 @@ class KeepAlives:
             _, lease_id = heapq.heappop(due)
             if lease_id in self.lost or lease_id in self._sent_at:
                 continue
-            if now - self._acked_at[lease_id] >= self.ttl:
+            if now - self._alive_since[lease_id] >= self.ttl:
                 self._lose(lease_id, f"no keep-alive of lease {lease_id:x} acknowledged for "
                            f"{self.ttl} s")  # fmt: skip
                 continue
@@ -224,6 +236,11 @@ class KeepAlives:
             if gap > self.ttl / 2:
                 self.stats.late += 1
             self._acked_at[lease_id] = now
+            # The leader counts the TTL from when the keep-alive reached it, as early as its
+            # send: the answer's arrival is no lower bound.
+            if sent > self._alive_since[lease_id]:
+                self._alive_since[lease_id] = sent
+                heapq.heappush(self._ends, (sent + self.ttl, lease_id))
             lat = self.stats.latencies_ms
             if len(lat) >= LATENCIES_KEPT:
                 lat[self.stats.acked % LATENCIES_KEPT] = (now - sent) * 1000

@@ -116,12 +116,20 @@ class Lease:
     def _run(self) -> None:
         # Its own client (a client is not shared between threads), with a third of the TTL
         # per call, so that neither a slow call nor one lost attempt uses up the TTL.
-        keeper = self._client.clone(timeout_ms=max(200, self.ttl * 1000 // 3))
+        call_ms = max(200, self.ttl * 1000 // 3)
+        keeper = self._client.clone(timeout_ms=call_ms)
         period = max(0.05, self.ttl / 3)
         wait = period
         try:
             while not self._stop.wait(wait):
                 sent = time.monotonic()
+                # The leader may expire the lease a TTL after the last acknowledged send: no
+                # call runs past that, so ``lost`` is never set later than then.
+                left_ms = int((self._acked + self.ttl - sent) * 1000)
+                if left_ms <= 0:
+                    self._lose(f"no keep-alive of lease {self.id:x} acknowledged for {self.ttl} s")
+                    return
+                keeper.timeout_ms = min(call_ms, left_ms)
                 try:
                     ttl = keeper.lease_keep_alive_once(self.id)
                 except LeaseNotFoundError as e:
@@ -135,7 +143,8 @@ class Lease:
                             f"no keep-alive of lease {self.id:x} acknowledged for {self.ttl} s"
                         )
                         return
-                    wait = period / 4  # unavailable for now: try again soon, the TTL runs
+                    # Unavailable for now: try again soon, the TTL runs (and ends the wait).
+                    wait = max(0.0, min(period / 4, self._acked + self.ttl - time.monotonic()))
                     continue
                 if ttl <= 0:  # etcd answers a keep-alive of a lease it lost with TTL 0
                     self._lose(f"lease {self.id:x} expired")

@@ -75,6 +75,7 @@ class LeaseView(Protocol):
     lease_ballot: tuple[int, int]
 
     def take_lease_changes(self) -> list[int]: ...
+    def take_lease_revocations(self) -> list[int]: ...
     def lease_ids(self) -> list[int]: ...
     def lease_count(self) -> int: ...
     def lease_ttl(self, lease_id: int) -> int | None: ...
@@ -134,7 +135,7 @@ class LeaseSettings:
         """The quiet spell after which a lease of ``ttl_s`` is checkpointed: half its TTL,
         but at least 2 and at most ``CHECKPOINT_WAIT_ETS`` election timeouts. A client keeps a
         lease alive every TTL/3 (etcd's and ours), so a lease kept alive with a TTL up to
-        1.5 x CHECKPOINT_WAIT_ETS election timeouts (14.4 s with the default timeouts) is never
+        3 x CHECKPOINT_WAIT_ETS election timeouts (14.4 s with the default 600 ms) is never
         checkpointed and writes nothing to the log; at 2 election timeouts, a lease of TTL
         10 s kept alive every 3.3 s was checkpointed and then cleared through the log on
         every keep-alive. The cap keeps the bound of the form TTL + k x election timeout
@@ -203,6 +204,10 @@ class LeaseKeeper:
         self._expiring: dict[int, int] = {}  # lease -> token of its expiry in flight
         self._checkpointing: dict[int, int] = {}  # lease -> token of its checkpoint in flight
         self._resetting: dict[int, int] = {}  # lease -> token of its reset in flight
+        # Leases whose checkpoint was given up unanswered: it may still be decided (it can
+        # wait in the core's queue past retry_ms), so a keep-alive clears it through the log
+        # first, ordered after it, as for a checkpoint in flight.
+        self._unsure: set[int] = set()
         self._takeover_token: int | None = None
         self._tokens = itertools.count(1)
         self._seq = 0
@@ -280,7 +285,11 @@ class LeaseKeeper:
             keys = tuple(sm.lease_keys(lease_id)) if op.keys else ()
             return LeaseInfo(lease_id, remaining, ttl, keys, sm.revision)
         self.stats.keepalives += 1
-        if sm.lease_remaining_ms(lease_id) == 0 and lease_id not in self._checkpointing:
+        if (
+            sm.lease_remaining_ms(lease_id) == 0
+            and lease_id not in self._checkpointing
+            and lease_id not in self._unsure
+        ):
             self._renew(lease_id, conn_id, receipt_ms, ttl)
             return LeaseKept(id=lease_id, ttl=ttl)
         # The log holds a checkpoint of this lease (or one is on its way): a new leader
@@ -314,6 +323,10 @@ class LeaseKeeper:
         out of the replies, and follow leadership changes."""
         sm = _sm(runner)
         now = runner.clock.now_ms()
+        # Revocations first: a lease revoked and granted again under its id in one drain
+        # is a new lease (its grant is among the changes).
+        for lease_id in sm.take_lease_revocations():
+            self._forget(lease_id)
         changed = sm.take_lease_changes()
         for lease_id in changed:
             self.anchor[lease_id] = now
@@ -384,6 +397,7 @@ class LeaseKeeper:
         self._expiring.clear()
         self._checkpointing.clear()
         self._resetting.clear()
+        self._unsure.clear()
         self._takeover_token = None
 
     def _answered(self, runner: Runner[Any], token: int, status: str, raw: bytes) -> None:
@@ -405,6 +419,11 @@ class LeaseKeeper:
                     del table[lease_id]
         if prop.kind == "takeover":
             self._takeover_token = None
+        if prop.kind in ("checkpoint", "reset"):
+            if ok and not refused:  # applied: ordered after any checkpoint given up before
+                self._unsure.difference_update(prop.ids)
+            elif prop.kind == "checkpoint":
+                self._unsure.update(prop.ids)
         if prop.kind == "expire" and (not ok or refused):
             for lease_id in prop.ids:  # not applied: due again at once
                 at = self.expire_at.get(lease_id)
@@ -491,6 +510,7 @@ class LeaseKeeper:
         self.expire_at.pop(lease_id, None)
         self.last_ack.pop(lease_id, None)
         self.anchor.pop(lease_id, None)
+        self._unsure.discard(lease_id)
 
     def _propose_checkpoints(self, runner: Runner[Any], sm: LeaseView, now: int) -> None:
         """Checkpoint each lease without a checkpoint whose last keep-alive is older than

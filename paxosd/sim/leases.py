@@ -25,6 +25,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from paxosd.core.types import NodeId
+from paxosd.server.leases import LeaseSettings
 from paxosd.sim.checker import Violation
 from paxosd.sim.planted import WallClockDeadline, keeper_class
 from paxosd.statemachine.commands import (
@@ -57,8 +58,16 @@ TTL_S = 2
 KEYS_PER_LEASE = 2
 REQUEST_TIMEOUT_MS = 400
 # The documented bound (README "Leases"): with no keep-alives after k, a lease is revoked by
-# k + TTL + 5 election timeouts once a leader can act; one more for the simulated network.
+# k + TTL + (3 + w) election timeouts once a leader can act, w the checkpoint wait in election
+# timeouts (2 for TTL_S); one more for the simulated network.
 BOUND_ELECTION_TIMEOUTS = 6
+
+
+def bound_election_timeouts(ttl_s: int, election_timeout_ms: int) -> float:
+    """The checked bound past TTL, in election timeouts, for a lease of ``ttl_s``: 3 + w + 1
+    (w = LeaseSettings.checkpoint_after_ms_for, which grows with the TTL up to 8)."""
+    wait_ms = LeaseSettings(election_timeout_ms).checkpoint_after_ms_for(ttl_s)
+    return 4 + wait_ms / election_timeout_ms
 
 
 @dataclass(slots=True)
@@ -111,6 +120,7 @@ class LeaseDriver:
         # Its own stream: lease clients do not shift the other random choices of a seed.
         self.rng = random.Random(world.seed * 7919 + 17)
         self.election_timeout_ms = 600
+        self.ttl_s = world.options.lease_ttl_s
         self.leases: list[SimLease] = []
         self.report = LeaseReport()
         self.stale: dict[int, Result | None] = {}  # request id -> answer (None: unanswered)
@@ -122,7 +132,7 @@ class LeaseDriver:
         for i in range(clients):
             lease = SimLease(
                 index=i,
-                skew_ms=-self.rng.randint(0, TTL_S * 800),
+                skew_ms=-self.rng.randint(0, self.ttl_s * 800),
                 stop_ms=self.rng.randint(window_ms // 3, window_ms * 3),
                 revoke_at_stop=self.rng.random() < 0.3,
             )
@@ -216,11 +226,11 @@ class LeaseDriver:
             self.report.revoked_by_client += 1
             return
         self.report.expired += 1
-        earliest = lease.last_ack_sent_ms + TTL_S * 1000
+        earliest = lease.last_ack_sent_ms + self.ttl_s * 1000
         if lease.gone_ms < earliest:
             raise Violation(
                 "lease-early-expiry",
-                f"lease {lease.lease_id} (TTL {TTL_S} s) was revoked at {lease.gone_ms} ms, "
+                f"lease {lease.lease_id} (TTL {self.ttl_s} s) was revoked at {lease.gone_ms} ms, "
                 f"{earliest - lease.gone_ms} ms before TTL had passed since its last "
                 f"acknowledged keep-alive (sent at {lease.last_ack_sent_ms} ms)",
             )
@@ -234,7 +244,8 @@ class LeaseDriver:
         for lease in self.leases:
             lease.stop_ms = min(lease.stop_ms, stop)
         et = self.election_timeout_ms
-        bound_ms = TTL_S * 1000 + BOUND_ELECTION_TIMEOUTS * et
+        bound_ets = bound_election_timeouts(self.ttl_s, et)
+        bound_ms = self.ttl_s * 1000 + int(bound_ets * et)
         w.run_until(
             w.now_ms + bound_ms + 2 * REQUEST_TIMEOUT_MS,
             lambda: all(x.gone_ms is not None or x.stage == "grant" for x in self.leases),
@@ -244,15 +255,15 @@ class LeaseDriver:
                 continue
             quiet_from = max(lease.last_ack_sent_ms, self.heal_ms, self.resumed_ms)
             gone = lease.gone_ms if lease.gone_ms is not None else w.now_ms
-            overrun = (gone - quiet_from - TTL_S * 1000) / et
+            overrun = (gone - quiet_from - self.ttl_s * 1000) / et
             self.report.worst_overrun_ets = max(self.report.worst_overrun_ets, overrun)
             if gone > quiet_from + bound_ms:
                 state = "revoked" if lease.gone_ms is not None else "still alive"
                 raise Violation(
                     "lease-bounded-expiry",
-                    f"lease {lease.lease_id} (TTL {TTL_S} s), quiet since {quiet_from} ms, "
+                    f"lease {lease.lease_id} (TTL {self.ttl_s} s), quiet since {quiet_from} ms, "
                     f"was {state} at {gone} ms: over TTL + "
-                    f"{BOUND_ELECTION_TIMEOUTS} election timeouts",
+                    f"{bound_ets:g} election timeouts",
                 )
         for answer in self.stale.values():
             if isinstance(answer, LeaseRevoked):
@@ -275,7 +286,7 @@ class LeaseDriver:
             return
         keeper = leader.runner.leases
         ballot = leader.replica.ballot
-        pause_ms = TTL_S * 1000 + self.rng.randint(2, 4) * self.election_timeout_ms
+        pause_ms = self.ttl_s * 1000 + self.rng.randint(2, 4) * self.election_timeout_ms
         leader.paused = True
         self.report.pauses += 1
         w.log(f"n{leader.id} PAUSED (leader, ballot {ballot}) for {pause_ms} ms")
@@ -327,7 +338,7 @@ class LeaseDriver:
         now = self.world.now_ms
         match lease.stage:
             case "grant":
-                return LeaseGrant(ttl=TTL_S)
+                return LeaseGrant(ttl=self.ttl_s)
             case "attach":
                 key = f"lease{lease.index}/k{lease.attached}"
                 return Put(key=key, value=b"x", lease=lease.lease_id)
@@ -434,8 +445,8 @@ class LeaseDriver:
             case _:
                 lease.stage = "done"
                 return
-        interval = TTL_S * 1000 // 3 if lease.stage == "alive" else 0
+        interval = self.ttl_s * 1000 // 3 if lease.stage == "alive" else 0
         w.at(w.now_ms + interval, partial(self._send_next, lease))
 
 
-__all__ = ["BOUND_ELECTION_TIMEOUTS", "LeaseDriver", "LeaseReport"]
+__all__ = ["BOUND_ELECTION_TIMEOUTS", "LeaseDriver", "LeaseReport", "bound_election_timeouts"]

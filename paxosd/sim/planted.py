@@ -12,6 +12,7 @@ by the watch checker (paxosd/sim/watches.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from msgspec.structs import replace
@@ -176,6 +177,21 @@ class TakeoverRenewsFullTtl(LeaseKeeper):
         self._set_expiry(lease_id, now + ttl * 1000 + self.settings.grace_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class _UncappedCheckpointWait(LeaseSettings):
+    def checkpoint_after_ms_for(self, ttl_s: int) -> int:
+        return max(self.checkpoint_after_ms, ttl_s * 500)
+
+
+class CheckpointWaitUncapped(LeaseKeeper):
+    """A quiet lease is checkpointed after half its TTL, however long: a leader that goes just
+    before that leaves a long-TTL lease unchecked, and the next leader's takeover gives it its
+    full TTL again, so the bound grows with the TTL instead of TTL + 11 election timeouts."""
+
+    def __init__(self, settings: LeaseSettings, node_id: int) -> None:
+        super().__init__(_UncappedCheckpointWait(settings.election_timeout_ms), node_id)
+
+
 class StaleRevokeApplied(StateMachine):
     """Apply revokes a lease on an expiry from any ballot, a deposed leader's included."""
 
@@ -189,6 +205,7 @@ LEASE_KEEPER_BUGS: dict[str, type[LeaseKeeper]] = {
     "lease_wall_clock_deadline": WallClockDeadline,
     "lease_new_leader_does_not_extend": NewLeaderDoesNotExtend,
     "lease_takeover_renews_full_ttl": TakeoverRenewsFullTtl,
+    "lease_checkpoint_wait_uncapped": CheckpointWaitUncapped,
 }
 
 

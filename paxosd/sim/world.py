@@ -95,6 +95,7 @@ class WorldOptions:
     lease_clients: int = 3
     lease_pause: bool = False
     lease_window_ms: int = 3000
+    lease_ttl_s: int = 2  # the TTL every lease client asks for
 
 
 class _PowerCut(Exception):

@@ -552,6 +552,10 @@ class StateMachine:
         # changed since the host last asked (take_lease_changes). The host's lease keeper
         # notes *when* it saw each change on its own clock; apply itself knows no time.
         self._lease_changes: list[int] = []
+        # Not replicated either: the leases revoked or expired since the host last asked
+        # (take_lease_revocations), so the keeper forgets their time (and a lease granted
+        # again under the same id starts afresh).
+        self._lease_revocations: list[int] = []
 
     @property
     def history_bytes(self) -> int:
@@ -822,12 +826,18 @@ class StateMachine:
                 deleted += writes.delete(key, False, False).deleted
             writes.commit()
         del self._leases[lease_id]
+        self._lease_revocations.append(lease_id)
         return LeaseRevoked(id=lease_id, deleted=deleted, revision=self.revision)
 
     def take_lease_changes(self) -> list[int]:
         """The leases whose logged time changed since the last call (for the host's keeper)."""
         changes, self._lease_changes = self._lease_changes, []
         return changes
+
+    def take_lease_revocations(self) -> list[int]:
+        """The leases revoked or expired since the last call (for the host's keeper)."""
+        gone, self._lease_revocations = self._lease_revocations, []
+        return gone
 
     def lease_ids(self) -> list[int]:
         return sorted(self._leases)
