@@ -79,8 +79,10 @@ LOCK_NAMES: Final = ("locks/a", "locks/b")
 RESOURCES: Final = {"locks/a": "fenced/a", "locks/b": "fenced/b"}
 TTL_S: Final = 1
 REQUEST_TIMEOUT_MS: Final = 400
-POLL_MS: Final = (40, 120)
-THINK_MS: Final = (60, 300)
+POLL_MS: Final = (100, 250)
+THINK_MS: Final = (150, 500)
+# After a lost lease, before granting another (the cluster is likely unavailable).
+LOST_BACKOFF_MS: Final = (300, 800)
 # A holder's work before each fenced write and before its release.
 WORK_MS: Final = (20, 150)
 # Of the acquisitions of a client that pauses, the share where it pauses while holding.
@@ -92,7 +94,7 @@ PAUSE_EXTRA_MS: Final = (100, 500)
 ELECTION_TIMEOUT_MS: Final = 600
 # Of the reads (the queue, the predecessor's key), the share sent through the log; the rest
 # are read-index reads.
-READ_VIA_LOG: Final = 0.25
+READ_VIA_LOG: Final = 0.1
 
 
 class LockRule:
@@ -512,7 +514,9 @@ class LockDriver:
         c.lost = True
         c.stage = "grant"
         c.request += 1  # the answer to what is in flight no longer counts
-        self.world.at(self.world.now_ms + self.rng.randint(*THINK_MS), partial(self._next, c))
+        self.world.at(
+            self.world.now_ms + self.rng.randint(*LOST_BACKOFF_MS), partial(self._next, c)
+        )
 
     # ------------------------------------------------------------------ answers
 
@@ -631,7 +635,7 @@ class LockDriver:
         self.report.acquisitions += 1
         c.holding = h
         c.stage = "hold"
-        c.writes_left = self.rng.randint(1, 3)
+        c.writes_left = self.rng.randint(1, 2)
         if c.pauser and self.rng.random() < PAUSE_SHARE:
             # Stopped between its check and its first write, past the TTL and the grace.
             h.paused = True

@@ -41,8 +41,6 @@ from paxosd.statemachine.machine import StateMachine
 
 # Lock clients in every fuzzed seed (paxosd/sim/locks.py).
 LOCK_CLIENTS = 3
-# How long the lock clients run on after the other clients' checks (simulated ms).
-LOCK_TAIL_MS = 1500
 FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
 # Kinds a run includes only when named (they change what every seed does).
 OPTIONAL_KINDS = ("reconfig",)
@@ -206,9 +204,8 @@ def run_seed(
             _final_reads(world)
             verdict = _check_linearizable(world)
             if world.locks is not None:
-                # The lock clients ran through the faults and the healing; a while more on
-                # the healed cluster, where paused holders resume, then they stop.
-                world.run_until(world.now_ms + LOCK_TAIL_MS)
+                # The lock clients ran through the faults and the healing (paused holders
+                # resuming on the healed cluster); they stop before the leases' long wait.
                 world.locks.stop()
             if world.leases is not None:
                 # First: waiting out the leases writes their revokes, which the revision and
