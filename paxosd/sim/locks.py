@@ -209,9 +209,9 @@ class LockDriver:
         self.holdings: list[Holding] = []
         self.last_holding: dict[str, Holding] = {}
         self.fenced: dict[bytes, FencedWrite] = {}
-        # What replicas applied to the resources: (revision, resource, value), and the
+        # What replicas applied to the resources: (slot, revision, resource, value), and the
         # slots already looked at (on the first replica to apply each).
-        self.applied_writes: list[tuple[int, str, bytes]] = []
+        self.applied_writes: list[tuple[int, int, str, bytes]] = []
         self.unobserved_slots = 0
         self._observed: set[int] = set()
         nodes = list(world.nodes) or [NodeId(1)]
@@ -246,7 +246,7 @@ class LockDriver:
         # The replica has applied nothing after this slot yet: these are the slot's events.
         for ev in sm.events_since(rev_before + 1, 1 << 20):
             if ev.kv.key in RESOURCES.values() and ev.type == "PUT":
-                self.applied_writes.append((ev.kv.mod_revision, ev.kv.key, ev.kv.value))
+                self.applied_writes.append((slot, ev.kv.mod_revision, ev.kv.key, ev.kv.value))
 
     def on_reply(self, reply: Reply) -> None:
         f = self.world.network.faults
@@ -301,13 +301,12 @@ class LockDriver:
                     "lock-fencing",
                     f"{w.resource}: token {w.token} wrote for {owner[w.token]} and {w.client_id}",
                 )
-        top = max(rp.store.revision, 0)
-        for revision, resource, value in sorted(self.applied_writes):
-            if revision > top:
+        for slot, revision, resource, value in sorted(self.applied_writes):
+            if slot > rp.top_slot:
                 continue  # past the replayed log
             if value not in held:
-                w = self.fenced.get(value)
-                who = f"{w.client_id}'s (token {w.token})" if w is not None else repr(value)
+                bad = self.fenced.get(value)
+                who = f"{bad.client_id}'s (token {bad.token})" if bad is not None else "a"
                 raise Violation(
                     "lock-fencing",
                     f"{resource}: a replica applied {who} fenced write at revision {revision}, "
