@@ -209,6 +209,7 @@ class LockDriver:
         self.holdings: list[Holding] = []
         self.last_holding: dict[str, Holding] = {}
         self.fenced: dict[bytes, FencedWrite] = {}
+        self.lease_ids: set[int] = set()
         # What replicas applied to the resources: (slot, revision, resource, value), and the
         # slots already looked at (on the first replica to apply each).
         self.applied_writes: list[tuple[int, int, str, bytes]] = []
@@ -264,6 +265,23 @@ class LockDriver:
                 c.holding.end_ms = min(self.world.now_ms, c.valid_until)
             c.holding = None
             c.stage = "stopped"
+
+    def settle(self) -> None:
+        """After ``stop``: wait (bounded by the leases' documented bound) until every lease
+        the lock clients were granted is gone, so that their expiries (the deletes of the
+        keys) are in the log before the checkers that replay it look."""
+        from paxosd.sim.leases import BOUND_ELECTION_TIMEOUTS
+
+        w = self.world
+        bound = TTL_S * 1000 + (BOUND_ELECTION_TIMEOUTS + 1) * ELECTION_TIMEOUT_MS
+        w.run_until(w.now_ms + bound, self._settled)
+
+    def _settled(self) -> bool:
+        leader = self.world.leader()
+        if leader is None:
+            return False
+        sm = leader.sm
+        return all(sm.lease_ttl(lid) is None for lid in self.lease_ids)
 
     # ------------------------------------------------------------------ the check
 
@@ -555,6 +573,7 @@ class LockDriver:
         match c.stage, result:
             case "grant", LeaseGranted(id=lid, ttl=ttl):
                 c.lease_id = lid
+                self.lease_ids.add(lid)
                 c.ttl_ms = ttl * 1000
                 c.valid_until = c.grant_sent_ms + c.ttl_ms
                 c.lost = False

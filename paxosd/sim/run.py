@@ -212,6 +212,8 @@ def run_seed(
                 # watch checks below must see in the log they replay.
                 lease_report = world.leases.finish()
                 lease_verdict = "ok"
+            if world.locks is not None:
+                world.locks.settle()  # the same for the lock clients' leases
             replay = revisions.replay(world.checker.decided)
             if world.locks is not None:
                 # Before the revision checker: a write applied on a failed compare is the
