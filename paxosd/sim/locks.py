@@ -91,6 +91,7 @@ PAUSE_SHARE: Final = 0.35
 TIMEOUT_SHARE: Final = 0.5
 # A pause lasts the TTL, the keeper's grace (one election timeout) and this much more.
 PAUSE_EXTRA_MS: Final = (100, 500)
+# The simulated nodes' election timeout (the lease keeper's grace is one).
 ELECTION_TIMEOUT_MS: Final = 600
 # Of the reads (the queue, the predecessor's key), the share sent through the log; the rest
 # are read-index reads.
@@ -127,6 +128,9 @@ class Holding:
 
 @dataclass(slots=True)
 class FencedWrite:
+    """One fenced write as its client sent it: ``value`` names it (client, token, count), so
+    what a replica applied can be traced back to the command and its place in the log."""
+
     client_id: str
     seq: int
     resource: str
@@ -137,7 +141,7 @@ class FencedWrite:
 @dataclass(slots=True)
 class SimLocker:
     """One lock client. ``stage``: grant, enter, wait (polling the predecessor), rescan, hold
-    (fenced writes), release, leave (a waiter that gave up), idle, stopped."""
+    (fenced writes), release, leave (a waiter that gave up), stopped."""
 
     index: int
     pauser: bool
@@ -181,6 +185,9 @@ class SimLocker:
 
 @dataclass(slots=True)
 class LockReport:
+    """What the lock clients did, for the run report: a check that saw no hand-off or no
+    refused write proved little."""
+
     acquisitions: int = 0
     handoffs_by_release: int = 0
     handoffs_by_expiry: int = 0
