@@ -20,8 +20,8 @@ from paxosd.statemachine.machine import StateMachine
 # CI budget, in CPU seconds (process time, one core): with the revision and watch checkers and
 # a WatchHub on every node, 3 nodes run ~49 seeds/s and 5 nodes ~32 (without them 59 and 42),
 # so 1000 + 600 seeds cost ~40 s of CPU; wall time is that on an idle core, more on a shared one.
-# The lock clients and their checker (paxosd/sim/locks.py) add about a fifth: 200 seeds on 3
-# nodes took 8.7 and 9.1 CPU s without them, 11.2 and 9.8 with them (a shared machine, load 12).
+# The lock clients and their checker (paxosd/sim/locks.py) add a quarter to a third: 200 seeds
+# on 3 nodes took 6.3 and 6.6 CPU s without them, 8.1 and 8.6 with them (load 3).
 # PAXOSD_SIM_SEEDS scales both counts (e.g. 0.1 for a quick local run).
 _SCALE = float(os.environ.get("PAXOSD_SIM_SEEDS", "1"))
 SEEDS_3 = max(1, round(1000 * _SCALE))
