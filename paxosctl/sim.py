@@ -32,7 +32,11 @@ client history. The revisions checker replays the decided log through a
 reference model of etcd's data model (transactions, revisions, history,
 compaction) and holds every answer and read to it; the watch checker holds
 every simulated watcher's stream (across crashes, restarts and a slow
-reader) to the model's events. One seed replays one run exactly.
+reader) to the model's events. Lease clients check expiry against the
+keep-alives sent; lock clients (some holders pause past their TTL) check that
+fenced writes carry non-decreasing tokens in log order, that a failed compare
+never writes, and that holders who kept their leases alive never overlap.
+One seed replays one run exactly.
 
 Examples:
 
@@ -333,6 +337,8 @@ def _print_report(r: FuzzReport) -> None:
                 "lease figures",
                 ", ".join(f"{k} {v}" for k, v in j["lease_figures"].items()),  # type: ignore[attr-defined]
             ],
+            ["locks", ", ".join(f"{k} {v}" for k, v in r.locks.items())],
+            ["lock figures", ", ".join(f"{k} {v}" for k, v in sorted(r.lock_figures.items()))],
             ["violations", r.violations],
         ],
     )
@@ -367,6 +373,7 @@ def _one_seed(
                 "revisions": r.revisions,
                 "watch": r.watch,
                 "leases": r.leases,
+                "locks": r.locks,
                 "converged_ms_after_heal": r.converged_ms,
                 "trace": r.trace if trace else r.trace_tail,
             }
@@ -379,7 +386,7 @@ def _one_seed(
             f"seed {seed}: {status}; {r.decided_slots} slots decided, "
             f"ops {dict(r.client_ops)}, faults {dict(r.faults)}, "
             f"linearizability {r.linearizability}, revisions {r.revisions}, watch {r.watch}, "
-            f"leases {r.leases}",
+            f"leases {r.leases}, locks {r.locks}",
             markup=False,
         )
     raise typer.Exit(render.EXIT_FAILED_CHECK if r.violation else render.EXIT_OK)

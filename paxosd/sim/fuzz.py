@@ -54,6 +54,8 @@ class FuzzReport:
     leases: Counter[str] = field(default_factory=Counter)
     lease_figures: Counter[str] = field(default_factory=Counter)
     lease_worst_overrun_ets: float = 0.0
+    locks: Counter[str] = field(default_factory=Counter)
+    lock_figures: Counter[str] = field(default_factory=Counter)
     failures: list[SeedResult] = field(default_factory=list)
 
     @property
@@ -95,6 +97,20 @@ class FuzzReport:
                 stale_expiries_refused=lr.stale_expiries_refused,
             )
             self.lease_worst_overrun_ets = max(self.lease_worst_overrun_ets, lr.worst_overrun_ets)
+        self.locks[r.locks] += 1
+        kr = r.lock_report
+        if kr is not None:
+            self.lock_figures.update(
+                acquisitions=kr.acquisitions,
+                handoffs_by_release=kr.handoffs_by_release,
+                handoffs_by_expiry=kr.handoffs_by_expiry,
+                fenced_writes_applied=kr.fenced_writes_applied,
+                fenced_writes_refused=kr.fenced_writes_refused,
+                paused_holders=kr.paused_holders,
+                waiter_timeouts=kr.waiter_timeouts,
+                leases_lost=kr.leases_lost,
+                holding_intervals_checked=kr.intervals_checked,
+            )
         self.snapshot_restores += r.snapshot_restores
         if r.converged_ms is not None:
             self.converged += 1
@@ -126,6 +142,8 @@ class FuzzReport:
             "leases": dict(sorted(self.leases.items())),
             "lease_figures": dict(sorted(self.lease_figures.items()))
             | {"worst_overrun_election_timeouts": round(self.lease_worst_overrun_ets, 2)},
+            "locks": dict(sorted(self.locks.items())),
+            "lock_figures": dict(sorted(self.lock_figures.items())),
             "violations": [
                 {
                     "seed": f.seed,

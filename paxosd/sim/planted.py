@@ -6,7 +6,8 @@ no trace of them: the daemon has no switch that could turn one on. Core bugs sub
 --plant-bug``, the simulator's options, the scenario and round labs, and the tests' harness);
 state machine bugs subclass ``StateMachine`` (``machine_class``), caught by the revision
 checker (paxosd/sim/revisions.py); watch bugs subclass ``WatchHub`` (``hub_class``), caught
-by the watch checker (paxosd/sim/watches.py).
+by the watch checker (paxosd/sim/watches.py); lock recipe bugs subclass the simulated lock
+clients' ``LockRule`` (``lock_rule_class``), caught by the lock checker (paxosd/sim/locks.py).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from paxosd.core.types import (
 from paxosd.server.leases import LeaseKeeper, LeaseSettings, LeaseView
 from paxosd.server.runner import Runner
 from paxosd.server.watch import WatchHub, _Shared, _Watcher
+from paxosd.sim.locks import LockRule
 from paxosd.statemachine.commands import (
     Delete,
     Event,
+    KeyValue,
     LeaseExpire,
     Put,
     Result,
@@ -43,7 +46,7 @@ from paxosd.statemachine.commands import (
     decode_command,
     encode_command,
 )
-from paxosd.statemachine.machine import StateMachine
+from paxosd.statemachine.machine import StateMachine, _compare
 
 
 class AmnesiaOnRestart(Replica):
@@ -216,9 +219,50 @@ def keeper_class(bugs: frozenset[str]) -> type[LeaseKeeper] | None:
     return found[0] if found else None
 
 
+# ------------------------------------------------------------------ lock bugs
+# For the simulator's lock checker (paxosd/sim/locks.py): one in the state machine's
+# transaction apply, one in the lock clients' recipe.
+
+
+class CompareSeesDeletedKey(StateMachine):
+    """A transaction's compare on a deleted key sees the key's last version before the
+    deletion (an index lookup that skips the tombstone): a fenced write whose lock key
+    expired still passes ``create(key) == token``."""
+
+    def _txn(self, slot: int, site: str, txn: Txn) -> Result:
+        live = all(_compare(c, self._live(c.key)) for c in txn.compares)
+        if not live and all(_compare(c, self._last_live(c.key)) for c in txn.compares):
+            txn = replace(txn, compares=())
+        return super()._txn(slot, site, txn)
+
+    def _last_live(self, key: str) -> KeyValue | None:
+        versions = self._index.get(key, [])
+        return next((kv for kv in reversed(versions) if kv.version > 0), None)
+
+
+class WaiterSkipsRescan(LockRule):
+    """A waiter takes the lock as soon as its predecessor's key goes, without reading the
+    queue again: when the predecessor was a waiter that gave up, the holder ahead of it
+    still holds."""
+
+    def holds_once_gone(self) -> bool:
+        return True
+
+
+LOCK_RULE_BUGS: dict[str, type[LockRule]] = {"lock_waiter_skips_rescan": WaiterSkipsRescan}
+
+
+def lock_rule_class(bugs: frozenset[str]) -> type[LockRule]:
+    """The simulated lock clients' decision rule, with the planted one among ``bugs``."""
+    found = [LOCK_RULE_BUGS[b] for b in sorted(bugs) if b in LOCK_RULE_BUGS]
+    assert len(found) <= 1, "one planted lock rule at a time"
+    return found[0] if found else LockRule
+
+
 PLANTED_MACHINES: dict[str, type[StateMachine]] = {
     "txn_applied_half": TxnAppliedHalf,
     "lease_stale_revoke_applied": StaleRevokeApplied,
+    "lock_compare_sees_deleted_key": CompareSeesDeletedKey,
 }
 
 
@@ -287,6 +331,7 @@ PLANTED_BUGS = (
     | frozenset(PLANTED_MACHINES)
     | frozenset(PLANTED_HUBS)
     | frozenset(LEASE_KEEPER_BUGS)
+    | frozenset(LOCK_RULE_BUGS)
 )
 
 

@@ -20,6 +20,7 @@ from paxosd.sim.checker import Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.leases import LeaseReport
 from paxosd.sim.linearizability import Operation
+from paxosd.sim.locks import LockReport
 from paxosd.sim.network import NetworkFaults
 from paxosd.sim.revisions import RevisionReport
 from paxosd.sim.workload import KEYS, SimClient
@@ -38,6 +39,8 @@ from paxosd.statemachine.commands import (
 )
 from paxosd.statemachine.machine import StateMachine
 
+# Lock clients in every fuzzed seed (paxosd/sim/locks.py).
+LOCK_CLIENTS = 3
 FAULT_KINDS = ("drop", "dup", "delay", "partition", "crash")
 # Kinds a run includes only when named (they change what every seed does).
 OPTIONAL_KINDS = ("reconfig",)
@@ -61,6 +64,10 @@ class SeedResult:
     # else "not-checked".
     leases: str = "not-checked"
     lease_report: LeaseReport | None = None
+    # "ok" once the lock checker passed (paxosd/sim/locks.py), "violation" when it failed,
+    # else "not-checked".
+    locks: str = "not-checked"
+    lock_report: LockReport | None = None
     # "ok" once the revision checker passed (paxosd/sim/revisions.py), "violation" when it
     # failed, else "not-checked".
     revisions: str = "not-checked"
@@ -149,6 +156,7 @@ def run_seed(
     disk_class: type[SimDisk] = SimDisk,
     machine_class: type[StateMachine] = StateMachine,
     lease_clients: int | None = None,
+    lock_clients: int | None = None,
 ) -> SeedResult:
     """Run one seed and check it. Never raises for a protocol failure: it is reported.
 
@@ -162,6 +170,8 @@ def run_seed(
     opts.machine_class = machine_class
     if lease_clients is not None:  # 0: the schedules of before lease clients existed
         opts.lease_clients = lease_clients
+    # 0: the schedules of before lock clients existed.
+    opts.lock_clients = LOCK_CLIENTS if lock_clients is None else lock_clients
     # Its own stream, so that seeds keep their fault plans: half the seeds pause the leader.
     opts.lease_pause = random.Random(seed * 31 + 7).random() < 0.5
     world = World(rng.getrandbits(64), opts)
@@ -173,6 +183,8 @@ def run_seed(
     watch_events = 0
     lease_verdict = "not-checked"
     lease_report: LeaseReport | None = None
+    lock_verdict = "not-checked"
+    lock_report: LockReport | None = None
     figures: RevisionReport | None = None
     converged_at: int | None = None
     try:
@@ -191,13 +203,28 @@ def run_seed(
             _check_durability(world)
             _final_reads(world)
             verdict = _check_linearizable(world)
+            if world.locks is not None:
+                # The lock clients ran through the faults and the healing (paused holders
+                # resuming on the healed cluster); they stop before the leases' long wait.
+                world.locks.stop()
             if world.leases is not None:
                 # First: waiting out the leases writes their revokes, which the revision and
                 # watch checks below must see in the log they replay.
                 lease_report = world.leases.finish()
                 lease_verdict = "ok"
+            if world.locks is not None:
+                world.locks.settle()  # the same for the lock clients' leases
+            replay = revisions.replay(world.checker.decided)
+            if world.locks is not None:
+                # Before the revision checker: a write applied on a failed compare is the
+                # lock checker's to name (the model disagrees with the replicas' revisions).
+                lock_report = world.locks.check(replay)
+                lock_verdict = "ok"
             rp, figures = revisions.check(
-                world.checker.decided, [c.history for c in world.clients], world.recorder
+                world.checker.decided,
+                [c.history for c in world.clients],
+                world.recorder,
+                replayed=replay,
             )
             revisions_verdict = "ok"
             if world.watches is not None:
@@ -216,6 +243,8 @@ def run_seed(
             watch_verdict = "violation"
         elif v.prop.startswith("lease-"):
             lease_verdict = "violation"
+        elif v.prop.startswith("lock-"):
+            lock_verdict = "violation"
     n = world.network.counters
     faults = Counter(world.stats.faults)
     for outcome, count in world.stats.admin.items():
@@ -240,6 +269,8 @@ def run_seed(
         converged_ms=converged_at,
         leases=lease_verdict,
         lease_report=lease_report,
+        locks=lock_verdict,
+        lock_report=lock_report,
         snapshot_restores=world.stats.snapshot_restores,
         trace=world.trace_all,
         revisions=revisions_verdict,

@@ -39,6 +39,7 @@ from paxosd.server.runner import Hooks, Runner, SnapshotPolicy
 from paxosd.sim.checker import SafetyChecker, Violation
 from paxosd.sim.disk import SimDisk
 from paxosd.sim.leases import LEASE_CLIENT_CONN, LeaseDriver
+from paxosd.sim.locks import LOCK_CLIENT_CONN, LockDriver
 from paxosd.sim.network import NetworkFaults, SimNetwork
 from paxosd.sim.planted import machine_class, replica_class
 from paxosd.sim.revisions import Recorder
@@ -96,6 +97,8 @@ class WorldOptions:
     lease_pause: bool = False
     lease_window_ms: int = 3000
     lease_ttl_s: int = 2  # the TTL every lease client asks for
+    # Lock clients with fenced writes and paused holders (paxosd/sim/locks.py); 0: none.
+    lock_clients: int = 0
 
 
 class _PowerCut(Exception):
@@ -205,6 +208,8 @@ class _SimHooks(Hooks):
         w.recorder.on_state(nid, slot, sm.revision, sm.compact_revision)
         if w.leases is not None:
             w.leases.applied(self._node)
+        if w.locks is not None:
+            w.locks.applied(self._node, slot)
 
     def proposed(self, command: bytes) -> None:
         self._world.checker.submitted.add(command)
@@ -260,6 +265,7 @@ class World:
             self.leases = LeaseDriver(
                 self, options.lease_clients, options.lease_window_ms, options.lease_pause
             )
+        self.locks = LockDriver(self, options.lock_clients) if options.lock_clients else None
         self.watches = (
             WatchDriver(self, options.watchers, options.watch_window_ms)
             if options.watchers
@@ -427,8 +433,13 @@ class World:
         except _PowerCut:
             crashed = True
         for reply in runner.replies:
-            if reply.conn_id >= LEASE_CLIENT_CONN and self.leases is not None:
-                self.leases.on_reply(node.id, reply)
+            if reply.conn_id >= LOCK_CLIENT_CONN:
+                if self.locks is not None:
+                    self.locks.on_reply(reply)
+                continue
+            if reply.conn_id >= LEASE_CLIENT_CONN:
+                if self.leases is not None:
+                    self.leases.on_reply(node.id, reply)
                 continue
             self._reply_to_client(
                 node.id, reply.conn_id, reply.request_id, reply.status, reply.result
