@@ -398,7 +398,7 @@ def test_readonly_open_of_a_stopped_node_changes_no_file(db_path: Path) -> None:
     with new_storage(db_path) as storage:
         storage.write(EVERY_KIND)
     before = files_state(db_path.parent)
-    assert list(before) == [DB_FILENAME]
+    assert list(before) == [DB_FILENAME, "snapshots"]  # the snapshot file is beside it
     with Storage.open_readonly(db_path) as ro:
         assert ro.load() == fold([EVERY_KIND])
         ro.meta()

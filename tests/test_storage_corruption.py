@@ -69,7 +69,12 @@ def crashed_copy(source_dir: Path, target_dir: Path) -> Path:
 
 
 def snapshot_files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Every file under ``directory`` (the snapshot folder's too) with its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_inspect(data_dir: Path, *args: str) -> tuple[int, str, str]:
@@ -135,7 +140,7 @@ def test_a_tampered_promised_ballot_is_refused_at_open(tmp_path: Path) -> None:
 def test_a_tampered_snapshot_is_refused_at_load(tmp_path: Path) -> None:
     path = populated(tmp_path)
     side = sqlite3.connect(path)
-    side.execute("UPDATE snapshot SET state = x'00'")
+    side.execute("UPDATE snapshot SET file_crc = file_crc + 1")
     side.commit()
     side.close()
     with open_existing(path) as storage, pytest.raises(ChecksumMismatch, match="table snapshot"):
@@ -230,7 +235,7 @@ def test_a_deleted_database_is_not_silently_recreated(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(NotInitialized, match="no database"):
         open_existing(path)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["snapshots"]  # no database recreated
     assert_inspect_fails_with_one_line(tmp_path, "no database file")
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from paxosd.core.membership import MembershipChange
-from paxosd.core.messages import Message
+from paxosd.core.messages import Message, SnapshotChunk
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, NodeId, Snapshot
 
 # ---------------------------------------------------------------------------------- inputs
@@ -51,6 +51,14 @@ class Tick:
 @dataclass(frozen=True, slots=True)
 class SnapshotTaken:
     """The caller snapshotted its state machine after applying ``snapshot.slot``."""
+
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReceived:
+    """The caller assembled a peer's snapshot from ``Ready.snapshot_chunks`` (the core keeps
+    no chunk itself) and hands it back, whole: the core installs it if still behind it."""
 
     snapshot: Snapshot
 
@@ -99,6 +107,7 @@ Input = (
     | ClientCommand
     | Tick
     | SnapshotTaken
+    | SnapshotReceived
     | ReadIndex
     | ChangeMembership
     | TransferLeadership
@@ -195,6 +204,10 @@ class Ready:
     redirects: tuple[Redirect, ...]
     reads: tuple[ReadReady, ...] = ()
     admin: tuple[AdminResult, ...] = ()
+    # Chunks of a peer's snapshot, in order, for the caller to write where it assembles the
+    # snapshot (a chunk at offset 0 starts a new one). When the last one is written, the
+    # caller steps SnapshotReceived.
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()
 
 
 # ------------------------------------------------------------------------ durable state

@@ -25,9 +25,10 @@ import itertools
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, Self
+from typing import Final, Protocol, Self, runtime_checkable
 
 import msgspec
 
@@ -130,6 +131,8 @@ _BUDGET_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX - (64 << 20)
 _ONE_ENTRY_BYTES_MAX: Final = 1 << 20
 _BLOCKS_MAX_MAX: Final = 20_000  # keeps a full BlockList under RESULT_BYTES_MAX
 _CHECKSUM_BYTES: Final = 32
+# write_snapshot encodes the long fields this many entries at a time (a few MiB at 1 KiB).
+_STREAM_ITEMS: Final = 4096
 # More than one slot's commands can write (the core's batches are a few MiB at most).
 _SLOT_BYTES_MAX: Final = 16 << 20
 _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
@@ -145,6 +148,13 @@ _VERSION_LAST: Final = VERSION_MAX - 1
 _mod_revision: Final = attrgetter("mod_revision")
 # Stands in for a compacted event until the event list's compacted prefix is trimmed.
 _COMPACTED: Final = KeyValue(key="", value=b"", create_revision=0, mod_revision=0, version=0)
+
+
+@runtime_checkable
+class Mappable(Protocol):
+    """Snapshot bytes kept in a file, readable as one mapped buffer while ``view()`` lasts."""
+
+    def view(self) -> AbstractContextManager[memoryview]: ...
 
 
 class BadSnapshot(ValueError):
@@ -1243,6 +1253,33 @@ class StateMachine:
         assert len(data) <= SNAPSHOT_BYTES_MAX, f"snapshot of {len(data)} bytes"
         return data
 
+    def write_snapshot(self, write: Callable[[memoryview | bytes], None]) -> None:
+        """The bytes ``snapshot()`` would return, handed to ``write`` piece by piece, so the
+        encoded state never sits in memory whole: the forked snapshot child streams it to a
+        file with this (paxosd/server/snapshots.py). The long fields go out in slices of
+        _STREAM_ITEMS entries under one msgpack array header; the decoder reads the result
+        exactly as the one-piece encoding (headers may be wider than the minimal ones)."""
+        h = hashlib.sha256()
+
+        def out(data: memoryview | bytes) -> None:
+            h.update(data)
+            write(data)
+
+        state = self._snapshot_state()
+        names = state.__struct_fields__
+        out(_array_header(len(names)))
+        encode = _snapshot_encoder.encode
+        for name in names:
+            value = getattr(state, name)
+            if isinstance(value, tuple) and len(value) > _STREAM_ITEMS:
+                out(_array_header(len(value)))
+                for i in range(0, len(value), _STREAM_ITEMS):
+                    piece = value[i : i + _STREAM_ITEMS]
+                    out(memoryview(encode(piece))[len(_array_header(len(piece))) :])
+            else:
+                out(encode(value))
+        write(h.digest())
+
     def _snapshot_state(self) -> _SnapshotState:
         floor = max(self.compact_revision, _FIRST_CHANGE)
         base = []
@@ -1275,13 +1312,18 @@ class StateMachine:
         )
 
     @classmethod
-    def restore(cls, data: bytes) -> Self:
-        """Rebuild from ``snapshot()`` bytes (from disk or a peer); BadSnapshot on any defect."""
+    def restore(cls, data: bytes | bytearray | memoryview | Mappable) -> Self:
+        """Rebuild from ``snapshot()`` bytes (from disk or a peer); BadSnapshot on any defect.
+        A snapshot file (paxosd/storage/snapfile.py) is decoded from its mapping, uncopied."""
+        if isinstance(data, Mappable):
+            with data.view() as buf:
+                return cls.restore(buf)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BadSnapshot(f"expected bytes, got {type(data).__name__}")
         if len(data) > SNAPSHOT_BYTES_MAX:
             raise BadSnapshot(f"snapshot is {len(data)} bytes, over {SNAPSHOT_BYTES_MAX}")
-        body = _unseal(bytes(data))
+        # A view, not a copy: ``data`` may be a GiB mapped from a snapshot file.
+        body = _unseal(memoryview(data).cast("B"))
         try:
             state = _snapshot_decoder.decode(body)
         except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
@@ -1543,7 +1585,16 @@ def _seal(body: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def _unseal(data: bytes) -> bytes:
+def _array_header(n: int) -> bytes:
+    """A msgpack array header for ``n`` items, as msgspec writes it."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _unseal(data: memoryview) -> memoryview:
     body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
     if len(data) < _CHECKSUM_BYTES or hashlib.sha256(body).digest() != checksum:
         raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")
