@@ -115,7 +115,11 @@ from paxosd.statemachine.commands import (
 SNAPSHOT_FORMAT: Final = 3
 # format 1: before revisions and history; format 2: before leases (old data dirs)
 SNAPSHOT_FORMATS: Final = (1, 2, 3)
-SNAPSHOT_BYTES_MAX: Final = 1 << 30  # checked before decoding a snapshot from disk or a peer
+# Checked before decoding a snapshot from disk or a peer. It fits a store at the default
+# quota ([limits] quota_bytes, 2 GiB of keys and values) plus every other byte budget of
+# Limits (history, timeline, sessions), with room to spare; the core's
+# Config.snapshot_bytes_max (what a peer may announce) is the same number.
+SNAPSHOT_BYTES_MAX: Final = 4 << 30
 # Bytes charged per stored entry on top of its payload, so that many tiny entries cannot
 # slip past the byte budgets (and so the budgets also bound the snapshot's encoded size).
 ENTRY_OVERHEAD_BYTES: Final = 64
@@ -174,7 +178,8 @@ class Limits(msgspec.Struct, frozen=True, array_like=True):
     sessions_bytes_max: int = 64 << 20
     timeline_max: int = 100_000
     timeline_bytes_max: int = 64 << 20
-    kv_bytes_max: int = 512 << 20
+    # The default quota ([limits] quota_bytes): the alarm, not this bound, stops a store.
+    kv_bytes_max: int = 2 << 30
     blocks_max: int = 10_000
     history_bytes_max: int = 256 << 20
 
