@@ -33,6 +33,7 @@ from typing import Final, Protocol, Self, runtime_checkable
 import msgspec
 
 from paxosd.core.membership import is_membership_command
+from paxosd.core.types import SnapshotState
 from paxosd.statemachine.commands import (
     ALARMS,
     CLIENT_ID_BYTES_MAX,
@@ -1317,7 +1318,7 @@ class StateMachine:
         )
 
     @classmethod
-    def restore(cls, data: bytes | bytearray | memoryview | Mappable) -> Self:
+    def restore(cls, data: bytes | bytearray | memoryview | SnapshotState) -> Self:
         """Rebuild from ``snapshot()`` bytes (from disk or a peer); BadSnapshot on any defect.
         A snapshot file (paxosd/storage/snapfile.py) is decoded from its mapping, uncopied."""
         if isinstance(data, Mappable):
