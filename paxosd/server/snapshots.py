@@ -43,6 +43,8 @@ from paxosd.server.runner import Machine
 from paxosd.storage.snapfile import FileWriter, SnapshotFile, file_name, fsync_dir
 
 _RESULT: Final = struct.Struct("<QI")  # size, crc32: the child's report on its pipe
+# Past any descriptor the daemon opens (closerange is one close_range syscall).
+_FD_MAX: Final = 1 << 20
 M = TypeVar("M", bound=Machine)
 
 # Planted-bug hook for the crash test: the child stops half-way (as if killed mid-write).
@@ -84,14 +86,28 @@ class ForkSnapshots:
                 write(sm.snapshot())
 
         tmp = self.folder / f"{file_name(slot)}.{os.getpid()}.tmp"
-        r, w = os.pipe()
-        pid = os.fork()
+        stall = int(os.environ.get(_CHILD_STALL_ENV, "0"))
+        try:
+            r, w = os.pipe()
+        except OSError as e:
+            self._failed(slot, f"no pipe: {e}")
+            return False
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            self._failed(slot, f"fork failed: {e}")
+            return False
         if pid == 0:  # the child: encode, write, report, leave; nothing else
             code = 1
             try:
-                os.close(r)
+                # Only the pipe stays open: the sockets, the database and the data dir's lock
+                # must not outlive the daemon in a child (a restart could not bind or lock).
+                os.closerange(3, w)
+                os.closerange(w + 1, _FD_MAX)
                 gc.disable()
-                code = _child_write(tmp, write_state, w)
+                code = _child_write(tmp, write_state, w, stall)
             finally:
                 os._exit(code)
         os.close(w)
@@ -113,11 +129,13 @@ class ForkSnapshots:
             state = self._done[1]
             self._done = None
             return state
-        self.start(slot, sm)
-        self._check(block=True)
+        if self.start(slot, sm):
+            self._check(block=True)
         done, self._done = self._done, None
         if done is None or done[0] != slot:
-            raise OSError(f"the snapshot through slot {slot} could not be written (see log)")
+            # The child failed (logged): encode in this process, as before snapshots forked;
+            # storage writes these bytes to the file.
+            return sm.snapshot()
         return done[1]
 
     @property
@@ -142,20 +160,22 @@ class ForkSnapshots:
         finally:
             os.close(r)
         if status != 0 or len(report) != _RESULT.size:
-            self.failures += 1
             _unlink(tmp)
-            self.log.warning(
-                "snapshot child failed",
-                slot=slot,
-                status=status,
-                retry="at the next due point",
-            )
+            self._failed(slot, f"the child exited with status {status}")
             return
         size, crc = _RESULT.unpack(report)
         final = self.folder / file_name(slot)
-        os.replace(tmp, final)
-        fsync_dir(self.folder)
-        self._done = (slot, SnapshotFile(final, size, crc))
+        try:
+            os.replace(tmp, final)
+            fsync_dir(self.folder)
+            self._done = (slot, SnapshotFile(final, size, crc))
+        except OSError as e:
+            _unlink(tmp)
+            self._failed(slot, f"cannot keep the file: {e}")
+
+    def _failed(self, slot: int, why: str) -> None:
+        self.failures += 1
+        self.log.warning("snapshot child failed", slot=slot, why=why, retry="at the next due point")
 
     # ------------------------------------------------------------------ receiving
 
@@ -206,10 +226,12 @@ class ForkSnapshots:
 
 
 def _child_write(
-    tmp: Path, write_state: Callable[[Callable[[memoryview | bytes], None]], None], report: int
+    tmp: Path,
+    write_state: Callable[[Callable[[memoryview | bytes], None]], None],
+    report: int,
+    stall: int,
 ) -> int:
     """In the forked child: the state to ``tmp``, synced; (size, crc32) on ``report``."""
-    stall = os.environ.get(_CHILD_STALL_ENV)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     size = 0
     crc = 0
@@ -222,7 +244,7 @@ def _child_write(
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        if stall and size >= int(stall):
+        if stall and size >= stall:
             os.kill(os.getpid(), 19)  # SIGSTOP: a test kills it here, mid-write
 
     write_state(write)
