@@ -43,6 +43,11 @@ from paxosd.server.runner import Machine
 from paxosd.storage.snapfile import FileWriter, SnapshotFile, file_name, fsync_dir
 
 _RESULT: Final = struct.Struct("<QI")  # size, crc32: the child's report on its pipe
+# The child syncs the file every this many bytes (Redis's rdb-save-incremental-fsync): a
+# GiB of dirty pages flushed by one final fsync stalls the daemon's own small synced
+# commits behind it on the same disk for as long as it takes (seen: elections, every time
+# the leader's child finished).
+SYNC_EVERY_BYTES: Final = 32 << 20
 # Past any descriptor the daemon opens (closerange is one close_range syscall).
 _FD_MAX: Final = 1 << 20
 M = TypeVar("M", bound=Machine)
@@ -235,15 +240,19 @@ def _child_write(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     size = 0
     crc = 0
+    synced = 0
 
     def write(data: memoryview | bytes) -> None:
-        nonlocal size, crc
+        nonlocal size, crc, synced
         view = memoryview(data)
         crc = zlib.crc32(view, crc)
         size += len(view)
         while view:
             n = os.write(fd, view)
             view = view[n:]
+        if size - synced >= SYNC_EVERY_BYTES:
+            os.fdatasync(fd)
+            synced = size
         if stall and size >= stall:
             os.kill(os.getpid(), 19)  # SIGSTOP: a test kills it here, mid-write
 
