@@ -226,15 +226,22 @@ class DurableState:
     accepted: dict[int, AcceptedEntry] = field(default_factory=dict)
     decided: dict[int, DecidedEntry] = field(default_factory=dict)
     snapshot: Snapshot | None = None
+    # Log rows at or below it were compacted; a later write there is dropped too (the core
+    # never makes one: it writes nothing below its log start).
+    compacted_through: int = 0
 
     def apply(self, record: PersistRecord) -> None:
         """Fold one durable record in, exactly as storage does on disk."""
         if record.promised is not None:
             assert record.promised >= self.promised, "promised ballot went backwards"
             self.promised = record.promised
+        floor = self.compacted_through
         for a in record.accepted:
-            self.accepted[a.slot] = a
+            if a.slot > floor:
+                self.accepted[a.slot] = a
         for d in record.decided:
+            if d.slot <= floor:
+                continue
             prior = self.decided.get(d.slot)
             assert prior is None or prior.value == d.value, f"slot {d.slot} decided twice"
             self.decided[d.slot] = d
@@ -244,6 +251,7 @@ class DurableState:
             self.snapshot = record.snapshot
         if record.compact_through is not None:
             cut = record.compact_through
+            self.compacted_through = max(self.compacted_through, cut)
             for slot in [s for s in self.accepted if s <= cut]:
                 del self.accepted[slot]
             for slot in [s for s in self.decided if s <= cut]:

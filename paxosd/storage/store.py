@@ -329,6 +329,8 @@ def _migration_3_snapshot_file(db: sqlite_utils.Database) -> None:
     conn.execute("ALTER TABLE snapshot ADD COLUMN file TEXT NOT NULL DEFAULT ''")
     conn.execute("ALTER TABLE snapshot ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE snapshot ADD COLUMN file_crc INTEGER NOT NULL DEFAULT 0")
+    # Log rows at or below it are compacted: never read, deleted a batch per write.
+    conn.execute("ALTER TABLE paxos_state ADD COLUMN compacted_through INTEGER NOT NULL DEFAULT 0")
 
 
 # MIGRATIONS[i] takes the schema from version i to version i + 1. Append only: a released
@@ -524,8 +526,16 @@ _SQL_SNAPSHOT = (
     "size = excluded.size, file_crc = excluded.file_crc "
     "WHERE excluded.slot >= snapshot.slot"
 )
-_SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot <= ?"
-_SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot <= ?"
+_SQL_COMPACT_MARK = (
+    "UPDATE paxos_state SET compacted_through = max(compacted_through, ?) WHERE id = 0"
+)
+_SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot > ? AND slot <= ?"
+_SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot > ? AND slot <= ?"
+_SQL_COMPACTED = "SELECT compacted_through FROM paxos_state WHERE id = 0"
+# Compacted slots whose rows one write deletes. A compaction is a mark (one row); the rows go
+# a batch per later write, because deleting thousands of slots of big values at once (their
+# overflow pages are read to be freed) held a leader's loop for seconds (BENCHMARKS.md).
+COMPACT_SLOTS_PER_WRITE = 64
 
 
 def _uri(path: Path, mode: str, *, immutable: bool = False) -> str:
@@ -563,6 +573,19 @@ class Storage:
         self._failed: str | None = None
         # Snapshot files live beside the database (paxosd/storage/snapfile.py).
         self.snapshot_dir = snapshot_dir(path)
+        # Log rows at or below _compacted_through are compacted (hidden from every read);
+        # those above _rows_from are still to be deleted (see COMPACT_SLOTS_PER_WRITE).
+        self._compacted_through = 0
+        self._rows_from = 0
+        if schema_version >= 3:
+            self._compacted_through = int(self._conn.execute(_SQL_COMPACTED).fetchone()[0])
+            self._rows_from = self._compacted_through
+            low = self._conn.execute(
+                "SELECT min(slot) FROM (SELECT min(slot) AS slot FROM accepted "
+                "UNION ALL SELECT min(slot) FROM decided)"
+            ).fetchone()[0]
+            if low is not None:
+                self._rows_from = min(self._compacted_through, int(low) - 1)
 
     # ------------------------------------------------------------------- opening
 
@@ -790,6 +813,7 @@ class Storage:
                 blob = encode(decided.value)
                 append_d((slot, blob, crc(blob, crc(pack_slot(slot)))))
         snapshot_row = None
+        deleting: int | None = None
         if record.snapshot is not None:
             snapshot_row = self._snapshot_row(record.snapshot)
         conn = self._conn
@@ -820,8 +844,15 @@ class Storage:
                     conn.execute(_SQL_SNAPSHOT, snapshot_row)
                 cut = record.compact_through
                 if cut is not None:
-                    conn.execute(_SQL_COMPACT_ACCEPTED, (cut,))
-                    conn.execute(_SQL_COMPACT_DECIDED, (cut,))
+                    conn.execute(_SQL_COMPACT_MARK, (cut,))
+                deleting = None
+                if self._rows_from < self._compacted_through or (
+                    cut is not None and self._rows_from < cut
+                ):
+                    upto = max(self._compacted_through, cut or 0)
+                    deleting = min(upto, self._rows_from + COMPACT_SLOTS_PER_WRITE)
+                    conn.execute(_SQL_COMPACT_ACCEPTED, (self._rows_from, deleting))
+                    conn.execute(_SQL_COMPACT_DECIDED, (self._rows_from, deleting))
                 if applied_through is not None:
                     conn.execute(_SQL_APPLIED, (applied_through,))
                 conn.execute("COMMIT")
@@ -838,6 +869,10 @@ class Storage:
             raise _translate(self.path, "write failed (nothing after it is durable)", exc) from exc
         if promised is not None:
             self._promised = promised
+        if record.compact_through is not None:
+            self._compacted_through = max(self._compacted_through, record.compact_through)
+        if deleting is not None:
+            self._rows_from = deleting
         if snapshot_row is not None:
             # The row is durable: older files are no longer any recovery's, delete them.
             remove_older(self.snapshot_dir, keep=snapshot_row[3])
@@ -909,7 +944,8 @@ class Storage:
                 try:
                     for slot, b_round, b_node, blob, checksum in conn.execute(
                         "SELECT slot, ballot_round, ballot_node, value, checksum "
-                        "FROM accepted ORDER BY slot"
+                        "FROM accepted WHERE slot > ? ORDER BY slot",
+                        (self._compacted_through,),
                     ):
                         if crc(blob, crc(pack3(slot, b_round, b_node))) != checksum:
                             raise ChecksumMismatch(path, "accepted", slot)
@@ -921,7 +957,8 @@ class Storage:
                 slot = -1
                 try:
                     for slot, blob, checksum in conn.execute(
-                        "SELECT slot, value, checksum FROM decided ORDER BY slot"
+                        "SELECT slot, value, checksum FROM decided WHERE slot > ? ORDER BY slot",
+                        (self._compacted_through,),
                     ):
                         if crc(blob, crc(pack1(slot))) != checksum:
                             raise ChecksumMismatch(path, "decided", slot)
@@ -932,7 +969,11 @@ class Storage:
             finally:
                 conn.execute("COMMIT")
         return DurableState(
-            promised=promised, accepted=accepted, decided=decided, snapshot=snapshot
+            promised=promised,
+            accepted=accepted,
+            decided=decided,
+            snapshot=snapshot,
+            compacted_through=self._compacted_through,
         )
 
     def applied_through(self) -> int | None:
@@ -956,7 +997,8 @@ class Storage:
                 ranges = {
                     table: SlotRange(
                         *conn.execute(
-                            f"SELECT min(slot), max(slot), count(*) FROM {table}"
+                            f"SELECT min(slot), max(slot), count(*) FROM {table} WHERE slot > ?",
+                            (self._compacted_through,),
                         ).fetchone()
                     )
                     for table in ("accepted", "decided")
@@ -996,6 +1038,7 @@ class Storage:
         path = self.path
         conn = self._conn
         rows: list[LogRow] = []
+        from_slot = max(from_slot, self._compacted_through + 1)
         with _sqlite_errors(path, "cannot read the log"):
             conn.execute("BEGIN")
             try:
