@@ -403,7 +403,7 @@ def test_restore_stores_the_snapshot_that_recovery_reads(tmp_path: Path) -> None
     assert durable.snapshot == Snapshot(slot=_SM.applied_through, state=_STATE)
     assert not durable.decided and not durable.accepted
     assert durable.promised.round == 0  # a fresh acceptor: it has promised nothing
-    assert sorted(os.listdir(tmp_path / "n1")) == [DB_FILENAME]
+    assert sorted(os.listdir(tmp_path / "n1")) == [DB_FILENAME, "snapshots"]
 
 
 def test_restore_never_replaces_a_database(tmp_path: Path) -> None:
@@ -417,7 +417,7 @@ def test_restore_never_replaces_a_database(tmp_path: Path) -> None:
 def test_restore_clears_what_a_crashed_restore_left_behind(tmp_path: Path) -> None:
     (tmp_path / (DB_FILENAME + STAGING_SUFFIX)).write_bytes(b"half a database")
     restore_into(tmp_path, _backup(), cluster_id="new", node_id=1)
-    assert sorted(os.listdir(tmp_path)) == [DB_FILENAME]
+    assert sorted(os.listdir(tmp_path)) == [DB_FILENAME, "snapshots"]
 
 
 def test_restore_of_a_state_that_lies_about_its_digest_creates_nothing(tmp_path: Path) -> None:

@@ -87,10 +87,14 @@ def test_inspect_log_lists_entries_in_the_range_with_escaped_values(tmp_path: Pa
 
 def test_inspect_never_changes_the_data_dir(tmp_path: Path) -> None:
     make_node(tmp_path)
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
+    before = {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()
+    }
     for args in ((), ("--json",), ("--log",)):
         assert invoke("--data-dir", str(tmp_path), *args)[0] == 0
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
+    after = {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()
+    }
     assert after == before
 
 

@@ -514,3 +514,42 @@ def test_range_reads_a_key_range_in_pages_now_and_in_the_past() -> None:
     assert d.run(Range(start="c", end="", limit=1)) == sm.query(Range(start="c", end="", limit=1))
     d.run(Compact(sm.revision))
     assert isinstance(d.run(Range(start="a", end="", limit=1, revision=then)), RevisionCompacted)
+
+
+# ------------------------------------------------------------------ streamed snapshots
+
+
+def test_a_streamed_snapshot_is_the_one_piece_snapshot_and_restores_to_the_same_digest() -> None:
+    # More events than one streamed slice (4096), so the sliced path and its headers run.
+    sm = StateMachine()
+    for slot in range(1, 41):
+        sm.apply(
+            slot,
+            tuple(
+                encode_command(Command("c", slot * 1000 + i, "A", Put(f"k{i % 3000}", b"v%d" % i)))
+                for i in range(250)
+            ),
+        )
+    pieces: list[bytes] = []
+    sm.write_snapshot(lambda data: pieces.append(bytes(data)))
+    assert len(pieces) > 3
+    streamed = b"".join(pieces)
+    assert streamed == sm.snapshot()
+    restored = StateMachine.restore(memoryview(streamed))
+    assert restored.digest() == sm.digest()
+    with pytest.raises(BadSnapshot, match="checksum"):
+        StateMachine.restore(streamed[:-1] + bytes([streamed[-1] ^ 1]))
+
+
+def test_the_limits_let_a_store_reach_the_default_quota_and_agree_with_the_core() -> None:
+    from dataclasses import fields
+
+    from paxosd.core.config import CoreConfig
+    from paxosd.server.config import LimitSettings
+    from paxosd.statemachine.machine import SNAPSHOT_BYTES_MAX
+
+    limits = Limits()
+    limits.check()
+    assert limits.kv_bytes_max >= LimitSettings().quota_bytes
+    core_max = next(f.default for f in fields(CoreConfig) if f.name == "snapshot_bytes_max")
+    assert core_max == SNAPSHOT_BYTES_MAX

@@ -398,7 +398,7 @@ def test_readonly_open_of_a_stopped_node_changes_no_file(db_path: Path) -> None:
     with new_storage(db_path) as storage:
         storage.write(EVERY_KIND)
     before = files_state(db_path.parent)
-    assert list(before) == [DB_FILENAME]
+    assert list(before) == [DB_FILENAME, "snapshots"]  # the snapshot file is beside it
     with Storage.open_readonly(db_path) as ro:
         assert ro.load() == fold([EVERY_KIND])
         ro.meta()
@@ -486,3 +486,30 @@ def test_an_unsynced_write_never_checkpoints(db_path: Path) -> None:
         settings = storage.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert settings == storage_mod.WAL_AUTOCHECKPOINT_PAGES
         assert storage.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_a_compaction_is_a_mark_at_once_and_its_rows_go_a_batch_per_write(db_path: Path) -> None:
+    from paxosd.storage.store import COMPACT_SLOTS_PER_WRITE
+
+    slots = 3 * COMPACT_SLOTS_PER_WRITE + 5
+    decided = tuple(DecidedEntry(s, (b"v%d" % s,)) for s in range(1, slots + 11))
+    with new_storage(db_path) as storage:
+        storage.write(PersistRecord(decided=decided))
+        storage.write(PersistRecord(snapshot=Snapshot(slots, b"s"), compact_through=slots))
+        # Compacted for every reader at once...
+        assert min(storage.load().decided) == slots + 1
+        assert storage.meta().decided.first == slots + 1
+        assert [r.slot for r in storage.read_log(1, slots + 1)] == [slots + 1]
+
+        def stored() -> int:
+            return int(storage.db.execute("SELECT count(*) FROM decided").fetchone()[0])
+
+        # ...while the rows go one batch per write.
+        assert stored() == slots + 10 - COMPACT_SLOTS_PER_WRITE
+        storage.write(PersistRecord(promised=Ballot(1, 1)))
+        assert stored() == slots + 10 - 2 * COMPACT_SLOTS_PER_WRITE
+    with reopen(db_path) as storage:  # the mark survives a restart, and the deleting goes on
+        assert min(storage.load().decided) == slots + 1
+        for _ in range(2):
+            storage.write(PersistRecord(promised=Ballot(1, 1)))
+        assert int(storage.db.execute("SELECT count(*) FROM decided").fetchone()[0]) == 10

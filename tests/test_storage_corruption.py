@@ -69,7 +69,12 @@ def crashed_copy(source_dir: Path, target_dir: Path) -> Path:
 
 
 def snapshot_files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Every file under ``directory`` (the snapshot folder's too) with its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_inspect(data_dir: Path, *args: str) -> tuple[int, str, str]:
@@ -135,7 +140,7 @@ def test_a_tampered_promised_ballot_is_refused_at_open(tmp_path: Path) -> None:
 def test_a_tampered_snapshot_is_refused_at_load(tmp_path: Path) -> None:
     path = populated(tmp_path)
     side = sqlite3.connect(path)
-    side.execute("UPDATE snapshot SET state = x'00'")
+    side.execute("UPDATE snapshot SET file_crc = file_crc + 1")
     side.commit()
     side.close()
     with open_existing(path) as storage, pytest.raises(ChecksumMismatch, match="table snapshot"):
@@ -230,7 +235,7 @@ def test_a_deleted_database_is_not_silently_recreated(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(NotInitialized, match="no database"):
         open_existing(path)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["snapshots"]  # no database recreated
     assert_inspect_fails_with_one_line(tmp_path, "no database file")
 
 
@@ -276,3 +281,84 @@ def test_every_error_message_is_one_line_naming_the_file() -> None:
 def test_decode_value_round_trips_what_encode_value_wrote() -> None:
     value = (b"", b"\x00\xff", b"x" * 70_000)
     assert decode_value(encode_value(value)) == value
+
+
+# ------------------------------------------------------------------ snapshot files
+
+
+def test_a_torn_snapshot_file_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    path = populated(tmp_path)
+    (snap,) = (tmp_path / "snapshots").glob("*.snap")
+    with snap.open("r+b") as f:
+        f.truncate(snap.stat().st_size - 3)
+    with open_existing(path) as storage, pytest.raises(CorruptDatabase, match="torn") as info:
+        storage.load()
+    assert str(info.value).startswith(str(snap) + ": ")
+
+
+def test_a_missing_snapshot_file_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    path = populated(tmp_path)
+    (snap,) = (tmp_path / "snapshots").glob("*.snap")
+    snap.unlink()
+    with open_existing(path) as storage, pytest.raises(CorruptDatabase, match="missing") as info:
+        storage.load()
+    assert str(info.value).startswith(str(snap) + ": ")
+
+
+def test_an_altered_snapshot_file_of_the_same_size_is_refused(tmp_path: Path) -> None:
+    path = populated(tmp_path)
+    (snap,) = (tmp_path / "snapshots").glob("*.snap")
+    data = bytearray(snap.read_bytes())
+    data[0] ^= 1
+    snap.write_bytes(bytes(data))
+    with open_existing(path) as storage, pytest.raises(CorruptDatabase, match="checksum"):
+        storage.load()
+
+
+def test_a_stray_tmp_snapshot_file_is_ignored_and_removed_at_open(tmp_path: Path) -> None:
+    # What a crash (or a snapshot child killed) mid-write leaves: never read, gone at start.
+    path = populated(tmp_path)
+    folder = tmp_path / "snapshots"
+    stray = folder / "00000000000000000009.snap.4242.tmp"
+    stray.write_bytes(b"half a snapshot")
+    with open_existing(path) as storage:
+        assert storage.load().snapshot == Snapshot(2, b"snapshot-state")
+    assert not stray.exists()
+    assert [p.name for p in folder.iterdir()] == ["00000000000000000002.snap"]
+
+
+def test_a_newer_snapshot_replaces_the_file_and_the_old_one_is_deleted(tmp_path: Path) -> None:
+    path = populated(tmp_path)
+    with open_existing(path) as storage:
+        storage.write(PersistRecord(snapshot=Snapshot(5, b"newer")))
+        storage.write(PersistRecord(snapshot=Snapshot(4, b"older: ignored")))
+        assert storage.load().snapshot == Snapshot(5, b"newer")
+        assert storage.meta().snapshot_bytes == len(b"newer")
+    assert [p.name for p in (tmp_path / "snapshots").iterdir()] == ["00000000000000000005.snap"]
+
+
+def test_a_schema_2_database_with_its_snapshot_blob_opens_and_moves_on_to_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paxosd.storage import store as storage_mod
+
+    path = tmp_path / DB_FILENAME
+    monkeypatch.setattr(storage_mod, "MIGRATIONS", storage_mod.MIGRATIONS[:2])
+    Storage.open(path, cluster_id=CLUSTER, node_id=NODE, create=True).close()
+    side = sqlite3.connect(path)
+    blob = b"state kept in the database"
+    side.execute(
+        "INSERT INTO snapshot (id, slot, state, checksum, membership) VALUES (0, 3, ?, ?, x'')",
+        (blob, storage_mod._snapshot_checksum(3, blob)),
+    )
+    side.commit()
+    side.close()
+    monkeypatch.undo()
+    with open_existing(path) as storage:
+        assert storage.schema_version == 3
+        assert storage.load().snapshot == Snapshot(3, blob)
+        assert storage.meta().snapshot_bytes == len(blob)
+        storage.write(PersistRecord(snapshot=Snapshot(4, b"now in a file")))
+    with open_existing(path) as storage:
+        assert storage.load().snapshot == Snapshot(4, b"now in a file")
+    assert [p.name for p in (tmp_path / "snapshots").iterdir()] == ["00000000000000000004.snap"]

@@ -97,6 +97,7 @@ def copy_state(state: DurableState) -> DurableState:
         accepted=dict(state.accepted),
         decided=dict(state.decided),
         snapshot=state.snapshot,
+        compacted_through=state.compacted_through,
     )
 
 

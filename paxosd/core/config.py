@@ -59,8 +59,9 @@ class CoreConfig:
     message_bytes_max: int = 3 << 20
     # Snapshots travel in chunks of at most this many bytes (well under the frame cap).
     snapshot_chunk_bytes: int = 1 << 20
-    # A peer announcing a bigger snapshot is not believed (bounds what we buffer).
-    snapshot_bytes_max: int = 2 << 30
+    # A peer announcing a bigger snapshot is not believed (bounds the file a transfer
+    # writes). The state machine's SNAPSHOT_BYTES_MAX (tests/test_statemachine.py checks).
+    snapshot_bytes_max: int = 4 << 30
 
     def __post_init__(self) -> None:
         # node_id may be missing from members: a node added later joins as a learner.

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from paxosd.core.membership import MembershipChange
-from paxosd.core.messages import Message
+from paxosd.core.messages import Message, SnapshotChunk
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, NodeId, Snapshot
 
 # ---------------------------------------------------------------------------------- inputs
@@ -51,6 +51,14 @@ class Tick:
 @dataclass(frozen=True, slots=True)
 class SnapshotTaken:
     """The caller snapshotted its state machine after applying ``snapshot.slot``."""
+
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReceived:
+    """The caller assembled a peer's snapshot from ``Ready.snapshot_chunks`` (the core keeps
+    no chunk itself) and hands it back, whole: the core installs it if still behind it."""
 
     snapshot: Snapshot
 
@@ -99,6 +107,7 @@ Input = (
     | ClientCommand
     | Tick
     | SnapshotTaken
+    | SnapshotReceived
     | ReadIndex
     | ChangeMembership
     | TransferLeadership
@@ -195,6 +204,10 @@ class Ready:
     redirects: tuple[Redirect, ...]
     reads: tuple[ReadReady, ...] = ()
     admin: tuple[AdminResult, ...] = ()
+    # Chunks of a peer's snapshot, in order, for the caller to write where it assembles the
+    # snapshot (a chunk at offset 0 starts a new one). When the last one is written, the
+    # caller steps SnapshotReceived.
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()
 
 
 # ------------------------------------------------------------------------ durable state
@@ -213,15 +226,22 @@ class DurableState:
     accepted: dict[int, AcceptedEntry] = field(default_factory=dict)
     decided: dict[int, DecidedEntry] = field(default_factory=dict)
     snapshot: Snapshot | None = None
+    # Log rows at or below it were compacted; a later write there is dropped too (the core
+    # never makes one: it writes nothing below its log start).
+    compacted_through: int = 0
 
     def apply(self, record: PersistRecord) -> None:
         """Fold one durable record in, exactly as storage does on disk."""
         if record.promised is not None:
             assert record.promised >= self.promised, "promised ballot went backwards"
             self.promised = record.promised
+        floor = self.compacted_through
         for a in record.accepted:
-            self.accepted[a.slot] = a
+            if a.slot > floor:
+                self.accepted[a.slot] = a
         for d in record.decided:
+            if d.slot <= floor:
+                continue
             prior = self.decided.get(d.slot)
             assert prior is None or prior.value == d.value, f"slot {d.slot} decided twice"
             self.decided[d.slot] = d
@@ -231,6 +251,7 @@ class DurableState:
             self.snapshot = record.snapshot
         if record.compact_through is not None:
             cut = record.compact_through
+            self.compacted_through = max(self.compacted_through, cut)
             for slot in [s for s in self.accepted if s <= cut]:
                 del self.accepted[slot]
             for slot in [s for s in self.decided if s <= cut]:

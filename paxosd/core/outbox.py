@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from paxosd.core.io import AdminResult, Outbound, ReadReady, Redirect
+from paxosd.core.messages import SnapshotChunk
 from paxosd.core.types import AcceptedEntry, Ballot, DecidedEntry, NodeId, Snapshot
 
 
@@ -34,6 +35,8 @@ class Outbox:
     redirects: list[Redirect] = field(default_factory=list)
     reads: list[ReadReady] = field(default_factory=list)
     admin: list[AdminResult] = field(default_factory=list)
+    # A peer's snapshot, chunk by chunk, for the caller to assemble (see Ready).
+    snapshot_chunks: list[SnapshotChunk] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (
@@ -49,4 +52,5 @@ class Outbox:
             or self.to_apply
             or self.restore is not None
             or self.redirects
+            or self.snapshot_chunks
         )

@@ -60,6 +60,7 @@ from paxosd.core.io import (
     Ready,
     Received,
     Redirect,
+    SnapshotReceived,
     SnapshotTaken,
     Tick,
     TransferLeadership,
@@ -168,8 +169,10 @@ class Replica:
         self.leader: LeaderState | None = None
 
         self._catchup_sent_ms = -(10**9)
-        # A snapshot being received in chunks: (slot, total bytes, what arrived so far).
-        self._snap_rx: tuple[int, int, bytearray] | None = None
+        # A snapshot being received in chunks: (slot, total bytes, bytes arrived so far). The
+        # chunks themselves go to the caller in Ready.snapshot_chunks: the core never holds a
+        # peer's state, which can be a GiB.
+        self._snap_rx: tuple[int, int, int] | None = None
 
         # Output buffers, drained by ready().
         self._out = Outbox()
@@ -220,6 +223,8 @@ class Replica:
                 self._on_client_command(cmd)
             case SnapshotTaken(snapshot=snap):
                 self._on_snapshot_taken(snap)
+            case SnapshotReceived(snapshot=snap):
+                self._on_snapshot_received(snap)
             case ReadIndex(token=token):
                 self._on_read_index(token)
             case ChangeMembership(token=token, change=change):
@@ -308,6 +313,7 @@ class Replica:
             redirects=tuple(self._out.redirects),
             reads=tuple(self._out.reads),
             admin=tuple(self._out.admin),
+            snapshot_chunks=tuple(self._out.snapshot_chunks),
         )
         self._out = Outbox()
         self._outstanding = rd
@@ -653,7 +659,7 @@ class Replica:
                 from_slot=lo,
                 to_slot=hi,
                 snapshot_slot=0 if rx is None else rx[0],
-                snapshot_offset=0 if rx is None else len(rx[2]),
+                snapshot_offset=0 if rx is None else rx[2],
             ),
         )
 
@@ -1219,8 +1225,9 @@ class Replica:
         )
 
     def _on_snapshot_chunk(self, src: NodeId, chunk: SnapshotChunk, their_through: int) -> None:
-        """Assemble a snapshot chunk by chunk; install it once whole, and ask for the next
-        chunk at once, so a transfer runs at the speed of round trips."""
+        """Hand a snapshot's chunks to the caller in order (it assembles them, in a file in
+        the daemon), and ask for the next chunk at once, so a transfer runs at the speed of
+        round trips. The caller steps SnapshotReceived with the whole; the core installs it."""
         if chunk.slot <= self.decided_through or chunk.total > self.config.snapshot_bytes_max:
             self._snap_rx = None
             return
@@ -1230,21 +1237,29 @@ class Replica:
                 self._snap_rx = None  # another snapshot: start it over from the beginning
                 self._catchup_sent_ms = -(10**9)
                 return
-            rx = self._snap_rx = (chunk.slot, chunk.total, bytearray())
-        if chunk.offset != len(rx[2]):
+            rx = self._snap_rx = (chunk.slot, chunk.total, 0)
+        if chunk.offset != rx[2] or not chunk.data and chunk.total:
             return  # a duplicate or a reordered chunk; the next request names our offset
-        rx[2].extend(chunk.data)
-        if len(rx[2]) >= chunk.total:
+        data = chunk.data[: chunk.total - rx[2]]
+        self._out.snapshot_chunks.append(
+            SnapshotChunk(chunk.slot, chunk.offset, chunk.total, data, chunk.membership)
+        )
+        received = rx[2] + len(data)
+        if received >= chunk.total:
+            # Whole: the caller steps SnapshotReceived once it has the last chunk written.
             self._snap_rx = None
-            self._install_snapshot(
-                Snapshot(
-                    slot=chunk.slot,
-                    state=bytes(rx[2][: chunk.total]),
-                    membership=chunk.membership,
-                )
-            )
+            return
+        self._snap_rx = (rx[0], rx[1], received)
         self._catchup_sent_ms = -(10**9)
         self._maybe_catch_up(src, their_through)
+
+    def _on_snapshot_received(self, snap: Snapshot) -> None:
+        """The caller assembled the chunks it was given: install unless the log overtook it
+        meanwhile (then the slots it covers are decided already, and it is not needed)."""
+        if snap.slot <= self.decided_through:
+            return
+        self._install_snapshot(snap)
+        self._catchup_sent_ms = -(10**9)
 
     def _on_catchup_reply(self, src: NodeId, msg: CatchUpReply) -> None:
         if msg.chunk is not None:

@@ -7,7 +7,7 @@ proposal apart from every other one (Paxos Made Simple, section 2.2).
 
 from __future__ import annotations
 
-from typing import NewType
+from typing import NewType, Protocol, overload
 
 import msgspec
 
@@ -109,14 +109,30 @@ class Membership(msgspec.Struct, frozen=True, array_like=True):
         return None
 
 
+class SnapshotState(Protocol):
+    """A snapshot's bytes as the core sees them: a length and slices. ``bytes`` is one; the
+    daemon hands the core a file-backed one (paxosd/storage/snapfile.py) so the state, which
+    can be a GiB, is never held in memory twice. Slicing may read a file: that is the host's
+    I/O behind an object it handed in, as with an injected random generator, not the core's."""
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> bytes: ...
+
+
 class Snapshot(msgspec.Struct, frozen=True, array_like=True):
     """The state machine after applying every slot up to and including ``slot``.
 
-    ``state`` is opaque to the core (the state machine encodes and decodes it).
+    ``state`` is opaque to the core (the state machine encodes and decodes it); the core
+    only measures it and cuts it into chunks for a peer that catches up.
     ``membership`` is the membership in effect after ``slot`` (None: the bootstrap one), so a
     replica that installs the snapshot knows whose votes count without the compacted log.
     """
 
     slot: int
-    state: bytes
+    state: SnapshotState
     membership: Membership | None = None

@@ -265,6 +265,7 @@ class Daemon:
         self._stop_gateway()
         self.peers.close()
         self.clients.close()
+        self.node.snapshot_maker.close()  # a snapshot child still writing is stopped
         with suppress(StorageError):  # after a full disk: its checkpoint may fail too
             self.node.storage.close()
         return 0

@@ -43,6 +43,7 @@ from paxosd.server.runner import (
     SnapshotPolicy,
     Waiter,
 )
+from paxosd.server.snapshots import ForkSnapshots
 from paxosd.statemachine.commands import (
     BadCommand,
     Command,
@@ -274,6 +275,7 @@ class Node:
             "fsync_slow", "fsync_fast_again", clear_after_ms=SLOW_WRITE_CLEAR_MS
         )
         self.network: Network = network if network is not None else Outbox()
+        self.snapshot_maker = ForkSnapshots(self.storage.snapshot_dir, self.log)
         self.runner: Runner[StateMachine] = Runner(
             Replica(config.core_config(), random.Random(), durable, now_ms()),
             StateMachine(),
@@ -283,6 +285,8 @@ class Node:
             snapshots=SnapshotPolicy(config.snapshot.snapshot_every_entries),
             hooks=_NodeHooks(self),
             address_of=self._client_address_of,
+            # Snapshots are written by a forked child, to files beside the database.
+            maker=self.snapshot_maker,
         )
         self.runner.admit = self._admit
         # Recovery is the first Ready: it restores the snapshot and re-applies the log.

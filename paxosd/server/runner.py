@@ -10,7 +10,9 @@ relies on are the ones the simulator checks:
   written unsynced (with the next synced write, at the next tick, or when too many wait),
   because a node relearns decided slots from its peers and its own durable votes;
 - when to snapshot: every ``every_entries`` slots or ``every_commands`` commands, members
-  staggered so they do not all stop at once;
+  staggered so they do not all stop at once; how is a ``SnapshotMaker``'s business (in
+  process here and in the simulator, in a forked child in the daemon:
+  paxosd/server/snapshots.py);
 - which waiting client is answered, with what, once its slot is applied or its read is
   confirmed, and who is redirected when this node cannot order a command.
 
@@ -35,12 +37,13 @@ from paxosd.core.io import (
     ReadIndex,
     Ready,
     Received,
+    SnapshotReceived,
     SnapshotTaken,
     Tick,
 )
-from paxosd.core.messages import Message
+from paxosd.core.messages import Message, SnapshotChunk
 from paxosd.core.replica import Replica
-from paxosd.core.types import DecidedEntry, NodeId, Snapshot, Value
+from paxosd.core.types import DecidedEntry, NodeId, Snapshot, SnapshotState, Value
 from paxosd.server.leases import LeaseKeeper, LeaseSettings
 from paxosd.server.replies import Reply
 from paxosd.statemachine.commands import (
@@ -104,10 +107,78 @@ class Machine(Protocol):
 
     def snapshot(self) -> bytes: ...
 
-    def restore(self, data: bytes) -> Self: ...
+    def restore(self, data: bytes | bytearray | memoryview) -> Self: ...
 
 
 M = TypeVar("M", bound=Machine)
+MM = TypeVar("MM", bound=Machine)
+
+
+class SnapshotMaker(Protocol):
+    """How snapshots are made, assembled and read back: the runner decides when.
+
+    ``InlineSnapshots`` (below) does it all in this process, synchronously: the simulator and
+    the unit tests use it, so their schedules stay deterministic. The daemon uses
+    ``paxosd.server.snapshots.ForkSnapshots``: a forked child encodes the copy-on-write state
+    to a file while the loop keeps applying (Redis BGSAVE)."""
+
+    def start(self, slot: int, sm: Machine) -> bool:
+        """Begin a snapshot of ``sm``, which has applied through ``slot``. False: one is
+        still being made (try again at the next due point)."""
+        ...
+
+    def poll(self) -> tuple[int, SnapshotState] | None:
+        """A snapshot that has been made since the last call, as (slot, state); never
+        blocks. A failed attempt is reported by the maker and yields nothing."""
+        ...
+
+    def take_now(self, slot: int, sm: Machine) -> SnapshotState:
+        """A snapshot through ``slot``, made before returning (an operator asked for it)."""
+        ...
+
+    def receive(self, chunk: SnapshotChunk) -> SnapshotState | None:
+        """Write one chunk of a peer's snapshot (offset 0 starts a new one); the whole state
+        once the last chunk is in, else None."""
+        ...
+
+    def restore(self, sm: MM, state: SnapshotState) -> MM:
+        """The state machine ``state`` encodes (``sm`` only names its type)."""
+        ...
+
+
+class InlineSnapshots:
+    """Snapshots as bytes in memory, made on the spot: deterministic, for the simulator and
+    the tests (a state of a few MB). The daemon forks instead (see SnapshotMaker)."""
+
+    def __init__(self) -> None:
+        self._done: tuple[int, SnapshotState] | None = None
+        self._rx = bytearray()
+
+    def start(self, slot: int, sm: Machine) -> bool:
+        self._done = (slot, sm.snapshot())
+        return True
+
+    def poll(self) -> tuple[int, SnapshotState] | None:
+        done, self._done = self._done, None
+        return done
+
+    def take_now(self, slot: int, sm: Machine) -> SnapshotState:
+        return sm.snapshot()
+
+    def receive(self, chunk: SnapshotChunk) -> SnapshotState | None:
+        if chunk.offset == 0:
+            self._rx = bytearray()
+        assert chunk.offset == len(self._rx), "snapshot chunks out of order"
+        self._rx += chunk.data
+        if len(self._rx) < chunk.total:
+            return None
+        whole, self._rx = bytes(self._rx), bytearray()
+        return whole
+
+    def restore(self, sm: MM, state: SnapshotState) -> MM:
+        data = state if isinstance(state, bytes) else state[0 : len(state)]
+        return sm.restore(data)
+
 
 # ------------------------------------------------------------------------------ records
 
@@ -201,6 +272,7 @@ class Runner(Generic[M]):
         snapshots: SnapshotPolicy,
         hooks: Hooks | None = None,
         address_of: Callable[[NodeId | None], bytes] = _no_address,
+        maker: SnapshotMaker | None = None,
     ) -> None:
         self.replica = replica
         self.sm = sm
@@ -208,6 +280,9 @@ class Runner(Generic[M]):
         self.network = network
         self.clock = clock
         self.snapshots = snapshots
+        self.maker: SnapshotMaker = maker if maker is not None else InlineSnapshots()
+        # A peer's snapshot the maker finished assembling, for the core after this Ready.
+        self._received: Snapshot | None = None
         self.hooks = hooks if hooks is not None else Hooks()
         self.address_of = address_of
         self.pending: OrderedDict[tuple[str, int], Waiter] = OrderedDict()
@@ -316,12 +391,16 @@ class Runner(Generic[M]):
     def drain(self) -> None:
         """Carry out every Ready the core has, in the durability order."""
         r = self.replica
+        self._collect_snapshot()
         while r.has_ready():
             rd = r.ready()
             self.handle(rd)
             r.advance(rd)
+            if self._received is not None:
+                received, self._received = self._received, None
+                r.step(SnapshotReceived(received))
             if self.snapshot_due_now():
-                self.take_snapshot()
+                self.start_snapshot()
         if self._leading and not r.is_leader:
             self._redirect_pending()
         self._leading = r.is_leader
@@ -341,8 +420,12 @@ class Runner(Generic[M]):
         if rd.messages:
             self.send(rd.messages)
         # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
+        for chunk in rd.snapshot_chunks:
+            state = self.maker.receive(chunk)
+            if state is not None:
+                self._received = Snapshot(chunk.slot, state, chunk.membership)
         if rd.restore is not None:
-            self.sm = self.sm.restore(rd.restore.state)
+            self.sm = self.maker.restore(self.sm, rd.restore.state)
             self.hooks.restored(rd.restore.slot)
         for entry in rd.to_apply:
             self._apply(entry)
@@ -468,14 +551,38 @@ class Runner(Generic[M]):
             or self.commands_since_snapshot >= s.every_commands
         )
 
+    def start_snapshot(self) -> None:
+        """A snapshot is due: have the maker begin one (the next due point retries if it is
+        still busy with the last, or the attempt fails) and hand over any that is done."""
+        slot = self.sm.applied_through
+        if slot == 0:
+            return
+        self.snapshot_due = slot
+        self.commands_since_snapshot = 0
+        self.maker.start(slot, self.sm)
+        self._collect_snapshot()
+
+    def _collect_snapshot(self) -> None:
+        """Give the core a snapshot the maker finished (the core ignores one that is no newer
+        than its own, e.g. after a peer's snapshot was installed meanwhile)."""
+        done = self.maker.poll()
+        if done is not None:
+            slot, state = done
+            self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=state)))
+            self.hooks.snapshotted(slot)
+
     def take_snapshot(self) -> int:
-        """Snapshot the state machine now; the core compacts the log behind it. Returns the
-        snapshot's slot (0: nothing applied yet, nothing taken)."""
+        """Snapshot the state machine now, before returning (an operator asked, or a backup
+        starts); the core compacts the log behind it. Returns the snapshot's slot (0:
+        nothing applied yet, nothing taken)."""
+        self._collect_snapshot()
         slot = self.sm.applied_through
         if slot == 0:
             return 0
         self.snapshot_due = slot
         self.commands_since_snapshot = 0
-        self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=self.sm.snapshot())))
+        self.replica.step(
+            SnapshotTaken(Snapshot(slot=slot, state=self.maker.take_now(slot, self.sm)))
+        )
         self.hooks.snapshotted(slot)
         return slot

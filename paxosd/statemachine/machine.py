@@ -25,13 +25,15 @@ import itertools
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, Self
+from typing import Final, Protocol, Self, runtime_checkable
 
 import msgspec
 
 from paxosd.core.membership import is_membership_command
+from paxosd.core.types import SnapshotState
 from paxosd.statemachine.commands import (
     ALARMS,
     CLIENT_ID_BYTES_MAX,
@@ -114,7 +116,11 @@ from paxosd.statemachine.commands import (
 SNAPSHOT_FORMAT: Final = 3
 # format 1: before revisions and history; format 2: before leases (old data dirs)
 SNAPSHOT_FORMATS: Final = (1, 2, 3)
-SNAPSHOT_BYTES_MAX: Final = 1 << 30  # checked before decoding a snapshot from disk or a peer
+# Checked before decoding a snapshot from disk or a peer. It fits a store at the default
+# quota ([limits] quota_bytes, 2 GiB of keys and values) plus every other byte budget of
+# Limits (history, timeline, sessions), with room to spare; the core's
+# Config.snapshot_bytes_max (what a peer may announce) is the same number.
+SNAPSHOT_BYTES_MAX: Final = 4 << 30
 # Bytes charged per stored entry on top of its payload, so that many tiny entries cannot
 # slip past the byte budgets (and so the budgets also bound the snapshot's encoded size).
 ENTRY_OVERHEAD_BYTES: Final = 64
@@ -130,6 +136,8 @@ _BUDGET_BYTES_MAX: Final = SNAPSHOT_BYTES_MAX - (64 << 20)
 _ONE_ENTRY_BYTES_MAX: Final = 1 << 20
 _BLOCKS_MAX_MAX: Final = 20_000  # keeps a full BlockList under RESULT_BYTES_MAX
 _CHECKSUM_BYTES: Final = 32
+# write_snapshot encodes the long fields this many entries at a time (a few MiB at 1 KiB).
+_STREAM_ITEMS: Final = 4096
 # More than one slot's commands can write (the core's batches are a few MiB at most).
 _SLOT_BYTES_MAX: Final = 16 << 20
 _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
@@ -145,6 +153,13 @@ _VERSION_LAST: Final = VERSION_MAX - 1
 _mod_revision: Final = attrgetter("mod_revision")
 # Stands in for a compacted event until the event list's compacted prefix is trimmed.
 _COMPACTED: Final = KeyValue(key="", value=b"", create_revision=0, mod_revision=0, version=0)
+
+
+@runtime_checkable
+class Mappable(Protocol):
+    """Snapshot bytes kept in a file, readable as one mapped buffer while ``view()`` lasts."""
+
+    def view(self) -> AbstractContextManager[memoryview]: ...
 
 
 class BadSnapshot(ValueError):
@@ -164,7 +179,8 @@ class Limits(msgspec.Struct, frozen=True, array_like=True):
     sessions_bytes_max: int = 64 << 20
     timeline_max: int = 100_000
     timeline_bytes_max: int = 64 << 20
-    kv_bytes_max: int = 512 << 20
+    # The default quota ([limits] quota_bytes): the alarm, not this bound, stops a store.
+    kv_bytes_max: int = 2 << 30
     blocks_max: int = 10_000
     history_bytes_max: int = 256 << 20
 
@@ -1243,6 +1259,33 @@ class StateMachine:
         assert len(data) <= SNAPSHOT_BYTES_MAX, f"snapshot of {len(data)} bytes"
         return data
 
+    def write_snapshot(self, write: Callable[[memoryview | bytes], None]) -> None:
+        """The bytes ``snapshot()`` would return, handed to ``write`` piece by piece, so the
+        encoded state never sits in memory whole: the forked snapshot child streams it to a
+        file with this (paxosd/server/snapshots.py). The long fields go out in slices of
+        _STREAM_ITEMS entries under one msgpack array header; the decoder reads the result
+        exactly as the one-piece encoding (headers may be wider than the minimal ones)."""
+        h = hashlib.sha256()
+
+        def out(data: memoryview | bytes) -> None:
+            h.update(data)
+            write(data)
+
+        state = self._snapshot_state()
+        names = state.__struct_fields__
+        out(_array_header(len(names)))
+        encode = _snapshot_encoder.encode
+        for name in names:
+            value = getattr(state, name)
+            if isinstance(value, tuple) and len(value) > _STREAM_ITEMS:
+                out(_array_header(len(value)))
+                for i in range(0, len(value), _STREAM_ITEMS):
+                    piece = value[i : i + _STREAM_ITEMS]
+                    out(memoryview(encode(piece))[len(_array_header(len(piece))) :])
+            else:
+                out(encode(value))
+        write(h.digest())
+
     def _snapshot_state(self) -> _SnapshotState:
         floor = max(self.compact_revision, _FIRST_CHANGE)
         base = []
@@ -1275,13 +1318,18 @@ class StateMachine:
         )
 
     @classmethod
-    def restore(cls, data: bytes) -> Self:
-        """Rebuild from ``snapshot()`` bytes (from disk or a peer); BadSnapshot on any defect."""
+    def restore(cls, data: bytes | bytearray | memoryview | SnapshotState) -> Self:
+        """Rebuild from ``snapshot()`` bytes (from disk or a peer); BadSnapshot on any defect.
+        A snapshot file (paxosd/storage/snapfile.py) is decoded from its mapping, uncopied."""
+        if isinstance(data, Mappable):
+            with data.view() as buf:
+                return cls.restore(buf)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BadSnapshot(f"expected bytes, got {type(data).__name__}")
         if len(data) > SNAPSHOT_BYTES_MAX:
             raise BadSnapshot(f"snapshot is {len(data)} bytes, over {SNAPSHOT_BYTES_MAX}")
-        body = _unseal(bytes(data))
+        # A view, not a copy: ``data`` may be a GiB mapped from a snapshot file.
+        body = _unseal(memoryview(data).cast("B"))
         try:
             state = _snapshot_decoder.decode(body)
         except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
@@ -1543,7 +1591,16 @@ def _seal(body: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def _unseal(data: bytes) -> bytes:
+def _array_header(n: int) -> bytes:
+    """A msgpack array header for ``n`` items, as msgspec writes it."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _unseal(data: memoryview) -> memoryview:
     body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
     if len(data) < _CHECKSUM_BYTES or hashlib.sha256(body).digest() != checksum:
         raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")

@@ -45,7 +45,17 @@ from paxosd.core.types import (
     DecidedEntry,
     Membership,
     Snapshot,
+    SnapshotState,
     Value,
+)
+from paxosd.storage.snapfile import (
+    SnapshotFile,
+    SnapshotFileError,
+    file_name,
+    remove_older,
+    remove_tmp_files,
+    snapshot_dir,
+    write_bytes_file,
 )
 from paxosd.storage.sqlite_utils_lean import sqlite_utils
 
@@ -201,6 +211,7 @@ _DECIDED_HEADER = struct.Struct("<q")  # slot
 _SNAPSHOT_HEADER = struct.Struct("<qB")  # slot, kind tag
 _PROMISED_HEADER = struct.Struct("<qqB")  # round, node, kind tag
 _SNAPSHOT_TAG = 1
+_SNAPSHOT_FILE_TAG = 2
 _PROMISED_TAG = 2
 
 
@@ -231,6 +242,13 @@ def _snapshot_checksum(slot: int, state: bytes, membership: bytes = b"") -> int:
     return zlib.crc32(
         membership, zlib.crc32(state, zlib.crc32(_SNAPSHOT_HEADER.pack(slot, _SNAPSHOT_TAG)))
     )
+
+
+def _snapshot_file_checksum(slot: int, name: str, size: int, crc: int, membership: bytes) -> int:
+    """Over the row of a snapshot kept in a file: which file, how big, its crc32 (the file's
+    own bytes are checked against ``crc`` when it is opened)."""
+    head = _SNAPSHOT_HEADER.pack(slot, _SNAPSHOT_FILE_TAG) + struct.pack("<qI", size, crc)
+    return zlib.crc32(membership, zlib.crc32(name.encode(), zlib.crc32(head)))
 
 
 def _promised_checksum(ballot_round: int, ballot_node: int) -> int:
@@ -303,11 +321,24 @@ def _migration_2_snapshot_membership(db: sqlite_utils.Database) -> None:
     db.conn.execute("ALTER TABLE snapshot ADD COLUMN membership BLOB NOT NULL DEFAULT x''")
 
 
+def _migration_3_snapshot_file(db: sqlite_utils.Database) -> None:
+    """Snapshots move out of the database into a file beside it (paxosd/storage/snapfile.py):
+    the row names the file, its size and crc32. A row from before keeps its blob in ``state``
+    (``file`` empty) and is read as it was, until the next snapshot replaces it."""
+    conn = db.conn
+    conn.execute("ALTER TABLE snapshot ADD COLUMN file TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE snapshot ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE snapshot ADD COLUMN file_crc INTEGER NOT NULL DEFAULT 0")
+    # Log rows at or below it are compacted: never read, deleted a batch per write.
+    conn.execute("ALTER TABLE paxos_state ADD COLUMN compacted_through INTEGER NOT NULL DEFAULT 0")
+
+
 # MIGRATIONS[i] takes the schema from version i to version i + 1. Append only: a released
 # migration never changes, because databases in the field have already run it.
 MIGRATIONS: tuple[Migration, ...] = (
     _migration_1_initial_schema,
     _migration_2_snapshot_membership,
+    _migration_3_snapshot_file,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -488,13 +519,23 @@ _SQL_ACCEPT = (
 _SQL_DECIDE = "INSERT OR REPLACE INTO decided (slot, value, checksum) VALUES (?, ?, ?)"
 # Mirrors DurableState.apply: a snapshot only ever moves forward.
 _SQL_SNAPSHOT = (
-    "INSERT INTO snapshot (id, slot, state, checksum, membership) VALUES (0, ?, ?, ?, ?) "
+    "INSERT INTO snapshot (id, slot, state, checksum, membership, file, size, file_crc) "
+    "VALUES (0, ?, x'', ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET slot = excluded.slot, state = excluded.state, "
-    "checksum = excluded.checksum, membership = excluded.membership "
+    "checksum = excluded.checksum, membership = excluded.membership, file = excluded.file, "
+    "size = excluded.size, file_crc = excluded.file_crc "
     "WHERE excluded.slot >= snapshot.slot"
 )
-_SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot <= ?"
-_SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot <= ?"
+_SQL_COMPACT_MARK = (
+    "UPDATE paxos_state SET compacted_through = max(compacted_through, ?) WHERE id = 0"
+)
+_SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot > ? AND slot <= ?"
+_SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot > ? AND slot <= ?"
+_SQL_COMPACTED = "SELECT compacted_through FROM paxos_state WHERE id = 0"
+# Compacted slots whose rows one write deletes. A compaction is a mark (one row); the rows go
+# a batch per later write, because deleting thousands of slots of big values at once (their
+# overflow pages are read to be freed) held a leader's loop for seconds (BENCHMARKS.md).
+COMPACT_SLOTS_PER_WRITE = 64
 
 
 def _uri(path: Path, mode: str, *, immutable: bool = False) -> str:
@@ -530,6 +571,21 @@ class Storage:
         # that lowers a promise is caught before it is made durable).
         self._promised = promised
         self._failed: str | None = None
+        # Snapshot files live beside the database (paxosd/storage/snapfile.py).
+        self.snapshot_dir = snapshot_dir(path)
+        # Log rows at or below _compacted_through are compacted (hidden from every read);
+        # those above _rows_from are still to be deleted (see COMPACT_SLOTS_PER_WRITE).
+        self._compacted_through = 0
+        self._rows_from = 0
+        if schema_version >= 3:
+            self._compacted_through = int(self._conn.execute(_SQL_COMPACTED).fetchone()[0])
+            self._rows_from = self._compacted_through
+            low = self._conn.execute(
+                "SELECT min(slot) FROM (SELECT min(slot) AS slot FROM accepted "
+                "UNION ALL SELECT min(slot) FROM decided)"
+            ).fetchone()[0]
+            if low is not None:
+                self._rows_from = min(self._compacted_through, int(low) - 1)
 
     # ------------------------------------------------------------------- opening
 
@@ -610,6 +666,11 @@ class Storage:
                 # Read back, not trusted: what the rest of the run relies on is what is stored.
                 assert _read_identity(conn, path) == (cluster_id, node_id)
                 promised = _read_promised(conn, path)
+            # A crash, or a snapshot child killed mid-write, leaves a .tmp: never read, and
+            # no recovery needs it.
+            gone = remove_tmp_files(snapshot_dir(path))
+            if gone:
+                _log.info("snapshot_tmp_removed", path=str(snapshot_dir(path)), files=gone)
         except BaseException:
             conn.close()
             raise
@@ -751,6 +812,10 @@ class Storage:
                 slot = decided.slot
                 blob = encode(decided.value)
                 append_d((slot, blob, crc(blob, crc(pack_slot(slot)))))
+        snapshot_row = None
+        deleting: int | None = None
+        if record.snapshot is not None:
+            snapshot_row = self._snapshot_row(record.snapshot)
         conn = self._conn
         lazy = not sync and self.durability == "fsync"
         try:
@@ -775,22 +840,19 @@ class Storage:
                     conn.executemany(_SQL_ACCEPT, accepted_rows)
                 if decided_rows is not None:
                     conn.executemany(_SQL_DECIDE, decided_rows)
-                snapshot = record.snapshot
-                if snapshot is not None:
-                    members = _encode_membership(snapshot.membership)
-                    conn.execute(
-                        _SQL_SNAPSHOT,
-                        (
-                            snapshot.slot,
-                            snapshot.state,
-                            _snapshot_checksum(snapshot.slot, snapshot.state, members),
-                            members,
-                        ),
-                    )
+                if snapshot_row is not None:
+                    conn.execute(_SQL_SNAPSHOT, snapshot_row)
                 cut = record.compact_through
                 if cut is not None:
-                    conn.execute(_SQL_COMPACT_ACCEPTED, (cut,))
-                    conn.execute(_SQL_COMPACT_DECIDED, (cut,))
+                    conn.execute(_SQL_COMPACT_MARK, (cut,))
+                deleting = None
+                if self._rows_from < self._compacted_through or (
+                    cut is not None and self._rows_from < cut
+                ):
+                    upto = max(self._compacted_through, cut or 0)
+                    deleting = min(upto, self._rows_from + COMPACT_SLOTS_PER_WRITE)
+                    conn.execute(_SQL_COMPACT_ACCEPTED, (self._rows_from, deleting))
+                    conn.execute(_SQL_COMPACT_DECIDED, (self._rows_from, deleting))
                 if applied_through is not None:
                     conn.execute(_SQL_APPLIED, (applied_through,))
                 conn.execute("COMMIT")
@@ -807,6 +869,38 @@ class Storage:
             raise _translate(self.path, "write failed (nothing after it is durable)", exc) from exc
         if promised is not None:
             self._promised = promised
+        if record.compact_through is not None:
+            self._compacted_through = max(self._compacted_through, record.compact_through)
+        if deleting is not None:
+            self._rows_from = deleting
+        if snapshot_row is not None:
+            # The row is durable: older files are no longer any recovery's, delete them.
+            remove_older(self.snapshot_dir, keep=snapshot_row[3])
+
+    def _snapshot_row(self, snapshot: Snapshot) -> tuple[int, int, bytes, str, int, int] | None:
+        """The file of ``snapshot`` made durable in the snapshot folder (written here when the
+        state is in memory), and the row that records it; None when an equal or newer one is
+        recorded (a snapshot only moves forward, as in DurableState.apply)."""
+        with _sqlite_errors(self.path, "cannot read the snapshot row"):
+            row = self._conn.execute("SELECT slot FROM snapshot WHERE id = 0").fetchone()
+        if row is not None and int(row[0]) > snapshot.slot:
+            return None
+        state = snapshot.state
+        if isinstance(state, SnapshotFile) and state.path.parent == self.snapshot_dir:
+            sf = state
+        else:
+            data = state if isinstance(state, bytes) else state[0 : len(state)]
+            try:
+                sf = write_bytes_file(self.snapshot_dir, snapshot.slot, data)
+            except OSError as exc:
+                self._failed = str(exc)
+                raise StorageIOError(
+                    self.snapshot_dir, f"cannot write the snapshot: {exc}"
+                ) from exc
+            sf.close()
+        members = _encode_membership(snapshot.membership)
+        checksum = _snapshot_file_checksum(snapshot.slot, sf.name, sf.size, sf.crc, members)
+        return (snapshot.slot, checksum, members, sf.name, sf.size, sf.crc)
 
     # ------------------------------------------------------------------- reading
 
@@ -850,7 +944,8 @@ class Storage:
                 try:
                     for slot, b_round, b_node, blob, checksum in conn.execute(
                         "SELECT slot, ballot_round, ballot_node, value, checksum "
-                        "FROM accepted ORDER BY slot"
+                        "FROM accepted WHERE slot > ? ORDER BY slot",
+                        (self._compacted_through,),
                     ):
                         if crc(blob, crc(pack3(slot, b_round, b_node))) != checksum:
                             raise ChecksumMismatch(path, "accepted", slot)
@@ -862,18 +957,23 @@ class Storage:
                 slot = -1
                 try:
                     for slot, blob, checksum in conn.execute(
-                        "SELECT slot, value, checksum FROM decided ORDER BY slot"
+                        "SELECT slot, value, checksum FROM decided WHERE slot > ? ORDER BY slot",
+                        (self._compacted_through,),
                     ):
                         if crc(blob, crc(pack1(slot))) != checksum:
                             raise ChecksumMismatch(path, "decided", slot)
                         decided[slot] = DecidedEntry(slot, decode(blob))
                 except (msgspec.DecodeError, TypeError, struct.error) as exc:
                     _raise_corrupt_row(path, "decided", slot, exc)
-                snapshot = _read_snapshot(conn, path)
+                snapshot = _read_snapshot(conn, path, self.snapshot_dir)
             finally:
                 conn.execute("COMMIT")
         return DurableState(
-            promised=promised, accepted=accepted, decided=decided, snapshot=snapshot
+            promised=promised,
+            accepted=accepted,
+            decided=decided,
+            snapshot=snapshot,
+            compacted_through=self._compacted_through,
         )
 
     def applied_through(self) -> int | None:
@@ -897,13 +997,15 @@ class Storage:
                 ranges = {
                     table: SlotRange(
                         *conn.execute(
-                            f"SELECT min(slot), max(slot), count(*) FROM {table}"
+                            f"SELECT min(slot), max(slot), count(*) FROM {table} WHERE slot > ?",
+                            (self._compacted_through,),
                         ).fetchone()
                     )
                     for table in ("accepted", "decided")
                 }
                 snap = conn.execute(
-                    "SELECT slot, length(state) FROM snapshot WHERE id = 0"
+                    "SELECT slot, CASE WHEN file = '' THEN length(state) ELSE size END "
+                    "FROM snapshot WHERE id = 0"
                 ).fetchone()
                 promised = _read_promised(conn, path)
                 applied_row = conn.execute(
@@ -936,6 +1038,7 @@ class Storage:
         path = self.path
         conn = self._conn
         rows: list[LogRow] = []
+        from_slot = max(from_slot, self._compacted_through + 1)
         with _sqlite_errors(path, "cannot read the log"):
             conn.execute("BEGIN")
             try:
@@ -1078,15 +1181,29 @@ def _read_promised(conn: sqlite3.Connection, path: Path) -> Ballot:
     return Ballot(b_round, b_node)
 
 
-def _read_snapshot(conn: sqlite3.Connection, path: Path) -> Snapshot | None:
+def _read_snapshot(conn: sqlite3.Connection, path: Path, folder: Path) -> Snapshot | None:
+    """The recorded snapshot: from its file (checked against the row's size and crc32), or
+    the blob of a row written before snapshots moved to files."""
     row = conn.execute(
-        "SELECT slot, state, checksum, membership FROM snapshot WHERE id = 0"
+        "SELECT slot, state, checksum, membership, file, size, file_crc FROM snapshot WHERE id = 0"
     ).fetchone()
     if row is None:
         return None
-    slot, state, checksum, members = row
-    if _snapshot_checksum(slot, state, members) != checksum:
-        raise ChecksumMismatch(path, "snapshot", slot)
+    slot, blob, checksum, members, name, size, crc = row
+    state: SnapshotState
+    if name:
+        if _snapshot_file_checksum(slot, name, size, crc, members) != checksum:
+            raise ChecksumMismatch(path, "snapshot", slot)
+        if name != file_name(slot):
+            raise CorruptRecord(path, f"snapshot row names the file {name!r} for slot {slot}")
+        try:
+            state = SnapshotFile.verified(folder / name, size, crc)
+        except SnapshotFileError as e:
+            raise CorruptDatabase(folder / name, str(e).split(": ", 1)[-1]) from None
+    else:
+        if _snapshot_checksum(slot, blob, members) != checksum:
+            raise ChecksumMismatch(path, "snapshot", slot)
+        state = blob
     try:
         membership = _MEMBERSHIP_DECODER.decode(members) if members else None
     except msgspec.DecodeError as e:

@@ -259,7 +259,7 @@ def test_the_faithful_runner_survives_the_seeds_that_catch_the_planted_ones() ->
     assert report.failures == []
 
 
-@pytest.mark.parametrize(("seed", "nodes"), [(1533, 3), (2498, 3), (2467, 5)])
+@pytest.mark.parametrize(("seed", "nodes"), [(1402, 3), (2498, 3), (2467, 5)])
 def test_a_crash_between_a_decided_write_and_its_report_is_no_false_alarm(
     seed: int, nodes: int
 ) -> None:
@@ -267,6 +267,8 @@ def test_a_crash_between_a_decided_write_and_its_report_is_no_false_alarm(
     # reported it; the restarted node then applied a decision the checker had not been told of
     # (a false "applied-prefix"). The simulated disk now reports what such a write made durable.
     # The seeds were found again, with the disk's report removed, after the workload changed.
+    # 1402 replaced 1533 when a peer's snapshot began to arrive through the runner (one more
+    # Ready per transfer), which moved 1533's crash off a Ready.
     kinds = frozenset({*FAULT_KINDS, "reconfig"})
     # Lease and lock clients change every seed's schedule: these interleavings were found
     # without them.

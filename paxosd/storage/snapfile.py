@@ -1,0 +1,261 @@
+"""Snapshot files: a node's latest snapshot lives beside its database, in
+``<data dir>/snapshots/<slot>.snap``, and SQLite records which file is in force (slot, file
+name, size, crc32, membership).
+
+Why a file and not a blob in SQLite: a state of a GiB written as a blob is one transaction
+holding the write lock, the WAL growing by a GiB and the bytes in memory while they are bound;
+a file is written by a forked child (paxosd/server/snapshots.py), streamed chunk by chunk from
+a peer, and read back through ``pread`` or a read-only ``mmap`` without a copy in the heap.
+
+Every file is written ``<name>.tmp`` -> fsync -> rename -> fsync of the folder, so a name
+without ``.tmp`` is whole once the rename is durable; a stray ``.tmp`` (a crash mid-write, a
+child killed) is removed at the next start and never read. The database row is written only
+after the file is durable, so a power cut leaves the previous row, whose file is still there
+(older files are deleted only once a newer row is committed).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Final, overload
+
+SNAPSHOT_DIR: Final = "snapshots"
+SUFFIX: Final = ".snap"
+TMP_SUFFIX: Final = ".tmp"
+# Reads for the checksum and writes of bytes go in pieces this big (bounded memory).
+_PIECE_BYTES: Final = 4 << 20
+# A file being written is synced every this many bytes (see FileWriter.write).
+SYNC_EVERY_BYTES: Final = 32 << 20
+
+
+class SnapshotFileError(Exception):
+    """A recorded snapshot file is missing, torn or altered: one line, naming the file."""
+
+
+def snapshot_dir(db_path: Path) -> Path:
+    """The snapshot folder of the database at ``db_path`` (beside it)."""
+    return Path(db_path).parent / SNAPSHOT_DIR
+
+
+def file_name(slot: int) -> str:
+    return f"{slot:020d}{SUFFIX}"
+
+
+def slot_of(name: str) -> int | None:
+    """The slot a finished snapshot file's name carries; None for anything else."""
+    if not name.endswith(SUFFIX):
+        return None
+    stem = name[: -len(SUFFIX)]
+    return int(stem) if stem.isdigit() else None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or an unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tmp_files(folder: Path) -> list[str]:
+    """Delete what a crash or a killed child left half-written; returns their names."""
+    gone: list[str] = []
+    with suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name.endswith(TMP_SUFFIX):
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                gone.append(entry.name)
+    return gone
+
+
+def remove_older(folder: Path, keep: str) -> None:
+    """Delete every finished snapshot file but ``keep`` (recorded, so the others are not
+    needed by any recovery); in-progress ``.tmp`` files are left to their writers."""
+    with suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name != keep and slot_of(entry.name) is not None:
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+def file_crc(path: Path, size: int) -> int:
+    """crc32 of the first ``size`` bytes of ``path``, read in bounded pieces."""
+    crc = 0
+    with open(path, "rb", buffering=0) as f:
+        left = size
+        while left:
+            piece = f.read(min(left, _PIECE_BYTES))
+            if not piece:
+                raise SnapshotFileError(f"{path}: ends {left} bytes early (torn)")
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+    return crc
+
+
+class SnapshotFile:
+    """A finished snapshot file as ``bytes``-like state for the core: its length, and slices
+    read with ``pread`` (from the page cache, so serving a peer costs no resident memory).
+    ``view()`` maps it read-only for a decoder that wants one buffer.
+
+    The descriptor stays open while the object lives, so the state stays readable after a
+    newer snapshot is recorded and this file is unlinked."""
+
+    __slots__ = ("crc", "fd", "name", "path", "size")
+
+    def __init__(self, path: Path, size: int, crc: int) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.size = size
+        self.crc = crc
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    @classmethod
+    def verified(cls, path: Path, size: int, crc: int) -> SnapshotFile:
+        """Open a recorded file after checking its size and checksum against the record."""
+        try:
+            actual = os.stat(path).st_size
+        except FileNotFoundError:
+            raise SnapshotFileError(f"{path}: recorded snapshot file is missing") from None
+        if actual != size:
+            raise SnapshotFileError(
+                f"{path}: {actual} bytes, but {size} were recorded (torn or replaced)"
+            )
+        if file_crc(path, size) != crc:
+            raise SnapshotFileError(f"{path}: checksum does not match the record (altered)")
+        return cls(path, size, crc)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> bytes: ...
+
+    def __getitem__(self, index: int | slice) -> int | bytes:
+        if isinstance(index, int):
+            got = self[index : index + 1]
+            if not got:
+                raise IndexError(index)
+            return got[0]
+        start, stop, step = index.indices(self.size)
+        assert step == 1, "snapshot slices are contiguous"
+        if stop <= start:
+            return b""
+        return os.pread(self.fd, stop - start, start)
+
+    @contextmanager
+    def view(self) -> Iterator[memoryview]:
+        """The whole file as one read-only buffer (an mmap), unmapped on exit; its pages are
+        the page cache's, not a copy."""
+        if self.size == 0:
+            yield memoryview(b"")
+            return
+        mm = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
+        try:
+            with memoryview(mm) as buf:
+                yield buf
+        finally:
+            mm.close()
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.close(self.fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the same bytes, in memory or in another file (reads both: for tests and
+        tools, never on a hot path)."""
+        if isinstance(other, SnapshotFile):
+            return self.size == other.size and self.crc == other.crc and self[:] == other[:]
+        if isinstance(other, bytes | bytearray | memoryview):
+            return len(other) == self.size and self[:] == bytes(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SnapshotFile({self.name}, {self.size} bytes)"
+
+
+def write_bytes_file(folder: Path, slot: int, data: bytes | bytearray | memoryview) -> SnapshotFile:
+    """Write ``data`` as the snapshot file of ``slot`` (tmp, fsync, rename, fsync folder)."""
+    writer = FileWriter(folder, slot)
+    try:
+        view = memoryview(data)
+        for i in range(0, len(view), _PIECE_BYTES):
+            writer.write(view[i : i + _PIECE_BYTES])
+        return writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+class FileWriter:
+    """A snapshot file being written in order (a peer's chunks, or bytes in memory): crc32 as
+    it goes, made durable and given its final name by ``finish``."""
+
+    def __init__(self, folder: Path, slot: int, *, tag: str = "") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.slot = slot
+        self.final = folder / file_name(slot)
+        self.tmp = folder / f"{file_name(slot)}{tag}{TMP_SUFFIX}"
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.size = 0
+        self.crc = 0
+        self.synced = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            self.crc = zlib.crc32(view[:n], self.crc)
+            self.size += n
+            view = view[n:]
+        if self.size - self.synced >= SYNC_EVERY_BYTES:
+            # Flushed as it goes, so the final fsync (and the daemon's own synced commits
+            # behind it on the same disk) never waits for a GiB of dirty pages.
+            os.fdatasync(self.fd)
+            self.synced = self.size
+
+    def finish(self) -> SnapshotFile:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.final)
+        fsync_dir(self.folder)
+        return SnapshotFile(self.final, self.size, self.crc)
+
+    def abandon(self) -> None:
+        if self.fd >= 0:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+__all__ = [
+    "SNAPSHOT_DIR",
+    "FileWriter",
+    "SnapshotFile",
+    "SnapshotFileError",
+    "file_crc",
+    "file_name",
+    "fsync_dir",
+    "remove_older",
+    "remove_tmp_files",
+    "snapshot_dir",
+    "write_bytes_file",
+]
