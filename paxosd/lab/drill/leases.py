@@ -155,6 +155,8 @@ class LeaseWorker:
         period_ms = self.ttl_s * 1000 / 3
         hold_until = self.clock() + self.rng.uniform(*HOLD_TTLS) * self.ttl_s * 1000
         revoke = self.rng.random() < REVOKE_FRACTION
+        if self.plant == "hidden_keepalive":  # its first lease is abandoned, soon
+            revoke, hold_until = False, self.clock() + period_ms
         acked = sent
         wait_ms = period_ms
         while life.end == "held" and not self.stop.is_set():
@@ -182,7 +184,8 @@ class LeaseWorker:
             wait_ms = period_ms
         if life.end != "held":
             return
-        if revoke or self.stop.is_set():  # the drill's end revokes what is still held
+        # The drill's end revokes what is still held.
+        if revoke or (self.stop.is_set() and self.plant != "hidden_keepalive"):
             life.revoke_ms = self.clock()
             life.end, life.end_ms = "revoked", life.revoke_ms
             try:
