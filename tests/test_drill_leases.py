@@ -141,6 +141,9 @@ def test_drill_catches_a_lease_kept_alive_after_it_was_abandoned(tmp_path: Path)
     )
     report = run_drill(spec, parent_dir=tmp_path)
     assert _kinds(report) == {"lease-late-expiry", "lease-final-state"}, report["violations"]
+    # The evidence is kept: every lease's life and the DELETE arrivals per watcher.
+    lines = (Path(report["folder"]) / "leases.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + report["leases"]["leases"]
 
 
 def test_drill_catches_a_fenced_write_without_the_compare(tmp_path: Path) -> None:

@@ -326,10 +326,19 @@ def check_leases(
     election_ms: int,
     spans: Sequence[tuple[int, int]],
     watched_until_ms: int,
+    events: Sequence[FaultEvent] = (),
 ) -> tuple[list[Violation], dict[str, Any]]:
     """The three checks of the module's doc. ``deletes``: each key's first DELETE arrival;
     ``remaining``: the lease keys in the store after the drill; ``watched_until_ms``: when
-    the watchers stopped (a deadline after it cannot be judged by arrival)."""
+    the watchers stopped (a deadline after it cannot be judged by arrival); ``events``: the
+    faults, named in a late expiry's message (the ones that overlap its window)."""
+
+    def faults_in(lo: int, hi: int) -> str:
+        kinds = [
+            ev.kind for ev in events if ev.start_ms <= hi and (ev.end_ms is None or ev.end_ms >= lo)
+        ]
+        return "; faults in that window: " + (", ".join(kinds) or "none")
+
     early: list[str] = []
     late: list[str] = []
     never: list[str] = []
@@ -370,6 +379,7 @@ def check_leases(
                     f"{who}: nothing sent after {life.last_send_ms} ms, its key's DELETE "
                     f"arrived at {d} ms, {d - must} ms past TTL + {EXPIRY_K} election "
                     f"timeouts + {allowance} ms without a majority"
+                    + faults_in(life.last_send_ms, d)
                 )
         elif life.attached is not False and life.key not in left and must <= watched_until_ms:
             if life.attached:
@@ -379,6 +389,7 @@ def check_leases(
                 f"{who}: nothing sent after {life.last_send_ms} ms, its key was still there at "
                 f"{watched_until_ms} ms, past {must} ms (TTL + {EXPIRY_K} election timeouts "
                 f"+ {allowance} ms without a majority)"
+                + faults_in(life.last_send_ms, watched_until_ms)
             )
         if life.key in left:
             stays.append(f"{who}: its key {life.key} is still in the store after the drill")
@@ -397,6 +408,9 @@ def check_leases(
         "election_timeout_ms": election_ms,
         "bound": f"last send + TTL + {EXPIRY_K} x election timeout + time without a majority",
         "leases": len(lives),
+        "early": len(early),
+        "late": len(late),
+        "left_at_end": len(stays),
         "ends": dict(sorted(ends.items())),
         "keys_attached": sum(1 for life in lives if life.attached),
         "keepalives_acked": sum(len(life.acks) for life in lives),

@@ -168,6 +168,7 @@ class _Drill:
                 op_timeout_ms=spec.op_timeout_ms,
                 plant_lease=spec.plant_lease,
                 plant_lock=spec.plant_lock,
+                folder=root,
             )
         self.leader_watch = LeaderWatch(nodes, self.history.now_ms)
         self.etcd_addresses = list(etcd_addresses)

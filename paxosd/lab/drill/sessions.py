@@ -9,9 +9,12 @@ Their keys live outside the workload's root (``drill.lease/<run>/`` and
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from paxosd.client.errors import PaxosdError
@@ -21,6 +24,7 @@ from paxosd.lab.drill.leases import (
     DEADLINE_MARGIN_S,
     LEASE_TTL_S,
     LEASE_WORKERS,
+    LeaseLife,
     LeaseWorker,
     TimedWatcher,
     check_leases,
@@ -56,8 +60,10 @@ class Sessions:
         op_timeout_ms: int,
         plant_lease: str = "",
         plant_lock: str = "",
+        folder: Path | None = None,
     ) -> None:
         self.nodes = nodes
+        self.folder = folder
         self.run_id = run_id
         self.clock = clock
         self.stop_event = stop
@@ -148,6 +154,25 @@ class Sessions:
         ]
         return out
 
+    def _write_lives(self, lives: Sequence[LeaseLife], spans: Sequence[tuple[int, int]]) -> None:
+        """``leases.jsonl`` in the drill's folder: every lease's life, each key's DELETE
+        arrivals per watcher, and the spans without a majority (the evidence behind a lease
+        violation)."""
+        if self.folder is None:
+            return
+        deletes: dict[str, dict[str, int]] = {}
+        for w in self.watchers:
+            for kind, key, rev, t in w.arrivals:
+                if kind == "DELETE":
+                    deletes.setdefault(key, {})[w.stream.name] = t
+                    deletes[key]["revision"] = rev
+        with (self.folder / "leases.jsonl").open("w") as f:
+            f.write(json.dumps({"no_majority": spans}) + "\n")
+            for life in lives:
+                row = dataclasses.asdict(life)
+                row["deletes"] = deletes.get(life.key, {})
+                f.write(json.dumps(row) + "\n")
+
     def check(
         self,
         events: Sequence[FaultEvent],
@@ -207,7 +232,9 @@ class Sessions:
             election_ms=ELECTION_TIMEOUT_MS,
             spans=spans,
             watched_until_ms=watched_until,
+            events=events,
         )
+        self._write_lives(lives, spans)
         violations += lv
         lease_info["workers"] = len(self.lease_workers)
         lease_info["grant_failures"] = sum(w.grant_failures for w in self.lease_workers)
