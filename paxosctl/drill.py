@@ -31,7 +31,6 @@ from paxosd.lab.drill import (
     run_race,
     run_race_local,
 )
-from paxosd.lab.drill.leases import EXPIRY_K
 from paxosd.server.logs import configure_logging
 
 HELP = f"""Recovery drill: a concurrent workload under faults, then every check.
@@ -58,8 +57,9 @@ status) until the next fault are charged to it; a follower-only fault should cos
 Lease workers grant 3 s leases, attach a key, keep them alive and at a seeded moment revoke
 or abandon them; a watcher per node records when each key's DELETE arrives, and the drill
 checks that no key goes before its last acknowledged keep-alive's send + TTL (unless
-revoked), that an abandoned lease's key is gone by its last send + TTL + 5 election timeouts
-+ the time the cluster had no majority, and that no lease key is left at the end. Lock
+revoked), that an abandoned lease's key is gone by its last send + TTL + README's bound
+(5 election timeouts; 3 + TTL/2 for a TTL over 4: 3.3 s at TTL 3 s) + the time the
+cluster had no majority, and that no lease key is left at the end. Lock
 workers contend on two locks (client.lock) and, while holding, write fenced/<lock> with a
 transaction comparing the lock key's create_revision to the token; the store's history of
 those writes must have non-decreasing tokens, one worker per token (--no-leases: neither).
@@ -418,7 +418,8 @@ def _print_sessions(le: dict[str, Any] | None, lk: dict[str, Any] | None) -> Non
                 else ""
             )
             + f"; worst overrun past TTL {le['worst_overrun_election_timeouts']} election "
-            f"timeouts ({le['election_timeout_ms']} ms; bound {EXPIRY_K}, plus "
+            f"timeouts ({le['election_timeout_ms']} ms; bound "
+            f"{le['bound_past_ttl_election_timeouts']}, plus "
             f"{le['no_majority_ms']} ms without a majority in the drill); smallest margin "
             f"before an early expiry {_ms(le['min_early_margin_ms'])}",
             markup=False,

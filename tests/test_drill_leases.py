@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from paxosd.lab.drill import DrillSpec, FaultEvent, RestartEvent, run_drill
-from paxosd.lab.drill.leases import LeaseLife, check_leases, no_majority
+from paxosd.lab.drill.leases import LeaseLife, check_leases, expiry_slack_ms, no_majority
 from paxosd.lab.drill.locks import LockStats, check_fencing
 from paxosd.lab.drill.streams import Change
 
@@ -66,6 +66,14 @@ def test_a_key_deleted_past_the_bound_is_late_unless_the_cluster_had_no_majority
     assert _check(life, late) == ["lease-late-expiry"]
     # 700 ms without a majority inside the window: the bound moves by that much.
     assert _check(life, late, spans=[(2000, 2700)]) == []
+
+
+def test_the_bound_past_the_ttl_is_the_readmes() -> None:
+    # A short TTL: 2 election timeouts for the checkpoint + 3; a TTL over 4 election
+    # timeouts waits TTL/2 for its checkpoint instead.
+    assert expiry_slack_ms(1000, ET) == 5 * ET
+    assert expiry_slack_ms(TTL, ET) == TTL // 2 + 3 * ET
+    assert expiry_slack_ms(10_000, ET) == 5000 + 3 * ET
 
 
 def test_a_key_left_after_the_drill_is_late_and_a_leftover() -> None:

@@ -17,8 +17,10 @@ drill's are one clock, and the checks compare them directly:
   counts the TTL from when a keep-alive *arrived*, which is after it was sent, and the DELETE
   is applied after the expiry is decided, so any earlier arrival is a lease cut short;
 - bounded expiry: once nothing more is sent for a lease (its last keep-alive, acknowledged or
-  not, or its grant), its key is gone by that + TTL + ``EXPIRY_K`` × election timeout (README
-  "Leases") + the time within that window when the cluster had no majority of live,
+  not, or its grant), its key is gone by that + TTL + ``expiry_slack_ms`` (README "Leases":
+  the checkpoint's wait, max(2 election timeouts, TTL/2), + 3 election timeouts for a
+  failover, the takeover and the new leader's extension: 5 election timeouts for a short
+  TTL) + the time within that window when the cluster had no majority of live,
   connected voters (``no_majority``): nothing expires without a quorum, so that time is
   added, and the window is stretched by it until it no longer grows;
 - final state: after the drill, no key of any lease is left (every lease was revoked or let
@@ -42,14 +44,15 @@ from paxosd.lab.drill.checks import Violation
 from paxosd.lab.drill.faults import FaultEvent, RestartEvent
 from paxosd.lab.drill.nodes import Nodes
 from paxosd.lab.drill.watchers import DrillWatcher
+from paxosd.server.leases import LeaseSettings
 
 # A short TTL (above the cluster's minimum of 1.5 election timeouts, 1 s by default) so that
 # a 60 s drill sees many leases expire.
 LEASE_TTL_S: Final = 3
 LEASE_WORKERS: Final = 3
-# README "Leases": with no keep-alive after time k, a lease is revoked by
-# k + TTL + 5 x election timeout.
-EXPIRY_K: Final = 5
+# README "Leases": with no keep-alive after time k, a lease is revoked by k + TTL + the
+# checkpoint's wait + 3 election timeouts (a failover, the takeover, the extension).
+FAILOVER_ELECTION_TIMEOUTS: Final = 3
 # How long a lease is kept alive before it is let go, in TTLs (seeded per lease).
 HOLD_TTLS: Final = (0.5, 3.0)
 REVOKE_FRACTION: Final = 0.5
@@ -294,13 +297,20 @@ def _overlap(spans: Sequence[tuple[int, int]], lo: int, hi: int) -> int:
     return sum(max(0, min(e, hi) - max(s, lo)) for s, e in spans)
 
 
+def expiry_slack_ms(ttl_ms: int, election_ms: int) -> int:
+    """What README "Leases" allows past the TTL: the server's own checkpoint wait for this
+    TTL (2 election timeouts, or TTL/2 if longer) + 3 election timeouts."""
+    wait = LeaseSettings(election_ms).checkpoint_after_ms_for(ttl_ms // 1000)
+    return wait + FAILOVER_ELECTION_TIMEOUTS * election_ms
+
+
 def deadline_ms(
     life: LeaseLife, ttl_ms: int, election_ms: int, spans: Sequence[tuple[int, int]]
 ) -> tuple[int, int]:
     """(the time its key must be gone by, the no-majority allowance in it): the window from
     the last send is stretched by the no-majority time inside it until it stops growing."""
     start = life.last_send_ms
-    base = start + ttl_ms + EXPIRY_K * election_ms
+    base = start + ttl_ms + expiry_slack_ms(ttl_ms, election_ms)
     allowance = 0
     for _ in range(100):
         more = _overlap(spans, start, base + allowance)
@@ -339,6 +349,7 @@ def check_leases(
         ]
         return "; faults in that window: " + (", ".join(kinds) or "none")
 
+    slack = expiry_slack_ms(ttl_ms, election_ms)
     early: list[str] = []
     late: list[str] = []
     never: list[str] = []
@@ -377,9 +388,8 @@ def check_leases(
             if d > must:
                 late.append(
                     f"{who}: nothing sent after {life.last_send_ms} ms, its key's DELETE "
-                    f"arrived at {d} ms, {d - must} ms past TTL + {EXPIRY_K} election "
-                    f"timeouts + {allowance} ms without a majority"
-                    + faults_in(life.last_send_ms, d)
+                    f"arrived at {d} ms, {d - must} ms past TTL + {slack} ms (README's bound) "
+                    f"+ {allowance} ms without a majority" + faults_in(life.last_send_ms, d)
                 )
         elif life.attached is not False and life.key not in left and must <= watched_until_ms:
             if life.attached:
@@ -387,8 +397,8 @@ def check_leases(
         elif life.key in left and must <= watched_until_ms:
             late.append(
                 f"{who}: nothing sent after {life.last_send_ms} ms, its key was still there at "
-                f"{watched_until_ms} ms, past {must} ms (TTL + {EXPIRY_K} election timeouts "
-                f"+ {allowance} ms without a majority)"
+                f"{watched_until_ms} ms, past {must} ms (TTL + {slack} ms, README's "
+                f"bound, + {allowance} ms without a majority)"
                 + faults_in(life.last_send_ms, watched_until_ms)
             )
         if life.key in left:
@@ -406,7 +416,8 @@ def check_leases(
     figures: dict[str, Any] = {
         "ttl_s": ttl_ms // 1000,
         "election_timeout_ms": election_ms,
-        "bound": f"last send + TTL + {EXPIRY_K} x election timeout + time without a majority",
+        "bound_past_ttl_ms": slack,
+        "bound_past_ttl_election_timeouts": round(slack / election_ms, 2),
         "leases": len(lives),
         "early": len(early),
         "late": len(late),
