@@ -58,7 +58,7 @@ Lease workers grant 3 s leases, attach a key, keep them alive and at a seeded mo
 or abandon them; a watcher per node records when each key's DELETE arrives, and the drill
 checks that no key goes before its last acknowledged keep-alive's send + TTL (unless
 revoked), that an abandoned lease's key is gone by its last send + TTL + README's bound
-(5 election timeouts; 3 + TTL/2 for a TTL over 4: 3.3 s at TTL 3 s) + the time the
+(3 election timeouts + the checkpoint's wait, TTL/2 within 2..8: 3.3 s at TTL 3 s) + the time the
 cluster had no majority, and that no lease key is left at the end. Lock
 workers contend on two locks (client.lock) and, while holding, write fenced/<lock> with a
 transaction comparing the lock key's create_revision to the token; the store's history of

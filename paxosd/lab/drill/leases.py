@@ -18,9 +18,9 @@ drill's are one clock, and the checks compare them directly:
   is applied after the expiry is decided, so any earlier arrival is a lease cut short;
 - bounded expiry: once nothing more is sent for a lease (its last keep-alive, acknowledged or
   not, or its grant), its key is gone by that + TTL + ``expiry_slack_ms`` (README "Leases":
-  the checkpoint's wait, max(2 election timeouts, TTL/2), + 3 election timeouts for a
-  failover, the takeover and the new leader's extension: 5 election timeouts for a short
-  TTL) + the time within that window when the cluster had no majority of live,
+  the checkpoint's wait, half the TTL but 2 to 8 election timeouts, + 3 election timeouts
+  for a failover, the takeover and the new leader's extension: 5 election timeouts for a
+  short TTL) + the time within that window when the cluster had no majority of live,
   connected voters (``no_majority``): nothing expires without a quorum, so that time is
   added, and the window is stretched by it until it no longer grows;
 - final state: after the drill, no key of any lease is left (every lease was revoked or let
@@ -299,7 +299,7 @@ def _overlap(spans: Sequence[tuple[int, int]], lo: int, hi: int) -> int:
 
 def expiry_slack_ms(ttl_ms: int, election_ms: int) -> int:
     """What README "Leases" allows past the TTL: the server's own checkpoint wait for this
-    TTL (2 election timeouts, or TTL/2 if longer) + 3 election timeouts."""
+    TTL (half the TTL, between 2 and 8 election timeouts) + 3 election timeouts."""
     wait = LeaseSettings(election_ms).checkpoint_after_ms_for(ttl_ms // 1000)
     return wait + FAILOVER_ELECTION_TIMEOUTS * election_ms
 
