@@ -54,6 +54,15 @@ successful write and to catch up, and elections per fault: each fault is classed
 hit (kill/leader, pause/follower, ...), and the leader changes seen (polling every node's
 status) until the next fault are charged to it; a follower-only fault should cost none.
 --etcd: every node serves etcd's v3 API too; half the workers (at least one) go through it.
+Lease workers grant 3 s leases, attach a key, keep them alive and at a seeded moment revoke
+or abandon them; a watcher per node records when each key's DELETE arrives, and the drill
+checks that no key goes before its last acknowledged keep-alive's send + TTL (unless
+revoked), that an abandoned lease's key is gone by its last send + TTL + README's bound
+(3 election timeouts + the checkpoint's wait, TTL/2 within 2..8: 3.3 s at TTL 3 s) + the time the
+cluster had no majority, and that no lease key is left at the end. Lock
+workers contend on two locks (client.lock) and, while holding, write fenced/<lock> with a
+transaction comparing the lock key's create_revision to the token; the store's history of
+those writes must have non-decreasing tokens, one worker per token (--no-leases: neither).
 Exit 1 on any violation; the folder with history.jsonl,
 report.json and the node logs is then kept and named.
 
@@ -198,6 +207,13 @@ def drill(
             "API (needs grpcio; not with --endpoints).",
         ),
     ] = False,
+    leases: Annotated[
+        bool,
+        typer.Option(
+            "--leases/--no-leases",
+            help="Lease workers (expiry checks) and lock workers (fenced-write check).",
+        ),
+    ] = True,
     json_out: JsonOpt = False,
     keep: KeepOpt = None,
     endpoints: EndpointsOpt = None,
@@ -215,6 +231,7 @@ def drill(
         txns=txns,
         watchers=watchers,
         etcd=etcd,
+        leases=leases,
     )
     target: Nodes | None = None
     try:
@@ -230,6 +247,7 @@ def drill(
                 txns=txns,
                 watchers=watchers,
                 etcd=etcd,
+                leases=leases,
             )
         spec.validate(endpoints=target is not None)
         _logs_to_stderr()
@@ -375,6 +393,7 @@ def _print_report(r: dict[str, Any]) -> None:
         markup=False,
     )
     _print_watch(r.get("watch"))
+    _print_sessions(r.get("leases"), r.get("locks"))
     if r["violations"]:
         render.rich_line(f"[red]{len(r['violations'])} violation(s):[/red]", markup=True)
         for v in r["violations"]:
@@ -384,6 +403,36 @@ def _print_report(r: dict[str, Any]) -> None:
         render.rich_line("0 violations", markup=False)
         if r["kept"]:
             render.rich_line(f"kept: {r['folder']}", markup=False)
+
+
+def _print_sessions(le: dict[str, Any] | None, lk: dict[str, Any] | None) -> None:
+    if le:
+        gone = le["gone_after_last_send_ms"]
+        ends = ", ".join(f"{n} {k}" for k, n in le["ends"].items()) or "none"
+        render.rich_line(
+            f"leases: {le['leases']} (TTL {le['ttl_s']} s; {ends}), {le['keepalives_acked']} "
+            f"keep-alives acknowledged, {le['deletes_seen']} key deletions seen"
+            + (
+                f"; gone after the last send: median {gone['median']} ms, max {gone['max']} ms"
+                if gone
+                else ""
+            )
+            + f"; worst overrun past TTL {le['worst_overrun_election_timeouts']} election "
+            f"timeouts ({le['election_timeout_ms']} ms; bound "
+            f"{le['bound_past_ttl_election_timeouts']}, plus "
+            f"{le['no_majority_ms']} ms without a majority in the drill); smallest margin "
+            f"before an early expiry {_ms(le['min_early_margin_ms'])}",
+            markup=False,
+        )
+    if lk:
+        fw = lk["fenced_writes"]
+        render.rich_line(
+            f"locks: {lk['acquisitions']} acquisitions of {lk['locks']} locks by "
+            f"{lk['workers']} workers, {lk['handoffs']} hand-offs; fenced writes {fw['ok']} "
+            f"ok, {fw['refused']} refused by the token compare, {fw['unknown']} unknown; "
+            f"{lk['wait_failures']} waits given up",
+            markup=False,
+        )
 
 
 def _print_watch(w: dict[str, Any] | None) -> None:

@@ -102,6 +102,11 @@ def test_short_drill_with_kill_pause_and_partition_finds_no_violation(tmp_path: 
     assert all(x["to"] == w["history"]["end"] and x["events"] > 0 for x in w["watchers"])
     assert w["watchers"][2]["watches"] >= 2  # the roaming one moved after a fault
     assert w["txns"]["succeeded"] > 0 and w["txns"]["failed_compare"] > 0, w["txns"]
+    # The lease and lock workers ran: leases were let go and seen to expire, locks changed
+    # hands, and fenced writes went through.
+    le, lk = report["leases"], report["locks"]
+    assert le["deletes_seen"] > 0 and le["keepalives_acked"] > 0, le
+    assert lk["handoffs"] > 0 and lk["fenced_writes"]["ok"] > 0, lk
 
 
 def test_drill_catches_a_watcher_that_drops_an_event(tmp_path: Path) -> None:

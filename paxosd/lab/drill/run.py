@@ -34,6 +34,7 @@ from paxosd.lab.drill.faults import FaultInjector, set_partition
 from paxosd.lab.drill.nodes import Nodes, closing_all, find_leader, node_status
 from paxosd.lab.drill.reconfig import ADMIN_WAIT_S
 from paxosd.lab.drill.report import build_report, restart_figures
+from paxosd.lab.drill.sessions import Sessions
 from paxosd.lab.drill.spec import (
     DRILL_NODE_CONFIG,
     KILL_DOWN_S,
@@ -155,6 +156,20 @@ class _Drill:
         if "reconfig" in spec.faults:
             nodes.spare_ids = 2  # an add and a replace's add before the workers reconnect
         self.worker_seeds = [rng.getrandbits(64) for _ in range(spec.clients)]
+        self.sessions: Sessions | None = None
+        if spec.leases:
+            # Drawn after the workload's seeds, so --no-leases leaves the rest as it was.
+            self.sessions = Sessions(
+                nodes,
+                run_id,
+                self.history.now_ms,
+                [rng.getrandbits(64) for _ in range(Sessions.seeds_needed())],
+                self.stop_workers,
+                op_timeout_ms=spec.op_timeout_ms,
+                plant_lease=spec.plant_lease,
+                plant_lock=spec.plant_lock,
+                folder=root,
+            )
         self.leader_watch = LeaderWatch(nodes, self.history.now_ms)
         self.etcd_addresses = list(etcd_addresses)
         # Worker client id -> the front end it goes through; the etcd workers' request kinds
@@ -273,6 +288,12 @@ class _Drill:
         collector = LogCollector(nodes, start + 1)
         if spec.watchers:
             self._start_watchers()
+        if self.sessions is not None:
+            try:
+                self.sessions.start()
+            except ClientError as e:
+                self.worker_errors.append(f"leases and locks did not start: {e}")
+                self.sessions = None
         threads = [
             threading.Thread(target=collector.run, name="drill-log", daemon=True),
             threading.Thread(target=self.leader_watch.run, name="drill-leaders", daemon=True),
@@ -306,6 +327,8 @@ class _Drill:
             self.stop_workers.set()
             for w in workers:
                 w.join(spec.op_timeout_ms / 1000 + 10)
+            if self.sessions is not None:
+                self.sessions.join()
             self.leader_watch.stop()
             watch_thread.join(10)
         run_ms = self.history.now_ms() - started_ms
@@ -480,6 +503,14 @@ class _Drill:
         self._progress("checking", "watch streams and transactions against the history")
         watch_violations, watch_info = self._check_watches(leader)
         violations += watch_violations
+        sessions_info: dict[str, Any] | None = None
+        if self.sessions is not None:
+            self._progress("checking", "lease expiry and fenced writes")
+            session_violations, sessions_info = self.sessions.check(
+                self.injector.events, self.injector.restarts, len(nodes.voter_ids)
+            )
+            violations += session_violations
+            self.worker_errors += self.sessions.errors()
         for err in self.worker_errors:
             violations.append(Violation("harness", err))
         if self.injector.crashed:
@@ -511,4 +542,6 @@ class _Drill:
             report["etcd"] = etcd_report(
                 entries, self.worker_via, self.etcd_kinds, self.etcd_failovers, self.etcd_addresses
             )
+        report["leases"] = None if sessions_info is None else sessions_info["leases"]
+        report["locks"] = None if sessions_info is None else sessions_info["locks"]
         return report

@@ -69,6 +69,13 @@ class DrillSpec:
     # Transactions in the op mix, and the three watchers whose streams are checked.
     txns: bool = True
     watchers: bool = True
+    # Lease workers (grant, keep alive, let go; the expiry checks) and lock workers (fenced
+    # writes under client.lock; the fencing check).
+    leases: bool = True
+    # Test only: client-side planted bugs proving the lease and lock checks can fail
+    # ("fake_acks" or "hidden_keepalive"; "unfenced_write"). Not reachable from paxosctl.
+    plant_lease: str = ""
+    plant_lock: str = ""
     # Test only: the leader's watcher drops its Nth event (1-based; 0: none) before it
     # records it, to prove that the watch check can fail. Not reachable from paxosctl.
     plant_watch_drop: int = 0

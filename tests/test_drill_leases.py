@@ -1,0 +1,162 @@
+"""The drill's lease and lock checks: made-up lives and histories that each check must pass
+or fail, then short drills on real daemons with a planted client-side bug per check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from paxosd.lab.drill import DrillSpec, FaultEvent, RestartEvent, run_drill
+from paxosd.lab.drill.leases import LeaseLife, check_leases, expiry_slack_ms, no_majority
+from paxosd.lab.drill.locks import LockStats, check_fencing
+from paxosd.lab.drill.streams import Change
+
+TTL = 3000
+ET = 600
+PREFIX = "drill.lock/r/fenced/"
+
+
+def _life(end: str = "abandoned", **kw: object) -> LeaseLife:
+    life = LeaseLife(worker=0, lease=0xA, key="drill.lease/r/w0/a", grant_ms=0, attached=True)
+    life.end = end
+    for k, v in kw.items():
+        setattr(life, k, v)
+    return life
+
+
+def _check(
+    life: LeaseLife,
+    deleted: int | None,
+    left: tuple[str, ...] = (),
+    spans: Sequence[tuple[int, int]] = (),
+) -> list[str]:
+    deletes = {} if deleted is None else {life.key: deleted}
+    violations, _ = check_leases(
+        [life],
+        deletes,
+        left,
+        ttl_ms=TTL,
+        election_ms=ET,
+        spans=list(spans),
+        watched_until_ms=100_000,
+    )
+    return [v.kind for v in violations]
+
+
+def test_a_lease_that_expires_between_ttl_and_the_bound_passes() -> None:
+    life = _life(acks=[1000, 2000], last_send_ms=2500)
+    assert _check(life, 2500 + TTL + 2 * ET) == []
+
+
+def test_a_key_deleted_before_the_last_acknowledged_keepalive_plus_ttl_is_early() -> None:
+    life = _life(acks=[1000, 2000], last_send_ms=2000)
+    assert _check(life, 2000 + TTL - 1) == ["lease-early-expiry"]
+
+
+def test_a_revoked_lease_may_go_at_once_but_not_before_its_revoke() -> None:
+    life = _life("revoked", acks=[1000], last_send_ms=1000, revoke_ms=1500)
+    assert _check(life, 1600) == []
+    assert _check(life, 1400) == ["lease-early-expiry"]
+
+
+def test_a_key_deleted_past_the_bound_is_late_unless_the_cluster_had_no_majority() -> None:
+    life = _life(acks=[1000], last_send_ms=1000)
+    late = 1000 + TTL + 5 * ET + 500
+    assert _check(life, late) == ["lease-late-expiry"]
+    # 700 ms without a majority inside the window: the bound moves by that much.
+    assert _check(life, late, spans=[(2000, 2700)]) == []
+
+
+def test_the_bound_past_the_ttl_is_the_readmes() -> None:
+    # The checkpoint waits half the TTL, between 2 and 8 election timeouts; then 3 more.
+    assert expiry_slack_ms(1000, ET) == 5 * ET
+    assert expiry_slack_ms(TTL, ET) == TTL // 2 + 3 * ET
+    assert expiry_slack_ms(10_000, ET) == 11 * ET
+
+
+def test_a_key_left_after_the_drill_is_late_and_a_leftover() -> None:
+    life = _life(acks=[1000], last_send_ms=1000)
+    assert _check(life, None, left=(life.key,)) == ["lease-late-expiry", "lease-final-state"]
+
+
+def test_no_majority_counts_only_the_time_a_majority_was_out() -> None:
+    restarts = [RestartEvent(node=1, kind="kill", down_ms=100, restart_ms=300, ready_ms=500)]
+    pause = FaultEvent("pause", [2], 400, end_ms=900)
+    part = FaultEvent("partition", [3], 2000, end_ms=2500)  # alone: one out of three
+    assert no_majority([pause, part], restarts, 3, 10_000) == [(400, 500)]
+    killall = [
+        RestartEvent(node=k, kind="killall", down_ms=5000, restart_ms=5500, ready_ms=5600 + k)
+        for k in (1, 2, 3)
+    ]
+    assert no_majority([], killall, 3, 10_000) == [(5000, 5602)]
+
+
+def _put(rev: int, lock: str, value: str) -> Change:
+    return Change(rev, "PUT", PREFIX + lock, value.encode(), 1, rev)
+
+
+def test_fenced_writes_in_token_order_pass_and_count_hand_offs() -> None:
+    stats = LockStats(acked=[("lock0", "w1/10/1"), ("lock0", "w2/14/1")])
+    history = [
+        Change(9, "PUT", PREFIX + "mark", b"start", 1, 9),
+        _put(11, "lock0", "w1/10/1"),
+        _put(15, "lock0", "w2/14/1"),
+        _put(18, "lock0", "w2/17/2"),
+    ]
+    violations, figures = check_fencing(history, PREFIX, [stats])
+    assert violations == []
+    assert figures["handoffs"] == 1 and figures["history"]["lock0"]["holders"] == 3
+
+
+def test_a_lower_token_after_a_higher_one_is_a_fencing_violation() -> None:
+    history = [_put(11, "lock0", "w1/10/1"), _put(15, "lock0", "w2/14/1")]
+    history.append(_put(16, "lock0", "w1/10/1.stale"))
+    violations, _ = check_fencing(history, PREFIX, [])
+    assert [v.kind for v in violations] == ["fencing"]
+    assert "token 10" in violations[0].message
+
+
+def test_one_token_written_by_two_workers_is_a_fencing_violation() -> None:
+    history = [_put(11, "lock0", "w1/10/1"), _put(12, "lock0", "w2/10/1")]
+    violations, _ = check_fencing(history, PREFIX, [])
+    assert [v.kind for v in violations] == ["fencing"]
+
+
+def test_an_acknowledged_fenced_write_missing_from_the_history_is_reported() -> None:
+    stats = LockStats(acked=[("lock1", "w0/20/3")])
+    violations, _ = check_fencing([], PREFIX, [stats])
+    assert [v.kind for v in violations] == ["fencing-lost"]
+
+
+# ----------------------------------------------------------------- planted, on real daemons
+
+
+def _kinds(report: dict[str, Any]) -> set[str]:
+    return {str(v["kind"]) for v in report["violations"]}
+
+
+def test_drill_catches_keepalive_acks_that_were_never_received(tmp_path: Path) -> None:
+    spec = DrillSpec(nodes=3, duration_s=4, clients=1, faults=(), seed=6, plant_lease="fake_acks")
+    report = run_drill(spec, parent_dir=tmp_path)
+    assert _kinds(report) == {"lease-early-expiry"}, report["violations"]
+
+
+def test_drill_catches_a_lease_kept_alive_after_it_was_abandoned(tmp_path: Path) -> None:
+    spec = DrillSpec(
+        nodes=3, duration_s=4, clients=1, faults=(), seed=7, plant_lease="hidden_keepalive"
+    )
+    report = run_drill(spec, parent_dir=tmp_path)
+    assert _kinds(report) == {"lease-late-expiry", "lease-final-state"}, report["violations"]
+    # The evidence is kept: every lease's life and the DELETE arrivals per watcher.
+    lines = (Path(report["folder"]) / "leases.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + report["leases"]["leases"]
+
+
+def test_drill_catches_a_fenced_write_without_the_compare(tmp_path: Path) -> None:
+    spec = DrillSpec(
+        nodes=3, duration_s=4, clients=1, faults=(), seed=8, plant_lock="unfenced_write"
+    )
+    report = run_drill(spec, parent_dir=tmp_path)
+    assert _kinds(report) == {"fencing"}, report["violations"]
+    assert report["locks"]["acquisitions"] > 1
