@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from paxosd.lab.drill import DrillSpec, FaultEvent, RestartEvent, run_drill
-from paxosd.lab.drill.leases import LeaseLife, check_leases, expiry_slack_ms, no_majority
+from paxosd.lab.drill.leases import (
+    LeaseLife,
+    check_leases,
+    deadline_ms,
+    expiry_slack_ms,
+    leaderless,
+    no_majority,
+    recoveries,
+    union,
+)
 from paxosd.lab.drill.locks import LockStats, check_fencing
 from paxosd.lab.drill.streams import Change
 
@@ -30,6 +39,7 @@ def _check(
     deleted: int | None,
     left: tuple[str, ...] = (),
     spans: Sequence[tuple[int, int]] = (),
+    restarted: Sequence[tuple[int, int]] = (),
 ) -> list[str]:
     deletes = {} if deleted is None else {life.key: deleted}
     violations, _ = check_leases(
@@ -40,6 +50,7 @@ def _check(
         election_ms=ET,
         spans=list(spans),
         watched_until_ms=100_000,
+        restarted=list(restarted),
     )
     return [v.kind for v in violations]
 
@@ -90,6 +101,39 @@ def test_no_majority_counts_only_the_time_a_majority_was_out() -> None:
         for k in (1, 2, 3)
     ]
     assert no_majority([], killall, 3, 10_000) == [(5000, 5602)]
+
+
+def test_a_leader_change_counts_from_the_fault_that_began_it_to_the_new_leader() -> None:
+    kill = FaultEvent("kill", [1], 1000, end_ms=3000)
+    pause = FaultEvent("pause", [2], 5000, end_ms=5500)
+    changes = [(100, (1, 1), 1), (1800, (2, 2), 2), (9000, (3, 3), 3)]
+    # The first change is the initial election; the last has only the pause before it.
+    assert leaderless([pause, kill], changes) == [(1000, 1800), (5000, 9000)]
+    assert union([(0, 10), (5, 20)], [(30, 40), (40, 45)]) == [(0, 20), (30, 45)]
+
+
+def test_after_a_restart_without_a_majority_the_lease_clock_starts_again() -> None:
+    life = _life(acks=[1000], last_send_ms=1000)
+    slack = TTL + expiry_slack_ms(TTL, ET)
+    killall = [
+        RestartEvent(node=k, kind="killall", down_ms=2000, restart_ms=2500, ready_ms=4000)
+        for k in (1, 2, 3)
+    ]
+    spans = no_majority([], killall, 3, 100_000)
+    restarted = recoveries(spans, killall)
+    assert restarted == [(2000, 4000)]
+    must, allowance = deadline_ms(life, TTL, ET, spans, restarted)
+    assert must == 4000 + slack and allowance == 3000
+    assert _check(life, must, spans=spans, restarted=restarted) == []
+    assert _check(life, must + 1, spans=spans, restarted=restarted) == ["lease-late-expiry"]
+    # A span without a majority but no restart only adds its own time.
+    pause = [FaultEvent("pause", [1, 2], 2000, end_ms=4000)]
+    paused = no_majority(pause, [], 3, 100_000)
+    assert recoveries(paused, []) == []
+    assert deadline_ms(life, TTL, ET, paused, []) == (1000 + slack + 2000, 2000)
+    # A restart after the key had to be gone changes nothing.
+    late = [(1000 + slack + 1, 1000 + slack + 5000)]
+    assert deadline_ms(life, TTL, ET, late, late) == (1000 + slack, 0)
 
 
 def _put(rev: int, lock: str, value: str) -> Change:

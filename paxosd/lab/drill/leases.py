@@ -21,8 +21,14 @@ drill's are one clock, and the checks compare them directly:
   the checkpoint's wait, half the TTL but 2 to 8 election timeouts, + 3 election timeouts
   for a failover, the takeover and the new leader's extension: 5 election timeouts for a
   short TTL) + the time within that window when the cluster had no majority of live,
-  connected voters (``no_majority``): nothing expires without a quorum, so that time is
-  added, and the window is stretched by it until it no longer grows;
+  connected voters (``no_majority``) or no leader (``leaderless``: from the start of the
+  fault that deposed a leader until a new leader was seen; README's bound holds "once a
+  leader stays long enough to act"): nothing expires without a leader, so that time is
+  added, and the window is stretched by it until it no longer grows. When a majority comes
+  back after a span without one in which nodes restarted (``recoveries``), a lease's clock
+  starts again from there (README "Leases": a restarted node counts a lease from its
+  replay, as etcd renews leases on a restart), so its key is gone by that moment + TTL +
+  the same slack;
 - final state: after the drill, no key of any lease is left (every lease was revoked or let
   go, so every one must have expired).
 
@@ -31,6 +37,7 @@ The checks are pure functions of their inputs: the unit tests feed them made-up 
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -293,6 +300,47 @@ def no_majority(
     return spans
 
 
+def leaderless(
+    events: Sequence[FaultEvent], changes: Sequence[tuple[int, tuple[int, int], int]]
+) -> list[tuple[int, int]]:
+    """The spans (drill ms) in which a leader change was under way: for each leader first
+    seen after the initial one (``LeaderWatch.changes``), from the start of the fault in
+    progress or last begun then, to that moment (a change with no fault before it counts
+    from the previous change)."""
+    ordered = sorted(events, key=lambda ev: ev.start_ms)
+    starts = [ev.start_ms for ev in ordered]
+    out: list[tuple[int, int]] = []
+    for (before, _, _), (t, _, _) in zip(changes, changes[1:], strict=False):
+        i = bisect.bisect_right(starts, t) - 1
+        s = ordered[i].start_ms if i >= 0 else before
+        if t > s:
+            out.append((s, t))
+    return out
+
+
+def union(*groups: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans of every group merged, sorted and disjoint (time is counted once)."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(x for g in groups for x in g):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def recoveries(
+    no_majority_spans: Sequence[tuple[int, int]], restarts: Sequence[RestartEvent]
+) -> list[tuple[int, int]]:
+    """The spans without a majority in which a node restarted: when the majority comes back,
+    the new leader may count every lease from its own replay (README "Leases")."""
+    return [
+        (s, e)
+        for s, e in no_majority_spans
+        if any(r.down_ms <= e and r.restart_ms >= s for r in restarts)
+    ]
+
+
 def _overlap(spans: Sequence[tuple[int, int]], lo: int, hi: int) -> int:
     return sum(max(0, min(e, hi) - max(s, lo)) for s, e in spans)
 
@@ -305,19 +353,30 @@ def expiry_slack_ms(ttl_ms: int, election_ms: int) -> int:
 
 
 def deadline_ms(
-    life: LeaseLife, ttl_ms: int, election_ms: int, spans: Sequence[tuple[int, int]]
+    life: LeaseLife,
+    ttl_ms: int,
+    election_ms: int,
+    spans: Sequence[tuple[int, int]],
+    restarted: Sequence[tuple[int, int]] = (),
 ) -> tuple[int, int]:
-    """(the time its key must be gone by, the no-majority allowance in it): the window from
-    the last send is stretched by the no-majority time inside it until it stops growing."""
+    """(the time its key must be gone by, the allowance in it past README's bound): the
+    window from the last send is stretched by the time without a majority or a leader inside
+    it (``spans``) until it stops growing; a span of ``restarted`` (see ``recoveries``) that
+    begins inside the window starts the clock again at its end."""
     start = life.last_send_ms
-    base = start + ttl_ms + expiry_slack_ms(ttl_ms, election_ms)
-    allowance = 0
+    slack = ttl_ms + expiry_slack_ms(ttl_ms, election_ms)
+    base = start + slack
+    must = base
     for _ in range(100):
-        more = _overlap(spans, start, base + allowance)
-        if more == allowance:
+        anchor = start
+        for s, e in restarted:
+            if start < e and s <= must:
+                anchor = max(anchor, e)
+        grown = max(must, anchor + slack + _overlap(spans, anchor, must))
+        if grown == must:
             break
-        allowance = more
-    return base + allowance, allowance
+        must = grown
+    return must, must - base
 
 
 def _limited(kind: str, problems: list[str]) -> list[Violation]:
@@ -337,6 +396,7 @@ def check_leases(
     spans: Sequence[tuple[int, int]],
     watched_until_ms: int,
     events: Sequence[FaultEvent] = (),
+    restarted: Sequence[tuple[int, int]] = (),
 ) -> tuple[list[Violation], dict[str, Any]]:
     """The three checks of the module's doc. ``deletes``: each key's first DELETE arrival;
     ``remaining``: the lease keys in the store after the drill; ``watched_until_ms``: when
@@ -378,7 +438,7 @@ def check_leases(
                     )
         if life.end == "held":
             continue  # never let go: reported as a harness error by the drill
-        must, allowance = deadline_ms(life, ttl_ms, election_ms, spans)
+        must, allowance = deadline_ms(life, ttl_ms, election_ms, spans, restarted)
         if d is not None:
             after_stop.append(d - life.last_send_ms)
             over = (d - life.last_send_ms - ttl_ms) / election_ms
@@ -389,7 +449,8 @@ def check_leases(
                 late.append(
                     f"{who}: nothing sent after {life.last_send_ms} ms, its key's DELETE "
                     f"arrived at {d} ms, {d - must} ms past TTL + {slack} ms (README's bound) "
-                    f"+ {allowance} ms without a majority" + faults_in(life.last_send_ms, d)
+                    f"+ {allowance} ms without a majority or a leader, or after a restart"
+                    + faults_in(life.last_send_ms, d)
                 )
         elif life.attached is not False and life.key not in left and must <= watched_until_ms:
             if life.attached:
@@ -398,7 +459,7 @@ def check_leases(
             late.append(
                 f"{who}: nothing sent after {life.last_send_ms} ms, its key was still there at "
                 f"{watched_until_ms} ms, past {must} ms (TTL + {slack} ms, README's "
-                f"bound, + {allowance} ms without a majority)"
+                f"bound, + {allowance} ms without a majority or a leader, or after a restart)"
                 + faults_in(life.last_send_ms, watched_until_ms)
             )
         if life.key in left:
@@ -436,7 +497,8 @@ def check_leases(
         else round(worst_overrun, 2),
         "worst_overrun_net_of_allowance": None if worst_net is None else round(worst_net, 2),
         "min_early_margin_ms": min_margin,
-        "no_majority_ms": sum(e - s for s, e in spans),
+        "no_majority_or_leader_ms": sum(e - s for s, e in spans),
+        "restarts_without_majority": len(restarted),
         "acks_sent_after_delete_seen": acks_after_delete,
     }
     return violations, figures

@@ -507,7 +507,10 @@ class _Drill:
         if self.sessions is not None:
             self._progress("checking", "lease expiry and fenced writes")
             session_violations, sessions_info = self.sessions.check(
-                self.injector.events, self.injector.restarts, len(nodes.voter_ids)
+                self.injector.events,
+                self.injector.restarts,
+                len(nodes.voter_ids),
+                self.leader_watch.changes,
             )
             violations += session_violations
             self.worker_errors += self.sessions.errors()

@@ -30,7 +30,10 @@ from paxosd.lab.drill.leases import (
     check_leases,
     deadline_ms,
     first_deletes,
+    leaderless,
     no_majority,
+    recoveries,
+    union,
 )
 from paxosd.lab.drill.locks import LOCK_WORKERS, LockWorker, check_fencing
 from paxosd.lab.drill.nodes import Nodes
@@ -167,7 +170,7 @@ class Sessions:
                     deletes.setdefault(key, {})[w.stream.name] = t
                     deletes[key]["revision"] = rev
         with (self.folder / "leases.jsonl").open("w") as f:
-            f.write(json.dumps({"no_majority": spans}) + "\n")
+            f.write(json.dumps({"no_majority_or_leader": spans}) + "\n")
             for life in lives:
                 row = dataclasses.asdict(life)
                 row["deletes"] = deletes.get(life.key, {})
@@ -178,17 +181,20 @@ class Sessions:
         events: Sequence[FaultEvent],
         restarts: Sequence[RestartEvent],
         voters: int,
+        leader_changes: Sequence[tuple[int, tuple[int, int], int]] = (),
     ) -> tuple[list[Violation], dict[str, Any]]:
         lives = [life for w in self.lease_workers for life in w.lives]
         now = self.clock()
-        spans = no_majority(events, restarts, voters, now)
+        no_quorum = no_majority(events, restarts, voters, now)
+        spans = union(no_quorum, leaderless(events, leader_changes))
+        restarted = recoveries(no_quorum, restarts)
         ttl_ms = LEASE_TTL_S * 1000
         # Wait (bounded) for every lease let go to be seen deleted, or for its deadline.
         pending = [life for life in lives if life.end != "held" and life.attached is not False]
-        last = max(
-            (deadline_ms(life, ttl_ms, ELECTION_TIMEOUT_MS, spans)[0] for life in pending),
-            default=now,
-        )
+        musts = [
+            deadline_ms(life, ttl_ms, ELECTION_TIMEOUT_MS, spans, restarted)[0] for life in pending
+        ]
+        last = max(musts, default=now)
         until = last + int(DEADLINE_MARGIN_S * 1000)
         while self.clock() < until:
             seen = first_deletes(self.watchers)
@@ -233,6 +239,7 @@ class Sessions:
             spans=spans,
             watched_until_ms=watched_until,
             events=events,
+            restarted=restarted,
         )
         self._write_lives(lives, spans)
         violations += lv
