@@ -16,6 +16,7 @@ from paxosd.lab.drill.leases import (
     leaderless,
     no_majority,
     recoveries,
+    restarted_leaders,
     union,
 )
 from paxosd.lab.drill.locks import LockStats, check_fencing
@@ -134,6 +135,19 @@ def test_after_a_restart_without_a_majority_the_lease_clock_starts_again() -> No
     # A restart after the key had to be gone changes nothing.
     late = [(1000 + slack + 1, 1000 + slack + 5000)]
     assert deadline_ms(life, TTL, ET, late, late) == (1000 + slack, 0)
+
+
+def test_a_leader_that_restarted_starts_the_lease_clock_again_at_its_takeover() -> None:
+    life = _life(acks=[1000], last_send_ms=1000)
+    slack = TTL + expiry_slack_ms(TTL, ET)
+    kill = [RestartEvent(node=2, kind="kill", down_ms=1500, restart_ms=2000, ready_ms=2500)]
+    changes = [(100, (1, 1), 1), (1600, (2, 3), 3), (4000, (3, 2), 2)]
+    # Node 3 never restarted; node 2 did, before it took over at 4000.
+    assert restarted_leaders(changes, kill) == [(1500, 4000)]
+    assert deadline_ms(life, TTL, ET, [], restarted_leaders(changes, kill))[0] == 4000 + slack
+    # A takeover after the key had to be gone changes nothing.
+    later = [(100, (1, 1), 1), (1000 + slack + 1, (2, 2), 2)]
+    assert deadline_ms(life, TTL, ET, [], restarted_leaders(later, kill))[0] == 1000 + slack
 
 
 def _put(rev: int, lock: str, value: str) -> Change:

@@ -25,10 +25,11 @@ drill's are one clock, and the checks compare them directly:
   fault that deposed a leader until a new leader was seen; README's bound holds "once a
   leader stays long enough to act"): nothing expires without a leader, so that time is
   added, and the window is stretched by it until it no longer grows. When a majority comes
-  back after a span without one in which nodes restarted (``recoveries``), a lease's clock
-  starts again from there (README "Leases": a restarted node counts a lease from its
-  replay, as etcd renews leases on a restart), so its key is gone by that moment + TTL +
-  the same slack;
+  back after a span without one in which nodes restarted (``recoveries``), or a node that
+  restarted inside the window takes over as leader (``restarted_leaders``), a lease's clock
+  starts again from there (README "Leases": a restarted node counts a lease from when it
+  replays its checkpoint, as etcd renews leases on a restart), so its key is gone by that
+  moment + TTL + the same slack;
 - final state: after the drill, no key of any lease is left (every lease was revoked or let
   go, so every one must have expired).
 
@@ -341,6 +342,21 @@ def recoveries(
     ]
 
 
+def restarted_leaders(
+    changes: Sequence[tuple[int, tuple[int, int], int]], restarts: Sequence[RestartEvent]
+) -> list[tuple[int, int]]:
+    """(when it went down, when it was first seen leading) for each leader that restarted
+    before it took over: it counts every lease from no later than its takeover (it applies
+    their checkpoints while it catches up, README "Leases"), so a lease's clock can start
+    again there."""
+    out: list[tuple[int, int]] = []
+    for t, _, leader in changes:
+        downs = [r.down_ms for r in restarts if r.node == leader and r.restart_ms <= t]
+        if downs:
+            out.append((max(downs), t))
+    return out
+
+
 def _overlap(spans: Sequence[tuple[int, int]], lo: int, hi: int) -> int:
     return sum(max(0, min(e, hi) - max(s, lo)) for s, e in spans)
 
@@ -361,8 +377,8 @@ def deadline_ms(
 ) -> tuple[int, int]:
     """(the time its key must be gone by, the allowance in it past README's bound): the
     window from the last send is stretched by the time without a majority or a leader inside
-    it (``spans``) until it stops growing; a span of ``restarted`` (see ``recoveries``) that
-    begins inside the window starts the clock again at its end."""
+    it (``spans``) until it stops growing; a span of ``restarted`` (``recoveries``,
+    ``restarted_leaders``) that ends inside the window starts the clock again at its end."""
     start = life.last_send_ms
     slack = ttl_ms + expiry_slack_ms(ttl_ms, election_ms)
     base = start + slack
@@ -370,7 +386,11 @@ def deadline_ms(
     for _ in range(100):
         anchor = start
         for s, e in restarted:
-            if start < e and s <= must:
+            # It must begin after the lease's last send (less a window: a restart long
+            # before had caught up by then) and end while the key may still be there (a span
+            # without a majority that begins inside the window ends inside it too, as that
+            # time is added to it).
+            if start < e <= must and s >= start - slack:
                 anchor = max(anchor, e)
         grown = max(must, anchor + slack + _overlap(spans, anchor, must))
         if grown == must:

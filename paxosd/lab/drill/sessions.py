@@ -33,6 +33,7 @@ from paxosd.lab.drill.leases import (
     leaderless,
     no_majority,
     recoveries,
+    restarted_leaders,
     union,
 )
 from paxosd.lab.drill.locks import LOCK_WORKERS, LockWorker, check_fencing
@@ -187,7 +188,7 @@ class Sessions:
         now = self.clock()
         no_quorum = no_majority(events, restarts, voters, now)
         spans = union(no_quorum, leaderless(events, leader_changes))
-        restarted = recoveries(no_quorum, restarts)
+        restarted = recoveries(no_quorum, restarts) + restarted_leaders(leader_changes, restarts)
         ttl_ms = LEASE_TTL_S * 1000
         # Wait (bounded) for every lease let go to be seen deleted, or for its deadline.
         pending = [life for life in lives if life.end != "held" and life.attached is not False]
