@@ -4,6 +4,7 @@ snapshot file, and feeds a lagging follower its snapshot in chunks."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -59,6 +60,28 @@ def test_the_child_writes_the_state_the_parent_had_at_the_fork(tmp_path: Path) -
     restored = maker.restore(StateMachine(), state)
     assert (restored.applied_through, restored.digest()) == (30, digest)
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [state.name]
+
+
+def test_the_state_leaves_the_collectors_generations_at_a_fork_and_a_restore(
+    tmp_path: Path,
+) -> None:
+    # A full cycle collection walks every tracked object: with a big state that stops the
+    # loop past an election timeout, unless the state was frozen out of the generations.
+    sm = machine(10)
+    index = sm._index  # a tracked container of the state
+    gc.unfreeze()
+    try:
+        maker = ForkSnapshots(tmp_path / "snapshots", structlog.get_logger())
+        assert maker.start(10, sm)
+        assert gc.get_freeze_count() > 0
+        assert not any(o is index for o in gc.get_objects())
+        _, state = wait_for("the child's snapshot", maker.poll)
+        gc.unfreeze()
+        restored = maker.restore(StateMachine(), state)
+        assert gc.get_freeze_count() > 0
+        assert not any(o is restored._index for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
 
 
 def test_a_child_killed_mid_write_leaves_the_previous_snapshot_in_force(

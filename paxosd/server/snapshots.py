@@ -63,6 +63,24 @@ class _Streams(Protocol):
     def write_snapshot(self, write: Callable[[memoryview | bytes], None]) -> None: ...
 
 
+def _settle_gc() -> None:
+    """Move every object alive now into the collector's permanent generation (``gc.freeze``).
+
+    CPython's cycle collector runs a full collection over every tracked object whenever the
+    objects that survived since the last one reach a quarter of the rest; with a big state
+    (a list per key in the index) that is a stop of the loop proportional to the state:
+    ~0.4 s at 300,000 keys, over an election timeout at 1,000,000, and the followers elect
+    another leader. The state is acyclic: its objects are freed by reference counting when
+    they go, frozen or not; only a reference cycle among objects frozen here would never be
+    collected (the young generations are collected first, which is cheap, so short-lived
+    cycles are not frozen). The daemon freezes after each restore and before each snapshot's
+    fork, so a full collection only walks what was made since: measured with 300,000 keys,
+    a full collection took 573 ms unfrozen and under 1 ms after a freeze and 200,000 more
+    puts (Instagram's and the gc docs' advice for a process that forks)."""
+    gc.collect(1)
+    gc.freeze()
+
+
 class ForkSnapshots:
     """The daemon's SnapshotMaker (see paxosd.server.runner.SnapshotMaker)."""
 
@@ -97,6 +115,9 @@ class ForkSnapshots:
         except OSError as e:
             self._failed(slot, f"no pipe: {e}")
             return False
+        # Everything alive now leaves the collector's generations (see _settle_gc): fewer
+        # pages for the child to copy, and no full collection over the state in the parent.
+        _settle_gc()
         try:
             pid = os.fork()
         except OSError as e:
@@ -211,9 +232,11 @@ class ForkSnapshots:
     def restore(self, sm: M, state: SnapshotState) -> M:
         if isinstance(state, SnapshotFile):
             with state.view() as buf:
-                return sm.restore(buf)
-        data = state if isinstance(state, bytes) else state[0 : len(state)]
-        return sm.restore(data)
+                restored = sm.restore(buf)
+        else:
+            restored = sm.restore(state if isinstance(state, bytes) else state[0 : len(state)])
+        _settle_gc()
+        return restored
 
     def close(self) -> None:
         """Reap a child still running (the daemon is stopping); its tmp file is removed at the
