@@ -168,6 +168,10 @@ class ForkSnapshots:
     def busy(self) -> bool:
         return self._child is not None
 
+    @property
+    def running(self) -> int | None:
+        return None if self._child is None else self._child[1]
+
     def _check(self, *, block: bool) -> None:
         assert self._child is not None
         pid, slot, r, tmp = self._child
