@@ -23,11 +23,10 @@ from paxosd.client.client import BadRequestError, UnavailableError
 from paxosd.storage.backup import (
     CHUNK_BYTES_MAX,
     BackupError,
+    BackupFileWriter,
+    BackupStateMismatch,
     SnapshotStreamError,
     fetch_snapshot,
-    header_for,
-    verify_state,
-    write_backup,
 )
 
 # `paxosctl snapshot` waits for the nodes' forked children (seconds for a GiB state, more
@@ -194,26 +193,28 @@ def snapshot_save(
         ) as bar,
     ):
         task = bar.add_task("snapshot", total=None)
+        # The state goes to FILE.tmp as it arrives; finish checks it and renames it to FILE.
+        writer = BackupFileWriter(file)
         try:
-            fetched = fetch_snapshot(
-                ask,
-                chunk_bytes=chunk_bytes,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                timeout_s=timeout_ms / 1000,
-                waiting=waiting,
-            )
-        except SnapshotStreamError as e:
-            raise UnavailableError(str(e)) from None
-    header = header_for(fetched)
-    try:
-        verify_state(header, fetched.state, path=f"node {fetched.node_id}'s snapshot")
-    except BackupError as e:
-        raise Failed(f"digest mismatch, nothing written: {e}") from None
-    try:
-        written = write_backup(file, header, fetched.state)
-    except (OSError, BackupError) as e:
-        message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise BadRequestError(f"cannot write {file}: {message}") from None
+            try:
+                fetched = fetch_snapshot(
+                    ask,
+                    chunk_bytes=chunk_bytes,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    timeout_s=timeout_ms / 1000,
+                    waiting=waiting,
+                    sink=writer,
+                )
+                written = writer.finish()
+            except SnapshotStreamError as e:
+                raise UnavailableError(str(e)) from None
+            except BackupStateMismatch as e:
+                raise Failed(f"digest mismatch, nothing written: {e}") from None
+            except (OSError, BackupError) as e:
+                message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise BadRequestError(f"cannot write {file}: {message}") from None
+        finally:
+            writer.abandon()
     h = written.header
     out = {
         "file": str(file),

@@ -30,6 +30,7 @@ from paxosd.storage.backup import (
     Backup,
     BackupChecksumMismatch,
     BackupError,
+    BackupFileWriter,
     BackupHeader,
     BackupStateMismatch,
     BackupTooBig,
@@ -94,6 +95,47 @@ def test_write_backup_is_private_atomic_and_reads_back(tmp_path: Path) -> None:
     assert not (tmp_path / "b.pxb.tmp").exists()
     assert read_backup(path) == written
     assert written.state == _STATE
+
+
+def _stream(path: Path, header: BackupHeader, state: bytes, step: int = 100) -> Any:
+    writer = BackupFileWriter(path)
+    try:
+        writer.begin(header)
+        for at in range(0, len(state), step):
+            writer.write(state[at : at + step])
+        return writer.finish()
+    finally:
+        writer.abandon()
+
+
+def test_a_backup_streamed_to_its_file_is_the_one_encoded_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "b.pxb"
+    writer = BackupFileWriter(path)
+    other = _machine(3)
+    writer.begin(_header(other, other.snapshot()))
+    writer.write(other.snapshot()[:50])  # a transfer that moved: started over below
+    written = _stream(path, _HEADER, _STATE)
+    assert path.read_bytes() == _VALID
+    back = read_backup(path)
+    assert (written.header, written.sha256, written.file_bytes) == (
+        back.header,
+        back.sha256,
+        back.file_bytes,
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["b.pxb"]
+
+
+def test_a_streamed_state_that_is_not_the_one_its_header_names_is_not_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.pxb"
+    path.write_bytes(b"the previous backup")
+    lying = _header(_SM, _STATE, digest="0" * 64)
+    with pytest.raises(BackupStateMismatch, match="digest"):
+        _stream(path, lying, _STATE)
+    assert path.read_bytes() == b"the previous backup"
+    assert sorted(os.listdir(tmp_path)) == ["b.pxb"]
 
 
 def test_a_file_that_is_not_a_backup_says_so() -> None:

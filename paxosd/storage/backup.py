@@ -22,6 +22,7 @@ header as well, so a flipped bit anywhere is refused before anything trusts it.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import struct
@@ -43,6 +44,7 @@ __all__ = [
     "MAGIC",
     "Backup",
     "BackupChecksumMismatch",
+    "BackupFileWriter",
     "BackupError",
     "BackupHeader",
     "BackupStateMismatch",
@@ -53,6 +55,7 @@ __all__ = [
     "NotABackup",
     "SnapshotStreamError",
     "UnsupportedBackupVersion",
+    "WrittenBackup",
     "decode_backup",
     "encode_backup",
     "fetch_snapshot",
@@ -307,7 +310,7 @@ def write_backup(path: Path, header: BackupHeader, state: bytes) -> Backup:
 
 
 def verify_state(
-    header: BackupHeader, state: bytes, *, path: Path | str = "<memory>"
+    header: BackupHeader, state: bytes | memoryview, *, path: Path | str = "<memory>"
 ) -> StateMachine:
     """Restore the state and check it is the one the header names (slot and digest)."""
     try:
@@ -325,6 +328,121 @@ def verify_state(
             path, f"the state's digest is {sm.digest()}, the header says {header.digest}"
         )
     return sm
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenBackup:
+    """What BackupFileWriter wrote: the header, the file's sha256 (hex) and its size."""
+
+    header: BackupHeader
+    sha256: str
+    file_bytes: int
+
+
+class BackupFileWriter:
+    """A backup file written as its state arrives (``paxosctl snapshot save``), so the state
+    is never held whole in memory: the header first (all it says is known with the first
+    chunk), then each chunk, into FILE.tmp (0600), hashing as it goes. ``begin`` again
+    starts over (the node replaced its snapshot mid-stream). ``finish`` appends the
+    checksum, syncs, reads the file back (the header decoded, the state restored from the
+    file mapped and checked against the header's slot and digest), then renames it to FILE
+    and syncs the folder: a crash leaves the old FILE or the new one, never half of one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self._fd: int | None = None
+        self._header: BackupHeader | None = None
+        self._body = hashlib.sha256()  # the checksum's: every byte before it
+        self._file = hashlib.sha256()  # the file's, checksum included
+        self._state_at = 0
+        self._written = 0
+
+    def begin(self, header: BackupHeader) -> None:
+        """Start the file over with this header. :raises OSError: the file system refused."""
+        assert 1 <= header.state_bytes <= STATE_BYTES_MAX, header.state_bytes
+        assert _DIGEST_RE.fullmatch(header.digest), header.digest
+        self._close()
+        head = _header_encoder.encode(header)
+        assert len(head) <= HEADER_BYTES_MAX, len(head)
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._header = header
+        self._body = hashlib.sha256()
+        self._file = hashlib.sha256()
+        self._written = 0
+        prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head
+        self._state_at = len(prefix)
+        self._put(prefix, body=True)
+
+    def write(self, data: bytes) -> None:
+        """The next bytes of the state. :raises OSError: the file system refused."""
+        assert self._header is not None, "write before begin"
+        assert self._written + len(data) <= self._header.state_bytes, "more state than said"
+        self._put(data, body=True)
+        self._written += len(data)
+
+    def finish(self) -> WrittenBackup:
+        """Checksum, sync, check by reading back, rename.
+
+        :raises BackupError: what was written does not read back as the header says
+            (BackupStateMismatch: the state is not the one the node's digest names).
+        :raises OSError: the file system refused.
+        """
+        header = self._header
+        assert header is not None and self._fd is not None, "finish before begin"
+        assert self._written == header.state_bytes, (self._written, header.state_bytes)
+        self._put(self._body.digest(), body=False)
+        os.fsync(self._fd)
+        self._close()
+        size = self._state_at + header.state_bytes + _CHECKSUM_BYTES
+        with self.tmp.open("rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise BackupTruncated(self.tmp, "the file written is not the length it should be")
+            mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        try:
+            with memoryview(mm) as buf:
+                if _header_decoder.decode(buf[_PREFIX.size : self._state_at]) != header:
+                    raise BadBackupHeader(self.tmp, "the header written does not read back")
+                state = buf[self._state_at : self._state_at + header.state_bytes]
+                try:
+                    verify_state(header, state, path=self.tmp)
+                finally:
+                    state.release()
+        finally:
+            mm.close()
+        os.replace(self.tmp, self.path)
+        self._header = None  # done: abandon has nothing to remove
+        fsync_dir_of(self.path)
+        return WrittenBackup(header=header, sha256=self._file.hexdigest(), file_bytes=size)
+
+    def abandon(self) -> None:
+        """Remove FILE.tmp (after a failure); FILE is untouched. Nothing once finished."""
+        self._close()
+        if self._header is not None:
+            self.tmp.unlink(missing_ok=True)
+
+    def _put(self, data: bytes, *, body: bool) -> None:
+        assert self._fd is not None
+        if body:
+            self._body.update(data)
+        self._file.update(data)
+        view = memoryview(data)
+        while view:  # bounded: each write makes progress or raises
+            view = view[os.write(self._fd, view) :]
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def fsync_dir_of(path: Path) -> None:
+    """Sync ``path``'s folder, so a rename into it survives a crash."""
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def now_iso() -> str:
@@ -447,6 +565,14 @@ class FetchedSnapshot:
 Query = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+class StateSink(Protocol):
+    """Where fetch_snapshot puts the state as it arrives (BackupFileWriter)."""
+
+    def begin(self, header: BackupHeader) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
 def _field(reply: dict[str, Any], name: str, kind: type) -> Any:
     value = reply.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -464,6 +590,7 @@ def fetch_snapshot(
     waiting: Callable[[int], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    sink: StateSink | None = None,
 ) -> FetchedSnapshot:
     """Stream one node's snapshot chunk by chunk. ``query(args)`` must ask the SAME node every
     time (pin it after the first answer). Every reply is checked: a node that answers
@@ -473,6 +600,9 @@ def fetch_snapshot(
     that slot, backing off from POLL_FIRST_S to POLL_MAX_S, until it is made; the whole
     fetch gives up after ``timeout_s`` (SnapshotStreamError). ``waiting(slot)`` is called
     at each pending answer, ``progress(received_bytes, total_bytes)`` after each chunk.
+    With a ``sink`` (a BackupFileWriter), the state goes to it as it arrives (``begin``
+    at each transfer's first chunk, with the backup's header) and FetchedSnapshot.state is
+    empty; without one, it is assembled in memory.
     """
     assert 1 <= chunk_bytes <= CHUNK_BYTES_MAX, chunk_bytes
     assert 1 <= attempts_max <= 100, attempts_max
@@ -517,6 +647,17 @@ def fetch_snapshot(
         received = 0
         reply = first
         chunks = 0
+        if sink is not None:
+            sink.begin(
+                BackupHeader(
+                    cluster_id=cluster_id,
+                    node_id=node_id,
+                    applied_index=slot,
+                    digest=digest,
+                    created_at=now_iso(),
+                    state_bytes=total,
+                )
+            )
         # Bounded: every round must deliver exactly min(chunk_bytes, total - received) > 0.
         while True:
             if reply.get("moved") is True:
@@ -531,7 +672,10 @@ def fetch_snapshot(
                     f"snapshot_read chunk of {len(data)} bytes at offset {received}, expected "
                     f"{min(chunk_bytes, total - received)}"
                 )
-            parts.append(data)
+            if sink is not None:
+                sink.write(data)
+            else:
+                parts.append(data)
             received += len(data)
             chunks += 1
             if progress is not None:
