@@ -131,3 +131,48 @@ def test_a_save_waits_for_a_slow_snapshot_while_the_node_serves_and_restores_equ
     assert sm.digest() == saved["digest"]
     found = sm.query(Get(key="before/39"))
     assert isinstance(found, Found) and found.value == b"value 39"
+
+
+def _paxosctl(c: LocalCluster, *args: str, out: Path, err: Path) -> subprocess.Popen[bytes]:
+    key = str(c.root / "keys" / "client.key")
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "paxosctl", *args]
+            + ["--endpoints", ",".join(c.endpoint_strings()), "--key-file", key],
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+def test_snapshot_now_answers_when_its_child_is_done_and_says_when_it_failed(
+    stalled_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    c = stalled_cluster
+    with c.client() as client:
+        client.put("k", b"v")
+        leader = wait_for("a leader", lambda: client.status().leader)
+        applied = client.status(node=leader).applied_index
+    pid = c.pid(leader)
+    assert pid is not None
+    out, err = tmp_path / "out", tmp_path / "err"
+    for outcome in ("killed", "resumed"):
+        taking = _paxosctl(c, "snapshot", "--node", str(leader), "--json", out=out, err=err)
+        try:
+            child = wait_for("the snapshot child stopped", lambda: _stopped_child(pid))
+            with c.client() as client:  # the loop goes on meanwhile
+                client.put(f"during/{outcome}", b"x")
+            assert taking.poll() is None
+            os.kill(child, signal.SIGKILL if outcome == "killed" else signal.SIGCONT)
+            code = taking.wait(timeout=60)
+        finally:
+            if taking.poll() is None:
+                taking.kill()
+                taking.wait()
+        if outcome == "killed":
+            assert code == 3
+            lines = err.read_text().strip().splitlines()
+            assert len(lines) == 1 and "failed" in lines[0] and "Traceback" not in lines[0]
+        else:
+            assert code == 0, err.read_text()
+            [row] = json.loads(out.read_text())["snapshots"]
+            assert row["node_id"] == leader and row["snapshot_index"] > applied

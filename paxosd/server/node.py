@@ -448,8 +448,10 @@ class Node:
         return self.snapshot_digests.get(slot)
 
     def note_snapshot_digest(self, slot: int) -> None:
-        """Record the live state machine's digest as the snapshot's at ``slot``."""
-        assert self.sm.applied_through == slot, (self.sm.applied_through, slot)
+        """Record the live state machine's digest as the snapshot's at ``slot`` (only if it
+        is at that slot: else nothing is known, and a backup has a new snapshot made)."""
+        if self.sm.applied_through != slot:
+            return
         digests = self.snapshot_digests
         digests[slot] = self.sm.digest()
         while len(digests) > SNAPSHOT_DIGESTS_KEPT:
