@@ -6,7 +6,7 @@ A module of its own so that the backup code (and SQLite behind it) loads only fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
@@ -15,7 +15,6 @@ from paxosctl import render
 from paxosctl.admin import NodeOpt
 from paxosctl.connect import ConfigOpt, EndpointsOpt, JsonOpt, KeyFileOpt, TimeoutOpt
 from paxosctl.kv import (
-    TIMEOUT_MS_DEFAULT,
     Failed,
     command_errors,
     connect,
@@ -24,12 +23,19 @@ from paxosd.client.client import BadRequestError, UnavailableError
 from paxosd.storage.backup import (
     CHUNK_BYTES_MAX,
     BackupError,
+    BackupFileWriter,
+    BackupStateMismatch,
     SnapshotStreamError,
     fetch_snapshot,
-    header_for,
-    verify_state,
-    write_backup,
 )
+
+# `paxosctl snapshot` waits for the nodes' forked children (seconds for a GiB state, more
+# on a loaded disk); `snapshot save` for that and for the state to cross the network.
+SNAPSHOT_TIMEOUT_MS_DEFAULT: Final = 120_000
+SAVE_TIMEOUT_MS_DEFAULT: Final = 600_000
+# One chunk request of `snapshot save` (1 MiB from a file on the node) may take this long
+# before it is asked again; the whole save is bounded by --timeout-ms.
+CHUNK_ATTEMPT_MS: Final = 10_000
 
 # A group that still acts by itself: `paxosctl snapshot` takes snapshots as it always did,
 # `paxosctl snapshot save FILE` writes a backup. Its help is the callback's docstring.
@@ -46,13 +52,15 @@ def snapshot(
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
     config: ConfigOpt = None,
-    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    timeout_ms: TimeoutOpt = SNAPSHOT_TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
     """Take a snapshot now on every node (or --node N); `snapshot save FILE` writes a backup.
 
     The node saves its state machine at its applied index and compacts its log behind it
-    (keeping the configured tail).
+    (keeping the configured tail). A forked child writes it while the node goes on
+    serving; the answer comes when it is written (a snapshot already being made is the one
+    waited for, and its slot may be a little behind the applied index).
 
     Exit 3 if no node took one.
 
@@ -126,14 +134,17 @@ def snapshot_save(
     endpoints: EndpointsOpt = None,
     key_file: KeyFileOpt = None,
     config: ConfigOpt = None,
-    timeout_ms: TimeoutOpt = TIMEOUT_MS_DEFAULT,
+    timeout_ms: TimeoutOpt = SAVE_TIMEOUT_MS_DEFAULT,
     json_out: JsonOpt = False,
 ) -> None:
     """Save a consistent snapshot of the cluster to FILE: a backup.
 
-    One node (--node N, else the first to answer) snapshots its state machine at its applied
-    index and streams it in chunks; paxosctl restores it locally to check the digest, then
-    writes FILE (magic, header, state, sha256) via FILE.tmp, fsync and rename. Restore it into
+    One node (--node N, else the first to answer) streams its latest snapshot in chunks if
+    it is within snapshot_every_entries of its applied index; else it has a forked child
+    make one while it goes on serving, and paxosctl asks again until it is written. The
+    whole save is bounded by --timeout-ms (default 10 minutes: enough for a GiB).
+    paxosctl restores the state locally to check the digest, then writes FILE (magic,
+    header, state, sha256) via FILE.tmp, fsync and rename. Restore it into
     a new cluster with `paxosd restore FILE --new-cluster ...`; check it with
     `paxosd inspect FILE`.
 
@@ -150,14 +161,28 @@ def snapshot_save(
         # Every chunk from the node that answered first: snapshots differ between nodes.
         nonlocal pinned
         chunk = c.snapshot_read(
-            int(args.get("offset", 0)), args.get("slot"), args.get("chunk_bytes"), node=pinned
+            int(args.get("offset", 0)),
+            args.get("slot"),
+            args.get("chunk_bytes"),
+            node=pinned,
+            attempt_ms=CHUNK_ATTEMPT_MS,
         )
         if pinned is None:
             pinned = chunk.node_id
         return {f: v for f in chunk.__struct_fields__ if (v := getattr(chunk, f)) is not None}
 
+    announced: set[int] = set()
+
+    def waiting(slot: int) -> None:
+        if slot not in announced:  # once per snapshot, however often we ask
+            announced.add(slot)
+            render.rich_note(
+                f"node {pinned} is making a snapshot at slot {slot}; waiting for it", markup=False
+            )
+
+    # Each request (a pending answer or one chunk) within a minute, the whole within --timeout-ms.
     with (
-        connect(endpoints, key_file, config, timeout_ms) as c,
+        connect(endpoints, key_file, config, min(timeout_ms, 60_000)) as c,
         Progress(
             TextColumn("snapshot"),
             BarColumn(),
@@ -168,24 +193,28 @@ def snapshot_save(
         ) as bar,
     ):
         task = bar.add_task("snapshot", total=None)
+        # The state goes to FILE.tmp as it arrives; finish checks it and renames it to FILE.
+        writer = BackupFileWriter(file)
         try:
-            fetched = fetch_snapshot(
-                ask,
-                chunk_bytes=chunk_bytes,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
-        except SnapshotStreamError as e:
-            raise UnavailableError(str(e)) from None
-    header = header_for(fetched)
-    try:
-        verify_state(header, fetched.state, path=f"node {fetched.node_id}'s snapshot")
-    except BackupError as e:
-        raise Failed(f"digest mismatch, nothing written: {e}") from None
-    try:
-        written = write_backup(file, header, fetched.state)
-    except (OSError, BackupError) as e:
-        message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise BadRequestError(f"cannot write {file}: {message}") from None
+            try:
+                fetched = fetch_snapshot(
+                    ask,
+                    chunk_bytes=chunk_bytes,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    timeout_s=timeout_ms / 1000,
+                    waiting=waiting,
+                    sink=writer,
+                )
+                written = writer.finish()
+            except SnapshotStreamError as e:
+                raise UnavailableError(str(e)) from None
+            except BackupStateMismatch as e:
+                raise Failed(f"digest mismatch, nothing written: {e}") from None
+            except (OSError, BackupError) as e:
+                message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise BadRequestError(f"cannot write {file}: {message}") from None
+        finally:
+            writer.abandon()
     h = written.header
     out = {
         "file": str(file),

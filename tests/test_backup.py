@@ -6,6 +6,7 @@ BackupError. The stream faces a node that may move on (or lie): the client resta
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -29,6 +30,7 @@ from paxosd.storage.backup import (
     Backup,
     BackupChecksumMismatch,
     BackupError,
+    BackupFileWriter,
     BackupHeader,
     BackupStateMismatch,
     BackupTooBig,
@@ -93,6 +95,47 @@ def test_write_backup_is_private_atomic_and_reads_back(tmp_path: Path) -> None:
     assert not (tmp_path / "b.pxb.tmp").exists()
     assert read_backup(path) == written
     assert written.state == _STATE
+
+
+def _stream(path: Path, header: BackupHeader, state: bytes, step: int = 100) -> Any:
+    writer = BackupFileWriter(path)
+    try:
+        writer.begin(header)
+        for at in range(0, len(state), step):
+            writer.write(state[at : at + step])
+        return writer.finish()
+    finally:
+        writer.abandon()
+
+
+def test_a_backup_streamed_to_its_file_is_the_one_encoded_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "b.pxb"
+    writer = BackupFileWriter(path)
+    other = _machine(3)
+    writer.begin(_header(other, other.snapshot()))
+    writer.write(other.snapshot()[:50])  # a transfer that moved: started over below
+    written = _stream(path, _HEADER, _STATE)
+    assert path.read_bytes() == _VALID
+    back = read_backup(path)
+    assert (written.header, written.sha256, written.file_bytes) == (
+        back.header,
+        back.sha256,
+        back.file_bytes,
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["b.pxb"]
+
+
+def test_a_streamed_state_that_is_not_the_one_its_header_names_is_not_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.pxb"
+    path.write_bytes(b"the previous backup")
+    lying = _header(_SM, _STATE, digest="0" * 64)
+    with pytest.raises(BackupStateMismatch, match="digest"):
+        _stream(path, lying, _STATE)
+    assert path.read_bytes() == b"the previous backup"
+    assert sorted(os.listdir(tmp_path)) == ["b.pxb"]
 
 
 def test_a_file_that_is_not_a_backup_says_so() -> None:
@@ -229,18 +272,43 @@ class _Replica:
 
 
 class _Node:
-    """What serve_snapshot_read uses of paxosd.server.node.Node, with a state machine that grows."""
+    """What serve_snapshot_read uses of paxosd.server.node.Node, with a state machine that
+    grows. ``instant``: a begun snapshot is made on the spot (InlineSnapshots); else it stays
+    in flight until ``finish`` (a forked child still writing)."""
 
-    def __init__(self, sm: StateMachine) -> None:
+    def __init__(self, sm: StateMachine, *, instant: bool = True) -> None:
         self.replica = _Replica()
         self.sm = sm
+        self.instant = instant
         self.taken = 0
+        self.digests: dict[int, str] = {}
+        self.in_flight: tuple[int, bytes] | None = None
 
-    def take_snapshot(self) -> int:
-        self.taken += 1
+    def begin_snapshot(self) -> int:
+        if self.in_flight is not None:
+            return self.in_flight[0]
         slot = self.sm.applied_through
         if slot:
-            self.replica.snapshot = Snapshot(slot=slot, state=self.sm.snapshot())
+            self.taken += 1
+            self.digests[slot] = self.sm.digest()  # as Node.note_snapshot_digest
+            self.in_flight = (slot, self.sm.snapshot())
+            if self.instant:
+                self.finish()
+        return slot
+
+    def finish(self) -> None:
+        assert self.in_flight is not None
+        slot, state = self.in_flight
+        self.in_flight = None
+        self.replica.snapshot = Snapshot(slot=slot, state=state)
+
+    def snapshot_digest(self, slot: int) -> str | None:
+        return self.digests.get(slot)
+
+    def take_snapshot(self) -> int:
+        slot = self.begin_snapshot()
+        if self.in_flight is not None:
+            self.finish()
         return slot
 
     def advance(self) -> None:
@@ -250,15 +318,35 @@ class _Node:
         self.take_snapshot()
 
 
-def _serve(node: _Node) -> Any:
-    return lambda args: serve_snapshot_read(node, args, node_id=2, cluster_id="prod-kv")
+def _serve(node: _Node, fresh_entries: int = 0) -> Any:
+    return lambda args: serve_snapshot_read(
+        node, args, node_id=2, cluster_id="prod-kv", fresh_entries=fresh_entries
+    )
 
 
-def test_the_first_chunk_takes_a_snapshot_and_carries_the_digest() -> None:
-    node = _Node(_machine())
-    reply = serve_snapshot_read(node, {"offset": 0, "chunk_bytes": 100}, node_id=2, cluster_id="c")
+def _no_sleep(seconds: float) -> None:
+    """fetch_snapshot's pause between polls, in tests where the snapshot is made at once."""
+
+
+def test_the_first_chunk_begins_a_snapshot_and_then_serves_it_with_its_digest() -> None:
+    node = _Node(_machine(), instant=False)
+    serve = _serve(node)
+    pending = serve({"offset": 0, "chunk_bytes": 100})
+    assert pending == {
+        "node_id": 2,
+        "cluster_id": "prod-kv",
+        "slot": node.sm.applied_through,
+        "moved": False,
+        "pending": True,
+    }
+    assert node.taken == 1
+    # Asked again while the child writes: still pending, and no second child.
+    assert serve({"offset": 0, "slot": pending["slot"]})["pending"] is True
+    assert node.taken == 1
+    node.finish()
+    reply = serve({"offset": 0, "slot": pending["slot"], "chunk_bytes": 100})
     snap = node.replica.snapshot
-    assert node.taken == 1 and snap is not None
+    assert snap is not None and node.taken == 1
     assert reply["slot"] == snap.slot == node.sm.applied_through
     assert reply["digest"] == node.sm.digest()
     assert (reply["offset"], reply["total"], reply["data"]) == (
@@ -268,9 +356,26 @@ def test_the_first_chunk_takes_a_snapshot_and_carries_the_digest() -> None:
     )
 
 
+def test_a_recent_snapshot_is_served_as_it_is_and_an_older_one_is_replaced() -> None:
+    node = _Node(_machine())
+    node.take_snapshot()
+    snap = node.replica.snapshot
+    assert snap is not None
+    for s in range(snap.slot + 1, snap.slot + 4):  # three slots applied past it
+        node.sm.apply(s, ())
+    taken = node.taken
+    within = _serve(node, fresh_entries=3)({"offset": 0})
+    assert within["slot"] == snap.slot and "data" in within and node.taken == taken
+    behind = _serve(node, fresh_entries=2)({"offset": 0})
+    assert behind["pending"] is True and behind["slot"] == node.sm.applied_through
+    assert node.taken == taken + 1
+
+
 def test_a_later_chunk_of_a_replaced_snapshot_says_it_moved() -> None:
     node = _Node(_machine())
+    node.take_snapshot()
     first = _serve(node)({"offset": 0})
+    assert "data" in first
     node.advance()
     reply = _serve(node)({"offset": 10, "slot": first["slot"]})
     assert reply == {
@@ -281,7 +386,9 @@ def test_a_later_chunk_of_a_replaced_snapshot_says_it_moved() -> None:
     }
 
 
-def test_the_digest_of_a_snapshot_behind_the_state_machine_is_the_restored_one() -> None:
+def test_the_digest_of_a_snapshot_behind_the_state_machine_is_the_recorded_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     node = _Node(_machine())
     node.take_snapshot()
     snap = node.replica.snapshot
@@ -289,8 +396,22 @@ def test_the_digest_of_a_snapshot_behind_the_state_machine_is_the_restored_one()
     expected = node.sm.digest()
     s = node.sm.applied_through + 1
     node.sm.apply(s, ())  # applied past the snapshot, not snapshotted again
+
+    def no_restore(*args: object) -> None:
+        raise AssertionError("the node restored a snapshot on its loop to learn its digest")
+
+    monkeypatch.setattr(StateMachine, "restore", no_restore)
     reply = _serve(node)({"offset": 0, "slot": snap.slot})
     assert reply["digest"] == expected != node.sm.digest()
+
+
+def test_a_snapshot_whose_digest_is_not_known_is_not_served_but_made_again() -> None:
+    node = _Node(_machine())
+    node.take_snapshot()
+    node.sm.apply(node.sm.applied_through + 1, ())
+    node.digests.clear()  # e.g. a snapshot from before a restart, not restored since
+    reply = _serve(node, fresh_entries=10)({"offset": 0})
+    assert reply["pending"] is True and reply["slot"] == node.sm.applied_through
 
 
 @pytest.mark.parametrize(
@@ -319,7 +440,12 @@ def test_a_node_that_applied_nothing_has_nothing_to_back_up() -> None:
 def test_fetch_assembles_the_snapshot_from_many_chunks() -> None:
     node = _Node(_machine())
     seen: list[tuple[int, int]] = []
-    got = fetch_snapshot(_serve(node), chunk_bytes=64, progress=lambda d, t: seen.append((d, t)))
+    got = fetch_snapshot(
+        _serve(node),
+        chunk_bytes=64,
+        progress=lambda d, t: seen.append((d, t)),
+        sleep=_no_sleep,
+    )
     snap = node.replica.snapshot
     assert snap is not None
     assert (got.slot, got.state, got.digest) == (snap.slot, snap.state, node.sm.digest())
@@ -335,11 +461,11 @@ def test_fetch_starts_over_when_the_snapshot_moves_and_gets_the_newer_one() -> N
     def moving(args: dict[str, Any]) -> Any:
         nonlocal calls
         calls += 1
-        if calls == 3:  # mid-stream of the first attempt
+        if calls == 3:  # mid-stream of the first attempt (the 1st answer was "pending")
             node.advance()
         return serve(args)
 
-    got = fetch_snapshot(moving, chunk_bytes=64)
+    got = fetch_snapshot(moving, chunk_bytes=64, sleep=_no_sleep)
     assert got.restarts == 1
     assert (got.slot, got.digest) == (node.sm.applied_through, node.sm.digest())
     assert verify_state(backup_mod.header_for(got), got.state).digest() == node.sm.digest()
@@ -355,7 +481,7 @@ def test_fetch_gives_up_on_a_snapshot_that_never_holds_still() -> None:
         return serve(args)
 
     with pytest.raises(SnapshotStreamError, match="during each of 3 attempts"):
-        fetch_snapshot(always_moving, chunk_bytes=64, attempts_max=3)
+        fetch_snapshot(always_moving, chunk_bytes=64, attempts_max=3, sleep=_no_sleep)
 
 
 @pytest.mark.parametrize(
@@ -376,7 +502,52 @@ def test_fetch_refuses_a_node_whose_answers_do_not_add_up(lie: Any) -> None:
         return lie(reply) if args["offset"] else reply
 
     with pytest.raises(SnapshotStreamError):
-        fetch_snapshot(lying, chunk_bytes=64)
+        fetch_snapshot(lying, chunk_bytes=64, sleep=_no_sleep)
+
+
+class _FakeClock:
+    """fetch_snapshot's clock and sleep: time passes only when it sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pauses: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def test_fetch_waits_for_a_snapshot_being_made_backing_off_then_streams_it() -> None:
+    node = _Node(_machine(), instant=False)
+    serve = _serve(node)
+    clock = _FakeClock()
+    waited: list[int] = []
+
+    def query(args: dict[str, Any]) -> Any:
+        if len(clock.pauses) == 8 and node.in_flight is not None:
+            node.finish()  # the child is done after 8 polls (more than 1.5 s of them)
+        return serve(args)
+
+    got = fetch_snapshot(
+        query, chunk_bytes=64, clock=clock, sleep=clock.sleep, waiting=waited.append
+    )
+    assert (got.slot, got.digest, got.restarts) == (6, node.sm.digest(), 0)
+    assert waited == [6] * 8 and node.taken == 1
+    assert clock.pauses[0] == backup_mod.POLL_FIRST_S
+    assert all(b == min(2 * a, backup_mod.POLL_MAX_S) for a, b in itertools.pairwise(clock.pauses))
+    assert clock.now > 1.5
+    assert verify_state(backup_mod.header_for(got), got.state).digest() == node.sm.digest()
+
+
+def test_fetch_gives_up_at_its_timeout_on_a_snapshot_never_made() -> None:
+    node = _Node(_machine(), instant=False)
+    clock = _FakeClock()
+    with pytest.raises(SnapshotStreamError, match="not made within 30 s"):
+        fetch_snapshot(_serve(node), timeout_s=30, clock=clock, sleep=clock.sleep)
+    assert clock.now == 30 and node.taken == 1
 
 
 def test_the_chunk_size_stays_well_under_the_client_frame_cap() -> None:
@@ -384,6 +555,7 @@ def test_the_chunk_size_stays_well_under_the_client_frame_cap() -> None:
 
     assert CHUNK_BYTES_MAX * 2 <= FRAME_BYTES_MAX_DEFAULT
     big = _Node(_machine())
+    big.take_snapshot()
     reply = _serve(big)({"offset": 0, "chunk_bytes": 10 * CHUNK_BYTES_MAX})
     assert len(reply["data"]) <= CHUNK_BYTES_MAX
 

@@ -754,12 +754,17 @@ class Client:
         return self._ask(Transfer(target), Decided, "the leader transfer", node=node)
 
     def snapshot(self, *, node: int | None = None) -> SnapshotTaken:
-        """Make ``node`` (or the first that answers) take a snapshot now."""
-        return self._ask(Snapshot(), SnapshotTaken, "the snapshot", node=node)
+        """Make ``node`` (or the first that answers) take a snapshot now. The member answers
+        when its snapshot is made (a forked child writes it: seconds for a GiB), so one
+        attempt may take the whole timeout."""
+        return self._ask(
+            Snapshot(), SnapshotTaken, "the snapshot", node=node, attempt_ms=self.timeout_ms
+        )
 
     def snapshot_each(self) -> list[tuple[str, SnapshotTaken | str]]:
-        """Every endpoint takes a snapshot: ``(endpoint, answer or reason)``."""
-        return self._ask_each(Snapshot(), SnapshotTaken)
+        """Every endpoint takes a snapshot: ``(endpoint, answer or reason)``; each may take
+        the whole timeout (see ``snapshot``)."""
+        return self._ask_each(Snapshot(), SnapshotTaken, attempt_ms=self.timeout_ms)
 
     def snapshot_read(
         self,
@@ -768,10 +773,14 @@ class Client:
         chunk_bytes: int | None = None,
         *,
         node: int | None = None,
+        attempt_ms: int = ATTEMPT_TIMEOUT_MS,
     ) -> SnapshotChunk:
-        """One chunk of ``node``'s snapshot (for a backup)."""
+        """One chunk of ``node``'s snapshot (for a backup); ``attempt_ms`` bounds each try
+        (a MiB chunk from a loaded node may take longer than a small answer)."""
         query = SnapshotRead(offset, slot, chunk_bytes)
-        return self._ask(query, SnapshotChunk, "the snapshot read", node=node)
+        return self._ask(
+            query, SnapshotChunk, "the snapshot read", node=node, attempt_ms=attempt_ms
+        )
 
     def view_log(
         self, first: int = 1, last: int | None = None, limit: int = 100, *, node: int | None = None
@@ -791,13 +800,28 @@ class Client:
 
     # ------------------------------------------------------------------ internals
 
-    def _ask(self, query: AdminQuery, kind: type[A], what: str, *, node: int | None = None) -> A:
-        """Ask one member (``node``, or the first that answers) and check the answer's type."""
+    def _ask(
+        self,
+        query: AdminQuery,
+        kind: type[A],
+        what: str,
+        *,
+        node: int | None = None,
+        attempt_ms: int = ATTEMPT_TIMEOUT_MS,
+    ) -> A:
+        """Ask one member (``node``, or the first that answers) and check the answer's type.
+        Each try waits at most ``attempt_ms``; all of them, at most the client's timeout."""
         with self.thread_lock:
-            return self._ask_locked(query, kind, what, node=node)
+            return self._ask_locked(query, kind, what, node=node, attempt_ms=attempt_ms)
 
     def _ask_locked(
-        self, query: AdminQuery, kind: type[A], what: str, *, node: int | None = None
+        self,
+        query: AdminQuery,
+        kind: type[A],
+        what: str,
+        *,
+        node: int | None = None,
+        attempt_ms: int = ATTEMPT_TIMEOUT_MS,
     ) -> A:
         router = self._router
         deadline = time.monotonic() + self.timeout_ms / 1000
@@ -812,7 +836,7 @@ class Client:
                 break
             if node is not None and ep.node_id is not None and ep.node_id != node:
                 continue
-            wait_ms = max(1, min(ATTEMPT_TIMEOUT_MS, int((deadline - time.monotonic()) * 1000)))
+            wait_ms = max(1, min(attempt_ms, int((deadline - time.monotonic()) * 1000)))
             try:
                 self._connect(ep)
                 if node is not None and ep.node_id != node:
@@ -837,13 +861,15 @@ class Client:
             outcome_unknown=unknown,
         )
 
-    def _ask_each(self, query: AdminQuery, kind: type[A]) -> list[tuple[str, A | str]]:
+    def _ask_each(
+        self, query: AdminQuery, kind: type[A], *, attempt_ms: int = ATTEMPT_TIMEOUT_MS
+    ) -> list[tuple[str, A | str]]:
         """Ask every endpoint once; one that does not answer gets the reason instead."""
         out: list[tuple[str, A | str]] = []
         with self.thread_lock:
             for ep in list(self._router.endpoints):
                 try:
-                    out.append((ep.name, self._ask_one(ep, query, kind, ATTEMPT_TIMEOUT_MS)))
+                    out.append((ep.name, self._ask_one(ep, query, kind, attempt_ms)))
                 except Lost as e:
                     out.append((ep.name, ep.problem or str(e)))
         return out

@@ -50,8 +50,9 @@ class Snapshot(_Query, tag="snapshot", frozen=True):
 
 
 class SnapshotRead(_Query, tag="snapshot_read", frozen=True):
-    """One chunk of this member's snapshot, for a backup (offset 0 without a slot takes a
-    fresh snapshot first)."""
+    """One chunk of this member's snapshot, for a backup. Offset 0 asks for a recent one
+    (with ``slot``: at that slot or newer); a member that has none begins one and answers
+    ``pending`` (see paxosd.storage.backup.serve_snapshot_read)."""
 
     offset: int = 0
     slot: int | None = None
@@ -199,12 +200,14 @@ class SnapshotTaken(_Answer, tag="snapshot", frozen=True):
 
 
 class SnapshotChunk(_Answer, tag="snapshot_chunk", frozen=True):
-    """``moved``: the snapshot named by the request was replaced; start over at ``slot``."""
+    """``moved``: the snapshot named by the request was replaced; start over at ``slot``.
+    ``pending``: a snapshot at ``slot`` is being made; ask again for it (no data yet)."""
 
     node_id: int
     cluster_id: str
     slot: int
     moved: bool
+    pending: bool = False
     offset: int | None = None
     total: int | None = None
     data: bytes | None = None

@@ -192,6 +192,9 @@ class Daemon:
         # query waiting for it (connection id, request id).
         self._admin_waiting: dict[int, tuple[int, int]] = {}
         self._admin_tokens = itertools.count(1)
+        # `paxosctl snapshot` answers when the snapshot it began is in the core (the loop goes
+        # on meanwhile): (connection id, request id, the slot it waits for).
+        self._snapshot_waiting: list[tuple[int, int, int]] = []
         self._membership: Membership | None = None
         self._synced_leader: NodeId | None = None
         # The last leader this node knew (None only before the first): a leader change is a
@@ -573,6 +576,8 @@ class Daemon:
         node.drain()
         self._digests.record(node.sm.applied_through, node.sm.digest())
         self._answer_admin()
+        if self._snapshot_waiting:
+            self._answer_snapshots()
         if any(reply.conn_id == AUTO_COMPACT_CONN for reply in node.replies):
             self._compaction_answered()
         if any(reply.conn_id == ALARM_CONN for reply in node.replies):
@@ -822,6 +827,8 @@ class Daemon:
                 self.watches.cancel(conn_id, watch_id)
             case QueryRequest(request_id=rid, query=ChangeMember() | Transfer() as query):
                 self._admin(conn_id, rid, query)
+            case QueryRequest(request_id=rid, query=Snapshot()):
+                self._snapshot_asked(conn_id, rid)
             case QueryRequest(request_id=rid, query=query):
                 try:
                     answer = self._query(query)
@@ -852,6 +859,43 @@ class Daemon:
                 self._admin_waiting[token] = (conn_id, rid)
                 to = None if target is None else NodeId(target)
                 self.node.replica.step(TransferLeadership(token, to))
+
+    def _snapshot_asked(self, conn_id: int, rid: int) -> None:
+        """Begin a snapshot (or join the one in flight) without waiting for it: the answer
+        comes from _answer_snapshots, at the turn that hands it to the core. A forked child
+        writes it; the loop only stopped for the fork."""
+        if len(self._snapshot_waiting) >= ADMIN_WAITING_MAX:
+            self.clients.reply(conn_id, QueryReply(rid, Busy("too many snapshots waiting")))
+            return
+        slot = self.node.begin_snapshot()
+        if slot == 0:  # nothing applied: nothing to snapshot
+            self.clients.reply(conn_id, QueryReply(rid, SnapshotTaken(self.config.node_id, 0)))
+            return
+        self._snapshot_waiting.append((conn_id, rid, slot))
+        self._answer_snapshots()
+
+    def _answer_snapshots(self) -> None:
+        """Answer each `paxosctl snapshot` whose snapshot (or a newer one) is in the core; if
+        none is in flight and the core's is older, the child failed (its reason is in the
+        log): say so rather than wait for ever."""
+        node = self.node
+        snap = node.replica.snapshot
+        have = 0 if snap is None else snap.slot
+        running = node.snapshot_running
+        still: list[tuple[int, int, int]] = []
+        for conn_id, rid, slot in self._snapshot_waiting:
+            answer: AdminAnswer
+            if have >= slot:
+                answer = SnapshotTaken(self.config.node_id, have)
+            elif running is not None:
+                still.append((conn_id, rid, slot))
+                continue
+            else:
+                answer = Busy(
+                    f"the snapshot at slot {slot} failed (see node {self.config.node_id}'s log)"
+                )
+            self.clients.reply(conn_id, QueryReply(rid, answer))
+        self._snapshot_waiting = still
 
     def _query(self, query: AdminQuery) -> AdminAnswer:
         """Answer a question about this member. Raises ValueError for arguments that make no
@@ -901,8 +945,6 @@ class Daemon:
                     log_start=node.replica.log_start,
                     decided_index=node.replica.decided_through,
                 )
-            case Snapshot():
-                return SnapshotTaken(cfg.node_id, node.take_snapshot())
             case SnapshotRead(offset=offset, slot=slot, chunk_bytes=chunk_bytes):
                 # paxosctl snapshot save: one chunk of this node's snapshot, for a backup.
                 from paxosd.storage.backup import serve_snapshot_read
@@ -911,7 +953,11 @@ class Daemon:
                 if chunk_bytes is not None:
                     args["chunk_bytes"] = chunk_bytes
                 chunk = serve_snapshot_read(
-                    node, args, node_id=cfg.node_id, cluster_id=cfg.cluster_id
+                    node,
+                    args,
+                    node_id=cfg.node_id,
+                    cluster_id=cfg.cluster_id,
+                    fresh_entries=cfg.snapshot.snapshot_every_entries,
                 )
                 return SnapshotChunk(**chunk)
             case Partition(peer=peer, on=on):
@@ -920,6 +966,8 @@ class Daemon:
                 return Partitioned(peer, on)
             case ChangeMember() | Transfer():
                 raise AssertionError("admin changes are answered by _admin")
+            case Snapshot():
+                raise AssertionError("snapshots are answered by _snapshot_asked")
 
     def _status(self) -> StatusReply:
         node = self.node

@@ -75,6 +75,9 @@ SLOW_WRITE_CLEAR_MS = 60_000
 RECENT_RESULTS_SLOTS_MAX = 10_000
 RECENT_RESULTS_COMMANDS_MAX = 100_000
 RECENT_RESULTS_BYTES_MAX = 8 << 20
+# Snapshot digests kept (see Node.snapshot_digests): the newest snapshot's is always among
+# them, since only one is made at a time.
+SNAPSHOT_DIGESTS_KEPT = 8
 # TEST-ONLY fault injection: ``PAXOSD_TEST_PLANT_BUG=ack_before_durable`` makes a leader answer
 # a put "ok" as soon as the put is queued, before its slot is decided (so before it is
 # durable on a majority), with a guessed version. It exists so that tests can show that
@@ -209,7 +212,11 @@ class _NodeHooks(Hooks):
 
     def restored(self, slot: int) -> None:
         self._node.recent_results.clear()
+        self._node.note_snapshot_digest(slot)
         self._node.log.info("snapshot restored", slot=slot)
+
+    def snapshot_started(self, slot: int) -> None:
+        self._node.note_snapshot_digest(slot)
 
     def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
         node = self._node
@@ -275,6 +282,11 @@ class Node:
             "fsync_slow", "fsync_fast_again", clear_after_ms=SLOW_WRITE_CLEAR_MS
         )
         self.network: Network = network if network is not None else Outbox()
+        # The digest of each recent snapshot, by slot: recorded when it is begun (the live
+        # state machine is at its slot then, and its digest costs nothing) or restored, so
+        # that a backup never restores a snapshot just to learn its digest. After a restart
+        # the recovered snapshot's is recorded by its restore.
+        self.snapshot_digests: dict[int, str] = {}
         self.snapshot_maker = ForkSnapshots(self.storage.snapshot_dir, self.log)
         self.runner: Runner[StateMachine] = Runner(
             Replica(config.core_config(), random.Random(), durable, now_ms()),
@@ -416,8 +428,34 @@ class Node:
         self.runner.flush_decided()
 
     def take_snapshot(self) -> int:
-        """Snapshot the state machine now; the core compacts the log behind it."""
+        """Snapshot the state machine now, waiting for it (the loop stops meanwhile: offline
+        tools only; the daemon uses begin_snapshot). The core compacts the log behind it."""
         return self.runner.take_snapshot()
+
+    def begin_snapshot(self) -> int:
+        """Have a snapshot made without waiting for it: the slot of the one in flight, or of
+        one begun now (0: nothing applied). See Runner.begin_snapshot."""
+        return self.runner.begin_snapshot()
+
+    @property
+    def snapshot_running(self) -> int | None:
+        """The slot of the snapshot a child is making now, if any."""
+        return self.snapshot_maker.running
+
+    def snapshot_digest(self, slot: int) -> str | None:
+        """StateMachine.digest() at ``slot``, if a snapshot at ``slot`` was begun or restored
+        lately (None: not known here)."""
+        return self.snapshot_digests.get(slot)
+
+    def note_snapshot_digest(self, slot: int) -> None:
+        """Record the live state machine's digest as the snapshot's at ``slot`` (only if it
+        is at that slot: else nothing is known, and a backup has a new snapshot made)."""
+        if self.sm.applied_through != slot:
+            return
+        digests = self.snapshot_digests
+        digests[slot] = self.sm.digest()
+        while len(digests) > SNAPSHOT_DIGESTS_KEPT:
+            del digests[min(digests)]
 
     def _client_address_of(self, node: NodeId | None) -> bytes:
         """The leader's client address for a redirect, when the config names it."""

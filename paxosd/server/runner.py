@@ -136,6 +136,11 @@ class SnapshotMaker(Protocol):
         """A snapshot through ``slot``, made before returning (an operator asked for it)."""
         ...
 
+    @property
+    def running(self) -> int | None:
+        """The slot of the snapshot being made now (None: none is), as of the last poll."""
+        ...
+
     def receive(self, chunk: SnapshotChunk) -> SnapshotState | None:
         """Write one chunk of a peer's snapshot (offset 0 starts a new one); the whole state
         once the last chunk is in, else None."""
@@ -164,6 +169,10 @@ class InlineSnapshots:
 
     def take_now(self, slot: int, sm: Machine) -> SnapshotState:
         return sm.snapshot()
+
+    @property
+    def running(self) -> int | None:
+        return None  # made on the spot: never in flight
 
     def receive(self, chunk: SnapshotChunk) -> SnapshotState | None:
         if chunk.offset == 0:
@@ -234,6 +243,10 @@ class Hooks:
 
     def committed(self, waiter: Waiter) -> None:
         """``waiter``'s command was applied and its answer queued."""
+
+    def snapshot_started(self, slot: int) -> None:
+        """A snapshot through ``slot`` is being made of the state machine as it is now (the
+        daemon records the state machine's digest here: it is the snapshot's)."""
 
     def snapshotted(self, slot: int) -> None:
         """A snapshot through ``slot`` was handed to the core (it writes it with the next
@@ -559,7 +572,8 @@ class Runner(Generic[M]):
             return
         self.snapshot_due = slot
         self.commands_since_snapshot = 0
-        self.maker.start(slot, self.sm)
+        if self.maker.start(slot, self.sm):
+            self.hooks.snapshot_started(slot)
         self._collect_snapshot()
 
     def _collect_snapshot(self) -> None:
@@ -581,8 +595,29 @@ class Runner(Generic[M]):
             return 0
         self.snapshot_due = slot
         self.commands_since_snapshot = 0
+        self.hooks.snapshot_started(slot)
         self.replica.step(
             SnapshotTaken(Snapshot(slot=slot, state=self.maker.take_now(slot, self.sm)))
         )
         self.hooks.snapshotted(slot)
+        return slot
+
+    def begin_snapshot(self) -> int:
+        """Have a snapshot made without waiting for it (an operator asked, or a backup
+        starts): the slot of the one in flight if there is one, else of a new one begun at
+        the applied index (0: nothing applied yet). Its end reaches the core at a later
+        drain, as for the periodic ones; a failed attempt is logged by the maker, and the
+        caller, which sees no snapshot at that slot and none in flight, may ask again."""
+        self._collect_snapshot()
+        running = self.maker.running
+        if running is not None:
+            return running
+        slot = self.sm.applied_through
+        if slot == 0:
+            return 0
+        self.snapshot_due = slot
+        self.commands_since_snapshot = 0
+        if self.maker.start(slot, self.sm):
+            self.hooks.snapshot_started(slot)
+        self._collect_snapshot()
         return slot

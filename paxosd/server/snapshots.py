@@ -52,7 +52,9 @@ SYNC_EVERY_BYTES: Final = 32 << 20
 _FD_MAX: Final = 1 << 20
 M = TypeVar("M", bound=Machine)
 
-# Planted-bug hook for the crash test: the child stops half-way (as if killed mid-write).
+# Test-only: the child stops itself (SIGSTOP) once, at the first write that reaches this many
+# bytes, so a test can kill it mid-write or hold it as long as it likes and resume it
+# (SIGCONT). Read at each fork; logged as a warning when set.
 _CHILD_STALL_ENV: Final = "PAXOSD_TEST_SNAPSHOT_CHILD_STALL"
 
 
@@ -110,6 +112,12 @@ class ForkSnapshots:
 
         tmp = self.folder / f"{file_name(slot)}.{os.getpid()}.tmp"
         stall = int(os.environ.get(_CHILD_STALL_ENV, "0"))
+        if stall:
+            self.log.warning(
+                "TEST-ONLY SNAPSHOT CHILD STALL: the snapshot child stops itself until "
+                "resumed; never run it with real data",
+                **{_CHILD_STALL_ENV: stall},
+            )
         try:
             r, w = os.pipe()
         except OSError as e:
@@ -167,6 +175,10 @@ class ForkSnapshots:
     @property
     def busy(self) -> bool:
         return self._child is not None
+
+    @property
+    def running(self) -> int | None:
+        return None if self._child is None else self._child[1]
 
     def _check(self, *, block: bool) -> None:
         assert self._child is not None
@@ -266,7 +278,7 @@ def _child_write(
     synced = 0
 
     def write(data: memoryview | bytes) -> None:
-        nonlocal size, crc, synced
+        nonlocal size, crc, synced, stall
         view = memoryview(data)
         crc = zlib.crc32(view, crc)
         size += len(view)
@@ -277,7 +289,8 @@ def _child_write(
             os.fdatasync(fd)
             synced = size
         if stall and size >= stall:
-            os.kill(os.getpid(), 19)  # SIGSTOP: a test kills it here, mid-write
+            stall = 0  # once: a resumed child runs to the end
+            os.kill(os.getpid(), 19)  # SIGSTOP: a test kills or resumes it here, mid-write
 
     write_state(write)
     os.fsync(fd)

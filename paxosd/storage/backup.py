@@ -22,9 +22,11 @@ header as well, so a flipped bit anywhere is refused before anything trusts it.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +44,7 @@ __all__ = [
     "MAGIC",
     "Backup",
     "BackupChecksumMismatch",
+    "BackupFileWriter",
     "BackupError",
     "BackupHeader",
     "BackupStateMismatch",
@@ -52,6 +55,7 @@ __all__ = [
     "NotABackup",
     "SnapshotStreamError",
     "UnsupportedBackupVersion",
+    "WrittenBackup",
     "decode_backup",
     "encode_backup",
     "fetch_snapshot",
@@ -76,6 +80,12 @@ CHUNK_BYTES_MAX: Final = 1 << 20
 # A snapshot replaced while it streams (the node snapshots every snapshot_every_entries
 # applied entries) restarts the transfer; a cluster that outruns this many is told so.
 FETCH_ATTEMPTS_MAX: Final = 8
+# A whole fetch gives up after this long by default (paxosctl passes --timeout-ms): a GiB
+# snapshot is a child's few seconds to make plus a GiB over the encrypted client port.
+FETCH_TIMEOUT_S_DEFAULT: Final = 600.0
+# While a node makes the snapshot asked for, ask again after this long, doubling up to the max.
+POLL_FIRST_S: Final = 0.05
+POLL_MAX_S: Final = 1.0
 
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -300,7 +310,7 @@ def write_backup(path: Path, header: BackupHeader, state: bytes) -> Backup:
 
 
 def verify_state(
-    header: BackupHeader, state: bytes, *, path: Path | str = "<memory>"
+    header: BackupHeader, state: bytes | memoryview, *, path: Path | str = "<memory>"
 ) -> StateMachine:
     """Restore the state and check it is the one the header names (slot and digest)."""
     try:
@@ -318,6 +328,121 @@ def verify_state(
             path, f"the state's digest is {sm.digest()}, the header says {header.digest}"
         )
     return sm
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenBackup:
+    """What BackupFileWriter wrote: the header, the file's sha256 (hex) and its size."""
+
+    header: BackupHeader
+    sha256: str
+    file_bytes: int
+
+
+class BackupFileWriter:
+    """A backup file written as its state arrives (``paxosctl snapshot save``), so the state
+    is never held whole in memory: the header first (all it says is known with the first
+    chunk), then each chunk, into FILE.tmp (0600), hashing as it goes. ``begin`` again
+    starts over (the node replaced its snapshot mid-stream). ``finish`` appends the
+    checksum, syncs, reads the file back (the header decoded, the state restored from the
+    file mapped and checked against the header's slot and digest), then renames it to FILE
+    and syncs the folder: a crash leaves the old FILE or the new one, never half of one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self._fd: int | None = None
+        self._header: BackupHeader | None = None
+        self._body = hashlib.sha256()  # the checksum's: every byte before it
+        self._file = hashlib.sha256()  # the file's, checksum included
+        self._state_at = 0
+        self._written = 0
+
+    def begin(self, header: BackupHeader) -> None:
+        """Start the file over with this header. :raises OSError: the file system refused."""
+        assert 1 <= header.state_bytes <= STATE_BYTES_MAX, header.state_bytes
+        assert _DIGEST_RE.fullmatch(header.digest), header.digest
+        self._close()
+        head = _header_encoder.encode(header)
+        assert len(head) <= HEADER_BYTES_MAX, len(head)
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._header = header
+        self._body = hashlib.sha256()
+        self._file = hashlib.sha256()
+        self._written = 0
+        prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head
+        self._state_at = len(prefix)
+        self._put(prefix, body=True)
+
+    def write(self, data: bytes) -> None:
+        """The next bytes of the state. :raises OSError: the file system refused."""
+        assert self._header is not None, "write before begin"
+        assert self._written + len(data) <= self._header.state_bytes, "more state than said"
+        self._put(data, body=True)
+        self._written += len(data)
+
+    def finish(self) -> WrittenBackup:
+        """Checksum, sync, check by reading back, rename.
+
+        :raises BackupError: what was written does not read back as the header says
+            (BackupStateMismatch: the state is not the one the node's digest names).
+        :raises OSError: the file system refused.
+        """
+        header = self._header
+        assert header is not None and self._fd is not None, "finish before begin"
+        assert self._written == header.state_bytes, (self._written, header.state_bytes)
+        self._put(self._body.digest(), body=False)
+        os.fsync(self._fd)
+        self._close()
+        size = self._state_at + header.state_bytes + _CHECKSUM_BYTES
+        with self.tmp.open("rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise BackupTruncated(self.tmp, "the file written is not the length it should be")
+            mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        try:
+            with memoryview(mm) as buf:
+                if _header_decoder.decode(buf[_PREFIX.size : self._state_at]) != header:
+                    raise BadBackupHeader(self.tmp, "the header written does not read back")
+                state = buf[self._state_at : self._state_at + header.state_bytes]
+                try:
+                    verify_state(header, state, path=self.tmp)
+                finally:
+                    state.release()
+        finally:
+            mm.close()
+        os.replace(self.tmp, self.path)
+        self._header = None  # done: abandon has nothing to remove
+        fsync_dir_of(self.path)
+        return WrittenBackup(header=header, sha256=self._file.hexdigest(), file_bytes=size)
+
+    def abandon(self) -> None:
+        """Remove FILE.tmp (after a failure); FILE is untouched. Nothing once finished."""
+        self._close()
+        if self._header is not None:
+            self.tmp.unlink(missing_ok=True)
+
+    def _put(self, data: bytes, *, body: bool) -> None:
+        assert self._fd is not None
+        if body:
+            self._body.update(data)
+        self._file.update(data)
+        view = memoryview(data)
+        while view:  # bounded: each write makes progress or raises
+            view = view[os.write(self._fd, view) :]
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def fsync_dir_of(path: Path) -> None:
+    """Sync ``path``'s folder, so a rename into it survives a crash."""
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def now_iso() -> str:
@@ -341,7 +466,9 @@ class SnapshotSource(Protocol):
     @property
     def sm(self) -> StateMachine: ...
 
-    def take_snapshot(self) -> int: ...
+    def begin_snapshot(self) -> int: ...
+
+    def snapshot_digest(self, slot: int) -> str | None: ...
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int | None) -> int | None:
@@ -354,15 +481,29 @@ def _int_arg(args: dict[str, Any], name: str, default: int | None) -> int | None
 
 
 def serve_snapshot_read(
-    node: SnapshotSource, args: dict[str, Any], *, node_id: int, cluster_id: str
+    node: SnapshotSource,
+    args: dict[str, Any],
+    *,
+    node_id: int,
+    cluster_id: str,
+    fresh_entries: int = 0,
 ) -> dict[str, Any]:
-    """Answer the client query ``snapshot_read``: one chunk of this node's current snapshot.
+    """Answer the client query ``snapshot_read``: one chunk of this node's latest snapshot.
+    Never waits for a snapshot to be made: the node's loop answers this between two turns.
 
-    ``{"offset": 0}`` with no ``slot`` first takes a snapshot at the applied index, so a
-    backup is as fresh as the node. Later chunks name the ``slot`` they continue; if the node
-    has replaced that snapshot since, the answer is ``{"moved": True, "slot": newer}`` and the
-    client starts over (the daemon keeps no per-client state, so an abandoned backup costs
-    nothing). The digest comes with the first chunk only: it may cost a restore.
+    ``{"offset": 0}`` asks for a recent snapshot: the node's latest, if it is at most
+    ``fresh_entries`` (the node's snapshot_every_entries) behind the applied index, which
+    the periodic snapshots keep true under a steady load. ``{"offset": 0, "slot": S}`` asks
+    for one at S or newer. When the node has none that fits, it begins one (a forked child
+    writes it, see paxosd/server/snapshots.py) unless one is in flight already, and answers
+    ``{"pending": True, "slot": S}`` with the slot being made: the client asks again for S,
+    backing off. Later chunks name the ``slot`` they continue; if the node has replaced that
+    snapshot since, the answer is ``{"moved": True, "slot": newer}`` and the client starts
+    over. The daemon keeps no per-client state, so an abandoned backup costs nothing.
+
+    The digest comes with chunk 0. It was recorded when the snapshot was begun or restored
+    (Node.snapshot_digests), never computed by restoring the snapshot here: that took
+    seconds on the loop for a few hundred MB.
 
     :raises ValueError: bad arguments, or nothing applied yet (the daemon answers
         bad_request).
@@ -372,33 +513,38 @@ def serve_snapshot_read(
     chunk = _int_arg(args, "chunk_bytes", CHUNK_BYTES_MAX)
     assert offset is not None and chunk is not None
     chunk = max(1, min(chunk, CHUNK_BYTES_MAX))
-    if slot is None:
-        if offset != 0:
-            raise ValueError("snapshot read: an offset past 0 must name its slot")
-        node.take_snapshot()
+    if slot is None and offset != 0:
+        raise ValueError("snapshot read: an offset past 0 must name its slot")
+    applied = node.sm.applied_through
     snap = node.replica.snapshot
-    if snap is None:
-        raise ValueError("nothing to back up: this node has applied no slot yet")
-    base = {"node_id": node_id, "cluster_id": cluster_id, "slot": snap.slot}
-    if slot is not None and snap.slot != slot:
-        return base | {"moved": True}
+    base = {"node_id": node_id, "cluster_id": cluster_id}
+    if offset == 0:
+        if applied == 0:
+            raise ValueError("nothing to back up: this node has applied no slot yet")
+        wanted = max(1, applied - max(0, fresh_entries)) if slot is None else slot
+        digest = None if snap is None else node.snapshot_digest(snap.slot)
+        if snap is not None and digest is None and snap.slot == applied:
+            digest = node.sm.digest()  # the live state machine is at the snapshot's slot
+        if snap is None or digest is None or snap.slot < wanted:
+            taking = node.begin_snapshot()
+            assert taking >= 1, taking  # something is applied
+            return base | {"slot": taking, "moved": False, "pending": True}
+    else:
+        if snap is None or snap.slot != slot:
+            return base | {"slot": 0 if snap is None else snap.slot, "moved": True}
+        digest = None
     total = len(snap.state)
     if offset > total:
         raise ValueError(f"snapshot read: offset {offset} is past the end ({total} bytes)")
     reply = base | {
+        "slot": snap.slot,
         "moved": False,
         "offset": offset,
         "total": total,
-        "data": snap.state[offset : offset + chunk],
+        "data": bytes(snap.state[offset : offset + chunk]),
     }
-    if offset == 0:
-        # Just taken: the live state machine is at that slot. Otherwise (the snapshot came
-        # from a peer, or an explicit slot) the digest is the restored state's.
-        sm = node.sm
-        if sm.applied_through == snap.slot:
-            reply["digest"] = sm.digest()
-        else:
-            reply["digest"] = StateMachine.restore(snap.state).digest()
+    if digest is not None:
+        reply["digest"] = digest
     return reply
 
 
@@ -419,6 +565,14 @@ class FetchedSnapshot:
 Query = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+class StateSink(Protocol):
+    """Where fetch_snapshot puts the state as it arrives (BackupFileWriter)."""
+
+    def begin(self, header: BackupHeader) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
 def _field(reply: dict[str, Any], name: str, kind: type) -> Any:
     value = reply.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -432,22 +586,59 @@ def fetch_snapshot(
     chunk_bytes: int = CHUNK_BYTES_MAX,
     attempts_max: int = FETCH_ATTEMPTS_MAX,
     progress: Callable[[int, int], None] | None = None,
+    timeout_s: float = FETCH_TIMEOUT_S_DEFAULT,
+    waiting: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    sink: StateSink | None = None,
 ) -> FetchedSnapshot:
     """Stream one node's snapshot chunk by chunk. ``query(args)`` must ask the SAME node every
     time (pin it after the first answer). Every reply is checked: a node that answers
     inconsistent offsets, lengths or slots gets a SnapshotStreamError, not a corrupt backup.
 
-    ``progress(received_bytes, total_bytes)`` is called after each chunk.
+    A node that has no recent snapshot begins one and answers "pending": we ask again for
+    that slot, backing off from POLL_FIRST_S to POLL_MAX_S, until it is made; the whole
+    fetch gives up after ``timeout_s`` (SnapshotStreamError). ``waiting(slot)`` is called
+    at each pending answer, ``progress(received_bytes, total_bytes)`` after each chunk.
+    With a ``sink`` (a BackupFileWriter), the state goes to it as it arrives (``begin``
+    at each transfer's first chunk, with the backup's header) and FetchedSnapshot.state is
+    empty; without one, it is assembled in memory.
     """
     assert 1 <= chunk_bytes <= CHUNK_BYTES_MAX, chunk_bytes
     assert 1 <= attempts_max <= 100, attempts_max
-    for attempt in range(attempts_max):
-        first = query({"offset": 0, "chunk_bytes": chunk_bytes})
+    assert timeout_s > 0, timeout_s
+    deadline = clock() + timeout_s
+    wanted: int | None = None  # the slot a pending answer named
+    pause = POLL_FIRST_S
+    attempt = 0
+    # Bounded: each round either polls (bounded by the deadline), restarts a moved transfer
+    # (bounded by attempts_max) or returns.
+    while True:
+        ask: dict[str, Any] = {"offset": 0, "chunk_bytes": chunk_bytes}
+        if wanted is not None:
+            ask["slot"] = wanted
+        first = query(ask)
+        if first.get("pending") is True:
+            wanted = _field(first, "slot", int)
+            if waiting is not None:
+                waiting(wanted)
+            left = deadline - clock()
+            if left <= 0:
+                raise SnapshotStreamError(
+                    f"the node's snapshot at slot {wanted} was not made within {timeout_s:g} s"
+                    " (a bigger --timeout-ms waits longer)"
+                )
+            sleep(min(pause, left))
+            pause = min(pause * 2, POLL_MAX_S)
+            continue
+        pause = POLL_FIRST_S
         slot = _field(first, "slot", int)
         total = _field(first, "total", int)
         digest = _field(first, "digest", str)
         node_id = _field(first, "node_id", int)
         cluster_id = _field(first, "cluster_id", str)
+        if wanted is not None and slot < wanted:
+            raise SnapshotStreamError(f"asked for a snapshot at slot {wanted}, got {slot}")
         if not 1 <= total <= STATE_BYTES_MAX:
             raise SnapshotStreamError(f"snapshot of {total} bytes is outside 1..{STATE_BYTES_MAX}")
         if not _DIGEST_RE.fullmatch(digest):
@@ -456,6 +647,17 @@ def fetch_snapshot(
         received = 0
         reply = first
         chunks = 0
+        if sink is not None:
+            sink.begin(
+                BackupHeader(
+                    cluster_id=cluster_id,
+                    node_id=node_id,
+                    applied_index=slot,
+                    digest=digest,
+                    created_at=now_iso(),
+                    state_bytes=total,
+                )
+            )
         # Bounded: every round must deliver exactly min(chunk_bytes, total - received) > 0.
         while True:
             if reply.get("moved") is True:
@@ -470,7 +672,10 @@ def fetch_snapshot(
                     f"snapshot_read chunk of {len(data)} bytes at offset {received}, expected "
                     f"{min(chunk_bytes, total - received)}"
                 )
-            parts.append(data)
+            if sink is not None:
+                sink.write(data)
+            else:
+                parts.append(data)
             received += len(data)
             chunks += 1
             if progress is not None:
@@ -485,11 +690,20 @@ def fetch_snapshot(
                     restarts=attempt,
                     chunks=chunks,
                 )
+            if clock() >= deadline:
+                raise SnapshotStreamError(
+                    f"the snapshot did not arrive within {timeout_s:g} s ({received} of {total}"
+                    " bytes; a bigger --timeout-ms waits longer)"
+                )
             reply = query({"offset": received, "slot": slot, "chunk_bytes": chunk_bytes})
-    raise SnapshotStreamError(
-        f"the node replaced its snapshot during each of {attempts_max} attempts (it snapshots "
-        "every snapshot_every_entries applied entries); retry when the load is lower"
-    )
+        attempt += 1
+        wanted = None
+        if attempt >= attempts_max:
+            raise SnapshotStreamError(
+                f"the node replaced its snapshot during each of {attempts_max} attempts (it "
+                "snapshots every snapshot_every_entries applied entries); retry when the load "
+                "is lower"
+            )
 
 
 def header_for(fetched: FetchedSnapshot) -> BackupHeader:
