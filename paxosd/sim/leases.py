@@ -107,6 +107,8 @@ class LeaseReport:
     revoked_by_client: int = 0
     stale_expiries_refused: int = 0
     pauses: int = 0
+    # Leases whose grant was answered (from the session cache) only after they expired.
+    expired_before_granted: int = 0
     # The longest wait from "keep-alives stopped" (or heal) + TTL to the revoke, in election
     # timeouts: what BOUND_ELECTION_TIMEOUTS must cover.
     worst_overrun_ets: float = 0.0
@@ -442,6 +444,7 @@ class LeaseDriver:
                 if lid in self._first_gone and lease.gone_ms is None:
                     # Expired before this answer came (from the session cache): judge it.
                     lease.gone_ms = self._first_gone[lid]
+                    self.report.expired_before_granted += 1
                     self._judge_expiry(lease)
                 lease.stage = "attach"
             case Written():
