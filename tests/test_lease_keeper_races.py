@@ -219,3 +219,89 @@ def test_the_leader_forgets_the_leases_that_are_gone() -> None:
     assert [t for t in tables if 5 in t or 6 in t] == []
     c.client(LeaseGrant(ttl=10, lease_id=5, min_ttl=1))
     assert isinstance(c.keep_alive(1, 5, c.clock.now), LeaseKept)
+
+
+def _checkpoints(c: Cluster, nid: int, until: int, step: int = 100) -> list[tuple[int, int]]:
+    """Tick to ``until``, deciding every proposal of node ``nid`` at once; returns the
+    (time, remaining) of each checkpoint of lease 5 applied, expiry excluded."""
+    applied = []
+    for ms in range(c.clock.now + step, until, step):
+        c.at(ms)
+        for token in sorted(c.nodes[nid][1].proposed):
+            op = c.decide(nid, token)
+            if isinstance(op, LeaseCheckpoint):
+                applied += [(ms, left) for lid, left in op.leases if lid == 5]
+    return applied
+
+
+def test_a_quiet_lease_is_checkpointed_again_as_its_time_runs_down() -> None:
+    """Once checkpointed, a quiet lease is checkpointed again whenever the leader's count has
+    fallen the re-checkpoint step below the logged time, so a node counting from the log at
+    any moment (one that restarted and replayed it) is at most about that step behind. Each
+    logged time is what the leader counts (never less: not early), and a TTL 10 s lease
+    writes about TTL / step entries before it expires."""
+    c = Cluster()
+    _granted_and_kept(c, 100)  # the lease runs out at 10,100 on node 1
+    settings = LeaseSettings(ET)
+    step = settings.recheckpoint_after_ms_for(10)
+    applied = _checkpoints(c, 1, 12_000)
+    assert c.sm.lease_ttl(5) is None  # expired
+    times = [left for _, left in applied]
+    assert times == sorted(times, reverse=True) and len(times) >= 2
+    for at, left in applied:
+        assert at + left >= 10_100  # the logged time never shortens the lease
+    quiet = 100 + settings.checkpoint_after_ms_for(10)
+    for (at, left), (later_at, later_left) in zip(applied, applied[1:], strict=False):
+        # checkpointed again once the count fell the step below the log, within one tick of
+        # the keeper's checkpoint round (an election timeout)
+        assert step <= left - later_left <= step + ET + 100
+        assert later_at - at <= step + ET + 100
+    assert applied[0][0] <= quiet + ET + 100
+    # about TTL / step entries after the first: (10,100 - first checkpoint) / step, plus one
+    assert len(applied) <= (10_100 - applied[0][0]) // step + 2
+
+
+def test_a_keep_alive_during_a_recheckpoint_clears_it_through_the_log_first() -> None:
+    """A keep-alive that arrives while a re-checkpoint is on its way waits for a reset ordered
+    after it: a next leader counts the full TTL from after that keep-alive, not the
+    re-checkpoint's shorter time."""
+    c = Cluster()
+    _granted_and_kept(c, 100)
+    proposed = c.nodes[1][1].proposed
+    ms = c.clock.now
+    logged = 0
+    while not logged and ms < 10_000:  # the first checkpoint of the quiet spell, applied
+        ms += 100
+        c.at(ms)
+        c.decide_all(1)
+        logged = c.sm.lease_remaining_ms(5)
+    while not proposed and ms < 10_000:  # tick until the re-checkpoint is proposed
+        ms += 100
+        c.at(ms)
+    ((token, raw),) = proposed.items()
+    op = decode_command(raw).op
+    assert isinstance(op, LeaseCheckpoint) and 0 < op.leases[0][1] < logged
+    receipt = ms + 10
+    assert c.keep_alive(1, 5, receipt) is None  # parked behind the re-checkpoint
+    c.at(receipt + 10)
+    for t in sorted(proposed):
+        c.decide(1, t)  # the re-checkpoint first (one queue), then the reset
+    assert c.nodes[1][1].replies.pop().status == "ok"
+    assert c.sm.lease_remaining_ms(5) == 0
+    c.lead(2, 2)
+    c.at(receipt + 20)
+    c.decide_all(2)
+    assert c.nodes[2][0].deadline[5] >= receipt + 10_000
+
+
+def test_a_lease_kept_alive_every_third_of_its_ttl_writes_nothing() -> None:
+    """The re-checkpoint applies only to a lease already checkpointed in a quiet spell: a
+    lease kept alive every TTL/3 is never checkpointed, so writes nothing to the log."""
+    c = Cluster()
+    _granted_and_kept(c, 100)
+    proposed = c.nodes[1][1].proposed
+    for ms in range(200, 40_000, 100):
+        c.at(ms)
+        assert not proposed, ms
+        if ms % 3300 == 0:
+            assert isinstance(c.keep_alive(1, 5, ms), LeaseKept)

@@ -17,7 +17,17 @@ runner's Clock), never in apply and never a deadline a client wrote:
   *anchor*); a new leader sets its deadline to anchor + r and expires it an election timeout
   later (etcd's extension on promotion). A leader checkpoints a lease with no keep-alive for
   ``checkpoint_after_ms``; a keep-alive of a checkpointed lease first clears the checkpoint
-  through the log (etcd's rule since 3.5: at most two log entries per lease per quiet spell).
+  through the log (etcd's rule since 3.5). A checkpointed lease that stays quiet is
+  checkpointed again whenever the leader's count has fallen ``recheckpoint_after_ms_for`` below
+  the logged time (up to about one entry per election timeout of TTL per quiet spell, each
+  entry carrying every lease due in that round).
+
+Why re-checkpoint: a node that restarts, replays the log or installs a snapshot cannot know
+how long ago a checkpoint was applied and anchors it at its replay. If the logged time were
+never renewed, each restarted node handed leadership would count the same old checkpoint from
+its own replay, and rolling restarts kept a quiet lease alive forever. Kept current, the logged
+time is at most the step + one checkpoint round (an election timeout) old while a leader acts,
+so each hand-over to such a node adds at most that much: README "Leases" states the bound.
 
 Why this bounds the extension (etcd #9888: frequent elections renewed leases forever): a new
 leader extends a lease from *its* election only if the lease had no checkpoint, and its
@@ -102,6 +112,9 @@ EXPIRIES_IN_FLIGHT_MAX: Final = 256
 # The longest quiet spell, in election timeouts, before a lease's remaining time is
 # checkpointed through the log (LeaseSettings.checkpoint_after_ms_for).
 CHECKPOINT_WAIT_ETS: Final = 8
+# How far, in election timeouts, a checkpointed quiet lease's remaining time may fall below
+# the logged one before it is checkpointed again (LeaseSettings.recheckpoint_after_ms_for).
+RECHECKPOINT_ETS: Final = 1
 
 
 def min_ttl_s(election_timeout_ms: int) -> int:
@@ -142,6 +155,13 @@ class LeaseSettings:
         (README "Leases": k = 3 + CHECKPOINT_WAIT_ETS at most), whatever the TTL."""
         et = self.election_timeout_ms
         return max(self.checkpoint_after_ms, min(ttl_s * 500, CHECKPOINT_WAIT_ETS * et))
+
+    def recheckpoint_after_ms_for(self, ttl_s: int) -> int:
+        """How far a checkpointed quiet lease's remaining time may fall below the logged one
+        before the leader checkpoints it again. A node that restarts (or installs a snapshot)
+        anchors every logged checkpoint at its replay, as if just applied; keeping the logged
+        time this current bounds what each such node can add when it leads."""
+        return RECHECKPOINT_ETS * self.election_timeout_ms
 
     @property
     def retry_ms(self) -> int:
@@ -515,18 +535,29 @@ class LeaseKeeper:
     def _propose_checkpoints(self, runner: Runner[Any], sm: LeaseView, now: int) -> None:
         """Checkpoint each lease without a checkpoint whose last keep-alive is older than
         ``checkpoint_after_ms_for`` its TTL, at the time its deadline leaves (no grace): a
-        next leader counts from there instead of granting its full TTL again."""
+        next leader counts from there instead of granting its full TTL again. A checkpointed
+        lease is checkpointed again once our count is ``recheckpoint_after_ms_for`` below the
+        logged time, so a node that counts it from its replay is never far behind (never
+        early: the time logged is our deadline's, and a keep-alive parks behind it)."""
         due: list[tuple[int, int]] = []
         for lease_id, deadline in self.deadline.items():
             if lease_id in self._checkpointing or lease_id in self._resetting:
                 continue
+            if lease_id in self._parked or lease_id in self._expiring:
+                continue
             ttl = sm.lease_ttl(lease_id)
-            if ttl is None or sm.lease_remaining_ms(lease_id) != 0:
+            if ttl is None:
+                continue
+            left = max(1, deadline - now)
+            logged = sm.lease_remaining_ms(lease_id)
+            if logged != 0:
+                if logged - left >= self.settings.recheckpoint_after_ms_for(ttl):
+                    due.append((lease_id, left))
                 continue
             after = self.settings.checkpoint_after_ms_for(ttl)
             if now - self.last_ack.get(lease_id, self.anchor.get(lease_id, now)) < after:
                 continue
-            due.append((lease_id, max(1, deadline - now)))
+            due.append((lease_id, left))
         for chunk in _chunks(due, LEASE_CHECKPOINTS_MAX):
             self._checkpoint(runner, "checkpoint", chunk)
 

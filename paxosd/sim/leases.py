@@ -107,6 +107,8 @@ class LeaseReport:
     revoked_by_client: int = 0
     stale_expiries_refused: int = 0
     pauses: int = 0
+    # Leases whose grant was answered (from the session cache) only after they expired.
+    expired_before_granted: int = 0
     # The longest wait from "keep-alives stopped" (or heal) + TTL to the revoke, in election
     # timeouts: what BOUND_ELECTION_TIMEOUTS must cover.
     worst_overrun_ets: float = 0.0
@@ -129,6 +131,11 @@ class LeaseDriver:
         self.resumed_ms = 0  # the end of the paused-leader fault
         self.keeper_class = keeper_class(world.options.planted_bugs)
         self._seen: dict[int, set[int]] = {}  # node -> lease ids seen alive there
+        # Every lease id any node had, and when a node first applied its revoke: a retried
+        # grant answered from the session cache can tell a client its lease id after the
+        # lease already expired everywhere, so no node sees it go after the client knows it.
+        self._ids: dict[int, set[int]] = {}  # node -> every lease id alive there
+        self._first_gone: dict[int, int] = {}  # lease id -> first revoke applied
         for i in range(clients):
             lease = SimLease(
                 index=i,
@@ -147,6 +154,7 @@ class LeaseDriver:
         """A node's runner was (re)built (start, restart): it replays from nothing, and the
         planted keeper bug, if any, goes in."""
         self._seen[int(node.id)] = set()
+        self._ids[int(node.id)] = set()
         cls = self.keeper_class
         if cls is None:
             return
@@ -165,6 +173,10 @@ class LeaseDriver:
     def applied(self, node: SimNode) -> None:
         """After every slot a node applies: which of our leases it no longer has."""
         sm = node.sm
+        ids = set(sm.lease_ids())
+        for lid in self._ids.get(int(node.id), set()) - ids:
+            self._first_gone.setdefault(lid, self.world.now_ms)
+        self._ids[int(node.id)] = ids
         seen = self._seen.setdefault(int(node.id), set())
         for lease in self.leases:
             lid = lease.lease_id
@@ -204,6 +216,7 @@ class LeaseDriver:
     def restored(self, node: SimNode) -> None:
         """A snapshot replaced the node's state: what it saw alive is what the snapshot has."""
         sm = node.sm
+        self._ids[int(node.id)] = set(sm.lease_ids())
         self._seen[int(node.id)] = {
             lease.lease_id
             for lease in self.leases
@@ -428,6 +441,11 @@ class LeaseDriver:
                 lease.lease_id = lid
                 # A retried grant may have taken effect at its first attempt.
                 lease.last_ack_sent_ms = lease.first_sent_ms
+                if lid in self._first_gone and lease.gone_ms is None:
+                    # Expired before this answer came (from the session cache): judge it.
+                    lease.gone_ms = self._first_gone[lid]
+                    self.report.expired_before_granted += 1
+                    self._judge_expiry(lease)
                 lease.stage = "attach"
             case Written():
                 lease.keys.append(f"lease{lease.index}/k{lease.attached}")

@@ -195,6 +195,21 @@ class CheckpointWaitUncapped(LeaseKeeper):
         super().__init__(_UncappedCheckpointWait(settings.election_timeout_ms), node_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _NoRecheckpoint(LeaseSettings):
+    def recheckpoint_after_ms_for(self, ttl_s: int) -> int:
+        return 1 << 62
+
+
+class CheckpointNeverRenewed(LeaseKeeper):
+    """A checkpointed quiet lease is never checkpointed again with a smaller remaining time:
+    a node that restarts (or installs a snapshot) anchors the old checkpoint at its replay, so
+    while such nodes keep being handed leadership the lease never runs out."""
+
+    def __init__(self, settings: LeaseSettings, node_id: int) -> None:
+        super().__init__(_NoRecheckpoint(settings.election_timeout_ms), node_id)
+
+
 class StaleRevokeApplied(StateMachine):
     """Apply revokes a lease on an expiry from any ballot, a deposed leader's included."""
 
@@ -209,6 +224,7 @@ LEASE_KEEPER_BUGS: dict[str, type[LeaseKeeper]] = {
     "lease_new_leader_does_not_extend": NewLeaderDoesNotExtend,
     "lease_takeover_renews_full_ttl": TakeoverRenewsFullTtl,
     "lease_checkpoint_wait_uncapped": CheckpointWaitUncapped,
+    "lease_checkpoint_never_renewed": CheckpointNeverRenewed,
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 from paxosd.core.io import TransferLeadership
 from paxosd.sim.fuzz import fuzz
 from paxosd.sim.leases import BOUND_ELECTION_TIMEOUTS, TTL_S, bound_election_timeouts
+from paxosd.sim.run import FAULT_KINDS, run_seed
 from paxosd.sim.world import World, WorldOptions
 
 
@@ -145,17 +146,24 @@ def test_planted_lease_bugs_are_caught(bug: str, prop: str, seeds: int) -> None:
     assert violation is not None and violation.prop.startswith(prop), violation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a restarted node anchors every checkpoint at its replay, so a lease whose "
-    "checkpoint is never renewed lives on while restarted nodes keep becoming leader "
-    "(README 'Leases' bound is stated for leader changes, not restarts): a design question",
-)
-def test_rolling_restarts_that_hand_leadership_to_the_restarted_node_keep_the_bound() -> None:
-    """Every 3 s a follower restarts and leadership moves to it; the lease (TTL 10 s) is
-    left alone. Each new leader counts the lease's checkpoint from its own replay."""
+def _rolling_restarts(
+    period_ms: int, down_ms: int = 0, bugs: frozenset[str] = frozenset()
+) -> tuple[int, int | None, int, World]:
+    """Every ``period_ms`` a follower goes down for ``down_ms`` and, 300 ms after it is back,
+    leadership moves to it; the lease (TTL 10 s) is left alone after one keep-alive, so each
+    new leader counts the lease's checkpoint from its own replay (or snapshot install: with
+    ``down_ms``, a client's puts compact the log past the node while it is down). Returns
+    (last keep-alive sent, revoked at, election timeout, the world)."""
     ttl_s = LONG_TTL_S
-    opts = WorldOptions(clients=0, lease_clients=1, lease_window_ms=3000, lease_ttl_s=ttl_s)
+    opts = WorldOptions(
+        clients=1 if down_ms else 0,
+        lease_clients=1,
+        lease_window_ms=3000,
+        lease_ttl_s=ttl_s,
+        planted_bugs=bugs,
+        snapshot_every_entries=8,
+        log_retain_entries=2,
+    )
     world = World(7, opts)
     driver = world.leases
     assert driver is not None
@@ -170,7 +178,6 @@ def test_rolling_restarts_that_hand_leadership_to_the_restarted_node_keep_the_bo
             return
         follower = next(n for n in world.member_nodes() if n.id != leader.id and n.up)
         world.crash(follower.id)
-        world.restart(follower.id)
 
         def hand_over() -> None:
             nonlocal token
@@ -179,11 +186,60 @@ def test_rolling_restarts_that_hand_leadership_to_the_restarted_node_keep_the_bo
                 token += 1
                 world._step(now_leader, TransferLeadership(token, follower.id))
 
-        world.at(world.now_ms + 300, hand_over)
+        def back() -> None:
+            world.restart(follower.id)
+            world.at(world.now_ms + 300, hand_over)
 
-    for at in range(lease.stop_ms + 1000, 60_000, 3000):
+        if down_ms:
+            world.at(world.now_ms + down_ms, back)
+        else:
+            back()
+
+    for at in range(lease.stop_ms + 1000, 90_000, period_ms):
         world.at(at, roll)
-    et = driver.election_timeout_ms
-    world.run_until(60_000, lambda: lease.gone_ms is not None)
-    bound_ms = ttl_s * 1000 + bound_election_timeouts(ttl_s, et) * et
-    assert lease.gone_ms is not None and lease.gone_ms <= lease.last_ack_sent_ms + bound_ms
+    world.run_until(90_000, lambda: lease.gone_ms is not None)
+    return lease.last_ack_sent_ms, lease.gone_ms, driver.election_timeout_ms, world
+
+
+@pytest.mark.parametrize("period_ms", [700, 1500, 3000])
+def test_rolling_restarts_that_hand_leadership_to_the_restarted_node_keep_the_bound(
+    period_ms: int,
+) -> None:
+    """A restarted node anchors every logged checkpoint at its replay; the leader keeps the
+    logged remaining time current, so each such node adds at most the re-checkpoint step."""
+    last, gone, et, _ = _rolling_restarts(period_ms)
+    ttl_s = LONG_TTL_S
+    assert last > 0 and gone is not None
+    assert gone >= last + ttl_s * 1000
+    assert gone <= last + ttl_s * 1000 + bound_election_timeouts(ttl_s, et) * et
+
+
+def test_rolling_snapshot_installs_that_hand_leadership_to_the_node_keep_the_bound() -> None:
+    """As above, but each follower is down long enough for the log to be compacted past it,
+    so it comes back by installing a snapshot (which carries the lease's logged remaining
+    time, anchored at the install) before it leads."""
+    last, gone, et, world = _rolling_restarts(4000, down_ms=1500)
+    assert world.stats.snapshot_restores >= 3
+    ttl_s = LONG_TTL_S
+    assert last > 0 and gone is not None
+    assert gone >= last + ttl_s * 1000
+    assert gone <= last + ttl_s * 1000 + bound_election_timeouts(ttl_s, et) * et
+
+
+@pytest.mark.parametrize(("period_ms", "down_ms"), [(700, 0), (3000, 0), (4000, 1500)])
+def test_planted_checkpoint_never_renewed_is_caught(period_ms: int, down_ms: int) -> None:
+    """Without re-checkpointing, each restarted (or snapshot-installed) leader counts the
+    lease's one checkpoint from its own replay: the lease outlives the bound."""
+    bugs = frozenset({"lease_checkpoint_never_renewed"})
+    last, gone, et, _ = _rolling_restarts(period_ms, down_ms, bugs)
+    bound_ms = LONG_TTL_S * 1000 + bound_election_timeouts(LONG_TTL_S, et) * et
+    assert gone is None or gone > last + bound_ms
+
+
+def test_a_lease_that_expired_before_its_grant_was_answered_is_judged() -> None:
+    """A retried grant answered from the session cache can tell the client its lease id after
+    the lease expired on every node (seed 81 of 5 nodes with membership changes): the checker
+    takes the revoke's time from the log rather than reporting the lease alive forever."""
+    r = run_seed(81, nodes=5, kinds=frozenset((*FAULT_KINDS, "reconfig")))
+    assert r.violation is None, r.violation
+    assert r.lease_report is not None and r.lease_report.expired_before_granted >= 1
