@@ -420,8 +420,8 @@ def _print_sessions(le: dict[str, Any] | None, lk: dict[str, Any] | None) -> Non
             + f"; worst overrun past TTL {le['worst_overrun_election_timeouts']} election "
             f"timeouts ({le['election_timeout_ms']} ms; bound "
             f"{le['bound_past_ttl_election_timeouts']}, plus "
-            f"{le['no_majority_or_leader_ms']} ms without a majority or a leader in the drill); smallest margin "
-            f"before an early expiry {_ms(le['min_early_margin_ms'])}",
+            f"{le['no_majority_or_leader_ms']} ms without a majority or a leader in the drill); "
+            f"smallest margin before an early expiry {_ms(le['min_early_margin_ms'])}",
             markup=False,
         )
     if lk:

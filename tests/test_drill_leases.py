@@ -41,6 +41,7 @@ def _check(
     left: tuple[str, ...] = (),
     spans: Sequence[tuple[int, int]] = (),
     restarted: Sequence[tuple[int, int]] = (),
+    handovers: Sequence[tuple[int, int]] = (),
 ) -> list[str]:
     deletes = {} if deleted is None else {life.key: deleted}
     violations, _ = check_leases(
@@ -52,6 +53,7 @@ def _check(
         spans=list(spans),
         watched_until_ms=100_000,
         restarted=list(restarted),
+        handovers=list(handovers),
     )
     return [v.kind for v in violations]
 
@@ -137,17 +139,20 @@ def test_after_a_restart_without_a_majority_the_lease_clock_starts_again() -> No
     assert deadline_ms(life, TTL, ET, late, late) == (1000 + slack, 0)
 
 
-def test_a_leader_that_restarted_starts_the_lease_clock_again_at_its_takeover() -> None:
+def test_each_hand_over_to_a_leader_that_restarted_adds_two_election_timeouts() -> None:
     life = _life(acks=[1000], last_send_ms=1000)
     slack = TTL + expiry_slack_ms(TTL, ET)
     kill = [RestartEvent(node=2, kind="kill", down_ms=1500, restart_ms=2000, ready_ms=2500)]
     changes = [(100, (1, 1), 1), (1600, (2, 3), 3), (4000, (3, 2), 2)]
     # Node 3 never restarted; node 2 did, before it took over at 4000.
-    assert restarted_leaders(changes, kill) == [(1500, 4000)]
-    assert deadline_ms(life, TTL, ET, [], restarted_leaders(changes, kill))[0] == 4000 + slack
+    handovers = restarted_leaders(changes, kill)
+    assert handovers == [(1500, 4000)]
+    assert deadline_ms(life, TTL, ET, [], (), handovers) == (1000 + slack + 2 * ET, 2 * ET)
+    assert _check(life, 1000 + slack + 2 * ET, handovers=handovers) == []
+    assert _check(life, 1000 + slack + 2 * ET + 1, handovers=handovers) == ["lease-late-expiry"]
     # A takeover after the key had to be gone changes nothing.
     later = [(100, (1, 1), 1), (1000 + slack + 1, (2, 2), 2)]
-    assert deadline_ms(life, TTL, ET, [], restarted_leaders(later, kill))[0] == 1000 + slack
+    assert deadline_ms(life, TTL, ET, [], (), restarted_leaders(later, kill))[0] == 1000 + slack
 
 
 def _put(rev: int, lock: str, value: str) -> Change:

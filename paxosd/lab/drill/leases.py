@@ -25,11 +25,11 @@ drill's are one clock, and the checks compare them directly:
   fault that deposed a leader until a new leader was seen; README's bound holds "once a
   leader stays long enough to act"): nothing expires without a leader, so that time is
   added, and the window is stretched by it until it no longer grows. When a majority comes
-  back after a span without one in which nodes restarted (``recoveries``), or a node that
-  restarted inside the window takes over as leader (``restarted_leaders``), a lease's clock
-  starts again from there (README "Leases": a restarted node counts a lease from when it
-  replays its checkpoint, as etcd renews leases on a restart), so its key is gone by that
-  moment + TTL + the same slack;
+  back after a span without one in which nodes restarted (``recoveries``), a lease's clock
+  starts again from there, and each hand-over of leadership to a node that restarted inside
+  the window (``restarted_leaders``) adds ``HANDOVER_ELECTION_TIMEOUTS`` election timeouts
+  (README "Leases": a restarted node counts a lease from when it replays its checkpoint,
+  which the leader keeps at most about 2 election timeouts old);
 - final state: after the drill, no key of any lease is left (every lease was revoked or let
   go, so every one must have expired).
 
@@ -61,6 +61,8 @@ LEASE_WORKERS: Final = 3
 # README "Leases": with no keep-alive after time k, a lease is revoked by k + TTL + the
 # checkpoint's wait + 3 election timeouts (a failover, the takeover, the extension).
 FAILOVER_ELECTION_TIMEOUTS: Final = 3
+# README "Leases": each hand-over to a node that restarted may add this many election timeouts.
+HANDOVER_ELECTION_TIMEOUTS: Final = 2
 # How long a lease is kept alive before it is let go, in TTLs (seeded per lease).
 HOLD_TTLS: Final = (0.5, 3.0)
 REVOKE_FRACTION: Final = 0.5
@@ -346,9 +348,8 @@ def restarted_leaders(
     changes: Sequence[tuple[int, tuple[int, int], int]], restarts: Sequence[RestartEvent]
 ) -> list[tuple[int, int]]:
     """(when it went down, when it was first seen leading) for each leader that restarted
-    before it took over: it counts every lease from no later than its takeover (it applies
-    their checkpoints while it catches up, README "Leases"), so a lease's clock can start
-    again there."""
+    before it took over: it counts a lease from when it replayed the lease's checkpoint while
+    it caught up (README "Leases")."""
     out: list[tuple[int, int]] = []
     for t, _, leader in changes:
         downs = [r.down_ms for r in restarts if r.node == leader and r.restart_ms <= t]
@@ -374,25 +375,31 @@ def deadline_ms(
     election_ms: int,
     spans: Sequence[tuple[int, int]],
     restarted: Sequence[tuple[int, int]] = (),
+    handovers: Sequence[tuple[int, int]] = (),
 ) -> tuple[int, int]:
     """(the time its key must be gone by, the allowance in it past README's bound): the
     window from the last send is stretched by the time without a majority or a leader inside
-    it (``spans``) until it stops growing; a span of ``restarted`` (``recoveries``,
-    ``restarted_leaders``) that ends inside the window starts the clock again at its end."""
+    it (``spans``) until it stops growing; a span of ``restarted`` (``recoveries``) that
+    ends inside the window starts the clock again at its end; each of ``handovers``
+    (``restarted_leaders``) inside the window adds HANDOVER_ELECTION_TIMEOUTS."""
     start = life.last_send_ms
     slack = ttl_ms + expiry_slack_ms(ttl_ms, election_ms)
     base = start + slack
     must = base
     for _ in range(100):
         anchor = start
-        for s, e in restarted:
-            # It must begin after the lease's last send (less a window: a restart long
-            # before had caught up by then) and end while the key may still be there (a span
-            # without a majority that begins inside the window ends inside it too, as that
-            # time is added to it).
-            if start < e <= must and s >= start - slack:
+        for _s, e in restarted:
+            # It must end while the key may still be there (a span without a majority that
+            # begins inside the window ends inside it too, as that time is added to it).
+            if start < e <= must:
                 anchor = max(anchor, e)
-        grown = max(must, anchor + slack + _overlap(spans, anchor, must))
+        # A restart long before the lease's last send had caught up by then.
+        extra = sum(
+            HANDOVER_ELECTION_TIMEOUTS * election_ms
+            for s, e in handovers
+            if start < e <= must and s >= start - slack
+        )
+        grown = max(must, anchor + slack + _overlap(spans, anchor, must) + extra)
         if grown == must:
             break
         must = grown
@@ -417,6 +424,7 @@ def check_leases(
     watched_until_ms: int,
     events: Sequence[FaultEvent] = (),
     restarted: Sequence[tuple[int, int]] = (),
+    handovers: Sequence[tuple[int, int]] = (),
 ) -> tuple[list[Violation], dict[str, Any]]:
     """The three checks of the module's doc. ``deletes``: each key's first DELETE arrival;
     ``remaining``: the lease keys in the store after the drill; ``watched_until_ms``: when
@@ -458,7 +466,7 @@ def check_leases(
                     )
         if life.end == "held":
             continue  # never let go: reported as a harness error by the drill
-        must, allowance = deadline_ms(life, ttl_ms, election_ms, spans, restarted)
+        must, allowance = deadline_ms(life, ttl_ms, election_ms, spans, restarted, handovers)
         if d is not None:
             after_stop.append(d - life.last_send_ms)
             over = (d - life.last_send_ms - ttl_ms) / election_ms
@@ -519,6 +527,7 @@ def check_leases(
         "min_early_margin_ms": min_margin,
         "no_majority_or_leader_ms": sum(e - s for s, e in spans),
         "restarts_without_majority": len(restarted),
+        "handovers_to_restarted_nodes": len(handovers),
         "acks_sent_after_delete_seen": acks_after_delete,
     }
     return violations, figures

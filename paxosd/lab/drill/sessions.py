@@ -188,12 +188,14 @@ class Sessions:
         now = self.clock()
         no_quorum = no_majority(events, restarts, voters, now)
         spans = union(no_quorum, leaderless(events, leader_changes))
-        restarted = recoveries(no_quorum, restarts) + restarted_leaders(leader_changes, restarts)
+        restarted = recoveries(no_quorum, restarts)
+        handovers = restarted_leaders(leader_changes, restarts)
         ttl_ms = LEASE_TTL_S * 1000
         # Wait (bounded) for every lease let go to be seen deleted, or for its deadline.
         pending = [life for life in lives if life.end != "held" and life.attached is not False]
         musts = [
-            deadline_ms(life, ttl_ms, ELECTION_TIMEOUT_MS, spans, restarted)[0] for life in pending
+            deadline_ms(life, ttl_ms, ELECTION_TIMEOUT_MS, spans, restarted, handovers)[0]
+            for life in pending
         ]
         last = max(musts, default=now)
         until = last + int(DEADLINE_MARGIN_S * 1000)
@@ -241,6 +243,7 @@ class Sessions:
             watched_until_ms=watched_until,
             events=events,
             restarted=restarted,
+            handovers=handovers,
         )
         self._write_lives(lives, spans)
         violations += lv
