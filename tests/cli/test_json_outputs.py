@@ -87,6 +87,11 @@ RECIPES: list[tuple[str, list[str]]] = [
         ["bench", "fanout", "--watchers", "4", "--connections", "2", "--rate", "20"]
         + ["--duration", "1", "--warmup", "0"],
     ),
+    (
+        "bench bigstate",
+        ["bench", "bigstate", "--keys", "50", "--duration", "0.5", "--dir", "{tmp}"]
+        + ["--snapshot-every-entries", "20", "--log-retain-entries", "5"],
+    ),
     ("drill", ["drill", "--duration", "1", "--faults", "none", "--clients", "1"]),
     ("drill race", ["drill", "race", "--rounds", "1"]),
     ("batch", ["batch", "-"]),
