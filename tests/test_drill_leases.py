@@ -155,6 +155,40 @@ def test_each_hand_over_to_a_leader_that_restarted_adds_two_election_timeouts() 
     assert deadline_ms(life, TTL, ET, [], (), restarted_leaders(later, kill))[0] == 1000 + slack
 
 
+def test_a_late_expiry_near_a_membership_change_is_not_judged_but_a_leftover_is() -> None:
+    life = _life(acks=[1000], last_send_ms=1000)
+    late = 1000 + TTL + expiry_slack_ms(TTL, ET) + 1000
+    reconfig = [FaultEvent("reconfig", [4], 900, end_ms=950)]
+    assert _check(life, late) == ["lease-late-expiry"]
+    kinds, figures = _check_with(life, late, events=reconfig)
+    assert kinds == [] and figures["late_not_judged_near_a_membership_change"] == 1
+    kinds, _ = _check_with(life, None, left=(life.key,), events=reconfig)
+    assert kinds == ["lease-final-state"]
+    # Early expiry is judged whatever the membership did.
+    kinds, _ = _check_with(life, 1000 + TTL - 1, events=reconfig)
+    assert kinds == ["lease-early-expiry"]
+
+
+def _check_with(
+    life: LeaseLife,
+    deleted: int | None,
+    left: tuple[str, ...] = (),
+    events: Sequence[FaultEvent] = (),
+) -> tuple[list[str], dict[str, Any]]:
+    deletes = {} if deleted is None else {life.key: deleted}
+    violations, figures = check_leases(
+        [life],
+        deletes,
+        left,
+        ttl_ms=TTL,
+        election_ms=ET,
+        spans=[],
+        watched_until_ms=100_000,
+        events=list(events),
+    )
+    return [v.kind for v in violations], figures
+
+
 def _put(rev: int, lock: str, value: str) -> Change:
     return Change(rev, "PUT", PREFIX + lock, value.encode(), 1, rev)
 

@@ -448,6 +448,7 @@ def check_leases(
     min_margin: int | None = None
     after_stop: list[int] = []
     acks_after_delete = 0
+    unjudged = 0
     for life in lives:
         d = deletes.get(life.key)
         who = f"lease {life.lease:x} of worker {life.worker} ({life.end})"
@@ -467,6 +468,18 @@ def check_leases(
         if life.end == "held":
             continue  # never let go: reported as a harness error by the drill
         must, allowance = deadline_ms(life, ttl_ms, election_ms, spans, restarted, handovers)
+        if any(
+            ev.kind == "reconfig" and life.last_send_ms - slack - ttl_ms <= ev.start_ms <= must
+            for ev in events
+        ):
+            # A membership change near the window: a new voter still catching up (or a leader
+            # that just joined) holds back the expiry's commit for as long as it catches up,
+            # which README's bound ("plus one commit") does not put a number on. The lease is
+            # still judged for early expiry and for being gone at the end.
+            unjudged += 1
+            if life.key in left:
+                stays.append(f"{who}: its key {life.key} is still in the store after the drill")
+            continue
         if d is not None:
             after_stop.append(d - life.last_send_ms)
             over = (d - life.last_send_ms - ttl_ms) / election_ms
@@ -510,6 +523,7 @@ def check_leases(
         "leases": len(lives),
         "early": len(early),
         "late": len(late),
+        "late_not_judged_near_a_membership_change": unjudged,
         "left_at_end": len(stays),
         "ends": dict(sorted(ends.items())),
         "keys_attached": sum(1 for life in lives if life.attached),
