@@ -469,7 +469,7 @@ def check_leases(
             continue  # never let go: reported as a harness error by the drill
         must, allowance = deadline_ms(life, ttl_ms, election_ms, spans, restarted, handovers)
         if any(
-            ev.kind == "reconfig" and life.last_send_ms - slack - ttl_ms <= ev.start_ms <= must
+            ev.kind == "reconfig" and life.last_send_ms - ttl_ms <= ev.start_ms <= must
             for ev in events
         ):
             # A membership change near the window: a new voter still catching up (or a leader
