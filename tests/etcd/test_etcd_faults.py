@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -46,17 +45,6 @@ class Acked:
 class Read:
     revision: int
     sent: float
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("faults") / "c", 3, etcd=True, etcd_tls=False)
-    c.up()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        c.down()
 
 
 def kv_of(c: LocalCluster, k: int) -> rpc_pb2_grpc.KVStub:

@@ -5,8 +5,6 @@ refused (paxosd adds learners, then promotes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from paxosd.lab.localcluster import LocalCluster
@@ -15,17 +13,6 @@ from tests.waiting import wait_for
 grpc = pytest.importorskip("grpc", reason="the etcd extra is not installed")
 
 from paxosd.etcd.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("members") / "c", 3, etcd=True, etcd_tls=False)
-    c.up()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        c.down()
 
 
 def members(cl: rpc_pb2_grpc.ClusterStub) -> dict[int, bool] | None:

@@ -20,17 +20,6 @@ from paxosd.etcd.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
 R = rpc_pb2.RangeRequest
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("grpc") / "c", 3, etcd=True, etcd_tls=False)
-    c.up()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        c.down()
-
-
 def answering(ep: str) -> rpc_pb2_grpc.KVStub | None:
     kv = rpc_pb2_grpc.KVStub(grpc.insecure_channel(ep))
     try:

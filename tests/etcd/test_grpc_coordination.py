@@ -32,17 +32,6 @@ R = rpc_pb2.RangeRequest
 E = v3election_pb2
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("coord") / "c", 3, etcd=True, etcd_tls=False)
-    c.up()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        c.down()
-
-
 @dataclass
 class Stubs:
     kv: rpc_pb2_grpc.KVStub

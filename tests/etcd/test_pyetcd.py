@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -79,17 +78,6 @@ lease.revoke()
 out["after"] = list(c.get_prefix("/svc/"))
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(tmp_path_factory.mktemp("pyetcd") / "c", 3, etcd=True, etcd_tls=False)
-    c.up()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        c.down()
 
 
 def listening(endpoint: str) -> bool:
