@@ -74,6 +74,7 @@ from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
 from paxosd.server.replies import Reply
 from paxosd.server.sdnotify import Notifier, watchdog_interval_ms
+from paxosd.server.turns import TurnClock
 from paxosd.server.watch import FrameEncoder, WatchHub, WatchLimits
 from paxosd.statemachine.commands import (
     Alarm,
@@ -188,6 +189,8 @@ class Daemon:
         self._next_metrics_ms = 0
         self.stop: list[bool] = []
         self.started_ms = now_ms()
+        self.turns = TurnClock(log)
+        node.runner.mark = self.turns.phase
         # Membership changes and leader transfers answer when the core decides: token -> the
         # query waiting for it (connection id, request id).
         self._admin_waiting: dict[int, tuple[int, int]] = {}
@@ -290,12 +293,16 @@ class Daemon:
         for fd in self.peers.waitables() + self.clients.waitables():
             poller.register(fd, select.POLLIN)
         node = self.node
+        turns = self.turns
         while not self.stop:
             poller.poll(max(0, next_tick - now_ms()))
+            turns.start()
             for src, msg in self.peers.drain():
                 node.on_peer_message(src, msg)
+            turns.phase("peers")
             for conn_id, body in self.clients.drain():
                 self._on_client(conn_id, body)
+            turns.phase("clients")
             t = now_ms()
             if t >= next_tick:
                 node.on_tick()
@@ -313,7 +320,9 @@ class Daemon:
                     next_watchdog = t + watchdog_ms
                 self._auto_compact(t)
                 self._check_quota(t)
+                turns.phase("tick")
             self._turn()
+            turns.end(slot=node.sm.applied_through, snapshot_running=node.snapshot_running)
 
     # ------------------------------------------------------------------ a failing disk
 
@@ -573,7 +582,9 @@ class Daemon:
 
     def _turn(self) -> None:
         node = self.node
+        turns = self.turns
         node.drain()
+        turns.phase("drain")
         self._digests.record(node.sm.applied_through, node.sm.digest())
         self._answer_admin()
         if self._snapshot_waiting:
@@ -594,7 +605,9 @@ class Daemon:
                 for reply in node.replies:
                     self.metrics.requests.labels(status=reply.status).inc()
             node.replies.clear()
+        turns.phase("reply")
         self._pump_watches()
+        turns.phase("watches")
 
     def _pump_watches(self) -> None:
         """Deliver what this turn applied to the watchers (the hub reads the history of the

@@ -73,6 +73,10 @@ PENDING_REQUEST_AGE_MS_MAX = 60_000
 # ------------------------------------------------------------------------------ interfaces
 
 
+def _no_mark(phase: str) -> None:
+    """The default turn clock: the simulator and the offline tools time nothing."""
+
+
 class Disk(Protocol):
     """Where records become durable: SQLite in the daemon, SimDisk in the simulator.
 
@@ -307,6 +311,9 @@ class Runner(Generic[M]):
         # a result refuses the command before it is proposed, None lets it through.
         self.admit: Callable[[Command], Result | None] | None = None
         self.replies: list[Reply] = []
+        # The host's turn clock: called with a phase's name when it ends (the daemon logs
+        # where a slow turn went; see paxosd/server/turns.py). No-op by default.
+        self.mark: Callable[[str], None] = _no_mark
         # Outcomes of membership changes and leader transfers, for the host to answer.
         self.admin_results: list[AdminResult] = []
         # Decided-only records not yet written (see _persist); bounded by DEFERRED_DECIDED_MAX.
@@ -405,6 +412,7 @@ class Runner(Generic[M]):
         """Carry out every Ready the core has, in the durability order."""
         r = self.replica
         self._collect_snapshot()
+        self.mark("snapshot")
         while r.has_ready():
             rd = r.ready()
             self.handle(rd)
@@ -414,6 +422,7 @@ class Runner(Generic[M]):
                 r.step(SnapshotReceived(received))
             if self.snapshot_due_now():
                 self.start_snapshot()
+                self.mark("snapshot")
         if self._leading and not r.is_leader:
             self._redirect_pending()
         self._leading = r.is_leader
@@ -423,15 +432,19 @@ class Runner(Generic[M]):
     def handle(self, rd: Ready) -> None:
         """One Ready: early messages, persist, messages, apply, reads, admin, redirects."""
         # 0. Accepts and heartbeats go first: the followers' fsyncs overlap with ours.
+        mark = self.mark
         if rd.early_messages:
             self.send(rd.early_messages)
+            mark("send")
         # 1. Durable next: no promise or vote may leave before it is on disk.
         self.persist(rd.persist)
         if rd.persist.decided:
             self.hooks.decided(rd.persist.decided)
+        mark("persist")
         # 2. Then send what speaks for our durable state.
         if rd.messages:
             self.send(rd.messages)
+            mark("send")
         # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
         for chunk in rd.snapshot_chunks:
             state = self.maker.receive(chunk)
@@ -440,8 +453,11 @@ class Runner(Generic[M]):
         if rd.restore is not None:
             self.sm = self.maker.restore(self.sm, rd.restore.state)
             self.hooks.restored(rd.restore.slot)
+        if rd.snapshot_chunks or rd.restore is not None:
+            mark("snapshot")
         for entry in rd.to_apply:
             self._apply(entry)
+        mark("apply")
         # 4. Confirmed reads are answered once the state machine reached their index.
         for rr in rd.reads:
             waiting = self.reads.get(rr.token)
