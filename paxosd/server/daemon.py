@@ -8,6 +8,7 @@ wedged loop is visible to systemd's watchdog.
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib.util
 import itertools
 import os
@@ -294,6 +295,7 @@ class Daemon:
             poller.register(fd, select.POLLIN)
         node = self.node
         turns = self.turns
+        full_collections = turns.full_collections
         while not self.stop:
             poller.poll(max(0, next_tick - now_ms()))
             turns.start()
@@ -323,6 +325,13 @@ class Daemon:
                 turns.phase("tick")
             self._turn()
             turns.end(slot=node.sm.applied_through, snapshot_running=node.snapshot_running)
+            if turns.full_collections != full_collections:
+                # What survived a full collection is the state, which lives on: freeze it,
+                # so the next full collection walks only what came since (a full walk of
+                # the state is ~0.3 s at 300,000 keys before the first snapshot's freeze;
+                # see paxosd/server/snapshots.py _settle_gc for why freezing is safe here).
+                full_collections = turns.full_collections
+                gc.freeze()
 
     # ------------------------------------------------------------------ a failing disk
 

@@ -29,6 +29,8 @@ class TurnClock:
         self.slow_s = slow_ms / 1000
         self.phases: dict[str, float] = {}
         self.slow_turns = 0
+        # Full (generation 2) collections seen: the daemon freezes what survived one.
+        self.full_collections = 0
         self.longest_s = 0.0
         self._start = 0.0
         self._mark = 0.0
@@ -49,6 +51,8 @@ class TurnClock:
             self._gc_started = now
         elif self._gc_started:
             took = now - self._gc_started
+            if info.get("generation") == 2:
+                self.full_collections += 1
             self._gc_s += took
             if took >= 0.005:
                 self._gc_runs.append((info.get("generation", -1), took))

@@ -49,6 +49,7 @@ from paxosd.core.types import (
     Value,
 )
 from paxosd.storage.snapfile import (
+    REAPER,
     SnapshotFile,
     SnapshotFileError,
     file_name,
@@ -745,9 +746,11 @@ class Storage:
         return got * page_size
 
     def close(self) -> None:
-        """Close the connection; SQLite checkpoints the WAL into the main file if it can."""
+        """Close the connection; SQLite checkpoints the WAL into the main file if it can.
+        Superseded snapshot files handed to the reaper are deleted before this returns."""
         with _sqlite_errors(self.path, "cannot close the database"):
             self._conn.close()
+        REAPER.wait()
 
     def __enter__(self) -> Storage:
         return self

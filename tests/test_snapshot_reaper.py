@@ -1,0 +1,91 @@
+"""Superseded snapshot files are deleted off the event loop, by the reaper's thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from paxosd.storage import snapfile
+from paxosd.storage.snapfile import (
+    OLD_SUFFIX,
+    REAPER,
+    Reaper,
+    SnapshotFile,
+    file_name,
+    remove_older,
+    remove_tmp_files,
+)
+
+
+def _files(folder: Path, *slots: int) -> list[Path]:
+    paths = []
+    for slot in slots:
+        p = folder / file_name(slot)
+        p.write_bytes(b"x" * 100)
+        paths.append(p)
+    return paths
+
+
+def test_superseded_files_are_renamed_at_once_and_deleted_by_the_reaper(tmp_path: Path) -> None:
+    gate = threading.Event()
+    REAPER.submit(gate.wait)  # holds the reaper: what remove_older leaves is visible
+    try:
+        _files(tmp_path, 3, 7, 9)
+        writer = tmp_path / f"{file_name(11)}.123.tmp"  # a child still writing: not touched
+        writer.write_bytes(b"partial")
+        remove_older(tmp_path, keep=file_name(9))
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == sorted(
+            [file_name(3) + OLD_SUFFIX, file_name(7) + OLD_SUFFIX, file_name(9), writer.name]
+        )
+    finally:
+        gate.set()
+    REAPER.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([file_name(9), writer.name])
+
+
+def test_a_crash_before_the_reaper_ran_leaves_only_tmp_files_the_next_start_removes(
+    tmp_path: Path,
+) -> None:
+    (kept,) = _files(tmp_path, 9)
+    left = tmp_path / (file_name(3) + OLD_SUFFIX)
+    left.write_bytes(b"superseded, not yet deleted")
+    assert remove_tmp_files(tmp_path) == [left.name]
+    assert [p.name for p in tmp_path.iterdir()] == [kept.name]
+
+
+def test_a_snapshot_file_close_goes_through_the_reaper_once(tmp_path: Path) -> None:
+    (path,) = _files(tmp_path, 4)
+    sf = SnapshotFile(path, 100, 0)
+    fd = sf.fd
+    assert sf[0:3] == b"xxx"
+    sf.close()
+    sf.close()  # idempotent: the number may belong to another file by now
+    assert sf.fd == -1
+    REAPER.wait()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_in_a_forked_child_or_with_a_full_queue_the_work_is_done_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reaper = Reaper()
+    done: list[str] = []
+    monkeypatch.setattr(reaper, "_pid", os.getpid() + 1)  # as seen from a forked child
+    reaper.submit(lambda: done.append("child"))
+    assert done == ["child"] and reaper._thread is None
+
+    monkeypatch.setattr(snapfile, "REAPER_QUEUE_MAX", 1)
+    gate = threading.Event()
+    small = Reaper()
+    small.submit(gate.wait)  # the thread takes this one and waits
+    for i in range(snapfile.REAPER_QUEUE_MAX + 3):
+        small.submit(lambda i=i: done.append(f"w{i}"))
+    assert "w3" in done  # the queue was full: done in place, not dropped
+    gate.set()
+    small.wait()
+    assert sorted(done) == sorted(["child"] + [f"w{i}" for i in range(4)])
