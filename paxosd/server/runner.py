@@ -597,9 +597,11 @@ class Runner(Generic[M]):
         than its own, e.g. after a peer's snapshot was installed meanwhile)."""
         done = self.maker.poll()
         if done is not None:
+            self.mark("snapshot")
             slot, state = done
             self.replica.step(SnapshotTaken(Snapshot(slot=slot, state=state)))
             self.hooks.snapshotted(slot)
+            self.mark("compact")
 
     def take_snapshot(self) -> int:
         """Snapshot the state machine now, before returning (an operator asked, or a backup
