@@ -89,3 +89,31 @@ def test_in_a_forked_child_or_with_a_full_queue_the_work_is_done_in_place(
     gate.set()
     small.wait()
     assert sorted(done) == sorted(["child"] + [f"w{i}" for i in range(4)])
+
+
+def test_a_superseded_file_still_read_is_not_shrunk_under_its_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapfile, "TRUNCATE_STEP_BYTES", 1000)
+    data = bytes(range(256)) * 40  # 10,240 bytes: several steps
+    held, free = tmp_path / file_name(1), tmp_path / file_name(2)
+    held.write_bytes(data)
+    free.write_bytes(data)
+    reader = SnapshotFile(held, len(data), 0)  # a transfer or a save still reading it
+    ident = (held.stat().st_dev, held.stat().st_ino)
+    sizes: list[int] = []
+    real_ftruncate = os.ftruncate
+
+    def ftruncate(fd: int, size: int) -> None:
+        sizes.append(size)
+        real_ftruncate(fd, size)
+
+    monkeypatch.setattr(snapfile.os, "ftruncate", ftruncate)
+    snapfile.delete_gently(str(held))
+    assert sizes == [] and not held.exists()
+    assert reader[0 : len(data)] == data  # whole, from its descriptor
+    snapfile.delete_gently(str(free))
+    assert sizes == list(range(len(data) - 1000, 0, -1000)) + [0] and not free.exists()
+    reader.close()
+    REAPER.wait()
+    assert ident not in snapfile._OPEN_FILES
