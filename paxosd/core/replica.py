@@ -107,6 +107,8 @@ from paxosd.core.types import (
 
 # Messages that state this replica's promise or votes: sent only after persist is durable.
 _AFTER_PERSIST = (Promise, Accepted, Nack, Prepare)
+# Compacted log entries freed per ready() (see Replica._released): ~1 ms of deallocation.
+RELEASE_PER_READY = 256
 
 
 class Role(enum.Enum):
@@ -145,6 +147,10 @@ class Replica:
         self.applied_through = 0
         self.log_start = 1
         self.snapshot: Snapshot | None = None
+        # Compacted log entries not yet freed: freeing a snapshot interval's worth at once
+        # (~5,000 slots of batched values, hundreds of thousands of objects) stopped the
+        # host's loop for 60-80 ms; ready() frees RELEASE_PER_READY of them at a time.
+        self._released: list[object] = []
 
         self.leader_hint: NodeId | None = None
         self.ballot_seen: Ballot = ZERO_BALLOT
@@ -274,6 +280,8 @@ class Replica:
         one event-loop turn share a slot, and one heartbeat round confirms every read-index
         read registered since the previous round."""
         assert self._outstanding is None, "ready() called twice without advance()"
+        if self._released:
+            del self._released[-RELEASE_PER_READY:]
         self._flush_proposals()
         self._flush_read_round()
         # Promises, votes and refusals speak for our durable state: they wait for persist.
@@ -1279,10 +1287,7 @@ class Replica:
         self.snapshot = snap
         self._out.snapshot = snap
         self._out.compact_through = snap.slot
-        for s in [s for s in self.decided if s <= snap.slot]:
-            del self.decided[s]
-        for s in [s for s in self.accepted if s <= snap.slot]:
-            del self.accepted[s]
+        self._release_through(snap.slot)
         self._out.decided = [d for d in self._out.decided if d.slot > snap.slot]
         self._out.accepted = {s: a for s, a in self._out.accepted.items() if s > snap.slot}
         self.log_start = snap.slot + 1
@@ -1313,11 +1318,17 @@ class Replica:
         cut = snap.slot - self.config.log_retain_entries
         if cut >= self.log_start:
             self._out.compact_through = cut
-            for s in [s for s in self.decided if s <= cut]:
-                del self.decided[s]
-            for s in [s for s in self.accepted if s <= cut]:
-                del self.accepted[s]
+            self._release_through(cut)
             self.log_start = cut + 1
+
+    def _release_through(self, cut: int) -> None:
+        """Drop the log entries at or below ``cut``; their values are freed a few at a
+        time by ready() (see ``_released``)."""
+        released = self._released
+        for s in [s for s in self.decided if s <= cut]:
+            released.append(self.decided.pop(s))
+        for s in [s for s in self.accepted if s <= cut]:
+            released.append(self.accepted.pop(s))
 
     def _on_read_index(self, token: int) -> None:
         """Register a read at the highest slot this leader has proposed: every write that

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from paxosd.core.io import Tick
 from paxosd.core.messages import Accept, Accepted, Heartbeat, Nack, Prepare, Promise
 from paxosd.core.replica import Role
@@ -161,6 +163,37 @@ def test_a_replica_far_behind_a_compacted_log_installs_a_snapshot() -> None:
     r3 = c.replicas[3]  # type: ignore[index]
     assert r3.snapshot is not None and r3.snapshot.state == b"state-at-8"
     assert r3.decided_through == 8
+
+
+def test_a_compacted_log_is_gone_at_once_and_its_values_freed_a_few_per_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paxosd.core import replica as replica_mod
+    from paxosd.core.io import SnapshotTaken
+    from paxosd.core.types import Snapshot
+
+    monkeypatch.setattr(replica_mod, "RELEASE_PER_READY", 2)
+    c = Cluster(3, log_retain_entries=0)
+    elect(c, 1)
+    for i in range(6):
+        c.propose(1, b"c%d" % i)
+        c.deliver()
+    r1 = c.replicas[1]  # type: ignore[index]
+    top = r1.applied_through
+    c.step(1, SnapshotTaken(Snapshot(slot=top, state=b"state")))
+    # The log below the snapshot is gone for every reader now...
+    assert r1.log_start == top + 1
+    assert not [s for s in r1.decided if s <= top] and not [s for s in r1.accepted if s <= top]
+    # ...and what it held is freed two entries per ready(), not all in the step.
+    waiting = len(r1._released)
+    assert waiting > 2
+    c.propose(1, b"after")
+    c.deliver()
+    assert len(r1._released) < waiting
+    for _ in range(waiting):
+        c.propose(1, b"more")
+        c.deliver()
+    assert r1._released == []
 
 
 def test_a_leader_without_a_majority_steps_down() -> None:
