@@ -507,3 +507,25 @@ def test_the_release_check_catches_a_release_all_at_once_or_never(
 ) -> None:
     with pytest.raises(AssertionError):
         _check_release(planted)
+
+
+def test_an_idle_host_releases_compacted_events_in_bounded_steps_changing_nothing() -> None:
+    # Without slots to apply (an idle node's ticks), release_compacted drains the backlog
+    # a bounded step at a time, and nothing replicated moves.
+    feed = _loaded(StateMachine)
+    _hot_until_the_first_trim(feed)
+    sm = feed.sm
+    snapshot, digest = sm.snapshot(), sm.digest()
+    held = first_held = _held(sm)
+    assert held > machine.RELEASE_EVENTS_MAX
+    steps = 0
+    while held:
+        sm.release_compacted()
+        steps += 1
+        assert held - _held(sm) <= machine.RELEASE_EVENTS_MAX
+        held = _held(sm)
+    assert steps == -(-first_held // machine.RELEASE_EVENTS_MAX)  # full steps, then the rest
+    assert len(sm._events) < 1000
+    assert (sm.snapshot(), sm.digest()) == (snapshot, digest)
+    sm.release_compacted()  # nothing left: a no-op
+    assert sm.snapshot() == snapshot

@@ -1053,6 +1053,13 @@ class StateMachine:
                 del versions[:n]
         _remove_sorted(self._hkeys, gone)
 
+    def release_compacted(self) -> None:
+        """Release a bounded number of compacted events (as each apply does), for a host
+        that is idle: without slots to apply, what a big compaction dropped would stay
+        referenced. Changes nothing replicated, so any host may call it at any time."""
+        if self._events_released < self._events_start:
+            self._release_compacted(0)
+
     def _release_compacted(self, added: int) -> None:
         """Drop the event list's references to compacted events, at most
         RELEASE_EVENTS_MAX + ``added`` (the events this slot appended) per slot, so the
