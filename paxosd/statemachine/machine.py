@@ -1015,10 +1015,11 @@ class StateMachine:
         and of those only the ones an update or a deletion touched: a creation (version 1)
         supersedes nothing but a deletion, whose own event is compacted too. So this walks
         only the compacted updates and deletions (``_updates``) and prunes only their keys:
-        O(updates compacted), not O(keys) nor O(events compacted), so the first compaction
-        after a bulk load of a million creations does not pass them one by one. The event
-        list's compacted prefix is found by bisection; its references are released later,
-        a bounded number per slot (``_release_compacted``)."""
+        O(updates compacted) in Python, not O(events compacted), so the first compaction
+        after a bulk load of a million creations does not pass them one by one. (Keys that
+        leave the index altogether are cut from the sorted key list by ``_remove_sorted``,
+        at C speed.) The event list's compacted prefix is found by bisection; its
+        references are released later, a bounded number per slot (``_release_compacted``)."""
         assert self.compact_revision < revision <= self.revision
         updates = self._updates
         j = self._updates_start
