@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,11 @@ from paxosd.statemachine.commands import (
     Command,
     Compact,
     Delete,
+    Get,
+    KeyValue,
     Op,
     Put,
+    Scan,
     Txn,
     encode_command,
 )
@@ -217,7 +221,8 @@ def test_a_first_trim_after_a_bulk_load_drops_nothing_and_prunes_no_key(
     real_bisect_left = bisect.bisect_left
 
     def counted_bisect_left(a: list[object], x: object, *args: object, **kwargs: object) -> int:
-        lookups.append(x)
+        if a is not sm._events:  # the one search of the event list finds what is compacted
+            lookups.append(x)
         return real_bisect_left(a, x, *args, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     monkeypatch.setattr(machine.bisect, "bisect_left", counted_bisect_left)
@@ -237,3 +242,290 @@ def test_removing_keys_from_a_sorted_list_keeps_exactly_the_others() -> None:
             got = list(keys)
             machine._remove_sorted(got, remove)
             assert got == [k for k in keys if k not in set(remove)]
+
+
+# ------------------------------------------------------------------ bulk loads, then trims
+#
+# A bulk load leaves one creation event per key in history; compacting them frees nothing.
+# The trim and the compaction walk only the updates and deletions, and the event list's
+# references to compacted events are released a bounded number per slot, so the first trim
+# after loading a million keys is not one long apply. Work is counted, never timed.
+
+
+class _WalksEveryEvent(StateMachine):
+    """The reference: the trim and the compaction as they were before ``_updates``, walking
+    every event (creations too) and releasing each compacted event as it passes it. What it
+    compacts, keeps and answers is the specification the faster walk must match."""
+
+    def _trim_target(self, first_revision: int) -> int:
+        excess = self._history_bytes - self.limits.history_bytes_max
+        events, index = self._events, self._index
+        i, end = self._events_start, len(events)
+        target = first_revision
+        while excess > 0 and i < end and (revision := events[i].mod_revision) < first_revision:
+            while i < end and (kv := events[i]).mod_revision == revision:
+                if kv.version != 1:
+                    versions = index[kv.key]
+                    n = bisect.bisect_left(versions, revision, key=machine._mod_revision)
+                    if n > 0 and (prev := versions[n - 1]).version > 0:
+                        excess -= machine._entry_cost(prev)
+                    if kv.version == 0:
+                        excess -= machine._entry_cost(kv)
+                i += 1
+            target = revision + 1
+        return target if excess <= 0 else first_revision
+
+    def _compact(self, revision: int) -> None:
+        events = self._events
+        i = self._events_start
+        touched: set[str] = set()
+        while i < len(events) and (kv := events[i]).mod_revision < revision:
+            if kv.version != 1:
+                touched.add(kv.key)
+            events[i] = machine._COMPACTED
+            i += 1
+        self._events_start = i
+        if i > 1024 and i * 2 > len(events):
+            del events[:i]
+            self._events_start = 0
+        self.compact_revision = revision
+        for key in sorted(touched):
+            versions = self._index[key]
+            n = bisect.bisect_left(versions, revision, key=machine._mod_revision)
+            if n > 0 and versions[n - 1].version > 0:
+                n -= 1
+            for kv in versions[:n]:
+                self._history_bytes -= machine._entry_cost(kv)
+            if n == len(versions):
+                del self._index[key]
+                self._hkeys.remove(key)
+            else:
+                del versions[:n]
+
+    def _release_compacted(self, added: int) -> None:
+        pass  # the compaction above released every event it passed
+
+
+class _ForgetsUpdatesOnRestore(StateMachine):
+    """Planted bug: a restored replica does not rebuild its list of updates and deletions,
+    so its trims free nothing it restored and compact further than the others'."""
+
+    @classmethod
+    def _from_state(cls, state: machine._SnapshotState) -> _ForgetsUpdatesOnRestore:
+        sm = super()._from_state(state)
+        sm._updates = []
+        return sm
+
+
+def _bulk_slots(seed: int, count: int) -> Iterator[list[Op]]:
+    """Bulk loads of new keys (creations only, a revision each) between runs of updates,
+    deletions, prefix deletions, transactions and explicit compactions over the loaded keys."""
+    rng = random.Random(seed)
+    loaded = 0
+    revision = 1
+    for _ in range(count):
+        ops: list[Op] = []
+        if rng.random() < 0.08:
+            ops = [
+                Put(f"k/{j:05d}", b"v" * rng.choice([1, 30])) for j in range(loaded, loaded + 60)
+            ]
+            loaded += 60
+        else:
+            for _ in range(rng.randint(1, 6)):
+                key = f"k/{rng.randrange(max(loaded, 1)):05d}"
+                roll = rng.random()
+                if roll < 0.7:
+                    ops.append(Put(key, b"u" * rng.choice([1, 40, 300])))
+                elif roll < 0.85:
+                    ops.append(Delete(key))
+                elif roll < 0.88:
+                    ops.append(Delete(key[:5], prefix=True))
+                elif roll < 0.97:
+                    keys = sorted({f"k/{rng.randrange(max(loaded, 1)):05d}" for _ in range(5)})
+                    ops.append(Txn((), tuple(Put(k, b"t" * 20) for k in keys)))
+                else:
+                    ops.append(Compact(rng.randint(1, revision)))
+        revision += len(ops)
+        yield ops
+
+
+def _reads_at_old_revisions(sm: StateMachine, rng: random.Random) -> list[object]:
+    """What a client can read of history: gets and scans at revisions from the compaction
+    revision on (and just below it: refused), and a watch's events from there."""
+    out: list[object] = [sm.revision, sm.compact_revision]
+    low = max(sm.compact_revision - 1, 1)
+    for _ in range(8):
+        rev = rng.randint(low, sm.revision)
+        key = f"k/{rng.randrange(600):05d}"
+        out.append(sm.query(Get(key, revision=rev)))
+        out.append(sm.query(Scan(key[:5], limit=20, revision=rev)))
+    since = max(sm.compact_revision, 1)
+    out.append(sm.events_since(since, 50))
+    return out
+
+
+def _run_beside_the_reference(seed: int, machine_class: type[StateMachine]) -> None:
+    """Feed ``machine_class``, the reference and (from slot 150 on) a replica of the first
+    restored from its snapshot, the same slots, comparing them after every slot."""
+    limits = Limits(history_bytes_max=6000)
+    new, reference = _Feeder(machine_class(limits)), _Feeder(_WalksEveryEvent(limits))
+    restored: _Feeder | None = None
+    compactions = set()
+    for n, ops in enumerate(_bulk_slots(seed, 500)):
+        first_revision = new.sm.revision + 1
+        for feed in (new, reference, restored):
+            if feed is not None:
+                feed.slot(ops)
+        for feed in (new, restored):
+            if feed is None:
+                continue
+            assert feed.sm.snapshot() == reference.sm.snapshot()
+            assert feed.sm.digest() == reference.sm.digest()
+            reads = _reads_at_old_revisions(feed.sm, random.Random(n))
+            assert reads == _reads_at_old_revisions(reference.sm, random.Random(n))
+        # A slot that changed something and was not compacted up to its own first revision
+        # left history within its budget.
+        if new.sm.revision >= first_revision > new.sm.compact_revision:
+            assert new.sm.history_bytes <= limits.history_bytes_max
+        if n == 150:
+            restored = _Feeder(machine_class.restore(new.sm.snapshot()))
+            restored.seq = new.seq
+        compactions.add(new.sm.compact_revision)
+    assert len(compactions) > 50  # the budget was crossed over and over
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_trims_after_bulk_loads_match_the_walk_over_every_event(seed: int) -> None:
+    # Byte-equal snapshots, equal digests and equal answers at old revisions (gets, scans,
+    # a watch's events) after every slot, against the walk over every event; history
+    # within its budget whenever the slot being applied (never compacted) leaves room; and
+    # a replica restored from a snapshot midway goes on exactly like the others.
+    _run_beside_the_reference(seed, StateMachine)
+
+
+def test_the_comparison_catches_a_replica_that_forgets_its_updates_on_restore() -> None:
+    with pytest.raises(AssertionError):
+        _run_beside_the_reference(1, _ForgetsUpdatesOnRestore)
+
+
+class _CountingList(list[KeyValue]):
+    """A list that counts its reads by index: what a walk over it costs."""
+
+    reads = 0
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, int):
+            self.reads += 1
+        return super().__getitem__(i)
+
+
+_LOADED = 20_000
+
+
+def _loaded(machine_class: type[StateMachine]) -> _Feeder:
+    """_LOADED keys created one per revision (a bulk load), under a budget of ~93 updates
+    of one hot key."""
+    feed = _Feeder(machine_class(Limits(history_bytes_max=100_000)))
+    for i in range(0, _LOADED, 500):
+        feed.slot([Put(f"k/{j:05d}", b"v" * 10) for j in range(i, i + 500)])
+    return feed
+
+
+def _hot_until_the_first_trim(feed: _Feeder) -> None:
+    while feed.sm.compact_revision == 0:
+        feed.slot([Put("hot", b"u" * 1000)])
+
+
+def _first_trim_reads(machine_class: type[StateMachine]) -> int:
+    """Reads of the event list and the updates list by the slot that first trims."""
+    feed = _loaded(machine_class)
+    sm = feed.sm
+    while True:
+        events, updates = _CountingList(sm._events), _CountingList(sm._updates)
+        sm._events, sm._updates = events, updates
+        feed.slot([Put("hot", b"u" * 1000)])
+        if sm.compact_revision:
+            return events.reads + updates.reads
+
+
+def test_the_first_trim_after_a_bulk_load_does_not_pass_the_creations_one_by_one() -> None:
+    # It compacts past all 20,000 creations (they come first) and the oldest hot updates.
+    assert _first_trim_reads(StateMachine) < 100
+
+
+def test_the_read_count_catches_a_trim_that_walks_every_event() -> None:
+    assert _first_trim_reads(_WalksEveryEvent) > 2 * _LOADED
+
+
+def _held(sm: StateMachine) -> int:
+    """Compacted events whose versions the event list still holds."""
+    return sum(kv is not machine._COMPACTED for kv in sm._events[: sm._events_start])
+
+
+def _check_release(machine_class: type[StateMachine]) -> None:
+    feed = _loaded(machine_class)
+    _hot_until_the_first_trim(feed)
+    sm = feed.sm
+    per_slot = machine.RELEASE_EVENTS_MAX + 1  # the bound, with the slot's one event
+    # The first trim compacted every creation but released at most its bound of them ...
+    assert sm.compact_revision > _LOADED
+    held = _held(sm)
+    assert held >= _LOADED - per_slot
+    # ... and each slot after it releases at most its bound, until none is held ...
+    slots = 0
+    while held:
+        feed.slot([Put("hot", b"u" * 1000)])
+        slots += 1
+        assert held - _held(sm) <= per_slot
+        held = _held(sm)
+        assert slots <= _LOADED // machine.RELEASE_EVENTS_MAX + 1
+    # ... and the released placeholders were cut from the list.
+    assert len(sm._events) < 1000
+
+
+def test_compacted_events_are_released_a_bounded_number_per_slot_until_none_is_held() -> None:
+    _check_release(StateMachine)
+
+
+class _ReleasesAllAtOnce(StateMachine):
+    """Planted bug: the whole backlog released in the slot that compacted it."""
+
+    def _release_compacted(self, added: int) -> None:
+        super()._release_compacted(added + len(self._events))
+
+
+class _NeverReleases(StateMachine):
+    """Planted bug: compacted events are never released (a leak of superseded versions)."""
+
+    def _release_compacted(self, added: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("planted", [_ReleasesAllAtOnce, _NeverReleases])
+def test_the_release_check_catches_a_release_all_at_once_or_never(
+    planted: type[StateMachine],
+) -> None:
+    with pytest.raises(AssertionError):
+        _check_release(planted)
+
+
+def test_an_idle_host_releases_compacted_events_in_bounded_steps_changing_nothing() -> None:
+    # Without slots to apply (an idle node's ticks), release_compacted drains the backlog
+    # a bounded step at a time, and nothing replicated moves.
+    feed = _loaded(StateMachine)
+    _hot_until_the_first_trim(feed)
+    sm = feed.sm
+    snapshot, digest = sm.snapshot(), sm.digest()
+    held = first_held = _held(sm)
+    assert held > machine.RELEASE_EVENTS_MAX
+    steps = 0
+    while held:
+        sm.release_compacted()
+        steps += 1
+        assert held - _held(sm) <= machine.RELEASE_EVENTS_MAX
+        held = _held(sm)
+    assert steps == -(-first_held // machine.RELEASE_EVENTS_MAX)  # full steps, then the rest
+    assert len(sm._events) < 1000
+    assert (sm.snapshot(), sm.digest()) == (snapshot, digest)
+    sm.release_compacted()  # nothing left: a no-op
+    assert sm.snapshot() == snapshot

@@ -353,6 +353,9 @@ class Node:
 
     def on_tick(self) -> None:
         self.runner.tick()
+        # A bounded step, so the references a big compaction dropped are released on an
+        # idle node too (each apply also takes a step).
+        self.sm.release_compacted()
 
     def on_client_command(self, conn_id: int, request_id: int, command: bytes) -> None:
         """A client's command for the log. Replies come when its slot is applied."""
