@@ -68,6 +68,8 @@ class Forwarder:
         self._lock = threading.Lock()
         self._signalled = False
         self._stopped: str | None = None
+        # Futures of operations handed to the pipeline, by id (the thread's alone).
+        self._waiting: dict[int, Future[Answer]] = {}
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -131,12 +133,16 @@ class Forwarder:
             log.error("etcd forwarder stopped", error=str(e), exc_info=True)
             self._stop("the etcd listener's connection to its node failed")
         finally:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(UnavailableError(self._stopped or "stopped"))
+            self._waiting.clear()
             self._pipe.close()
             os.close(self._r)
             os.close(self._w)
 
     def _serve(self) -> None:
-        waiting: dict[int, Future[Answer]] = {}
+        waiting = self._waiting
         while True:
             with self._lock:
                 if self._stopped is not None:
@@ -155,9 +161,6 @@ class Forwarder:
             for (session, fut), outcome, reply in self._pipe.poll_replies(IDLE_POLL_MS):
                 waiting.pop(id(fut), None)
                 self._finish(session, fut, outcome, reply)
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(UnavailableError(self._stopped or "stopped"))
 
     def _finish(
         self,
