@@ -105,14 +105,14 @@ def serve_aio(port: int) -> None:
     put, rng, status = _responses()
 
     class KV(rpc_pb2_grpc.KVServicer):
-        async def Put(self, request: Any, context: Any) -> Any:  # type: ignore[override]  # noqa: N802
+        async def Put(self, request: Any, context: Any) -> Any:  # noqa: N802
             return put
 
-        async def Range(self, request: Any, context: Any) -> Any:  # type: ignore[override]  # noqa: N802
+        async def Range(self, request: Any, context: Any) -> Any:  # noqa: N802
             return rng
 
     class Maintenance(rpc_pb2_grpc.MaintenanceServicer):
-        async def Status(self, request: Any, context: Any) -> Any:  # type: ignore[override]  # noqa: N802
+        async def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
             return status
 
     async def main() -> None:
