@@ -99,9 +99,7 @@ class Pipeline(Generic[T]):
         self._flights: dict[int, _Flight[T]] = {}
         self._waiting: list[_Flight[T]] = []
         self._outbox: dict[int, list[ClientRequest]] = {}
-        # (tag, outcome, the reply that carried it: None for an error raised here).
-        self._done: list[tuple[T, Result | ClientError, ClientReply | None]] = []
-        self._wake_fds: set[int] = set()
+        self._done: list[tuple[T, Result | ClientError]] = []
         self._next_sweep = 0.0
         self._connect_quiet_until = 0.0
 
@@ -117,20 +115,7 @@ class Pipeline(Generic[T]):
         flight = _Flight(tag, command, lane % self.lanes, now + self.timeout_ms / 1000, read)
         self._dispatch(flight, now)
 
-    def wake_on(self, fd: int) -> None:
-        """Let ``poll`` also return when ``fd`` is readable (the caller drains it): how a
-        thread that owns this pipeline hears that other threads queued work for it."""
-        self._wake_fds.add(fd)
-        self._poller.register(fd, select.POLLIN)
-
     def poll(self, timeout_ms: int) -> list[tuple[T, Result | ClientError]]:
-        return [(tag, outcome) for tag, outcome, _ in self.poll_replies(timeout_ms)]
-
-    def poll_replies(
-        self, timeout_ms: int
-    ) -> list[tuple[T, Result | ClientError, ClientReply | None]]:
-        """As ``poll``, with the reply each result came in (its header: the node that
-        answered, its leader and ballot), None for an error raised here."""
         now = time.monotonic()
         if self._waiting:
             self._retry_waiting(now)
@@ -181,14 +166,14 @@ class Pipeline(Generic[T]):
         if reply.status == "ok":
             self._router.ok(ep)
             try:
-                self._done.append((flight.tag, decode_result(reply.result), reply))
+                self._done.append((flight.tag, decode_result(reply.result)))
             except BadCommand as e:
                 error = BadRequestError(f"undecodable result from the server: {e}")
-                self._done.append((flight.tag, error, None))
+                self._done.append((flight.tag, error))
             return
         if reply.status == "bad_request":
             message = reply.result.decode(errors="replace")
-            self._done.append((flight.tag, BadRequestError(message), None))
+            self._done.append((flight.tag, BadRequestError(message)))
             return
         now = time.monotonic()
         if reply.status == "unavailable":
@@ -228,7 +213,7 @@ class Pipeline(Generic[T]):
         try:
             conn = self._connect(ep, flight.lane, left_ms)
         except AuthError as e:
-            self._done.append((flight.tag, e, None))
+            self._done.append((flight.tag, e))
             return
         except Lost:
             self._wait(flight, now)
@@ -246,7 +231,7 @@ class Pipeline(Generic[T]):
             sent=flight.sent,
             refused=False,
         )
-        self._done.append((flight.tag, error, None))
+        self._done.append((flight.tag, error))
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}

@@ -44,7 +44,6 @@ from paxosd.client.errors import (
 )
 from paxosd.client.routing import Address
 from paxosd.client.watch import Watch, WatchCanceledError
-from paxosd.etcd.forward import Forwarder, Full
 from paxosd.etcd.proto import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from paxosd.net.admin import ReadStale, StaleRead
 from paxosd.statemachine.commands import (
@@ -256,7 +255,6 @@ class Backend:
         *,
         etcd_urls: dict[int, str] | None = None,
         timeout_ms: int = 5000,
-        forward: bool = False,
     ) -> None:
         self.endpoints = list(endpoints)
         self.client_key = client_key
@@ -267,9 +265,6 @@ class Backend:
         self.watch_streams = threading.BoundedSemaphore(WATCH_STREAMS_MAX)
         self._clients: list[Client] = []
         self._lock = threading.Lock()
-        self.forwarder: Forwarder | None = None
-        if forward:
-            self.forwarder = Forwarder(endpoints, client_key, timeout_ms=timeout_ms)
 
     def client(self) -> Client:
         c: Client | None = getattr(self._local, "client", None)
@@ -281,8 +276,6 @@ class Backend:
         return c
 
     def close(self) -> None:
-        if self.forwarder is not None:
-            self.forwarder.close()
         with self._lock:
             for c in self._clients:
                 c.close()
@@ -312,23 +305,6 @@ class Backend:
             code, message = status_of(e)
             raise Abort(code, message) from None
         return out, c.last_header
-
-    def forward(self, op: Op, asked: int = 0) -> tuple[Result, Header | None]:
-        """``op`` through the forwarder's pipelined connection when there is one (puts and
-        linearizable reads: see ``paxosd.etcd.forward``), else through this thread's client."""
-        if self.forwarder is None:
-            return self.call(lambda c: _checked(c.execute(op), asked))
-        try:
-            return self.forwarder.call(op, asked)
-        except Full as e:
-            raise Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcdserver: too many requests: {e}"
-            ) from None
-        except ClientError as e:
-            code, message = status_of(e)
-            raise Abort(code, message) from None
-        except TimeoutError:
-            raise Abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out") from None
 
 
 def _aborting(fn: Callable[..., T]) -> Callable[..., T]:
@@ -556,7 +532,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             me = self.b.identity.member_id
             (result, header), _ = self.b.call(lambda c: local_read(c, op, me))
             return _checked_or_abort(result, revision), header
-        return self.b.forward(op, revision)
+        return self.b.call(lambda c: _checked(c.execute(op), revision))
 
     def _pages(
         self, kr: KeyRange, revision: int, serializable: bool
@@ -595,8 +571,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if request.ignore_value or request.ignore_lease:
             return self._put_keeping(request, key)
         value, lease = request.value, request.lease
-        put = Put(key=key, value=value, prev_kv=request.prev_kv, lease=lease)
-        result, h = self.b.forward(put)
+        result, h = self.b.call(lambda c: c.put(key, value, prev_kv=request.prev_kv, lease=lease))
         return put_response(request, result, self.b.header(h))
 
     def _put_keeping(self, request: rpc_pb2.PutRequest, key: str) -> rpc_pb2.PutResponse:

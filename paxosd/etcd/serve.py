@@ -73,7 +73,6 @@ def build_server(cfg: Config) -> tuple[object, int]:
         cfg.client_key.reveal(),
         Identity(cluster_number(cfg.cluster_id), int(me)),
         etcd_urls={**etcd.client_urls, int(me): f"{scheme}://{etcd.listen}"},
-        forward=True,
     )
     db = cfg.data_dir / "paxosd.sqlite3"
 
