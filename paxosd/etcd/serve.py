@@ -1,5 +1,13 @@
 """``paxosd etcd-gateway``: the gRPC server process (``paxosd run`` starts it as a child
-when the node's config has ``[etcd] listen``; it can also run on its own beside a node)."""
+when the node's config has ``[etcd] listen``; it can also run on its own beside a node).
+
+Why a separate process with a thread pool and one paxosd ``Client`` per worker, by
+measurement (BENCHMARKS.md, "etcd 3.4 and paxosd's etcd listener"): grpcio's Python server
+path is the floor (a server answering a constant costs 170-210 us of CPU per request, more
+than etcd's whole cluster), so the gateway's interpreter should not also be the consensus
+loop's; and a forwarder thread that batched workers' requests over one pipelined connection
+cost more CPU per request than the per-worker round trips it replaced (thread hand-offs under
+one interpreter lock)."""
 
 from __future__ import annotations
 
