@@ -56,3 +56,15 @@ def test_a_quick_turn_is_not_logged_and_logging_is_bounded() -> None:
     assert loud.slow_turns == SLOW_TURNS_LOGGED_PER_MINUTE + 5
     assert len(log.events) == SLOW_TURNS_LOGGED_PER_MINUTE
     assert loud._on_gc not in gc.callbacks
+
+
+def test_full_collections_are_counted_for_the_daemons_freeze() -> None:
+    clock = TurnClock(_Log())
+    try:
+        before = clock.full_collections
+        gc.collect(1)
+        assert clock.full_collections == before
+        gc.collect()
+        assert clock.full_collections == before + 1
+    finally:
+        clock.close()
