@@ -11,6 +11,7 @@ phase.
 from __future__ import annotations
 
 import gc
+import resource
 import time
 from typing import Any
 
@@ -33,6 +34,8 @@ class TurnClock:
         self.full_collections = 0
         self.longest_s = 0.0
         self._start = 0.0
+        self._cpu_start = 0.0
+        self._switches = (0, 0)
         self._mark = 0.0
         self._gc_started = 0.0
         self._gc_s = 0.0
@@ -61,6 +64,9 @@ class TurnClock:
     def start(self) -> None:
         """The turn's work begins (after the wait for input)."""
         self._start = self._mark = time.perf_counter()
+        self._cpu_start = time.thread_time()
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        self._switches = (usage.ru_nvcsw, usage.ru_nivcsw)
         self.phases.clear()
         self._gc_s = 0.0
         self._gc_runs.clear()
@@ -84,9 +90,15 @@ class TurnClock:
         if self._logged_in_window >= SLOW_TURNS_LOGGED_PER_MINUTE:
             return took
         self._logged_in_window += 1
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
         self.log.warning(
             "slow loop turn",
             ms=round(took * 1000, 1),
+            # CPU this thread used; the rest it waited: for the disk (voluntary switches)
+            # or for a core (involuntary: the machine is short of CPU).
+            cpu_ms=round((time.thread_time() - self._cpu_start) * 1000, 1),
+            waits=usage.ru_nvcsw - self._switches[0],
+            preempted=usage.ru_nivcsw - self._switches[1],
             phases_ms={k: round(v * 1000, 1) for k, v in self.phases.items() if v >= 0.001},
             gc_ms=round(self._gc_s * 1000, 1),
             gc_runs=[(g, round(t * 1000, 1)) for g, t in self._gc_runs],
