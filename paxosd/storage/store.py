@@ -533,10 +533,13 @@ _SQL_COMPACT_MARK = (
 _SQL_COMPACT_ACCEPTED = "DELETE FROM accepted WHERE slot > ? AND slot <= ?"
 _SQL_COMPACT_DECIDED = "DELETE FROM decided WHERE slot > ? AND slot <= ?"
 _SQL_COMPACTED = "SELECT compacted_through FROM paxos_state WHERE id = 0"
-# Compacted slots whose rows one write deletes. A compaction is a mark (one row); the rows go
-# a batch per later write, because deleting thousands of slots of big values at once (their
-# overflow pages are read to be freed) held a leader's loop for seconds (BENCHMARKS.md).
-COMPACT_SLOTS_PER_WRITE = 64
+# Compacted slots whose rows one write deletes, beyond one per row the write itself adds (so
+# the deleting keeps up with the log's growth). A compaction is a mark (one row); the rows go
+# a batch per later write, because deleting thousands of slots of big values at once held a
+# leader's loop for seconds (BENCHMARKS.md): SQLite reads every overflow page of a deleted
+# row to free it, mostly from the disk, as the rows are old. 64 slots of 40 KB batches were
+# still ~1,300 page reads, 100-160 ms of one write; 8 are ~1/8 of that.
+COMPACT_SLOTS_PER_WRITE = 8
 
 
 def _uri(path: Path, mode: str, *, immutable: bool = False) -> str:
@@ -853,7 +856,8 @@ class Storage:
                     cut is not None and self._rows_from < cut
                 ):
                     upto = max(self._compacted_through, cut or 0)
-                    deleting = min(upto, self._rows_from + COMPACT_SLOTS_PER_WRITE)
+                    batch = COMPACT_SLOTS_PER_WRITE + len(record.accepted) + len(record.decided)
+                    deleting = min(upto, self._rows_from + batch)
                     conn.execute(_SQL_COMPACT_ACCEPTED, (self._rows_from, deleting))
                     conn.execute(_SQL_COMPACT_DECIDED, (self._rows_from, deleting))
                 if applied_through is not None:
