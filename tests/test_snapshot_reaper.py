@@ -117,3 +117,26 @@ def test_a_superseded_file_still_read_is_not_shrunk_under_its_reader(
     reader.close()
     REAPER.wait()
     assert ident not in snapfile._OPEN_FILES
+
+
+def test_a_process_holding_a_snapshot_file_at_exit_exits(tmp_path: Path) -> None:
+    # The file is closed while the interpreter finalizes: no reaper thread may be started
+    # then (Thread.start would wait forever for a thread that cannot run).
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from paxosd.storage.snapfile import SnapshotFile, file_name
+        p = Path({str(tmp_path)!r}) / file_name(1)
+        p.write_bytes(b"state")
+        held = SnapshotFile(p, 5, 0)
+        print(held[0:5].decode())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "state", done.stderr

@@ -20,6 +20,7 @@ import functools
 import mmap
 import os
 import queue
+import sys
 import threading
 import time
 import zlib
@@ -100,11 +101,13 @@ class Reaper:
         self._lock = threading.Lock()
 
     def submit(self, work: Callable[[], None]) -> None:
-        if os.getpid() != self._pid:  # a forked child: no thread here, and no need of one
+        if os.getpid() != self._pid or sys.is_finalizing():
+            # A forked child has no thread here and no need of one; an interpreter that is
+            # exiting cannot start a thread (start() would wait forever) nor run one.
             _quietly(work)
             return
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="snapshot-file-reaper", daemon=True
                 )
@@ -124,7 +127,9 @@ class Reaper:
 
     def wait(self) -> None:
         """Return once everything submitted so far is done (at close, and for tests)."""
-        if os.getpid() == self._pid and self._thread is not None:
+        thread = self._thread
+        mine = os.getpid() == self._pid and not sys.is_finalizing()
+        if mine and thread is not None and thread.is_alive():
             self._queue.join()
 
 
