@@ -218,6 +218,14 @@ class _NodeHooks(Hooks):
     def snapshot_started(self, slot: int) -> None:
         self._node.note_snapshot_digest(slot)
 
+    def preparing(self, slot: int) -> None:
+        self._node.log.info("snapshot from a peer received, decoding it", slot=slot)
+
+    def refused(self, slot: int, why: str) -> None:
+        self._node.log.warning(
+            "snapshot from a peer refused; asking for it again", slot=slot, why=why
+        )
+
     def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
         node = self._node
         node.recent_results.add(slot, [r for _, _, r in results])
