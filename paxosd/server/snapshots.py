@@ -33,7 +33,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
@@ -99,6 +99,9 @@ class ForkSnapshots:
         self._done: tuple[int, SnapshotState] | None = None
         self._rx: FileWriter | None = None
         self.failures = 0
+        # How a peer's snapshot is decoded (see prepare); tests make the pieces tiny.
+        self.prepare_turn_s = PREPARE_TURN_S
+        self.prepare_batch = RESTORE_BATCH
 
     # ------------------------------------------------------------------ taking
 
@@ -248,8 +251,11 @@ class ForkSnapshots:
 
     def prepare(self, sm: M, state: SnapshotState) -> Preparation[M]:
         """Decode ``state`` in pieces for up to PREPARE_TURN_S per loop turn (see
-        _TimedPreparation); a file stays mapped until it is done."""
-        return _TimedPreparation(sm.restoring(state, batch=RESTORE_BATCH))
+        _TimedPreparation); a file stays mapped until it is done (the descriptor the state
+        holds keeps it readable even if a newer snapshot's rename replaces its name)."""
+        return _TimedPreparation(
+            sm.restoring(state, batch=self.prepare_batch), turn_s=self.prepare_turn_s
+        )
 
     def restore(self, sm: M, state: SnapshotState) -> M:
         if isinstance(state, SnapshotFile):
@@ -281,11 +287,16 @@ class _TimedPreparation(Preparation[M]):
     then the new objects leave the collector's generations (see _settle_gc): otherwise the
     half-built state, a million objects, is walked by a full collection every few turns."""
 
+    def __init__(self, steps: Generator[None, None, M], *, turn_s: float) -> None:
+        super().__init__(steps)
+        self.turn_s = turn_s
+        self._t0 = 0.0
+
     def _begin_turn(self) -> None:
         self._t0 = time.perf_counter()
 
     def _more(self, pieces_done: int) -> bool:
-        return time.perf_counter() - self._t0 < PREPARE_TURN_S
+        return time.perf_counter() - self._t0 < self.turn_s
 
     def _end_turn(self) -> None:
         gc.freeze()
