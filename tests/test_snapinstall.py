@@ -57,9 +57,7 @@ def machine(keys: int, *, seed: int = 1, deletes: bool = True) -> StateMachine:
     sm = StateMachine()
     names = [f"key/{i:06d}" for i in range(keys)]
     rnd.shuffle(names)
-    slot = 0
-    for i in range(0, len(names), 50):
-        slot += 1
+    for slot, i in enumerate(range(0, len(names), 50), 1):
         ops: list[Put | Delete] = [
             Put(k, rnd.randbytes(rnd.randrange(0, 300))) for k in names[i : i + 50]
         ]
