@@ -138,6 +138,13 @@ def test_a_structurally_bad_state_with_a_good_checksum_is_refused() -> None:
         run(StateMachine.restoring(_seal(bytes(body)), batch=16))
 
 
+def test_a_replaced_state_machine_is_emptied_in_pieces() -> None:
+    sm = machine(2000)
+    _, pieces = run(sm.dismantling(batch=100))
+    assert pieces >= 2000 // 100
+    assert not (sm._index or sm._events or sm._hkeys or sm._keys or sm._timeline or sm._sessions)
+
+
 def test_a_file_stays_mapped_while_decoding_and_is_unmapped_when_dropped(tmp_path: Path) -> None:
     sm = machine(400)
     path = tmp_path / "s.snap"
@@ -184,6 +191,8 @@ class Lab:
         c.campaign(1)
         c.deliver()
         assert c.replicas[1].role is Role.LEADER  # type: ignore[index]
+        self.write(300)  # node 3 has these, then misses the rest
+        assert c.runners[3].sm.applied_through > 0
         c.cut = {3}
         self.write(keys)
         c.runners[1].take_snapshot()
@@ -269,6 +278,13 @@ def test_a_follower_installs_a_big_snapshot_in_pieces_and_answers_heartbeats_mea
     lab.until_installed()
     assert lab.runner(3).replica.snapshot.slot >= (slot or 0)
     assert not lab.c.refused
+    # The state it replaced is freed a piece per tick, not in the turn of the swap.
+    assert old._index or old._events
+    for _ in range(100):
+        if not old._index and not old._events:
+            break
+        lab.turn()
+    assert not old._index and not old._events and not old._keys
 
 
 def test_a_newer_snapshot_arriving_mid_decode_supersedes_it(tmp_path: Path) -> None:

@@ -379,6 +379,8 @@ class Runner(Generic[M]):
         self._prepared: tuple[Snapshot, M] | None = None
         # The slot of a peer's snapshot whose last chunk the maker could not write.
         self._unassembled: int | None = None
+        # State machines replaced by a peer's snapshot, freed a piece per tick (see tick).
+        self._retired: list[Generator[None, None, None]] = []
         self.hooks = hooks if hooks is not None else Hooks()
         self.address_of = address_of
         self.pending: OrderedDict[tuple[str, int], Waiter] = OrderedDict()
@@ -435,6 +437,13 @@ class Runner(Generic[M]):
         if self._preparing is not None:
             self.mark("tick")
             self._prepare_step()
+            self.mark("snapshot")
+        if self._retired:
+            self.mark("tick")
+            try:
+                next(self._retired[0])
+            except StopIteration:
+                del self._retired[0]
             self.mark("snapshot")
 
     def _prepare_step(self) -> None:
@@ -573,7 +582,13 @@ class Runner(Generic[M]):
         if rd.restore is not None:
             prepared, self._prepared = self._prepared, None
             if prepared is not None and prepared[0] is rd.restore:
-                self.sm = prepared[1]  # decoded over the last turns: the swap is O(1)
+                # Decoded over the last turns: the swap is O(1), and the old state is freed
+                # a piece per tick rather than all at once here.
+                old, self.sm = self.sm, prepared[1]
+                dismantling = getattr(old, "dismantling", None)
+                if dismantling is not None:
+                    self._retired.append(dismantling())
+                del old
             else:  # start-up: the durable snapshot, decoded before this node serves
                 self.sm = self.maker.restore(self.sm, rd.restore.state)
             self.hooks.restored(rd.restore.slot)

@@ -1450,6 +1450,33 @@ class StateMachine:
             body.release()
             whole.release()
 
+    def dismantling(self, batch: int = 4 * RESTORE_BATCH) -> Generator[None, None, None]:
+        """Empty this state machine (replaced by a peer's snapshot) a piece at a time,
+        yielding every ``batch`` keys or entries: dropping a big one at once frees millions of
+        objects in one call (56 ms at 300,000 keys x 1 KiB, ~4x that at 1,000,000), a stop of
+        the loop the install in pieces is there to avoid. Nothing may read it meanwhile."""
+        for events in (self._events, self._hkeys, self._keys):
+            while events:
+                del events[-batch:]
+                yield
+        index = self._index
+        while index:
+            for _ in range(min(batch, len(index))):
+                index.popitem()
+            yield
+        for posts in (self._timeline,):
+            while posts:
+                for _ in range(min(batch, len(posts))):
+                    posts.pop()
+                yield
+        sessions = self._sessions
+        while sessions:
+            for _ in range(min(batch, len(sessions))):
+                sessions.popitem()
+            yield
+        self._leases.clear()
+        self._blocks.clear()
+
     @classmethod
     def _from_state(cls, state: _SnapshotState, batch: int) -> Generator[None, None, Self]:
         """Validate every field before trusting it: a snapshot is read from disk or a peer.
