@@ -240,6 +240,7 @@ def _install_figures(cluster: LocalCluster, k: int) -> dict[str, Any]:
                         "install_turns": record.get("turns"),
                         "install_seconds": record.get("seconds"),
                         "longest_turn_ms": record.get("longest_turn_ms"),
+                        "longest_turn_at": record.get("longest_turn_at"),
                     }
     return found
 

@@ -208,12 +208,13 @@ class _Install:
     """The loop turns of one install of a peer's snapshot, from its last chunk to the swap:
     how many, how long in all, the longest (what the decode in pieces is for)."""
 
-    __slots__ = ("longest_s", "seconds", "slot", "turns")
+    __slots__ = ("longest_at", "longest_s", "seconds", "slot", "turns")
 
     def __init__(self) -> None:
         self.turns = 0
         self.seconds = 0.0
         self.longest_s = 0.0
+        self.longest_at = 0  # which turn (1: the first; == turns: the swap's)
         self.slot: int | None = None  # set once installed
 
 
@@ -502,7 +503,9 @@ class Node:
             return
         install.turns += 1
         install.seconds += seconds
-        install.longest_s = max(install.longest_s, seconds)
+        if seconds > install.longest_s:
+            install.longest_s = seconds
+            install.longest_at = install.turns
         if install.slot is not None:
             self.install = None
             self.log.info(
@@ -512,6 +515,7 @@ class Node:
                 turns=install.turns,
                 seconds=round(install.seconds, 3),
                 longest_turn_ms=round(install.longest_s * 1000, 1),
+                longest_turn_at=install.longest_at,
             )
 
     def _client_address_of(self, node: NodeId | None) -> bytes:

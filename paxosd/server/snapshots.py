@@ -52,7 +52,7 @@ _RESULT: Final = struct.Struct("<QI")  # size, crc32: the child's report on its 
 SYNC_EVERY_BYTES: Final = 32 << 20
 # A peer's snapshot is decoded for about this long per loop turn (ForkSnapshots.prepare): a
 # turn stays far under the election timeout (300 ms) and heartbeats (tens of ms) get answered.
-PREPARE_TURN_S: Final = 0.02
+PREPARE_TURN_S: Final = 0.01
 # Past any descriptor the daemon opens (closerange is one close_range syscall).
 _FD_MAX: Final = 1 << 20
 M = TypeVar("M", bound=Machine)

@@ -1752,7 +1752,7 @@ def _restore_history(
     if expected - 1 != max(revision, floor - 1):
         raise ValueError(f"history ends at revision {expected - 1}, the store is at {revision}")
     keys = list(index)
-    sm._hkeys = keys if in_order else (yield from sorted_in_pieces(keys, 16 * batch))
+    sm._hkeys = keys if in_order else (yield from sorted_in_pieces(keys, 4 * batch))
     for i, key in enumerate(sm._hkeys, 1):
         if i % batch == 0:
             yield
