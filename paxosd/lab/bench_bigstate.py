@@ -241,6 +241,7 @@ def _install_figures(cluster: LocalCluster, k: int) -> dict[str, Any]:
                         "install_seconds": record.get("seconds"),
                         "longest_turn_ms": record.get("longest_turn_ms"),
                         "longest_turn_at": record.get("longest_turn_at"),
+                        "longest_turn_phases_ms": record.get("longest_turn_phases_ms"),
                     }
     return found
 

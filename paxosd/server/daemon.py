@@ -330,7 +330,7 @@ class Daemon:
                 snapshot_running=node.snapshot_running,
                 snapshot_decoding=node.runner.preparing,
             )
-            node.note_turn(took)
+            node.note_turn(took, turns.phases)
             if turns.full_collections != full_collections:
                 # What survived a full collection is the state, which lives on: freeze it,
                 # so the next full collection walks only what came since (a full walk of

@@ -208,13 +208,14 @@ class _Install:
     """The loop turns of one install of a peer's snapshot, from its last chunk to the swap:
     how many, how long in all, the longest (what the decode in pieces is for)."""
 
-    __slots__ = ("longest_at", "longest_s", "seconds", "slot", "turns")
+    __slots__ = ("longest_at", "longest_phases", "longest_s", "seconds", "slot", "turns")
 
     def __init__(self) -> None:
         self.turns = 0
         self.seconds = 0.0
         self.longest_s = 0.0
         self.longest_at = 0  # which turn (1: the first; == turns: the swap's)
+        self.longest_phases: dict[str, float] = {}  # where it went (the daemon's turn clock)
         self.slot: int | None = None  # set once installed
 
 
@@ -494,7 +495,7 @@ class Node:
         while len(digests) > SNAPSHOT_DIGESTS_KEPT:
             del digests[min(digests)]
 
-    def note_turn(self, seconds: float) -> None:
+    def note_turn(self, seconds: float, phases: dict[str, float] | None = None) -> None:
         """The daemon's loop finished a turn of ``seconds`` (from poll's return to the replies
         sent). While a peer's snapshot is installed, the turns are counted; the one that
         swapped it in ends the install with one log line of their figures."""
@@ -506,6 +507,7 @@ class Node:
         if seconds > install.longest_s:
             install.longest_s = seconds
             install.longest_at = install.turns
+            install.longest_phases = dict(phases or {})
         if install.slot is not None:
             self.install = None
             self.log.info(
@@ -516,6 +518,9 @@ class Node:
                 seconds=round(install.seconds, 3),
                 longest_turn_ms=round(install.longest_s * 1000, 1),
                 longest_turn_at=install.longest_at,
+                longest_turn_phases_ms={
+                    k: round(v * 1000, 1) for k, v in install.longest_phases.items() if v >= 0.001
+                },
             )
 
     def _client_address_of(self, node: NodeId | None) -> bytes:
