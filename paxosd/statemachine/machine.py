@@ -115,6 +115,7 @@ from paxosd.statemachine.commands import (
 from paxosd.statemachine.slices import (
     ArrayReader,
     SliceError,
+    page_dropper,
     read_array_header,
     sorted_in_pieces,
 )
@@ -1428,6 +1429,7 @@ class StateMachine:
         # released before this returns or raises, so the caller can unmap the file.
         whole = memoryview(data).cast("B")
         body = whole[: max(0, len(whole) - _CHECKSUM_BYTES)]
+        drop = page_dropper(whole)  # a mapped file's pages, once read (see slices.py)
         try:
             if len(whole) < _CHECKSUM_BYTES:
                 raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")
@@ -1435,11 +1437,12 @@ class StateMachine:
             piece = batch << 10
             for i in range(0, len(body), piece):
                 h.update(body[i : i + piece])
+                drop(i, i + piece)
                 yield
             if h.digest() != whole[len(body) :]:
                 raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")
             try:
-                state = yield from _decoding(body, batch)
+                state = yield from _decoding(body, batch, drop)
             except SliceError as e:
                 raise BadSnapshot(f"undecodable snapshot: {e}"[:200]) from None
             try:
@@ -1568,10 +1571,12 @@ class StateMachine:
         return sm
 
 
-def _decoding(body: memoryview, batch: int) -> Generator[None, None, _SnapshotState]:
+def _decoding(
+    body: memoryview, batch: int, drop: Callable[[int, int], None] = lambda start, stop: None
+) -> Generator[None, None, _SnapshotState]:
     """``_snapshot_decoder.decode(body)``, the long fields ``batch`` entries at a time (see
     paxosd/statemachine/slices.py); SliceError on anything msgspec would refuse."""
-    reader = ArrayReader(body)
+    reader = ArrayReader(body, drop)
     try:
         n, reader.pos = read_array_header(body, 0)
         if not _FIELDS_REQUIRED <= n <= len(_FIELDS):

@@ -19,8 +19,9 @@ library does in pieces:
 from __future__ import annotations
 
 import bisect
+import mmap
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
 import msgspec
@@ -83,12 +84,37 @@ def end_of_items(buf: memoryview, pos: int, n: int, window: int) -> int:
         return pos + window
 
 
-class ArrayReader:
-    """Reads msgpack values one after another from ``buf``, long arrays in batches."""
+def page_dropper(buf: memoryview) -> Callable[[int, int], None]:
+    """For a view of a whole read-only mapping (a snapshot file), a function that lets the
+    kernel drop the pages of ``[start, stop)`` from it once they are read (they stay in the
+    page cache); for anything else, one that does nothing. Why: unmapping a GiB of touched
+    pages at the end tears down every page table entry in one call (34 ms for 1.1 GB on an
+    idle machine, ~70 ms in the loop under load); dropped as the reader goes, each call costs
+    under a millisecond and the unmap nothing."""
+    mm = buf.obj
+    if not isinstance(mm, mmap.mmap) or len(buf) != len(mm) or not hasattr(mm, "madvise"):
+        return lambda start, stop: None
+    page = mmap.PAGESIZE
 
-    def __init__(self, buf: memoryview) -> None:
+    def drop(start: int, stop: int) -> None:
+        first = -(-start // page) * page  # only whole pages behind the reader
+        last = stop // page * page
+        if last > first and not mm.closed:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    return drop
+
+
+class ArrayReader:
+    """Reads msgpack values one after another from ``buf``, long arrays in batches.
+    ``drop`` is told each byte range the reader is done with (see page_dropper)."""
+
+    def __init__(
+        self, buf: memoryview, drop: Callable[[int, int], None] = lambda start, stop: None
+    ) -> None:
         self.buf = buf
         self.pos = 0
+        self.drop = drop
         self._item_bytes = 256  # the mean item size seen so far, for the next window
 
     def value(self, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
@@ -122,6 +148,7 @@ class ArrayReader:
             except msgspec.DecodeError as e:
                 raise SliceError(f"at byte {self.pos}: {e}"[:200]) from None
             self._item_bytes = max(1, (end - self.pos) // k)
+            self.drop(self.pos, end)
             self.pos = end
             yield
         return out
@@ -174,6 +201,7 @@ __all__ = [
     "SliceError",
     "array_header",
     "end_of_items",
+    "page_dropper",
     "read_array_header",
     "sorted_in_pieces",
 ]
