@@ -1253,7 +1253,8 @@ def bigstate(
     size, each daemon's RSS (peak, end) and data dir bytes as multiples of it; a `paxosctl
     snapshot save` of the live cluster in MB/s; a follower stopped (--restart-signal) and
     started: seconds until it answers a linearizable read and until it has caught up; a
-    fourth node added as a learner: its catch-up by snapshot transfer in MB/s.
+    fourth node added as a learner: its catch-up by snapshot transfer in MB/s, and its loop
+    turns while it installed the snapshot (how many, the longest in ms).
 
     Progress lines go to stderr. Exit 3 if the cluster does not start or a node does not
     catch up within a generous bound.

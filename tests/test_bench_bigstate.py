@@ -89,6 +89,8 @@ def test_restart_save_and_transfer_are_timed(sitting: tuple[dict[str, Any], str]
     nm = r["new_member"]
     assert nm["node"] == 4 and nm["by_snapshot"], "the log it needed was compacted"
     assert nm["snapshot_bytes"] > 0 and nm["mb_per_s"] > 0
+    # Its loop turns while it installed the snapshot (decoded in pieces between them).
+    assert nm["install_turns"] >= 1 and 0 < nm["longest_turn_ms"] <= nm["install_seconds"] * 1000
     for phase in ("load:", "run:", "snapshot save:", "restart:", "new member:"):
         assert phase in stderr
 

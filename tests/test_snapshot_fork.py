@@ -218,6 +218,9 @@ def test_snapshots_while_writing_a_restart_from_the_file_and_a_learner_fed_by_ch
     )
     restored = _events(c, new, "snapshot restored")
     assert restored and restored[0]["slot"] > 0
+    # Installed from a peer: decoded over loop turns, whose figures the line carries.
+    assert restored[0]["from_peer"] and restored[0]["turns"] >= 1
+    assert 0 < restored[0]["longest_turn_ms"] <= restored[0]["seconds"] * 1000
     folder = c.root / "data" / f"n{new}" / "snapshots"
     # The received file (or the member's own next snapshot): one, and no tmp once settled.
     wait_for(

@@ -58,9 +58,21 @@ class SnapshotTaken:
 @dataclass(frozen=True, slots=True)
 class SnapshotReceived:
     """The caller assembled a peer's snapshot from ``Ready.snapshot_chunks`` (the core keeps
-    no chunk itself) and hands it back, whole: the core installs it if still behind it."""
+    no chunk itself), decoded it, and hands it back: the core installs it if still behind it.
+
+    Between the last chunk and this (the caller decodes a big state over many loop turns)
+    the core asks no peer for the slots the snapshot covers, so the transfer does not start
+    again; it keeps voting and answering heartbeats meanwhile."""
 
     snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRefused:
+    """The caller could not use the peer's snapshot through ``slot`` it assembled (torn,
+    corrupt, unwritable): the core asks for one again from the start."""
+
+    slot: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,7 @@ Input = (
     | Tick
     | SnapshotTaken
     | SnapshotReceived
+    | SnapshotRefused
     | ReadIndex
     | ChangeMembership
     | TransferLeadership

@@ -61,6 +61,7 @@ from paxosd.core.io import (
     Received,
     Redirect,
     SnapshotReceived,
+    SnapshotRefused,
     SnapshotTaken,
     Tick,
     TransferLeadership,
@@ -177,7 +178,9 @@ class Replica:
         self._catchup_sent_ms = -(10**9)
         # A snapshot being received in chunks: (slot, total bytes, bytes arrived so far). The
         # chunks themselves go to the caller in Ready.snapshot_chunks: the core never holds a
-        # peer's state, which can be a GiB.
+        # peer's state, which can be a GiB. Once every byte arrived it stays here until the
+        # caller has decoded it (SnapshotReceived) or given up on it (SnapshotRefused).
+        # Invariant: arrived <= total.
         self._snap_rx: tuple[int, int, int] | None = None
 
         # Output buffers, drained by ready().
@@ -231,6 +234,8 @@ class Replica:
                 self._on_snapshot_taken(snap)
             case SnapshotReceived(snapshot=snap):
                 self._on_snapshot_received(snap)
+            case SnapshotRefused(slot=slot):
+                self._on_snapshot_refused(slot)
             case ReadIndex(token=token):
                 self._on_read_index(token)
             case ChangeMembership(token=token, change=change):
@@ -651,8 +656,17 @@ class Replica:
             if a is not None and a.ballot == ballot and s not in self.decided:
                 self._decide(s, a.value)
 
+    def _snapshot_assembled(self) -> bool:
+        """Every chunk of a peer's snapshot was handed out and the caller is decoding it."""
+        rx = self._snap_rx
+        return rx is not None and rx[2] == rx[1]
+
     def _maybe_catch_up(self, src: NodeId, their_decided_through: int) -> None:
         if their_decided_through <= self.decided_through:
+            return
+        if self._snapshot_assembled():
+            # The snapshot the caller is decoding covers what we would ask for; asking now
+            # would only start its transfer over. SnapshotReceived/Refused ends the wait.
             return
         # One request in flight per heartbeat interval bounds the traffic a laggard causes.
         if self.now_ms - self._catchup_sent_ms < 2 * self.config.heartbeat_interval_ms:
@@ -1236,14 +1250,17 @@ class Replica:
         """Hand a snapshot's chunks to the caller in order (it assembles them, in a file in
         the daemon), and ask for the next chunk at once, so a transfer runs at the speed of
         round trips. The caller steps SnapshotReceived with the whole; the core installs it."""
+        rx = self._snap_rx
+        if rx is not None and rx[2] == rx[1] and chunk.slot <= rx[0]:
+            return  # a late or repeated chunk while the caller decodes this or a newer one
         if chunk.slot <= self.decided_through or chunk.total > self.config.snapshot_bytes_max:
             self._snap_rx = None
             return
-        rx = self._snap_rx
         if rx is None or rx[0] != chunk.slot or rx[1] != chunk.total:
             if chunk.offset != 0:
-                self._snap_rx = None  # another snapshot: start it over from the beginning
-                self._catchup_sent_ms = -(10**9)
+                if rx is None or rx[2] != rx[1]:
+                    self._snap_rx = None  # another snapshot: start it over from the beginning
+                    self._catchup_sent_ms = -(10**9)
                 return
             rx = self._snap_rx = (chunk.slot, chunk.total, 0)
         if chunk.offset != rx[2] or not chunk.data and chunk.total:
@@ -1253,9 +1270,11 @@ class Replica:
             SnapshotChunk(chunk.slot, chunk.offset, chunk.total, data, chunk.membership)
         )
         received = rx[2] + len(data)
-        if received >= chunk.total:
-            # Whole: the caller steps SnapshotReceived once it has the last chunk written.
-            self._snap_rx = None
+        assert received <= chunk.total, "snapshot chunk past its total"
+        if received == chunk.total:
+            # Whole: the caller writes the last chunk, decodes the state (over many turns if
+            # it is big), then steps SnapshotReceived; until then nothing more is asked.
+            self._snap_rx = (rx[0], rx[1], received)
             return
         self._snap_rx = (rx[0], rx[1], received)
         self._catchup_sent_ms = -(10**9)
@@ -1264,10 +1283,21 @@ class Replica:
     def _on_snapshot_received(self, snap: Snapshot) -> None:
         """The caller assembled the chunks it was given: install unless the log overtook it
         meanwhile (then the slots it covers are decided already, and it is not needed)."""
+        rx = self._snap_rx
+        if rx is not None and rx[0] <= snap.slot:
+            self._snap_rx = None
         if snap.slot <= self.decided_through:
+            self._catchup_sent_ms = -(10**9)
             return
         self._install_snapshot(snap)
         self._catchup_sent_ms = -(10**9)
+
+    def _on_snapshot_refused(self, slot: int) -> None:
+        """The caller could not use the snapshot it assembled: ask again, from offset 0."""
+        rx = self._snap_rx
+        if rx is not None and rx[0] == slot:
+            self._snap_rx = None
+            self._catchup_sent_ms = -(10**9)
 
     def _on_catchup_reply(self, src: NodeId, msg: CatchUpReply) -> None:
         if msg.chunk is not None:

@@ -221,6 +221,31 @@ def _snapshots_taken(cluster: LocalCluster, k: int) -> tuple[int, int]:
     return text.count("snapshot taken"), text.count("snapshot restored")
 
 
+def _install_figures(cluster: LocalCluster, k: int) -> dict[str, Any]:
+    """Node ``k``'s last install of a peer's snapshot, from its "snapshot restored" log line:
+    the loop turns from the last chunk to the swap, their seconds and the longest one (the
+    decode runs in pieces between them, so that a turn stays far under an election timeout).
+    Empty when there was none."""
+    found: dict[str, Any] = {}
+    try:
+        text = cluster.log_path(k).read_text(errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        if line.startswith("{") and '"snapshot restored"' in line:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("from_peer"):
+                    found = {
+                        "install_turns": record.get("turns"),
+                        "install_seconds": record.get("seconds"),
+                        "longest_turn_ms": record.get("longest_turn_ms"),
+                        "longest_turn_at": record.get("longest_turn_at"),
+                        "longest_turn_phases_ms": record.get("longest_turn_phases_ms"),
+                    }
+    return found
+
+
 def _wait(what: str, probe: Callable[[], bool], bound_s: float, poll_s: float = 0.05) -> float:
     """Seconds until ``probe()`` is true; BenchError naming ``what`` after ``bound_s``."""
     t0 = time.monotonic()
@@ -400,6 +425,12 @@ def _add_member(cluster: LocalCluster, extra_config: str, say: Say) -> dict[str,
             state_bytes = st.meta().snapshot_bytes or 0
     except StorageError as e:
         raise BenchError(f"cannot read node {k}'s snapshot size: {e}") from None
+    install = _install_figures(cluster, k)
+    if install:
+        say(
+            f"new member: node {k} installed the snapshot over {install['install_turns']} loop "
+            f"turns in {install['install_seconds']} s, the longest {install['longest_turn_ms']} ms"
+        )
     return {
         "node": k,
         "seconds": round(seconds, 2),
@@ -408,6 +439,8 @@ def _add_member(cluster: LocalCluster, extra_config: str, say: Say) -> dict[str,
         # Only a transfer is a transfer rate (a small state catches up from the log).
         "mb_per_s": round(state_bytes / 1e6 / seconds, 1) if seconds > 0 and restored else None,
         "leader_applied": target,
+        # The new member's loop while it installed the snapshot (see _install_figures).
+        **install,
     }
 
 

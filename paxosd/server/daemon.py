@@ -296,6 +296,7 @@ class Daemon:
         node = self.node
         turns = self.turns
         full_collections = turns.full_collections
+        node.turns_measured = True
         while not self.stop:
             poller.poll(max(0, next_tick - now_ms()))
             turns.start()
@@ -324,7 +325,12 @@ class Daemon:
                 self._check_quota(t)
                 turns.phase("tick")
             self._turn()
-            turns.end(slot=node.sm.applied_through, snapshot_running=node.snapshot_running)
+            took = turns.end(
+                slot=node.sm.applied_through,
+                snapshot_running=node.snapshot_running,
+                snapshot_decoding=node.runner.preparing,
+            )
+            node.note_turn(took, turns.phases)
             if turns.full_collections != full_collections:
                 # What survived a full collection is the state, which lives on: freeze it,
                 # so the next full collection walks only what came since (a full walk of

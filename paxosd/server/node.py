@@ -204,6 +204,21 @@ class _StorageDisk:
             )
 
 
+class _Install:
+    """The loop turns of one install of a peer's snapshot, from its last chunk to the swap:
+    how many, how long in all, the longest (what the decode in pieces is for)."""
+
+    __slots__ = ("longest_at", "longest_phases", "longest_s", "seconds", "slot", "turns")
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.seconds = 0.0
+        self.longest_s = 0.0
+        self.longest_at = 0  # which turn (1: the first; == turns: the swap's)
+        self.longest_phases: dict[str, float] = {}  # where it went (the daemon's turn clock)
+        self.slot: int | None = None  # set once installed
+
+
 class _NodeHooks(Hooks):
     """The daemon's view of the runner: view_log's recent results, metrics, log lines."""
 
@@ -211,12 +226,28 @@ class _NodeHooks(Hooks):
         self._node = node
 
     def restored(self, slot: int) -> None:
-        self._node.recent_results.clear()
-        self._node.note_snapshot_digest(slot)
-        self._node.log.info("snapshot restored", slot=slot)
+        node = self._node
+        node.recent_results.clear()
+        node.note_snapshot_digest(slot)
+        install = node.install
+        if install is None or not node.turns_measured:
+            node.install = None
+            node.log.info("snapshot restored", slot=slot)
+        else:
+            install.slot = slot  # logged at the end of this turn, with its time (note_turn)
 
     def snapshot_started(self, slot: int) -> None:
         self._node.note_snapshot_digest(slot)
+
+    def preparing(self, slot: int) -> None:
+        self._node.install = _Install()
+        self._node.log.info("snapshot from a peer received, decoding it", slot=slot)
+
+    def refused(self, slot: int, why: str) -> None:
+        self._node.install = None
+        self._node.log.warning(
+            "snapshot from a peer refused; asking for it again", slot=slot, why=why
+        )
 
     def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
         node = self._node
@@ -282,6 +313,10 @@ class Node:
             "fsync_slow", "fsync_fast_again", clear_after_ms=SLOW_WRITE_CLEAR_MS
         )
         self.network: Network = network if network is not None else Outbox()
+        # A peer's snapshot being installed, with its loop turns' times (note_turn); the
+        # daemon's loop sets turns_measured, else "snapshot restored" is logged at once.
+        self.install: _Install | None = None
+        self.turns_measured = False
         # The digest of each recent snapshot, by slot: recorded when it is begun (the live
         # state machine is at its slot then, and its digest costs nothing) or restored, so
         # that a backup never restores a snapshot just to learn its digest. After a restart
@@ -459,6 +494,34 @@ class Node:
         digests[slot] = self.sm.digest()
         while len(digests) > SNAPSHOT_DIGESTS_KEPT:
             del digests[min(digests)]
+
+    def note_turn(self, seconds: float, phases: dict[str, float] | None = None) -> None:
+        """The daemon's loop finished a turn of ``seconds`` (from poll's return to the replies
+        sent). While a peer's snapshot is installed, the turns are counted; the one that
+        swapped it in ends the install with one log line of their figures."""
+        install = self.install
+        if install is None:
+            return
+        install.turns += 1
+        install.seconds += seconds
+        if seconds > install.longest_s:
+            install.longest_s = seconds
+            install.longest_at = install.turns
+            install.longest_phases = dict(phases or {})
+        if install.slot is not None:
+            self.install = None
+            self.log.info(
+                "snapshot restored",
+                slot=install.slot,
+                from_peer=True,
+                turns=install.turns,
+                seconds=round(install.seconds, 3),
+                longest_turn_ms=round(install.longest_s * 1000, 1),
+                longest_turn_at=install.longest_at,
+                longest_turn_phases_ms={
+                    k: round(v * 1000, 1) for k, v in install.longest_phases.items() if v >= 0.001
+                },
+            )
 
     def _client_address_of(self, node: NodeId | None) -> bytes:
         """The leader's client address for a redirect, when the config names it."""

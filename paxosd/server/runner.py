@@ -24,7 +24,7 @@ same reason it never imports sqlite3, socket or time.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Generic, Protocol, Self, TypeVar
 
@@ -38,6 +38,7 @@ from paxosd.core.io import (
     Ready,
     Received,
     SnapshotReceived,
+    SnapshotRefused,
     SnapshotTaken,
     Tick,
 )
@@ -113,9 +114,65 @@ class Machine(Protocol):
 
     def restore(self, data: bytes | bytearray | memoryview) -> Self: ...
 
+    def restoring(
+        self, data: bytes | bytearray | memoryview | SnapshotState, *, batch: int = ...
+    ) -> Generator[None, None, Self]:
+        """``restore`` as a generator that yields between pieces of about ``batch`` entries
+        of work and returns the new machine; ValueError on a bad snapshot."""
+        ...
+
 
 M = TypeVar("M", bound=Machine)
 MM = TypeVar("MM", bound=Machine)
+# InlineSnapshots decodes a peer's snapshot this many entries per piece, one piece per tick:
+# the simulator's states are a few KiB, and pieces this small make their install span
+# several ticks, so the simulator runs the interleavings the daemon's big installs meet.
+INLINE_PREPARE_BATCH = 16
+
+
+class Preparation(Generic[MM]):
+    """A peer's snapshot being decoded into a NEW state machine, a few pieces per loop turn
+    (the running one is untouched; the swap, once the core installs it, is one assignment).
+    ``step`` runs ``pieces`` pieces; a host with a clock overrides ``_more`` to run pieces for
+    a time budget instead (paxosd/server/snapshots.py)."""
+
+    def __init__(self, steps: Generator[None, None, MM], pieces: int = 1) -> None:
+        assert pieces >= 1
+        self._steps = steps
+        self.pieces = pieces
+        self.steps_taken = 0
+
+    def step(self) -> MM | None:
+        """One turn's share: the finished state machine, or None (more turns needed).
+        Raises ValueError when the snapshot is bad (then the preparation is over)."""
+        self._begin_turn()
+        n = 0
+        try:
+            while True:
+                try:
+                    next(self._steps)
+                except StopIteration as done:
+                    sm: MM = done.value
+                    return sm
+                n += 1
+                if not self._more(n):
+                    return None
+        finally:
+            self.steps_taken += 1
+            self._end_turn()
+
+    def close(self) -> None:
+        """Give up (a newer snapshot arrived): the half-built state machine is dropped."""
+        self._steps.close()
+
+    def _begin_turn(self) -> None:
+        pass
+
+    def _more(self, pieces_done: int) -> bool:
+        return pieces_done < self.pieces
+
+    def _end_turn(self) -> None:
+        pass
 
 
 class SnapshotMaker(Protocol):
@@ -152,6 +209,10 @@ class SnapshotMaker(Protocol):
 
     def restore(self, sm: MM, state: SnapshotState) -> MM:
         """The state machine ``state`` encodes (``sm`` only names its type)."""
+        ...
+
+    def prepare(self, sm: MM, state: SnapshotState) -> Preparation[MM]:
+        """``restore`` in pieces, for a peer's snapshot installed while the loop runs."""
         ...
 
 
@@ -191,6 +252,10 @@ class InlineSnapshots:
     def restore(self, sm: MM, state: SnapshotState) -> MM:
         data = state if isinstance(state, bytes) else state[0 : len(state)]
         return sm.restore(data)
+
+    def prepare(self, sm: MM, state: SnapshotState) -> Preparation[MM]:
+        data = state if isinstance(state, bytes) else state[0 : len(state)]
+        return Preparation(sm.restoring(data, batch=INLINE_PREPARE_BATCH))
 
 
 # ------------------------------------------------------------------------------ records
@@ -241,6 +306,14 @@ class Hooks:
 
     def restored(self, slot: int) -> None:
         """The state machine was replaced by a snapshot through ``slot``."""
+
+    def preparing(self, slot: int) -> None:
+        """A peer's snapshot through ``slot`` is whole on this node and is being decoded,
+        a few pieces per tick, before the core installs it."""
+
+    def refused(self, slot: int, why: str) -> None:
+        """A peer's snapshot through ``slot`` could not be used (``why``: one line); nothing
+        of it was installed, and the core asks for one again."""
 
     def applied(self, slot: int, value: Value, results: list[tuple[str, int, bytes]]) -> None:
         """``slot`` was applied, with one result per client command."""
@@ -298,8 +371,16 @@ class Runner(Generic[M]):
         self.clock = clock
         self.snapshots = snapshots
         self.maker: SnapshotMaker = maker if maker is not None else InlineSnapshots()
-        # A peer's snapshot the maker finished assembling, for the core after this Ready.
-        self._received: Snapshot | None = None
+        # A peer's snapshot the maker assembled, being decoded a few pieces per tick into a
+        # new state machine (see tick); then, decoded, waiting for the core to install it
+        # (the next drain), when it replaces ``sm`` at once. The core meanwhile asks for
+        # nothing the snapshot covers and installs nothing (SnapshotReceived comes last).
+        self._preparing: tuple[Snapshot, Preparation[M]] | None = None
+        self._prepared: tuple[Snapshot, M] | None = None
+        # The slot of a peer's snapshot whose last chunk the maker could not write.
+        self._unassembled: int | None = None
+        # State machines replaced by a peer's snapshot, freed a piece per tick (see tick).
+        self._retired: list[Generator[None, None, None]] = []
         self.hooks = hooks if hooks is not None else Hooks()
         self.address_of = address_of
         self.pending: OrderedDict[tuple[str, int], Waiter] = OrderedDict()
@@ -353,6 +434,41 @@ class Runner(Generic[M]):
         self._expire_pending(now)
         if self.leases is not None:
             self.leases.tick(self)
+        if self._preparing is not None:
+            self.mark("tick")
+            self._prepare_step()
+            self.mark("snapshot")
+        if self._retired:
+            self.mark("tick")
+            try:
+                next(self._retired[0])
+            except StopIteration:
+                del self._retired[0]
+            self.mark("snapshot")
+
+    def _prepare_step(self) -> None:
+        """Decode the next pieces of a peer's snapshot; once it is whole and valid, hand it to
+        the core (which installs it with the next Ready, see handle), or, if it is bad, tell
+        the core to fetch one again. Between pieces this node votes and answers heartbeats."""
+        assert self._preparing is not None
+        snap, prep = self._preparing
+        try:
+            sm = prep.step()
+        except ValueError as e:
+            self._preparing = None
+            self.hooks.refused(snap.slot, str(e).splitlines()[0][:200] if str(e) else "bad")
+            self.replica.step(SnapshotRefused(snap.slot))
+            return
+        if sm is None:
+            return
+        self._preparing = None
+        self._prepared = (snap, sm)
+        self.replica.step(SnapshotReceived(snap))
+
+    @property
+    def preparing(self) -> int | None:
+        """The slot of the peer's snapshot being decoded now, if any."""
+        return None if self._preparing is None else self._preparing[0].slot
 
     def on_client_command(
         self, conn_id: int, request_id: int, command: bytes, *, via_log: bool = False
@@ -417,12 +533,14 @@ class Runner(Generic[M]):
             rd = r.ready()
             self.handle(rd)
             r.advance(rd)
-            if self._received is not None:
-                received, self._received = self._received, None
-                r.step(SnapshotReceived(received))
+            if self._unassembled is not None:
+                slot, self._unassembled = self._unassembled, None
+                r.step(SnapshotRefused(slot))
             if self.snapshot_due_now():
                 self.start_snapshot()
                 self.mark("snapshot")
+        # A decoded snapshot the core did not install (the log overtook it) is not needed.
+        self._prepared = None
         if self._leading and not r.is_leader:
             self._redirect_pending()
         self._leading = r.is_leader
@@ -447,11 +565,32 @@ class Runner(Generic[M]):
             mark("send")
         # 3. Then apply, in slot order, after restoring a snapshot if the core says so.
         for chunk in rd.snapshot_chunks:
+            if chunk.offset == 0 and self._preparing is not None:
+                # A newer snapshot is coming (the core starts one only when newer): the one
+                # being decoded would be superseded by it, so drop it now.
+                self._preparing[1].close()
+                self._preparing = None
             state = self.maker.receive(chunk)
             if state is not None:
-                self._received = Snapshot(chunk.slot, state, chunk.membership)
+                snap = Snapshot(chunk.slot, state, chunk.membership)
+                self._preparing = (snap, self.maker.prepare(self.sm, state))
+                self.hooks.preparing(snap.slot)
+            elif chunk.offset + len(chunk.data) >= chunk.total:
+                # The last chunk, but the maker could not finish the file (it logged why):
+                # the core is told after this Ready, and asks for the snapshot again.
+                self._unassembled = chunk.slot
         if rd.restore is not None:
-            self.sm = self.maker.restore(self.sm, rd.restore.state)
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared[0] is rd.restore:
+                # Decoded over the last turns: the swap is O(1), and the old state is freed
+                # a piece per tick rather than all at once here.
+                old, self.sm = self.sm, prepared[1]
+                dismantling = getattr(old, "dismantling", None)
+                if dismantling is not None:
+                    self._retired.append(dismantling())
+                del old
+            else:  # start-up: the durable snapshot, decoded before this node serves
+                self.sm = self.maker.restore(self.sm, rd.restore.state)
             self.hooks.restored(rd.restore.slot)
         if rd.snapshot_chunks or rd.restore is not None:
             mark("snapshot")

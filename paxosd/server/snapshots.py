@@ -31,15 +31,17 @@ from __future__ import annotations
 import gc
 import os
 import struct
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from paxosd.core.messages import SnapshotChunk
 from paxosd.core.types import SnapshotState
-from paxosd.server.runner import Machine
+from paxosd.server.runner import Machine, Preparation
+from paxosd.statemachine.machine import RESTORE_BATCH
 from paxosd.storage.snapfile import FileWriter, SnapshotFile, file_name, fsync_dir
 
 _RESULT: Final = struct.Struct("<QI")  # size, crc32: the child's report on its pipe
@@ -48,6 +50,9 @@ _RESULT: Final = struct.Struct("<QI")  # size, crc32: the child's report on its 
 # commits behind it on the same disk for as long as it takes (seen: elections, every time
 # the leader's child finished).
 SYNC_EVERY_BYTES: Final = 32 << 20
+# A peer's snapshot is decoded for about this long per loop turn (ForkSnapshots.prepare): a
+# turn stays far under the election timeout (300 ms) and heartbeats (tens of ms) get answered.
+PREPARE_TURN_S: Final = 0.01
 # Past any descriptor the daemon opens (closerange is one close_range syscall).
 _FD_MAX: Final = 1 << 20
 M = TypeVar("M", bound=Machine)
@@ -94,6 +99,9 @@ class ForkSnapshots:
         self._done: tuple[int, SnapshotState] | None = None
         self._rx: FileWriter | None = None
         self.failures = 0
+        # How a peer's snapshot is decoded (see prepare); tests make the pieces tiny.
+        self.prepare_turn_s = PREPARE_TURN_S
+        self.prepare_batch = RESTORE_BATCH
 
     # ------------------------------------------------------------------ taking
 
@@ -241,6 +249,14 @@ class ForkSnapshots:
 
     # ------------------------------------------------------------------ reading back
 
+    def prepare(self, sm: M, state: SnapshotState) -> Preparation[M]:
+        """Decode ``state`` in pieces for up to PREPARE_TURN_S per loop turn (see
+        _TimedPreparation); a file stays mapped until it is done (the descriptor the state
+        holds keeps it readable even if a newer snapshot's rename replaces its name)."""
+        return _TimedPreparation(
+            sm.restoring(state, batch=self.prepare_batch), turn_s=self.prepare_turn_s
+        )
+
     def restore(self, sm: M, state: SnapshotState) -> M:
         if isinstance(state, SnapshotFile):
             with state.view() as buf:
@@ -263,6 +279,27 @@ class ForkSnapshots:
             os.close(self._child[2])
             _unlink(self._child[3])
             self._child = None
+
+
+class _TimedPreparation(Preparation[M]):
+    """Pieces of a peer's snapshot for up to PREPARE_TURN_S of one loop turn (a piece is
+    1-3 ms; a count of them would be too long on a loaded host and too short on an idle one),
+    then the new objects leave the collector's generations (see _settle_gc): otherwise the
+    half-built state, a million objects, is walked by a full collection every few turns."""
+
+    def __init__(self, steps: Generator[None, None, M], *, turn_s: float) -> None:
+        super().__init__(steps)
+        self.turn_s = turn_s
+        self._t0 = 0.0
+
+    def _begin_turn(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def _more(self, pieces_done: int) -> bool:
+        return time.perf_counter() - self._t0 < self.turn_s
+
+    def _end_turn(self) -> None:
+        gc.freeze()
 
 
 def _child_write(

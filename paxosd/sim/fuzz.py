@@ -45,6 +45,8 @@ class FuzzReport:
     fault_detail: Counter[str] = field(default_factory=Counter)
     converged: int = 0
     snapshot_restores: int = 0
+    # Peers' snapshots decoded over several ticks before they were installed.
+    snapshot_installs_in_pieces: int = 0
     linearizability: Counter[str] = field(default_factory=Counter)
     # The revision checker's and the watch checker's verdicts per seed, and what they saw.
     revisions: Counter[str] = field(default_factory=Counter)
@@ -112,6 +114,7 @@ class FuzzReport:
                 holding_intervals_checked=kr.intervals_checked,
             )
         self.snapshot_restores += r.snapshot_restores
+        self.snapshot_installs_in_pieces += r.snapshot_installs_in_pieces
         if r.converged_ms is not None:
             self.converged += 1
         if r.violation is not None:
@@ -134,6 +137,7 @@ class FuzzReport:
             "faults_detail": dict(sorted(self.fault_detail.items())),
             "converged_seeds": self.converged,
             "snapshot_restores": self.snapshot_restores,
+            "snapshot_installs_in_pieces": self.snapshot_installs_in_pieces,
             "linearizability": dict(sorted(self.linearizability.items())),
             "revisions": dict(sorted(self.revisions.items())),
             "revisions_checked": dict(sorted(self.revision_figures.items())),

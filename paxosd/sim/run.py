@@ -78,6 +78,7 @@ class SeedResult:
     watch_events: int = 0
     watch_stats: Counter[str] = field(default_factory=Counter)
     snapshot_restores: int = 0
+    snapshot_installs_in_pieces: int = 0
     trace: list[str] = field(default_factory=list)
 
 
@@ -272,6 +273,7 @@ def run_seed(
         locks=lock_verdict,
         lock_report=lock_report,
         snapshot_restores=world.stats.snapshot_restores,
+        snapshot_installs_in_pieces=world.stats.snapshot_installs_in_pieces,
         trace=world.trace_all,
         revisions=revisions_verdict,
         revision_figures=figures,

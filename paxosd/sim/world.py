@@ -178,6 +178,8 @@ class _SimHooks(Hooks):
     def __init__(self, world: World, node: SimNode) -> None:
         self._world = world
         self._node = node
+        # When the runner began decoding a peer's snapshot (None: it is not).
+        self._preparing_since: int | None = None
 
     def decided(self, entries: tuple[DecidedEntry, ...]) -> None:
         checker = self._world.checker
@@ -186,12 +188,20 @@ class _SimHooks(Hooks):
             checker.on_decided(self._node.id, d.slot, d.value)
             recorder.on_decided(d.slot, self._world.now_ms)
 
+    def preparing(self, slot: int) -> None:
+        self._preparing_since = self._world.now_ms
+        self._world.log(f"n{self._node.id} decoding a peer's snapshot through slot {slot}")
+
     def restored(self, slot: int) -> None:
         w = self._world
         sm = self._node.sm
         w.checker.on_restore(self._node.id, slot, sm.digest())
         w.recorder.on_state(self._node.id, slot, sm.revision, sm.compact_revision)
         w.stats.snapshot_restores += 1
+        since, self._preparing_since = self._preparing_since, None
+        if since is not None and w.now_ms > since:
+            # A peer's snapshot decoded across ticks while the node went on (the daemon's way).
+            w.stats.snapshot_installs_in_pieces += 1
         if w.leases is not None:
             w.leases.restored(self._node)
         if w.watches is not None:
@@ -228,6 +238,7 @@ class _SimHooks(Hooks):
 class Stats:
     core_steps: int = 0
     snapshot_restores: int = 0
+    snapshot_installs_in_pieces: int = 0
     admin: Counter[str] = field(default_factory=Counter)
     client_ops: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)

@@ -24,11 +24,11 @@ import heapq
 import itertools
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, Protocol, Self, runtime_checkable
+from typing import Any, Final, Protocol, Self, runtime_checkable
 
 import msgspec
 
@@ -112,6 +112,13 @@ from paxosd.statemachine.commands import (
     encode_result,
     is_read,
 )
+from paxosd.statemachine.slices import (
+    ArrayReader,
+    SliceError,
+    page_dropper,
+    read_array_header,
+    sorted_in_pieces,
+)
 
 SNAPSHOT_FORMAT: Final = 3
 # format 1: before revisions and history; format 2: before leases (old data dirs)
@@ -141,6 +148,8 @@ _CHECKSUM_BYTES: Final = 32
 RELEASE_EVENTS_MAX: Final = 4096
 # write_snapshot encodes the long fields this many entries at a time (a few MiB at 1 KiB).
 _STREAM_ITEMS: Final = 4096
+# restoring's default piece of work between yields: ~1-3 ms of decoding or checking.
+RESTORE_BATCH: Final = 1024
 # More than one slot's commands can write (the core's batches are a few MiB at most).
 _SLOT_BYTES_MAX: Final = 16 << 20
 _CHAIN_SEED: Final = hashlib.sha256(b"paxosd.statemachine.machine/v1").digest()
@@ -286,6 +295,16 @@ class _SnapshotState(msgspec.Struct, frozen=True, array_like=True):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotState)
+# The state's fields in order, each's decoder, and which are long arrays decoded in batches
+# by ``restoring`` (a tuple decoder decodes a batch as well as the whole).
+_FIELDS: Final = tuple(f.name for f in msgspec.structs.fields(_SnapshotState))
+_FIELDS_REQUIRED: Final = sum(f.required for f in msgspec.structs.fields(_SnapshotState))
+_field_decoders: Final = {
+    f.name: msgspec.msgpack.Decoder(f.type) for f in msgspec.structs.fields(_SnapshotState)
+}
+_LONG_FIELDS: Final = frozenset(
+    {"kv", "blocks", "timeline", "sessions", "base", "events", "alarms", "leases"}
+)
 
 
 def _kv_cost(key: str, value: bytes) -> int:
@@ -1376,28 +1395,95 @@ class StateMachine:
     @classmethod
     def restore(cls, data: bytes | bytearray | memoryview | SnapshotState) -> Self:
         """Rebuild from ``snapshot()`` bytes (from disk or a peer); BadSnapshot on any defect.
-        A snapshot file (paxosd/storage/snapfile.py) is decoded from its mapping, uncopied."""
+        A snapshot file (paxosd/storage/snapfile.py) is decoded from its mapping, uncopied.
+        All at once: ``restoring`` run to its end (start-up, tools, tests)."""
+        steps = cls.restoring(data)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                sm: Self = done.value
+                return sm
+
+    @classmethod
+    def restoring(
+        cls, data: bytes | bytearray | memoryview | SnapshotState, *, batch: int = RESTORE_BATCH
+    ) -> Generator[None, None, Self]:
+        """``restore`` in pieces: a generator that yields after each piece of work (about
+        ``batch`` entries decoded or checked, or ``batch`` KiB checksummed) and returns the
+        new state machine; BadSnapshot on any defect, before anything is returned. Nothing
+        outside the new object changes, so the caller may drop it half-way (``close()``).
+
+        Why: a follower installing a peer's snapshot of a GiB would otherwise stop its loop
+        for seconds (no heartbeats answered: elections). The host runs a few pieces per loop
+        turn (paxosd/server/runner.py, Preparation)."""
+        assert batch >= 1
         if isinstance(data, Mappable):
-            with data.view() as buf:
-                return cls.restore(buf)
+            with data.view() as view:
+                return (yield from cls.restoring(view, batch=batch))
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BadSnapshot(f"expected bytes, got {type(data).__name__}")
         if len(data) > SNAPSHOT_BYTES_MAX:
             raise BadSnapshot(f"snapshot is {len(data)} bytes, over {SNAPSHOT_BYTES_MAX}")
-        # A view, not a copy: ``data`` may be a GiB mapped from a snapshot file.
-        body = _unseal(memoryview(data).cast("B"))
+        # Views, not copies: ``data`` may be a GiB mapped from a snapshot file. Every view is
+        # released before this returns or raises, so the caller can unmap the file.
+        whole = memoryview(data).cast("B")
+        body = whole[: max(0, len(whole) - _CHECKSUM_BYTES)]
+        drop = page_dropper(whole)  # a mapped file's pages, once read (see slices.py)
         try:
-            state = _snapshot_decoder.decode(body)
-        except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
-            raise BadSnapshot(f"undecodable snapshot: {e}"[:200]) from None
-        try:
-            return cls._from_state(state)
-        except (ValueError, TypeError) as e:
-            raise BadSnapshot(str(e)) from None
+            if len(whole) < _CHECKSUM_BYTES:
+                raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")
+            h = hashlib.sha256()
+            piece = batch << 10
+            for i in range(0, len(body), piece):
+                h.update(body[i : i + piece])
+                drop(i, i + piece)
+                yield
+            if h.digest() != whole[len(body) :]:
+                raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")
+            try:
+                state = yield from _decoding(body, batch, drop)
+            except SliceError as e:
+                raise BadSnapshot(f"undecodable snapshot: {e}"[:200]) from None
+            try:
+                return (yield from cls._from_state(state, batch))
+            except (ValueError, TypeError) as e:
+                raise BadSnapshot(str(e)) from None
+        finally:
+            body.release()
+            whole.release()
+
+    def dismantling(self, batch: int = 4 * RESTORE_BATCH) -> Generator[None, None, None]:
+        """Empty this state machine (replaced by a peer's snapshot) a piece at a time,
+        yielding every ``batch`` keys or entries: dropping a big one at once frees millions of
+        objects in one call (56 ms at 300,000 keys x 1 KiB, ~4x that at 1,000,000), a stop of
+        the loop the install in pieces is there to avoid. Nothing may read it meanwhile."""
+        for events in (self._events, self._hkeys, self._keys):
+            while events:
+                del events[-batch:]
+                yield
+        index = self._index
+        while index:
+            for _ in range(min(batch, len(index))):
+                index.popitem()
+            yield
+        for posts in (self._timeline,):
+            while posts:
+                for _ in range(min(batch, len(posts))):
+                    posts.pop()
+                yield
+        sessions = self._sessions
+        while sessions:
+            for _ in range(min(batch, len(sessions))):
+                sessions.popitem()
+            yield
+        self._leases.clear()
+        self._blocks.clear()
 
     @classmethod
-    def _from_state(cls, state: _SnapshotState) -> Self:
-        """Validate every field before trusting it: a snapshot is read from disk or a peer."""
+    def _from_state(cls, state: _SnapshotState, batch: int) -> Generator[None, None, Self]:
+        """Validate every field before trusting it: a snapshot is read from disk or a peer.
+        Yields every ``batch`` entries (see restoring)."""
         if state.format not in SNAPSHOT_FORMATS:
             raise ValueError(f"snapshot format {state.format}, expected one of {SNAPSHOT_FORMATS}")
         if not 0 <= state.applied_through <= SEQ_MAX:
@@ -1411,10 +1497,10 @@ class StateMachine:
         sm._chain = bytes(state.chain)
 
         if state.format == 1:
-            _restore_format_1(sm, state)
+            yield from _restore_format_1(sm, state, batch)
         else:
             _restore_leases(sm, state)
-            _restore_history(sm, state)
+            yield from _restore_history(sm, state, batch)
         for a in state.alarms:
             if a.alarm not in ALARMS or not 0 <= a.member <= SEQ_MAX or a.quota_bytes < 0:
                 raise ValueError(f"bad alarm in snapshot: {a}")
@@ -1429,7 +1515,7 @@ class StateMachine:
             raise ValueError(f"history holds {sm._history_bytes} bytes, over {history_max}")
 
         prior_pair: tuple[str, str] | None = None
-        for p in state.blocks:
+        for i, p in enumerate(state.blocks, 1):
             _valid_text("site", p.site, SITE_BYTES_MAX)
             _valid_text("site", p.other, SITE_BYTES_MAX)
             pair = (p.site, p.other)
@@ -1437,11 +1523,13 @@ class StateMachine:
                 raise ValueError(f"block pair {pair!r} invalid or not strictly sorted")
             sm._blocks.add(pair)
             prior_pair = pair
+            if i % batch == 0:
+                yield
         if len(sm._blocks) > limits.blocks_max:
             raise ValueError(f"{len(sm._blocks)} block pairs, over {limits.blocks_max}")
 
         prior_slot = 0
-        for post in state.timeline:
+        for i, post in enumerate(state.timeline, 1):
             _valid_text("site", post.site, SITE_BYTES_MAX)
             _valid_text("key", post.key, KEY_BYTES_MAX)
             if len(post.value) > VALUE_BYTES_MAX:
@@ -1454,13 +1542,15 @@ class StateMachine:
             sm._timeline.append(post)
             sm._timeline_bytes += _post_cost(post)
             prior_slot = post.slot
+            if i % batch == 0:
+                yield
         if (
             len(sm._timeline) > limits.timeline_max
             or sm._timeline_bytes > limits.timeline_bytes_max
         ):
             raise ValueError("timeline over its bounds")
 
-        for s in state.sessions:
+        for i, s in enumerate(state.sessions, 1):
             _valid_text("client_id", s.client_id, CLIENT_ID_BYTES_MAX)
             if s.client_id in sm._sessions or not 0 <= s.last_seq <= SEQ_MAX:
                 raise ValueError(f"session {s.client_id!r} duplicated or out of range")
@@ -1471,12 +1561,38 @@ class StateMachine:
                     raise ValueError(f"session {s.client_id!r}: {e}") from None
             sm._sessions[s.client_id] = _Session(s.last_seq, s.result)
             sm._sessions_bytes += _session_cost(s.client_id, s.result)
+            if i % batch == 0:
+                yield
         if (
             len(sm._sessions) > limits.sessions_max
             or sm._sessions_bytes > limits.sessions_bytes_max
         ):
             raise ValueError("session table over its bounds")
         return sm
+
+
+def _decoding(
+    body: memoryview, batch: int, drop: Callable[[int, int], None] = lambda start, stop: None
+) -> Generator[None, None, _SnapshotState]:
+    """``_snapshot_decoder.decode(body)``, the long fields ``batch`` entries at a time (see
+    paxosd/statemachine/slices.py); SliceError on anything msgspec would refuse."""
+    reader = ArrayReader(body, drop)
+    try:
+        n, reader.pos = read_array_header(body, 0)
+        if not _FIELDS_REQUIRED <= n <= len(_FIELDS):
+            raise SliceError(f"a state of {n} fields, expected {_FIELDS_REQUIRED}..{len(_FIELDS)}")
+        values: dict[str, Any] = {}
+        for name in _FIELDS[:n]:
+            decoder = _field_decoders[name]
+            if name in _LONG_FIELDS:
+                values[name] = tuple((yield from reader.items(decoder, batch)))
+            else:
+                values[name] = reader.value(decoder)
+        if reader.pos != len(body):
+            raise SliceError(f"trailing bytes after the state (byte {reader.pos})")
+    finally:
+        reader.buf.release()
+    return _SnapshotState(**values)
 
 
 def _remove_sorted(keys: list[str], remove: list[str]) -> None:
@@ -1499,14 +1615,18 @@ def _remove_sorted(keys: list[str], remove: list[str]) -> None:
     keys[:] = kept
 
 
-def _restore_format_1(sm: StateMachine, state: _SnapshotState) -> None:
+def _restore_format_1(
+    sm: StateMachine, state: _SnapshotState, batch: int
+) -> Generator[None, None, None]:
     """An old snapshot has no revisions: the store is at revision 1 and every key was created
     and last changed at 1. History before it is unknown, so it is compacted at 1 (0 when the
     store is empty, as a fresh one)."""
     if (state.revision, state.compact_revision, state.base, state.events) != (1, 0, (), ()):
         raise ValueError("a format-1 snapshot has no revisions or history")
     prior: str | None = None
-    for e in state.kv:
+    for i, e in enumerate(state.kv, 1):
+        if i % batch == 0:
+            yield
         _valid_text("key", e.key, KEY_BYTES_MAX)
         if prior is not None and e.key <= prior:
             raise ValueError(f"kv keys not strictly sorted at {e.key!r}")
@@ -1557,9 +1677,12 @@ def _valid_kv(kv: KeyValue, format: int) -> None:
         raise ValueError(f"key {kv.key!r}: version {kv.version} out of range")
 
 
-def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
+def _restore_history(
+    sm: StateMachine, state: _SnapshotState, batch: int
+) -> Generator[None, None, None]:
     """Rebuild the per-key index, the event list and the current state from a format-2
-    snapshot's ``base`` and ``events``, checking that they tell one consistent story."""
+    snapshot's ``base`` and ``events``, checking that they tell one consistent story.
+    Yields every ``batch`` entries (see StateMachine.restoring)."""
     if state.kv:
         raise ValueError("a format-2 snapshot keeps its keys in base and events, not kv")
     revision, compact = state.revision, state.compact_revision
@@ -1571,7 +1694,9 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
     floor = max(compact, _FIRST_CHANGE)
     index = sm._index
     prior_key: str | None = None
-    for kv in state.base:
+    for i, kv in enumerate(state.base, 1):
+        if i % batch == 0:
+            yield
         _valid_kv(kv, state.format)
         if compact < 1 or not 1 <= kv.create_revision <= kv.mod_revision < floor:
             raise ValueError(f"base version of {kv.key!r} outside the compacted range")
@@ -1585,7 +1710,13 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
         prior_key = kv.key
     expected = floor  # the revision the next event must have (or the one before it)
     seen_in_revision: set[str] = set()
-    for kv in state.events:
+    # Whether keys entered the index in sorted order (base is sorted; events often add
+    # keys in order too): then the index's order is the sorted one, and no sort is needed.
+    in_order = True
+    last_new = prior_key
+    for i, kv in enumerate(state.events, 1):
+        if i % batch == 0:
+            yield
         _valid_kv(kv, state.format)
         if kv.mod_revision == expected:
             expected += 1
@@ -1613,6 +1744,9 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
             raise ValueError(f"creation of {kv.key!r} at {kv.mod_revision} is inconsistent")
         if versions is None:
             index[kv.key] = [kv]
+            if in_order and last_new is not None and kv.key <= last_new:
+                in_order = False
+            last_new = kv.key
         else:
             # One string per key for all its versions, as apply keeps it.
             kv = msgspec.structs.replace(kv, key=versions[0].key)
@@ -1622,8 +1756,11 @@ def _restore_history(sm: StateMachine, state: _SnapshotState) -> None:
             sm._updates.append(kv)
     if expected - 1 != max(revision, floor - 1):
         raise ValueError(f"history ends at revision {expected - 1}, the store is at {revision}")
-    sm._hkeys = sorted(index)
-    for key in sm._hkeys:
+    keys = list(index)
+    sm._hkeys = keys if in_order else (yield from sorted_in_pieces(keys, 4 * batch))
+    for i, key in enumerate(sm._hkeys, 1):
+        if i % batch == 0:
+            yield
         versions = index[key]
         last = versions[-1]
         if last.version > 0:

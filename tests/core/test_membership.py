@@ -591,6 +591,7 @@ def test_a_candidate_whose_log_is_compacted_mid_campaign_never_reuses_a_chosen_s
     c.campaign(2)  # phase 1 from slot 1
     c.inflight.extend(held)
     c.deliver(kind(CatchUpReply))
+    c.install_snapshots(2)
     assert r2.role is Role.CANDIDATE and r2.decided_through == 2
     if how == "takes-a-snapshot":
         c.step(2, SnapshotTaken(Snapshot(slot=2, state=b"state-at-2")))
