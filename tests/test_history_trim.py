@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -311,8 +311,10 @@ class _ForgetsUpdatesOnRestore(StateMachine):
     so its trims free nothing it restored and compact further than the others'."""
 
     @classmethod
-    def _from_state(cls, state: machine._SnapshotState) -> _ForgetsUpdatesOnRestore:
-        sm = super()._from_state(state)
+    def _from_state(
+        cls, state: machine._SnapshotState, batch: int
+    ) -> Generator[None, None, _ForgetsUpdatesOnRestore]:
+        sm = yield from super()._from_state(state, batch)
         sm._updates = []
         return sm
 
