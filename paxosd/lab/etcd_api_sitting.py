@@ -94,6 +94,26 @@ def server_cpu_us(rec: dict[str, Any]) -> float:
     return float(1e6 * total / max(1, int(rec["n"])))
 
 
+def start_etcd(tmp: Path) -> Path:
+    """The anchors' 3-member etcd 3.4 started in ``tmp/etcd`` (its cluster.json there);
+    exits with a hint if the Go generator is not built."""
+    if not GO.exists():
+        sys.exit(f"{GO} is missing: build it with {ANCHORS}/etcd-go/build.sh")
+    base = tmp / "etcd"
+    subprocess.run(
+        [sys.executable, str(ANCHORS / "etcd_cluster.py"), "start", "--base", str(base)]
+        + ["--port", str(ETCD_PORT)],
+        check=True,
+    )
+    return base
+
+
+def stop_etcd(base: Path) -> None:
+    """Stop the etcd of ``start_etcd`` and remove its data."""
+    script = [sys.executable, str(ANCHORS / "etcd_cluster.py")]
+    subprocess.run([*script, "stop", "--base", str(base), "--clean"], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=float, default=8)
@@ -101,14 +121,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("/tmp/etcd-api-sitting.jsonl"))
     a = ap.parse_args()
-    if not GO.exists():
-        sys.exit(f"{GO} is missing: build it with {ANCHORS}/etcd-go/build.sh")
     tmp = Path(tempfile.mkdtemp(prefix="etcd-api-sitting-"))
-    etcd_base = tmp / "etcd"
-    script = [sys.executable, str(ANCHORS / "etcd_cluster.py")]
-    subprocess.run(
-        [*script, "start", "--base", str(etcd_base), "--port", str(ETCD_PORT)], check=True
-    )
+    etcd_base = start_etcd(tmp)
     px = LocalCluster.create(tmp / "paxosd", 3, etcd=True, etcd_tls=False)
     px.up()
     records: list[dict[str, Any]] = []
@@ -144,7 +158,7 @@ def main() -> None:
                         )
     finally:
         px.down()
-        subprocess.run([*script, "stop", "--base", str(etcd_base), "--clean"], check=False)
+        stop_etcd(etcd_base)
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         "\n| shape | etcd ops/s | paxosd ops/s | paxosd/etcd | etcd CPU us/op | paxosd CPU us/op |"

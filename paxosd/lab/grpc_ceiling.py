@@ -32,7 +32,7 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from paxosd.lab.etcd_api_sitting import ANCHORS, ETCD_PORT, GO, run_go, server_cpu_us
+from paxosd.lab.etcd_api_sitting import run_go, server_cpu_us, start_etcd, stop_etcd
 
 SHAPES: tuple[tuple[str, str, int, int], ...] = (
     ("put c=64", "put", 64, 8),
@@ -171,14 +171,8 @@ def main() -> None:
     if a.cmd == "serve":
         (serve_sync if a.flavour == "sync" else serve_aio)(a.port)
         return
-    if not GO.exists():
-        sys.exit(f"{GO} is missing: build it with {ANCHORS}/etcd-go/build.sh")
     tmp = Path(tempfile.mkdtemp(prefix="grpc-ceiling-"))
-    etcd_base = tmp / "etcd"
-    script = [sys.executable, str(ANCHORS / "etcd_cluster.py")]
-    subprocess.run(
-        [*script, "start", "--base", str(etcd_base), "--port", str(ETCD_PORT)], check=True
-    )
+    etcd_base = start_etcd(tmp)
     servers = {f: start_server(f, tmp) for f in FLAVOURS}
     records: list[dict[str, Any]] = []
     systems: list[tuple[str, Path]] = [("etcd", etcd_base / "cluster.json")]
@@ -207,7 +201,7 @@ def main() -> None:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
-        subprocess.run([*script, "stop", "--base", str(etcd_base), "--clean"], check=False)
+        stop_etcd(etcd_base)
         shutil.rmtree(tmp, ignore_errors=True)
     names = [s for s, _ in systems]
     print(
