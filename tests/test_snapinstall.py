@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import random
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,20 @@ def test_a_replaced_state_machine_is_emptied_in_pieces() -> None:
     _, pieces = run(sm.dismantling(batch=100))
     assert pieces >= 2000 // 100
     assert not (sm._index or sm._events or sm._hkeys or sm._keys or sm._timeline or sm._sessions)
+
+
+def test_a_dismantled_state_machine_holds_no_container_with_anything_in_it() -> None:
+    """Whatever a container still holds once the pieces are done is freed at once when the
+    old machine goes (the stop dismantling is there to avoid): every one must be empty."""
+    sm = machine(2000)  # rewrites and deletions: history holds updates, not only creations
+    assert sm._updates
+    run(sm.dismantling(batch=100))
+    held = {
+        name: len(v)
+        for name, v in vars(sm).items()
+        if isinstance(v, list | dict | set | deque) and len(v)
+    }
+    assert held == {}
 
 
 def test_a_file_stays_mapped_while_decoding_and_is_unmapped_when_dropped(tmp_path: Path) -> None:
