@@ -234,18 +234,25 @@ def remove_tmp_files(folder: Path) -> list[str]:
 
 
 def remove_older(folder: Path, keep: str) -> None:
-    """Delete every finished snapshot file but ``keep`` (recorded, so the others are not
-    needed by any recovery); in-progress ``.tmp`` files are left to their writers. Each is
-    renamed to a ``.tmp`` at once (cheap) and deleted by the REAPER (see why there)."""
+    """Delete every finished snapshot file older than ``keep`` (recorded, so those are not
+    needed by any recovery); in-progress ``.tmp`` files are left to their writers, and so
+    are newer files: a peer's snapshot assembled and still being decoded over many loop
+    turns is recorded only once installed (its row must find its file). Each is renamed to
+    a ``.tmp`` at once (cheap) and deleted by the REAPER (see why there)."""
+    keep_slot = slot_of(keep)
     with suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if entry.name != keep and slot_of(entry.name) is not None:
-                old = entry.path + OLD_SUFFIX
-                try:
-                    os.rename(entry.path, old)
-                except FileNotFoundError:
-                    continue
-                REAPER.submit(functools.partial(delete_gently, old))
+            slot = slot_of(entry.name)
+            if slot is None or entry.name == keep:
+                continue
+            if keep_slot is not None and slot > keep_slot:
+                continue
+            old = entry.path + OLD_SUFFIX
+            try:
+                os.rename(entry.path, old)
+            except FileNotFoundError:
+                continue
+            REAPER.submit(functools.partial(delete_gently, old))
 
 
 def file_crc(path: Path, size: int) -> int:
