@@ -211,3 +211,13 @@ def test_a_snapshot_file_finalized_inside_the_reapers_submit_does_not_hang(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0::2] == ["running", "fresh"], done.stdout
+
+
+def test_a_closed_snapshot_file_cannot_be_mapped(tmp_path: Path) -> None:
+    """Closed, its descriptor is -1, and mmap(-1) is an anonymous mapping: zeros, not the file."""
+    (path,) = _files(tmp_path, 5)
+    sf = SnapshotFile(path, 100, 0)
+    sf.close()
+    with pytest.raises(snapfile.SnapshotFileError, match="closed"), sf.view():
+        pass
+    REAPER.wait()

@@ -328,6 +328,8 @@ class SnapshotFile:
     def view(self) -> Iterator[memoryview]:
         """The whole file as one read-only buffer (an mmap), unmapped on exit; its pages are
         the page cache's, not a copy."""
+        if self.fd < 0:  # mmap(-1) would be an anonymous mapping: zeros, not the file
+            raise SnapshotFileError(f"{self.path}: the snapshot file was closed")
         if self.size == 0:
             yield memoryview(b"")
             return
