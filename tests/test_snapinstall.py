@@ -34,7 +34,7 @@ from paxosd.statemachine.machine import (
     _decoding,
     _snapshot_decoder,
 )
-from paxosd.storage.snapfile import SnapshotFile
+from paxosd.storage.snapfile import REAPER, SnapshotFile
 from tests.core.harness import Cluster
 
 VALUE = b"v" * 1024
@@ -393,4 +393,8 @@ def test_a_corrupt_snapshot_is_refused_whole_and_fetched_again(tmp_path: Path, f
     ((nid, slot, why),) = c.refused
     assert nid == 3 and "checksum" in why and "\n" not in why
     assert lab.runner(3).replica.snapshot is None
+    if files:  # the refused file is not kept (one per slot would pile up)
+        REAPER.wait()
+        left = [p for p in os.listdir(path) if not p.endswith(".rx.tmp")]
+        assert name not in left and not [p for p in left if p.endswith(".old.tmp")], left
     lab.until_installed()  # asked again, from the start, and installed whole

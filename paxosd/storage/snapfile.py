@@ -255,6 +255,18 @@ def remove_older(folder: Path, keep: str) -> None:
             REAPER.submit(functools.partial(delete_gently, old))
 
 
+def discard_file(sf: SnapshotFile) -> None:
+    """Close ``sf`` and delete its file (never recorded: a refused peer's snapshot), renamed
+    to a ``.tmp`` at once and deleted by the REAPER like a superseded one."""
+    sf.close()
+    old = str(sf.path) + OLD_SUFFIX
+    try:
+        os.rename(sf.path, old)
+    except FileNotFoundError:
+        return
+    REAPER.submit(functools.partial(delete_gently, old))
+
+
 def file_crc(path: Path, size: int) -> int:
     """crc32 of the first ``size`` bytes of ``path``, read in bounded pieces."""
     crc = 0
