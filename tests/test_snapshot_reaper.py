@@ -140,3 +140,84 @@ def test_a_process_holding_a_snapshot_file_at_exit_exits(tmp_path: Path) -> None
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == "state", done.stderr
+
+
+# A SnapshotFile's finalizer (__del__) hands its descriptor to the reaper. The cycle
+# collector runs finalizers in whichever thread it happens to run, at any allocation: also
+# while that thread is inside Reaper.submit (the loop) or the reaper's own queue get. The
+# script makes a collection happen at each C call inside submit in turn, each time with a
+# SnapshotFile only the collector can free; a submit that takes a lock its finalizer needs
+# again (queue.Queue's, or a plain Lock around the thread's start) hangs there for good.
+_FINALIZER_INSIDE_SUBMIT = """
+import gc
+import sys
+from pathlib import Path
+
+from paxosd.storage import snapfile
+from paxosd.storage.snapfile import Reaper, SnapshotFile, file_name
+
+path = Path(sys.argv[1]) / file_name(1)
+path.write_bytes(b"state")
+gc.disable()
+
+
+def collect_at_call(k, submit):
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event == "c_call":
+            calls += 1
+            if calls == k:
+                gc.collect()  # finalizes the SnapshotFile below, in this thread, here
+
+    held = SnapshotFile(path, 5, 0)
+    cycle = [held]
+    cycle.append(cycle)  # only the collector can free it now
+    del held, cycle
+    sys.setprofile(profile)
+    try:
+        submit()
+    finally:
+        sys.setprofile(None)
+    return calls >= k
+
+
+for fresh in (False, True):  # the reaper's thread running, and not started yet
+    k = 1
+    while True:
+        if fresh:
+            snapfile.REAPER = Reaper()
+        reaper = snapfile.REAPER
+        if not collect_at_call(k, lambda: reaper.submit(lambda: None)):
+            break
+        reaper.wait()
+        k += 1
+    print("fresh" if fresh else "running", k)
+"""
+
+
+def test_a_snapshot_file_finalized_inside_the_reapers_submit_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FINALIZER_INSIDE_SUBMIT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a bound on a hang, not a speed: the script takes well under a second
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0::2] == ["running", "fresh"], done.stdout
+
+
+def test_a_closed_snapshot_file_cannot_be_mapped(tmp_path: Path) -> None:
+    """Closed, its descriptor is -1, and mmap(-1) is an anonymous mapping: zeros, not the file."""
+    (path,) = _files(tmp_path, 5)
+    sf = SnapshotFile(path, 100, 0)
+    sf.close()
+    with pytest.raises(snapfile.SnapshotFileError, match="closed"), sf.view():
+        pass
+    REAPER.wait()

@@ -513,3 +513,31 @@ def test_a_compaction_is_a_mark_at_once_and_its_rows_go_a_batch_per_write(db_pat
         for _ in range(2):
             storage.write(PersistRecord(promised=Ballot(1, 1)))
         assert int(storage.db.execute("SELECT count(*) FROM decided").fetchone()[0]) == 10
+
+
+def test_a_peers_snapshot_still_decoding_survives_an_own_older_snapshot_recorded_meanwhile(
+    db_path: Path,
+) -> None:
+    """A follower decodes a peer's snapshot (slot 9) over many loop turns; its own snapshot
+    child (slot 5) finishes meanwhile and is recorded. The peer's file, newer than the one
+    recorded, is not superseded: when its install is recorded, the row must name a file
+    that exists, or the next start finds the recorded snapshot missing."""
+    import structlog
+
+    from paxosd.core.messages import SnapshotChunk
+    from paxosd.server.snapshots import ForkSnapshots
+    from paxosd.storage.snapfile import REAPER
+
+    with new_storage(db_path) as storage:
+        maker = ForkSnapshots(storage.snapshot_dir, structlog.get_logger())
+        peers = b"the state through slot 9"
+        received = maker.receive(SnapshotChunk(9, 0, len(peers), peers, None))
+        assert received is not None  # assembled: being decoded now
+        storage.write(PersistRecord(snapshot=Snapshot(5, b"own state through 5")))
+        REAPER.wait()
+        storage.write(PersistRecord(snapshot=Snapshot(9, received), compact_through=9))
+    REAPER.wait()
+    with reopen(db_path) as storage:
+        state = storage.load()
+    assert state.snapshot is not None and state.snapshot.slot == 9
+    assert state.snapshot.state == peers

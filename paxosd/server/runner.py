@@ -215,6 +215,11 @@ class SnapshotMaker(Protocol):
         """``restore`` in pieces, for a peer's snapshot installed while the loop runs."""
         ...
 
+    def discard(self, state: SnapshotState) -> None:
+        """A peer's snapshot that was refused (it does not decode): whatever ``receive``
+        kept of it (a file) is not needed by anything, and goes."""
+        ...
+
 
 class InlineSnapshots:
     """Snapshots as bytes in memory, made on the spot: deterministic, for the simulator and
@@ -256,6 +261,9 @@ class InlineSnapshots:
     def prepare(self, sm: MM, state: SnapshotState) -> Preparation[MM]:
         data = state if isinstance(state, bytes) else state[0 : len(state)]
         return Preparation(sm.restoring(data, batch=INLINE_PREPARE_BATCH))
+
+    def discard(self, state: SnapshotState) -> None:
+        pass  # bytes in memory: dropped with the last reference
 
 
 # ------------------------------------------------------------------------------ records
@@ -457,6 +465,7 @@ class Runner(Generic[M]):
         except ValueError as e:
             self._preparing = None
             self.hooks.refused(snap.slot, str(e).splitlines()[0][:200] if str(e) else "bad")
+            self.maker.discard(snap.state)
             self.replica.step(SnapshotRefused(snap.slot))
             return
         if sm is None:

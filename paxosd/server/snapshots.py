@@ -42,7 +42,7 @@ from paxosd.core.messages import SnapshotChunk
 from paxosd.core.types import SnapshotState
 from paxosd.server.runner import Machine, Preparation
 from paxosd.statemachine.machine import RESTORE_BATCH
-from paxosd.storage.snapfile import FileWriter, SnapshotFile, file_name, fsync_dir
+from paxosd.storage.snapfile import FileWriter, SnapshotFile, discard_file, file_name, fsync_dir
 
 _RESULT: Final = struct.Struct("<QI")  # size, crc32: the child's report on its pipe
 # The child syncs the file every this many bytes (Redis's rdb-save-incremental-fsync): a
@@ -246,6 +246,12 @@ class ForkSnapshots:
                 self._rx.abandon()
                 self._rx = None
             return None
+
+    def discard(self, state: SnapshotState) -> None:
+        """A refused peer's snapshot: its assembled file goes (a follower that refuses every
+        snapshot it is sent would otherwise keep one full-size file per slot)."""
+        if isinstance(state, SnapshotFile) and state.path.parent == self.folder:
+            discard_file(state)
 
     # ------------------------------------------------------------------ reading back
 

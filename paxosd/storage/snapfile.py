@@ -96,9 +96,13 @@ class Reaper:
 
     def __init__(self) -> None:
         self._pid = os.getpid()
-        self._queue: queue.Queue[Callable[[], None]] = queue.Queue(REAPER_QUEUE_MAX)
+        # A SimpleQueue, whose put may be re-entered: SnapshotFile.__del__ submits, and the
+        # cycle collector runs finalizers in whatever thread allocates, also one that is
+        # inside submit or get already (queue.Queue's lock would be taken twice: a hang).
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        # Held while the thread is started, and never waited for (see _start).
+        self._starting = threading.Lock()
 
     def submit(self, work: Callable[[], None]) -> None:
         if os.getpid() != self._pid or sys.is_finalizing():
@@ -106,31 +110,60 @@ class Reaper:
             # exiting cannot start a thread (start() would wait forever) nor run one.
             _quietly(work)
             return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
+        if self._queue.qsize() >= REAPER_QUEUE_MAX:
+            _quietly(work)
+            return
+        self._queue.put(work)
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start()
+
+    def _start(self) -> None:
+        """Start the thread unless it runs. A submit that finds it being started (by another
+        thread, or by this one re-entered from a finalizer) returns at once: the thread being
+        started takes the work queued before it."""
+        if not self._starting.acquire(blocking=False):
+            return
+        try:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
                     target=self._run, name="snapshot-file-reaper", daemon=True
                 )
-                self._thread.start()
-        try:
-            self._queue.put_nowait(work)
-        except queue.Full:
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread can be started (shutdown, limits)
+                    self._drain_in_place()
+                    return
+                self._thread = thread
+        finally:
+            self._starting.release()
+
+    def _drain_in_place(self) -> None:
+        while True:
+            try:
+                work = self._queue.get_nowait()
+            except queue.Empty:
+                return
             _quietly(work)
 
     def _run(self) -> None:
         while True:
             work = self._queue.get()
-            try:
-                _quietly(work)
-            finally:
-                self._queue.task_done()
+            with suppress(Exception):  # the thread must outlive any one piece of work
+                work()
 
     def wait(self) -> None:
         """Return once everything submitted so far is done (at close, and for tests)."""
         thread = self._thread
         mine = os.getpid() == self._pid and not sys.is_finalizing()
-        if mine and thread is not None and thread.is_alive():
-            self._queue.join()
+        if not (mine and thread is not None and thread.is_alive()):
+            return
+        done = threading.Event()
+        self._queue.put(done.set)  # behind everything submitted so far
+        while not done.wait(1.0):
+            if not thread.is_alive():
+                return
 
 
 def _quietly(work: Callable[[], None]) -> None:
@@ -172,8 +205,9 @@ def delete_gently(path: str) -> None:
         return
     try:
         st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
         with _OPEN_LOCK:
-            read = (st.st_dev, st.st_ino) in _OPEN_FILES
+            read = ident in _OPEN_FILES
         size = st.st_size
         while size > 0 and not read:
             size = max(0, size - TRUNCATE_STEP_BYTES)
@@ -200,18 +234,37 @@ def remove_tmp_files(folder: Path) -> list[str]:
 
 
 def remove_older(folder: Path, keep: str) -> None:
-    """Delete every finished snapshot file but ``keep`` (recorded, so the others are not
-    needed by any recovery); in-progress ``.tmp`` files are left to their writers. Each is
-    renamed to a ``.tmp`` at once (cheap) and deleted by the REAPER (see why there)."""
+    """Delete every finished snapshot file older than ``keep`` (recorded, so those are not
+    needed by any recovery); in-progress ``.tmp`` files are left to their writers, and so
+    are newer files: a peer's snapshot assembled and still being decoded over many loop
+    turns is recorded only once installed (its row must find its file). Each is renamed to
+    a ``.tmp`` at once (cheap) and deleted by the REAPER (see why there)."""
+    keep_slot = slot_of(keep)
     with suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if entry.name != keep and slot_of(entry.name) is not None:
-                old = entry.path + OLD_SUFFIX
-                try:
-                    os.rename(entry.path, old)
-                except FileNotFoundError:
-                    continue
-                REAPER.submit(functools.partial(delete_gently, old))
+            slot = slot_of(entry.name)
+            if slot is None or entry.name == keep:
+                continue
+            if keep_slot is not None and slot > keep_slot:
+                continue
+            old = entry.path + OLD_SUFFIX
+            try:
+                os.rename(entry.path, old)
+            except FileNotFoundError:
+                continue
+            REAPER.submit(functools.partial(delete_gently, old))
+
+
+def discard_file(sf: SnapshotFile) -> None:
+    """Close ``sf`` and delete its file (never recorded: a refused peer's snapshot), renamed
+    to a ``.tmp`` at once and deleted by the REAPER like a superseded one."""
+    sf.close()
+    old = str(sf.path) + OLD_SUFFIX
+    try:
+        os.rename(sf.path, old)
+    except FileNotFoundError:
+        return
+    REAPER.submit(functools.partial(delete_gently, old))
 
 
 def file_crc(path: Path, size: int) -> int:
@@ -287,6 +340,8 @@ class SnapshotFile:
     def view(self) -> Iterator[memoryview]:
         """The whole file as one read-only buffer (an mmap), unmapped on exit; its pages are
         the page cache's, not a copy."""
+        if self.fd < 0:  # mmap(-1) would be an anonymous mapping: zeros, not the file
+            raise SnapshotFileError(f"{self.path}: the snapshot file was closed")
         if self.size == 0:
             yield memoryview(b"")
             return
