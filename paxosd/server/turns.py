@@ -4,8 +4,9 @@ The daemon's loop must come round well inside the election timeout: a leader tha
 300 ms is deposed, a follower that stops does not ack. When a turn runs longer than
 ``SLOW_TURN_MS`` the daemon logs it (a warning, like etcd's "apply request took too long")
 with the time spent in each phase and in the cycle collector, so a stall in the field names
-its cause instead of showing up only as an election. Costs two ``perf_counter`` calls per
-phase.
+its cause instead of showing up only as an election. Costs about 1 µs per turn (the
+thread's CPU clock and its context-switch counts: two system calls, measured 0.87 µs) and
+0.06 µs per phase (``perf_counter``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class TurnClock:
         self.slow_turns = 0
         # Full (generation 2) collections seen: the daemon freezes what survived one.
         self.full_collections = 0
-        self.longest_s = 0.0
         self._start = 0.0
         self._cpu_start = 0.0
         self._switches = (0, 0)
@@ -80,7 +80,6 @@ class TurnClock:
     def end(self, **context: Any) -> float:
         """The turn ended: log it if it was slow. Returns its length in seconds."""
         took = time.perf_counter() - self._start
-        self.longest_s = max(self.longest_s, took)
         if took < self.slow_s:
             return took
         self.slow_turns += 1
@@ -99,6 +98,7 @@ class TurnClock:
             cpu_ms=round((time.thread_time() - self._cpu_start) * 1000, 1),
             waits=usage.ru_nvcsw - self._switches[0],
             preempted=usage.ru_nivcsw - self._switches[1],
+            slow_turns=self.slow_turns,  # since start, logged or not (the log is rate-limited)
             phases_ms={k: round(v * 1000, 1) for k, v in self.phases.items() if v >= 0.001},
             gc_ms=round(self._gc_s * 1000, 1),
             gc_runs=[(g, round(t * 1000, 1)) for g, t in self._gc_runs],

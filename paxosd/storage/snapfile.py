@@ -173,9 +173,10 @@ def _quietly(work: Callable[[], None]) -> None:
 
 # The files SnapshotFile objects hold open, by (device, inode), with how many hold each:
 # a file still read (a transfer, a save) must not be shrunk under its reader. Guarded by
-# _OPEN_LOCK (opened in the loop, closed by the reaper).
+# _OPEN_LOCK (opened in the loop, closed by the reaper). Re-entrant: a SnapshotFile finalizer
+# run by the collector inside one of these sections may close in place (see Reaper.submit).
 _OPEN_FILES: dict[tuple[int, int], int] = {}
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = threading.RLock()
 
 
 def _opened(fd: int) -> tuple[int, int]:
