@@ -290,8 +290,10 @@ class ForkSnapshots:
 class _TimedPreparation(Preparation[M]):
     """Pieces of a peer's snapshot for up to PREPARE_TURN_S of one loop turn (a piece is
     1-3 ms; a count of them would be too long on a loaded host and too short on an idle one),
-    then the new objects leave the collector's generations (see _settle_gc): otherwise the
-    half-built state, a million objects, is walked by a full collection every few turns."""
+    then the new objects leave the collector's generations (_settle_gc, as before a fork:
+    the young generations are collected first, so the turn's short-lived cycles are not
+    frozen): otherwise the half-built state, a million objects, is walked by a full
+    collection every few turns."""
 
     def __init__(self, steps: Generator[None, None, M], *, turn_s: float) -> None:
         super().__init__(steps)
@@ -305,7 +307,7 @@ class _TimedPreparation(Preparation[M]):
         return time.perf_counter() - self._t0 < self.turn_s
 
     def _end_turn(self) -> None:
-        gc.freeze()
+        _settle_gc()
 
 
 def _child_write(
