@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from paxosd.core.config import CoreConfig
 from paxosd.core.io import Campaign, DurableState, PersistRecord, Received
@@ -39,6 +40,7 @@ class Bench:
 
     runner_class: type[Runner[StateMachine]] = Runner
     every_entries: int = 0
+    log_percent: int = 0
     now: int = 0
     events: list[Event] = field(default_factory=list)
     inflight: list[tuple[int, int, Message]] = field(default_factory=list)
@@ -55,7 +57,7 @@ class Bench:
                 disk=_Disk(self, m),
                 network=_Net(self, m),
                 clock=self,
-                snapshots=SnapshotPolicy(self.every_entries),
+                snapshots=SnapshotPolicy(self.every_entries, log_percent=self.log_percent),
             )
 
     def now_ms(self) -> int:
@@ -211,3 +213,31 @@ def test_members_snapshot_at_staggered_slots() -> None:
     }
     # Node k starts (k-1)/4 of a period along: 1 at 8, 2 at 6, 3 at 4 slots (then every 8).
     assert len(set(taken.values())) == 3, taken
+
+
+class _NotesSnapshots(Runner[StateMachine]):
+    """Notes, at each snapshot begun, the log bytes since the last one and the state's size."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.starts: list[tuple[int, int]] = []
+
+    def start_snapshot(self) -> None:
+        self.starts.append((self.log_bytes_since_snapshot, self.sm.store_bytes))
+        super().start_snapshot()
+
+
+def test_a_snapshot_waits_for_log_worth_its_share_of_the_state() -> None:
+    starts: dict[int, list[tuple[int, int]]] = {}
+    for percent in (0, 10):
+        bench = Bench(runner_class=_NotesSnapshots, every_entries=2, log_percent=percent)
+        _run(bench, puts=120)
+        leader = bench.runners[1]
+        assert isinstance(leader, _NotesSnapshots)
+        starts[percent] = leader.starts
+    # On the counts alone: a snapshot every 2 slots.
+    assert len(starts[0]) >= 55, starts[0]
+    # Gated: each waited for log worth 10% of the state (a put adds ~20 bytes of log and
+    # ~70 of state), so there were far fewer.
+    assert 0 < len(starts[10]) <= len(starts[0]) // 5, (starts[0], starts[10])
+    assert all(log * 100 >= 10 * size for log, size in starts[10]), starts[10]

@@ -154,6 +154,7 @@ class Batching:
 class SnapshotSettings:
     snapshot_every_entries: int = 10_000
     log_retain_entries: int = 1000
+    snapshot_log_percent: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +346,7 @@ _LIMIT_INTS: Final[tuple[_IntSpec, ...]] = (
 _SNAPSHOT_INTS: Final[tuple[_IntSpec, ...]] = (
     ("snapshot_every_entries", _S.snapshot_every_entries, 1, 100_000_000),
     ("log_retain_entries", _S.log_retain_entries, 0, 100_000_000),
+    ("snapshot_log_percent", _S.snapshot_log_percent, 0, 10_000),
 )
 
 _TOP_KEYS: Final = frozenset(

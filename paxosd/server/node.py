@@ -329,7 +329,10 @@ class Node:
             disk=_StorageDisk(self),
             network=self.network,
             clock=SystemClock(),
-            snapshots=SnapshotPolicy(config.snapshot.snapshot_every_entries),
+            snapshots=SnapshotPolicy(
+                config.snapshot.snapshot_every_entries,
+                log_percent=config.snapshot.snapshot_log_percent,
+            ),
             hooks=_NodeHooks(self),
             address_of=self._client_address_of,
             # Snapshots are written by a forked child, to files beside the database.

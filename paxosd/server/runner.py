@@ -9,7 +9,8 @@ relies on are the ones the simulator checks:
   before any message that depends on them leaves; decided-only records are held back and
   written unsynced (with the next synced write, at the next tick, or when too many wait),
   because a node relearns decided slots from its peers and its own durable votes;
-- when to snapshot: every ``every_entries`` slots or ``every_commands`` commands, members
+- when to snapshot: every ``every_entries`` slots or ``every_commands`` commands, but not
+  before the log since the last snapshot reaches ``log_percent`` of the state's size, members
   staggered so they do not all stop at once; how is a ``SnapshotMaker``'s business (in
   process here and in the simulator, in a forked child in the daemon:
   paxosd/server/snapshots.py);
@@ -105,6 +106,11 @@ class Machine(Protocol):
     recorder in the core tests)."""
 
     applied_through: int
+
+    @property
+    def store_bytes(self) -> int:
+        """The state's size in bytes, as its quota counts it (when to snapshot scales with it)."""
+        ...
 
     def apply(self, slot: int, value: Value) -> list[tuple[str, int, bytes]]: ...
 
@@ -294,7 +300,16 @@ class PendingRead:
 @dataclass(frozen=True, slots=True)
 class SnapshotPolicy:
     """When to snapshot: every ``every_entries`` slots or ``every_commands`` commands applied,
-    whichever comes first (0: never; the core tests take snapshots by hand).
+    whichever comes first (0: never; the core tests take snapshots by hand), once the commands
+    applied since the last snapshot add up to ``log_percent`` of the state's size (0: at once).
+
+    A snapshot encodes and writes the whole state, while the log since the last one costs
+    memory, disk and replay time in proportion to its own size. With fixed counts alone a
+    1 GiB state was rewritten every 100,000 commands of 1 KiB, ~100 MB of log: each member
+    spent ~10 s of a core in every ~30 s on snapshots and wrote ~35 MB/s of them, starving the
+    loop. Tying the interval to the state's size bounds that work to a fixed fraction of the
+    work of applying (Redis's auto-aof-rewrite-percentage, the Raft thesis's "expansion
+    factor"); the price is a log of up to that fraction of the state, in memory and on disk.
 
     Members apply the same commands, so with one threshold they would all stop for a snapshot
     at the same moment (~0.2 s with 100,000 keys: encode, write, fsync) and stall the cluster
@@ -303,6 +318,7 @@ class SnapshotPolicy:
     every_entries: int
     every_commands: int = SNAPSHOT_EVERY_COMMANDS
     phases: int = SNAPSHOT_PHASES
+    log_percent: int = 0
 
 
 class Hooks:
@@ -416,6 +432,8 @@ class Runner(Generic[M]):
         # Commands applied since the last snapshot: the log kept in memory and on disk grows
         # with commands, not slots (a slot holds up to batch_commands_max of them).
         self.commands_since_snapshot = int(snapshots.every_commands * phase)
+        # Bytes of commands applied since the last snapshot (see SnapshotPolicy), staggered too.
+        self.log_bytes_since_snapshot = int(snapshots.log_percent * sm.store_bytes * phase) // 100
         # Lease time on this node (paxosd/server/leases.py); a host may swap in another.
         # (None for a machine without leases: the core tests' recorder.)
         self.leases: LeaseKeeper | None = None
@@ -667,6 +685,7 @@ class Runner(Generic[M]):
 
     def _apply(self, entry: DecidedEntry) -> None:
         self.commands_since_snapshot += len(entry.value)
+        self.log_bytes_since_snapshot += sum(map(len, entry.value))
         results = self.sm.apply(entry.slot, entry.value)
         self.applied_slots += 1
         self.hooks.applied(entry.slot, entry.value, results)
@@ -723,10 +742,19 @@ class Runner(Generic[M]):
         s = self.snapshots
         if s.every_entries <= 0:
             return False
-        return (
+        counted = (
             self.replica.applied_through - self.snapshot_due >= s.every_entries
             or self.commands_since_snapshot >= s.every_commands
         )
+        return (
+            counted and self.log_bytes_since_snapshot * 100 >= s.log_percent * self.sm.store_bytes
+        )
+
+    def _counts_restart(self, slot: int) -> None:
+        """A snapshot through ``slot`` is begun: the next is counted from here."""
+        self.snapshot_due = slot
+        self.commands_since_snapshot = 0
+        self.log_bytes_since_snapshot = 0
 
     def start_snapshot(self) -> None:
         """A snapshot is due: have the maker begin one (the next due point retries if it is
@@ -734,8 +762,7 @@ class Runner(Generic[M]):
         slot = self.sm.applied_through
         if slot == 0:
             return
-        self.snapshot_due = slot
-        self.commands_since_snapshot = 0
+        self._counts_restart(slot)
         if self.maker.start(slot, self.sm):
             self.hooks.snapshot_started(slot)
         self._collect_snapshot()
@@ -759,8 +786,7 @@ class Runner(Generic[M]):
         slot = self.sm.applied_through
         if slot == 0:
             return 0
-        self.snapshot_due = slot
-        self.commands_since_snapshot = 0
+        self._counts_restart(slot)
         self.hooks.snapshot_started(slot)
         self.replica.step(
             SnapshotTaken(Snapshot(slot=slot, state=self.maker.take_now(slot, self.sm)))
@@ -781,8 +807,7 @@ class Runner(Generic[M]):
         slot = self.sm.applied_through
         if slot == 0:
             return 0
-        self.snapshot_due = slot
-        self.commands_since_snapshot = 0
+        self._counts_restart(slot)
         if self.maker.start(slot, self.sm):
             self.hooks.snapshot_started(slot)
         self._collect_snapshot()

@@ -64,6 +64,9 @@ class WorldOptions:
     op_timeout_ms: int = 3000
     think_ms_max: int = 30
     snapshot_every_entries: int = 40
+    # The daemon's default ([snapshot] snapshot_log_percent): measured over 40 seeds, it
+    # holds back 6 of 232 snapshots, so the gate is in play without thinning them out.
+    snapshot_log_percent: int = 50
     log_retain_entries: int = 10
     snapshot_chunk_bytes: int = 256
     crash_mid_ready_probability: float = 0.0
@@ -319,7 +322,10 @@ class World:
             disk=_CrashingDisk(self, node.id, node.disk),
             network=_SimLink(self, node.id),
             clock=_SimClock(self),
-            snapshots=SnapshotPolicy(self.options.snapshot_every_entries),
+            snapshots=SnapshotPolicy(
+                self.options.snapshot_every_entries,
+                log_percent=self.options.snapshot_log_percent,
+            ),
             hooks=_SimHooks(self, node),
             address_of=lambda leader: b"" if leader is None else str(leader).encode(),
         )

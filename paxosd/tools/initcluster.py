@@ -328,7 +328,9 @@ def _describe(file: Path, c: Config) -> str:
             f"request {t.request_timeout_ms} ms",
             f"  batching: {b.batch_commands_max} commands / {b.batch_bytes_max} bytes per slot, "
             f"{b.slots_in_flight_max} slots in flight",
-            f"  snapshot every {sn.snapshot_every_entries} entries, retain {sn.log_retain_entries}",
+            f"  snapshot every {sn.snapshot_every_entries} entries"
+            f" (once the log is {sn.snapshot_log_percent}% of the state),"
+            f" retain {sn.log_retain_entries}",
             f"  log: {c.log.level}, {c.log.format}",
             f"  etcd API: {_etcd_line(c)}",
         ]

@@ -40,6 +40,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.applied_through = 0
+        self.store_bytes = 0
 
     def apply(self, slot: int, value: Value) -> list[tuple[str, int, bytes]]:
         self.applied_through = slot
