@@ -1241,6 +1241,16 @@ def bigstate(
             show_default=False,
         ),
     ] = None,
+    snapshot_log_percent: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=10_000,
+            help="The nodes' [snapshot] snapshot_log_percent (default: the daemon's; "
+            "0: snapshots on the entry counts alone).",
+            show_default=False,
+        ),
+    ] = None,
     d: DirOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the cluster's folder.")] = False,
     json_out: JsonOpt = False,
@@ -1272,6 +1282,7 @@ def bigstate(
             restart_signal="term" if restart_signal == "term" else "kill",
             snapshot_every_entries=snapshot_every_entries,
             log_retain_entries=log_retain_entries,
+            snapshot_log_percent=snapshot_log_percent,
         )
     except ValueError as e:
         render.error(str(e))

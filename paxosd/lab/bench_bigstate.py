@@ -73,6 +73,7 @@ class BigStateSpec:
     # about; set only to see the cycles (and a transfer) in a short sitting.
     snapshot_every_entries: int | None = None
     log_retain_entries: int | None = None
+    snapshot_log_percent: int | None = None
 
     def __post_init__(self) -> None:
         # The same bounds as the kv bench's; LoadSpec says which was wrong.
@@ -85,6 +86,8 @@ class BigStateSpec:
         ):
             if n is not None and not 0 <= n <= 100_000_000:
                 raise ValueError(f"{name} entries must be 0..100000000")
+        if self.snapshot_log_percent is not None and not 0 <= self.snapshot_log_percent <= 10_000:
+            raise ValueError("snapshot log percent must be 0..10000")
 
     def extra_config(self) -> str:
         lines = []
@@ -92,6 +95,8 @@ class BigStateSpec:
             lines.append(f"snapshot_every_entries = {self.snapshot_every_entries}")
         if self.log_retain_entries is not None:
             lines.append(f"log_retain_entries = {self.log_retain_entries}")
+        if self.snapshot_log_percent is not None:
+            lines.append(f"snapshot_log_percent = {self.snapshot_log_percent}")
         return "[snapshot]\n" + "\n".join(lines) + "\n" if lines else ""
 
     def load_spec(self, duration_s: float | None = None) -> LoadSpec:
@@ -466,6 +471,7 @@ def run_bigstate(
         "clients": spec.clients,
         "snapshot_every_entries": spec.snapshot_every_entries,
         "log_retain_entries": spec.log_retain_entries,
+        "snapshot_log_percent": spec.snapshot_log_percent,
         "dir": str(root),
     }
     try:
