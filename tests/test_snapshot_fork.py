@@ -60,6 +60,11 @@ def test_the_child_writes_the_state_the_parent_had_at_the_fork(tmp_path: Path) -
     restored = maker.restore(StateMachine(), state)
     assert (restored.applied_through, restored.digest()) == (30, digest)
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [state.name]
+    # What the "snapshot taken" line reports: this snapshot's fork, its time, its bytes.
+    assert maker.made is not None
+    made_slot, fork_ms, seconds, size = maker.made
+    assert (made_slot, size) == (30, state.path.stat().st_size)
+    assert 0 < fork_ms <= seconds * 1000
 
 
 def test_the_state_leaves_the_collectors_generations_at_a_fork_and_a_restore(

@@ -541,3 +541,24 @@ def test_a_peers_snapshot_still_decoding_survives_an_own_older_snapshot_recorded
         state = storage.load()
     assert state.snapshot is not None and state.snapshot.slot == 9
     assert state.snapshot.state == peers
+
+
+def test_a_slot_accepted_and_decided_with_one_value_loads_as_one_object(db_path: Path) -> None:
+    """After a restart the log since the snapshot must not take twice its size in memory."""
+    value = (b"x" * 1024, b"y" * 1024)
+    other = (b"z" * 1024,)
+    with new_storage(db_path) as storage:
+        storage.write(
+            PersistRecord(
+                accepted=(
+                    AcceptedEntry(5, Ballot(1, 1), value),
+                    AcceptedEntry(6, Ballot(1, 1), other),
+                ),
+                decided=(DecidedEntry(5, value), DecidedEntry(6, value)),
+            )
+        )
+    with reopen(db_path) as storage:
+        durable = storage.load()
+    assert durable.decided[5].value is durable.accepted[5].value
+    # A slot decided with another value than this node's vote keeps both.
+    assert durable.decided[6].value == value and durable.accepted[6].value == other

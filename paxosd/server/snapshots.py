@@ -99,6 +99,11 @@ class ForkSnapshots:
         self._done: tuple[int, SnapshotState] | None = None
         self._rx: FileWriter | None = None
         self.failures = 0
+        # The last snapshot made: its slot, the fork's milliseconds in the loop, the child's
+        # seconds from fork to the file kept, its bytes (the "snapshot taken" log line).
+        self.made: tuple[int, float, float, int] | None = None
+        self._forked_at = 0.0
+        self._fork_ms = 0.0
         # How a peer's snapshot is decoded (see prepare); tests make the pieces tiny.
         self.prepare_turn_s = PREPARE_TURN_S
         self.prepare_batch = RESTORE_BATCH
@@ -134,6 +139,7 @@ class ForkSnapshots:
         # Everything alive now leaves the collector's generations (see _settle_gc): fewer
         # pages for the child to copy, and no full collection over the state in the parent.
         _settle_gc()
+        forked_at = time.perf_counter()
         try:
             pid = os.fork()
         except OSError as e:
@@ -152,6 +158,8 @@ class ForkSnapshots:
                 code = _child_write(tmp, write_state, w, stall)
             finally:
                 os._exit(code)
+        self._forked_at = forked_at
+        self._fork_ms = (time.perf_counter() - forked_at) * 1000
         os.close(w)
         os.set_blocking(r, False)
         self._child = (pid, slot, r, tmp)
@@ -215,6 +223,7 @@ class ForkSnapshots:
             os.replace(tmp, final)
             fsync_dir(self.folder)
             self._done = (slot, SnapshotFile(final, size, crc))
+            self.made = (slot, self._fork_ms, time.perf_counter() - self._forked_at, size)
         except OSError as e:
             _unlink(tmp)
             self._failed(slot, f"cannot keep the file: {e}")

@@ -970,7 +970,14 @@ class Storage:
                     ):
                         if crc(blob, crc(pack1(slot))) != checksum:
                             raise ChecksumMismatch(path, "decided", slot)
-                        decided[slot] = DecidedEntry(slot, decode(blob))
+                        value = decode(blob)
+                        # Most decided slots were accepted here too: one value for both,
+                        # or the log since the snapshot would take twice its size in memory
+                        # after a restart.
+                        vote = accepted.get(slot)
+                        if vote is not None and vote.value == value:
+                            value = vote.value
+                        decided[slot] = DecidedEntry(slot, value)
                 except (msgspec.DecodeError, TypeError, struct.error) as exc:
                     _raise_corrupt_row(path, "decided", slot, exc)
                 snapshot = _read_snapshot(conn, path, self.snapshot_dir)
