@@ -22,7 +22,6 @@ from typing import Any
 from paxosd.client.client import Client, ClientError, statuses_json
 from paxosd.client.connection import read_key_file
 from paxosd.client.localdir import MANIFEST
-from paxosd.server.hugeheap import child_env
 from paxosd.storage.backup import read_backup
 from paxosd.storage.store import DB_FILENAME, Storage
 from paxosd.tools.initcluster import (
@@ -352,8 +351,7 @@ class LocalCluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # a Ctrl-C in the shell must not kill the cluster
-                # The tunable the daemon would re-execute itself to get (hugeheap.py).
-                env={**os.environ, **child_env(os.environ), **(env or {})},
+                env={**os.environ, **(env or {})},
             )
         finally:
             log.close()

@@ -66,12 +66,10 @@ from paxosd.net.framing import (
     WatchResponse,
 )
 from paxosd.net.transport import ClientServer, PeerTransport
-from paxosd.server import hugeheap
 from paxosd.server.compaction import AutoCompactor
 from paxosd.server.config import Config, ConfigError, load_config, parse_address
 from paxosd.server.digestcheck import DigestHistory, DigestProbe
 from paxosd.server.diskspace import DISK_CHECK_MS, EXIT_STORAGE_FAILED, Space, measure, reexec
-from paxosd.server.hugeheap import ensure_huge_heap
 from paxosd.server.logs import Condition, bind_node, configure_logging, fatal
 from paxosd.server.metrics import Metrics
 from paxosd.server.node import TICK_MS, Node, install_signal_handlers, lock_data_dir, now_ms
@@ -248,8 +246,8 @@ class Daemon:
             "serving",
             peer_address=f"{self.peers.address[0]}:{self.peers.address[1]}",
             client_address=f"{self.clients.address[0]}:{self.clients.address[1]}",
-            heap_huge_pages=hugeheap.describe(os.environ, hugeheap.thp_mode()),
         )
+        self.node.snapshot_maker.fold_memory()
         try:
             self._loop()
         except DiskFull as e:
@@ -1108,7 +1106,6 @@ def run_command(
 
     Example: paxosd run --config /etc/paxosd/n1.toml
     """
-    ensure_huge_heap()  # may re-execute this command once (see paxosd/server/hugeheap.py)
     try:
         cfg = load_config(config)
     except ConfigError as e:

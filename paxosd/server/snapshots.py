@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from paxosd.core.messages import SnapshotChunk
 from paxosd.core.types import SnapshotState
+from paxosd.server.hugepages import HugePageFolder
 from paxosd.server.runner import Machine, Preparation
 from paxosd.statemachine.machine import RESTORE_BATCH
 from paxosd.storage.snapfile import FileWriter, SnapshotFile, discard_file, file_name, fsync_dir
@@ -104,6 +105,8 @@ class ForkSnapshots:
         self.made: tuple[int, float, float, int] | None = None
         self._forked_at = 0.0
         self._fork_ms = 0.0
+        # Folds the memory back into huge pages while no child lives, so forks stay cheap.
+        self.hugepages = HugePageFolder()
         # How a peer's snapshot is decoded (see prepare); tests make the pieces tiny.
         self.prepare_turn_s = PREPARE_TURN_S
         self.prepare_batch = RESTORE_BATCH
@@ -139,6 +142,7 @@ class ForkSnapshots:
         # Everything alive now leaves the collector's generations (see _settle_gc): fewer
         # pages for the child to copy, and no full collection over the state in the parent.
         _settle_gc()
+        self.hugepages.stop()
         forked_at = time.perf_counter()
         try:
             pid = os.fork()
@@ -192,6 +196,12 @@ class ForkSnapshots:
     def busy(self) -> bool:
         return self._child is not None
 
+    def fold_memory(self) -> None:
+        """Fold the memory into huge pages now unless a child shares it (the daemon calls
+        this once it serves; after that each child's exit does)."""
+        if self._child is None:
+            self.hugepages.start()
+
     @property
     def running(self) -> int | None:
         return None if self._child is None else self._child[1]
@@ -206,6 +216,7 @@ class ForkSnapshots:
         if got == 0:
             return
         self._child = None
+        self.hugepages.start()  # the child's pages are no longer shared
         report = b""
         try:
             report = os.read(r, _RESULT.size)
