@@ -154,7 +154,7 @@ class Batching:
 class SnapshotSettings:
     snapshot_every_entries: int = 10_000
     log_retain_entries: int = 1000
-    snapshot_log_percent: int = 50
+    snapshot_log_percent: int = 40
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,8 +65,8 @@ class WorldOptions:
     think_ms_max: int = 30
     snapshot_every_entries: int = 40
     # The daemon's default ([snapshot] snapshot_log_percent): measured over 40 seeds, it
-    # holds back 6 of 232 snapshots, so the gate is in play without thinning them out.
-    snapshot_log_percent: int = 50
+    # holds back 4 of 232 snapshots, so the gate is in play without thinning them out.
+    snapshot_log_percent: int = 40
     log_retain_entries: int = 10
     snapshot_chunk_bytes: int = 256
     crash_mid_ready_probability: float = 0.0
