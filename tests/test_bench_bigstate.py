@@ -39,6 +39,7 @@ def sitting(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], s
         "--clients", "8",
         "--snapshot-every-entries", "20",
         "--log-retain-entries", "5",
+        "--snapshot-log-percent", "0",
         "--json",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -52,6 +53,7 @@ def test_load_and_run_are_reported_with_the_whole_latency_tail(
 ) -> None:
     r, _ = sitting
     assert r["load"]["keys"] == 300 and r["load"]["puts_per_s"] > 0
+    assert (r["snapshot_every_entries"], r["snapshot_log_percent"]) == (20, 0)
     assert r["load"]["errors"] == {} and r["load"]["loaded"] == 300
     assert r["run"]["ops"] > 0 and r["run"]["errors_total"] == 0
     lat = r["run"]["latency_ms"]

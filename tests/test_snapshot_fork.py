@@ -149,7 +149,9 @@ def _stopped(pid: int) -> bool:
 
 # ------------------------------------------------------------------ on a real cluster
 
-SNAPSHOT_OFTEN = "[snapshot]\nsnapshot_every_entries = 40\nlog_retain_entries = 5\n"
+SNAPSHOT_OFTEN = (
+    "[snapshot]\nsnapshot_every_entries = 40\nlog_retain_entries = 5\nsnapshot_log_percent = 0\n"
+)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,8 @@ DRILL_NODE_CONFIG: Final = (
     "[snapshot]\n"
     f"snapshot_every_entries = {SNAPSHOT_EVERY_ENTRIES}\n"
     f"log_retain_entries = {LOG_RETAIN_ENTRIES}\n"
+    # On the count alone: the log-to-state gate would space a drill's snapshots out.
+    "snapshot_log_percent = 0\n"
     "[compaction]\n"
     'mode = "off"\n'
 )
