@@ -4,10 +4,11 @@ A snapshot is made by a forked child (paxosd/server/snapshots.py), and ``fork`` 
 parent's page tables inside one turn of the event loop, one entry per 4 KiB page: in the
 daemon at 1,000,000 keys of 1 KiB (1.37 GB of state), 20-88 ms per fork (median 66; with
 this folder 7-43 ms, median 10). Memory in 2 MiB pages has 512 times fewer entries: 3 ms
-for a process holding 1,000,000 values of 1 KiB, against 38-43 ms in 4 KiB pages. Putting the heap in huge pages from the start (glibc's
-``glibc.malloc.hugetlb=1``) helps only the first fork: every page the parent writes while a
-child shares it is split to 4 KiB pages (that is how Linux copies on write a shared huge
-page) and stays split, so the later forks took 39-81 ms, as without.
+for a process holding 1,000,000 values of 1 KiB, against 38-43 ms in 4 KiB pages. Putting
+the heap in huge pages from the start (glibc's ``glibc.malloc.hugetlb=1``) helps only the
+first fork: every page the parent writes while a child shares it is split to 4 KiB pages
+(that is how Linux copies on write a shared huge page) and stays split, so the later forks
+took 39-81 ms, as without.
 
 ``madvise(MADV_COLLAPSE)`` (Linux 6.1) folds a range back into huge pages. The folder does
 that on a thread of its own once a snapshot child has exited (while one lives, folding would
