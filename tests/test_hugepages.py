@@ -65,7 +65,7 @@ def test_a_pass_folds_private_anonymous_memory_into_huge_pages() -> None:
         region.close()
 
 
-def test_a_fork_stops_a_pass_at_its_next_step() -> None:
+def test_stop_ends_a_pass_at_its_next_step_as_a_fork_needs() -> None:
     folder = HugePageFolder(pause_s=0.05)
     if not folder.supported:
         pytest.skip("no madvise here (not Linux)")

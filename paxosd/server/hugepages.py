@@ -14,8 +14,8 @@ took 39-81 ms, as without.
 that on a thread of its own once a snapshot child has exited (while one lives, folding would
 copy the pages it shares: more memory, no gain) and when the daemon starts serving, over the
 heap and the other private anonymous mappings, 2 MiB per call with a pause between calls:
-a 64 MiB call held the process's memory map long enough to stall the loop 50-90 ms, while
-2 MiB calls cost the loop 5-10 ms at worst (about one switch of the interpreter's lock).
+measured in one process, with 64 MiB calls a busy thread beside the folder stalled 50-90 ms
+at worst, with 2 MiB calls 5-10 ms (about one switch of the interpreter's lock).
 Folding 1.1 GB took ~1 s of that thread and left the resident size as it was. The next fork
 stops a fold in progress. Where the call is not supported (an older kernel, not Linux) the
 folder does nothing; nothing here is needed for correctness.

@@ -432,8 +432,9 @@ class Runner(Generic[M]):
         # Commands applied since the last snapshot: the log kept in memory and on disk grows
         # with commands, not slots (a slot holds up to batch_commands_max of them).
         self.commands_since_snapshot = int(snapshots.every_commands * phase)
-        # Bytes of commands applied since the last snapshot (see SnapshotPolicy), staggered too.
-        self.log_bytes_since_snapshot = int(snapshots.log_percent * sm.store_bytes * phase) // 100
+        # Bytes of commands applied since the last snapshot (see SnapshotPolicy). Not staggered:
+        # it counts from each member's own last snapshot, which the counts above staggered.
+        self.log_bytes_since_snapshot = 0
         # Lease time on this node (paxosd/server/leases.py); a host may swap in another.
         # (None for a machine without leases: the core tests' recorder.)
         self.leases: LeaseKeeper | None = None

@@ -24,7 +24,7 @@ import heapq
 import itertools
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import attrgetter
@@ -115,6 +115,7 @@ from paxosd.statemachine.commands import (
 from paxosd.statemachine.slices import (
     ArrayReader,
     SliceError,
+    array_header,
     page_dropper,
     read_array_header,
     sorted_in_pieces,
@@ -1348,15 +1349,15 @@ class StateMachine:
 
         state = self._snapshot_state()
         names = state.__struct_fields__
-        out(_array_header(len(names)))
+        out(array_header(len(names)))
         encode = _snapshot_encoder.encode
         for name in names:
             value = getattr(state, name)
             if isinstance(value, tuple) and len(value) > _STREAM_ITEMS:
-                out(_array_header(len(value)))
+                out(array_header(len(value)))
                 for i in range(0, len(value), _STREAM_ITEMS):
                     piece = value[i : i + _STREAM_ITEMS]
-                    out(memoryview(encode(piece))[len(_array_header(len(piece))) :])
+                    out(memoryview(encode(piece))[len(array_header(len(piece))) :])
             else:
                 out(encode(value))
         write(h.digest())
@@ -1462,21 +1463,9 @@ class StateMachine:
             while events:
                 del events[-batch:]
                 yield
-        index = self._index
-        while index:
-            for _ in range(min(batch, len(index))):
-                index.popitem()
-            yield
-        for posts in (self._timeline,):
-            while posts:
-                for _ in range(min(batch, len(posts))):
-                    posts.pop()
-                yield
-        sessions = self._sessions
-        while sessions:
-            for _ in range(min(batch, len(sessions))):
-                sessions.popitem()
-            yield
+        yield from _emptying(self._index.popitem, self._index, batch)
+        yield from _emptying(self._timeline.pop, self._timeline, batch)
+        yield from _emptying(self._sessions.popitem, self._sessions, batch)
         self._leases.clear()
         self._blocks.clear()
 
@@ -1786,20 +1775,14 @@ def _seal(body: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def _array_header(n: int) -> bytes:
-    """A msgpack array header for ``n`` items, as msgspec writes it."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
-def _unseal(data: memoryview) -> memoryview:
-    body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
-    if len(data) < _CHECKSUM_BYTES or hashlib.sha256(body).digest() != checksum:
-        raise BadSnapshot("snapshot checksum mismatch (truncated or corrupted)")
-    return body
+def _emptying(
+    pop: Callable[[], object], container: Sized, batch: int
+) -> Generator[None, None, None]:
+    """Empty ``container`` through ``pop``, ``batch`` items between yields (dismantling)."""
+    while container:
+        for _ in range(min(batch, len(container))):
+            pop()
+        yield
 
 
 def _valid_text(name: str, text: str, bytes_max: int) -> None:
